@@ -1,0 +1,113 @@
+"""The store interface: what the controller needs from a database, and nothing about SQL.
+
+Domain rules (conflicts, limits) live in the callers and run inside one `Transaction`, so a check
+and the write it guards are atomic on every backend. A backend raises `Conflict` when a
+uniqueness rule it enforces is violated, so races between replicas end the same way as checks.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+from controller.store.records import (
+    AccessKey,
+    Account,
+    InstanceProfile,
+    Role,
+    RolePolicy,
+    Tag,
+)
+
+
+class StoreError(Exception):
+    """The database could not do what was asked (unreachable, corrupt, newer schema)."""
+
+
+class Conflict(StoreError):
+    """A constraint was violated: a name taken, a key that exists, a row still referenced."""
+
+
+class Transaction(abc.ABC):
+    """One atomic unit of work. Lists take ``after`` (a name_lower) and ``limit`` for paging."""
+
+    # accounts and keys
+    @abc.abstractmethod
+    def insert_account(self, account: Account) -> None: ...
+    @abc.abstractmethod
+    def get_account(self, account_id: str) -> Account | None: ...
+    @abc.abstractmethod
+    def list_accounts(self) -> list[Account]: ...
+    @abc.abstractmethod
+    def insert_access_key(self, key: AccessKey) -> None: ...
+    @abc.abstractmethod
+    def get_access_key(self, access_key_id: str) -> AccessKey | None: ...
+    @abc.abstractmethod
+    def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKey]: ...
+
+    # roles
+    @abc.abstractmethod
+    def insert_role(self, role: Role) -> None: ...
+    @abc.abstractmethod
+    def get_role(self, account_id: str, name: str) -> Role | None: ...
+    @abc.abstractmethod
+    def get_role_by_id(self, role_id: str) -> Role | None: ...
+    @abc.abstractmethod
+    def list_roles(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[Role]: ...
+    @abc.abstractmethod
+    def update_role(self, role: Role) -> None: ...
+    @abc.abstractmethod
+    def delete_role(self, role_id: str) -> None: ...
+
+    # inline role policies
+    @abc.abstractmethod
+    def put_role_policy(self, policy: RolePolicy) -> None: ...
+    @abc.abstractmethod
+    def get_role_policy(self, role_id: str, name: str) -> RolePolicy | None: ...
+    @abc.abstractmethod
+    def list_role_policies(self, role_id: str) -> list[RolePolicy]: ...
+    @abc.abstractmethod
+    def delete_role_policy(self, role_id: str, name: str) -> None: ...
+
+    # instance profiles
+    @abc.abstractmethod
+    def insert_instance_profile(self, profile: InstanceProfile) -> None: ...
+    @abc.abstractmethod
+    def get_instance_profile(self, account_id: str, name: str) -> InstanceProfile | None: ...
+    @abc.abstractmethod
+    def list_instance_profiles(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[InstanceProfile]: ...
+    @abc.abstractmethod
+    def list_instance_profiles_for_role(
+        self, role_id: str, after: str | None, limit: int
+    ) -> list[InstanceProfile]: ...
+    @abc.abstractmethod
+    def set_instance_profile_role(self, profile_id: str, role_id: str | None) -> None: ...
+    @abc.abstractmethod
+    def delete_instance_profile(self, profile_id: str) -> None: ...
+
+    # tags of any entity, in the order they were first added
+    @abc.abstractmethod
+    def get_tags(self, entity_id: str) -> list[Tag]: ...
+    @abc.abstractmethod
+    def put_tags(self, entity_id: str, tags: Sequence[Tag]) -> None: ...
+    @abc.abstractmethod
+    def delete_tags(self, entity_id: str, keys: Sequence[str] | None = None) -> None: ...
+
+
+class Store(abc.ABC):
+    """A database holding RoleCall's state; `transaction()` is the only way in."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """Begin a read-write transaction; commit on success, roll back on an exception."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

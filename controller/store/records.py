@@ -1,0 +1,68 @@
+"""What the store holds, as plain frozen records. ARNs are derived, never stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    name: str
+    created: str
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    access_key_id: str
+    secret_access_key: str
+    account_id: str
+    user_name: str | None  # None: the account's root
+    status: str
+    created: str
+
+    def __repr__(self) -> str:  # the secret must never reach a log line through a repr
+        return f"AccessKey({self.access_key_id!r}, account={self.account_id!r})"
+
+
+@dataclass(frozen=True)
+class Role:
+    role_id: str
+    account_id: str
+    name: str
+    path: str
+    assume_role_policy: str
+    description: str | None
+    max_session_duration: int
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role{self.path}{self.name}"
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    role_id: str
+    name: str
+    document: str
+
+
+@dataclass(frozen=True)
+class InstanceProfile:
+    profile_id: str
+    account_id: str
+    name: str
+    path: str
+    role_id: str | None
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:instance-profile{self.path}{self.name}"
+
+
+@dataclass(frozen=True)
+class Tag:
+    key: str
+    value: str

@@ -1,0 +1,306 @@
+"""The `Transaction` in portable SQL over any DB-API cursor; backends differ only in plumbing.
+
+Statements are written with ``?`` placeholders; a backend whose driver wants ``%s`` (psycopg)
+passes ``placeholder="%s"``. Migrations are the numbered files in ``migrations/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from controller.store.base import Transaction
+from controller.store.records import (
+    AccessKey,
+    Account,
+    InstanceProfile,
+    Role,
+    RolePolicy,
+    Tag,
+)
+
+_ROLE_COLUMNS = (
+    "role_id, account_id, name, path, assume_role_policy, description, "
+    "max_session_duration, created"
+)
+_PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
+_KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The schema migrations shipped with the package, as (version, SQL) in order."""
+    found = []
+    for entry in resources.files("controller.store").joinpath("migrations").iterdir():
+        match = re.fullmatch(r"([0-9]{4})_[a-z0-9_]+\.sql", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def split_statements(script: str) -> list[str]:
+    """A migration's statements (our files use ``;`` only as a terminator, never in strings)."""
+    without_comments = re.sub(r"--[^\n]*", "", script)
+    return [part.strip() for part in without_comments.split(";") if part.strip()]
+
+
+class SqlTransaction(Transaction):
+    """Every store operation as one or two SQL statements on the given cursor."""
+
+    def __init__(
+        self,
+        cursor: Any,
+        *,
+        placeholder: str = "?",
+        is_constraint_violation: Callable[[Exception], bool],
+    ) -> None:
+        self._cursor = cursor
+        self._placeholder = placeholder
+        self._is_constraint_violation = is_constraint_violation
+
+    def _run(self, sql: str, args: Sequence[object] = ()) -> Any:
+        from controller.store.base import Conflict
+
+        if self._placeholder != "?":
+            sql = sql.replace("?", self._placeholder)
+        try:
+            self._cursor.execute(sql, tuple(args))
+        except Exception as error:
+            if self._is_constraint_violation(error):
+                raise Conflict(str(error)) from error
+            raise
+        return self._cursor
+
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return list(self._run(sql, args).fetchall())
+
+    def _row(self, sql: str, args: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
+    # accounts and keys
+    def insert_account(self, account: Account) -> None:
+        self._run(
+            "INSERT INTO accounts (account_id, name, created) VALUES (?, ?, ?)",
+            (account.account_id, account.name, account.created),
+        )
+
+    def get_account(self, account_id: str) -> Account | None:
+        row = self._row(
+            "SELECT account_id, name, created FROM accounts WHERE account_id = ?", (account_id,)
+        )
+        return Account(*row) if row else None
+
+    def list_accounts(self) -> list[Account]:
+        return [
+            Account(*row)
+            for row in self._rows("SELECT account_id, name, created FROM accounts ORDER BY created")
+        ]
+
+    def insert_access_key(self, key: AccessKey) -> None:
+        self._run(
+            f"INSERT INTO access_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                key.access_key_id,
+                key.secret_access_key,
+                key.account_id,
+                key.user_name,
+                key.status,
+                key.created,
+            ),
+        )
+
+    def get_access_key(self, access_key_id: str) -> AccessKey | None:
+        row = self._row(
+            f"SELECT {_KEY_COLUMNS} FROM access_keys WHERE access_key_id = ?", (access_key_id,)
+        )
+        return AccessKey(*row) if row else None
+
+    def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKey]:
+        if user_name is None:
+            rows = self._rows(
+                f"SELECT {_KEY_COLUMNS} FROM access_keys"
+                " WHERE account_id = ? AND user_name IS NULL ORDER BY created",
+                (account_id,),
+            )
+        else:
+            rows = self._rows(
+                f"SELECT {_KEY_COLUMNS} FROM access_keys"
+                " WHERE account_id = ? AND user_name = ? ORDER BY created",
+                (account_id, user_name),
+            )
+        return [AccessKey(*row) for row in rows]
+
+    # roles
+    def insert_role(self, role: Role) -> None:
+        self._run(
+            f"INSERT INTO roles ({_ROLE_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                role.role_id,
+                role.account_id,
+                role.name,
+                role.path,
+                role.assume_role_policy,
+                role.description,
+                role.max_session_duration,
+                role.created,
+                role.name.lower(),
+            ),
+        )
+
+    def get_role(self, account_id: str, name: str) -> Role | None:
+        row = self._row(
+            f"SELECT {_ROLE_COLUMNS} FROM roles WHERE account_id = ? AND name_lower = ?",
+            (account_id, name.lower()),
+        )
+        return Role(*row) if row else None
+
+    def get_role_by_id(self, role_id: str) -> Role | None:
+        row = self._row(f"SELECT {_ROLE_COLUMNS} FROM roles WHERE role_id = ?", (role_id,))
+        return Role(*row) if row else None
+
+    def list_roles(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[Role]:
+        rows = self._rows(
+            f"SELECT {_ROLE_COLUMNS} FROM roles WHERE account_id = ?"
+            " AND substr(path, 1, ?) = ? AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (account_id, len(path_prefix), path_prefix, after or "", limit),
+        )
+        return [Role(*row) for row in rows]
+
+    def update_role(self, role: Role) -> None:
+        self._run(
+            "UPDATE roles SET assume_role_policy = ?, description = ?, max_session_duration = ?"
+            " WHERE role_id = ?",
+            (role.assume_role_policy, role.description, role.max_session_duration, role.role_id),
+        )
+
+    def delete_role(self, role_id: str) -> None:
+        self._run("DELETE FROM tags WHERE entity_id = ?", (role_id,))
+        self._run("DELETE FROM roles WHERE role_id = ?", (role_id,))
+
+    # inline role policies
+    def put_role_policy(self, policy: RolePolicy) -> None:
+        self._run(
+            "DELETE FROM role_policies WHERE role_id = ? AND name_lower = ?",
+            (policy.role_id, policy.name.lower()),
+        )
+        self._run(
+            "INSERT INTO role_policies (role_id, name, name_lower, document) VALUES (?, ?, ?, ?)",
+            (policy.role_id, policy.name, policy.name.lower(), policy.document),
+        )
+
+    def get_role_policy(self, role_id: str, name: str) -> RolePolicy | None:
+        row = self._row(
+            "SELECT role_id, name, document FROM role_policies"
+            " WHERE role_id = ? AND name_lower = ?",
+            (role_id, name.lower()),
+        )
+        return RolePolicy(*row) if row else None
+
+    def list_role_policies(self, role_id: str) -> list[RolePolicy]:
+        rows = self._rows(
+            "SELECT role_id, name, document FROM role_policies WHERE role_id = ?"
+            " ORDER BY name_lower",
+            (role_id,),
+        )
+        return [RolePolicy(*row) for row in rows]
+
+    def delete_role_policy(self, role_id: str, name: str) -> None:
+        self._run(
+            "DELETE FROM role_policies WHERE role_id = ? AND name_lower = ?",
+            (role_id, name.lower()),
+        )
+
+    # instance profiles
+    def insert_instance_profile(self, profile: InstanceProfile) -> None:
+        self._run(
+            f"INSERT INTO instance_profiles ({_PROFILE_COLUMNS}, name_lower)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                profile.profile_id,
+                profile.account_id,
+                profile.name,
+                profile.path,
+                profile.role_id,
+                profile.created,
+                profile.name.lower(),
+            ),
+        )
+
+    def get_instance_profile(self, account_id: str, name: str) -> InstanceProfile | None:
+        row = self._row(
+            f"SELECT {_PROFILE_COLUMNS} FROM instance_profiles"
+            " WHERE account_id = ? AND name_lower = ?",
+            (account_id, name.lower()),
+        )
+        return InstanceProfile(*row) if row else None
+
+    def list_instance_profiles(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[InstanceProfile]:
+        rows = self._rows(
+            f"SELECT {_PROFILE_COLUMNS} FROM instance_profiles WHERE account_id = ?"
+            " AND substr(path, 1, ?) = ? AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (account_id, len(path_prefix), path_prefix, after or "", limit),
+        )
+        return [InstanceProfile(*row) for row in rows]
+
+    def list_instance_profiles_for_role(
+        self, role_id: str, after: str | None, limit: int
+    ) -> list[InstanceProfile]:
+        rows = self._rows(
+            f"SELECT {_PROFILE_COLUMNS} FROM instance_profiles WHERE role_id = ?"
+            " AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (role_id, after or "", limit),
+        )
+        return [InstanceProfile(*row) for row in rows]
+
+    def set_instance_profile_role(self, profile_id: str, role_id: str | None) -> None:
+        self._run(
+            "UPDATE instance_profiles SET role_id = ? WHERE profile_id = ?", (role_id, profile_id)
+        )
+
+    def delete_instance_profile(self, profile_id: str) -> None:
+        self._run("DELETE FROM tags WHERE entity_id = ?", (profile_id,))
+        self._run("DELETE FROM instance_profiles WHERE profile_id = ?", (profile_id,))
+
+    # tags
+    def get_tags(self, entity_id: str) -> list[Tag]:
+        rows = self._rows(
+            "SELECT key, value FROM tags WHERE entity_id = ? ORDER BY position, key_lower",
+            (entity_id,),
+        )
+        return [Tag(*row) for row in rows]
+
+    def put_tags(self, entity_id: str, tags: Sequence[Tag]) -> None:
+        row = self._row("SELECT MAX(position) FROM tags WHERE entity_id = ?", (entity_id,))
+        position = (row[0] if row and row[0] is not None else 0) + 1
+        for tag in tags:
+            existing = self._row(
+                "SELECT position FROM tags WHERE entity_id = ? AND key_lower = ?",
+                (entity_id, tag.key.lower()),
+            )
+            if existing:
+                self._run(
+                    "UPDATE tags SET key = ?, value = ? WHERE entity_id = ? AND key_lower = ?",
+                    (tag.key, tag.value, entity_id, tag.key.lower()),
+                )
+            else:
+                self._run(
+                    "INSERT INTO tags (entity_id, key, key_lower, value, position)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (entity_id, tag.key, tag.key.lower(), tag.value, position),
+                )
+                position += 1
+
+    def delete_tags(self, entity_id: str, keys: Sequence[str] | None = None) -> None:
+        if keys is None:
+            self._run("DELETE FROM tags WHERE entity_id = ?", (entity_id,))
+            return
+        for key in keys:
+            self._run(
+                "DELETE FROM tags WHERE entity_id = ? AND key_lower = ?", (entity_id, key.lower())
+            )

@@ -1,0 +1,761 @@
+"""The store keeps RoleCall's state: migrations, transactions, IAM's case-insensitive names, tags.
+
+Every test that is not about one backend's plumbing runs against each backend in `BACKENDS`; a new
+backend (PostgreSQL) is one more entry there, with no change to the tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from controller.store.base import Conflict, Store, StoreError
+from controller.store.records import (
+    AccessKey,
+    Account,
+    InstanceProfile,
+    Role,
+    RolePolicy,
+    Tag,
+)
+from controller.store.sql import migrations
+from controller.store.sqlite import SQLiteStore
+
+ACCOUNT = "111111111111"
+OTHER_ACCOUNT = "222222222222"
+CREATED = "2024-05-01T12:00:00Z"
+TRUST = '{"Version":"2012-10-17","Statement":[]}'
+
+
+# Backends
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One database for one test: how to open a store on it, and raw SQL beside the store."""
+
+    name: str
+    #: How the backend names the database in its messages (a path, a URL).
+    location: str
+    open: Callable[[], Store]
+    #: Run one statement outside any store (``?`` placeholders) and return its rows.
+    execute: Callable[[str, Sequence[object]], list[tuple[object, ...]]]
+
+
+@contextmanager
+def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "rolecall.db"
+
+    def execute(sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        connection = sqlite3.connect(path)
+        try:
+            with connection:
+                return connection.execute(sql, tuple(args)).fetchall()
+        finally:
+            connection.close()
+
+    yield Backend("sqlite", str(path), lambda: SQLiteStore(path), execute)
+
+
+BACKENDS: dict[str, Callable[[Path], AbstractContextManager[Backend]]] = {
+    "sqlite": sqlite_backend,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with BACKENDS[request.param](tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def open_store(backend: Backend) -> Iterator[Callable[[], Store]]:
+    """Opens stores on the test's database and closes every one of them afterwards."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        store = backend.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], Store]) -> Store:
+    """A migrated store holding two accounts."""
+    fresh = open_store()
+    with fresh.transaction() as tx:
+        tx.insert_account(Account(ACCOUNT, "first", CREATED))
+        tx.insert_account(Account(OTHER_ACCOUNT, "second", "2024-05-02T12:00:00Z"))
+    return fresh
+
+
+# Records
+
+_serial = itertools.count(1)
+
+
+def role(name: str, account_id: str = ACCOUNT, path: str = "/") -> Role:
+    return Role(
+        role_id=f"AROA{next(_serial):017d}",
+        account_id=account_id,
+        name=name,
+        path=path,
+        assume_role_policy=TRUST,
+        description=None,
+        max_session_duration=3600,
+        created=CREATED,
+    )
+
+
+def profile(name: str, account_id: str = ACCOUNT, path: str = "/") -> InstanceProfile:
+    return InstanceProfile(
+        profile_id=f"AIPA{next(_serial):017d}",
+        account_id=account_id,
+        name=name,
+        path=path,
+        role_id=None,
+        created=CREATED,
+    )
+
+
+def add_roles(store: Store, *roles: Role) -> None:
+    with store.transaction() as tx:
+        for each in roles:
+            tx.insert_role(each)
+
+
+def add_profiles(store: Store, *profiles: InstanceProfile) -> None:
+    with store.transaction() as tx:
+        for each in profiles:
+            tx.insert_instance_profile(each)
+
+
+def role_names(roles: Sequence[Role]) -> list[str]:
+    return [each.name for each in roles]
+
+
+def profile_names(profiles: Sequence[InstanceProfile]) -> list[str]:
+    return [each.name for each in profiles]
+
+
+# Migrations
+
+
+def test_shipped_migrations_are_numbered_from_one_without_gaps() -> None:
+    versions = [version for version, _ in migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+    assert versions
+
+
+def test_new_store_is_at_schema_version_one(store: Store) -> None:
+    assert store.schema_version() == 1
+
+
+def test_new_store_is_at_the_newest_shipped_schema_version(store: Store) -> None:
+    assert store.schema_version() == migrations()[-1][0]
+
+
+def test_migrated_store_records_one_schema_version_row(store: Store, backend: Backend) -> None:
+    assert backend.execute("SELECT version FROM schema_version", ()) == [(1,)]
+
+
+def test_reopening_keeps_the_data(open_store: Callable[[], Store]) -> None:
+    first = open_store()
+    with first.transaction() as tx:
+        tx.insert_account(Account(ACCOUNT, "first", CREATED))
+    first.close()
+    with open_store().transaction() as tx:
+        assert tx.get_account(ACCOUNT) == Account(ACCOUNT, "first", CREATED)
+
+
+def test_reopening_does_not_run_the_migrations_again(
+    open_store: Callable[[], Store], backend: Backend
+) -> None:
+    open_store().close()
+    reopened = open_store()
+    assert reopened.schema_version() == 1
+    assert backend.execute("SELECT version FROM schema_version", ()) == [(1,)]
+
+
+def test_newer_schema_version_is_refused_naming_both_versions(
+    open_store: Callable[[], Store], backend: Backend
+) -> None:
+    open_store().close()
+    shipped = migrations()[-1][0]
+    newer = shipped + 41
+    backend.execute("UPDATE schema_version SET version = ?", (newer,))
+    with pytest.raises(StoreError) as raised:
+        open_store()
+    message = str(raised.value).replace(backend.location, "<database>")
+    assert re.search(rf"\b{newer}\b", message), message
+    assert re.search(rf"\b{shipped}\b", message), message
+
+
+# SQLite plumbing
+
+
+def test_sqlite_file_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "rolecall.db"
+    previous = os.umask(0o022)
+    try:
+        store = SQLiteStore(path)
+    finally:
+        os.umask(previous)
+    store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_sqlite_write_ahead_log_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "rolecall.db"
+    previous = os.umask(0o022)
+    try:
+        store = SQLiteStore(path)
+        try:
+            with store.transaction() as tx:
+                tx.insert_account(Account(ACCOUNT, "first", CREATED))
+            wal = Path(f"{path}-wal")
+            assert wal.exists()
+            assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+        finally:
+            store.close()
+    finally:
+        os.umask(previous)
+
+
+def test_sqlite_journal_mode_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "rolecall.db"
+    SQLiteStore(path).close()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        connection.close()
+
+
+def test_sqlite_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "rolecall.db"
+    path.write_bytes(b"this is not an SQLite database, it only has its name" * 40)
+    with pytest.raises(StoreError, match="cannot open the SQLite store"):
+        SQLiteStore(path)
+
+
+# Transactions
+
+
+def test_transaction_commits_when_its_block_succeeds(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_account(Account("333333333333", "third", CREATED))
+    with store.transaction() as tx:
+        assert tx.get_account("333333333333") == Account("333333333333", "third", CREATED)
+
+
+def test_transaction_rolls_back_when_its_block_raises(store: Store) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.transaction() as tx:
+        tx.insert_account(Account("333333333333", "third", CREATED))
+        tx.insert_role(role("web"))
+        raise Boom
+    with store.transaction() as tx:
+        assert tx.get_account("333333333333") is None
+        assert tx.get_role(ACCOUNT, "web") is None
+
+
+def test_conflict_rolls_back_the_whole_transaction(store: Store) -> None:
+    add_roles(store, role("existing"))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_role(role("fresh"))
+        tx.insert_role(role("EXISTING"))
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "fresh") is None
+
+
+def test_store_can_be_used_again_after_a_rolled_back_transaction(store: Store) -> None:
+    with pytest.raises(ValueError), store.transaction():
+        raise ValueError("abandon")
+    add_roles(store, role("after"))
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "after") is not None
+
+
+# Accounts and access keys
+
+
+def test_accounts_are_listed_in_creation_order(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_account(Account("000000000000", "earliest", "2024-01-01T00:00:00Z"))
+        listed = [account.account_id for account in tx.list_accounts()]
+    assert listed == ["000000000000", ACCOUNT, OTHER_ACCOUNT]
+
+
+def test_access_keys_are_listed_for_the_root_or_for_one_user(store: Store) -> None:
+    root_key = AccessKey("AKIAROOT000000000001", "secret-1", ACCOUNT, None, "Active", CREATED)
+    user_key = AccessKey("AKIAUSER000000000001", "secret-2", ACCOUNT, "alice", "Active", CREATED)
+    with store.transaction() as tx:
+        tx.insert_access_key(root_key)
+        tx.insert_access_key(user_key)
+        assert tx.list_access_keys(ACCOUNT, None) == [root_key]
+        assert tx.list_access_keys(ACCOUNT, "alice") == [user_key]
+        assert tx.get_access_key("AKIAUSER000000000001") == user_key
+
+
+def test_access_key_id_is_unique(store: Store) -> None:
+    key = AccessKey("AKIAROOT000000000001", "secret-1", ACCOUNT, None, "Active", CREATED)
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_access_key(key)
+        tx.insert_access_key(key)
+
+
+def test_access_key_repr_never_shows_the_secret() -> None:
+    key = AccessKey(
+        "AKIAROOT000000000001", "wJalrXUtnFEMI/K7MDENG", ACCOUNT, None, "Active", CREATED
+    )
+    shown = [repr(key), str(key), f"{key}", repr([key]), repr({"key": key})]
+    assert not [text for text in shown if "wJalrXUtnFEMI" in text]
+    assert "AKIAROOT000000000001" in repr(key)
+
+
+# Unique names
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("web", "web"),
+        ("web", "WEB"),
+        ("Web-Server", "wEB-sERVER"),
+    ],
+)
+def test_role_name_taken_in_any_case_is_a_conflict(store: Store, first: str, second: str) -> None:
+    add_roles(store, role(first))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_role(role(second))
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("web", "web"),
+        ("web", "WEB"),
+        ("Web-Profile", "wEB-pROFILE"),
+    ],
+)
+def test_instance_profile_name_taken_in_any_case_is_a_conflict(
+    store: Store, first: str, second: str
+) -> None:
+    add_profiles(store, profile(first))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_instance_profile(profile(second))
+
+
+def test_role_name_may_be_reused_in_another_account(store: Store) -> None:
+    add_roles(store, role("web"), role("WEB", account_id=OTHER_ACCOUNT))
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "web").name == "web"  # type: ignore[union-attr]
+        assert tx.get_role(OTHER_ACCOUNT, "web").name == "WEB"  # type: ignore[union-attr]
+
+
+def test_instance_profile_name_may_be_reused_in_another_account(store: Store) -> None:
+    add_profiles(store, profile("web"), profile("WEB", account_id=OTHER_ACCOUNT))
+    with store.transaction() as tx:
+        assert tx.get_instance_profile(ACCOUNT, "web").name == "web"  # type: ignore[union-attr]
+        assert tx.get_instance_profile(OTHER_ACCOUNT, "web").name == "WEB"  # type: ignore[union-attr]
+
+
+def test_role_and_instance_profile_may_share_a_name(store: Store) -> None:
+    add_roles(store, role("web"))
+    add_profiles(store, profile("web"))
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "web") is not None
+        assert tx.get_instance_profile(ACCOUNT, "web") is not None
+
+
+# Roles
+
+
+def test_role_is_stored_as_given(store: Store) -> None:
+    stored = Role(
+        role_id="AROA00000000000000001",
+        account_id=ACCOUNT,
+        name="Web",
+        path="/app/",
+        assume_role_policy=TRUST,
+        description="the web tier",
+        max_session_duration=7200,
+        created=CREATED,
+    )
+    add_roles(store, stored)
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "Web") == stored
+        assert tx.get_role_by_id("AROA00000000000000001") == stored
+
+
+@pytest.mark.parametrize("asked", ["Web-Server", "web-server", "WEB-SERVER", "wEb-SeRvEr"])
+def test_get_role_ignores_case(store: Store, asked: str) -> None:
+    add_roles(store, role("Web-Server"))
+    with store.transaction() as tx:
+        found = tx.get_role(ACCOUNT, asked)
+    assert found is not None
+    assert found.name == "Web-Server"
+
+
+def test_get_role_does_not_see_another_accounts_role(store: Store) -> None:
+    add_roles(store, role("web", account_id=OTHER_ACCOUNT))
+    with store.transaction() as tx:
+        assert tx.get_role(ACCOUNT, "web") is None
+
+
+def test_update_role_changes_trust_description_and_duration_only(store: Store) -> None:
+    original = role("web", path="/app/")
+    add_roles(store, original)
+    changed = Role(
+        role_id=original.role_id,
+        account_id=original.account_id,
+        name="renamed",
+        path="/moved/",
+        assume_role_policy='{"Version":"2012-10-17","Statement":[{}]}',
+        description="now described",
+        max_session_duration=43200,
+        created="2030-01-01T00:00:00Z",
+    )
+    with store.transaction() as tx:
+        tx.update_role(changed)
+        found = tx.get_role_by_id(original.role_id)
+    assert found == Role(
+        role_id=original.role_id,
+        account_id=ACCOUNT,
+        name="web",
+        path="/app/",
+        assume_role_policy='{"Version":"2012-10-17","Statement":[{}]}',
+        description="now described",
+        max_session_duration=43200,
+        created=CREATED,
+    )
+
+
+def test_list_roles_orders_by_lower_cased_name(store: Store) -> None:
+    names = ["beta", "Alpha", "a_b", "a-b", "a.b", "aB", "Gamma", "a@b", "a=b", "a+b", "a,b", "A0"]
+    add_roles(store, *(role(name) for name in names))
+    with store.transaction() as tx:
+        listed = role_names(tx.list_roles(ACCOUNT, "/", None, 100))
+    assert listed == sorted(names, key=str.lower)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("/", ["application", "nested", "root", "team"]),
+        ("/app/", ["nested", "team"]),
+        ("/app/web/", ["nested"]),
+        ("/app", ["application", "nested", "team"]),
+        ("/none/", []),
+    ],
+)
+def test_list_roles_keeps_roles_whose_path_starts_with_the_prefix(
+    store: Store, prefix: str, expected: list[str]
+) -> None:
+    add_roles(
+        store,
+        role("root", path="/"),
+        role("team", path="/app/"),
+        role("nested", path="/app/web/"),
+        role("application", path="/application/"),
+    )
+    with store.transaction() as tx:
+        assert role_names(tx.list_roles(ACCOUNT, prefix, None, 100)) == expected
+
+
+def test_list_roles_shows_only_the_accounts_roles(store: Store) -> None:
+    add_roles(store, role("mine"), role("theirs", account_id=OTHER_ACCOUNT))
+    with store.transaction() as tx:
+        assert role_names(tx.list_roles(ACCOUNT, "/", None, 100)) == ["mine"]
+
+
+def test_list_roles_returns_at_most_limit_roles(store: Store) -> None:
+    add_roles(store, *(role(name) for name in ["a", "b", "c", "d"]))
+    with store.transaction() as tx:
+        assert role_names(tx.list_roles(ACCOUNT, "/", None, 3)) == ["a", "b", "c"]
+
+
+def test_list_roles_starts_after_the_given_lower_cased_name(store: Store) -> None:
+    add_roles(store, *(role(name) for name in ["Alpha", "Beta", "Gamma", "delta"]))
+    with store.transaction() as tx:
+        assert role_names(tx.list_roles(ACCOUNT, "/", "beta", 100)) == ["delta", "Gamma"]
+
+
+def test_list_roles_pages_cover_every_role_once(store: Store) -> None:
+    names = [f"Role{number:02d}" for number in range(7)]
+    add_roles(store, *(role(name) for name in reversed(names)))
+    seen: list[str] = []
+    after = None
+    with store.transaction() as tx:
+        while True:
+            page = tx.list_roles(ACCOUNT, "/", after, 3)
+            if not page:
+                break
+            seen += role_names(page)
+            after = page[-1].name.lower()
+    assert seen == names
+
+
+# Inline role policies
+
+
+def test_put_role_policy_replaces_the_policy_of_the_same_name_in_any_case(store: Store) -> None:
+    owner = role("web")
+    add_roles(store, owner)
+    with store.transaction() as tx:
+        tx.put_role_policy(RolePolicy(owner.role_id, "ReadOnly", '{"first":1}'))
+        tx.put_role_policy(RolePolicy(owner.role_id, "READONLY", '{"second":2}'))
+        listed = tx.list_role_policies(owner.role_id)
+    assert listed == [RolePolicy(owner.role_id, "READONLY", '{"second":2}')]
+
+
+def test_list_role_policies_orders_by_lower_cased_name(store: Store) -> None:
+    owner = role("web")
+    add_roles(store, owner)
+    names = ["zeta", "Beta", "alpha", "Delta"]
+    with store.transaction() as tx:
+        for name in names:
+            tx.put_role_policy(RolePolicy(owner.role_id, name, "{}"))
+        listed = [policy.name for policy in tx.list_role_policies(owner.role_id)]
+    assert listed == ["alpha", "Beta", "Delta", "zeta"]
+
+
+def test_get_role_policy_ignores_case(store: Store) -> None:
+    owner = role("web")
+    add_roles(store, owner)
+    with store.transaction() as tx:
+        tx.put_role_policy(RolePolicy(owner.role_id, "ReadOnly", "{}"))
+        assert tx.get_role_policy(owner.role_id, "readonly") == RolePolicy(
+            owner.role_id, "ReadOnly", "{}"
+        )
+
+
+def test_delete_role_policy_ignores_case(store: Store) -> None:
+    owner = role("web")
+    add_roles(store, owner)
+    with store.transaction() as tx:
+        tx.put_role_policy(RolePolicy(owner.role_id, "ReadOnly", "{}"))
+        tx.put_role_policy(RolePolicy(owner.role_id, "Other", "{}"))
+        tx.delete_role_policy(owner.role_id, "READONLY")
+        assert [policy.name for policy in tx.list_role_policies(owner.role_id)] == ["Other"]
+
+
+def test_role_policies_belong_to_their_role(store: Store) -> None:
+    first, second = role("first"), role("second")
+    add_roles(store, first, second)
+    with store.transaction() as tx:
+        tx.put_role_policy(RolePolicy(first.role_id, "Same", '{"first":1}'))
+        tx.put_role_policy(RolePolicy(second.role_id, "Same", '{"second":2}'))
+        assert tx.get_role_policy(first.role_id, "Same") == RolePolicy(
+            first.role_id, "Same", '{"first":1}'
+        )
+
+
+def test_deleting_a_role_deletes_its_policies(store: Store) -> None:
+    doomed = role("doomed")
+    add_roles(store, doomed)
+    with store.transaction() as tx:
+        tx.put_role_policy(RolePolicy(doomed.role_id, "One", "{}"))
+        tx.put_role_policy(RolePolicy(doomed.role_id, "Two", "{}"))
+    with store.transaction() as tx:
+        tx.delete_role(doomed.role_id)
+    with store.transaction() as tx:
+        assert tx.get_role_by_id(doomed.role_id) is None
+        assert tx.list_role_policies(doomed.role_id) == []
+
+
+def test_deleting_a_role_deletes_its_tags(store: Store) -> None:
+    doomed = role("doomed")
+    add_roles(store, doomed)
+    with store.transaction() as tx:
+        tx.put_tags(doomed.role_id, [Tag("team", "web")])
+    with store.transaction() as tx:
+        tx.delete_role(doomed.role_id)
+    with store.transaction() as tx:
+        assert tx.get_tags(doomed.role_id) == []
+
+
+def test_deleting_a_role_keeps_other_roles_policies_and_tags(store: Store) -> None:
+    doomed, kept = role("doomed"), role("kept")
+    add_roles(store, doomed, kept)
+    with store.transaction() as tx:
+        for each in (doomed, kept):
+            tx.put_role_policy(RolePolicy(each.role_id, "Policy", "{}"))
+            tx.put_tags(each.role_id, [Tag("team", "web")])
+        tx.delete_role(doomed.role_id)
+        assert tx.list_role_policies(kept.role_id) == [RolePolicy(kept.role_id, "Policy", "{}")]
+        assert tx.get_tags(kept.role_id) == [Tag("team", "web")]
+
+
+# Instance profiles
+
+
+@pytest.mark.parametrize("asked", ["Web-Profile", "web-profile", "WEB-PROFILE"])
+def test_get_instance_profile_ignores_case(store: Store, asked: str) -> None:
+    add_profiles(store, profile("Web-Profile"))
+    with store.transaction() as tx:
+        found = tx.get_instance_profile(ACCOUNT, asked)
+    assert found is not None
+    assert found.name == "Web-Profile"
+
+
+def test_instance_profile_starts_without_a_role(store: Store) -> None:
+    add_profiles(store, profile("web"))
+    with store.transaction() as tx:
+        assert tx.get_instance_profile(ACCOUNT, "web").role_id is None  # type: ignore[union-attr]
+
+
+def test_set_instance_profile_role_attaches_the_role(store: Store) -> None:
+    web_role, web_profile = role("web"), profile("web")
+    add_roles(store, web_role)
+    add_profiles(store, web_profile)
+    with store.transaction() as tx:
+        tx.set_instance_profile_role(web_profile.profile_id, web_role.role_id)
+    with store.transaction() as tx:
+        found = tx.get_instance_profile(ACCOUNT, "web")
+    assert found is not None
+    assert found.role_id == web_role.role_id
+
+
+def test_set_instance_profile_role_to_none_detaches_the_role(store: Store) -> None:
+    web_role, web_profile = role("web"), profile("web")
+    add_roles(store, web_role)
+    add_profiles(store, web_profile)
+    with store.transaction() as tx:
+        tx.set_instance_profile_role(web_profile.profile_id, web_role.role_id)
+        tx.set_instance_profile_role(web_profile.profile_id, None)
+        found = tx.get_instance_profile(ACCOUNT, "web")
+        for_role = tx.list_instance_profiles_for_role(web_role.role_id, None, 100)
+    assert found is not None
+    assert found.role_id is None
+    assert for_role == []
+
+
+def test_list_instance_profiles_for_role_lists_its_profiles_by_lower_cased_name(
+    store: Store,
+) -> None:
+    web_role, other_role = role("web"), role("other")
+    add_roles(store, web_role, other_role)
+    profiles = [profile("zeta"), profile("Beta"), profile("alpha"), profile("elsewhere")]
+    add_profiles(store, *profiles)
+    with store.transaction() as tx:
+        for each in profiles[:3]:
+            tx.set_instance_profile_role(each.profile_id, web_role.role_id)
+        tx.set_instance_profile_role(profiles[3].profile_id, other_role.role_id)
+        listed = profile_names(tx.list_instance_profiles_for_role(web_role.role_id, None, 100))
+    assert listed == ["alpha", "Beta", "zeta"]
+
+
+def test_list_instance_profiles_for_role_pages_with_after_and_limit(store: Store) -> None:
+    web_role = role("web")
+    add_roles(store, web_role)
+    profiles = [profile(name) for name in ["a", "B", "c", "D"]]
+    add_profiles(store, *profiles)
+    with store.transaction() as tx:
+        for each in profiles:
+            tx.set_instance_profile_role(each.profile_id, web_role.role_id)
+        page = profile_names(tx.list_instance_profiles_for_role(web_role.role_id, "b", 1))
+    assert page == ["c"]
+
+
+def test_list_instance_profiles_filters_by_path_and_pages(store: Store) -> None:
+    add_profiles(
+        store,
+        profile("root", path="/"),
+        profile("Beta", path="/app/"),
+        profile("alpha", path="/app/"),
+        profile("gamma", path="/app/web/"),
+        profile("theirs", account_id=OTHER_ACCOUNT, path="/app/"),
+    )
+    with store.transaction() as tx:
+        first = profile_names(tx.list_instance_profiles(ACCOUNT, "/app/", None, 2))
+        rest = profile_names(tx.list_instance_profiles(ACCOUNT, "/app/", "beta", 2))
+    assert (first, rest) == (["alpha", "Beta"], ["gamma"])
+
+
+def test_deleting_an_instance_profile_deletes_it_and_its_tags(store: Store) -> None:
+    doomed = profile("doomed")
+    add_profiles(store, doomed)
+    with store.transaction() as tx:
+        tx.put_tags(doomed.profile_id, [Tag("team", "web")])
+        tx.delete_instance_profile(doomed.profile_id)
+        assert tx.get_instance_profile(ACCOUNT, "doomed") is None
+        assert tx.get_tags(doomed.profile_id) == []
+
+
+# Tags
+
+ENTITY = "AROA00000000000000099"
+
+
+def test_tags_are_listed_in_the_order_first_added(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("zulu", "1"), Tag("alpha", "2")])
+        tx.put_tags(ENTITY, [Tag("Mike", "3")])
+        assert tx.get_tags(ENTITY) == [Tag("zulu", "1"), Tag("alpha", "2"), Tag("Mike", "3")]
+
+
+def test_put_tags_replaces_a_key_given_in_another_case_in_its_first_place(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("Team", "web"), Tag("env", "prod")])
+        tx.put_tags(ENTITY, [Tag("TEAM", "db"), Tag("owner", "ops")])
+        assert tx.get_tags(ENTITY) == [Tag("TEAM", "db"), Tag("env", "prod"), Tag("owner", "ops")]
+
+
+def test_put_tags_with_a_key_twice_in_one_call_keeps_the_last_value(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("team", "web"), Tag("Team", "db")])
+        assert tx.get_tags(ENTITY) == [Tag("Team", "db")]
+
+
+def test_tag_added_again_after_deletion_goes_last(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("a", "1"), Tag("b", "2")])
+        tx.delete_tags(ENTITY, ["a"])
+        tx.put_tags(ENTITY, [Tag("a", "3")])
+        assert tx.get_tags(ENTITY) == [Tag("b", "2"), Tag("a", "3")]
+
+
+def test_delete_tags_removes_the_given_keys_in_any_case(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("Team", "web"), Tag("env", "prod"), Tag("owner", "ops")])
+        tx.delete_tags(ENTITY, ["team", "OWNER", "absent"])
+        assert tx.get_tags(ENTITY) == [Tag("env", "prod")]
+
+
+def test_delete_tags_without_keys_removes_every_tag(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("Team", "web"), Tag("env", "prod")])
+        tx.delete_tags(ENTITY)
+        assert tx.get_tags(ENTITY) == []
+
+
+def test_delete_tags_with_an_empty_key_list_removes_nothing(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("Team", "web")])
+        tx.delete_tags(ENTITY, [])
+        assert tx.get_tags(ENTITY) == [Tag("Team", "web")]
+
+
+def test_tags_belong_to_their_entity(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.put_tags(ENTITY, [Tag("team", "web")])
+        tx.put_tags("AIPA00000000000000099", [Tag("team", "db")])
+        tx.delete_tags("AIPA00000000000000099")
+        assert tx.get_tags(ENTITY) == [Tag("team", "web")]
