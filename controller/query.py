@@ -1,0 +1,231 @@
+"""The AWS Query protocol's input side: flat ``Name.member.N.Key=value`` parameters to typed values.
+
+Each action declares its input as a `Struct` of fields; `parse_input` checks every constraint the
+way AWS's front end does and reports all problems at once as one ValidationError, naming members
+in AWS's camelCase path form (``tags.1.member.key``). No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.errors import InvalidInput, validation_error
+
+
+@dataclass(frozen=True)
+class Str:
+    """A string with AWS's length bounds and an optional pattern matched against the whole value."""
+
+    min_length: int = 0
+    max_length: int | None = None
+    pattern: str | None = None
+    #: For character classes Python's ``re`` cannot spell (``\\p{L}``): a predicate and its text.
+    check: Callable[[str], bool] | None = None
+    check_text: str = ""
+    enum: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            object.__setattr__(self, "_regex", re.compile(self.pattern, re.ASCII | re.DOTALL))
+
+    def problems(self, value: str) -> list[str]:
+        found = []
+        if len(value) < self.min_length:
+            found.append(f"Member must have length greater than or equal to {self.min_length}")
+        if self.max_length is not None and len(value) > self.max_length:
+            found.append(f"Member must have length less than or equal to {self.max_length}")
+        if self.pattern is not None and value and not self._regex.fullmatch(value):  # type: ignore[attr-defined]
+            found.append(f"Member must satisfy regular expression pattern: {self.pattern}")
+        if self.check is not None and not self.check(value):
+            found.append(f"Member must satisfy regular expression pattern: {self.check_text}")
+        if self.enum and value not in self.enum:
+            found.append(f"Member must satisfy enum value set: [{', '.join(self.enum)}]")
+        return found
+
+
+@dataclass(frozen=True)
+class Int:
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+@dataclass(frozen=True)
+class Bool:
+    pass
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list; on the wire ``Name.member.1`` (IAM/STS) or ``Name.1`` (EC2's flattened lists)."""
+
+    member: Shape
+    max_items: int | None = None
+    min_items: int = 0
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    shape: Shape
+    required: bool = False
+    #: The wire name when it differs from ``name`` (EC2 spells many list members singular).
+    wire_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Struct:
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+
+Shape = Str | Int | Bool | ListOf | Struct
+
+
+def member_path(name: str) -> str:
+    """AWS's spelling of a member in validation messages: ``RoleName`` -> ``roleName``."""
+    return name[:1].lower() + name[1:]
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[object, str, str]] = []
+
+    def add(self, value: object, path: str, constraint: str) -> None:
+        self.items.append((value, path, constraint))
+
+
+def parse_input(
+    params: Mapping[str, str], struct: Struct, *, flattened_lists: bool = False
+) -> dict[str, Any]:
+    """Typed, validated input from flat Query parameters; ValidationError lists all problems."""
+    problems = _Problems()
+    result = _parse_struct(params, "", "", struct, problems, flattened_lists)
+    if problems.items:
+        raise validation_error(problems.items)
+    return result
+
+
+def _parse_struct(
+    params: Mapping[str, str],
+    prefix: str,
+    path: str,
+    struct: Struct,
+    problems: _Problems,
+    flattened: bool,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in struct.fields:
+        wire = prefix + (item.wire_name or item.name)
+        member = f"{path}{member_path(item.name)}"
+        value = _parse_value(params, wire, member, item.shape, problems, flattened)
+        if value is None:
+            if item.required:
+                problems.add(None, member, "Member must not be null")
+            continue
+        out[item.name] = value
+    return out
+
+
+def _parse_value(
+    params: Mapping[str, str],
+    wire: str,
+    member: str,
+    shape: Shape,
+    problems: _Problems,
+    flattened: bool,
+) -> Any:
+    if isinstance(shape, Struct):
+        if not any(key.startswith(wire + ".") for key in params):
+            return None
+        return _parse_struct(params, wire + ".", member + ".", shape, problems, flattened)
+    if isinstance(shape, ListOf):
+        return _parse_list(params, wire, member, shape, problems, flattened)
+    raw = params.get(wire)
+    if raw is None:
+        return None
+    if isinstance(shape, Str):
+        for constraint in shape.problems(raw):
+            problems.add(raw, member, constraint)
+        return raw
+    if isinstance(shape, Int):
+        if not re.fullmatch(r"-?[0-9]{1,18}", raw):
+            problems.add(raw, member, "Member must be an integer")
+            return raw
+        number = int(raw)
+        if shape.minimum is not None and number < shape.minimum:
+            problems.add(
+                raw, member, f"Member must have value greater than or equal to {shape.minimum}"
+            )
+        if shape.maximum is not None and number > shape.maximum:
+            problems.add(
+                raw, member, f"Member must have value less than or equal to {shape.maximum}"
+            )
+        return number
+    if raw.lower() not in ("true", "false"):
+        problems.add(raw, member, "Member must be a boolean (true or false)")
+        return raw
+    return raw.lower() == "true"
+
+
+_INDEX = re.compile(r"([0-9]{1,6})(?:\.|$)")
+
+
+def _parse_list(
+    params: Mapping[str, str],
+    wire: str,
+    member: str,
+    shape: ListOf,
+    problems: _Problems,
+    flattened: bool,
+) -> list[Any] | None:
+    head = f"{wire}." if flattened else f"{wire}.member."
+    indexes: set[int] = set()
+    for key in params:
+        if key.startswith(head):
+            match = _INDEX.match(key, len(head))
+            if match:
+                indexes.add(int(match.group(1)))
+    if not indexes:
+        # ``Name=`` with no members is how the Query protocol sends an empty list.
+        return [] if params.get(wire) == "" else None
+    items = []
+    for position, index in enumerate(sorted(indexes), start=1):
+        item_member = f"{member}.{position}.member" if not flattened else f"{member}.{position}"
+        value = _parse_value(
+            params, f"{head}{index}", item_member, shape.member, problems, flattened
+        )
+        if value is None:
+            problems.add(None, item_member, "Member must not be null")
+            continue
+        items.append(value)
+    if shape.max_items is not None and len(items) > shape.max_items:
+        problems.add(
+            f"[{len(items)} items]",
+            member,
+            f"Member must have length less than or equal to {shape.max_items}",
+        )
+    if len(items) < shape.min_items:
+        problems.add(
+            f"[{len(items)} items]",
+            member,
+            f"Member must have length greater than or equal to {shape.min_items}",
+        )
+    return items
+
+
+def is_tag_text(value: str) -> bool:
+    """AWS's tag character set ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]``, which ``re`` cannot spell."""
+    return all(unicodedata.category(char)[0] in "LZN" or char in "_.:/=+-@" for char in value)
+
+
+def check_unique(values: list[str], what: str) -> None:
+    """Keys given twice in one request (ignoring case, as IAM compares them) are InvalidInput."""
+    seen: set[str] = set()
+    for value in values:
+        folded = value.lower()
+        if folded in seen:
+            raise InvalidInput(f"Duplicate {what} '{value}' in the request.")
+        seen.add(folded)
