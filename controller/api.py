@@ -1,0 +1,267 @@
+"""The public API endpoint: HTTP in, SigV4 checked, one action run in one transaction, XML out.
+
+This is the only place that turns `ApiError`s into AWS's error XML (IAM/STS or EC2 format), and
+the only place an unexpected exception is caught: it is logged here and answered as a 500 with no
+detail, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from controller import sigv4, xmlout
+from controller.actions import Caller, Context, Registry
+from controller.errors import (
+    ApiError,
+    InternalFailure,
+    InvalidAction,
+    InvalidClientTokenId,
+    InvalidParameterValue,
+    MalformedQueryString,
+    MethodNotAllowed,
+    MissingParameter,
+    RequestEntityTooLarge,
+    ServiceFailure,
+)
+from controller.query import parse_input
+from controller.store.base import Store, StoreError
+
+VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
+DEFAULT_MAX_BODY = 1024 * 1024
+
+log = Logger(namespace="rolecall.api")
+
+
+def error_body(error: ApiError, service: str | None, request_id: str) -> bytes:
+    if service == "ec2":
+        return xmlout.ec2_error(error.code, error.message, request_id)
+    return xmlout.query_error(
+        error.code, error.message, error.sender_fault, request_id, service or "iam"
+    )
+
+
+class ApiResource(Resource):
+    """IAM, STS and EC2 on one endpoint; the service comes from the SigV4 credential scope."""
+
+    isLeaf = True
+
+    def __init__(self, store: Store, registry: Registry, clock: IReactorTime) -> None:
+        super().__init__()
+        self._store = store
+        self._registry = registry
+        self._clock = clock
+
+    def render(self, request: server.Request) -> bytes:
+        started = self._clock.seconds()
+        request_id = str(uuid.uuid4())
+        outcome = _Outcome()
+        try:
+            if request.method not in (b"GET", b"POST"):
+                request.setHeader(b"Allow", b"GET, POST")
+                raise MethodNotAllowed(
+                    f"The HTTP method {request.method.decode('latin-1')} is not allowed;"
+                    " the Query API takes GET or POST."
+                )
+            body, status = self._serve(request, request_id, outcome)
+        except ApiError as error:
+            body, status = error_body(error, outcome.service, request_id), error.status
+            outcome.error = error.code
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/xml")
+        request.setHeader(b"x-amzn-RequestId", request_id.encode("ascii"))
+        log.info(
+            "{service}:{action} {status} key={access_key_id} error={error}"
+            " ({duration_ms:.1f} ms, request {request_id})",
+            service=outcome.service or "-",
+            action=outcome.action or "-",
+            status=status,
+            access_key_id=outcome.access_key_id or "-",
+            error=outcome.error or "-",
+            duration_ms=(self._clock.seconds() - started) * 1000,
+            request_id=request_id,
+        )
+        return body
+
+    def _serve(
+        self, request: server.Request, request_id: str, outcome: _Outcome
+    ) -> tuple[bytes, int]:
+        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        raw_path, _, raw_query = request.uri.partition(b"?")
+        body = request.content.read() if request.content is not None else b""
+        signed = sigv4.HttpRequest(
+            method=request.method.decode("ascii"),
+            path=_text(raw_path),
+            query=_text(raw_query),
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, values in request.requestHeaders.getAllRawHeaders()
+                for value in values
+            ],
+            body=body,
+        )
+        claim = sigv4.parse_request(signed, now)
+        outcome.access_key_id = claim.access_key_id
+        if claim.service in self._registry.services():
+            outcome.service = claim.service
+        caller = self._authenticate(claim)
+        params = request_params(signed, request.getHeader(b"content-type"))
+        if outcome.service is None:
+            raise InvalidAction(
+                f"RoleCall does not serve the service '{claim.service}' named in the credential"
+                f" scope; it serves {', '.join(sorted(self._registry.services()))}."
+            )
+        service = outcome.service
+        action_name = params.get("Action")
+        if not action_name:
+            raise MissingParameter("The request must contain the parameter Action.")
+        outcome.action = action_name
+        action = self._registry.get(service, action_name)
+        if action is None:
+            raise InvalidAction(
+                f"Could not find operation {action_name} for version {VERSIONS[service]}"
+            )
+        version = params.get("Version")
+        if not version:
+            raise MissingParameter("The request must contain the parameter Version.")
+        if version != VERSIONS[service]:
+            raise InvalidParameterValue(
+                f"Version {version} is not supported for {service}; use {VERSIONS[service]}."
+            )
+        inputs = parse_input(params, action.input, flattened_lists=service == "ec2")
+        try:
+            with self._store.transaction() as tx:
+                result = action.handler(Context(tx, caller, now), inputs)
+        except StoreError as error:
+            log.error("store failure in {action}: {error}", action=action_name, error=str(error))
+            raise ServiceFailure("The service could not reach its store; try again.") from error
+        except ApiError:
+            raise
+        except Exception as error:
+            log.failure("unexpected failure in {action}", action=action_name)
+            raise InternalFailure(
+                "The request processing has failed because of an internal error."
+            ) from error
+        if service == "ec2":
+            return xmlout.ec2_response(action_name, result or {}, request_id), 200
+        return xmlout.query_response(service, action_name, result, request_id), 200
+
+    def _authenticate(self, claim: sigv4.SignedClaim) -> Caller:
+        try:
+            with self._store.transaction() as tx:
+                key = tx.get_access_key(claim.access_key_id)
+        except StoreError as error:
+            raise ServiceFailure("The service could not reach its store; try again.") from error
+        if key is None or key.status != "Active" or claim.security_token is not None:
+            raise InvalidClientTokenId("The security token included in the request is invalid.")
+        sigv4.verify(claim, key.secret_access_key)
+        if key.user_name is None:
+            return Caller(
+                account_id=key.account_id,
+                arn=f"arn:aws:iam::{key.account_id}:root",
+                access_key_id=key.access_key_id,
+                user_id=key.account_id,
+                kind="root",
+            )
+        raise InvalidClientTokenId("The security token included in the request is invalid.")
+
+
+class _Outcome:
+    """What is known about a request so far, for its error format and its log line."""
+
+    service: str | None = None
+    action: str | None = None
+    access_key_id: str | None = None
+    error: str | None = None
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MalformedQueryString("The request URI is not valid UTF-8.") from error
+
+
+def request_params(request: sigv4.HttpRequest, content_type: bytes | None) -> dict[str, str]:
+    """The Query parameters from the query string and a form-encoded body; no name twice."""
+    pairs = list(sigv4.parse_query(request.query))
+    if request.body:
+        media_type = (content_type or b"").split(b";")[0].strip().lower()
+        if media_type != b"application/x-www-form-urlencoded":
+            raise MalformedQueryString(
+                "The request body must be application/x-www-form-urlencoded Query parameters."
+            )
+        try:
+            text = request.body.decode("utf-8")
+            pairs += parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise MalformedQueryString(
+                "The request body is not valid form-encoded UTF-8 text."
+            ) from error
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise MalformedQueryString(f"The parameter {name} appears more than once.")
+        params[name] = value
+    return params
+
+
+class BoundedRequest(server.Request):
+    """A request that refuses a body over ``max_body`` bytes with a 413 before reading it all."""
+
+    max_body = DEFAULT_MAX_BODY
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse()
+            length = None
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.content is not None and self.content.tell() + len(data) > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        error = RequestEntityTooLarge(
+            f"The request body is larger than the {self.max_body} bytes this endpoint accepts."
+        )
+        body = xmlout.query_error(error.code, error.message, True, str(uuid.uuid4()), "iam")
+        head = (
+            f"HTTP/1.1 {error.status} {http.RESPONSES[error.status].decode()}\r\n"
+            "Content-Type: text/xml\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("ascii")
+        log.warn("refused a request body over {limit} bytes", limit=self.max_body)
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(head + body)
+            transport.loseConnection()
+
+
+class ApiSite(server.Site):
+    """A Site whose access log is the API's own structured line, not Apache's combined format."""
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+
+def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Site:
+    site = ApiSite(resource)
+    site.requestFactory = type("ApiRequest", (BoundedRequest,), {"max_body": max_body})
+    return site

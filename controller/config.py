@@ -1,0 +1,131 @@
+"""The controller's configuration: TOML text to a validated, frozen `ControllerConfig`.
+
+Parsing is pure; reading the file is the caller's business. Every error names the key at fault.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and says what it must be."""
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    api_host: str = "127.0.0.1"
+    api_port: int = 8773
+    max_body_bytes: int = 1024 * 1024
+    #: The SQLite database file; default ``<state_dir>/rolecall.db``.
+    database: Path | None = None
+
+    @property
+    def database_path(self) -> Path:
+        return self.database if self.database is not None else self.state_dir / "rolecall.db"
+
+    @property
+    def root_credentials_path(self) -> Path:
+        return self.state_dir / "root-credentials"
+
+    def with_overrides(self, **overrides: Any) -> ControllerConfig:
+        """This configuration with the given fields replaced (flags override the file)."""
+        known = {field.name for field in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"not configuration fields: {', '.join(sorted(unknown))}")
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        return replace(self, **chosen)
+
+
+# TOML key -> (field name, converter)
+def _path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty path string (got {value!r})")
+    return Path(value)
+
+
+def _port(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{key}: must be a port number from 0 to 65535 (got {value!r})")
+    return value
+
+
+def _host(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a host name or address (got {value!r})")
+    return value
+
+
+def _size(key: str, value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1024 <= value <= 64 * 1024 * 1024
+    ):
+        raise ConfigError(f"{key}: must be a byte count from 1024 to 67108864 (got {value!r})")
+    return value
+
+
+def _backend(key: str, value: object) -> str:
+    if value != "sqlite":
+        raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
+    return "sqlite"
+
+
+_KEYS = {
+    "state_dir": ("state_dir", _path),
+    "api.host": ("api_host", _host),
+    "api.port": ("api_port", _port),
+    "api.max_body_bytes": ("max_body_bytes", _size),
+    "store.backend": (None, _backend),
+    "store.path": ("database", _path),
+}
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
+    """A validated configuration from TOML text; `source` names the file in errors."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from error
+    values: dict[str, Any] = {}
+    for key, value in _flatten(table).items():
+        if key not in _KEYS:
+            raise ConfigError(f"{source}: unknown key {key} (known: {', '.join(sorted(_KEYS))})")
+        field_name, convert = _KEYS[key]
+        converted = convert(f"{source}: {key}", value)
+        if field_name is not None:
+            values[field_name] = converted
+    return ControllerConfig(**values)
+
+
+def load_config(path: Path | None) -> ControllerConfig:
+    """The configuration from `path`, or from the default file if it exists, or the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return ControllerConfig()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the configuration file {path}: {error.strerror}") from error
+    return config_from_string(text, str(path))

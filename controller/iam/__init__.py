@@ -1,0 +1,7 @@
+"""IAM (2010-05-08): roles, their inline policies, instance profiles."""
+
+from controller.actions import Registry
+
+registry = Registry()
+
+from controller.iam import instance_profiles, roles  # noqa: E402,F401  (they register their actions)

@@ -1,0 +1,170 @@
+"""What IAM's actions share: ids, paging markers, tags, quotas, the Role and profile shapes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from controller.actions import Context
+from controller.errors import InvalidInput, LimitExceeded, NoSuchEntity
+from controller.policy.document import PolicyKind, parse_policy, policy_size
+from controller.query import check_unique
+from controller.store.records import InstanceProfile, Role, Tag
+from controller.xmlout import format_time
+
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+MAX_TAGS = 50
+TRUST_POLICY_QUOTA = 2048
+ROLE_POLICIES_QUOTA = 10240
+DEFAULT_MAX_ITEMS = 100
+
+
+def new_id(prefix: str) -> str:
+    """An IAM unique id: a 4-letter kind prefix and 17 random characters (21 in all)."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(17))
+
+
+def now_text(context: Context) -> str:
+    return format_time(context.now)
+
+
+# Paging: a marker is the last returned name (lower-cased), wrapped so callers treat it as opaque.
+
+
+def encode_marker(last: str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last}".encode()).decode("ascii")
+
+
+def decode_marker(marker: str | None) -> str | None:
+    if marker is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(marker.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        text = ""
+    if not text.startswith("v1:"):
+        raise InvalidInput("Invalid Marker: it was not returned by a previous call of this action.")
+    return text[3:]
+
+
+def page_fields(items: list[Any], more: bool, last_key: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"IsTruncated": more}
+    if more and last_key is not None:
+        fields["Marker"] = encode_marker(last_key)
+    return fields
+
+
+def page_in_memory(
+    items: Sequence[Any], key: Any, params: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Paging for short lists that are read whole (tags, inline policy names)."""
+    after = decode_marker(params.get("Marker"))
+    limit = params.get("MaxItems", DEFAULT_MAX_ITEMS)
+    remaining = [item for item in sorted(items, key=key) if after is None or key(item) > after]
+    chosen = remaining[:limit]
+    more = len(remaining) > limit
+    return chosen, page_fields(chosen, more, key(chosen[-1]) if chosen else None)
+
+
+# Documents
+
+
+def check_trust_policy(document: str) -> None:
+    parse_policy(document, PolicyKind.TRUST)
+    if policy_size(document) > TRUST_POLICY_QUOTA:
+        raise LimitExceeded(f"Cannot exceed quota for ACLSizePerRole: {TRUST_POLICY_QUOTA}")
+
+
+def check_identity_policy(document: str) -> None:
+    parse_policy(document, PolicyKind.IDENTITY)
+
+
+def encode_document(document: str) -> str:
+    """IAM returns policy documents URL-encoded; SDKs decode them."""
+    return quote(document, safe="")
+
+
+# Tags
+
+
+def tags_from_params(params: dict[str, Any]) -> list[Tag]:
+    tags = [Tag(item["Key"], item["Value"]) for item in params.get("Tags", [])]
+    check_unique([tag.key for tag in tags], "tag key")
+    return tags
+
+
+def add_tags(context: Context, entity_id: str, tags: list[Tag]) -> None:
+    existing = {tag.key.lower() for tag in context.tx.get_tags(entity_id)}
+    added = {tag.key.lower() for tag in tags} - existing
+    if len(existing) + len(added) > MAX_TAGS:
+        raise LimitExceeded(
+            f"The number of tags has reached the maximum limit of {MAX_TAGS} per entity."
+        )
+    context.tx.put_tags(entity_id, tags)
+
+
+def tag_list(tags: Sequence[Tag]) -> list[dict[str, str]]:
+    return [{"Key": tag.key, "Value": tag.value} for tag in tags]
+
+
+# Entities
+
+
+def require_role(context: Context, name: str) -> Role:
+    role = context.tx.get_role(context.account_id, name)
+    if role is None:
+        raise NoSuchEntity(f"The role with name {name} cannot be found.")
+    return role
+
+
+def require_instance_profile(context: Context, name: str) -> InstanceProfile:
+    profile = context.tx.get_instance_profile(context.account_id, name)
+    if profile is None:
+        raise NoSuchEntity(f"Instance Profile {name} cannot be found.")
+    return profile
+
+
+def role_shape(context: Context, role: Role, *, with_tags: bool) -> dict[str, Any]:
+    """A Role as IAM returns it (tags only where IAM includes them: Get and Create)."""
+    shape: dict[str, Any] = {
+        "Path": role.path,
+        "RoleName": role.name,
+        "RoleId": role.role_id,
+        "Arn": role.arn,
+        "CreateDate": role.created,
+        "AssumeRolePolicyDocument": encode_document(role.assume_role_policy),
+        "Description": role.description,
+        "MaxSessionDuration": role.max_session_duration,
+    }
+    if with_tags:
+        tags = context.tx.get_tags(role.role_id)
+        if tags:
+            shape["Tags"] = tag_list(tags)
+    return shape
+
+
+def instance_profile_shape(
+    context: Context, profile: InstanceProfile, *, with_tags: bool
+) -> dict[str, Any]:
+    roles = []
+    if profile.role_id is not None:
+        role = context.tx.get_role_by_id(profile.role_id)
+        if role is not None:
+            roles.append(role_shape(context, role, with_tags=False))
+    shape: dict[str, Any] = {
+        "Path": profile.path,
+        "InstanceProfileName": profile.name,
+        "InstanceProfileId": profile.profile_id,
+        "Arn": profile.arn,
+        "CreateDate": profile.created,
+        "Roles": roles,
+    }
+    if with_tags:
+        tags = context.tx.get_tags(profile.profile_id)
+        if tags:
+            shape["Tags"] = tag_list(tags)
+    return shape

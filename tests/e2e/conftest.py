@@ -1,0 +1,134 @@
+"""A real controller process for end-to-end tests: ``rolecall-controller init`` then ``serve``."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+BIN = Path(sys.executable).parent
+ACCOUNT_ID = "123456789012"
+LISTENING = re.compile(r"public API listening on (http://\S+)")
+
+
+@dataclass
+class Controller:
+    url: str
+    state_dir: Path
+    credentials_file: Path
+    access_key_id: str
+    secret_access_key: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def client(self, service: str = "iam", **config: object) -> object:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    def cli_env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+        env.update(
+            AWS_SHARED_CREDENTIALS_FILE=str(self.credentials_file),
+            AWS_CONFIG_FILE=str(self.state_dir / "no-such-config"),
+            AWS_PROFILE="rolecall",
+            AWS_DEFAULT_REGION="us-east-1",
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        )
+        return env
+
+
+def start_controller(state_dir: Path) -> Controller:
+    init = subprocess.run(
+        [BIN / "rolecall-controller", "--state-dir", state_dir, "init", "--account-id", ACCOUNT_ID],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Initialised RoleCall" in init.stdout
+    credentials = configparser.ConfigParser()
+    credentials.read(state_dir / "root-credentials")
+    process = subprocess.Popen(
+        [BIN / "rolecall-controller", "--state-dir", state_dir, "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    found: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:
+        # A thread, not select(): lines already buffered by Python are invisible to select().
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            match = LISTENING.search(line)
+            if match:
+                found.put(match.group(1))
+        found.put("")
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        url = found.get(timeout=30)
+    except queue.Empty:
+        url = ""
+    if not url:
+        process.kill()
+        process.wait()
+        raise AssertionError("controller did not start:\n" + "".join(output))
+    return Controller(
+        url=url,
+        state_dir=state_dir,
+        credentials_file=state_dir / "root-credentials",
+        access_key_id=credentials["rolecall"]["aws_access_key_id"],
+        secret_access_key=credentials["rolecall"]["aws_secret_access_key"],
+        process=process,
+        output=output,
+    )
+
+
+def stop_controller(controller: Controller) -> int:
+    if controller.process.poll() is None:
+        controller.process.send_signal(signal.SIGTERM)
+        try:
+            controller.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            controller.process.kill()
+            controller.process.wait()
+    return controller.process.returncode
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+    running = start_controller(tmp_path_factory.mktemp("controller"))
+    try:
+        yield running
+    finally:
+        code = stop_controller(running)
+    assert code == 0, "controller did not stop cleanly on SIGTERM:\n" + "".join(running.output)
+    log = "".join(running.output)
+    assert running.secret_access_key not in log, "a secret key reached the controller's log"
+    assert "Traceback" not in log, "the controller logged a traceback:\n" + log
+
+
+@pytest.fixture
+def iam(controller: Controller) -> object:
+    return controller.client("iam")

@@ -1,0 +1,94 @@
+"""``rolecall-controller init``: what it creates, and that running it twice destroys nothing."""
+
+from __future__ import annotations
+
+import configparser
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+
+
+def init(state_dir: Path, *extra: str) -> int:
+    return main(["--state-dir", str(state_dir), "init", *extra])
+
+
+def test_init_creates_a_private_state_directory_store_and_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert init(state, "--account-id", "111122223333") == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    credentials_file = state / "root-credentials"
+    assert stat.S_IMODE(credentials_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "rolecall.db").stat().st_mode) == 0o600
+    credentials = configparser.ConfigParser()
+    credentials.read(credentials_file)
+    key_id = credentials["rolecall"]["aws_access_key_id"]
+    assert key_id.startswith("AKIA") and len(key_id) == 20
+    assert len(credentials["rolecall"]["aws_secret_access_key"]) == 40
+    out = capsys.readouterr().out
+    assert "111122223333" in out
+    assert "--profile rolecall" in out and "--endpoint-url http://127.0.0.1:8773" in out
+    assert credentials["rolecall"]["aws_secret_access_key"] not in out
+
+
+def test_init_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
+    init(tmp_path / "s")
+    with sqlite3.connect(tmp_path / "s" / "rolecall.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+        accounts = connection.execute("SELECT account_id FROM accounts").fetchall()
+    assert len(accounts) == 1
+    assert len(accounts[0][0]) == 12 and accounts[0][0].isdigit()
+
+
+def test_running_init_twice_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    init(state, "--account-id", "111122223333")
+    before = (state / "root-credentials").read_bytes()
+    assert init(state) == 0
+    assert (state / "root-credentials").read_bytes() == before
+    assert "already initialised" in capsys.readouterr().out
+    with sqlite3.connect(state / "rolecall.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM access_keys").fetchone()[0] == 1
+
+
+def test_init_again_with_another_account_id_is_refused_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    init(state, "--account-id", "111122223333")
+    assert init(state, "--account-id", "444455556666") == 1
+    err = capsys.readouterr().err
+    assert "111122223333" in err and "not changed" in err
+
+
+@pytest.mark.parametrize("account_id", ["12345", "12345678901a", "1234567890123"])
+def test_a_malformed_account_id_is_refused_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], account_id: str
+) -> None:
+    assert init(tmp_path / "state", "--account-id", account_id) == 1
+    assert "--account-id must be 12 digits" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
+def test_serve_refuses_an_uninitialised_state_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--state-dir", str(tmp_path / "empty"), "serve"]) == 1
+    assert "is not initialised" in capsys.readouterr().err
+
+
+def test_a_bad_config_file_is_reported_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "controller.toml"
+    config.write_text("[api]\nport = 99999\n")
+    assert main(["--config", str(config), "--state-dir", str(tmp_path / "s"), "serve"]) == 1
+    assert "api.port" in capsys.readouterr().err
