@@ -1,0 +1,403 @@
+"""The policy decision: does a set of policies allow one request? Pure: documents and context in.
+
+AWS's logic for identity-based policies: an explicit Deny in any statement that applies wins;
+otherwise an Allow that applies is needed; otherwise the request is implicitly denied. A statement
+applies when its action, its resource (or, in a trust policy, its principal) and all of its
+conditions match the request.
+
+Fail closed. A condition the engine cannot decide (an operator it does not know, a policy value
+that is not valid for its operator) is *unknown*, and a statement whose conditions are all true
+or unknown may or may not apply. Such a statement never grants: as an Allow it does not allow,
+as a Deny it denies. One false condition still means the statement does not apply, since no
+reading of the unknown one could change that. So the engine never allows anything that AWS,
+under any meaning of the unknown operator, would deny.
+
+Documents are compiled once (patterns to regexes, conditions to tests), cached for as long as
+the ``PolicyDocument`` object lives; statements are pre-selected by action, cached per document.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from controller.policy.conditions import CompiledCondition, compile_condition
+from controller.policy.document import PolicyDocument, Statement
+from controller.policy.match import (
+    GlobMode,
+    TemplateMatcher,
+    compile_globs,
+    compile_template,
+    principal_matches,
+)
+from controller.policy.variables import Lookup, Template, parse_template
+
+__all__ = [
+    "Decision",
+    "RequestContext",
+    "evaluate",
+    "evaluate_trust",
+    "evaluate_with_session",
+    "principal_matches",
+    "time_keys",
+]
+
+Effect = Literal["Allow", "Deny", "ImplicitDeny"]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What is being asked: one action on one resource by one principal, with its context keys.
+
+    ``keys`` holds the condition context keys (``aws:SourceIp``, ``aws:PrincipalTag/team``, ...);
+    names are matched case-insensitively, as AWS does. ``aws:PrincipalArn`` and
+    ``aws:PrincipalAccount`` default to ``principal_arn`` and ``account_id``. A key with several
+    values is multivalued (``aws:TagKeys``); a bare string is taken as one value; of two keys that
+    differ only in case, the last is used.
+    """
+
+    action: str  # "iam:CreateRole"
+    resource: str  # an ARN, or "*" for actions without a resource
+    principal_arn: str
+    account_id: str
+    keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def _lowered(self) -> dict[str, tuple[str, ...]]:
+        """The keys by lower-case name, built on first use and kept on the instance."""
+        lowered: dict[str, tuple[str, ...]] | None = self.__dict__.get("_lowered_keys")
+        if lowered is None:
+            # A bare string is one value, not a tuple of characters. When two keys differ only
+            # in case the last one wins.
+            lowered = {
+                key.lower(): (values,) if isinstance(values, str) else values
+                for key, values in self.keys.items()
+            }
+            if self.principal_arn:
+                lowered.setdefault("aws:principalarn", (self.principal_arn,))
+            if self.account_id:
+                lowered.setdefault("aws:principalaccount", (self.account_id,))
+            # Memoized like functools.cached_property does: straight into the instance dict.
+            self.__dict__["_lowered_keys"] = lowered
+        return lowered
+
+    def lookup(self, lower_key: str) -> tuple[str, ...] | None:
+        """The values of a context key given in lower case, or ``None`` if the request has none."""
+        return self._lowered().get(lower_key)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer, the statement and policy that decided it, and the context keys it lacked.
+
+    ``missing_keys`` are keys (as the policies spell them) that conditions or policy variables of
+    the statements matching the action and resource read but the request did not have: what an
+    IAM policy simulator reports as missing context values.
+    """
+
+    effect: Effect
+    statement: Statement | None = None
+    policy_name: str | None = None
+    missing_keys: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == "Allow"
+
+
+def time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
+    """``aws:CurrentTime`` and ``aws:EpochTime`` for ``now`` (naive means UTC)."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    now = now.astimezone(UTC)
+    return {
+        "aws:CurrentTime": (now.strftime("%Y-%m-%dT%H:%M:%SZ"),),
+        "aws:EpochTime": (str(int(now.timestamp())),),
+    }
+
+
+def evaluate(policies: Sequence[tuple[str, PolicyDocument]], context: RequestContext) -> Decision:
+    """Identity-based evaluation of ``(name, document)`` pairs: Deny wins, else Allow, else none.
+
+    Statements without Resource/NotResource (trust policies) never apply here.
+    """
+    return _decide(policies, context, _Target.RESOURCE)
+
+
+def evaluate_with_session(
+    identity_policies: Sequence[tuple[str, PolicyDocument]],
+    session_policies: Sequence[tuple[str, PolicyDocument]],
+    context: RequestContext,
+) -> Decision:
+    """Evaluation for temporary credentials whose session passed policies: the intersection.
+
+    Allowed only if both the identity's policies and the session policies allow and neither
+    denies. An empty ``session_policies`` allows nothing (GetFederationToken without a policy);
+    a session without a session policy (AssumeRole without ``Policy``) uses ``evaluate``.
+    """
+    identity = evaluate(identity_policies, context)
+    session = evaluate(session_policies, context)
+    missing = tuple(dict.fromkeys(identity.missing_keys + session.missing_keys))
+    for decision in (identity, session):
+        if decision.effect == "Deny":
+            return Decision("Deny", decision.statement, decision.policy_name, missing)
+    if identity.effect == "Allow" and session.effect == "Allow":
+        return Decision("Allow", identity.statement, identity.policy_name, missing)
+    return Decision("ImplicitDeny", None, None, missing)
+
+
+def evaluate_trust(
+    policy: PolicyDocument,
+    context: RequestContext,
+    *,
+    policy_name: str = "AssumeRolePolicyDocument",
+    service: str | None = None,
+    federated: str | None = None,
+) -> Decision:
+    """A role's trust policy asked whether the caller may ``context.action`` (``sts:AssumeRole``).
+
+    The caller is ``context.principal_arn``/``context.account_id`` (empty strings for none), or
+    the ``service`` or ``federated`` provider; Principal/NotPrincipal stand where Resource does.
+    """
+    caller = _Caller(
+        principal_arn=context.principal_arn or None,
+        account_id=context.account_id or None,
+        service=service,
+        federated=federated,
+    )
+    return _decide([(policy_name, policy)], context, _Target.PRINCIPAL, caller)
+
+
+# -- compiled documents --------------------------------------------------------------------------
+
+
+class _Target(enum.Enum):
+    """What a statement must name besides the action: the resource, or (trust) the caller."""
+
+    RESOURCE = "resource"
+    PRINCIPAL = "principal"
+
+
+@dataclass(frozen=True)
+class _Caller:
+    principal_arn: str | None
+    account_id: str | None
+    service: str | None
+    federated: str | None
+
+
+@dataclass(frozen=True)
+class _Resources:
+    """A Resource or NotResource element, compiled."""
+
+    everything: bool  # "*" is among the patterns
+    static: re.Pattern[str] | None  # the patterns without variables, as one regex
+    templates: tuple[tuple[Template, TemplateMatcher], ...]  # the patterns with variables
+    invalid: bool  # a pattern holds a "${...}" that is not a variable: it never resolves
+
+    def match(self, resource: str, lookup: Lookup) -> bool | None:
+        """True if a pattern matches; else ``None`` if a variable did not resolve; else False."""
+        if self.everything or (self.static is not None and self.static.fullmatch(resource)):
+            return True
+        unresolved = self.invalid
+        for template, matcher in self.templates:
+            values = template.resolve_values(lookup)
+            if values is None:
+                unresolved = True
+            elif matcher.match(values, resource):
+                return True
+        return None if unresolved else False
+
+
+@dataclass(frozen=True)
+class _CompiledStatement:
+    statement: Statement
+    deny: bool
+    resources: _Resources | None
+    negated_resources: bool
+    conditions: tuple[CompiledCondition, ...]
+    #: ``(lower, as written)`` for every context key the statement reads.
+    keys: tuple[tuple[str, str], ...]
+
+    def targets_resource(self, resource: str, lookup: Lookup) -> bool | None:
+        """Whether the statement names ``resource``; ``None`` if a variable did not resolve.
+
+        ``None`` means the statement does not apply (for NotResource too: an unresolvable pattern
+        makes the element not match), but its keys are still reported as missing.
+        """
+        if self.resources is None:
+            return False
+        matched = self.resources.match(resource, lookup)
+        if self.negated_resources:
+            return None if matched is None else not matched
+        return matched
+
+    def targets_principal(self, caller: _Caller) -> bool:
+        statement = self.statement
+        principal = statement.principal or statement.not_principal
+        if principal is None:
+            return False
+        matched = principal_matches(
+            principal,
+            principal_arn=caller.principal_arn,
+            account_id=caller.account_id,
+            service=caller.service,
+            federated=caller.federated,
+        )
+        return matched if statement.principal is not None else not matched
+
+    def conditions_hold(self, lookup: Lookup) -> bool | None:
+        """True if all conditions hold, False if one fails, else None (some unknown)."""
+        outcome: bool | None = True
+        for condition in self.conditions:
+            result = condition.test(lookup)
+            if result is False:
+                return False
+            if result is None:
+                outcome = None
+        return outcome
+
+
+_ACTION_CACHE_LIMIT = 1024
+
+
+class _CompiledDocument:
+    """A document's statements, compiled, and which of them each action selects."""
+
+    def __init__(self, document: PolicyDocument) -> None:
+        self.statements = tuple(
+            _compile_statement(statement, document.substitutes_variables)
+            for statement in document.statements
+        )
+        self._actions = tuple(_compile_actions(statement) for statement in document.statements)
+        self._by_action: dict[str, tuple[_CompiledStatement, ...]] = {}
+
+    def for_action(self, action: str) -> tuple[_CompiledStatement, ...]:
+        selected = self._by_action.get(action)
+        if selected is None:
+            selected = tuple(
+                compiled
+                for compiled, (regex, negated) in zip(self.statements, self._actions, strict=True)
+                if (regex is None or regex.fullmatch(action) is not None) != negated
+            )
+            if len(self._by_action) >= _ACTION_CACHE_LIMIT:
+                self._by_action.clear()
+            self._by_action[action] = selected
+        return selected
+
+
+def _compile_actions(statement: Statement) -> tuple[re.Pattern[str] | None, bool]:
+    """The action regex (``None`` for ``*``, which matches all) and whether it is NotAction."""
+    negated = statement.actions is None
+    patterns = (statement.actions if not negated else statement.not_actions) or ()
+    if "*" in patterns:
+        return None, negated
+    globs = tuple(((pattern, False),) for pattern in patterns)
+    return compile_globs(globs, GlobMode.PLAIN, ignore_case=True), negated
+
+
+def _compile_statement(statement: Statement, substitute: bool) -> _CompiledStatement:
+    patterns = statement.resources if statement.resources is not None else statement.not_resources
+    resources: _Resources | None = None
+    keys: list[str] = []
+    if patterns is not None:
+        templates = [parse_template(pattern, substitute) for pattern in patterns]
+        statics = tuple(static for template in templates if (static := template.static) is not None)
+        resources = _Resources(
+            everything="*" in patterns,
+            static=compile_globs(statics, GlobMode.RESOURCE) if statics else None,
+            templates=tuple(
+                (template, _template_matcher(template))
+                for template in templates
+                if template.static is None and not template.invalid
+            ),
+            invalid=any(template.invalid for template in templates),
+        )
+        keys.extend(key for template in templates for key in template.keys)
+    conditions = tuple(
+        compile_condition(condition, substitute) for condition in statement.conditions
+    )
+    keys.extend(key for condition in conditions for key in condition.keys)
+    return _CompiledStatement(
+        statement=statement,
+        deny=statement.effect == "Deny",
+        resources=resources,
+        negated_resources=statement.resources is None,
+        conditions=conditions,
+        keys=tuple(_first_spellings(keys).items()),
+    )
+
+
+def _template_matcher(template: Template) -> TemplateMatcher:
+    return compile_template(template.shape, len(template.variables), GlobMode.RESOURCE)
+
+
+def _first_spellings(keys: Sequence[str]) -> dict[str, str]:
+    spellings: dict[str, str] = {}
+    for key in keys:
+        spellings.setdefault(key.lower(), key)
+    return spellings
+
+
+# Compiled documents by id(); each entry dies with its document (a weakref callback removes it).
+_compiled_documents: dict[int, tuple[weakref.ref[PolicyDocument], _CompiledDocument]] = {}
+
+
+def _compiled(document: PolicyDocument) -> _CompiledDocument:
+    key = id(document)
+    entry = _compiled_documents.get(key)
+    if entry is not None and entry[0]() is document:
+        return entry[1]
+    compiled = _CompiledDocument(document)
+
+    def forget(_reference: weakref.ref[PolicyDocument], key: int = key) -> None:
+        _compiled_documents.pop(key, None)
+
+    _compiled_documents[key] = (weakref.ref(document, forget), compiled)
+    return compiled
+
+
+# -- the decision ----------------------------------------------------------------------------------
+
+
+def _decide(
+    policies: Sequence[tuple[str, PolicyDocument]],
+    context: RequestContext,
+    target: _Target,
+    caller: _Caller | None = None,
+) -> Decision:
+    lookup: Lookup = context._lowered().get
+    allow: tuple[Statement, str] | None = None
+    deny: tuple[Statement, str] | None = None
+    missing: dict[str, None] = {}
+    for name, document in policies:
+        for compiled in _compiled(document).for_action(context.action):
+            if target is _Target.RESOURCE:
+                targeted = compiled.targets_resource(context.resource, lookup)
+            else:
+                targeted = caller is not None and compiled.targets_principal(caller)
+            if targeted is False:
+                continue
+            for lower_key, key in compiled.keys:
+                if lookup(lower_key) is None:
+                    missing.setdefault(key)
+            if targeted is None:
+                continue
+            if deny is not None or (allow is not None and not compiled.deny):
+                continue  # already decided for this effect: read only for its missing keys
+            outcome = compiled.conditions_hold(lookup)
+            if compiled.deny:
+                if outcome is not False and deny is None:
+                    deny = (compiled.statement, name)  # true or unknown: deny (fail closed)
+            elif outcome is True and allow is None:
+                allow = (compiled.statement, name)  # only a certain Allow allows
+    missing_keys = tuple(missing)
+    if deny is not None:
+        return Decision("Deny", deny[0], deny[1], missing_keys)
+    if allow is not None:
+        return Decision("Allow", allow[0], allow[1], missing_keys)
+    return Decision("ImplicitDeny", None, None, missing_keys)
