@@ -1,35 +1,75 @@
-"""What an API action is: its service, name, input shape and handler; and what a handler sees."""
+"""What an API action is (service, name, input, resource, handler) and what a handler sees."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from controller.query import Struct
 from controller.store.base import Transaction
 
+#: The principal types of aws:PrincipalType, by caller kind.
+PRINCIPAL_TYPES = {
+    "root": "Account",
+    "user": "User",
+    "assumed-role": "AssumedRole",
+    "federated-user": "FederatedUser",
+    "session": "User",
+}
+
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated principal of a request."""
+    """The authenticated principal of a request.
+
+    ``kind`` is root | user (long-term keys) | assumed-role | federated-user | session (temporary
+    credentials: AssumeRole, GetFederationToken, GetSessionToken).
+    """
 
     account_id: str
     arn: str
     access_key_id: str
     user_id: str
-    #: root | user | assumed-role | federated-user
     kind: str
+    #: The IAM user behind a user key, a GetSessionToken session or a federation (None: root).
+    user_name: str | None = None
+    #: The role behind an assumed-role session.
+    role_id: str | None = None
+    #: The session policy of temporary credentials, if one was passed.
+    session_policy: str | None = None
+    #: The long-term identity that started this chain of credentials (its own ARN if long-term).
+    issuer_arn: str = ""
+    source_identity: str | None = None
+    #: When temporary credentials were issued and expire.
+    issued: datetime | None = None
+    expires: datetime | None = None
+
+    @property
+    def temporary(self) -> bool:
+        return self.kind in ("assumed-role", "federated-user", "session")
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the transport says about a request, for condition keys."""
+
+    source_ip: str = "127.0.0.1"
+    secure_transport: bool = False
+    region: str = "us-east-1"
 
 
 @dataclass(frozen=True)
 class Context:
-    """Everything a handler may use: one store transaction, the caller and the time."""
+    """Everything a handler may use: one store transaction, the caller, the time, the services."""
 
     tx: Transaction
     caller: Caller
     now: datetime
+    facts: RequestFacts = field(default_factory=RequestFacts)
+    #: Shared components handlers need (the token key ring, settings), by name.
+    services: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def account_id(self) -> str:
@@ -38,6 +78,12 @@ class Context:
 
 Result = Mapping[str, Any] | None
 Handler = Callable[[Context, dict[str, Any]], Result]
+#: The ARN an action acts on, from the request (``*`` when it has none).
+ResourceOf = Callable[[Context, dict[str, Any]], str]
+
+
+def no_resource(context: Context, params: dict[str, Any]) -> str:
+    return "*"
 
 
 @dataclass(frozen=True)
@@ -46,17 +92,32 @@ class Action:
     name: str
     input: Struct
     handler: Handler
+    #: The resource for authorization; None when the handler authorizes itself (AssumeRole).
+    resource: ResourceOf | None = no_resource
+
+    @property
+    def iam_action(self) -> str:
+        """The action as policies name it, e.g. ``iam:CreateRole``."""
+        return f"{self.service}:{self.name}"
 
 
 class Registry:
     """The actions of the services one endpoint serves, looked up by (service, action)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *others: Registry) -> None:
         self._actions: dict[tuple[str, str], Action] = {}
+        for other in others:
+            self._actions.update(other._actions)
 
-    def action(self, service: str, name: str, input: Struct) -> Callable[[Handler], Handler]:
+    def action(
+        self,
+        service: str,
+        name: str,
+        input: Struct,
+        resource: ResourceOf | None = no_resource,
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self._actions[(service, name)] = Action(service, name, input, handler)
+            self._actions[(service, name)] = Action(service, name, input, handler, resource)
             return handler
 
         return register
@@ -69,3 +130,6 @@ class Registry:
 
     def services(self) -> set[str]:
         return {svc for (svc, _) in self._actions}
+
+    def __iter__(self) -> Iterator[Action]:
+        return iter(self._actions.values())

@@ -8,7 +8,9 @@ detail, never as a traceback.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 from twisted.internet.interfaces import IReactorTime
@@ -17,7 +19,8 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from controller import sigv4, xmlout
-from controller.actions import Caller, Context, Registry
+from controller.actions import Caller, Context, Registry, RequestFacts
+from controller.authorize import authorize
 from controller.errors import (
     ApiError,
     InternalFailure,
@@ -31,7 +34,9 @@ from controller.errors import (
     ServiceFailure,
 )
 from controller.query import parse_input
+from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
+from controller.tokens import SessionClaims
 
 VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -52,11 +57,20 @@ class ApiResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, store: Store, registry: Registry, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        clock: IReactorTime,
+        sessions: Sessions,
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._store = store
         self._registry = registry
         self._clock = clock
+        self._sessions = sessions
+        self._services = {"sessions": sessions, **(services or {})}
 
     def render(self, request: server.Request) -> bytes:
         started = self._clock.seconds()
@@ -110,7 +124,7 @@ class ApiResource(Resource):
         outcome.access_key_id = claim.access_key_id
         if claim.service in self._registry.services():
             outcome.service = claim.service
-        caller = self._authenticate(claim)
+        caller = self._authenticate(claim, now)
         params = request_params(signed, request.getHeader(b"content-type"))
         if outcome.service is None:
             raise InvalidAction(
@@ -137,7 +151,10 @@ class ApiResource(Resource):
         inputs = parse_input(params, action.input, flattened_lists=service == "ec2")
         try:
             with self._store.transaction() as tx:
-                result = action.handler(Context(tx, caller, now), inputs)
+                context = Context(tx, caller, now, _facts(request, claim), self._services)
+                if action.resource is not None:
+                    authorize(context, action.iam_action, action.resource(context, inputs))
+                result = action.handler(context, inputs)
         except StoreError as error:
             log.error("store failure in {action}: {error}", action=action_name, error=str(error))
             raise ServiceFailure("The service could not reach its store; try again.") from error
@@ -152,24 +169,68 @@ class ApiResource(Resource):
             return xmlout.ec2_response(action_name, result or {}, request_id), 200
         return xmlout.query_response(service, action_name, result, request_id), 200
 
-    def _authenticate(self, claim: sigv4.SignedClaim) -> Caller:
+    def _authenticate(self, claim: sigv4.SignedClaim, now: datetime) -> Caller:
+        """Who signed the request: a long-term key from the store, or a sealed session token."""
+        invalid = InvalidClientTokenId("The security token included in the request is invalid.")
+        if claim.security_token is not None:
+            claims = self._sessions.open(claim.security_token, now)
+            if claims.access_key_id != claim.access_key_id:
+                raise invalid
+            sigv4.verify(claim, claims.secret_access_key)
+            return caller_from_session(claims)
         try:
             with self._store.transaction() as tx:
                 key = tx.get_access_key(claim.access_key_id)
         except StoreError as error:
             raise ServiceFailure("The service could not reach its store; try again.") from error
-        if key is None or key.status != "Active" or claim.security_token is not None:
-            raise InvalidClientTokenId("The security token included in the request is invalid.")
+        if key is None or key.status != "Active":
+            raise invalid
         sigv4.verify(claim, key.secret_access_key)
         if key.user_name is None:
-            return Caller(
-                account_id=key.account_id,
-                arn=f"arn:aws:iam::{key.account_id}:root",
-                access_key_id=key.access_key_id,
-                user_id=key.account_id,
-                kind="root",
-            )
-        raise InvalidClientTokenId("The security token included in the request is invalid.")
+            arn = f"arn:aws:iam::{key.account_id}:root"
+            return Caller(key.account_id, arn, key.access_key_id, key.account_id, "root",
+                          issuer_arn=arn)  # fmt: skip
+        with self._store.transaction() as tx:
+            user = tx.get_user(key.account_id, key.user_name)
+        if user is None:
+            raise invalid
+        return Caller(
+            account_id=key.account_id,
+            arn=user.arn,
+            access_key_id=key.access_key_id,
+            user_id=user.user_id,
+            kind="user",
+            user_name=user.name,
+            issuer_arn=user.arn,
+        )
+
+
+def caller_from_session(claims: SessionClaims) -> Caller:
+    """The caller that temporary credentials stand for."""
+    kind = claims.principal_type if claims.principal_type != "instance" else "assumed-role"
+    return Caller(
+        account_id=claims.account_id,
+        arn=claims.principal_arn,
+        access_key_id=claims.access_key_id,
+        user_id=claims.user_id,
+        kind=kind,
+        user_name=claims.extra.get("user_name"),
+        role_id=claims.role_id,
+        session_policy=claims.session_policy,
+        issuer_arn=claims.issuer_arn,
+        source_identity=claims.source_identity,
+        issued=claims.issued,
+        expires=claims.expires,
+    )
+
+
+def _facts(request: server.Request, claim: sigv4.SignedClaim) -> RequestFacts:
+    peer = request.getClientAddress()
+    return RequestFacts(
+        source_ip=getattr(peer, "host", "127.0.0.1"),
+        secure_transport=request.isSecure(),
+        region=claim.region,
+    )
 
 
 class _Outcome:

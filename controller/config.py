@@ -35,6 +35,16 @@ class ControllerConfig:
     def root_credentials_path(self) -> Path:
         return self.state_dir / "root-credentials"
 
+    @property
+    def token_keys_path(self) -> Path:
+        """The key ring that seals session tokens (shared by every replica)."""
+        return self.state_dir / "token-keys.json"
+
+    @property
+    def accounts_dir(self) -> Path:
+        """Root credentials of accounts made after the first (``account create``)."""
+        return self.state_dir / "accounts"
+
     def with_overrides(self, **overrides: Any) -> ControllerConfig:
         """This configuration with the given fields replaced (flags override the file)."""
         known = {field.name for field in fields(self)}

@@ -25,39 +25,143 @@ class ApiError(Exception):
         return f"{type(self).__name__}({self.message!r})"
 
 
-def _error(code: str, status: int, sender_fault: bool = True) -> type[ApiError]:
-    return type(code, (ApiError,), {"code": code, "status": status, "sender_fault": sender_fault})
-
-
 # IAM and STS
-NoSuchEntity = _error("NoSuchEntity", 404)
-EntityAlreadyExists = _error("EntityAlreadyExists", 409)
-DeleteConflict = _error("DeleteConflict", 409)
-LimitExceeded = _error("LimitExceeded", 409)
-MalformedPolicyDocument = _error("MalformedPolicyDocument", 400)
-InvalidInput = _error("InvalidInput", 400)
-ValidationError = _error("ValidationError", 400)
-AccessDenied = _error("AccessDenied", 403)
-InvalidClientTokenId = _error("InvalidClientTokenId", 403)
-SignatureDoesNotMatch = _error("SignatureDoesNotMatch", 403)
-ExpiredToken = _error("ExpiredToken", 403)
-RequestExpired = _error("RequestExpired", 400)
-MissingAuthenticationToken = _error("MissingAuthenticationToken", 403)
-IncompleteSignature = _error("IncompleteSignature", 400)
-InvalidAction = _error("InvalidAction", 400)
-MissingParameter = _error("MissingParameter", 400)
-InvalidParameterValue = _error("InvalidParameterValue", 400)
-InvalidParameterCombination = _error("InvalidParameterCombination", 400)
-MalformedQueryString = _error("MalformedQueryString", 400)
-RequestEntityTooLarge = _error("RequestEntityTooLarge", 413)
-MethodNotAllowed = _error("MethodNotAllowed", 405)
-PackedPolicyTooLarge = _error("PackedPolicyTooLarge", 400)
-ServiceFailure = _error("ServiceFailure", 500, sender_fault=False)
-InternalFailure = _error("InternalFailure", 500, sender_fault=False)
+
+
+class NoSuchEntity(ApiError):
+    code = "NoSuchEntity"
+    status = 404
+
+
+class EntityAlreadyExists(ApiError):
+    code = "EntityAlreadyExists"
+    status = 409
+
+
+class DeleteConflict(ApiError):
+    code = "DeleteConflict"
+    status = 409
+
+
+class LimitExceeded(ApiError):
+    code = "LimitExceeded"
+    status = 409
+
+
+class MalformedPolicyDocument(ApiError):
+    code = "MalformedPolicyDocument"
+    status = 400
+
+
+class InvalidInput(ApiError):
+    code = "InvalidInput"
+    status = 400
+
+
+class ValidationError(ApiError):
+    code = "ValidationError"
+    status = 400
+
+
+class AccessDenied(ApiError):
+    code = "AccessDenied"
+    status = 403
+
+
+class InvalidClientTokenId(ApiError):
+    code = "InvalidClientTokenId"
+    status = 403
+
+
+class SignatureDoesNotMatch(ApiError):
+    code = "SignatureDoesNotMatch"
+    status = 403
+
+
+class ExpiredToken(ApiError):
+    code = "ExpiredToken"
+    status = 403
+
+
+class RequestExpired(ApiError):
+    code = "RequestExpired"
+    status = 400
+
+
+class MissingAuthenticationToken(ApiError):
+    code = "MissingAuthenticationToken"
+    status = 403
+
+
+class IncompleteSignature(ApiError):
+    code = "IncompleteSignature"
+    status = 400
+
+
+class InvalidAction(ApiError):
+    code = "InvalidAction"
+    status = 400
+
+
+class MissingParameter(ApiError):
+    code = "MissingParameter"
+    status = 400
+
+
+class InvalidParameterValue(ApiError):
+    code = "InvalidParameterValue"
+    status = 400
+
+
+class InvalidParameterCombination(ApiError):
+    code = "InvalidParameterCombination"
+    status = 400
+
+
+class MalformedQueryString(ApiError):
+    code = "MalformedQueryString"
+    status = 400
+
+
+class RequestEntityTooLarge(ApiError):
+    code = "RequestEntityTooLarge"
+    status = 413
+
+
+class MethodNotAllowed(ApiError):
+    code = "MethodNotAllowed"
+    status = 405
+
+
+class PackedPolicyTooLarge(ApiError):
+    code = "PackedPolicyTooLarge"
+    status = 400
+
+
+class ServiceFailure(ApiError):
+    code = "ServiceFailure"
+    status = 500
+    sender_fault = False
+
+
+class InternalFailure(ApiError):
+    code = "InternalFailure"
+    status = 500
+    sender_fault = False
+
 
 # EC2
-AuthFailure = _error("AuthFailure", 401)
-UnauthorizedOperation = _error("UnauthorizedOperation", 403)
+
+
+class AuthFailure(ApiError):
+    code = "AuthFailure"
+    status = 401
+
+
+class UnauthorizedOperation(ApiError):
+    code = "UnauthorizedOperation"
+    status = 403
+
 
 _MAX_SHOWN = 100
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -11,12 +12,17 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from controller.actions import Registry
 from controller.api import ApiResource, make_site
 from controller.config import ControllerConfig
 from controller.iam import registry as iam_registry
+from controller.keyring import KeyRingFile
+from controller.sessions import Sessions
 from controller.store.base import Store
+from controller.sts import registry as sts_registry
 
 log = Logger(namespace="rolecall.controller")
+KEY_RING_REFRESH_SECONDS = 30.0
 
 
 class ListeningService(Service):
@@ -67,11 +73,36 @@ class ListeningService(Service):
         return None
 
 
+class KeyRingRefresh(TimerService):
+    """Re-reads the token key ring file now and then, so a rotation reaches this process."""
+
+    def __init__(self, sessions: Sessions, interval: float, clock: Any) -> None:
+        super().__init__(interval, self._refresh)
+        self.clock = clock
+        self._sessions = sessions
+
+    def _refresh(self) -> None:
+        try:
+            self._sessions.refresh()
+        except Exception:  # a LoopingCall that raises stops for good: log and go on
+            log.failure("cannot re-read the token key ring; keeping the keys loaded")
+
+
+def api_registry() -> Registry:
+    """Every action the public API serves."""
+    return Registry(iam_registry, sts_registry)
+
+
 def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiService:
     """The controller: its public API listener (and, as they arrive, the node API and metrics)."""
     root = MultiService()
-    site = make_site(ApiResource(store, iam_registry, reactor), config.max_body_bytes)
+    sessions = Sessions(KeyRingFile(config.token_keys_path))
+    resource = ApiResource(store, api_registry(), reactor, sessions)
+    site = make_site(resource, config.max_body_bytes)
     api = ListeningService(reactor, config.api_host, config.api_port, site, "public API")
     api.setName("api")
     api.setServiceParent(root)
+    refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
+    refresh.setName("key-ring-refresh")
+    refresh.setServiceParent(root)
     return root

@@ -4,4 +4,4 @@ from controller.actions import Registry
 
 registry = Registry()
 
-from controller.iam import instance_profiles, roles  # noqa: E402,F401  (they register their actions)
+from controller.iam import instance_profiles, roles, simulate, users  # noqa: E402,F401

@@ -168,3 +168,30 @@ def instance_profile_shape(
         if tags:
             shape["Tags"] = tag_list(tags)
     return shape
+
+
+# Resources, for authorization: the ARN of what the request names (with its real path).
+
+
+def role_resource(context: Context, params: dict[str, Any]) -> str:
+    name = params["RoleName"]
+    role = context.tx.get_role(context.account_id, name)
+    path = role.path if role is not None else params.get("Path", "/")
+    return f"arn:aws:iam::{context.account_id}:role{path}{name}"
+
+
+def profile_resource(context: Context, params: dict[str, Any]) -> str:
+    name = params["InstanceProfileName"]
+    profile = context.tx.get_instance_profile(context.account_id, name)
+    path = profile.path if profile is not None else params.get("Path", "/")
+    return f"arn:aws:iam::{context.account_id}:instance-profile{path}{name}"
+
+
+def user_resource(context: Context, params: dict[str, Any]) -> str:
+    """The named user, or the caller's own identity when the action defaults to it."""
+    name = params.get("UserName") or context.caller.user_name
+    if name is None:
+        return f"arn:aws:iam::{context.account_id}:root"
+    user = context.tx.get_user(context.account_id, name)
+    path = user.path if user is not None else params.get("Path", "/")
+    return f"arn:aws:iam::{context.account_id}:user{path}{name}"

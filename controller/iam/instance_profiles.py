@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.actions import Context, Result
+from controller.authorize import authorize
 from controller.errors import DeleteConflict, EntityAlreadyExists, LimitExceeded, NoSuchEntity
 from controller.iam import registry
 from controller.iam.common import (
@@ -16,8 +17,10 @@ from controller.iam.common import (
     now_text,
     page_fields,
     page_in_memory,
+    profile_resource,
     require_instance_profile,
     require_role,
+    role_resource,
     tag_list,
     tags_from_params,
 )
@@ -42,6 +45,7 @@ PROFILE = Field("InstanceProfileName", INSTANCE_PROFILE_NAME, required=True)
     "iam",
     "CreateInstanceProfile",
     struct(PROFILE, Field("Path", PATH), Field("Tags", TAG_LIST)),
+    resource=profile_resource,
 )
 def create_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     name = params["InstanceProfileName"]
@@ -65,7 +69,7 @@ def create_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     return {"InstanceProfile": instance_profile_shape(context, profile, with_tags=True)}
 
 
-@registry.action("iam", "GetInstanceProfile", struct(PROFILE))
+@registry.action("iam", "GetInstanceProfile", struct(PROFILE), resource=profile_resource)
 def get_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
     return {"InstanceProfile": instance_profile_shape(context, profile, with_tags=True)}
@@ -87,6 +91,7 @@ def list_instance_profiles(context: Context, params: dict[str, Any]) -> Result:
     "iam",
     "ListInstanceProfilesForRole",
     struct(Field("RoleName", ROLE_NAME, required=True), *PAGING),
+    resource=role_resource,
 )
 def list_instance_profiles_for_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -107,7 +112,7 @@ def _profile_page(context: Context, profiles: list[InstanceProfile], limit: int)
     }
 
 
-@registry.action("iam", "DeleteInstanceProfile", struct(PROFILE))
+@registry.action("iam", "DeleteInstanceProfile", struct(PROFILE), resource=profile_resource)
 def delete_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
     if profile.role_id is not None:
@@ -120,10 +125,13 @@ def delete_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     "iam",
     "AddRoleToInstanceProfile",
     struct(PROFILE, Field("RoleName", ROLE_NAME, required=True)),
+    resource=profile_resource,
 )
 def add_role_to_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
     role = require_role(context, params["RoleName"])
+    # Whoever puts a role in a profile hands it to instances: IAM asks for iam:PassRole on it.
+    authorize(context, "iam:PassRole", role.arn)
     if profile.role_id is not None:
         raise LimitExceeded("Cannot exceed quota for InstanceSessionsPerInstanceProfile: 1")
     context.tx.set_instance_profile_role(profile.profile_id, role.role_id)
@@ -134,6 +142,7 @@ def add_role_to_instance_profile(context: Context, params: dict[str, Any]) -> Re
     "iam",
     "RemoveRoleFromInstanceProfile",
     struct(PROFILE, Field("RoleName", ROLE_NAME, required=True)),
+    resource=profile_resource,
 )
 def remove_role_from_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
@@ -147,7 +156,10 @@ def remove_role_from_instance_profile(context: Context, params: dict[str, Any]) 
 
 
 @registry.action(
-    "iam", "TagInstanceProfile", struct(PROFILE, Field("Tags", TAG_LIST, required=True))
+    "iam",
+    "TagInstanceProfile",
+    struct(PROFILE, Field("Tags", TAG_LIST, required=True)),
+    resource=profile_resource,
 )
 def tag_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
@@ -156,7 +168,10 @@ def tag_instance_profile(context: Context, params: dict[str, Any]) -> Result:
 
 
 @registry.action(
-    "iam", "UntagInstanceProfile", struct(PROFILE, Field("TagKeys", TAG_KEY_LIST, required=True))
+    "iam",
+    "UntagInstanceProfile",
+    struct(PROFILE, Field("TagKeys", TAG_KEY_LIST, required=True)),
+    resource=profile_resource,
 )
 def untag_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
@@ -164,7 +179,9 @@ def untag_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     return None
 
 
-@registry.action("iam", "ListInstanceProfileTags", struct(PROFILE, *PAGING))
+@registry.action(
+    "iam", "ListInstanceProfileTags", struct(PROFILE, *PAGING), resource=profile_resource
+)
 def list_instance_profile_tags(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
     tags, paging = page_in_memory(

@@ -27,6 +27,7 @@ from controller.iam.common import (
     page_fields,
     page_in_memory,
     require_role,
+    role_resource,
     role_shape,
     tag_list,
     tags_from_params,
@@ -65,6 +66,7 @@ DEFAULT_MAX_SESSION_DURATION = 3600
         Field("PermissionsBoundary", ARN),
         Field("Tags", TAG_LIST),
     ),
+    resource=role_resource,
 )
 def create_role(context: Context, params: dict[str, Any]) -> Result:
     if "PermissionsBoundary" in params:
@@ -94,7 +96,9 @@ def create_role(context: Context, params: dict[str, Any]) -> Result:
     return {"Role": role_shape(context, role, with_tags=True)}
 
 
-@registry.action("iam", "GetRole", struct(Field("RoleName", ROLE_NAME, required=True)))
+@registry.action(
+    "iam", "GetRole", struct(Field("RoleName", ROLE_NAME, required=True)), resource=role_resource
+)
 def get_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
     return {"Role": role_shape(context, role, with_tags=True)}
@@ -124,6 +128,7 @@ def list_roles(context: Context, params: dict[str, Any]) -> Result:
         Field("Description", ROLE_DESCRIPTION),
         Field("MaxSessionDuration", MAX_SESSION_DURATION),
     ),
+    resource=role_resource,
 )
 def update_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -143,6 +148,7 @@ def update_role(context: Context, params: dict[str, Any]) -> Result:
         Field("RoleName", ROLE_NAME, required=True),
         Field("Description", ROLE_DESCRIPTION, required=True),
     ),
+    resource=role_resource,
 )
 def update_role_description(context: Context, params: dict[str, Any]) -> Result:
     role = replace(require_role(context, params["RoleName"]), description=params["Description"])
@@ -157,6 +163,7 @@ def update_role_description(context: Context, params: dict[str, Any]) -> Result:
         Field("RoleName", ROLE_NAME, required=True),
         Field("PolicyDocument", POLICY_DOCUMENT, required=True),
     ),
+    resource=role_resource,
 )
 def update_assume_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -165,7 +172,9 @@ def update_assume_role_policy(context: Context, params: dict[str, Any]) -> Resul
     return None
 
 
-@registry.action("iam", "DeleteRole", struct(Field("RoleName", ROLE_NAME, required=True)))
+@registry.action(
+    "iam", "DeleteRole", struct(Field("RoleName", ROLE_NAME, required=True)), resource=role_resource
+)
 def delete_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
     if context.tx.list_instance_profiles_for_role(role.role_id, None, 1):
@@ -183,6 +192,7 @@ def delete_role(context: Context, params: dict[str, Any]) -> Result:
     "iam",
     "TagRole",
     struct(Field("RoleName", ROLE_NAME, required=True), Field("Tags", TAG_LIST, required=True)),
+    resource=role_resource,
 )
 def tag_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -197,6 +207,7 @@ def tag_role(context: Context, params: dict[str, Any]) -> Result:
         Field("RoleName", ROLE_NAME, required=True),
         Field("TagKeys", TAG_KEY_LIST, required=True),
     ),
+    resource=role_resource,
 )
 def untag_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -205,7 +216,10 @@ def untag_role(context: Context, params: dict[str, Any]) -> Result:
 
 
 @registry.action(
-    "iam", "ListRoleTags", struct(Field("RoleName", ROLE_NAME, required=True), *PAGING)
+    "iam",
+    "ListRoleTags",
+    struct(Field("RoleName", ROLE_NAME, required=True), *PAGING),
+    resource=role_resource,
 )
 def list_role_tags(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -226,6 +240,7 @@ def list_role_tags(context: Context, params: dict[str, Any]) -> Result:
         Field("PolicyName", POLICY_NAME, required=True),
         Field("PolicyDocument", POLICY_DOCUMENT, required=True),
     ),
+    resource=role_resource,
 )
 def put_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -251,6 +266,7 @@ def put_role_policy(context: Context, params: dict[str, Any]) -> Result:
         Field("RoleName", ROLE_NAME, required=True),
         Field("PolicyName", POLICY_NAME, required=True),
     ),
+    resource=role_resource,
 )
 def get_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -263,7 +279,10 @@ def get_role_policy(context: Context, params: dict[str, Any]) -> Result:
 
 
 @registry.action(
-    "iam", "ListRolePolicies", struct(Field("RoleName", ROLE_NAME, required=True), *PAGING)
+    "iam",
+    "ListRolePolicies",
+    struct(Field("RoleName", ROLE_NAME, required=True), *PAGING),
+    resource=role_resource,
 )
 def list_role_policies(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -280,6 +299,7 @@ def list_role_policies(context: Context, params: dict[str, Any]) -> Result:
         Field("RoleName", ROLE_NAME, required=True),
         Field("PolicyName", POLICY_NAME, required=True),
     ),
+    resource=role_resource,
 )
 def delete_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])

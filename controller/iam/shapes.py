@@ -10,6 +10,10 @@ from controller.query import Bool, Field, Int, ListOf, Str, Struct, is_tag_text
 NAME_PATTERN = r"[\w+=,.@-]+"
 
 ROLE_NAME = Str(1, 64, NAME_PATTERN)
+USER_NAME = Str(1, 64, NAME_PATTERN)
+EXISTING_USER_NAME = Str(1, 128, NAME_PATTERN)
+ACCESS_KEY_ID = Str(16, 128, r"[\w]+")
+ACCESS_KEY_STATUS = Str(enum=("Active", "Inactive", "Expired"))
 POLICY_NAME = Str(1, 128, NAME_PATTERN)
 INSTANCE_PROFILE_NAME = Str(1, 128, NAME_PATTERN)
 PATH = Str(1, 512, r"(\u002F)|(\u002F[\u0021-\u007E]+\u002F)")
@@ -34,7 +38,10 @@ def struct(*fields: Field) -> Struct:
 
 
 __all__ = [
+    "ACCESS_KEY_ID",
+    "ACCESS_KEY_STATUS",
     "ARN",
+    "EXISTING_USER_NAME",
     "INSTANCE_PROFILE_NAME",
     "MAX_ITEMS",
     "MAX_SESSION_DURATION",
@@ -47,6 +54,7 @@ __all__ = [
     "ROLE_NAME",
     "TAG_KEY_LIST",
     "TAG_LIST",
+    "USER_NAME",
     "Bool",
     "Field",
     "struct",

@@ -18,6 +18,8 @@ from controller.store.records import (
     Role,
     RolePolicy,
     Tag,
+    User,
+    UserPolicy,
 )
 
 
@@ -45,6 +47,30 @@ class Transaction(abc.ABC):
     def get_access_key(self, access_key_id: str) -> AccessKey | None: ...
     @abc.abstractmethod
     def list_access_keys(self, account_id: str, user_name: str | None) -> list[AccessKey]: ...
+    @abc.abstractmethod
+    def set_access_key_status(self, access_key_id: str, status: str) -> None: ...
+    @abc.abstractmethod
+    def delete_access_key(self, access_key_id: str) -> None: ...
+
+    # users and their inline policies
+    @abc.abstractmethod
+    def insert_user(self, user: User) -> None: ...
+    @abc.abstractmethod
+    def get_user(self, account_id: str, name: str) -> User | None: ...
+    @abc.abstractmethod
+    def list_users(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[User]: ...
+    @abc.abstractmethod
+    def delete_user(self, user_id: str) -> None: ...
+    @abc.abstractmethod
+    def put_user_policy(self, policy: UserPolicy) -> None: ...
+    @abc.abstractmethod
+    def get_user_policy(self, user_id: str, name: str) -> UserPolicy | None: ...
+    @abc.abstractmethod
+    def list_user_policies(self, user_id: str) -> list[UserPolicy]: ...
+    @abc.abstractmethod
+    def delete_user_policy(self, user_id: str, name: str) -> None: ...
 
     # roles
     @abc.abstractmethod

@@ -26,6 +26,26 @@ class AccessKey:
 
 
 @dataclass(frozen=True)
+class User:
+    user_id: str
+    account_id: str
+    name: str
+    path: str
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:user{self.path}{self.name}"
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    user_id: str
+    name: str
+    document: str
+
+
+@dataclass(frozen=True)
 class Role:
     role_id: str
     account_id: str

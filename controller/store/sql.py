@@ -19,6 +19,8 @@ from controller.store.records import (
     Role,
     RolePolicy,
     Tag,
+    User,
+    UserPolicy,
 )
 
 _ROLE_COLUMNS = (
@@ -27,6 +29,7 @@ _ROLE_COLUMNS = (
 )
 _PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
 _KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
+_USER_COLUMNS = "user_id, account_id, name, path, created"
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -131,6 +134,74 @@ class SqlTransaction(Transaction):
                 (account_id, user_name),
             )
         return [AccessKey(*row) for row in rows]
+
+    def set_access_key_status(self, access_key_id: str, status: str) -> None:
+        self._run(
+            "UPDATE access_keys SET status = ? WHERE access_key_id = ?", (status, access_key_id)
+        )
+
+    def delete_access_key(self, access_key_id: str) -> None:
+        self._run("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,))
+
+    # users
+    def insert_user(self, user: User) -> None:
+        self._run(
+            f"INSERT INTO users ({_USER_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?)",
+            (user.user_id, user.account_id, user.name, user.path, user.created, user.name.lower()),
+        )
+
+    def get_user(self, account_id: str, name: str) -> User | None:
+        row = self._row(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE account_id = ? AND name_lower = ?",
+            (account_id, name.lower()),
+        )
+        return User(*row) if row else None
+
+    def list_users(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[User]:
+        rows = self._rows(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE account_id = ?"
+            " AND substr(path, 1, ?) = ? AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (account_id, len(path_prefix), path_prefix, after or "", limit),
+        )
+        return [User(*row) for row in rows]
+
+    def delete_user(self, user_id: str) -> None:
+        self._run("DELETE FROM tags WHERE entity_id = ?", (user_id,))
+        self._run("DELETE FROM users WHERE user_id = ?", (user_id,))
+
+    def put_user_policy(self, policy: UserPolicy) -> None:
+        self._run(
+            "DELETE FROM user_policies WHERE user_id = ? AND name_lower = ?",
+            (policy.user_id, policy.name.lower()),
+        )
+        self._run(
+            "INSERT INTO user_policies (user_id, name, name_lower, document) VALUES (?, ?, ?, ?)",
+            (policy.user_id, policy.name, policy.name.lower(), policy.document),
+        )
+
+    def get_user_policy(self, user_id: str, name: str) -> UserPolicy | None:
+        row = self._row(
+            "SELECT user_id, name, document FROM user_policies"
+            " WHERE user_id = ? AND name_lower = ?",
+            (user_id, name.lower()),
+        )
+        return UserPolicy(*row) if row else None
+
+    def list_user_policies(self, user_id: str) -> list[UserPolicy]:
+        rows = self._rows(
+            "SELECT user_id, name, document FROM user_policies WHERE user_id = ?"
+            " ORDER BY name_lower",
+            (user_id,),
+        )
+        return [UserPolicy(*row) for row in rows]
+
+    def delete_user_policy(self, user_id: str, name: str) -> None:
+        self._run(
+            "DELETE FROM user_policies WHERE user_id = ? AND name_lower = ?",
+            (user_id, name.lower()),
+        )
 
     # roles
     def insert_role(self, role: Role) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.store.sql import migrations
 
 
 def init(state_dir: Path, *extra: str) -> int:
@@ -40,7 +41,8 @@ def test_init_uses_wal_and_records_the_schema_version(tmp_path: Path) -> None:
     init(tmp_path / "s")
     with sqlite3.connect(tmp_path / "s" / "rolecall.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+        version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        assert version == migrations()[-1][0]
         accounts = connection.execute("SELECT account_id FROM accounts").fetchall()
     assert len(accounts) == 1
     assert len(accounts[0][0]) == 12 and accounts[0][0].isdigit()

@@ -26,8 +26,10 @@ from controller.store.records import (
     Role,
     RolePolicy,
     Tag,
+    User,
+    UserPolicy,
 )
-from controller.store.sql import migrations
+from controller.store.sql import migrations, split_statements
 from controller.store.sqlite import SQLiteStore
 
 ACCOUNT = "111111111111"
@@ -160,16 +162,12 @@ def test_shipped_migrations_are_numbered_from_one_without_gaps() -> None:
     assert versions
 
 
-def test_new_store_is_at_schema_version_one(store: Store) -> None:
-    assert store.schema_version() == 1
-
-
 def test_new_store_is_at_the_newest_shipped_schema_version(store: Store) -> None:
     assert store.schema_version() == migrations()[-1][0]
 
 
 def test_migrated_store_records_one_schema_version_row(store: Store, backend: Backend) -> None:
-    assert backend.execute("SELECT version FROM schema_version", ()) == [(1,)]
+    assert backend.execute("SELECT version FROM schema_version", ()) == [(migrations()[-1][0],)]
 
 
 def test_reopening_keeps_the_data(open_store: Callable[[], Store]) -> None:
@@ -186,8 +184,8 @@ def test_reopening_does_not_run_the_migrations_again(
 ) -> None:
     open_store().close()
     reopened = open_store()
-    assert reopened.schema_version() == 1
-    assert backend.execute("SELECT version FROM schema_version", ()) == [(1,)]
+    assert reopened.schema_version() == migrations()[-1][0]
+    assert backend.execute("SELECT version FROM schema_version", ()) == [(migrations()[-1][0],)]
 
 
 def test_newer_schema_version_is_refused_naming_both_versions(
@@ -759,3 +757,69 @@ def test_tags_belong_to_their_entity(store: Store) -> None:
         tx.put_tags("AIPA00000000000000099", [Tag("team", "db")])
         tx.delete_tags("AIPA00000000000000099")
         assert tx.get_tags(ENTITY) == [Tag("team", "web")]
+
+
+def test_a_version_one_sqlite_database_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    connection = sqlite3.connect(path)
+    version, script = migrations()[0]
+    assert version == 1
+    for statement in split_statements(script):
+        connection.execute(statement)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (1)")
+    connection.execute("INSERT INTO accounts VALUES ('111122223333', 'old', 'then')")
+    connection.commit()
+    connection.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version() == migrations()[-1][0]
+        with store.transaction() as tx:
+            assert tx.get_account("111122223333") == Account("111122223333", "old", "then")
+            tx.insert_user(User("AIDAUPGRADED", "111122223333", "alice", "/", "now"))
+    finally:
+        store.close()
+
+
+def test_user_names_are_unique_per_account_ignoring_case(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_account(Account("111122223333", "a", "t"))
+        tx.insert_account(Account("444455556666", "b", "t"))
+        tx.insert_user(User("AIDA1", "111122223333", "Alice", "/", "t"))
+        tx.insert_user(User("AIDA2", "444455556666", "alice", "/", "t"))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_user(User("AIDA3", "111122223333", "ALICE", "/", "t"))
+    with store.transaction() as tx:
+        assert tx.get_user("111122223333", "alice") == User(
+            "AIDA1", "111122223333", "Alice", "/", "t"
+        )
+
+
+def test_user_policies_replace_list_and_go_with_the_user(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_account(Account("111122223333", "a", "t"))
+        tx.insert_user(User("AIDA1", "111122223333", "alice", "/", "t"))
+        tx.put_user_policy(UserPolicy("AIDA1", "b", "{1}"))
+        tx.put_user_policy(UserPolicy("AIDA1", "a", "{2}"))
+        tx.put_user_policy(UserPolicy("AIDA1", "B", "{3}"))
+        assert [(p.name, p.document) for p in tx.list_user_policies("AIDA1")] == [
+            ("a", "{2}"),
+            ("B", "{3}"),
+        ]
+        tx.delete_user_policy("AIDA1", "a")
+        assert tx.get_user_policy("AIDA1", "A") is None
+        tx.delete_user("AIDA1")
+        assert tx.list_user_policies("AIDA1") == []
+        assert tx.get_user("111122223333", "alice") is None
+
+
+def test_access_key_status_changes_and_keys_are_deleted(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_account(Account("111122223333", "a", "t"))
+        tx.insert_access_key(AccessKey("AKIA1", "s", "111122223333", "alice", "Active", "t"))
+        tx.set_access_key_status("AKIA1", "Inactive")
+        key = tx.get_access_key("AKIA1")
+        assert key is not None and key.status == "Inactive"
+        assert [k.access_key_id for k in tx.list_access_keys("111122223333", "alice")] == ["AKIA1"]
+        tx.delete_access_key("AKIA1")
+        assert tx.get_access_key("AKIA1") is None

@@ -1,0 +1,152 @@
+"""Every API call is authorized here: the caller's policies, evaluated by the policy engine.
+
+The account's root may do everything in its account. Other callers need an Allow from their
+identity policies (a user's, an assumed role's) and, for temporary credentials with a session
+policy, from that too. Federated and GetSessionToken credentials are further limited as in AWS.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from controller.actions import PRINCIPAL_TYPES, Caller, Context, RequestFacts
+from controller.errors import AccessDenied
+from controller.policy.document import PolicyDocument, PolicyKind, parse_policy
+from controller.policy.evaluate import (
+    Decision,
+    RequestContext,
+    evaluate,
+    evaluate_with_session,
+    time_keys,
+)
+from controller.store.base import Transaction
+
+ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
+
+#: What temporary credentials without an IAM identity of their own may call in IAM and STS.
+_FEDERATED_STS = frozenset({"sts:getcalleridentity"})
+_SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole"})
+
+
+@functools.lru_cache(maxsize=4096)
+def parsed(document: str, kind: PolicyKind = PolicyKind.IDENTITY) -> PolicyDocument:
+    """A stored document, parsed once (stored documents were validated on the way in)."""
+    return parse_policy(document, kind)
+
+
+def identity_policies(tx: Transaction, caller: Caller) -> list[tuple[str, PolicyDocument]]:
+    """The identity-based policies behind a caller, read now (a deleted policy stops at once)."""
+    if caller.kind == "assumed-role":
+        if caller.role_id is None or tx.get_role_by_id(caller.role_id) is None:
+            return []
+        return [(p.name, parsed(p.document)) for p in tx.list_role_policies(caller.role_id)]
+    if caller.user_name is None:  # the root, or a session or federation the root started
+        return [("root", parsed(ALLOW_ALL))]
+    user = tx.get_user(caller.account_id, caller.user_name)
+    if user is None:
+        return []  # the user was deleted: its sessions and federations lose everything
+    return [(p.name, parsed(p.document)) for p in tx.list_user_policies(user.user_id)]
+
+
+def principal_tags(tx: Transaction, caller: Caller) -> dict[str, str]:
+    if caller.kind == "assumed-role" and caller.role_id is not None:
+        return {tag.key: tag.value for tag in tx.get_tags(caller.role_id)}
+    if caller.kind == "user" and caller.user_name is not None:
+        user = tx.get_user(caller.account_id, caller.user_name)
+        if user is not None:
+            return {tag.key: tag.value for tag in tx.get_tags(user.user_id)}
+    return {}
+
+
+def context_keys(
+    caller: Caller, facts: RequestFacts, now: datetime, tags: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """The global condition keys of a request."""
+    keys: dict[str, tuple[str, ...]] = dict(time_keys(now))
+    keys.update(
+        {
+            "aws:SourceIp": (facts.source_ip,),
+            "aws:SecureTransport": ("true" if facts.secure_transport else "false",),
+            "aws:PrincipalArn": (caller.arn,),
+            "aws:PrincipalAccount": (caller.account_id,),
+            "aws:PrincipalType": (PRINCIPAL_TYPES[caller.kind],),
+            "aws:userid": (caller.user_id,),
+            "aws:RequestedRegion": (facts.region,),
+        }
+    )
+    if caller.kind == "user" and caller.user_name is not None:
+        keys["aws:username"] = (caller.user_name,)
+    if caller.temporary:
+        keys["aws:MultiFactorAuthPresent"] = ("false",)
+        if caller.issued is not None:
+            keys["aws:TokenIssueTime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+    if caller.source_identity is not None:
+        keys["aws:SourceIdentity"] = (caller.source_identity,)
+    for key, value in tags.items():
+        keys[f"aws:PrincipalTag/{key}"] = (value,)
+    return keys
+
+
+def decide(
+    context: Context,
+    action: str,
+    resource: str,
+    extra_keys: Mapping[str, tuple[str, ...]] | None = None,
+) -> Decision:
+    """The policy decision for the caller of ``context`` doing ``action`` on ``resource``."""
+    caller, tx = context.caller, context.tx
+    lowered = action.lower()
+    if lowered == "sts:getcalleridentity":
+        return Decision("Allow")
+    if caller.kind == "root":
+        return Decision("Allow")
+    service = lowered.partition(":")[0]
+    if caller.kind in ("federated-user", "session"):
+        allowed_sts = _FEDERATED_STS if caller.kind == "federated-user" else _SESSION_STS
+        if service == "iam" or (service == "sts" and lowered not in allowed_sts):
+            return Decision("ImplicitDeny")
+    keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
+    if extra_keys:
+        keys.update(extra_keys)
+    request = RequestContext(action, resource, caller.arn, caller.account_id, keys)
+    policies = identity_policies(tx, caller)
+    if caller.kind == "federated-user" or caller.session_policy is not None:
+        session: Sequence[tuple[str, PolicyDocument]] = (
+            [("session policy", parsed(caller.session_policy))]
+            if caller.session_policy is not None
+            else []
+        )
+        return evaluate_with_session(policies, session, request)
+    return evaluate(policies, request)
+
+
+def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:
+    """AWS's AccessDenied: who, what, on which resource, and why."""
+    if decision.effect == "Deny":
+        reason = f"with an explicit deny in {decision.policy_name!r}"
+    elif caller.kind == "federated-user" and action.lower().startswith(("iam:", "sts:")):
+        reason = "because federated users can call no IAM action and only GetCallerIdentity in STS"
+    elif caller.kind == "session" and action.lower().startswith(("iam:", "sts:")):
+        reason = "because GetSessionToken credentials cannot call IAM, nor STS but AssumeRole"
+    elif caller.session_policy is not None or caller.kind == "federated-user":
+        reason = f"because no identity-based policy and session policy both allow {action}"
+    else:
+        reason = f"because no identity-based policy allows the {action} action"
+    return AccessDenied(
+        f"User: {caller.arn} is not authorized to perform: {action}"
+        f" on resource: {resource} {reason}"
+    )
+
+
+def authorize(
+    context: Context,
+    action: str,
+    resource: str,
+    extra_keys: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Raise AccessDenied unless the caller may do ``action`` on ``resource``."""
+    decision = decide(context, action, resource, extra_keys)
+    if not decision.allowed:
+        raise denial(context.caller, action, resource, decision)

@@ -1,0 +1,335 @@
+"""IAM users, their access keys and inline policies: the restricted callers of an account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.accounts import new_access_key
+from controller.actions import Context, Result
+from controller.errors import (
+    DeleteConflict,
+    EntityAlreadyExists,
+    InvalidInput,
+    LimitExceeded,
+    NoSuchEntity,
+)
+from controller.iam import registry
+from controller.iam.common import (
+    DEFAULT_MAX_ITEMS,
+    ROLE_POLICIES_QUOTA,
+    add_tags,
+    check_identity_policy,
+    decode_marker,
+    encode_document,
+    new_id,
+    now_text,
+    page_fields,
+    page_in_memory,
+    tag_list,
+    tags_from_params,
+    user_resource,
+)
+from controller.iam.shapes import (
+    ACCESS_KEY_ID,
+    ACCESS_KEY_STATUS,
+    ARN,
+    EXISTING_USER_NAME,
+    PAGING,
+    PATH,
+    PATH_PREFIX,
+    POLICY_DOCUMENT,
+    POLICY_NAME,
+    TAG_LIST,
+    USER_NAME,
+    Field,
+    struct,
+)
+from controller.policy.document import policy_size
+from controller.store.base import Conflict
+from controller.store.records import AccessKey, User, UserPolicy
+
+ACCESS_KEYS_PER_USER = 2
+
+
+def require_user(context: Context, name: str) -> User:
+    user = context.tx.get_user(context.account_id, name)
+    if user is None:
+        raise NoSuchEntity(f"The user with name {name} cannot be found.")
+    return user
+
+
+def user_shape(context: Context, user: User, *, with_tags: bool) -> dict[str, Any]:
+    shape: dict[str, Any] = {
+        "Path": user.path,
+        "UserName": user.name,
+        "UserId": user.user_id,
+        "Arn": user.arn,
+        "CreateDate": user.created,
+    }
+    if with_tags:
+        tags = context.tx.get_tags(user.user_id)
+        if tags:
+            shape["Tags"] = tag_list(tags)
+    return shape
+
+
+def _key_owner(context: Context, params: dict[str, Any]) -> str | None:
+    """Whose keys: the named user, else the caller's own user (None: the account's root)."""
+    name = params.get("UserName")
+    if name is not None:
+        return require_user(context, name).name
+    if context.caller.kind in ("root", "user"):
+        return context.caller.user_name
+    raise InvalidInput("UserName is required when calling with temporary credentials.")
+
+
+def _require_key(context: Context, owner: str | None, access_key_id: str) -> AccessKey:
+    key = context.tx.get_access_key(access_key_id)
+    if (
+        key is None
+        or key.account_id != context.account_id
+        or (key.user_name or "").lower() != (owner or "").lower()
+    ):
+        raise NoSuchEntity(f"The Access Key with id {access_key_id} cannot be found.")
+    return key
+
+
+@registry.action(
+    "iam",
+    "CreateUser",
+    struct(
+        Field("Path", PATH),
+        Field("UserName", USER_NAME, required=True),
+        Field("PermissionsBoundary", ARN),
+        Field("Tags", TAG_LIST),
+    ),
+    resource=user_resource,
+)
+def create_user(context: Context, params: dict[str, Any]) -> Result:
+    if "PermissionsBoundary" in params:
+        raise InvalidInput("PermissionsBoundary is not supported by RoleCall.")
+    name = params["UserName"]
+    tags = tags_from_params(params)
+    if context.tx.get_user(context.account_id, name) is not None:
+        raise EntityAlreadyExists(f"User with name {name} already exists.")
+    user = User(
+        new_id("AIDA"), context.account_id, name, params.get("Path", "/"), now_text(context)
+    )
+    try:
+        context.tx.insert_user(user)
+    except Conflict as error:
+        raise EntityAlreadyExists(f"User with name {name} already exists.") from error
+    if tags:
+        add_tags(context, user.user_id, tags)
+    return {"User": user_shape(context, user, with_tags=True)}
+
+
+@registry.action(
+    "iam", "GetUser", struct(Field("UserName", EXISTING_USER_NAME)), resource=user_resource
+)
+def get_user(context: Context, params: dict[str, Any]) -> Result:
+    name = params.get("UserName") or context.caller.user_name
+    if name is None:
+        if context.caller.kind != "root":
+            raise InvalidInput("UserName is required when calling with temporary credentials.")
+        account = context.tx.get_account(context.account_id)
+        return {
+            "User": {
+                "Path": "/",
+                "UserName": "root",  # what IAM answers for the account's root
+                "UserId": context.account_id,
+                "Arn": context.caller.arn,
+                "CreateDate": account.created if account else now_text(context),
+            }
+        }
+    return {"User": user_shape(context, require_user(context, name), with_tags=True)}
+
+
+@registry.action("iam", "ListUsers", struct(Field("PathPrefix", PATH_PREFIX), *PAGING))
+def list_users(context: Context, params: dict[str, Any]) -> Result:
+    limit = params.get("MaxItems", DEFAULT_MAX_ITEMS)
+    users = context.tx.list_users(
+        context.account_id,
+        params.get("PathPrefix", "/"),
+        decode_marker(params.get("Marker")),
+        limit + 1,
+    )
+    shown = users[:limit]
+    return {
+        "Users": [user_shape(context, user, with_tags=False) for user in shown],
+        **page_fields(shown, len(users) > limit, shown[-1].name.lower() if shown else None),
+    }
+
+
+@registry.action(
+    "iam",
+    "DeleteUser",
+    struct(Field("UserName", EXISTING_USER_NAME, required=True)),
+    resource=user_resource,
+)
+def delete_user(context: Context, params: dict[str, Any]) -> Result:
+    user = require_user(context, params["UserName"])
+    if context.tx.list_access_keys(context.account_id, user.name):
+        raise DeleteConflict("Cannot delete entity, must delete access keys first.")
+    if context.tx.list_user_policies(user.user_id):
+        raise DeleteConflict("Cannot delete entity, must delete policies first.")
+    context.tx.delete_user(user.user_id)
+    return None
+
+
+# Access keys
+
+
+@registry.action(
+    "iam",
+    "CreateAccessKey",
+    struct(Field("UserName", EXISTING_USER_NAME)),
+    resource=user_resource,
+)
+def create_access_key(context: Context, params: dict[str, Any]) -> Result:
+    owner = _key_owner(context, params)
+    if len(context.tx.list_access_keys(context.account_id, owner)) >= ACCESS_KEYS_PER_USER:
+        raise LimitExceeded(f"Cannot exceed quota for AccessKeysPerUser: {ACCESS_KEYS_PER_USER}")
+    key = new_access_key(context.account_id, owner, now_text(context))
+    context.tx.insert_access_key(key)
+    return {
+        "AccessKey": {
+            "UserName": owner or "root",
+            "AccessKeyId": key.access_key_id,
+            "Status": key.status,
+            "SecretAccessKey": key.secret_access_key,
+            "CreateDate": key.created,
+        }
+    }
+
+
+@registry.action(
+    "iam",
+    "ListAccessKeys",
+    struct(Field("UserName", EXISTING_USER_NAME), *PAGING),
+    resource=user_resource,
+)
+def list_access_keys(context: Context, params: dict[str, Any]) -> Result:
+    owner = _key_owner(context, params)
+    keys, paging = page_in_memory(
+        context.tx.list_access_keys(context.account_id, owner),
+        lambda key: key.access_key_id,
+        params,
+    )
+    return {
+        "AccessKeyMetadata": [
+            {
+                "UserName": owner or "root",
+                "AccessKeyId": key.access_key_id,
+                "Status": key.status,
+                "CreateDate": key.created,
+            }
+            for key in keys
+        ],
+        **paging,
+    }
+
+
+@registry.action(
+    "iam",
+    "UpdateAccessKey",
+    struct(
+        Field("UserName", EXISTING_USER_NAME),
+        Field("AccessKeyId", ACCESS_KEY_ID, required=True),
+        Field("Status", ACCESS_KEY_STATUS, required=True),
+    ),
+    resource=user_resource,
+)
+def update_access_key(context: Context, params: dict[str, Any]) -> Result:
+    key = _require_key(context, _key_owner(context, params), params["AccessKeyId"])
+    if params["Status"] == "Expired":
+        raise InvalidInput("Status Expired cannot be set; use Inactive.")
+    context.tx.set_access_key_status(key.access_key_id, params["Status"])
+    return None
+
+
+@registry.action(
+    "iam",
+    "DeleteAccessKey",
+    struct(
+        Field("UserName", EXISTING_USER_NAME),
+        Field("AccessKeyId", ACCESS_KEY_ID, required=True),
+    ),
+    resource=user_resource,
+)
+def delete_access_key(context: Context, params: dict[str, Any]) -> Result:
+    key = _require_key(context, _key_owner(context, params), params["AccessKeyId"])
+    context.tx.delete_access_key(key.access_key_id)
+    return None
+
+
+# Inline user policies
+
+USER_POLICY = (
+    Field("UserName", EXISTING_USER_NAME, required=True),
+    Field("PolicyName", POLICY_NAME, required=True),
+)
+
+
+@registry.action(
+    "iam",
+    "PutUserPolicy",
+    struct(*USER_POLICY, Field("PolicyDocument", POLICY_DOCUMENT, required=True)),
+    resource=user_resource,
+)
+def put_user_policy(context: Context, params: dict[str, Any]) -> Result:
+    user = require_user(context, params["UserName"])
+    name, document = params["PolicyName"], params["PolicyDocument"]
+    check_identity_policy(document)
+    others = sum(
+        policy_size(policy.document)
+        for policy in context.tx.list_user_policies(user.user_id)
+        if policy.name.lower() != name.lower()
+    )
+    # IAM's quota for a user's inline policies is 2,048; RoleCall allows what it allows roles.
+    if others + policy_size(document) > ROLE_POLICIES_QUOTA:
+        raise LimitExceeded(
+            f"Maximum policy size of {ROLE_POLICIES_QUOTA} bytes exceeded for user {user.name}"
+        )
+    context.tx.put_user_policy(UserPolicy(user.user_id, name, document))
+    return None
+
+
+def _require_user_policy(context: Context, user: User, name: str) -> UserPolicy:
+    policy = context.tx.get_user_policy(user.user_id, name)
+    if policy is None:
+        raise NoSuchEntity(f"The user policy with name {name} cannot be found.")
+    return policy
+
+
+@registry.action("iam", "GetUserPolicy", struct(*USER_POLICY), resource=user_resource)
+def get_user_policy(context: Context, params: dict[str, Any]) -> Result:
+    user = require_user(context, params["UserName"])
+    policy = _require_user_policy(context, user, params["PolicyName"])
+    return {
+        "UserName": user.name,
+        "PolicyName": policy.name,
+        "PolicyDocument": encode_document(policy.document),
+    }
+
+
+@registry.action(
+    "iam",
+    "ListUserPolicies",
+    struct(Field("UserName", EXISTING_USER_NAME, required=True), *PAGING),
+    resource=user_resource,
+)
+def list_user_policies(context: Context, params: dict[str, Any]) -> Result:
+    user = require_user(context, params["UserName"])
+    policies, paging = page_in_memory(
+        context.tx.list_user_policies(user.user_id), lambda policy: policy.name.lower(), params
+    )
+    return {"PolicyNames": [policy.name for policy in policies], **paging}
+
+
+@registry.action("iam", "DeleteUserPolicy", struct(*USER_POLICY), resource=user_resource)
+def delete_user_policy(context: Context, params: dict[str, Any]) -> Result:
+    user = require_user(context, params["UserName"])
+    policy = _require_user_policy(context, user, params["PolicyName"])
+    context.tx.delete_user_policy(user.user_id, policy.name)
+    return None
