@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.keyring import load_key_ring
 from controller.store.sql import migrations
 
 
@@ -94,3 +95,69 @@ def test_a_bad_config_file_is_reported_naming_the_key(
     config.write_text("[api]\nport = 99999\n")
     assert main(["--config", str(config), "--state-dir", str(tmp_path / "s"), "serve"]) == 1
     assert "api.port" in capsys.readouterr().err
+
+
+def test_init_creates_a_private_token_key_ring(tmp_path: Path) -> None:
+    init(tmp_path / "s")
+    ring_file = tmp_path / "s" / "token-keys.json"
+    assert stat.S_IMODE(ring_file.stat().st_mode) == 0o600
+    ring = load_key_ring(ring_file)
+    assert ring.active().key_id == ring.active_id
+
+
+def test_account_create_writes_a_new_root_key_and_prints_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state, "--account-id", "111122223333")
+    capsys.readouterr()
+    code = main(
+        ["--state-dir", str(state), "account", "create", "other", "--account-id", "444455556666"]
+    )
+    assert code == 0
+    path = state / "accounts" / "444455556666-root-credentials"
+    assert str(path) in capsys.readouterr().out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    credentials = configparser.ConfigParser()
+    credentials.read(path)
+    assert credentials["rolecall"]["aws_access_key_id"].startswith("AKIA")
+    assert main(["--state-dir", str(state), "account", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == ["111122223333", "444455556666"]
+    assert listed[1].endswith("other")
+
+
+def test_account_create_refuses_an_existing_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state, "--account-id", "111122223333")
+    code = main(
+        ["--state-dir", str(state), "account", "create", "dup", "--account-id", "111122223333"]
+    )
+    assert code == 1
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_account_create_needs_an_initialised_state_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--state-dir", str(tmp_path / "none"), "account", "create", "x"]) == 1
+    assert "is not initialised" in capsys.readouterr().err
+
+
+def test_rotate_token_key_activates_a_new_key_and_keeps_the_old_one_verifying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state)
+    before = load_key_ring(state / "token-keys.json")
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "rotate-token-key"]) == 0
+    after = load_key_ring(state / "token-keys.json")
+    out = capsys.readouterr().out
+    assert after.active_id != before.active_id
+    assert after.active_id in out and before.active_id in out
+    old = after.get(before.active_id)
+    assert old is not None and old.retire_after is not None
+    assert old.secret == before.active().secret
