@@ -70,6 +70,8 @@ class Context:
     facts: RequestFacts = field(default_factory=RequestFacts)
     #: Shared components handlers need (the token key ring, settings), by name.
     services: Mapping[str, Any] = field(default_factory=dict)
+    #: Called once the transaction has committed (to wake nodes waiting for assignments).
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def account_id(self) -> str:

@@ -44,6 +44,30 @@ DEFAULT_MAX_BODY = 1024 * 1024
 log = Logger(namespace="rolecall.api")
 
 
+#: EC2 answers authentication and authorization failures with codes of its own.
+_EC2_CODES = {
+    "AccessDenied": (
+        "UnauthorizedOperation",
+        403,
+        "You are not authorized to perform this operation. ",
+    ),
+    "InvalidClientTokenId": ("AuthFailure", 401, ""),
+    "SignatureDoesNotMatch": ("AuthFailure", 401, ""),
+    "IncompleteSignature": ("AuthFailure", 401, ""),
+    "MissingAuthenticationToken": ("AuthFailure", 401, ""),
+}
+
+
+def ec2_error(error: ApiError) -> ApiError:
+    """The EC2 spelling of an error raised by the shared layers."""
+    if error.code not in _EC2_CODES:
+        return error
+    code, status, prefix = _EC2_CODES[error.code]
+    translated = ApiError(prefix + error.message)
+    translated.code, translated.status = code, status
+    return translated
+
+
 def error_body(error: ApiError, service: str | None, request_id: str) -> bytes:
     if service == "ec2":
         return xmlout.ec2_error(error.code, error.message, request_id)
@@ -85,6 +109,8 @@ class ApiResource(Resource):
                 )
             body, status = self._serve(request, request_id, outcome)
         except ApiError as error:
+            if outcome.service == "ec2":
+                error = ec2_error(error)
             body, status = error_body(error, outcome.service, request_id), error.status
             outcome.error = error.code
         request.setResponseCode(status)
@@ -155,6 +181,8 @@ class ApiResource(Resource):
                 if action.resource is not None:
                     authorize(context, action.iam_action, action.resource(context, inputs))
                 result = action.handler(context, inputs)
+            for announce in context.on_commit:
+                announce()
         except StoreError as error:
             log.error("store failure in {action}: {error}", action=action_name, error=str(error))
             raise ServiceFailure("The service could not reach its store; try again.") from error

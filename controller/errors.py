@@ -189,3 +189,38 @@ def validation_error(problems: Sequence[tuple[object, str, str]]) -> ApiError:
         for value, member, constraint in problems
     )
     return ValidationError(f"{count} validation {noun} detected: {details}")
+
+
+class InvalidInstanceIDNotFound(ApiError):
+    code = "InvalidInstanceID.NotFound"
+    status = 400
+
+
+class InvalidInstanceIDMalformed(ApiError):
+    code = "InvalidInstanceID.Malformed"
+    status = 400
+
+
+class InvalidAssociationIDNotFound(ApiError):
+    code = "InvalidAssociationID.NotFound"
+    status = 400
+
+
+class IncorrectState(ApiError):
+    code = "IncorrectState"
+    status = 400
+
+
+class IncorrectInstanceState(ApiError):
+    code = "IncorrectInstanceState"
+    status = 400
+
+
+class InsufficientInstanceCapacity(ApiError):
+    code = "InsufficientInstanceCapacity"
+    status = 400
+
+
+class DryRunOperation(ApiError):
+    code = "DryRunOperation"
+    status = 412

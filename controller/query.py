@@ -13,7 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.errors import InvalidInput, validation_error
+from controller.errors import (
+    InvalidInput,
+    InvalidParameterValue,
+    MissingParameter,
+    shown_value,
+    validation_error,
+)
 
 
 @dataclass(frozen=True)
@@ -92,18 +98,34 @@ def member_path(name: str) -> str:
 class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[object, str, str]] = []
+        #: The wire name of each problem's parameter, for EC2's errors which name it so.
+        self.wires: list[str] = []
 
-    def add(self, value: object, path: str, constraint: str) -> None:
+    def add(self, value: object, path: str, constraint: str, wire: str = "") -> None:
         self.items.append((value, path, constraint))
+        self.wires.append(wire or path)
 
 
 def parse_input(
     params: Mapping[str, str], struct: Struct, *, flattened_lists: bool = False
 ) -> dict[str, Any]:
-    """Typed, validated input from flat Query parameters; ValidationError lists all problems."""
+    """Typed, validated input from flat Query parameters.
+
+    IAM and STS (``flattened_lists=False``) answer AWS's ValidationError listing every problem;
+    EC2 answers its own MissingParameter or InvalidParameterValue naming the first parameter.
+    """
     problems = _Problems()
     result = _parse_struct(params, "", "", struct, problems, flattened_lists)
     if problems.items:
+        if flattened_lists:
+            value, _, constraint = problems.items[0]
+            wire = problems.wires[0]
+            if value is None:
+                raise MissingParameter(f"The request must contain the parameter {wire}")
+            raise InvalidParameterValue(
+                f"Value ({shown_value(value).strip(chr(39))}) for parameter {wire} is invalid."
+                f" {constraint.replace('Member must', 'It must')}"
+            )
         raise validation_error(problems.items)
     return result
 
@@ -123,7 +145,7 @@ def _parse_struct(
         value = _parse_value(params, wire, member, item.shape, problems, flattened)
         if value is None:
             if item.required:
-                problems.add(None, member, "Member must not be null")
+                problems.add(None, member, "Member must not be null", wire)
             continue
         out[item.name] = value
     return out
@@ -148,24 +170,27 @@ def _parse_value(
         return None
     if isinstance(shape, Str):
         for constraint in shape.problems(raw):
-            problems.add(raw, member, constraint)
+            problems.add(raw, member, constraint, wire)
         return raw
     if isinstance(shape, Int):
         if not re.fullmatch(r"-?[0-9]{1,18}", raw):
-            problems.add(raw, member, "Member must be an integer")
+            problems.add(raw, member, "Member must be an integer", wire)
             return raw
         number = int(raw)
         if shape.minimum is not None and number < shape.minimum:
             problems.add(
-                raw, member, f"Member must have value greater than or equal to {shape.minimum}"
+                raw,
+                member,
+                f"Member must have value greater than or equal to {shape.minimum}",
+                wire,
             )
         if shape.maximum is not None and number > shape.maximum:
             problems.add(
-                raw, member, f"Member must have value less than or equal to {shape.maximum}"
+                raw, member, f"Member must have value less than or equal to {shape.maximum}", wire
             )
         return number
     if raw.lower() not in ("true", "false"):
-        problems.add(raw, member, "Member must be a boolean (true or false)")
+        problems.add(raw, member, "Member must be a boolean (true or false)", wire)
         return raw
     return raw.lower() == "true"
 
@@ -198,7 +223,7 @@ def _parse_list(
             params, f"{head}{index}", item_member, shape.member, problems, flattened
         )
         if value is None:
-            problems.add(None, item_member, "Member must not be null")
+            problems.add(None, item_member, "Member must not be null", wire)
             continue
         items.append(value)
     if shape.max_items is not None and len(items) > shape.max_items:
@@ -206,12 +231,14 @@ def _parse_list(
             f"[{len(items)} items]",
             member,
             f"Member must have length less than or equal to {shape.max_items}",
+            wire,
         )
     if len(items) < shape.min_items:
         problems.add(
             f"[{len(items)} items]",
             member,
             f"Member must have length greater than or equal to {shape.min_items}",
+            wire,
         )
     return items
 

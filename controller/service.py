@@ -15,6 +15,7 @@ from twisted.web.server import Site
 from controller.actions import Registry
 from controller.api import ApiResource, make_site
 from controller.config import ControllerConfig
+from controller.ec2 import registry as ec2_registry
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingFile
 from controller.sessions import Sessions
@@ -90,7 +91,7 @@ class KeyRingRefresh(TimerService):
 
 def api_registry() -> Registry:
     """Every action the public API serves."""
-    return Registry(iam_registry, sts_registry)
+    return Registry(iam_registry, sts_registry, ec2_registry)
 
 
 def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiService:

@@ -117,6 +117,11 @@ def delete_instance_profile(context: Context, params: dict[str, Any]) -> Result:
     profile = require_instance_profile(context, params["InstanceProfileName"])
     if profile.role_id is not None:
         raise DeleteConflict("Cannot delete entity, must remove roles from instance profile first.")
+    if context.tx.count_instances_with_profile(profile.profile_id):
+        raise DeleteConflict(
+            "Cannot delete entity, instances still use this instance profile;"
+            " disassociate it or terminate them first."
+        )
     context.tx.delete_instance_profile(profile.profile_id)
     return None
 

@@ -14,7 +14,9 @@ from contextlib import AbstractContextManager
 from controller.store.records import (
     AccessKey,
     Account,
+    Instance,
     InstanceProfile,
+    Node,
     Role,
     RolePolicy,
     Tag,
@@ -104,6 +106,8 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def get_instance_profile(self, account_id: str, name: str) -> InstanceProfile | None: ...
     @abc.abstractmethod
+    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None: ...
+    @abc.abstractmethod
     def list_instance_profiles(
         self, account_id: str, path_prefix: str, after: str | None, limit: int
     ) -> list[InstanceProfile]: ...
@@ -115,6 +119,37 @@ class Transaction(abc.ABC):
     def set_instance_profile_role(self, profile_id: str, role_id: str | None) -> None: ...
     @abc.abstractmethod
     def delete_instance_profile(self, profile_id: str) -> None: ...
+
+    # nodes and the instances placed on them
+    @abc.abstractmethod
+    def insert_node(self, node: Node) -> None: ...
+    @abc.abstractmethod
+    def get_node(self, name: str) -> Node | None: ...
+    @abc.abstractmethod
+    def list_nodes(self) -> list[Node]: ...
+    @abc.abstractmethod
+    def update_node(self, node: Node) -> None: ...
+    @abc.abstractmethod
+    def bump_node_revision(self, name: str) -> int: ...
+    @abc.abstractmethod
+    def active_instance_counts(self) -> dict[str, int]: ...
+    @abc.abstractmethod
+    def insert_instance(self, instance: Instance) -> None: ...
+    @abc.abstractmethod
+    def get_instance(self, instance_id: str) -> Instance | None: ...
+    @abc.abstractmethod
+    def get_instance_by_association(self, association_id: str) -> Instance | None: ...
+    @abc.abstractmethod
+    def list_instances(self, account_id: str, after: str | None, limit: int) -> list[Instance]: ...
+    @abc.abstractmethod
+    def list_node_instances(self, node_name: str) -> list[Instance]:
+        """The instances placed on a node that are not terminated."""
+
+    @abc.abstractmethod
+    def update_instance(self, instance: Instance) -> None: ...
+    @abc.abstractmethod
+    def count_instances_with_profile(self, profile_id: str) -> int:
+        """How many instances that are not terminated carry this instance profile."""
 
     # tags of any entity, in the order they were first added
     @abc.abstractmethod

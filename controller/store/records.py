@@ -86,3 +86,43 @@ class InstanceProfile:
 class Tag:
     key: str
     value: str
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    certificate_serial: str
+    enrolled: str
+    retired: str | None
+    last_contact: str | None
+    revision: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    account_id: str
+    reservation_id: str
+    image_id: str
+    instance_type: str
+    node_name: str
+    netns: str
+    state: str
+    launched: str
+    terminated: str | None
+    private_ip: str
+    http_tokens: str
+    hop_limit: int
+    http_endpoint: str
+    association_id: str | None
+    association_state: str | None
+    profile_id: str | None
+    launch_index: int
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:ec2:{REGION}:{self.account_id}:instance/{self.instance_id}"
+
+
+#: RoleCall is one region; ARNs and metadata name it.
+REGION = "us-east-1"

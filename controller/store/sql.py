@@ -15,7 +15,9 @@ from controller.store.base import Transaction
 from controller.store.records import (
     AccessKey,
     Account,
+    Instance,
     InstanceProfile,
+    Node,
     Role,
     RolePolicy,
     Tag,
@@ -30,6 +32,12 @@ _ROLE_COLUMNS = (
 _PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
 _KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
 _USER_COLUMNS = "user_id, account_id, name, path, created"
+_NODE_COLUMNS = "name, certificate_serial, enrolled, retired, last_contact, revision"
+_INSTANCE_COLUMNS = (
+    "instance_id, account_id, reservation_id, image_id, instance_type, node_name, netns, state,"
+    " launched, terminated, private_ip, http_tokens, hop_limit, http_endpoint, association_id,"
+    " association_state, profile_id, launch_index"
+)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -309,6 +317,13 @@ class SqlTransaction(Transaction):
         )
         return InstanceProfile(*row) if row else None
 
+    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None:
+        row = self._row(
+            f"SELECT {_PROFILE_COLUMNS} FROM instance_profiles WHERE profile_id = ?",
+            (profile_id,),
+        )
+        return InstanceProfile(*row) if row else None
+
     def list_instance_profiles(
         self, account_id: str, path_prefix: str, after: str | None, limit: int
     ) -> list[InstanceProfile]:
@@ -337,6 +352,95 @@ class SqlTransaction(Transaction):
     def delete_instance_profile(self, profile_id: str) -> None:
         self._run("DELETE FROM tags WHERE entity_id = ?", (profile_id,))
         self._run("DELETE FROM instance_profiles WHERE profile_id = ?", (profile_id,))
+
+    # nodes and instances
+    def insert_node(self, node: Node) -> None:
+        self._run(
+            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                node.name,
+                node.certificate_serial,
+                node.enrolled,
+                node.retired,
+                node.last_contact,
+                node.revision,
+            ),
+        )
+
+    def get_node(self, name: str) -> Node | None:
+        row = self._row(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
+        return Node(*row) if row else None
+
+    def list_nodes(self) -> list[Node]:
+        return [
+            Node(*row) for row in self._rows(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
+        ]
+
+    def update_node(self, node: Node) -> None:
+        self._run(
+            "UPDATE nodes SET certificate_serial = ?, retired = ?, last_contact = ?, revision = ?"
+            " WHERE name = ?",
+            (node.certificate_serial, node.retired, node.last_contact, node.revision, node.name),
+        )
+
+    def bump_node_revision(self, name: str) -> int:
+        self._run("UPDATE nodes SET revision = revision + 1 WHERE name = ?", (name,))
+        row = self._row("SELECT revision FROM nodes WHERE name = ?", (name,))
+        return int(row[0]) if row else 0
+
+    def active_instance_counts(self) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT node_name, COUNT(*) FROM instances WHERE state != 'terminated'"
+            " GROUP BY node_name"
+        )
+        return {str(name): int(count) for name, count in rows}
+
+    def insert_instance(self, instance: Instance) -> None:
+        values = [getattr(instance, name.strip()) for name in _INSTANCE_COLUMNS.split(",")]
+        marks = ", ".join("?" for _ in values)
+        self._run(f"INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES ({marks})", values)
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        row = self._row(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", (instance_id,)
+        )
+        return Instance(*row) if row else None
+
+    def get_instance_by_association(self, association_id: str) -> Instance | None:
+        row = self._row(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE association_id = ?",
+            (association_id,),
+        )
+        return Instance(*row) if row else None
+
+    def list_instances(self, account_id: str, after: str | None, limit: int) -> list[Instance]:
+        rows = self._rows(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE account_id = ? AND instance_id > ?"
+            " ORDER BY instance_id LIMIT ?",
+            (account_id, after or "", limit),
+        )
+        return [Instance(*row) for row in rows]
+
+    def list_node_instances(self, node_name: str) -> list[Instance]:
+        rows = self._rows(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE node_name = ?"
+            " AND state != 'terminated' ORDER BY instance_id",
+            (node_name,),
+        )
+        return [Instance(*row) for row in rows]
+
+    def update_instance(self, instance: Instance) -> None:
+        names = [name.strip() for name in _INSTANCE_COLUMNS.split(",")][1:]
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        values = [getattr(instance, name) for name in names] + [instance.instance_id]
+        self._run(f"UPDATE instances SET {assignments} WHERE instance_id = ?", values)
+
+    def count_instances_with_profile(self, profile_id: str) -> int:
+        row = self._row(
+            "SELECT COUNT(*) FROM instances WHERE profile_id = ? AND state != 'terminated'",
+            (profile_id,),
+        )
+        return int(row[0]) if row else 0
 
     # tags
     def get_tags(self, entity_id: str) -> list[Tag]:

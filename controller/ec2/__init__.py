@@ -1,0 +1,7 @@
+"""EC2 (2016-11-15): instances with instance profiles, placed on enrolled nodes."""
+
+from controller.actions import Registry
+
+registry = Registry()
+
+from controller.ec2 import associations, instances  # noqa: E402,F401  (they register)

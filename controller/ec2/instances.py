@@ -1,0 +1,292 @@
+"""EC2 instances: launch with an instance profile, describe, terminate, metadata options."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from itertools import groupby
+from typing import Any
+
+from controller.actions import Context, Result
+from controller.ec2 import registry
+from controller.ec2.common import (
+    DRY_RUN,
+    FILTERS,
+    HOP_LIMIT,
+    HTTP_ENDPOINT,
+    HTTP_TOKENS,
+    PROFILE_SPEC,
+    assignment_changed,
+    check_dry_run,
+    instance_resource,
+    instance_shape,
+    metadata_options_shape,
+    new_hex_id,
+    now_text,
+    place,
+    profile_shape,
+    require_instance,
+    resolve_profile,
+    state_shape,
+)
+from controller.errors import IncorrectInstanceState, InvalidParameterValue
+from controller.iam.common import decode_marker, encode_marker
+from controller.query import Field, Int, ListOf, Str, Struct
+from controller.store.records import Instance, Tag
+
+MAX_LAUNCH = 100
+DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
+
+TAG_SPECIFICATIONS = ListOf(
+    Struct(
+        (
+            Field("ResourceType", Str()),
+            Field(
+                "Tags",
+                ListOf(Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))))),
+                wire_name="Tag",
+            ),
+        )
+    )
+)
+METADATA_OPTIONS = Struct(
+    (
+        Field("HttpTokens", HTTP_TOKENS),
+        Field("HttpPutResponseHopLimit", HOP_LIMIT),
+        Field("HttpEndpoint", HTTP_ENDPOINT),
+    )
+)
+
+
+def private_ip(instance_id: str) -> str:
+    """A link-local address for the instance's metadata (RoleCall does not run its network)."""
+    digest = hashlib.sha256(instance_id.encode()).digest()
+    return f"169.254.{1 + digest[0] % 168}.{1 + digest[1] % 254}"
+
+
+@registry.action(
+    "ec2",
+    "RunInstances",
+    Struct(
+        (
+            Field("ImageId", Str(1, 256), required=True),
+            Field("MinCount", Int(1, MAX_LAUNCH), required=True),
+            Field("MaxCount", Int(1, MAX_LAUNCH), required=True),
+            Field("InstanceType", Str(1, 64)),
+            Field("IamInstanceProfile", PROFILE_SPEC),
+            Field("MetadataOptions", METADATA_OPTIONS),
+            Field("TagSpecifications", TAG_SPECIFICATIONS, wire_name="TagSpecification"),
+            Field(
+                "Placement",
+                Struct((Field("HostId", Str(1, 128)), Field("AvailabilityZone", Str()))),
+            ),
+            DRY_RUN,
+        )
+    ),
+    resource=instance_resource,
+)
+def run_instances(context: Context, params: dict[str, Any]) -> Result:
+    if params["MinCount"] > params["MaxCount"]:
+        raise InvalidParameterValue(
+            f"Value ({params['MinCount']}) for parameter MinCount is invalid."
+            " It must not be greater than MaxCount."
+        )
+    profile_id = None
+    if "IamInstanceProfile" in params:
+        profile, _role = resolve_profile(context, params["IamInstanceProfile"])
+        profile_id = profile.profile_id
+    tags = _instance_tags(params)
+    options = params.get("MetadataOptions", {})
+    check_dry_run(params)
+    node_hint = params.get("Placement", {}).get("HostId")
+    reservation_id = new_hex_id("r-")
+    launched = []
+    for index in range(params["MaxCount"]):
+        instance_id = new_hex_id("i-")
+        node = place(context, node_hint)
+        instance = Instance(
+            instance_id=instance_id,
+            account_id=context.account_id,
+            reservation_id=reservation_id,
+            image_id=params["ImageId"],
+            instance_type=params.get("InstanceType", "m1.small"),
+            node_name=node,
+            netns=f"rc-{instance_id}",
+            state="pending",
+            launched=now_text(context),
+            terminated=None,
+            private_ip=private_ip(instance_id),
+            http_tokens=options.get("HttpTokens", DEFAULT_HTTP_TOKENS),
+            hop_limit=options.get("HttpPutResponseHopLimit", 1),
+            http_endpoint=options.get("HttpEndpoint", "enabled"),
+            association_id=new_hex_id("iip-assoc-") if profile_id else None,
+            association_state="associated" if profile_id else None,
+            profile_id=profile_id,
+            launch_index=index,
+        )
+        context.tx.insert_instance(instance)
+        if tags:
+            context.tx.put_tags(instance_id, tags)
+        assignment_changed(context, node)
+        launched.append(instance)
+    return {
+        "reservationId": reservation_id,
+        "ownerId": context.account_id,
+        "groupSet": [],
+        "instancesSet": [instance_shape(context, instance) for instance in launched],
+    }
+
+
+def _instance_tags(params: dict[str, Any]) -> list[Tag]:
+    tags = []
+    for spec in params.get("TagSpecifications", []):
+        if spec.get("ResourceType") != "instance":
+            raise InvalidParameterValue(
+                f"Value ({spec.get('ResourceType')}) for parameter TagSpecification.ResourceType"
+                " is invalid. RoleCall tags instances only."
+            )
+        tags += [Tag(tag["Key"], tag.get("Value", "")) for tag in spec.get("Tags", [])]
+    return tags
+
+
+_FILTERS = {
+    "instance-state-name": lambda context, instance: [instance.state],
+    "instance-id": lambda context, instance: [instance.instance_id],
+    "iam-instance-profile.arn": lambda context, instance: [
+        shape["arn"] for shape in [profile_shape(context, instance)] if shape
+    ],
+    "image-id": lambda context, instance: [instance.image_id],
+    "instance-type": lambda context, instance: [instance.instance_type],
+}
+
+
+def _matches(context: Context, instance: Instance, filters: list[dict[str, Any]]) -> bool:
+    for item in filters:
+        name = item.get("Name", "")
+        wanted = set(item.get("Values", []))
+        if name.startswith("tag:"):
+            values = [
+                t.value for t in context.tx.get_tags(instance.instance_id) if t.key == name[4:]
+            ]
+        elif name in _FILTERS:
+            values = _FILTERS[name](context, instance)
+        else:
+            raise InvalidParameterValue(f"The filter '{name}' is invalid")
+        if not wanted.intersection(values):
+            return False
+    return True
+
+
+@registry.action(
+    "ec2",
+    "DescribeInstances",
+    Struct(
+        (
+            Field("InstanceIds", ListOf(Str()), wire_name="InstanceId"),
+            Field("Filters", FILTERS, wire_name="Filter"),
+            Field("MaxResults", Int(5, 1000)),
+            Field("NextToken", Str(1, 1024)),
+            DRY_RUN,
+        )
+    ),
+)
+def describe_instances(context: Context, params: dict[str, Any]) -> Result:
+    check_dry_run(params)
+    ids = params.get("InstanceIds")
+    if ids:
+        if "MaxResults" in params:
+            raise InvalidParameterValue("MaxResults cannot be used with InstanceIds.")
+        chosen = [require_instance(context, instance_id) for instance_id in ids]
+        more = False
+    else:
+        limit = params.get("MaxResults", 1000)
+        after = decode_marker(params.get("NextToken"))
+        chosen = context.tx.list_instances(context.account_id, after, limit + 1)
+        more = len(chosen) > limit
+        chosen = chosen[:limit]
+    last = chosen[-1].instance_id if more and chosen else None
+    chosen = [i for i in chosen if _matches(context, i, params.get("Filters", []))]
+    reservations = []
+    ordered = sorted(chosen, key=lambda instance: (instance.reservation_id, instance.launch_index))
+    for reservation_id, members in groupby(ordered, key=lambda instance: instance.reservation_id):
+        instances = list(members)
+        reservations.append(
+            {
+                "reservationId": reservation_id,
+                "ownerId": context.account_id,
+                "groupSet": [],
+                "instancesSet": [instance_shape(context, instance) for instance in instances],
+            }
+        )
+    return {
+        "reservationSet": reservations,
+        "nextToken": encode_marker(last) if last else None,
+    }
+
+
+@registry.action(
+    "ec2",
+    "TerminateInstances",
+    Struct((Field("InstanceIds", ListOf(Str()), required=True, wire_name="InstanceId"), DRY_RUN)),
+    resource=instance_resource,
+)
+def terminate_instances(context: Context, params: dict[str, Any]) -> Result:
+    instances = [require_instance(context, instance_id) for instance_id in params["InstanceIds"]]
+    check_dry_run(params)
+    changes = []
+    for instance in instances:
+        previous = instance.state
+        if previous != "terminated":
+            context.tx.update_instance(
+                replace(
+                    instance,
+                    state="terminated",
+                    terminated=now_text(context),
+                    association_state="disassociated" if instance.association_id else None,
+                )
+            )
+            assignment_changed(context, instance.node_name)
+        changes.append(
+            {
+                "instanceId": instance.instance_id,
+                "currentState": state_shape("terminated"),
+                "previousState": state_shape(previous),
+            }
+        )
+    return {"instancesSet": changes}
+
+
+@registry.action(
+    "ec2",
+    "ModifyInstanceMetadataOptions",
+    Struct(
+        (
+            Field("InstanceId", Str(), required=True),
+            Field("HttpTokens", HTTP_TOKENS),
+            Field("HttpPutResponseHopLimit", HOP_LIMIT),
+            Field("HttpEndpoint", HTTP_ENDPOINT),
+            DRY_RUN,
+        )
+    ),
+    resource=instance_resource,
+)
+def modify_instance_metadata_options(context: Context, params: dict[str, Any]) -> Result:
+    instance = require_instance(context, params["InstanceId"])
+    check_dry_run(params)
+    if instance.state == "terminated":
+        raise IncorrectInstanceState(
+            f"The instance '{instance.instance_id}' is not in a state from which it can be"
+            " modified."
+        )
+    updated = replace(
+        instance,
+        http_tokens=params.get("HttpTokens", instance.http_tokens),
+        hop_limit=params.get("HttpPutResponseHopLimit", instance.hop_limit),
+        http_endpoint=params.get("HttpEndpoint", instance.http_endpoint),
+    )
+    context.tx.update_instance(updated)
+    assignment_changed(context, instance.node_name)
+    return {
+        "instanceId": instance.instance_id,
+        "instanceMetadataOptions": metadata_options_shape(updated),
+    }
