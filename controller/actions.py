@@ -35,6 +35,8 @@ class Caller:
     kind: str
     #: The IAM user behind a user key, a GetSessionToken session or a federation (None: root).
     user_name: str | None = None
+    #: The id (AIDA…) of that user, so a session dies with its user even if the name is reused.
+    issuer_user_id: str | None = None
     #: The role behind an assumed-role session.
     role_id: str | None = None
     #: The session policy of temporary credentials, if one was passed.
@@ -42,6 +44,8 @@ class Caller:
     #: The long-term identity that started this chain of credentials (its own ARN if long-term).
     issuer_arn: str = ""
     source_identity: str | None = None
+    #: The instance whose role credentials these are (ec2:SourceInstanceARN).
+    source_instance_arn: str | None = None
     #: When temporary credentials were issued and expire.
     issued: datetime | None = None
     expires: datetime | None = None

@@ -36,6 +36,7 @@ from controller.errors import (
 from controller.query import parse_input
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
+from controller.store.records import REGION
 from controller.tokens import SessionClaims
 
 VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
@@ -229,6 +230,7 @@ class ApiResource(Resource):
             user_id=user.user_id,
             kind="user",
             user_name=user.name,
+            issuer_user_id=user.user_id,
             issuer_arn=user.arn,
         )
 
@@ -236,6 +238,7 @@ class ApiResource(Resource):
 def caller_from_session(claims: SessionClaims) -> Caller:
     """The caller that temporary credentials stand for."""
     kind = claims.principal_type if claims.principal_type != "instance" else "assumed-role"
+    instance_id = claims.extra.get("instance_id")
     return Caller(
         account_id=claims.account_id,
         arn=claims.principal_arn,
@@ -243,12 +246,18 @@ def caller_from_session(claims: SessionClaims) -> Caller:
         user_id=claims.user_id,
         kind=kind,
         user_name=claims.extra.get("user_name"),
+        issuer_user_id=claims.extra.get("user_id"),
         role_id=claims.role_id,
         session_policy=claims.session_policy,
         issuer_arn=claims.issuer_arn,
         source_identity=claims.source_identity,
         issued=claims.issued,
         expires=claims.expires,
+        source_instance_arn=(
+            f"arn:aws:ec2:{REGION}:{claims.account_id}:instance/{instance_id}"
+            if instance_id
+            else None
+        ),
     )
 
 

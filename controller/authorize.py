@@ -45,8 +45,10 @@ def identity_policies(tx: Transaction, caller: Caller) -> list[tuple[str, Policy
     if caller.user_name is None:  # the root, or a session or federation the root started
         return [("root", parsed(ALLOW_ALL))]
     user = tx.get_user(caller.account_id, caller.user_name)
-    if user is None:
-        return []  # the user was deleted: its sessions and federations lose everything
+    if user is None or (
+        caller.issuer_user_id is not None and user.user_id != caller.issuer_user_id
+    ):
+        return []  # the user was deleted (maybe re-created): its sessions lose everything
     return [(p.name, parsed(p.document)) for p in tx.list_user_policies(user.user_id)]
 
 
@@ -82,11 +84,25 @@ def context_keys(
         keys["aws:MultiFactorAuthPresent"] = ("false",)
         if caller.issued is not None:
             keys["aws:TokenIssueTime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+    if caller.source_instance_arn is not None:
+        keys["ec2:SourceInstanceARN"] = (caller.source_instance_arn,)
     if caller.source_identity is not None:
         keys["aws:SourceIdentity"] = (caller.source_identity,)
     for key, value in tags.items():
         keys[f"aws:PrincipalTag/{key}"] = (value,)
     return keys
+
+
+def kind_may_call(caller: Caller, action: str) -> bool:
+    """Whether credentials of this kind may call the action at all, whatever the policies say:
+    federated credentials call no IAM action and only GetCallerIdentity in STS; GetSessionToken
+    credentials no IAM action and only AssumeRole and GetCallerIdentity in STS."""
+    if caller.kind not in ("federated-user", "session"):
+        return True
+    lowered = action.lower()
+    service = lowered.partition(":")[0]
+    allowed_sts = _FEDERATED_STS if caller.kind == "federated-user" else _SESSION_STS
+    return not (service == "iam" or (service == "sts" and lowered not in allowed_sts))
 
 
 def decide(
@@ -102,11 +118,8 @@ def decide(
         return Decision("Allow")
     if caller.kind == "root":
         return Decision("Allow")
-    service = lowered.partition(":")[0]
-    if caller.kind in ("federated-user", "session"):
-        allowed_sts = _FEDERATED_STS if caller.kind == "federated-user" else _SESSION_STS
-        if service == "iam" or (service == "sts" and lowered not in allowed_sts):
-            return Decision("ImplicitDeny")
+    if not kind_may_call(caller, action):
+        return Decision("ImplicitDeny")
     keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
     if extra_keys:
         keys.update(extra_keys)

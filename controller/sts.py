@@ -13,10 +13,22 @@ from datetime import timedelta
 from typing import Any
 
 from controller.actions import Caller, Context, Registry, Result
-from controller.authorize import context_keys, decide, denial, parsed, principal_tags
+from controller.authorize import (
+    context_keys,
+    decide,
+    denial,
+    kind_may_call,
+    parsed,
+    principal_tags,
+)
 from controller.errors import AccessDenied, InvalidInput, PackedPolicyTooLarge, validation_error
 from controller.policy.document import PolicyKind, Principal, Statement
-from controller.policy.evaluate import RequestContext, evaluate_trust, principal_matches
+from controller.policy.evaluate import (
+    Decision,
+    RequestContext,
+    evaluate_trust,
+    principal_matches,
+)
 from controller.query import Field, Int, ListOf, Str, Struct
 from controller.tokens import SessionClaims, new_credentials_ids, packed_size_percent
 
@@ -93,7 +105,11 @@ def _claims(
 ) -> SessionClaims:
     caller = context.caller
     access_key_id, secret = new_credentials_ids()
-    extra = {"user_name": caller.user_name} if caller.user_name is not None else {}
+    extra = {}
+    if caller.user_name is not None:
+        extra["user_name"] = caller.user_name
+    if caller.issuer_user_id is not None:
+        extra["user_id"] = caller.issuer_user_id
     return SessionClaims(
         access_key_id=access_key_id,
         secret_access_key=secret,
@@ -245,6 +261,8 @@ def _names_caller_explicitly(statement: Statement | None, caller: Caller) -> boo
 def assume_role(context: Context, params: dict[str, Any]) -> Result:
     caller, tx = context.caller, context.tx
     role_arn = params["RoleArn"]
+    if not kind_may_call(caller, "sts:AssumeRole"):
+        raise denial(caller, "sts:AssumeRole", role_arn, Decision("ImplicitDeny"))
     target = _parse_role_arn(role_arn)
     _refuse_unsupported(params)
     session_name = params["RoleSessionName"]

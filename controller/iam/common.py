@@ -189,9 +189,15 @@ def profile_resource(context: Context, params: dict[str, Any]) -> str:
 
 def user_resource(context: Context, params: dict[str, Any]) -> str:
     """The named user, or the caller's own identity when the action defaults to it."""
-    name = params.get("UserName") or context.caller.user_name
+    name = params.get("UserName") or own_user_name(context)
     if name is None:
         return f"arn:aws:iam::{context.account_id}:root"
     user = context.tx.get_user(context.account_id, name)
     path = user.path if user is not None else params.get("Path", "/")
     return f"arn:aws:iam::{context.account_id}:user{path}{name}"
+
+
+def own_user_name(context: Context) -> str | None:
+    """The caller's own user name, for actions that default to it: only a user's own long-term
+    keys have one (a role session's or federation's user_name is whoever started it)."""
+    return context.caller.user_name if context.caller.kind == "user" else None

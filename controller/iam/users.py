@@ -23,6 +23,7 @@ from controller.iam.common import (
     encode_document,
     new_id,
     now_text,
+    own_user_name,
     page_fields,
     page_in_memory,
     tag_list,
@@ -79,7 +80,7 @@ def _key_owner(context: Context, params: dict[str, Any]) -> str | None:
     if name is not None:
         return require_user(context, name).name
     if context.caller.kind in ("root", "user"):
-        return context.caller.user_name
+        return own_user_name(context)
     raise InvalidInput("UserName is required when calling with temporary credentials.")
 
 
@@ -128,7 +129,7 @@ def create_user(context: Context, params: dict[str, Any]) -> Result:
     "iam", "GetUser", struct(Field("UserName", EXISTING_USER_NAME)), resource=user_resource
 )
 def get_user(context: Context, params: dict[str, Any]) -> Result:
-    name = params.get("UserName") or context.caller.user_name
+    name = params.get("UserName") or own_user_name(context)
     if name is None:
         if context.caller.kind != "root":
             raise InvalidInput("UserName is required when calling with temporary credentials.")

@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import controller.iam
-from controller.errors import ApiError, InvalidInput, ValidationError
+from controller.errors import (
+    ApiError,
+    InvalidInput,
+    InvalidParameterValue,
+    MissingParameter,
+    ValidationError,
+)
 from controller.iam.shapes import MAX_SESSION_DURATION, ROLE_NAME, TAG_KEY_LIST, TAG_LIST
 from controller.query import (
     Bool,
@@ -343,19 +349,26 @@ def test_flattened_list_ignores_the_member_spelling() -> None:
     assert parsed == {}
 
 
-def test_flattened_list_item_problem_is_named_without_member() -> None:
-    with pytest.raises(ValidationError) as raised:
+def test_flattened_list_item_problem_is_named_by_its_wire_name_in_ec2_words() -> None:
+    with pytest.raises(InvalidParameterValue) as raised:
         parse_input({"InstanceId.1": ""}, EC2_INPUT, flattened_lists=True)
-    assert raised.value.message == error_message(
-        "Value '' at 'instanceIds.1' failed to satisfy constraint:"
-        " Member must have length greater than or equal to 1"
+    assert raised.value.message == (
+        "Value () for parameter InstanceId.1 is invalid."
+        " It must have length greater than or equal to 1"
     )
 
 
 def test_flattened_list_longer_than_its_maximum_is_refused() -> None:
     params = {f"InstanceId.{number}": f"i-{number}" for number in range(1, 5)}
-    with pytest.raises(ValidationError, match="at 'instanceIds' failed to satisfy constraint"):
+    with pytest.raises(InvalidParameterValue, match="for parameter InstanceId is invalid"):
         parse_input(params, EC2_INPUT, flattened_lists=True)
+
+
+def test_a_missing_ec2_parameter_is_missing_parameter_naming_it() -> None:
+    required = Struct((Field("ImageId", Str(1, 10), required=True),))
+    with pytest.raises(MissingParameter) as raised:
+        parse_input({}, required, flattened_lists=True)
+    assert raised.value.message == "The request must contain the parameter ImageId"
 
 
 # Tag text
