@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +20,26 @@ from controller.accounts import (
 )
 from controller.config import ConfigError, ControllerConfig, load_config
 from controller.keyring import KeyRingError, ensure_key_ring, rotate_key_ring
+from controller.nodeca import (
+    DEFAULT_SERVER_NAMES,
+    NODE_NAME,
+    NodeCAError,
+    check_node_name,
+    check_server_name,
+    create_ca,
+    create_server_certificate,
+    issue_node_certificate,
+    load_certificate,
+    server_certificate_names,
+)
 from controller.store.base import Conflict, StoreError
+from controller.store.records import Node
 from controller.store.sqlite import SQLiteStore
 from controller.xmlout import format_time
 
 DEFAULT_PROFILE = "rolecall"
+#: Where agents reach the node API unless told otherwise.
+DEFAULT_NODE_API_PORT = 8775
 
 
 class CommandError(Exception):
@@ -55,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROFILE,
         help=f"profile name in the credentials file (default: {DEFAULT_PROFILE})",
     )
+    init.add_argument(
+        "--node-api-name",
+        action="append",
+        metavar="NAME",
+        help="a DNS name or IP address agents use to reach the node API, for its TLS certificate;"
+        " may be repeated (default: localhost, 127.0.0.1 and this host's name)",
+    )
 
     account = commands.add_parser("account", help="create and list accounts")
     account_commands = account.add_subparsers(
@@ -75,6 +100,31 @@ def _parser() -> argparse.ArgumentParser:
         help="seal new session tokens with a new key; old keys verify until their tokens expire",
     )
 
+    enroll = commands.add_parser(
+        "enroll-node", help="issue a node its client certificate for the node API"
+    )
+    enroll.add_argument("name", metavar="NAME", help="the node's name (its host name)")
+    enroll.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory for node.key, node.pem and ca.pem (created if missing)",
+    )
+    enroll.add_argument(
+        "--force",
+        action="store_true",
+        help="issue an enrolled node a new certificate (its old one is refused from then on),"
+        " replacing the files in DIR",
+    )
+    retire = commands.add_parser(
+        "retire-node", help="refuse a node on the node API and place no instances on it"
+    )
+    retire.add_argument("name", metavar="NAME", help="the node's name")
+    commands.add_parser(
+        "nodes", help="the enrolled nodes with their instance counts and last contact"
+    )
+
     serve = commands.add_parser("serve", help="run the controller until SIGTERM or SIGINT")
     serve.add_argument("--host", help="address of the public API (default 127.0.0.1)")
     serve.add_argument(
@@ -89,25 +139,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config).with_overrides(state_dir=args.state_dir)
         if args.command == "init":
-            return init(config, args.account_id, args.account_name, args.profile)
+            return init(
+                config, args.account_id, args.account_name, args.profile, args.node_api_name
+            )
         if args.command == "account" and args.account_command == "create":
             return account_create(config, args.name, args.account_id, args.profile)
         if args.command == "account":
             return account_list(config)
         if args.command == "rotate-token-key":
             return rotate_token_key(config)
+        if args.command == "enroll-node":
+            return enroll_node(config, args.name, args.out, args.force)
+        if args.command == "retire-node":
+            return retire_node(config, args.name)
+        if args.command == "nodes":
+            return list_nodes(config)
         config = config.with_overrides(api_host=args.host, api_port=args.port)
         if config.api_port is not None and not 0 <= config.api_port <= 65535:
             parser.error(f"argument --port: must be from 0 to 65535 (got {config.api_port})")
         return serve(config)
-    except (ConfigError, CommandError, StoreError, KeyRingError) as error:
+    except (ConfigError, CommandError, StoreError, KeyRingError, NodeCAError) as error:
         print(f"rolecall-controller: {error}", file=sys.stderr)
         return 1
 
 
-def init(config: ControllerConfig, account_id: str | None, account_name: str, profile: str) -> int:
+def init(
+    config: ControllerConfig,
+    account_id: str | None,
+    account_name: str,
+    profile: str,
+    node_api_names: list[str] | None = None,
+) -> int:
     if account_id is not None and not ACCOUNT_ID.fullmatch(account_id):
         raise CommandError(f"--account-id must be 12 digits (got {account_id!r})")
+    names = node_api_names or _default_node_api_names()
+    for name in names:
+        check_server_name(name, "--node-api-name")
     state_dir = config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -124,8 +191,31 @@ def init(config: ControllerConfig, account_id: str | None, account_name: str, pr
         version = store.schema_version()
     finally:
         store.close()
-    ring = ensure_key_ring(config.token_keys_path, datetime.now(UTC))
     account = bootstrap.account
+    if bootstrap.root_key is None and account_id not in (None, account.account_id):
+        raise CommandError(
+            f"{state_dir} is already initialised for account {account.account_id};"
+            f" it was not changed (asked for {account_id})"
+        )
+    now = datetime.now(UTC)
+    ring = ensure_key_ring(config.token_keys_path, now)
+    added: list[str] = []
+    if _ensure_node_ca(config, now):
+        added.append("the node CA")
+    if _ensure_node_api_certificate(config, names, now):
+        added.append("the node API certificate")
+    server_names = server_certificate_names(
+        _read(config.node_api_cert_path, "the node API certificate")
+    )
+    if node_api_names and "the node API certificate" not in added:
+        missing = [name for name in node_api_names if name not in server_names]
+        if missing:
+            raise CommandError(
+                f"the node API certificate {config.node_api_cert_path} exists already and is not"
+                f" for {', '.join(missing)}; it was not changed (to issue a new one, remove it"
+                f" and {config.node_api_key_path.name}, then run init again)"
+            )
+    shown_names = ", ".join(server_names)
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
@@ -134,17 +224,22 @@ def init(config: ControllerConfig, account_id: str | None, account_name: str, pr
         key_id = bootstrap.root_key.access_key_id
         print(f"  root key    {key_id}, in {credentials} (profile {profile})")
         print(f"  token key   {ring.active_id}, in {config.token_keys_path}")
+        print(f"  node CA     in {config.ca_cert_path} (its key in {config.ca_key_path})")
+        print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
     else:
-        if account_id is not None and account_id != account.account_id:
-            raise CommandError(
-                f"{state_dir} is already initialised for account {account.account_id};"
-                f" it was not changed (asked for {account_id})"
-            )
-        print(f"RoleCall is already initialised in {state_dir}; nothing was changed.")
+        if added:
+            what = " and ".join(added)
+            print(f"RoleCall is already initialised in {state_dir}; added {what}.")
+        else:
+            print(f"RoleCall is already initialised in {state_dir}; nothing was changed.")
         print(f"  account     {account.account_id} ({account.name})")
         print(f"  root key    in {credentials}")
+        print(f"  node CA     in {config.ca_cert_path}")
+        print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
     print("Start the controller:")
     print(f"  rolecall-controller --state-dir {state_dir} serve")
+    print("Enroll each hypervisor for the node API:")
+    print(f"  rolecall-controller --state-dir {state_dir} enroll-node NAME --out DIR")
     print("Then use it with the AWS CLI:")
     print(
         f"  AWS_SHARED_CREDENTIALS_FILE={credentials} aws --profile {profile} --region us-east-1"
@@ -224,13 +319,266 @@ def rotate_token_key(config: ControllerConfig) -> int:
 
 def _write_private(path: Path, text: str) -> None:
     """Write a secret file readable by its owner only, replacing any older one atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    _write_file(path, text.encode("utf-8"), 0o600)
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, replace: bool = True) -> None:
+    """Put ``data`` at ``path`` whole, with ``mode`` less the umask.
+
+    A synced temporary file is renamed over the path (``replace``), or hard-linked to it, which
+    fails if the path exists: a file that must never be replaced (the CA key) is not, even when two
+    commands race.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if replace:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write a file that must not exist yet; CommandError if it does or cannot be written."""
+    try:
+        _write_file(path, data, mode, replace=False)
+    except FileExistsError:
+        raise CommandError(f"{path} was created meanwhile; it was not replaced") from None
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror}") from None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CommandError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+def _default_node_api_names() -> list[str]:
+    """localhost, 127.0.0.1 and this host's name (when it is a usable DNS name)."""
+    names = list(DEFAULT_SERVER_NAMES)
+    host = socket.gethostname().lower()
+    if NODE_NAME.fullmatch(host) and host not in names:
+        names.append(host)
+    return names
+
+
+def _ensure_pair(key_path: Path, cert_path: Path, what: str) -> bool:
+    """Whether neither file exists (so both are to be made); an error when only one does."""
+    have_key, have_cert = key_path.exists(), cert_path.exists()
+    if have_key and have_cert:
+        return False
+    if have_key or have_cert:
+        present, missing = (key_path, cert_path) if have_key else (cert_path, key_path)
+        raise CommandError(
+            f"{what}: {present} exists but {missing} does not; restore {missing},"
+            f" or remove {present} to make a new one"
+        )
+    return True
+
+
+def _ensure_node_ca(config: ControllerConfig, now: datetime) -> bool:
+    """Create the node CA unless it exists; whether it was created. Never replaces one."""
+    if not _ensure_pair(config.ca_key_path, config.ca_cert_path, "the node CA"):
+        return False
+    key_pem, cert_pem = create_ca(now)
+    # The key first: a certificate without its key could never sign anything.
+    _write_new(config.ca_key_path, key_pem, 0o600)
+    _write_new(config.ca_cert_path, cert_pem, 0o644)
+    return True
+
+
+def _ensure_node_api_certificate(config: ControllerConfig, names: list[str], now: datetime) -> bool:
+    """Issue the node API's server certificate unless it exists; whether it was issued."""
+    key_path, cert_path = config.node_api_key_path, config.node_api_cert_path
+    if not _ensure_pair(key_path, cert_path, "the node API certificate"):
+        return False
+    ca_key_pem, ca_cert_pem = _read_node_ca(config)
+    key_pem, cert_pem = create_server_certificate(ca_key_pem, ca_cert_pem, now, names)
+    _write_new(key_path, key_pem, 0o600)
+    _write_new(cert_path, cert_pem, 0o644)
+    return True
+
+
+def _read_node_ca(config: ControllerConfig) -> tuple[bytes, bytes]:
+    if not config.ca_key_path.exists() or not config.ca_cert_path.exists():
+        raise CommandError(
+            f"{config.state_dir} has no node CA ({config.ca_cert_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    return _read(config.ca_key_path, "the node CA key"), _read(
+        config.ca_cert_path, "the node CA certificate"
+    )
+
+
+def _node_api_url(config: ControllerConfig) -> str:
+    """The URL agents use: the node API certificate's first name that is not loopback."""
+    if not config.node_api_cert_path.exists():
+        raise CommandError(
+            f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    names = server_certificate_names(_read(config.node_api_cert_path, "the node API certificate"))
+    loopback = {"localhost", "127.0.0.1", "::1"}
+    host = next((name for name in names if name not in loopback), names[0] if names else None)
+    if host is None:
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{DEFAULT_NODE_API_PORT}"
+
+
+_NODE_FILES = ("node.key", "node.pem", "ca.pem")
+
+
+def enroll_node(config: ControllerConfig, name: str, out: Path, force: bool) -> int:
+    """Issue ``name`` a client certificate, write it with its key and the CA to ``out``, and
+    record its serial: the node API accepts only the certificate recorded last."""
+    check_node_name(name)
+    store = _open_store(config)
+    try:
+        ca_key_pem, ca_cert_pem = _read_node_ca(config)
+        url = _node_api_url(config)
+        now = datetime.now(UTC)
+        with store.transaction() as tx:
+            existing = tx.get_node(name)
+            if existing is not None and existing.retired is None and not force:
+                raise CommandError(
+                    f"node {name} is enrolled already; nothing was changed"
+                    " (--force issues it a new certificate and refuses the old one)"
+                )
+            paths = [out / file_name for file_name in _NODE_FILES]
+            if not force:
+                taken = [str(path) for path in paths if os.path.lexists(path)]
+                if taken:
+                    raise CommandError(
+                        f"{', '.join(taken)} exist already; nothing was changed"
+                        " (choose another --out directory, or --force to replace them)"
+                    )
+            key_pem, cert_pem, serial = issue_node_certificate(ca_key_pem, ca_cert_pem, name, now)
+            try:
+                out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as error:
+                raise CommandError(f"cannot create --out {out}: {error.strerror}") from None
+            key_path, cert_path, ca_path = paths
+            # Written inside the transaction: if a file cannot be written, nothing is recorded.
+            for path, data, mode in (
+                (key_path, key_pem, 0o600),
+                (cert_path, cert_pem, 0o644),
+                (ca_path, ca_cert_pem, 0o644),
+            ):
+                try:
+                    _write_file(path, data, mode)
+                except OSError as error:
+                    raise CommandError(f"cannot write {path}: {error.strerror}") from None
+            if existing is None:
+                tx.insert_node(
+                    Node(
+                        name=name,
+                        certificate_serial=serial,
+                        enrolled=format_time(now),
+                        retired=None,
+                        last_contact=None,
+                        revision=0,
+                    )
+                )
+            else:
+                # The revision never goes back: the node's agent may be polling with it.
+                tx.update_node(replace(existing, certificate_serial=serial, retired=None))
+    except Conflict as error:
+        raise CommandError(f"node {name} was enrolled meanwhile; nothing was recorded") from error
+    finally:
+        store.close()
+    expires = load_certificate(cert_pem).not_valid_after_utc
+    if existing is None:
+        print(f"Enrolled node {name} (certificate serial {serial}).")
+    elif existing.retired is not None:
+        print(f"Enrolled node {name} again (it was retired at {existing.retired});")
+        print(f"  its new certificate has serial {serial}.")
+    else:
+        print(f"Issued node {name} a new certificate (serial {serial});")
+        print(f"  its old one (serial {existing.certificate_serial}) is refused from now on.")
+    print(f"  key          {key_path.resolve()} (secret: copy it to the node only)")
+    print(f"  certificate  {cert_path.resolve()} (valid until {format_time(expires)})")
+    print(f"  CA           {ca_path.resolve()}")
+    print(f"Configure the agent on {name} with (paths where the files are on the node):")
+    print("  [controller]")
+    print(f'  urls = ["{url}"]')
+    print(f'  certificate = "{cert_path.resolve()}"')
+    print(f'  key = "{key_path.resolve()}"')
+    print(f'  ca_certificate = "{ca_path.resolve()}"')
+    return 0
+
+
+def retire_node(config: ControllerConfig, name: str) -> int:
+    """Mark a node retired: the node API refuses it and no instance is placed on it again."""
+    check_node_name(name)
+    store = _open_store(config)
+    try:
+        with store.transaction() as tx:
+            node = tx.get_node(name)
+            if node is None:
+                raise CommandError(
+                    f"there is no node {name};"
+                    f" see: rolecall-controller --state-dir {config.state_dir} nodes"
+                )
+            if node.retired is None:
+                tx.update_node(replace(node, retired=format_time(datetime.now(UTC))))
+            placed = tx.active_instance_counts().get(name, 0)
+    finally:
+        store.close()
+    if node.retired is not None:
+        print(f"Node {name} was retired already, at {node.retired}; nothing was changed.")
+    else:
+        print(f"Retired node {name}: the node API refuses it and no instance is placed on it.")
+    if placed:
+        print(
+            f"  {placed} instance(s) not terminated are still placed on it; their agent can no"
+            " longer fetch their credentials."
+        )
+    return 0
+
+
+def list_nodes(config: ControllerConfig) -> int:
+    """A table of the nodes: state, instances not terminated, last contact, enrollment."""
+    store = _open_store(config)
+    try:
+        with store.transaction() as tx:
+            nodes = tx.list_nodes()
+            counts = tx.active_instance_counts()
+    finally:
+        store.close()
+    if not nodes:
+        print("No node is enrolled; enroll one with:")
+        print(f"  rolecall-controller --state-dir {config.state_dir} enroll-node NAME --out DIR")
+        return 0
+    rows = [("NAME", "STATE", "INSTANCES", "LAST CONTACT", "ENROLLED")]
+    for node in nodes:
+        rows.append(
+            (
+                node.name,
+                "active" if node.retired is None else "retired",
+                str(counts.get(node.name, 0)),
+                node.last_contact or "never",
+                node.enrolled,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0
 
 
 def serve(config: ControllerConfig) -> int:

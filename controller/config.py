@@ -45,6 +45,26 @@ class ControllerConfig:
         """Root credentials of accounts made after the first (``account create``)."""
         return self.state_dir / "accounts"
 
+    @property
+    def ca_key_path(self) -> Path:
+        """The node CA's private key (mode 0600): it signs every node's client certificate."""
+        return self.state_dir / "node-ca.key"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """The node CA's certificate: the node API trusts the clients it signed."""
+        return self.state_dir / "node-ca.pem"
+
+    @property
+    def node_api_key_path(self) -> Path:
+        """The node API server's TLS key (mode 0600)."""
+        return self.state_dir / "node-api.key"
+
+    @property
+    def node_api_cert_path(self) -> Path:
+        """The node API server's TLS certificate, signed by the node CA."""
+        return self.state_dir / "node-api.pem"
+
     def with_overrides(self, **overrides: Any) -> ControllerConfig:
         """This configuration with the given fields replaced (flags override the file)."""
         known = {field.name for field in fields(self)}
