@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port", type=int, help="port of the public API (default 8773; 0 picks a free one)"
     )
+    serve.add_argument("--node-api-host", help="address of the node API (default 127.0.0.1)")
+    serve.add_argument(
+        "--node-api-port",
+        type=int,
+        help="port of the node API (default 8775; 0 picks a free one)",
+    )
     return parser
 
 
@@ -154,9 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             return retire_node(config, args.name)
         if args.command == "nodes":
             return list_nodes(config)
-        config = config.with_overrides(api_host=args.host, api_port=args.port)
-        if config.api_port is not None and not 0 <= config.api_port <= 65535:
-            parser.error(f"argument --port: must be from 0 to 65535 (got {config.api_port})")
+        for flag, port in (("--port", args.port), ("--node-api-port", args.node_api_port)):
+            if port is not None and not 0 <= port <= 65535:
+                parser.error(f"argument {flag}: must be from 0 to 65535 (got {port})")
+        config = config.with_overrides(
+            api_host=args.host,
+            api_port=args.port,
+            node_api_host=args.node_api_host,
+            node_api_port=args.node_api_port,
+        )
         return serve(config)
     except (ConfigError, CommandError, StoreError, KeyRingError, NodeCAError) as error:
         print(f"rolecall-controller: {error}", file=sys.stderr)
@@ -593,10 +605,12 @@ def serve(config: ControllerConfig) -> int:
     status = {"code": 0}
 
     def failed_to_listen(failure: object) -> None:
-        status["code"] = 1
-        reactor.stop()  # type: ignore[attr-defined]
+        if status["code"] == 0:
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
 
-    service.getServiceNamed("api").listening.addErrback(failed_to_listen)  # type: ignore[attr-defined]
+    for name in ("api", "node-api"):
+        service.getServiceNamed(name).listening.addErrback(failed_to_listen)  # type: ignore[attr-defined]
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

@@ -26,6 +26,16 @@ class ControllerConfig:
     max_body_bytes: int = 1024 * 1024
     #: The SQLite database file; default ``<state_dir>/rolecall.db``.
     database: Path | None = None
+    node_api_host: str = "127.0.0.1"
+    node_api_port: int = 8775
+    #: Lifetime of instance role credentials handed to nodes.
+    instance_credential_seconds: int = 6 * 3600
+    #: The append-only audit log of credential issuance; default ``<state_dir>/audit.log``.
+    audit_log: Path | None = None
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.audit_log if self.audit_log is not None else self.state_dir / "audit.log"
 
     @property
     def database_path(self) -> Path:
@@ -104,6 +114,15 @@ def _size(key: str, value: object) -> int:
     return value
 
 
+def _lifetime(key: str, value: object) -> int:
+    low, high = 900, 36 * 3600  # the key ring keeps retired keys 36 h: tokens must not outlive them
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"{key}: must be a number of seconds from {low} to {high} (got {value!r})"
+        )
+    return value
+
+
 def _backend(key: str, value: object) -> str:
     if value != "sqlite":
         raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
@@ -117,6 +136,10 @@ _KEYS = {
     "api.max_body_bytes": ("max_body_bytes", _size),
     "store.backend": (None, _backend),
     "store.path": ("database", _path),
+    "node_api.host": ("node_api_host", _host),
+    "node_api.port": ("node_api_port", _port),
+    "node_api.instance_credential_seconds": ("instance_credential_seconds", _lifetime),
+    "audit.path": ("audit_log", _path),
 }
 
 

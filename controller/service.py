@@ -7,19 +7,23 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from controller.actions import Registry
 from controller.api import ApiResource, make_site
+from controller.assignments import AssignmentHub
+from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingFile
+from controller.nodeapi import NodeApiResource, NodeApiSettings
 from controller.sessions import Sessions
-from controller.store.base import Store
+from controller.store.base import Store, StoreError
 from controller.sts import registry as sts_registry
 
 log = Logger(namespace="rolecall.controller")
@@ -29,19 +33,34 @@ KEY_RING_REFRESH_SECONDS = 30.0
 class ListeningService(Service):
     """Listens on one TCP address while running; `listening` fires with the port (or the error)."""
 
-    def __init__(self, reactor: Any, host: str, port: int, site: Site, label: str) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        site: Site,
+        label: str,
+        tls: CertificateOptions | None = None,
+    ) -> None:
         self._reactor = reactor
         self._host = host
         self._port_number = port
         self._site = site
         self._label = label
+        self._tls = tls
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
         super().startService()
-        endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
-        endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
+        endpoint: Any
+        if self._tls is not None:
+            endpoint = SSL4ServerEndpoint(
+                self._reactor, self._port_number, self._tls, interface=self._host
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
+            endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
         endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: IListeningPort) -> None:
@@ -49,8 +68,9 @@ class ListeningService(Service):
         address = port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
         log.info(
-            "{label} listening on http://{host}:{port}",
+            "{label} listening on {scheme}://{host}:{port}",
             label=self._label,
+            scheme="https" if self._tls is not None else "http",
             host=host,
             port=address.port,
         )
@@ -98,7 +118,8 @@ def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiS
     """The controller: its public API listener (and, as they arrive, the node API and metrics)."""
     root = MultiService()
     sessions = Sessions(KeyRingFile(config.token_keys_path))
-    resource = ApiResource(store, api_registry(), reactor, sessions)
+    hub = AssignmentHub(reactor)
+    resource = ApiResource(store, api_registry(), reactor, sessions, {"assignments": hub})
     site = make_site(resource, config.max_body_bytes)
     api = ListeningService(reactor, config.api_host, config.api_port, site, "public API")
     api.setName("api")
@@ -106,4 +127,41 @@ def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiS
     refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
     refresh.setName("key-ring-refresh")
     refresh.setServiceParent(root)
+    node_api = ListeningService(
+        reactor,
+        config.node_api_host,
+        config.node_api_port,
+        make_site(
+            NodeApiResource(
+                store,
+                hub,
+                sessions,
+                AuditLog(config.audit_log_path),
+                reactor,
+                NodeApiSettings(config.instance_credential_seconds),
+            )
+        ),
+        "node API",
+        tls=node_api_tls(config),
+    )
+    node_api.setName("node-api")
+    node_api.setServiceParent(root)
+    release = Service()
+    release.stopService = hub.stop  # type: ignore[method-assign]  # waiting polls answer on stop
+    release.setServiceParent(root)
     return root
+
+
+def node_api_tls(config: ControllerConfig) -> CertificateOptions:
+    """The node API's TLS: its own certificate, and client certificates from the node CA only."""
+    try:
+        identity = PrivateCertificate.loadPEM(
+            config.node_api_cert_path.read_text() + config.node_api_key_path.read_text()
+        )
+        authority = Certificate.loadPEM(config.ca_cert_path.read_text())
+    except OSError as error:
+        raise StoreError(
+            f"cannot read the node API certificates in {config.state_dir}: {error.strerror};"
+            " run rolecall-controller init"
+        ) from error
+    return identity.options(authority)  # type: ignore[no-any-return]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from botocore.config import Config
 BIN = Path(sys.executable).parent
 ACCOUNT_ID = "123456789012"
 LISTENING = re.compile(r"public API listening on (http://\S+)")
+NODE_API_LISTENING = re.compile(r"node API listening on (https://\S+)")
 
 
 @dataclass
@@ -32,6 +34,16 @@ class Controller:
     secret_access_key: str
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
+    node_api_urls: list[str] = field(default_factory=list)
+
+    @property
+    def node_api_url(self) -> str:
+        """The node API's https URL (logged a moment after the public API's)."""
+        deadline = time.monotonic() + 10
+        while not self.node_api_urls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.node_api_urls, "the node API did not start:\n" + "".join(self.output)
+        return self.node_api_urls[0]
 
     def client(self, service: str = "iam", **config: object) -> object:
         return boto3.client(
@@ -67,12 +79,22 @@ def start_controller(state_dir: Path) -> Controller:
     credentials = configparser.ConfigParser()
     credentials.read(state_dir / "root-credentials")
     process = subprocess.Popen(
-        [BIN / "rolecall-controller", "--state-dir", state_dir, "serve", "--port", "0"],
+        [
+            BIN / "rolecall-controller",
+            "--state-dir",
+            state_dir,
+            "serve",
+            "--port",
+            "0",
+            "--node-api-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     output: list[str] = []
+    node_api_urls: list[str] = []
     found: queue.Queue[str] = queue.Queue()
 
     def drain() -> None:
@@ -83,6 +105,9 @@ def start_controller(state_dir: Path) -> Controller:
             match = LISTENING.search(line)
             if match:
                 found.put(match.group(1))
+            match = NODE_API_LISTENING.search(line)
+            if match:
+                node_api_urls.append(match.group(1))
         found.put("")
 
     threading.Thread(target=drain, daemon=True).start()
@@ -102,6 +127,7 @@ def start_controller(state_dir: Path) -> Controller:
         secret_access_key=credentials["rolecall"]["aws_secret_access_key"],
         process=process,
         output=output,
+        node_api_urls=node_api_urls,
     )
 
 

@@ -1,0 +1,311 @@
+"""The node API: what a node's agent asks the controller, over TLS with client certificates.
+
+- ``GET /v1/assignments?since=REV&wait=SECONDS``: the instances placed on the calling node, at
+  once when its revision is newer than ``since``, else when it changes or ``wait`` runs out.
+- ``POST /v1/instances/{id}/credentials``: fresh role credentials for an instance on that node.
+
+The node is the certificate's subject; its serial must be the one recorded at enrollment (a
+re-enrolled or retired node's old certificate is refused). JSON in and out. See DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from controller.assignments import AssignmentHub
+from controller.audit import AuditLog
+from controller.authorize import parsed
+from controller.policy.document import PolicyKind
+from controller.policy.evaluate import RequestContext, evaluate_trust, time_keys
+from controller.sessions import Sessions
+from controller.store.base import Store, StoreError, Transaction
+from controller.store.records import REGION, Instance, Node
+from controller.tokens import SessionClaims, new_credentials_ids
+from controller.xmlout import format_time
+
+log = Logger(namespace="rolecall.nodeapi")
+
+MAX_WAIT_SECONDS = 300.0
+DEFAULT_CREDENTIAL_SECONDS = 6 * 3600
+
+
+class NodeApiError(Exception):
+    """An answer other than 200: an HTTP status and a message for the agent's log."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class NodeApiSettings:
+    credential_seconds: int = DEFAULT_CREDENTIAL_SECONDS
+
+
+def instance_metadata(instance: Instance) -> dict[str, str]:
+    """The standard metadata items the agent serves for an instance."""
+    hostname = f"ip-{instance.private_ip.replace('.', '-')}.ec2.internal"
+    return {
+        "instance-id": instance.instance_id,
+        "ami-id": instance.image_id,
+        "ami-launch-index": str(instance.launch_index),
+        "instance-type": instance.instance_type,
+        "reservation-id": instance.reservation_id,
+        "placement/availability-zone": f"{REGION}a",
+        "placement/region": REGION,
+        "local-ipv4": instance.private_ip,
+        "local-hostname": hostname,
+        "hostname": hostname,
+        "launch-time": instance.launched,
+        "account-id": instance.account_id,
+    }
+
+
+def assignment(tx: Transaction, instance: Instance) -> dict[str, Any]:
+    profile = tx.get_instance_profile_by_id(instance.profile_id) if instance.profile_id else None
+    role = tx.get_role_by_id(profile.role_id) if profile and profile.role_id else None
+    return {
+        "instance_id": instance.instance_id,
+        "account_id": instance.account_id,
+        "netns": instance.netns,
+        "instance_profile": (
+            {"arn": profile.arn, "id": profile.profile_id, "role_name": role.name if role else None}
+            if profile is not None
+            else None
+        ),
+        "metadata_options": {
+            "http_tokens": instance.http_tokens,
+            "http_put_response_hop_limit": instance.hop_limit,
+            "http_endpoint": instance.http_endpoint,
+        },
+        "metadata": instance_metadata(instance),
+    }
+
+
+class NodeApiResource(Resource):
+    isLeaf = True
+
+    def __init__(
+        self,
+        store: Store,
+        hub: AssignmentHub,
+        sessions: Sessions,
+        audit: AuditLog,
+        clock: IReactorTime,
+        settings: NodeApiSettings | None = None,
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._hub = hub
+        self._sessions = sessions
+        self._audit = audit
+        self._clock = clock
+        self._settings = settings or NodeApiSettings()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.seconds(), UTC).replace(microsecond=0)
+
+    def render(self, request: server.Request) -> bytes | int:
+        try:
+            node = self._node(request)
+            parts = request.path.decode("ascii", "replace").strip("/").split("/")
+            if request.method == b"GET" and parts == ["v1", "assignments"]:
+                return self._assignments(request, node)
+            if (
+                request.method == b"POST"
+                and len(parts) == 4
+                and parts[:2] == ["v1", "instances"]
+                and parts[3] == "credentials"
+            ):
+                return _json(request, 200, self._credentials(node, parts[2]))
+            raise NodeApiError(404, "NotFound", "no such node API endpoint")
+        except NodeApiError as error:
+            return _json(request, error.status, {"error": error.code, "message": error.message})
+        except StoreError as error:
+            log.error("node API store failure: {error}", error=str(error))
+            return _json(request, 503, {"error": "StoreUnavailable", "message": "try again"})
+
+    def _node(self, request: server.Request) -> Node:
+        certificate = _peer_certificate(request)
+        if certificate is None:
+            raise NodeApiError(403, "NoCertificate", "a node certificate is required")
+        name = certificate.get_subject().CN or ""
+        serial = certificate.get_serial_number()
+        with self._store.transaction() as tx:
+            node = tx.get_node(name)
+            if (
+                node is None
+                or node.retired is not None
+                or int(node.certificate_serial, 16) != serial
+            ):
+                log.warn("refused node certificate for {name!r}", name=name)
+                raise NodeApiError(403, "UnknownNode", f"node {name!r} is not enrolled")
+            node = replace(node, last_contact=format_time(self._now()))
+            tx.update_node(node)
+        return node
+
+    # assignments
+
+    def _assignments(self, request: server.Request, node: Node) -> bytes | int:
+        since = _int_arg(request, b"since", -1)
+        wait = min(max(float(_int_arg(request, b"wait", 0)), 0.0), MAX_WAIT_SECONDS)
+        if node.revision > since or wait == 0:
+            return _json(request, 200, self._snapshot(node.name))
+        waiting = self._hub.wait(node.name, wait)
+        request.notifyFinish().addErrback(lambda _: waiting.cancel())
+
+        def answer(_: bool) -> None:
+            try:
+                body = self._snapshot(node.name)
+            except StoreError as error:
+                log.error("node API store failure: {error}", error=str(error))
+                request.setResponseCode(503)
+                request.write(b'{"error": "StoreUnavailable", "message": "try again"}')
+            else:
+                request.write(_json(request, 200, body))
+            request.finish()
+
+        def gone(failure: Failure) -> None:
+            failure.trap(CancelledError)  # the node hung up: nothing to answer
+
+        waiting.addCallbacks(answer, gone)
+        return server.NOT_DONE_YET
+
+    def _snapshot(self, node_name: str) -> dict[str, Any]:
+        with self._store.transaction() as tx:
+            node = tx.get_node(node_name)
+            instances = tx.list_node_instances(node_name)
+            answer = {
+                "revision": node.revision if node else 0,
+                "instances": [assignment(tx, instance) for instance in instances],
+            }
+            for instance in instances:
+                if instance.state == "pending":  # its node knows it now: the VM can start
+                    tx.update_instance(replace(instance, state="running"))
+        return answer
+
+    # credentials
+
+    def _credentials(self, node: Node, instance_id: str) -> Mapping[str, Any]:
+        now = self._now()
+        with self._store.transaction() as tx:
+            instance = tx.get_instance(instance_id)
+            if (
+                instance is None
+                or instance.node_name != node.name
+                or instance.state == "terminated"
+            ):
+                log.warn(
+                    "node {node} asked for credentials of {instance}, which is not placed on it",
+                    node=node.name,
+                    instance=instance_id,
+                )
+                raise NodeApiError(
+                    403, "NotYourInstance", f"{instance_id} is not placed on this node"
+                )
+            profile = (
+                tx.get_instance_profile_by_id(instance.profile_id) if instance.profile_id else None
+            )
+            role = tx.get_role_by_id(profile.role_id) if profile and profile.role_id else None
+            if profile is None or role is None:
+                raise NodeApiError(
+                    404, "NoRole", f"{instance_id} has no instance profile with a role"
+                )
+            trust = evaluate_trust(
+                parsed(role.assume_role_policy, PolicyKind.TRUST),
+                RequestContext("sts:AssumeRole", role.arn, "", "", time_keys(now)),
+                service="ec2.amazonaws.com",
+            )
+            if not trust.allowed:
+                raise NodeApiError(
+                    409,
+                    "RoleNotTrusted",
+                    f"the trust policy of {role.arn} does not let ec2.amazonaws.com assume it",
+                )
+        access_key_id, secret = new_credentials_ids()
+        claims = SessionClaims(
+            access_key_id=access_key_id,
+            secret_access_key=secret,
+            account_id=role.account_id,
+            principal_type="instance",
+            principal_arn=f"arn:aws:sts::{role.account_id}:assumed-role/{role.name}/{instance_id}",
+            user_id=f"{role.role_id}:{instance_id}",
+            issuer_arn=f"arn:aws:ec2:{REGION}:{instance.account_id}:instance/{instance_id}",
+            role_id=role.role_id,
+            session_policy=None,
+            source_identity=None,
+            chained=False,
+            issued=now,
+            expires=now + timedelta(seconds=self._settings.credential_seconds),
+            extra={"instance_id": instance_id, "node": node.name},
+        )
+        token = self._sessions.seal(claims)
+        try:
+            self._audit.write(
+                {
+                    "time": format_time(now),
+                    "event": "instance-credentials",
+                    "node": node.name,
+                    "instance_id": instance_id,
+                    "account_id": role.account_id,
+                    "role_arn": role.arn,
+                    "access_key_id": access_key_id,
+                    "expiration": format_time(claims.expires),
+                }
+            )
+        except OSError as error:
+            log.error("cannot write the audit log: {error}", error=error.strerror)
+            raise NodeApiError(
+                503, "AuditUnavailable", "credentials cannot be audited now"
+            ) from error
+        log.info(
+            "issued {access_key_id} for {instance} on {node} as {role}",
+            access_key_id=access_key_id,
+            instance=instance_id,
+            node=node.name,
+            role=role.arn,
+        )
+        return {
+            "AccessKeyId": access_key_id,
+            "SecretAccessKey": secret,
+            "Token": token,
+            "Expiration": format_time(claims.expires),
+            "RoleArn": role.arn,
+            "InstanceProfileArn": profile.arn,
+            "InstanceProfileId": profile.profile_id,
+            "AccountId": role.account_id,
+        }
+
+
+def _peer_certificate(request: server.Request) -> Any:
+    transport = getattr(request.channel, "transport", None)
+    get = getattr(transport, "getPeerCertificate", None)
+    return get() if get is not None else None
+
+
+def _int_arg(request: server.Request, name: bytes, default: int) -> int:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return default
+    try:
+        return int(values[0])
+    except ValueError as error:
+        raise NodeApiError(400, "BadParameter", f"{name.decode()} must be an integer") from error
+
+
+def _json(request: server.Request, status: int, body: Mapping[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body).encode("utf-8")
