@@ -1,0 +1,300 @@
+"""The IMDS request rules (spec/imds.md lines 1-15) as one pure function, :func:`respond`.
+
+The socket layer parses a request, decodes its target and headers as ISO-8859-1 (lossless for any
+bytes), asks the instance's rate limiter, and hands all that to :func:`respond` with the
+:class:`InstanceView` of the instance whose socket accepted the connection. It writes back the
+:class:`ImdsResponse` as it is, adding only ``Date`` and connection handling, and applies
+``ip_ttl`` (the hop limit) to the packets of a token response (spec line 5).
+
+The checks run in this order; the first that refuses decides the answer:
+
+1. ``HttpEndpoint=disabled`` → 403 for everything (line 9).
+2. Over the instance's rate → 503 with ``Retry-After: 1`` (line 14).
+3. ``PUT`` with ``X-Forwarded-For`` → 403, with or without ``strict_proxy`` (line 3).
+4. With ``strict_proxy`` (the default, line 13): ``X-Forwarded-For``, ``Forwarded`` or ``Via``
+   → 403; a request target in absolute form (``GET http://…``, what a proxy receives) → 403;
+   ``Host`` other than exactly one ``169.254.169.254`` or ``169.254.169.254:80`` → 403. A
+   missing ``Host`` is refused too: every SDK, curl and cloud-init send one (HTTP/1.1 requires
+   it), so its absence means a hand-made request. Without ``strict_proxy`` none of this is
+   checked and an absolute-form target is served by its path.
+5. The method. ``PUT`` is for ``/latest/api/token`` only (exact path; a query string is ignored):
+   anywhere else it is 403, never 404 or 405 (line 4). ``GET`` and ``HEAD`` are for everything
+   else. Any other method → 405, and so is ``GET``/``HEAD`` on the token path. ``Allow`` names
+   what the target accepts: ``PUT`` on the token path, ``GET, HEAD`` everywhere else.
+6. Token ``PUT``: ``X-aws-ec2-metadata-token-ttl-seconds`` must be exactly one value of 1-5 ASCII
+   digits in 1..21600, else 400 (line 2). The 200 answer echoes the TTL (line 1).
+7. ``GET``/``HEAD``: an ``X-aws-ec2-metadata-token`` header, whenever present (in optional mode
+   too), must be exactly one token valid for this instance, else 401 (lines 6, 7). With
+   ``HttpTokens=required`` a request without one → 401 (line 8).
+8. The tree answers: 200 with the leaf or the listing, or 404 with the IMDS XHTML page (line 12).
+
+Every response carries ``Content-Type``, ``Content-Length`` and ``Server: EC2ws`` (what EC2's
+IMDS sends). Refusals (400, 401, 403, 405, 503) have an empty ``text/plain`` body; only the 404
+page is ``text/html``. ``HEAD`` answers the same status and headers with an empty body. No
+status outside 200, 400, 401, 403, 404, 405 and 503 is ever produced, so never a redirect.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from agent.imds.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenMinter
+from agent.imds.tree import TEXT_PLAIN, Directory, Found, ImdsTree
+
+TOKEN_PATH: Final = "/latest/api/token"  # noqa: S105 - a URL path, not a secret
+TTL_HEADER: Final = "X-aws-ec2-metadata-token-ttl-seconds"
+TTL_ECHO_HEADER: Final = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+TOKEN_HEADER: Final = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
+SERVER: Final = "EC2ws"
+METADATA_HOSTS: Final = frozenset({"169.254.169.254", "169.254.169.254:80"})
+PROXY_HEADERS: Final = frozenset({"x-forwarded-for", "forwarded", "via"})
+
+TEXT_HTML: Final = "text/html"
+NOT_FOUND_PAGE: Final = (
+    b'<?xml version="1.0" encoding="iso-8859-1"?>\n'
+    b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"\n'
+    b'\t\t "http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">\n'
+    b'<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">\n'
+    b" <head>\n"
+    b"  <title>404 - Not Found</title>\n"
+    b" </head>\n"
+    b" <body>\n"
+    b"  <h1>404 - Not Found</h1>\n"
+    b" </body>\n"
+    b"</html>\n"
+)
+"""EC2's IMDS 404 page, byte for byte (339 bytes)."""
+
+_TTL_VALUE: Final = re.compile(r"[0-9]{1,5}", re.ASCII)
+_ABSOLUTE_FORM: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", re.ASCII)
+_OWS: Final = " \t"
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+class HttpTokens(enum.StrEnum):
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+class HttpEndpoint(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+MIN_HOP_LIMIT: Final = 1
+MAX_HOP_LIMIT: Final = 64
+
+
+@dataclass(frozen=True)
+class MetadataOptions:
+    """An instance's ``metadata_options``; the defaults are EC2's for a new instance."""
+
+    http_tokens: HttpTokens = HttpTokens.OPTIONAL
+    http_put_response_hop_limit: int = 1
+    http_endpoint: HttpEndpoint = HttpEndpoint.ENABLED
+
+    def __post_init__(self) -> None:
+        hop_limit = self.http_put_response_hop_limit
+        if isinstance(hop_limit, bool) or not MIN_HOP_LIMIT <= hop_limit <= MAX_HOP_LIMIT:
+            raise ValueError(
+                f"http_put_response_hop_limit must be {MIN_HOP_LIMIT}..{MAX_HOP_LIMIT}, "
+                f"not {hop_limit!r}"
+            )
+
+    @classmethod
+    def from_assignment(cls, body: object) -> MetadataOptions:
+        """The assignment's ``metadata_options`` (absent keys take the defaults).
+
+        Raises ``ValueError`` naming the key.
+        """
+        if body is None:
+            return cls()
+        if not isinstance(body, Mapping):
+            raise ValueError("metadata_options must be an object")
+        defaults = cls()
+        tokens = body.get("http_tokens", defaults.http_tokens.value)
+        endpoint = body.get("http_endpoint", defaults.http_endpoint.value)
+        hop_limit = body.get("http_put_response_hop_limit", defaults.http_put_response_hop_limit)
+        try:
+            http_tokens = HttpTokens(tokens)
+        except ValueError:
+            raise ValueError(f"metadata_options.http_tokens is not valid: {tokens!r}") from None
+        try:
+            http_endpoint = HttpEndpoint(endpoint)
+        except ValueError:
+            raise ValueError(f"metadata_options.http_endpoint is not valid: {endpoint!r}") from None
+        if not isinstance(hop_limit, int):
+            raise ValueError(f"metadata_options.http_put_response_hop_limit: {hop_limit!r}")
+        return cls(http_tokens, hop_limit, http_endpoint)
+
+
+# -- requests and responses --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImdsRequest:
+    """One parsed HTTP request: method, raw target (path and query) and headers, as text."""
+
+    method: str
+    target: str
+    headers: Sequence[tuple[str, str]] = ()
+
+    def values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive), trimmed of spaces and tabs."""
+        wanted = name.lower()
+        return [value.strip(_OWS) for key, value in self.headers if key.lower() == wanted]
+
+
+@dataclass(frozen=True)
+class ImdsResponse:
+    """What to send back. ``reason`` labels the decision for logs and metrics (never sent)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    ip_ttl: int | None = None
+    reason: str = "ok"
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What :func:`respond` needs to know of the instance whose socket took the request."""
+
+    instance_id: str
+    options: MetadataOptions
+    tree: ImdsTree
+    minter: TokenMinter
+    strict_proxy: bool = True
+
+
+# -- the error map -----------------------------------------------------------------------------
+
+
+class Refusal(enum.Enum):
+    """Every way a request is refused: its status and its label. The one place refusals become
+    status codes."""
+
+    ENDPOINT_DISABLED = (403, "endpoint-disabled")
+    RATE_LIMITED = (503, "rate-limited")
+    PROXY_HEADER = (403, "proxy-header")
+    ABSOLUTE_TARGET = (403, "absolute-target")
+    BAD_HOST = (403, "bad-host")
+    PUT_NOT_TOKEN_PATH = (403, "put-not-token-path")
+    METHOD_NOT_ALLOWED = (405, "method-not-allowed")
+    BAD_TTL = (400, "bad-ttl")
+    TOKEN_INVALID = (401, "token-invalid")
+    TOKEN_REQUIRED = (401, "token-required")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def respond(
+    request: ImdsRequest, instance: InstanceView, now: float, *, rate_limited: bool = False
+) -> ImdsResponse:
+    """The answer to ``request`` made in ``instance`` at ``now`` (POSIX seconds). Never raises
+    for any request: whatever a guest sends, the answer is one of the statuses above."""
+    head = request.method == "HEAD"
+    if instance.options.http_endpoint is HttpEndpoint.DISABLED:
+        return _refuse(Refusal.ENDPOINT_DISABLED, head)
+    if rate_limited:
+        return _refuse(Refusal.RATE_LIMITED, head, (("Retry-After", "1"),))
+    if request.method == "PUT" and request.values("X-Forwarded-For"):
+        return _refuse(Refusal.PROXY_HEADER, head)
+
+    path = request.target.partition("?")[0].partition("#")[0]
+    absolute = _ABSOLUTE_FORM.match(path)
+    if instance.strict_proxy:
+        refusal = _proxy_refusal(request, absolute is not None)
+        if refusal is not None:
+            return _refuse(refusal, head)
+    if absolute is not None:
+        path = path[absolute.end() :] or "/"
+
+    if request.method == "PUT":
+        if path != TOKEN_PATH:
+            return _refuse(Refusal.PUT_NOT_TOKEN_PATH, head)
+        return _token(request, instance, now)
+    if path == TOKEN_PATH or request.method not in ("GET", "HEAD"):
+        allow = "PUT" if path == TOKEN_PATH else "GET, HEAD"
+        return _refuse(Refusal.METHOD_NOT_ALLOWED, head, (("Allow", allow),))
+
+    tokens = request.values(TOKEN_HEADER)
+    if tokens:
+        if len(tokens) != 1 or not instance.minter.check(tokens[0], instance.instance_id, now):
+            return _refuse(Refusal.TOKEN_INVALID, head)
+    elif instance.options.http_tokens is HttpTokens.REQUIRED:
+        return _refuse(Refusal.TOKEN_REQUIRED, head)
+
+    answer = instance.tree.as_of(now).lookup(path)
+    if isinstance(answer, Found | Directory):
+        return _response(200, answer.content_type, answer.body, head)
+    return _response(404, TEXT_HTML, NOT_FOUND_PAGE, head, reason="not-found")
+
+
+def _proxy_refusal(request: ImdsRequest, absolute_target: bool) -> Refusal | None:
+    if any(name.lower() in PROXY_HEADERS for name, _ in request.headers):
+        return Refusal.PROXY_HEADER
+    if absolute_target:
+        return Refusal.ABSOLUTE_TARGET
+    hosts = request.values("Host")
+    if len(hosts) != 1 or hosts[0] not in METADATA_HOSTS:
+        return Refusal.BAD_HOST
+    return None
+
+
+def _token(request: ImdsRequest, instance: InstanceView, now: float) -> ImdsResponse:
+    values = request.values(TTL_HEADER)
+    if len(values) != 1 or _TTL_VALUE.fullmatch(values[0]) is None:
+        return _refuse(Refusal.BAD_TTL, head=False)
+    ttl = int(values[0])
+    if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
+        return _refuse(Refusal.BAD_TTL, head=False)
+    token = instance.minter.mint(instance.instance_id, ttl, now)
+    return _response(
+        200,
+        TEXT_PLAIN,
+        token.encode("ascii"),
+        head=False,
+        extra=((TTL_ECHO_HEADER, str(ttl)),),
+        reason="token",
+        ip_ttl=instance.options.http_put_response_hop_limit,
+    )
+
+
+def _refuse(refusal: Refusal, head: bool, extra: tuple[tuple[str, str], ...] = ()) -> ImdsResponse:
+    return _response(refusal.status, TEXT_PLAIN, b"", head, extra=extra, reason=refusal.reason)
+
+
+def _response(
+    status: int,
+    content_type: str,
+    body: bytes,
+    head: bool,
+    *,
+    extra: tuple[tuple[str, str], ...] = (),
+    reason: str = "ok",
+    ip_ttl: int | None = None,
+) -> ImdsResponse:
+    headers = (
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Server", SERVER),
+        *extra,
+    )
+    return ImdsResponse(status, headers, b"" if head else body, ip_ttl, reason)
