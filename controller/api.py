@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -33,6 +34,7 @@ from controller.errors import (
     RequestEntityTooLarge,
     ServiceFailure,
 )
+from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
 from controller.query import parse_input
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
@@ -89,13 +91,17 @@ class ApiResource(Resource):
         clock: IReactorTime,
         sessions: Sessions,
         services: Mapping[str, Any] | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         super().__init__()
         self._store = store
         self._registry = registry
         self._clock = clock
         self._sessions = sessions
-        self._services = {"sessions": sessions, **(services or {})}
+        self._metrics = metrics or ControllerMetrics(
+            CollectorRegistry(), ((action.service, action.name) for action in registry)
+        )
+        self._services = {"sessions": sessions, "metrics": self._metrics, **(services or {})}
 
     def render(self, request: server.Request) -> bytes:
         started = self._clock.seconds()
@@ -110,6 +116,8 @@ class ApiResource(Resource):
                 )
             body, status = self._serve(request, request_id, outcome)
         except ApiError as error:
+            if error.code in AUTHENTICATION_FAILURE_REASONS:  # before EC2 folds them into one
+                self._metrics.authentication_failed(error.code)
             if outcome.service == "ec2":
                 error = ec2_error(error)
             body, status = error_body(error, outcome.service, request_id), error.status
@@ -117,6 +125,8 @@ class ApiResource(Resource):
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/xml")
         request.setHeader(b"x-amzn-RequestId", request_id.encode("ascii"))
+        duration = self._clock.seconds() - started
+        self._metrics.api_request(outcome.service, outcome.action, status, duration)
         log.info(
             "{service}:{action} {status} key={access_key_id} error={error}"
             " ({duration_ms:.1f} ms, request {request_id})",
@@ -125,7 +135,7 @@ class ApiResource(Resource):
             status=status,
             access_key_id=outcome.access_key_id or "-",
             error=outcome.error or "-",
-            duration_ms=(self._clock.seconds() - started) * 1000,
+            duration_ms=duration * 1000,
             request_id=request_id,
         )
         return body

@@ -136,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="port of the node API (default 8775; 0 picks a free one)",
     )
+    serve.add_argument(
+        "--metrics-host", help="address of /metrics, /healthz and /readyz (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of /metrics, /healthz and /readyz (default 9773; 0 picks a free one)",
+    )
     return parser
 
 
@@ -160,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             return retire_node(config, args.name)
         if args.command == "nodes":
             return list_nodes(config)
-        for flag, port in (("--port", args.port), ("--node-api-port", args.node_api_port)):
+        for flag, port in (
+            ("--port", args.port),
+            ("--node-api-port", args.node_api_port),
+            ("--metrics-port", args.metrics_port),
+        ):
             if port is not None and not 0 <= port <= 65535:
                 parser.error(f"argument {flag}: must be from 0 to 65535 (got {port})")
         config = config.with_overrides(
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             api_port=args.port,
             node_api_host=args.node_api_host,
             node_api_port=args.node_api_port,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
         )
         return serve(config)
     except (ConfigError, CommandError, StoreError, KeyRingError, NodeCAError) as error:
@@ -609,7 +623,7 @@ def serve(config: ControllerConfig) -> int:
             status["code"] = 1
             reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
 
-    for name in ("api", "node-api"):
+    for name in ("api", "node-api", "metrics"):
         service.getServiceNamed(name).listening.addErrback(failed_to_listen)  # type: ignore[attr-defined]
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]

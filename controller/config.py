@@ -32,6 +32,9 @@ class ControllerConfig:
     instance_credential_seconds: int = 6 * 3600
     #: The append-only audit log of credential issuance; default ``<state_dir>/audit.log``.
     audit_log: Path | None = None
+    #: The Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` listener.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9773
 
     @property
     def audit_log_path(self) -> Path:
@@ -140,6 +143,8 @@ _KEYS = {
     "node_api.port": ("node_api_port", _port),
     "node_api.instance_credential_seconds": ("instance_credential_seconds", _lifetime),
     "audit.path": ("audit_log", _path),
+    "metrics.host": ("metrics_host", _host),
+    "metrics.port": ("metrics_port", _port),
 }
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,6 +27,7 @@ from twisted.web.resource import Resource
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.authorize import parsed
+from controller.metrics import ControllerMetrics
 from controller.policy.document import PolicyKind
 from controller.policy.evaluate import RequestContext, evaluate_trust, time_keys
 from controller.sessions import Sessions
@@ -104,6 +106,7 @@ class NodeApiResource(Resource):
         audit: AuditLog,
         clock: IReactorTime,
         settings: NodeApiSettings | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         super().__init__()
         self._store = store
@@ -112,22 +115,34 @@ class NodeApiResource(Resource):
         self._audit = audit
         self._clock = clock
         self._settings = settings or NodeApiSettings()
+        self._metrics = metrics or ControllerMetrics(CollectorRegistry())
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.seconds(), UTC).replace(microsecond=0)
 
     def render(self, request: server.Request) -> bytes | int:
+        parts = request.path.decode("ascii", "replace").strip("/").split("/")
+        if request.method == b"GET" and parts == ["v1", "assignments"]:
+            endpoint = "assignments"
+        elif (
+            request.method == b"POST"
+            and len(parts) == 4
+            and parts[:2] == ["v1", "instances"]
+            and parts[3] == "credentials"
+        ):
+            endpoint = "credentials"
+        else:
+            endpoint = "other"
+        # Counted when answered (a long poll, later); a poll the node hangs up on is not.
+        request.notifyFinish().addCallbacks(
+            lambda _: self._metrics.node_api_request(endpoint, request.code),
+            lambda _: None,
+        )
         try:
             node = self._node(request)
-            parts = request.path.decode("ascii", "replace").strip("/").split("/")
-            if request.method == b"GET" and parts == ["v1", "assignments"]:
+            if endpoint == "assignments":
                 return self._assignments(request, node)
-            if (
-                request.method == b"POST"
-                and len(parts) == 4
-                and parts[:2] == ["v1", "instances"]
-                and parts[3] == "credentials"
-            ):
+            if endpoint == "credentials":
                 return _json(request, 200, self._credentials(node, parts[2]))
             raise NodeApiError(404, "NotFound", "no such node API endpoint")
         except NodeApiError as error:
@@ -265,10 +280,12 @@ class NodeApiResource(Resource):
                 }
             )
         except OSError as error:
+            self._metrics.audit_log_write_failed()
             log.error("cannot write the audit log: {error}", error=error.strerror)
             raise NodeApiError(
                 503, "AuditUnavailable", "credentials cannot be audited now"
             ) from error
+        self._metrics.credentials_issued("instance")
         log.info(
             "issued {access_key_id} for {instance} on {node} as {role}",
             access_key_id=access_key_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -19,8 +20,10 @@ from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
+from controller.health import health_resource
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingFile
+from controller.metrics import ControllerMetrics
 from controller.nodeapi import NodeApiResource, NodeApiSettings
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
@@ -114,12 +117,28 @@ def api_registry() -> Registry:
     return Registry(iam_registry, sts_registry, ec2_registry)
 
 
-def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiService:
-    """The controller: its public API listener (and, as they arrive, the node API and metrics)."""
+def make_service(
+    config: ControllerConfig,
+    reactor: Any,
+    store: Store,
+    registry: CollectorRegistry | None = None,
+) -> MultiService:
+    """The controller: its public API, node API and metrics listeners and the key ring refresh.
+
+    Metrics go to ``registry`` (a new one by default; never prometheus_client's global one).
+    """
     root = MultiService()
-    sessions = Sessions(KeyRingFile(config.token_keys_path))
+    keys = KeyRingFile(config.token_keys_path)
+    sessions = Sessions(keys)
     hub = AssignmentHub(reactor)
-    resource = ApiResource(store, api_registry(), reactor, sessions, {"assignments": hub})
+    actions = api_registry()
+    metrics = ControllerMetrics(
+        registry if registry is not None else CollectorRegistry(),
+        ((action.service, action.name) for action in actions),
+    )
+    metrics.watch_long_polls(hub.waiting)
+    metrics.watch_nodes(store, reactor)
+    resource = ApiResource(store, actions, reactor, sessions, {"assignments": hub}, metrics)
     site = make_site(resource, config.max_body_bytes)
     api = ListeningService(reactor, config.api_host, config.api_port, site, "public API")
     api.setName("api")
@@ -139,6 +158,7 @@ def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiS
                 AuditLog(config.audit_log_path),
                 reactor,
                 NodeApiSettings(config.instance_credential_seconds),
+                metrics,
             )
         ),
         "node API",
@@ -146,6 +166,15 @@ def make_service(config: ControllerConfig, reactor: Any, store: Store) -> MultiS
     )
     node_api.setName("node-api")
     node_api.setServiceParent(root)
+    health = ListeningService(
+        reactor,
+        config.metrics_host,
+        config.metrics_port,
+        make_site(health_resource(metrics.registry, store, lambda: keys.ring)),
+        "metrics",
+    )
+    health.setName("metrics")
+    health.setServiceParent(root)
     release = Service()
     release.stopService = hub.stop  # type: ignore[method-assign]  # waiting polls answer on stop
     release.setServiceParent(root)

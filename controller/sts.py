@@ -72,8 +72,11 @@ def _session_policy(params: dict[str, Any]) -> str | None:
     return policy
 
 
-def _credentials(context: Context, claims: SessionClaims) -> dict[str, Any]:
+def _credentials(context: Context, claims: SessionClaims, kind: str) -> dict[str, Any]:
+    """The Credentials element; counted as issued (metric ``kind``) once the request commits."""
     token = context.services["sessions"].seal(claims)
+    metrics = context.services["metrics"]
+    context.on_commit.append(lambda: metrics.credentials_issued(kind))
     return {
         "AccessKeyId": claims.access_key_id,
         "SecretAccessKey": claims.secret_access_key,
@@ -184,7 +187,7 @@ def get_federation_token(context: Context, params: dict[str, Any]) -> Result:
     )
     size = _packed_size(claims)
     return {
-        "Credentials": _credentials(context, claims),
+        "Credentials": _credentials(context, claims, "federation"),
         "FederatedUser": {"FederatedUserId": claims.user_id, "Arn": claims.principal_arn},
         "PackedPolicySize": size,
     }
@@ -204,7 +207,7 @@ def get_session_token(context: Context, params: dict[str, Any]) -> Result:
         user_id=caller.user_id,
         seconds=_duration(context, params),
     )
-    return {"Credentials": _credentials(context, claims)}
+    return {"Credentials": _credentials(context, claims, "session")}
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
     )
     size = _packed_size(claims)
     result: dict[str, Any] = {
-        "Credentials": _credentials(context, claims),
+        "Credentials": _credentials(context, claims, "assume-role"),
         "AssumedRoleUser": {"AssumedRoleId": claims.user_id, "Arn": claims.principal_arn},
         "PackedPolicySize": size,
     }

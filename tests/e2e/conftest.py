@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 ACCOUNT_ID = "123456789012"
 LISTENING = re.compile(r"public API listening on (http://\S+)")
 NODE_API_LISTENING = re.compile(r"node API listening on (https://\S+)")
+METRICS_LISTENING = re.compile(r"metrics listening on (http://\S+)")
 
 
 @dataclass
@@ -35,15 +36,24 @@ class Controller:
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
     node_api_urls: list[str] = field(default_factory=list)
+    metrics_urls: list[str] = field(default_factory=list)
 
     @property
     def node_api_url(self) -> str:
         """The node API's https URL (logged a moment after the public API's)."""
+        return self._logged_url(self.node_api_urls, "the node API")
+
+    @property
+    def metrics_url(self) -> str:
+        """The http URL of /metrics, /healthz and /readyz (logged after the public API's)."""
+        return self._logged_url(self.metrics_urls, "the metrics listener")
+
+    def _logged_url(self, urls: list[str], what: str) -> str:
         deadline = time.monotonic() + 10
-        while not self.node_api_urls and time.monotonic() < deadline:
+        while not urls and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert self.node_api_urls, "the node API did not start:\n" + "".join(self.output)
-        return self.node_api_urls[0]
+        assert urls, f"{what} did not start:\n" + "".join(self.output)
+        return urls[0]
 
     def client(self, service: str = "iam", **config: object) -> object:
         return boto3.client(
@@ -88,6 +98,8 @@ def start_controller(state_dir: Path) -> Controller:
             "0",
             "--node-api-port",
             "0",
+            "--metrics-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -95,6 +107,7 @@ def start_controller(state_dir: Path) -> Controller:
     )
     output: list[str] = []
     node_api_urls: list[str] = []
+    metrics_urls: list[str] = []
     found: queue.Queue[str] = queue.Queue()
 
     def drain() -> None:
@@ -108,6 +121,9 @@ def start_controller(state_dir: Path) -> Controller:
             match = NODE_API_LISTENING.search(line)
             if match:
                 node_api_urls.append(match.group(1))
+            match = METRICS_LISTENING.search(line)
+            if match:
+                metrics_urls.append(match.group(1))
         found.put("")
 
     threading.Thread(target=drain, daemon=True).start()
@@ -128,6 +144,7 @@ def start_controller(state_dir: Path) -> Controller:
         process=process,
         output=output,
         node_api_urls=node_api_urls,
+        metrics_urls=metrics_urls,
     )
 
 

@@ -88,6 +88,15 @@ def test_serve_refuses_an_uninitialised_state_directory(
     assert "is not initialised" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_metrics_port_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--state-dir", str(tmp_path / "s"), "serve", "--metrics-port", "70000"])
+    assert exited.value.code == 2
+    assert "--metrics-port: must be from 0 to 65535" in capsys.readouterr().err
+
+
 def test_a_bad_config_file_is_reported_naming_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

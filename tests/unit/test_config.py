@@ -22,6 +22,11 @@ def test_empty_text_gives_the_defaults() -> None:
     )
 
 
+def test_metrics_listen_on_loopback_port_9773_by_default() -> None:
+    parsed = config_from_string("")
+    assert (parsed.metrics_host, parsed.metrics_port) == ("127.0.0.1", 9773)
+
+
 def test_default_database_is_rolecall_db_in_the_state_directory() -> None:
     assert ControllerConfig().database_path == Path("/var/lib/rolecall/rolecall.db")
 
@@ -54,6 +59,9 @@ def test_root_credentials_live_in_the_state_directory() -> None:
         ("[api]\nmax_body_bytes = 67108864", "max_body_bytes", 67108864),
         ('[store]\npath = "/data/rc.db"', "database", Path("/data/rc.db")),
         ('api.port = 9001\nstore.path = "x.db"', "api_port", 9001),
+        ('[metrics]\nhost = "::1"', "metrics_host", "::1"),
+        ("[metrics]\nport = 9100", "metrics_port", 9100),
+        ("[metrics]\nport = 0", "metrics_port", 0),
     ],
 )
 def test_key_is_parsed_into_its_field(text: str, field: str, expected: object) -> None:
@@ -98,6 +106,8 @@ def test_unknown_key_is_refused_naming_it(text: str, key: str) -> None:
         ('[store]\npath = ""', "store.path", "''"),
         ('[store]\nbackend = "postgres"', "store.backend", "'postgres'"),
         ('[store]\nbackend = "SQLite"', "store.backend", "'SQLite'"),
+        ("[metrics]\nport = 65536", "metrics.port", "65536"),
+        ('[metrics]\nhost = ""', "metrics.host", "''"),
     ],
 )
 def test_bad_value_is_refused_naming_the_key_and_the_value(text: str, key: str, shown: str) -> None:

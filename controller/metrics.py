@@ -1,0 +1,180 @@
+"""The controller's Prometheus metrics, on a registry the caller owns (never the global one).
+
+Every label value comes from a fixed set, so that no request can grow a time series: an action
+name the API does not serve is recorded as ``unknown``, an unexpected reason or kind as ``other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from controller.store.base import Store, StoreError
+
+log = Logger(namespace="rolecall.metrics")
+
+#: The AWS error codes that mean a request could not be authenticated.
+AUTHENTICATION_FAILURE_REASONS = (
+    "MissingAuthenticationToken",
+    "IncompleteSignature",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "RequestExpired",
+)
+#: What temporary credentials were issued for: GetFederationToken, AssumeRole, GetSessionToken,
+#: and an instance's role (node API).
+CREDENTIAL_KINDS = ("federation", "assume-role", "session", "instance")
+NODE_API_ENDPOINTS = ("assignments", "credentials", "other")
+#: From a cached refusal (half a millisecond) to a slow policy simulation (a second).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: The label value when a request ended before its service or action was known.
+NOT_KNOWN = "-"
+UNKNOWN_ACTION = "unknown"
+OTHER = "other"
+
+
+class ControllerMetrics:
+    """The controller's counters, histogram and gauges, registered on ``registry``.
+
+    ``actions`` are the (service, action) pairs the public API serves: only those become label
+    values.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, actions: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.registry = registry
+        self._actions = frozenset(actions)
+        self._services = frozenset(service for service, _ in self._actions)
+        self._api_requests = Counter(
+            "rolecall_api_requests_total",
+            "Public API requests answered, by service, action and HTTP status.",
+            ("service", "action", "status"),
+            registry=registry,
+        )
+        self._api_duration = Histogram(
+            "rolecall_api_request_duration_seconds",
+            "Time to answer a public API request, by service.",
+            ("service",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._authentication_failures = Counter(
+            "rolecall_api_authentication_failures_total",
+            "Public API requests refused because they could not be authenticated, by AWS code.",
+            ("reason",),
+            registry=registry,
+        )
+        self._credentials_issued = Counter(
+            "rolecall_credentials_issued_total",
+            "Temporary credentials issued, by kind.",
+            ("kind",),
+            registry=registry,
+        )
+        self._node_api_requests = Counter(
+            "rolecall_node_api_requests_total",
+            "Node API requests answered, by endpoint and HTTP status.",
+            ("endpoint", "status"),
+            registry=registry,
+        )
+        self._audit_failures = Counter(
+            "rolecall_audit_log_write_failures_total",
+            "Audit log records that could not be written (their credentials were refused).",
+            registry=registry,
+        )
+        self._long_polls_waiting = Gauge(
+            "rolecall_node_long_polls_waiting",
+            "Node assignment long polls waiting for a change now.",
+            registry=registry,
+        )
+        # Present from the start, so that rate() and alerts see the first increment.
+        for reason in AUTHENTICATION_FAILURE_REASONS:
+            self._authentication_failures.labels(reason)
+        for kind in CREDENTIAL_KINDS:
+            self._credentials_issued.labels(kind)
+
+    def api_request(
+        self, service: str | None, action: str | None, status: int, seconds: float
+    ) -> None:
+        """One public API request answered with ``status`` after ``seconds``."""
+        service_label = service if service in self._services else NOT_KNOWN
+        if action is None:
+            action_label = NOT_KNOWN
+        elif (service, action) in self._actions:
+            action_label = action
+        else:
+            action_label = UNKNOWN_ACTION
+        self._api_requests.labels(service_label, action_label, str(status)).inc()
+        self._api_duration.labels(service_label).observe(max(seconds, 0.0))
+
+    def authentication_failed(self, reason: str) -> None:
+        """A request refused with one of :data:`AUTHENTICATION_FAILURE_REASONS`."""
+        self._authentication_failures.labels(
+            reason if reason in AUTHENTICATION_FAILURE_REASONS else OTHER
+        ).inc()
+
+    def credentials_issued(self, kind: str) -> None:
+        """Temporary credentials of one of :data:`CREDENTIAL_KINDS` were handed out."""
+        self._credentials_issued.labels(kind if kind in CREDENTIAL_KINDS else OTHER).inc()
+
+    def node_api_request(self, endpoint: str, status: int) -> None:
+        """One node API request answered with ``status``."""
+        endpoint_label = endpoint if endpoint in NODE_API_ENDPOINTS else OTHER
+        self._node_api_requests.labels(endpoint_label, str(status)).inc()
+
+    def audit_log_write_failed(self) -> None:
+        self._audit_failures.inc()
+
+    def watch_long_polls(self, waiting: Callable[[], int]) -> None:
+        """Report ``waiting()`` (the assignment hub's count) at each scrape."""
+        self._long_polls_waiting.set_function(waiting)
+
+    def watch_nodes(self, store: Store, clock: IReactorTime) -> None:
+        """Report each enrolled node's time since its last contact, read at each scrape."""
+        self.registry.register(NodeContactCollector(store, clock))
+
+
+class NodeContactCollector:
+    """``rolecall_node_last_contact_seconds{node}``, read from the store when scraped: nodes
+    come and go, and the time since a contact grows between scrapes without anyone writing."""
+
+    NAME = "rolecall_node_last_contact_seconds"
+    DOCUMENTATION = "Seconds since each enrolled node last called the node API."
+
+    def __init__(self, store: Store, clock: IReactorTime) -> None:
+        self._store = store
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        # Registration asks for names only: the store is not read until a scrape.
+        yield GaugeMetricFamily(self.NAME, self.DOCUMENTATION, labels=("node",))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.DOCUMENTATION, labels=("node",))
+        try:
+            with self._store.transaction() as tx:
+                nodes = tx.list_nodes()
+        except StoreError as error:
+            # A scrape must still show the other metrics; the gap in this one is the signal.
+            log.error("cannot read the nodes for metrics: {error}", error=str(error))
+            nodes = []
+        except Exception:  # a collector that raises fails the whole scrape
+            log.failure("cannot read the nodes for metrics")
+            nodes = []
+        now = self._clock.seconds()
+        for node in nodes:
+            if node.retired is not None or node.last_contact is None:
+                continue
+            try:
+                contact = datetime.fromisoformat(node.last_contact).timestamp()
+            except ValueError:
+                continue
+            # Another replica's clock may run a little ahead of this one's.
+            family.add_metric((node.name,), max(now - contact, 0.0))
+        yield family
