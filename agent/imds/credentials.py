@@ -3,13 +3,14 @@
 The controller's node API answers ``POST /v1/instances/{id}/credentials`` with
 ``AccessKeyId``, ``SecretAccessKey``, ``Token``, ``Expiration``, ``RoleArn``,
 ``InstanceProfileArn``, ``InstanceProfileId`` and ``AccountId`` (DESIGN.md, "Contracts").
-:meth:`CredentialSet.from_controller` checks that shape; the agent adds ``LastUpdated``, the moment
+:meth:`CredentialSet.from_node_api` checks that shape; the agent adds ``LastUpdated``, the moment
 it received the set. Timestamps on the wire are exactly ``YYYY-MM-DDTHH:MM:SSZ`` (spec/imds.md
 line 21): :func:`format_timestamp` is the only way this package writes one.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,35 @@ def parse_timestamp(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+_EXPIRATION_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_ROLE_ARN = re.compile(r"arn:[^:]+:iam::[^:]*:role/(?:[^:]*/)?(?P<name>[^/:]+)")
+
+
+class MalformedCredentials(ValueError):
+    """The controller's credentials answer is not the node API's shape; says which field."""
+
+
+def _text(body: Mapping[str, object], key: str) -> str:
+    if key not in body:
+        raise MalformedCredentials(f"{key}: missing from the controller's answer")
+    value = body[key]
+    if not isinstance(value, str) or not value:
+        raise MalformedCredentials(
+            f"{key}: must be a non-empty string (got {type(value).__name__})"
+        )
+    return value
+
+
+def parse_expiration(text: str) -> datetime:
+    """An ``Expiration`` as the node API sends it: exactly ``YYYY-MM-DDTHH:MM:SSZ``, UTC."""
+    if not _EXPIRATION_SHAPE.fullmatch(text):
+        raise MalformedCredentials(f"Expiration: must be YYYY-MM-DDTHH:MM:SSZ (got {text!r})")
+    try:
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError as error:
+        raise MalformedCredentials(f"Expiration: not a date and time (got {text!r})") from error
+
+
 @dataclass(frozen=True)
 class CredentialSet:
     """Role credentials for one instance; ``repr`` never shows the secret or the token."""
@@ -61,40 +91,38 @@ class CredentialSet:
             if moment.tzinfo is None:
                 object.__setattr__(self, name, moment.replace(tzinfo=UTC))
 
+    @property
+    def role_name(self) -> str:
+        """The role's name, the last segment of its ARN (the IMDS credential path uses it)."""
+        match = _ROLE_ARN.fullmatch(self.role_arn)
+        return match["name"] if match else self.role_arn.rsplit("/", 1)[-1]
+
     @classmethod
-    def from_controller(cls, body: Mapping[str, object], received_at: datetime) -> CredentialSet:
-        """Check the node API's credentials JSON (already decoded) and stamp ``LastUpdated``.
+    def from_node_api(cls, body: object, now: datetime) -> CredentialSet:
+        """The set in a node API answer (``POST /v1/instances/ID/credentials``), obtained at `now`.
 
-        Raises ``ValueError`` naming the first missing or malformed key.
+        Unknown fields are ignored; a missing or malformed one raises `MalformedCredentials`
+        naming it. ``Expiration`` must be exactly ``YYYY-MM-DDTHH:MM:SSZ`` (spec line 21).
         """
-
-        def text(key: str, *, required: bool = True) -> str:
-            value = body.get(key)
-            if value is None and not required:
-                return ""
-            if not isinstance(value, str) or (required and not value):
-                raise ValueError(f"credentials field {key!r} must be a non-empty string")
-            return value
-
-        expiration_text = text("Expiration")
-        try:
-            expiration = parse_timestamp(expiration_text)
-        except ValueError:
-            raise ValueError(
-                f"credentials field 'Expiration' is not a timestamp: {expiration_text!r}"
-            ) from None
-        if received_at.tzinfo is None:
-            received_at = received_at.replace(tzinfo=UTC)
+        if now.utcoffset() is None:
+            raise ValueError(f"now must be timezone-aware (got {now!r})")
+        if not isinstance(body, Mapping):
+            raise MalformedCredentials(
+                f"the controller's answer must be a JSON object (got {type(body).__name__})"
+            )
+        role_arn = _text(body, "RoleArn")
+        if not _ROLE_ARN.fullmatch(role_arn):
+            raise MalformedCredentials(f"RoleArn: not a role ARN (got {role_arn!r})")
         return cls(
-            access_key_id=text("AccessKeyId"),
-            secret_access_key=text("SecretAccessKey"),
-            token=text("Token"),
-            expiration=expiration,
-            last_updated=received_at.astimezone(UTC),
-            role_arn=text("RoleArn", required=False),
-            instance_profile_arn=text("InstanceProfileArn", required=False),
-            instance_profile_id=text("InstanceProfileId", required=False),
-            account_id=text("AccountId", required=False),
+            access_key_id=_text(body, "AccessKeyId"),
+            secret_access_key=_text(body, "SecretAccessKey"),
+            token=_text(body, "Token"),
+            expiration=parse_expiration(_text(body, "Expiration")),
+            last_updated=now.astimezone(UTC).replace(microsecond=0),
+            role_arn=role_arn,
+            instance_profile_arn=_text(body, "InstanceProfileArn"),
+            instance_profile_id=_text(body, "InstanceProfileId"),
+            account_id=_text(body, "AccountId"),
         )
 
     def expired_at(self, now: float) -> bool:

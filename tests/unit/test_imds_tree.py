@@ -6,6 +6,7 @@ and credentials here are shared with test_imds_rules.py and test_imds_botocore.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -95,7 +96,7 @@ def controller_credentials(**changes: str) -> dict[str, str]:
 
 
 def credential_set(**changes: str) -> CredentialSet:
-    return CredentialSet.from_controller(controller_credentials(**changes), LAST_UPDATED)
+    return CredentialSet.from_node_api(controller_credentials(**changes), LAST_UPDATED)
 
 
 def make_tree(credentials: CredentialsState | str = "default", **changes: Any) -> ImdsTree:
@@ -326,7 +327,8 @@ def test_line_22_extended_credentials_are_the_same_with_account_id_last() -> Non
 def test_line_22_extended_credentials_are_404_when_the_account_is_unknown() -> None:
     metadata = dict(assignment()["metadata"])
     del metadata["account-id"]
-    tree = make_tree(credential_set(AccountId=""), metadata=metadata, account_id=None)
+    without_account = dataclasses.replace(credential_set(), account_id="")
+    tree = make_tree(without_account, metadata=metadata, account_id=None)
     assert tree.lookup(f"/latest/meta-data/iam/security-credentials-extended/{ROLE}") is NOT_FOUND
     assert tree.lookup(f"/latest/meta-data/iam/security-credentials/{ROLE}") != NOT_FOUND
 
@@ -564,7 +566,7 @@ def test_malformed_controller_credentials_are_refused_naming_the_key(
     if value is None:
         del body[key]
     with pytest.raises(ValueError, match=key):
-        CredentialSet.from_controller(body, LAST_UPDATED)
+        CredentialSet.from_node_api(body, LAST_UPDATED)
 
 
 def test_a_credential_sets_repr_never_shows_the_secret_or_token() -> None:

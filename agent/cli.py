@@ -1,0 +1,129 @@
+"""``rolecall-agent``: the node agent daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_agent_config
+
+DEFAULT_OWNERSHIP = Path("/run/rolecall-agent/namespaces.json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolecall-agent",
+        description="RoleCall node agent: instance metadata and role credentials for the"
+        " instances placed on this node.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML configuration (default {DEFAULT_CONFIG_PATH} if it exists)",
+    )
+    parser.add_argument(
+        "--controller-url",
+        action="append",
+        metavar="URL",
+        help="node API URL (repeat for failover)",
+    )
+    parser.add_argument("--certificate", type=Path, help="this node's certificate (PEM)")
+    parser.add_argument("--key", type=Path, help="this node's private key (PEM)")
+    parser.add_argument("--ca-certificate", type=Path, help="the controller's node CA (PEM)")
+    parser.add_argument("--metrics-host", help="metrics and health address (default 127.0.0.1)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="metrics and health port (default 9774; 0: any)"
+    )
+    parser.add_argument(
+        "--imds-port", type=int, help="metadata port inside namespaces (default 80)"
+    )
+    parser.add_argument(
+        "--ownership-file",
+        type=Path,
+        default=DEFAULT_OWNERSHIP,
+        help=f"where the agent records the namespaces it made (default {DEFAULT_OWNERSHIP})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag, port in (("--metrics-port", args.metrics_port), ("--imds-port", args.imds_port)):
+        if port is not None and not 0 <= port <= 65535:
+            parser.error(f"argument {flag}: must be from 0 to 65535 (got {port})")
+    try:
+        if args.config is None and not DEFAULT_CONFIG_PATH.exists():
+            if not args.controller_url:
+                raise ConfigError(
+                    f"no configuration ({DEFAULT_CONFIG_PATH} does not exist) and no"
+                    " --controller-url: the agent needs a node API URL"
+                )
+            config = AgentConfig(controller_urls=tuple(args.controller_url))
+        else:
+            config = load_agent_config(args.config)
+        config = _override(
+            config,
+            controller_urls=tuple(args.controller_url) if args.controller_url else None,
+            certificate=args.certificate,
+            key=args.key,
+            ca_certificate=args.ca_certificate,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+            imds_port=args.imds_port,
+        )
+        return run(config, args.ownership_file)
+    except (ConfigError, OSError) as error:
+        print(f"rolecall-agent: {error}", file=sys.stderr)
+        return 1
+
+
+def _override(config: AgentConfig, **flags: object) -> AgentConfig:
+    """Flags given on the command line win over the file."""
+    return replace(config, **{name: value for name, value in flags.items() if value is not None})
+
+
+def run(config: AgentConfig, ownership_file: Path) -> int:
+    import os
+
+    from twisted.internet import reactor
+
+    from agent.daemon import make_agent_service
+    from controller.logs import start_logging
+    from controller.notify import Notifier, ReadyGate, instances_status
+
+    if not config.controller_urls:
+        raise ConfigError("controller.urls: at least one node API URL is needed (--controller-url)")
+    service = make_agent_service(config, reactor, ownership_file)
+    start_logging()
+    status = {"code": 0}
+
+    def failed(failure: object) -> None:
+        if status["code"] == 0:
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
+
+    # systemd (Type=notify) hears READY=1 once the metrics listener listens and the first
+    # assignments are applied, STATUS= on every change after that, STOPPING=1 on shutdown.
+    notifier = Notifier.from_environment(os.environ)
+    agent = service.getServiceNamed("agent")
+    ready = ReadyGate(
+        notifier,
+        ("metrics listener", "assignments"),
+        lambda: instances_status(len(agent.slots), len(agent.failed)),  # type: ignore[attr-defined]
+    )
+    agent.on_change = lambda: ready.met("assignments")  # type: ignore[attr-defined]
+    service.getServiceNamed("health").listening.addCallbacks(  # type: ignore[attr-defined]
+        lambda _port: ready.met("metrics listener"), failed
+    )
+    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return status["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The agent's side of the node API: HTTPS with the node certificate, failing over between
+controller URLs. JSON in and out; every call has a timeout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+log = Logger(namespace="rolecall.agent.client")
+
+
+class NodeApiError(Exception):
+    """The controller answered, but not with success: `status` says why (403, 404, 409, …)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class ControllerUnreachable(Exception):
+    """No controller URL answered."""
+
+
+@implementer(IPolicyForHTTPS)
+class NodeTLSPolicy:
+    """Trust only the node CA, and present the node certificate."""
+
+    def __init__(self, ca_pem: str, certificate_pem: str, key_pem: str) -> None:
+        self._authority = Certificate.loadPEM(ca_pem)
+        self._identity = PrivateCertificate.loadPEM(certificate_pem + key_pem)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=self._authority,
+            clientCertificate=self._identity,
+        )
+
+
+class NodeApiClient:
+    """Calls the node API, trying each controller URL in turn; the last good one goes first."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        urls: Sequence[str],
+        policy: IPolicyForHTTPS,
+        *,
+        timeout: float = 10.0,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one controller URL is needed")
+        self._urls = [url.rstrip("/") for url in urls]
+        self._reactor = reactor
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 4
+        pool.retryAutomatically = False
+        self._agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=timeout)
+        self._pool = pool
+        self._timeout = timeout
+        #: Told of each call: its endpoint ("assignments", "credentials") and how long it took.
+        self.observe = observe
+
+    def assignments(self, since: int, wait: float) -> Deferred[dict[str, Any]]:
+        query = urlencode({"since": since, "wait": int(wait)})
+        return self._timed(
+            "assignments", self._call(b"GET", f"/v1/assignments?{query}", self._timeout + wait)
+        )
+
+    def credentials(self, instance_id: str) -> Deferred[dict[str, Any]]:
+        return self._timed(
+            "credentials",
+            self._call(b"POST", f"/v1/instances/{instance_id}/credentials", self._timeout),
+        )
+
+    def _timed(self, endpoint: str, call: Deferred[Any]) -> Deferred[Any]:
+        started = self._reactor.seconds()
+
+        def done(result: Any) -> Any:
+            if self.observe is not None:
+                self.observe(endpoint, self._reactor.seconds() - started)
+            return result
+
+        return call.addBoth(done)
+
+    @inlineCallbacks
+    def _call(self, method: bytes, path: str, timeout: float) -> Any:
+        last_error: Exception | None = None
+        for url in list(self._urls):
+            try:
+                response = yield self._agent.request(
+                    method,
+                    (url + path).encode("ascii"),
+                    Headers({b"Accept": [b"application/json"]}),
+                ).addTimeout(timeout, self._reactor)
+                body = yield readBody(response).addTimeout(timeout, self._reactor)
+            except Exception as error:  # this controller is unreachable: try the next
+                last_error = error
+                log.warn(
+                    "controller {host} unreachable: {error}",
+                    host=urlsplit(url).netloc,
+                    error=str(error) or type(error).__name__,
+                )
+                continue
+            if url != self._urls[0]:
+                self._urls.remove(url)
+                self._urls.insert(0, url)
+            if response.code != 200:
+                try:
+                    message = json.loads(body).get("message", "")
+                except ValueError:
+                    message = body[:200].decode("utf-8", "replace")
+                raise NodeApiError(response.code, message)
+            return json.loads(body)
+        raise ControllerUnreachable(str(last_error) if last_error else "no controller URL")
+
+    def close(self) -> Deferred[None]:
+        return self._pool.closeCachedConnections()  # type: ignore[no-any-return]

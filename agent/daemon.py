@@ -1,0 +1,55 @@
+"""The agent as composed Twisted services: ``make_agent_service(config, reactor, ...)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from twisted.application.service import MultiService
+
+from agent.client import NodeApiClient, NodeTLSPolicy
+from agent.config import AgentConfig
+from agent.imds.tokens import TokenMinter, new_key
+from agent.metrics import AgentMetrics, health_site
+from agent.netns import OwnershipRecord
+from agent.service import NodeAgent
+from controller.service import ListeningService
+
+
+def make_agent_service(
+    config: AgentConfig,
+    reactor: Any,
+    ownership_file: Path,
+    registry: CollectorRegistry | None = None,
+) -> MultiService:
+    """The reconcile loop with every instance's metadata service, and the metrics listener."""
+    policy = NodeTLSPolicy(
+        config.ca_certificate.read_text(),
+        config.certificate.read_text(),
+        config.key.read_text(),
+    )
+    client = NodeApiClient(reactor, config.controller_urls, policy)
+    registry = registry if registry is not None else CollectorRegistry()
+    # A key per boot of the agent: tokens from before a restart are refused, as after a reboot.
+    agent = NodeAgent(
+        config, reactor, client, TokenMinter(new_key()), ownership=OwnershipRecord(ownership_file)
+    )
+    metrics = AgentMetrics(registry, agent)
+    agent.observe = metrics.observe
+    client.observe = lambda endpoint, seconds: metrics.controller_latency.labels(endpoint).observe(
+        seconds
+    )
+    root = MultiService()
+    agent.setName("agent")
+    agent.setServiceParent(root)
+    health = ListeningService(
+        reactor,
+        config.metrics_host,
+        config.metrics_port,
+        health_site(agent, registry),
+        "agent metrics",
+    )
+    health.setName("health")
+    health.setServiceParent(root)
+    return root

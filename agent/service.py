@@ -1,0 +1,270 @@
+"""The node agent: learn this node's instances from the controller and serve each one's
+metadata inside its namespace.
+
+`NodeAgent` long-polls the node API and reconciles: a new instance gets its namespace (adopted
+or created), 169.254.169.254 on its loopback, a listening socket opened inside it and handed to
+the reactor, and its credentials fetched at once; a removed one loses exactly what the agent
+added. Guests are answered from memory: nothing on the request path waits on the controller.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from random import SystemRandom
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from agent import netns
+from agent.client import NodeApiClient
+from agent.config import AgentConfig
+from agent.credentials import CredentialCache
+from agent.imds.ratelimit import TokenBucket
+from agent.imds.tokens import TokenMinter
+from agent.refresh import retry_delay
+from agent.server import ImdsResource, Observer, make_site
+from agent.slots import Slot, profile_key
+
+log = Logger(namespace="rolecall.agent")
+
+
+class NodeAgent(Service):
+    """The reconcile loop and every instance slot. Injected: reactor, node API client, token
+    minter, namespace functions (the real `agent.netns` outside unit tests), randomness."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        reactor: Any,
+        client: NodeApiClient,
+        minter: TokenMinter,
+        *,
+        namespaces: Any = netns,
+        ownership: netns.OwnershipRecord | None = None,
+        observe: Observer | None = None,
+        random: Any = None,
+    ) -> None:
+        self._config = config
+        self._reactor = reactor
+        self._client = client
+        self._minter = minter
+        self._namespaces = namespaces
+        self._ownership = ownership
+        #: Told of every metadata answer (metrics); settable after construction.
+        self.observe = observe
+        self._random = random if random is not None else SystemRandom()
+        policy = config.refresh_policy()
+        self._policy = policy
+        self.credentials = CredentialCache(
+            reactor,
+            policy=policy,
+            random=self._random,
+            max_concurrent_fetches=config.max_concurrent_fetches,
+        )
+        self.slots: dict[str, Slot] = {}
+        #: Instances whose preparation failed, with why; retried on the next assignments answer.
+        self.failed: dict[str, str] = {}
+        self.revision = -1
+        self.synced = False
+        self.poll_failures = 0
+        self._owned: dict[str, netns.Ownership] = {}
+        self._poll_call: IDelayedCall | None = None
+        self._in_flight: Deferred[Any] | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    # lifecycle
+
+    def startService(self) -> None:
+        super().startService()
+        if self._ownership is not None:
+            self._owned = self._ownership.load()
+        self._poll()
+
+    def stopService(self) -> None:
+        """Stop serving and polling; namespaces and addresses stay, for the next agent to adopt."""
+        super().stopService()
+        if self._poll_call is not None and self._poll_call.active():
+            self._poll_call.cancel()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        self.credentials.stop()
+        for slot in self.slots.values():
+            slot.port.stopListening()
+        self.slots.clear()
+
+    # the loop
+
+    def _poll(self) -> None:
+        self._poll_call = None
+        if not self.running:
+            return
+        wait = self._config.long_poll_seconds if self.synced else 0
+        answer = self._client.assignments(self.revision, wait)
+        self._in_flight = answer
+        answer.addCallbacks(self._answered, self._poll_failed)
+
+    def _answered(self, body: Mapping[str, Any]) -> None:
+        self._in_flight = None
+        self.poll_failures = 0
+        try:
+            self.reconcile(body["instances"])
+            self.revision = int(body["revision"])
+            self.synced = True
+        except Exception:
+            log.failure("cannot apply the controller's assignments; asking again")
+        self._next(0)
+
+    def _poll_failed(self, failure: Any) -> None:
+        self._in_flight = None
+        if not self.running:
+            return
+        self.poll_failures += 1
+        delay = retry_delay(self.poll_failures, self._policy, self._random)
+        log.warn(
+            "assignments unavailable ({error}); retrying in {delay:.1f} s",
+            error=failure.getErrorMessage(),
+            delay=delay,
+        )
+        self._next(delay)
+
+    def _next(self, delay: float) -> None:
+        if self.running:
+            self._poll_call = self._reactor.callLater(delay, self._poll)
+
+    # reconciling
+
+    def reconcile(self, instances: list[Mapping[str, Any]]) -> None:
+        """Make the served instances exactly the assigned ones."""
+        desired = {str(entry["instance_id"]): entry for entry in instances}
+        for instance_id in list(self.slots):
+            if instance_id not in desired:
+                self._remove(instance_id)
+        for instance_id, entry in desired.items():
+            if instance_id in self.slots:
+                self._update(self.slots[instance_id], entry)
+            else:
+                self._add(instance_id, entry)
+        for instance_id in list(self.failed):
+            if instance_id not in desired:
+                del self.failed[instance_id]
+        # What the agent made for instances no longer assigned (terminated while it was down,
+        # or whose preparation failed): every answer lists all of the node's instances.
+        wanted = {self._namespace_name(i, entry) for i, entry in desired.items()}
+        for name in [name for name in self._owned if name not in wanted]:
+            try:
+                self._namespaces.release(self._owned[name])
+            except Exception as error:
+                log.error("cannot clean up {netns}: {error}", netns=name, error=str(error))
+                continue
+            self._forget(name)
+        if self.on_change is not None:
+            self.on_change()
+
+    def _namespace_name(self, instance_id: str, entry: Mapping[str, Any]) -> str:
+        return str(entry.get("netns") or f"{self._config.namespace_prefix}{instance_id}")
+
+    def _add(self, instance_id: str, entry: Mapping[str, Any]) -> None:
+        name = self._namespace_name(instance_id, entry)
+        try:
+            ownership = self._namespaces.prepare(name)
+            previous = self._owned.get(name)
+            if previous is not None:  # adopted after a restart: keep what we made before
+                ownership = netns.Ownership(
+                    name,
+                    previous.created_namespace or ownership.created_namespace,
+                    previous.added_address or ownership.added_address,
+                )
+            self._remember(ownership)
+            listening = self._namespaces.listen(name, self._config.imds_port)
+        except Exception as error:
+            self.failed[instance_id] = str(error)
+            log.error("cannot serve {instance}: {error}", instance=instance_id, error=str(error))
+            return
+        slot = Slot(
+            instance_id=instance_id,
+            assignment=entry,
+            ownership=ownership,
+            port=None,  # type: ignore[arg-type]  # set just below, once the site exists
+            bucket=TokenBucket(self._config.rate_per_second, self._config.burst),
+            minter=self._minter,
+            strict_proxy=self._config.strict_proxy,
+        )
+        try:
+            slot.port = self._reactor.adoptStreamPort(
+                listening.fileno(),
+                socket.AF_INET,
+                make_site(ImdsResource(slot, self._reactor, self._observed)),
+            )
+        finally:
+            listening.close()  # the reactor has its own copy of the descriptor
+        self.failed.pop(instance_id, None)
+        self.slots[instance_id] = slot
+        self._start_credentials(slot)
+        log.info("serving {instance} in {netns}", instance=instance_id, netns=name)
+
+    def _update(self, slot: Slot, entry: Mapping[str, Any]) -> None:
+        if entry == slot.assignment:
+            return
+        changed_profile = profile_key(entry) != profile_key(slot.assignment)
+        slot.assignment = entry
+        if changed_profile:
+            self.credentials.remove(slot.instance_id)
+            slot.credentials = None
+            self._start_credentials(slot)
+        log.info("updated {instance}", instance=slot.instance_id)
+
+    def _remove(self, instance_id: str) -> None:
+        slot = self.slots.pop(instance_id)
+        slot.port.stopListening()
+        self.credentials.remove(instance_id)
+        try:
+            self._namespaces.release(slot.ownership)
+        except Exception as error:
+            log.error(
+                "cannot clean up {netns}: {error}", netns=slot.ownership.namespace, error=str(error)
+            )
+        self._forget(slot.ownership.namespace)
+        log.info("stopped serving {instance}", instance=instance_id)
+
+    def _start_credentials(self, slot: Slot) -> None:
+        if profile_key(slot.assignment) is None:
+            return
+        instance_id = slot.instance_id
+        slot.credentials = self.credentials.add(
+            instance_id, lambda: self._client.credentials(instance_id)
+        )
+
+    def _remember(self, ownership: netns.Ownership) -> None:
+        self._owned[ownership.namespace] = ownership
+        if self._ownership is not None:
+            self._ownership.save(self._owned)
+
+    def _forget(self, name: str) -> None:
+        if self._owned.pop(name, None) is not None and self._ownership is not None:
+            self._ownership.save(self._owned)
+
+    def _observed(self, instance_id: str, path: str, answer: Any, seconds: float) -> None:
+        if self.observe is not None:
+            self.observe(instance_id, path, answer, seconds)
+
+    # for health and metrics
+
+    def ready(self) -> tuple[bool, str]:
+        """Synced with the controller, and every assigned instance served with credentials or
+        a reason it has none."""
+        if not self.synced:
+            return False, "not yet synced with the controller"
+        if self.failed:
+            instance_id, reason = next(iter(self.failed.items()))
+            return False, f"{len(self.failed)} instance(s) not served, e.g. {instance_id}: {reason}"
+        for slot in self.slots.values():
+            if slot.credentials is not None and slot.credentials.state.name in (
+                "EMPTY",
+                "FETCHING",
+            ):
+                return False, f"{slot.instance_id} has no credentials yet"
+        return True, "ready"

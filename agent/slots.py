@@ -1,0 +1,65 @@
+"""One assigned instance on this node: its namespace, socket, credentials and metadata view."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IListeningPort
+
+from agent.credentials import InstanceCredentials
+from agent.imds.credentials import CredentialSet
+from agent.imds.ratelimit import TokenBucket
+from agent.imds.rules import InstanceView, MetadataOptions
+from agent.imds.tokens import TokenMinter
+from agent.imds.tree import CredentialsUnavailable, ImdsTree
+from agent.netns import Ownership
+from agent.refresh import Verdict
+
+
+def profile_key(assignment: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What decides which credentials an instance gets: its profile and role."""
+    profile = assignment.get("instance_profile")
+    if not profile or not profile.get("role_name"):
+        return None
+    return (str(profile.get("arn")), str(profile.get("role_name")))
+
+
+@dataclass
+class Slot:
+    """An instance the agent serves. Its view is rebuilt only when what it shows changes."""
+
+    instance_id: str
+    assignment: Mapping[str, Any]
+    ownership: Ownership
+    port: IListeningPort
+    bucket: TokenBucket
+    minter: TokenMinter
+    strict_proxy: bool
+    credentials: InstanceCredentials | None = None
+    _cache_key: tuple[object, ...] | None = None
+    _cached: InstanceView | None = None
+
+    def view(self, now: float) -> InstanceView:
+        """The instance as a request at `now` sees it: from memory, never waiting."""
+        moment = datetime.fromtimestamp(now, UTC)
+        state: CredentialSet | CredentialsUnavailable | None = None
+        verdict: Verdict | None = None
+        held = None
+        if self.credentials is not None:
+            verdict = self.credentials.verdict(moment)
+            held = self.credentials.current(moment)
+            state = held if held is not None else CredentialsUnavailable(verdict.value)
+        key = (id(self.assignment), verdict, held)
+        if self._cached is None or key != self._cache_key:
+            self._cached = InstanceView(
+                instance_id=self.instance_id,
+                options=MetadataOptions.from_assignment(self.assignment.get("metadata_options")),
+                tree=ImdsTree.from_assignment(self.assignment, state),
+                minter=self.minter,
+                strict_proxy=self.strict_proxy,
+            )
+            self._cache_key = key
+        return self._cached

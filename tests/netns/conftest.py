@@ -1,0 +1,38 @@
+"""Fixtures for real-namespace tests (root only): a whole small cloud per test, and a check at
+the end of the session that no namespace, veth link, process or thread made here is left."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netns import harness
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    assert os.geteuid() == 0, "namespace tests need root (CI and the demo run as root)"
+    yield
+    left = {
+        "namespaces": sorted(harness.MADE.namespaces & harness.namespaces()),
+        "veth links in the root namespace": harness.root_veths(),
+        "processes": [
+            " ".join(map(str, process.args))
+            for process in harness.MADE.processes
+            if process.poll() is None
+        ],
+        "child processes": harness.children(),
+        "threads": [thread.name for thread in harness.MADE.threads if thread.is_alive()],
+    }
+    assert not any(left.values()), f"left behind: { {k: v for k, v in left.items() if v} }"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[harness.Cloud]:
+    """A controller, a node enrolled under a unique name and its ``rolecall-agent`` process;
+    at teardown the agent and controller stop and every namespace of the test is removed."""
+    with harness.cloud_in(tmp_path) as running:
+        yield running

@@ -1,0 +1,135 @@
+"""Guests in their own namespaces against the real agent: isolation between instances, the hop
+limit, and refusal of requests proxied inside a guest (spec/imds.md 3, 5, 7, 13, 30)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.netns.harness import (
+    BIN,
+    METADATA_ADDRESS,
+    TOKEN_HEADER,
+    TTL_HEADER,
+    Cloud,
+    Guest,
+    wait_until,
+)
+
+INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
+TOKEN_URL = f"http://{METADATA_ADDRESS}/latest/api/token"
+# What botocore's default chain finds, with no configuration: the access key id, or "none"
+# (with IMDSv1 disabled, botocore says so by raising MetadataRetrievalError).
+CREDENTIALS_SCRIPT = (
+    "import boto3, botocore.exceptions\n"
+    "try:\n"
+    "    found = boto3.Session().get_credentials()\n"
+    "except botocore.exceptions.MetadataRetrievalError:\n"
+    "    found = None\n"
+    "print(found.get_frozen_credentials().access_key if found else 'none')\n"
+)
+
+
+def test_each_guest_sees_only_its_own_instance_and_its_tokens_are_refused_elsewhere(
+    cloud: Cloud,
+) -> None:
+    first, second = cloud.launch(), cloud.launch()
+    first_guest, second_guest = cloud.guest(first), cloud.guest(second)
+    status, first_token = first_guest.token()
+    assert status == 200 and first_token
+    status, second_token = second_guest.token()
+    assert status == 200 and second_token
+
+    assert first_guest.get(INSTANCE_ID_PATH, first_token) == (200, first)
+    assert second_guest.get(INSTANCE_ID_PATH, second_token) == (200, second)
+    # A token is bound to the instance whose socket minted it (spec 7).
+    assert second_guest.get(INSTANCE_ID_PATH, first_token)[0] == 401
+    assert first_guest.get(INSTANCE_ID_PATH, second_token)[0] == 401
+
+
+def _token_within(guest: Guest, max_time: float) -> str:
+    status, token = guest.token(max_time=max_time)
+    return token if status == 200 else ""
+
+
+def test_a_guest_two_hops_away_gets_a_token_only_once_the_hop_limit_allows_it(
+    cloud: Cloud,
+) -> None:
+    instance_id = cloud.launch()
+    near = cloud.guest(instance_id)
+    far = cloud.guest(instance_id, routed=True)
+    assert near.token()[0] == 200
+    # The far guest does reach the service (a refusal travels with the default TTL)...
+    assert far.get(INSTANCE_ID_PATH)[0] == 401
+    # ...but the token's packets leave with TTL 1 and die at the router (spec 5).
+    assert far.token(max_time=1.5) == (0, "")
+
+    cloud.ec2.modify_instance_metadata_options(InstanceId=instance_id, HttpPutResponseHopLimit=3)
+    # The long poll tells the agent at once (in about 10 ms here); allow a generous bound.
+    token = wait_until(
+        lambda: _token_within(far, 1), 10, "the agent to apply HttpPutResponseHopLimit=3"
+    )
+    assert far.get(INSTANCE_ID_PATH, token) == (200, instance_id)
+
+
+def test_a_request_relayed_by_a_proxy_inside_the_guest_is_refused(cloud: Cloud) -> None:
+    instance_id = cloud.launch()
+    guest = cloud.guest(instance_id)
+    proxy = cloud.proxy(guest)
+    through_proxy = ("--proxy", f"http://127.0.0.1:{proxy.port}")
+    status, token = guest.token()
+    assert status == 200
+    assert guest.get(INSTANCE_ID_PATH, token) == (200, instance_id)
+    before = cloud.agent.metrics().get(
+        'rolecall_agent_imds_proxied_refused_total{reason="proxy-header"}', 0
+    )
+
+    put = guest.curl(*through_proxy, "-X", "PUT", "-H", f"{TTL_HEADER}: 60", TOKEN_URL)
+    assert put.stdout.rpartition("\n")[2] == "403", put
+    get = guest.curl(
+        *through_proxy,
+        "-H",
+        f"{TOKEN_HEADER}: {token}",
+        f"http://{METADATA_ADDRESS}{INSTANCE_ID_PATH}",
+    )
+    assert get.stdout.rpartition("\n")[2] == "403", get
+    assert proxy.connections == 2  # both went through the proxy, which added X-Forwarded-For
+    after = cloud.agent.metrics()[
+        'rolecall_agent_imds_proxied_refused_total{reason="proxy-header"}'
+    ]
+    assert after == before + 2
+
+
+@pytest.mark.parametrize(
+    ("http_tokens", "v1_disabled"),
+    [
+        ("required", "true"),  # spec 30: the token PUT is refused and botocore may not fall back
+        ("optional", "false"),  # spec 13: the IMDSv1 fallback is refused too
+    ],
+)
+def test_botocore_behind_a_proxy_in_the_guest_gets_no_credentials(
+    cloud: Cloud, http_tokens: str, v1_disabled: str
+) -> None:
+    profile, _ = cloud.profile()
+    instance_id = cloud.launch(profile)
+    if http_tokens == "optional":
+        cloud.ec2.modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="optional")
+    guest = cloud.guest(instance_id)
+    wait_until(
+        lambda: guest.get(INSTANCE_ID_PATH)[0] == (200 if http_tokens == "optional" else 401),
+        10,
+        f"HttpTokens={http_tokens} to apply",
+    )
+    proxy = cloud.proxy(guest)
+    python = str(BIN / "python")
+
+    direct = guest.run([python, "-c", CREDENTIALS_SCRIPT])
+    assert direct.stdout.startswith("ASIA"), direct  # the control: without the proxy it works
+    proxied = guest.run(
+        [python, "-c", CREDENTIALS_SCRIPT],
+        env={
+            "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}",
+            "AWS_EC2_METADATA_V1_DISABLED": v1_disabled,
+        },
+    )
+    assert proxied.stdout.strip() == "none", proxied
+    assert proxy.connections >= 1, "botocore did not use the proxy"

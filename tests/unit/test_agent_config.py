@@ -1,0 +1,297 @@
+"""The agent's TOML configuration: defaults, every key, errors that name the key at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.config import AgentConfig, ConfigError, agent_config_from_string, load_agent_config
+from agent.refresh import RefreshPolicy
+
+URLS = '[controller]\nurls = ["https://controller.example:8775"]\n'
+
+
+def test_only_the_controller_urls_are_required_everything_else_has_a_default() -> None:
+    assert agent_config_from_string(URLS) == AgentConfig(
+        controller_urls=("https://controller.example:8775",),
+        certificate=Path("/etc/rolecall/node.pem"),
+        key=Path("/etc/rolecall/node.key"),
+        ca_certificate=Path("/etc/rolecall/ca.pem"),
+        long_poll_seconds=60,
+        metrics_host="127.0.0.1",
+        metrics_port=9774,
+        refresh_fraction=0.5,
+        min_remaining_seconds=1800,
+        max_concurrent_fetches=8,
+        strict_proxy=True,
+        rate_per_second=50.0,
+        burst=100,
+        imds_port=80,
+        namespace_prefix="rc-",
+    )
+
+
+def test_the_default_configuration_file_is_in_etc_rolecall() -> None:
+    assert Path("/etc/rolecall/agent.toml") == config.DEFAULT_CONFIG_PATH
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        (
+            'urls = ["https://a.example:8775", "https://b.example:8775/"]',
+            "controller_urls",
+            ("https://a.example:8775", "https://b.example:8775"),
+        ),
+        ('urls = ["https://[fd00::1]:8775"]', "controller_urls", ("https://[fd00::1]:8775",)),
+        (
+            'urls = ["https://lb.example/rolecall"]',
+            "controller_urls",
+            ("https://lb.example/rolecall",),
+        ),
+        ('certificate = "/srv/node.pem"', "certificate", Path("/srv/node.pem")),
+        ('key = "/srv/node.key"', "key", Path("/srv/node.key")),
+        ('ca_certificate = "/srv/ca.pem"', "ca_certificate", Path("/srv/ca.pem")),
+        ("long_poll_seconds = 1", "long_poll_seconds", 1),
+        ("long_poll_seconds = 300", "long_poll_seconds", 300),
+        ('[metrics]\nhost = "::1"', "metrics_host", "::1"),
+        ("[metrics]\nport = 19774", "metrics_port", 19774),
+        ("[metrics]\nport = 0", "metrics_port", 0),
+        ("[credentials]\nrefresh_fraction = 0.6", "refresh_fraction", 0.6),
+        ("[credentials]\nrefresh_fraction = 0.2", "refresh_fraction", 0.2),
+        ("[credentials]\nrefresh_fraction = 0.8", "refresh_fraction", 0.8),
+        ("[credentials]\nmin_remaining_seconds = 60", "min_remaining_seconds", 60),
+        ("[credentials]\nmin_remaining_seconds = 21600", "min_remaining_seconds", 21600),
+        ("[credentials]\nmax_concurrent_fetches = 1", "max_concurrent_fetches", 1),
+        ("[credentials]\nmax_concurrent_fetches = 256", "max_concurrent_fetches", 256),
+        ("[imds]\nstrict_proxy = false", "strict_proxy", False),
+        ("[imds]\nrate_per_second = 20", "rate_per_second", 20.0),
+        ("[imds]\nrate_per_second = 0.5", "rate_per_second", 0.5),
+        ("[imds]\nburst = 1", "burst", 1),
+        ("[imds]\nport = 8080", "imds_port", 8080),
+        ('[namespaces]\nprefix = "rolecall_"', "namespace_prefix", "rolecall_"),
+        ('[namespaces]\nprefix = "x"', "namespace_prefix", "x"),
+    ],
+)
+def test_key_is_parsed_into_its_field(text: str, field: str, expected: object) -> None:
+    # Keys without a table follow URLS, so they belong to [controller].
+    source = f"[controller]\n{text}\n" if text.startswith("urls") else f"{URLS}{text}\n"
+    assert getattr(agent_config_from_string(source), field) == expected
+
+
+def test_dotted_keys_work_like_tables() -> None:
+    parsed = agent_config_from_string(
+        'controller.urls = ["https://c.example"]\nmetrics.port = 9000\nimds.port = 8080\n'
+    )
+    assert (parsed.controller_urls, parsed.metrics_port, parsed.imds_port) == (
+        ("https://c.example",),
+        9000,
+        8080,
+    )
+
+
+def test_missing_controller_urls_are_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^<config>: controller\.urls: required"):
+        agent_config_from_string("[metrics]\nport = 9774\n")
+
+
+def test_empty_text_is_refused_for_want_of_controller_urls() -> None:
+    with pytest.raises(ConfigError, match=r"controller\.urls: required"):
+        agent_config_from_string("")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("port = 80", "port"),
+        ("controller.url = []", "controller.url"),
+        ("[metrics]\nprot = 80", "metrics.prot"),
+        ("[imds]\nhop_limit = 1", "imds.hop_limit"),
+        ("[namespace]\nprefix = 'rc-'", "namespace.prefix"),
+        ("[credentials.refresh]\nfraction = 0.5", "credentials.refresh.fraction"),
+        ("imds = 5", "imds"),
+    ],
+)
+def test_unknown_key_is_refused_naming_it(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key {re.escape(key)} "):
+        agent_config_from_string(f"{URLS}{text}\n" if text.startswith("[") else text)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "shown"),
+    [
+        ("urls = []", "controller.urls", "[]"),
+        ('urls = "https://c.example"', "controller.urls", "'https://c.example'"),
+        ('urls = ["http://c.example:8775"]', "controller.urls", "'http://c.example:8775'"),
+        ('urls = ["c.example:8775"]', "controller.urls", "'c.example:8775'"),
+        ('urls = ["https://"]', "controller.urls", "'https://'"),
+        ('urls = ["https://c.example:99999"]', "controller.urls", "'https://c.example:99999'"),
+        ('urls = ["https://c.example:port"]', "controller.urls", "'https://c.example:port'"),
+        ('urls = ["https://user:pw@c.example"]', "controller.urls", "'https://user:pw@c.example'"),
+        ('urls = ["https://c.example/?a=1"]', "controller.urls", "'https://c.example/?a=1'"),
+        ('urls = ["https://c.example/#x"]', "controller.urls", "'https://c.example/#x'"),
+        ('urls = ["https://c.example /"]', "controller.urls", "'https://c.example /'"),
+        ('urls = [""]', "controller.urls", "''"),
+        ("urls = [5]", "controller.urls", "5"),
+        (
+            'urls = ["https://c.example", "https://c.example/"]',
+            "controller.urls",
+            "twice",
+        ),
+        ('urls = ["https://c"]\ncertificate = ""', "controller.certificate", "''"),
+        ('urls = ["https://c"]\nkey = 5', "controller.key", "5"),
+        ('urls = ["https://c"]\nca_certificate = false', "controller.ca_certificate", "False"),
+        ('urls = ["https://c"]\nlong_poll_seconds = 0', "controller.long_poll_seconds", "0"),
+        ('urls = ["https://c"]\nlong_poll_seconds = 301', "controller.long_poll_seconds", "301"),
+        ('urls = ["https://c"]\nlong_poll_seconds = 6.5', "controller.long_poll_seconds", "6.5"),
+        ('urls = ["https://c"]\nlong_poll_seconds = true', "controller.long_poll_seconds", "True"),
+    ],
+)
+def test_bad_controller_value_is_refused_naming_the_key_and_the_value(
+    text: str, key: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        agent_config_from_string(f"[controller]\n{text}\n")
+    assert f"<config>: {key}: " in str(raised.value)
+    assert shown in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "shown"),
+    [
+        ('[metrics]\nhost = ""', "metrics.host", "''"),
+        ("[metrics]\nhost = 127", "metrics.host", "127"),
+        ("[metrics]\nport = 65536", "metrics.port", "65536"),
+        ("[metrics]\nport = -1", "metrics.port", "-1"),
+        ('[metrics]\nport = "9774"', "metrics.port", "'9774'"),
+        ("[credentials]\nrefresh_fraction = 0.19", "credentials.refresh_fraction", "0.19"),
+        ("[credentials]\nrefresh_fraction = 0.81", "credentials.refresh_fraction", "0.81"),
+        ("[credentials]\nrefresh_fraction = 1", "credentials.refresh_fraction", "1"),
+        ("[credentials]\nrefresh_fraction = true", "credentials.refresh_fraction", "True"),
+        ('[credentials]\nrefresh_fraction = "0.5"', "credentials.refresh_fraction", "'0.5'"),
+        ("[credentials]\nmin_remaining_seconds = 59", "credentials.min_remaining_seconds", "59"),
+        (
+            "[credentials]\nmin_remaining_seconds = 21601",
+            "credentials.min_remaining_seconds",
+            "21601",
+        ),
+        (
+            "[credentials]\nmin_remaining_seconds = 1800.0",
+            "credentials.min_remaining_seconds",
+            "1800.0",
+        ),
+        ("[credentials]\nmax_concurrent_fetches = 0", "credentials.max_concurrent_fetches", "0"),
+        (
+            "[credentials]\nmax_concurrent_fetches = 257",
+            "credentials.max_concurrent_fetches",
+            "257",
+        ),
+        ('[imds]\nstrict_proxy = "yes"', "imds.strict_proxy", "'yes'"),
+        ("[imds]\nstrict_proxy = 1", "imds.strict_proxy", "1"),
+        ("[imds]\nrate_per_second = 0", "imds.rate_per_second", "0"),
+        ("[imds]\nrate_per_second = -5", "imds.rate_per_second", "-5"),
+        ("[imds]\nrate_per_second = false", "imds.rate_per_second", "False"),
+        ("[imds]\nrate_per_second = nan", "imds.rate_per_second", "nan"),
+        ("[imds]\nrate_per_second = inf", "imds.rate_per_second", "inf"),
+        ("[imds]\nburst = 0", "imds.burst", "0"),
+        ("[imds]\nburst = 1.5", "imds.burst", "1.5"),
+        ("[imds]\nport = 0", "imds.port", "0"),
+        ("[imds]\nport = 65536", "imds.port", "65536"),
+        ('[namespaces]\nprefix = ""', "namespaces.prefix", "''"),
+        ('[namespaces]\nprefix = "rc/"', "namespaces.prefix", "'rc/'"),
+        ('[namespaces]\nprefix = "-rc"', "namespaces.prefix", "'-rc'"),
+        ('[namespaces]\nprefix = ".."', "namespaces.prefix", "'..'"),
+        ('[namespaces]\nprefix = "rc "', "namespaces.prefix", "'rc '"),
+        (f'[namespaces]\nprefix = "{"r" * 33}"', "namespaces.prefix", "r" * 33),
+        ("[namespaces]\nprefix = 5", "namespaces.prefix", "5"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_key_and_the_value(text: str, key: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        agent_config_from_string(f"{URLS}{text}\n")
+    assert f"<config>: {key}: " in str(raised.value)
+    assert shown in str(raised.value)
+
+
+def test_error_names_the_source() -> None:
+    with pytest.raises(ConfigError, match=r"^/etc/rc/agent\.toml: metrics\.port"):
+        agent_config_from_string(f"{URLS}[metrics]\nport = 70000\n", "/etc/rc/agent.toml")
+
+
+def test_invalid_toml_is_refused_naming_the_source() -> None:
+    with pytest.raises(ConfigError, match=r"^/etc/rc/agent\.toml: not valid TOML"):
+        agent_config_from_string("[controller\nurls = 1", "/etc/rc/agent.toml")
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_configuration_is_frozen() -> None:
+    parsed = agent_config_from_string(URLS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.metrics_port = 1  # type: ignore[misc]
+
+
+def test_refresh_policy_carries_the_credentials_settings() -> None:
+    parsed = agent_config_from_string(
+        f"{URLS}[credentials]\nrefresh_fraction = 0.6\nmin_remaining_seconds = 3600\n"
+    )
+    assert parsed.refresh_policy() == RefreshPolicy(
+        refresh_fraction=0.6, min_remaining_seconds=3600.0
+    )
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize("minimum", [60, 1800, 21600])
+def test_every_accepted_credentials_setting_makes_a_valid_policy(
+    fraction: float, minimum: int
+) -> None:
+    parsed = agent_config_from_string(
+        f"{URLS}[credentials]\nrefresh_fraction = {fraction}\nmin_remaining_seconds = {minimum}\n"
+    )
+    assert parsed.refresh_policy().refresh_fraction == fraction
+
+
+def test_load_agent_config_reads_the_named_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"{URLS}[imds]\nport = 8080\n", encoding="utf-8")
+    assert load_agent_config(path) == AgentConfig(
+        controller_urls=("https://controller.example:8775",), imds_port=8080
+    )
+
+
+def test_load_agent_config_names_the_file_in_value_errors(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"{URLS}[imds]\nport = 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: imds\.port"):
+        load_agent_config(path)
+
+
+def test_load_agent_config_of_a_missing_file_is_refused_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_agent_config(path)
+    assert str(path) in str(raised.value)
+
+
+def test_load_agent_config_of_a_file_that_is_not_utf8_is_refused_naming_the_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"[controller]\nurls = ['\xff']\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not UTF-8"):
+        load_agent_config(path)
+
+
+def test_load_agent_config_without_a_path_reads_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = tmp_path / "agent.toml"
+    default.write_text(f"{URLS}[metrics]\nport = 9555\n", encoding="utf-8")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", default)
+    assert load_agent_config().metrics_port == 9555
