@@ -4,14 +4,26 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+# npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
+# systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
+# ruby, shellcheck: `ruby -c`, `shellcheck` check vagrant/. prometheus (with promtool): checks
+# docs/prometheus and runs in tests/e2e as the test's own process; a service the package started
+# is stopped and disabled.
+$(STAMP): setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "RoleCall needs Python 3.11 or newer (found $(PYTHON))" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	npm ci --prefix tests/netns/js --no-audit --no-fund --loglevel=error
+	command -v systemd-analyze >/dev/null || (apt-get update && apt-get install -y systemd)
+	command -v ruby >/dev/null && command -v shellcheck >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends ruby shellcheck)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
+	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })
 	touch $@
 
 install: $(STAMP)
@@ -21,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test`: STS capacity next to moto's server, and policy evaluations/s.
+bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/sts.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
