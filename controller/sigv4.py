@@ -10,6 +10,7 @@ undecodable bytes go back to those bytes, so a caller may decode the wire that w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -243,8 +244,10 @@ def string_to_sign(amz_date: str, scope: str, canonical_request: str) -> str:
     return "\n".join([ALGORITHM, amz_date, scope, digest])
 
 
+@functools.lru_cache(maxsize=4096)
 def signing_key(secret_access_key: str, date: str, region: str, service: str) -> bytes:
-    """The key derived from the secret for one day, region and service."""
+    """The key derived from the secret for one day, region and service (kept for reuse: it
+    changes once a day per key, and deriving it is four HMACs)."""
     key = ("AWS4" + secret_access_key).encode("utf-8")
     for part in (date, region, service, TERMINATOR):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
@@ -435,8 +438,11 @@ def _parse_credential(credential: str) -> tuple[str, str, str, str]:
 
 
 def _is_calendar_date(date: str) -> bool:
+    # By hand, not strptime: this runs for every request and strptime is slow.
+    if len(date) != 8 or not date.isascii() or not date.isdigit():
+        return False
     try:
-        datetime.strptime(date, "%Y%m%d")
+        datetime(int(date[:4]), int(date[4:6]), int(date[6:8]))
     except ValueError:
         return False
     return True
@@ -484,8 +490,11 @@ def _single_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
 
 def _parse_amz_date(value: str, where: str) -> datetime:
     if _AMZ_DATE.fullmatch(value):
-        try:
-            return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+        try:  # the regex has checked the layout: YYYYMMDDTHHMMSSZ
+            return datetime(
+                int(value[0:4]), int(value[4:6]), int(value[6:8]),
+                int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
+            )  # fmt: skip
         except ValueError:
             pass
     raise IncompleteSignature(

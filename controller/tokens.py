@@ -272,8 +272,10 @@ def new_key_ring(now: datetime) -> KeyRing:
 
 def new_credentials_ids() -> tuple[str, str]:
     """A temporary access key id (``ASIA`` + 16 of [A-Z2-7]) and its 40-character secret."""
-    access_key_id = "ASIA" + "".join(secrets.choice(_ACCESS_KEY_ALPHABET) for _ in range(16))
-    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
+    # Base32 of 80 random bits is exactly 16 characters of [A-Z2-7]; base64 of 240 bits is 40
+    # characters of [A-Za-z0-9+/]. One urandom call each: this runs for every issued session.
+    access_key_id = "ASIA" + base64.b32encode(os.urandom(10)).decode("ascii")
+    secret = base64.b64encode(os.urandom(30)).decode("ascii")
     return access_key_id, secret
 
 
