@@ -44,7 +44,6 @@ import json
 import os
 import re
 import secrets
-import string
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -85,8 +84,6 @@ EXPIRED_MESSAGE: Final = "The security token included in the request is expired"
 #: ``session`` is GetSessionToken's; ``instance`` is reserved for EC2 instance role credentials.
 PRINCIPAL_TYPES: Final = frozenset({"assumed-role", "federated-user", "session", "instance"})
 
-_ACCESS_KEY_ALPHABET = string.ascii_uppercase + "234567"
-_SECRET_ALPHABET = string.ascii_letters + string.digits + "+/"
 _KEY_ID = re.compile(r"[0-9a-f]{8}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
