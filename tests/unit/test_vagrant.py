@@ -1,0 +1,391 @@
+"""vagrant/: the Vagrantfile parses (``ruby -c``) and, evaluated against a recording stand-in for
+Vagrant, describes one controller and two compute hosts for libvirt and VirtualBox; the
+provisioning scripts pass ``bash -n`` and ``shellcheck``, and the configuration files they write
+are accepted by RoleCall's own configuration parsers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import (
+    DEFAULT_CA_CERTIFICATE,
+    DEFAULT_CERTIFICATE,
+    DEFAULT_KEY,
+    agent_config_from_string,
+)
+from controller.config import config_from_string
+
+ROOT = Path(__file__).resolve().parents[2]
+VAGRANT = ROOT / "vagrant"
+VAGRANTFILE = VAGRANT / "Vagrantfile"
+SCRIPTS = sorted((VAGRANT / "scripts").glob("*.sh"))
+README = VAGRANT / "README.md"
+PRIVATE_NETWORK = ip_network("192.168.56.0/24")
+
+#: Stands in for Vagrant: records every setting, call and block of the Vagrantfile as JSON.
+RECORDER = r"""
+require "json"
+
+class Recorder
+  def initialize
+    @set = {}
+    @calls = []
+    @children = {}
+  end
+
+  def to_h
+    { "set" => @set, "calls" => @calls, "children" => @children.transform_values(&:to_h) }
+  end
+
+  def respond_to_missing?(_name, _include_private = false)
+    true
+  end
+
+  def method_missing(name, *args, **options, &block)
+    name = name.to_s
+    if name.end_with?("=")
+      @set[name.chomp("=")] = plain(args.first)
+      return args.first
+    end
+    return (@children[name] ||= Recorder.new) if args.empty? && options.empty? && block.nil?
+
+    call = { "name" => name, "args" => plain(args), "options" => plain(options) }
+    if block
+      child = Recorder.new
+      block.call(child)
+      call["block"] = child.to_h
+    end
+    @calls << call
+    nil
+  end
+
+  private
+
+  def plain(value)
+    case value
+    when Hash then value.to_h { |key, item| [key.to_s, plain(item)] }
+    when Array then value.map { |item| plain(item) }
+    when Symbol then value.to_s
+    when String, Integer, Float, true, false, nil then value
+    else value.to_s
+    end
+  end
+end
+
+module Vagrant
+  @configurations = []
+
+  def self.configure(version)
+    raise "Vagrant.configure(#{version.inspect}): expected \"2\"" unless version == "2"
+
+    root = Recorder.new
+    yield root
+    @configurations << root.to_h
+  end
+
+  def self.configurations
+    @configurations
+  end
+end
+
+Dir.chdir(ARGV.fetch(0))
+load File.join(ARGV.fetch(0), "Vagrantfile")
+puts JSON.generate({ "configurations" => Vagrant.configurations, "env" => ENV.to_h })
+"""
+
+
+def tool(name: str) -> str:
+    executable = shutil.which(name)
+    assert executable, f"{name} is missing: `make install` installs it (Debian package {name})"
+    return executable
+
+
+def evaluate(share_type: str | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ROLECALL_", "VAGRANT_"))
+    }
+    if share_type is not None:
+        environment["ROLECALL_SHARE_TYPE"] = share_type
+    return subprocess.run(
+        [tool("ruby"), "-e", RECORDER, str(VAGRANT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+
+
+@cache
+def recorded(share_type: str | None = None) -> dict[str, Any]:
+    result = evaluate(share_type)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def configuration(share_type: str | None = None) -> dict[str, Any]:
+    configurations = recorded(share_type)["configurations"]
+    assert len(configurations) == 1
+    return configurations[0]  # type: ignore[no-any-return]
+
+
+def calls(tree: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [call for call in tree["calls"] if call["name"] == name]
+
+
+def libvirt(share_type: str | None = None) -> dict[str, Any]:
+    """The recorded block of ``config.vm.provider "libvirt"``."""
+    providers = calls(configuration(share_type)["children"]["vm"], "provider")
+    (block,) = [call["block"] for call in providers if call["args"] == ["libvirt"]]
+    return block  # type: ignore[no-any-return]
+
+
+def machines() -> dict[str, dict[str, Any]]:
+    """Each defined machine's recorded block, by name."""
+    return {call["args"][0]: call for call in calls(configuration()["children"]["vm"], "define")}
+
+
+def vm(machine: dict[str, Any]) -> dict[str, Any]:
+    return machine["block"]["children"]["vm"]  # type: ignore[no-any-return]
+
+
+def provisioners(machine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {call["args"][0]: call["options"] for call in calls(vm(machine), "provision")}
+
+
+def address(machine: dict[str, Any]) -> str:
+    (network,) = calls(vm(machine), "network")
+    assert network["args"] == ["private_network"]
+    return network["options"]["ip"]  # type: ignore[no-any-return]
+
+
+def heredoc(script: Path, delimiter: str, values: dict[str, str]) -> str:
+    """The here-document ``delimiter`` of ``script`` with its ``${NAME}`` expansions done."""
+    lines = script.read_text(encoding="utf-8").splitlines()
+    start = next(n for n, line in enumerate(lines) if line.rstrip().endswith(f"<<{delimiter}"))
+    text = "\n".join(lines[start + 1 : lines.index(delimiter, start + 1)]) + "\n"
+    names = set(re.findall(r"\$\{(\w+)\}", text))
+    assert names <= set(values), f"{delimiter} expands unknown {sorted(names - set(values))}"
+    assert "$" not in re.sub(r"\$\{\w+\}", "", text), f"{delimiter}: an expansion not as ${{NAME}}"
+    return re.sub(r"\$\{(\w+)\}", lambda match: values[match.group(1)], text)
+
+
+def test_ruby_parses_the_vagrantfile() -> None:
+    result = subprocess.run(
+        [tool("ruby"), "-c", VAGRANTFILE], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Syntax OK" in result.stdout
+
+
+def test_there_are_provisioning_scripts() -> None:
+    assert {script.name for script in SCRIPTS} == {"common.sh", "controller.sh", "compute.sh"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)
+def test_bash_parses_the_script(script: Path) -> None:
+    result = subprocess.run(
+        [tool("bash"), "-n", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)
+def test_shellcheck_finds_nothing_in_the_script(script: Path) -> None:
+    result = subprocess.run(
+        [tool("shellcheck"), "--shell=bash", "--severity=style", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_would_notice_a_defect(tmp_path: Path) -> None:
+    """The check above can fail: an unquoted expansion is reported."""
+    script = tmp_path / "unquoted.sh"
+    script.write_text("#!/usr/bin/env bash\nset -euo pipefail\nrm -rf $1/cache\n")
+    result = subprocess.run(
+        [tool("shellcheck"), "--shell=bash", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "SC2086" in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)
+def test_each_script_is_bash_that_stops_at_the_first_error(script: Path) -> None:
+    lines = script.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    assert "set -euo pipefail" in lines
+
+
+def test_the_vagrantfile_defines_a_controller_and_two_compute_hosts() -> None:
+    defined = machines()
+    assert list(defined) == ["controller", "compute1", "compute2"]
+    assert defined["controller"]["options"] == {"primary": True}
+    for name, machine in defined.items():
+        assert vm(machine)["set"]["hostname"] == name
+
+
+def test_the_machines_have_distinct_addresses_on_one_private_network() -> None:
+    addresses = [address(machine) for machine in machines().values()]
+    assert len(set(addresses)) == 3
+    for value in addresses:
+        assert ip_address(value) in PRIVATE_NETWORK
+        assert ip_address(value).is_private
+
+
+def test_the_vagrantfile_configures_libvirt_and_virtualbox() -> None:
+    providers = {
+        call["args"][0]: call for call in calls(configuration()["children"]["vm"], "provider")
+    }
+    assert set(providers) == {"libvirt", "virtualbox"}
+    for provider in providers.values():
+        assert provider["block"]["set"]["memory"] >= 1024
+
+
+def test_the_project_is_synced_to_vagrant_and_a_shared_folder_both_ways() -> None:
+    folders = {
+        call["args"][1]: call for call in calls(configuration()["children"]["vm"], "synced_folder")
+    }
+    project = folders["/vagrant"]
+    assert project["args"][0] == ".."
+    assert project["options"]["type"] == "rsync"
+    assert {".venv/", ".git/", "vagrant/shared/"} <= set(project["options"]["rsync__exclude"])
+    shared = folders["/rolecall-shared"]
+    assert shared["args"][0] == "shared"
+    assert shared["options"]["type"] == "nfs"
+    assert (VAGRANT / ".gitignore").read_text(encoding="utf-8").count("shared/") == 1
+
+
+def test_virtiofs_asks_libvirt_for_shared_memory() -> None:
+    backing = [call["args"] for call in calls(libvirt("virtiofs"), "memorybacking")]
+    assert ["access"] in backing and ["source"] in backing
+    vm_tree = configuration("virtiofs")["children"]["vm"]
+    folders = {call["args"][1]: call for call in calls(vm_tree, "synced_folder")}
+    assert folders["/rolecall-shared"]["options"]["type"] == "virtiofs"
+    assert not calls(libvirt(), "memorybacking"), "shared memory only for virtiofs"
+
+
+def test_an_unknown_share_type_stops_vagrant_with_a_message() -> None:
+    result = evaluate("smb")
+    assert result.returncode != 0
+    assert "ROLECALL_SHARE_TYPE must be one of nfs, virtualbox, virtiofs" in result.stderr
+
+
+def test_the_machines_come_up_one_after_the_other() -> None:
+    assert recorded()["env"]["VAGRANT_NO_PARALLEL"] == "yes"
+
+
+def test_each_machine_is_provisioned_by_scripts_that_exist() -> None:
+    expected = {
+        "controller": ["common", "controller"],
+        "compute1": ["common", "compute"],
+        "compute2": ["common", "compute"],
+    }
+    for name, machine in machines().items():
+        steps = provisioners(machine)
+        assert list(steps) == expected[name]
+        for step in steps.values():
+            assert step["type"] == "shell"
+            assert (VAGRANT / step["path"]).is_file(), step["path"]
+
+
+def test_the_provisioning_arguments_name_the_hosts_and_the_controller_address() -> None:
+    defined = machines()
+    hosts = [f"{name}={address(machine)}" for name, machine in defined.items()]
+    controller_address = address(defined["controller"])
+    controller_steps = provisioners(defined["controller"])
+    assert controller_steps["common"]["args"] == hosts
+    assert controller_steps["controller"]["args"] == [controller_address, "compute1", "compute2"]
+    for name in ("compute1", "compute2"):
+        steps = provisioners(defined[name])
+        assert steps["common"]["args"] == hosts
+        assert steps["compute"]["args"] == [name, address(defined[name]), controller_address]
+
+
+def test_the_scripts_install_files_the_project_has() -> None:
+    for script in SCRIPTS:
+        for relative in re.findall(r'"\$SOURCE/([^"$]+)"', script.read_text(encoding="utf-8")):
+            assert (ROOT / relative).exists(), f"{script.name} installs {relative}: missing"
+
+
+def test_the_units_and_the_controllers_user_are_installed() -> None:
+    common = (VAGRANT / "scripts" / "common.sh").read_text(encoding="utf-8")
+    for unit in ("rolecall-controller.service", "rolecall-agent.service"):
+        assert f"$SOURCE/systemd/{unit}" in common
+        assert "/opt/rolecall/venv/bin/" in (ROOT / "systemd" / unit).read_text(encoding="utf-8")
+    assert "systemd-sysusers /usr/lib/sysusers.d/rolecall.conf" in common
+    assert "VENV=/opt/rolecall/venv" in common
+
+
+def test_the_controller_configuration_listens_on_every_address() -> None:
+    text = heredoc(
+        VAGRANT / "scripts" / "controller.sh", "CONTROLLER_TOML", {"STATE": "/var/lib/rolecall"}
+    )
+    config = config_from_string(text, "controller.toml")
+    every_address = "0.0.0.0"  # noqa: S104 - the example's machines are reached from the others
+    assert (config.api_host, config.node_api_host, config.metrics_host) == (every_address,) * 3
+    assert config.state_dir == Path("/var/lib/rolecall")
+
+
+def test_the_controller_is_initialised_and_nodes_enrolled_as_the_services_user() -> None:
+    script = (VAGRANT / "scripts" / "controller.sh").read_text(encoding="utf-8")
+    assert "runuser -u rolecall --" in script
+    assert 'as_rolecall init --node-api-name "$address"' in script
+    assert 'as_rolecall enroll-node "$node" --out' in script
+
+
+def test_the_agent_configuration_names_the_controller_and_the_node_files() -> None:
+    defined = machines()
+    controller_address = address(defined["controller"])
+    compute_address = address(defined["compute1"])
+    text = heredoc(
+        VAGRANT / "scripts" / "compute.sh",
+        "AGENT_TOML",
+        {"controller": controller_address, "address": compute_address, "CONFIG": "/etc/rolecall"},
+    )
+    config = agent_config_from_string(text, "agent.toml")
+    assert config.controller_urls == (f"https://{controller_address}:8775",)
+    assert (config.certificate, config.key, config.ca_certificate) == (
+        DEFAULT_CERTIFICATE,
+        DEFAULT_KEY,
+        DEFAULT_CA_CERTIFICATE,
+    )
+    assert (config.metrics_host, config.metrics_port) == (compute_address, 9774)
+
+
+def test_prometheus_scrapes_the_machines_of_the_vagrantfile() -> None:
+    scrape = yaml.safe_load((ROOT / "docs" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["static_configs"] for job in scrape["scrape_configs"]}
+    defined = machines()
+    assert [t for group in jobs["rolecall-controller"] for t in group["targets"]] == [
+        f"{address(defined['controller'])}:9773"
+    ]
+    agents = {group["labels"]["node"]: group["targets"] for group in jobs["rolecall-agent"]}
+    assert agents == {name: [f"{address(defined[name])}:9774"] for name in ("compute1", "compute2")}
+
+
+def test_the_readme_walks_through_the_original_example() -> None:
+    text = README.read_text(encoding="utf-8")
+    for line in (
+        "iam-rolecreate -r s3access -s ec2.amazonaws.com",
+        r"iam-roleaddpolicy -r s3access -e Allow -a s3:\* -c \* -p s3star -o",
+        "iam-instanceprofilecreate -s s3access -r s3access",
+        "euca-run-instances emi-12345678 -p s3access",
+        "X-aws-ec2-metadata-token-ttl-seconds",
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/s3access",
+    ):
+        assert line in text, line

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Provisioning of a compute host (a hypervisor): its node certificate, key and the controller's
+# CA in /etc/rolecall (taken from the shared folder, where the controller's provisioning put
+# them), /etc/rolecall/agent.toml, and the running agent. Safe to run again.
+#
+# Usage: compute.sh NAME ADDRESS CONTROLLER_ADDRESS
+#   NAME                the name this host was enrolled with
+#   ADDRESS             this host's address on the private network (its metrics listen there)
+#   CONTROLLER_ADDRESS  the controller's address on the private network
+set -euo pipefail
+
+readonly SHARED=/rolecall-shared
+readonly CONFIG=/etc/rolecall
+# The controller machine is provisioned first; this is only a margin for a slow shared folder.
+readonly WAIT_SECONDS=120
+
+if (($# != 3)); then
+    echo "usage: $0 NAME ADDRESS CONTROLLER_ADDRESS" >&2
+    exit 2
+fi
+name=$1
+address=$2
+controller=$3
+bundle=$SHARED/$name
+
+for ((waited = 0; waited < WAIT_SECONDS; waited += 2)); do
+    if [[ -r $bundle/ca.pem || -r $CONFIG/ca.pem ]]; then
+        break
+    fi
+    sleep 2
+done
+
+install -d -m 0755 "$CONFIG"
+if [[ -r $bundle/ca.pem ]]; then
+    install -m 0600 "$bundle/node.key" "$CONFIG/node.key"
+    install -m 0644 "$bundle/node.pem" "$bundle/ca.pem" "$CONFIG/"
+    # The key now lives here only.
+    rm -rf "${bundle:?}"
+elif [[ ! -r $CONFIG/node.pem || ! -r $CONFIG/node.key || ! -r $CONFIG/ca.pem ]]; then
+    cat >&2 <<MISSING
+No certificate for ${name}: ${bundle} did not appear in ${WAIT_SECONDS} s.
+Provision the controller first (vagrant provision controller), check that the shared folder
+works (ROLECALL_SHARE_TYPE, see vagrant/README.md), or copy node.key, node.pem and ca.pem from
+/var/lib/rolecall/enrolled/${name} on the controller to ${CONFIG} here; then:
+vagrant provision ${name}
+MISSING
+    exit 1
+fi
+
+# The node API on the controller; the metrics on this host's private address, for the
+# Prometheus on the controller (by default they listen on 127.0.0.1 only).
+cat >"$CONFIG/agent.toml" <<AGENT_TOML
+# Written by vagrant/scripts/compute.sh.
+[controller]
+urls = ["https://${controller}:8775"]
+certificate = "${CONFIG}/node.pem"
+key = "${CONFIG}/node.key"
+ca_certificate = "${CONFIG}/ca.pem"
+
+[metrics]
+host = "${address}"
+port = 9774
+AGENT_TOML
+chmod 0644 "$CONFIG/agent.toml"
+
+systemctl enable --quiet rolecall-agent.service
+# Type=notify: returns once the agent has its assignments from the controller.
+systemctl restart rolecall-agent.service
+curl --fail --silent --show-error --retry 10 --retry-connrefused --retry-delay 1 \
+    "http://${address}:9774/readyz"
+
+echo "Agent on ${name} ready: metrics http://${address}:9774/metrics"
