@@ -611,6 +611,7 @@ def serve(config: ControllerConfig) -> int:
     from twisted.internet import reactor
 
     from controller.logs import start_logging
+    from controller.notify import Notifier, ReadyGate, listening_status
     from controller.service import make_service
 
     store = _open_store(config)
@@ -623,9 +624,23 @@ def serve(config: ControllerConfig) -> int:
             status["code"] = 1
             reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
 
-    for name in ("api", "node-api", "metrics"):
-        service.getServiceNamed(name).listening.addErrback(failed_to_listen)  # type: ignore[attr-defined]
+    # systemd (Type=notify) hears READY=1 once all three listen, STOPPING=1 on shutdown.
+    notifier = Notifier.from_environment(os.environ)
+    labels = {"api": "API", "node-api": "node API", "metrics": "metrics"}
+    ready = ReadyGate(
+        notifier,
+        labels,
+        lambda: listening_status(
+            (label, service.getServiceNamed(name).port.getHost())  # type: ignore[attr-defined]
+            for name, label in labels.items()
+        ),
+    )
+    for name in labels:
+        service.getServiceNamed(name).listening.addCallbacks(  # type: ignore[attr-defined]
+            lambda _port, name=name: ready.met(name), failed_to_listen
+        )
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     store.close()
