@@ -88,6 +88,12 @@ def _override(config: AgentConfig, **flags: object) -> AgentConfig:
 def run(config: AgentConfig, ownership_file: Path) -> int:
     import os
 
+    from controller.notify import listen_fds
+
+    # Listening sockets kept by systemd across a restart (FileDescriptorStoreMax=), by namespace.
+    # Taken first: importing twisted.internet.endpoints consumes the LISTEN_* variables.
+    inherited = listen_fds(os.environ)
+
     from twisted.internet import reactor
 
     from agent.daemon import make_agent_service
@@ -96,7 +102,10 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
 
     if not config.controller_urls:
         raise ConfigError("controller.urls: at least one node API URL is needed (--controller-url)")
-    service = make_agent_service(config, reactor, ownership_file)
+    notifier = Notifier.from_environment(os.environ)
+    service = make_agent_service(
+        config, reactor, ownership_file, notifier=notifier, inherited=inherited
+    )
     start_logging()
     status = {"code": 0}
 
@@ -107,7 +116,6 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
 
     # systemd (Type=notify) hears READY=1 once the metrics listener listens and the first
     # assignments are applied, STATUS= on every change after that, STOPPING=1 on shutdown.
-    notifier = Notifier.from_environment(os.environ)
     agent = service.getServiceNamed("agent")
     ready = ReadyGate(
         notifier,

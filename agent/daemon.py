@@ -14,6 +14,7 @@ from agent.imds.tokens import TokenMinter, new_key
 from agent.metrics import AgentMetrics, health_site
 from agent.netns import OwnershipRecord
 from agent.service import NodeAgent
+from controller.notify import Notifier
 from controller.service import ListeningService
 
 
@@ -22,6 +23,8 @@ def make_agent_service(
     reactor: Any,
     ownership_file: Path,
     registry: CollectorRegistry | None = None,
+    notifier: Notifier | None = None,
+    inherited: dict[str, list[int]] | None = None,
 ) -> MultiService:
     """The reconcile loop with every instance's metadata service, and the metrics listener."""
     policy = NodeTLSPolicy(
@@ -33,7 +36,13 @@ def make_agent_service(
     registry = registry if registry is not None else CollectorRegistry()
     # A key per boot of the agent: tokens from before a restart are refused, as after a reboot.
     agent = NodeAgent(
-        config, reactor, client, TokenMinter(new_key()), ownership=OwnershipRecord(ownership_file)
+        config,
+        reactor,
+        client,
+        TokenMinter(new_key()),
+        ownership=OwnershipRecord(ownership_file),
+        notifier=notifier,
+        inherited=inherited,
     )
     metrics = AgentMetrics(registry, agent)
     agent.observe = metrics.observe

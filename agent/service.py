@@ -9,6 +9,7 @@ added. Guests are answered from memory: nothing on the request path waits on the
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Mapping
 from random import SystemRandom
@@ -17,6 +18,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from agent import netns
@@ -28,8 +30,15 @@ from agent.imds.tokens import TokenMinter
 from agent.refresh import retry_delay
 from agent.server import ImdsResource, Observer, make_site
 from agent.slots import Slot, profile_key
+from controller.notify import Notifier
 
 log = Logger(namespace="rolecall.agent")
+
+#: After a restart, how long a taken-back socket waits for its instance's credentials before it
+#: answers anyway (guests' connections queue meanwhile; SDKs wait at least a second).
+HOLD_SECONDS = 5.0
+#: On stop, how long connections already accepted get to send their request and be answered.
+DRAIN_SECONDS = 0.5
 
 
 class NodeAgent(Service):
@@ -47,6 +56,8 @@ class NodeAgent(Service):
         ownership: netns.OwnershipRecord | None = None,
         observe: Observer | None = None,
         random: Any = None,
+        notifier: Notifier | None = None,
+        inherited: dict[str, list[int]] | None = None,
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -57,6 +68,11 @@ class NodeAgent(Service):
         #: Told of every metadata answer (metrics); settable after construction.
         self.observe = observe
         self._random = random if random is not None else SystemRandom()
+        #: Keeps each instance's listening socket in the service manager's descriptor store,
+        #: so that a restarted agent takes the very same sockets back and no guest is refused.
+        self._notifier = notifier
+        #: Listening sockets handed back by the service manager at start, by namespace name.
+        self._inherited = dict(inherited or {})
         policy = config.refresh_policy()
         self._policy = policy
         self.credentials = CredentialCache(
@@ -82,19 +98,30 @@ class NodeAgent(Service):
         super().startService()
         if self._ownership is not None:
             self._owned = self._ownership.load()
+        if self._inherited:
+            log.info(
+                "the service manager kept {count} listening socket(s) across the restart",
+                count=len(self._inherited),
+            )
         self._poll()
 
-    def stopService(self) -> None:
-        """Stop serving and polling; namespaces and addresses stay, for the next agent to adopt."""
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting and polling, then give requests already accepted a moment to be
+        answered before the process goes. Namespaces, addresses and (with systemd) the listening
+        sockets stay, for the next agent to take over without refusing a guest."""
         super().stopService()
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         if self._in_flight is not None:
             self._in_flight.cancel()
-        self.credentials.stop()
         for slot in self.slots.values():
-            slot.port.stopListening()
-        self.slots.clear()
+            slot.close()
+
+        def finish() -> None:
+            self.credentials.stop()
+            self.slots.clear()
+
+        return deferLater(self._reactor, DRAIN_SECONDS, finish)
 
     # the loop
 
@@ -161,6 +188,7 @@ class NodeAgent(Service):
                 log.error("cannot clean up {netns}: {error}", netns=name, error=str(error))
                 continue
             self._forget(name)
+        self._drop_unclaimed_sockets()
         if self.on_change is not None:
             self.on_change()
 
@@ -179,7 +207,7 @@ class NodeAgent(Service):
                     previous.added_address or ownership.added_address,
                 )
             self._remember(ownership)
-            listening = self._namespaces.listen(name, self._config.imds_port)
+            listening, kept = self._listening_socket(name)
         except Exception as error:
             self.failed[instance_id] = str(error)
             log.error("cannot serve {instance}: {error}", instance=instance_id, error=str(error))
@@ -188,11 +216,24 @@ class NodeAgent(Service):
             instance_id=instance_id,
             assignment=entry,
             ownership=ownership,
-            port=None,  # type: ignore[arg-type]  # set just below, once the site exists
+            port=None,
             bucket=TokenBucket(self._config.rate_per_second, self._config.burst),
             minter=self._minter,
             strict_proxy=self._config.strict_proxy,
         )
+        self.failed.pop(instance_id, None)
+        self.slots[instance_id] = slot
+        self._start_credentials(slot)
+        if kept and slot.credentials is not None:
+            # Taken back after a restart: guests' connections wait in the socket's queue until
+            # the credentials are back, rather than being answered "no credentials".
+            slot.pending = listening
+            self._accept_when_ready(slot, self._reactor.seconds() + HOLD_SECONDS)
+        else:
+            self._accept(slot, listening)
+        log.info("serving {instance} in {netns}", instance=instance_id, netns=name)
+
+    def _accept(self, slot: Slot, listening: socket.socket) -> None:
         try:
             slot.port = self._reactor.adoptStreamPort(
                 listening.fileno(),
@@ -201,10 +242,39 @@ class NodeAgent(Service):
             )
         finally:
             listening.close()  # the reactor has its own copy of the descriptor
-        self.failed.pop(instance_id, None)
-        self.slots[instance_id] = slot
-        self._start_credentials(slot)
-        log.info("serving {instance} in {netns}", instance=instance_id, netns=name)
+            slot.pending = None
+
+    def _accept_when_ready(self, slot: Slot, deadline: float) -> None:
+        if self.slots.get(slot.instance_id) is not slot or slot.pending is None:
+            return  # removed (or the agent stopped) meanwhile
+        keeper = slot.credentials
+        if keeper is None or keeper.current() is not None or self._reactor.seconds() >= deadline:
+            self._accept(slot, slot.pending)
+            return
+        self._reactor.callLater(0.02, self._accept_when_ready, slot, deadline)
+
+    def _listening_socket(self, name: str) -> tuple[socket.socket, bool]:
+        """The instance's socket, and whether it was kept across a restart (else it is new, and
+        handed to the service manager's store for the next restart)."""
+        kept = self._inherited.pop(name, None)
+        if kept:
+            for extra in kept[1:]:
+                os.close(extra)
+            log.info("took back the listening socket of {netns}", netns=name)
+            return socket.socket(fileno=kept[0]), True
+        listening = self._namespaces.listen(name, self._config.imds_port)
+        if self._notifier is not None:
+            self._notifier.store_fds(name, [listening.fileno()])
+        return listening, False
+
+    def _drop_unclaimed_sockets(self) -> None:
+        """Sockets kept for instances no longer assigned: close them and empty their store."""
+        for name, fds in self._inherited.items():
+            for fd in fds:
+                os.close(fd)
+            if self._notifier is not None:
+                self._notifier.remove_fds(name)
+        self._inherited.clear()
 
     def _update(self, slot: Slot, entry: Mapping[str, Any]) -> None:
         if entry == slot.assignment:
@@ -219,7 +289,9 @@ class NodeAgent(Service):
 
     def _remove(self, instance_id: str) -> None:
         slot = self.slots.pop(instance_id)
-        slot.port.stopListening()
+        slot.close()
+        if self._notifier is not None:
+            self._notifier.remove_fds(slot.ownership.namespace)
         self.credentials.remove(instance_id)
         try:
             self._namespaces.release(slot.ownership)

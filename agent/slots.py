@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,13 +35,25 @@ class Slot:
     instance_id: str
     assignment: Mapping[str, Any]
     ownership: Ownership
-    port: IListeningPort
+    #: Accepting connections; None while a socket taken back after a restart is held.
+    port: IListeningPort | None
     bucket: TokenBucket
     minter: TokenMinter
     strict_proxy: bool
     credentials: InstanceCredentials | None = None
+    #: A socket taken back after a restart, not yet accepting (see NodeAgent).
+    pending: socket.socket | None = None
     _cache_key: tuple[object, ...] | None = None
     _cached: InstanceView | None = None
+
+    def close(self) -> None:
+        """Stop accepting (the service manager may still keep the socket for a restart)."""
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        if self.pending is not None:
+            self.pending.close()
+            self.pending = None
 
     def view(self, now: float) -> InstanceView:
         """The instance as a request at `now` sees it: from memory, never waiting."""
