@@ -1,160 +1,634 @@
-"""``make demo``: RoleCall on one machine, step by step, cleaning up after itself.
+"""``make demo``: RoleCall on one machine, step by step, cleaning up after itself (needs root).
 
-At this stage: initialise a controller in a temporary state directory, start it, create the
-original design's role and instance profile with boto3, print them, and stop the controller.
+In a temporary directory: a controller on its embedded SQLite store and free loopback ports, an
+enrolled node and its agent serving instance metadata on port 80 inside each instance's
+namespace; the original design's command lines, verbatim; an instance with the instance
+profile; and a guest namespace linked to the instance's (``agent/guest.py``), inside which curl,
+the aws CLI and boto3 get the role's credentials from 169.254.169.254 alone. Processes,
+namespaces and links are removed on success, on failure, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
 
-import configparser
+import argparse
+import functools
 import json
 import os
-import queue
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+
+from agent import netns
+from agent.guest import (
+    GUEST_PREFIX,
+    TOKEN_HEADER,
+    TOKEN_PATH,
+    TTL_HEADER,
+    Guest,
+    Relay,
+    delete_namespace,
+    imds,
+    make_guest,
+    namespaces,
+    serves_tokens,
+    unique,
+)
 
 BIN = Path(sys.executable).parent
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [
-        {
-            "Effect": "Allow",
-            "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole",
-        }
-    ],
-}
-S3STAR = (
-    '{"Version":"2008-10-17","Statement":[{"Effect":"Allow","Action":["s3:*"],"Resource":["*"]}]}'
+NODE = "demo-node"
+ROLE = "s3access"
+#: The original design's three lines, run verbatim through bash.
+ORIGINAL_LINES = (
+    "iam-rolecreate -r s3access -s ec2.amazonaws.com",
+    r"iam-roleaddpolicy -r s3access -e Allow -a s3:\* -c \* -p s3star -o",
+    "iam-instanceprofilecreate -s s3access -r s3access",
 )
-LISTENING = re.compile(r"public API listening on (http://\S+)")
+#: One more policy, so that the instance has an IAM call it may make.
+READ_ROLE_LINE = r"iam-roleaddpolicy -r s3access -e Allow -a iam:GetRole -c \* -p readrole -o"
+RUN_LINE = "euca-run-instances emi-12345678 -p s3access"
+IMDS = "http://169.254.169.254"
+SERVE_TIMEOUT = 30.0
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+BOTO3_SCRIPT = """\
+import sys
+
+import boto3
+from botocore.exceptions import ClientError
+
+iam = boto3.client("iam", endpoint_url=sys.argv[1])
+role = iam.get_role(RoleName="s3access")["Role"]
+print("get_role(s3access):", role["Arn"])
+try:
+    iam.create_role(RoleName="intruder", AssumeRolePolicyDocument="{}")
+except ClientError as error:
+    print("create_role(intruder):", error.response["Error"]["Code"], "-",
+          error.response["Error"]["Message"])
+else:
+    sys.exit("create_role(intruder) was allowed")
+"""
+_SECRETS = re.compile(r'("(?:SecretAccessKey|Token)"\s*:\s*")([^"]*)(")')
+
+
+class Failed(Exception):
+    """The demo cannot go on; the message is the one-line reason."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; cleaning up follows."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+# -- printing ------------------------------------------------------------------------------------
 
 
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def start(state_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    """Start ``rolecall-controller serve`` on a free port, logging to state_dir/controller.log."""
-    log_path = state_dir / "controller.log"
-    process = subprocess.Popen(
-        [str(BIN / "rolecall-controller"), "--state-dir", str(state_dir), "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches the demo, which stops the controller itself
-    )
-    found: queue.Queue[str] = queue.Queue()
+def say(text: str) -> None:
+    for line in text.rstrip("\n").splitlines():
+        print(f"    {line}".rstrip(), flush=True)
 
-    def record() -> None:
-        assert process.stdout is not None
-        with log_path.open("a", encoding="utf-8") as log:
-            for line in process.stdout:
+
+def mask(secret: str) -> str:
+    """The first 4 characters of a secret, then an ellipsis."""
+    return f"{secret[:4]}…" if secret else secret
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with the values of "SecretAccessKey" and "Token" masked."""
+    return _SECRETS.sub(lambda m: m.group(1) + mask(m.group(2)) + m.group(3), text)
+
+
+class _Signals:
+    """SIGINT and SIGTERM become :class:`Interrupted`, except inside :meth:`deferred`, which
+    raises it at its end: what a block starts is recorded before the interruption unwinds.
+
+    (Not a signal mask: children would inherit it, and never see the SIGTERM that stops them.)
+    """
+
+    def __init__(self) -> None:
+        self._deferring = False
+        self._pending: list[int] = []
+
+    def handle(self, signal_number: int, frame: FrameType | None) -> None:
+        if self._deferring:
+            self._pending.append(signal_number)
+            return
+        raise Interrupted(signal_number)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending:
+            raise Interrupted(self._pending[0])
+
+
+SIGNALS = _Signals()
+
+
+# -- daemons -------------------------------------------------------------------------------------
+
+
+class Daemon:
+    """A daemon in its own session (so Ctrl-C reaches only the demo, which stops it in order),
+    its output written line by line to a log file by a thread."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        environment = {key: value for key, value in os.environ.items() if key[:4] != "AWS_"}
+        environment["PYTHONUNBUFFERED"] = "1"
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"log {name}")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for line in self.process.stdout:
                 log.write(line)
                 log.flush()
-                match = LISTENING.search(line)
-                if match:
-                    found.put(match.group(1))
-        found.put("")
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
-    threading.Thread(target=record, daemon=True).start()
-    try:
-        url = found.get(timeout=30)
-    except queue.Empty:
-        url = ""
-    except BaseException:  # Ctrl-C while waiting: never leave the controller behind
-        stop(process)
-        raise
-    if not url:
-        stop(process)
-        print(log_path.read_text(encoding="utf-8"), file=sys.stderr)
-        raise SystemExit("the controller did not start; its log is above")
-    print(f"    listening on {url} (log: {log_path})")
-    return process, url
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for(self, pattern: str, what: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The first match of `pattern` in its output, waiting at most `timeout` seconds."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = compiled.search(line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if self._closed:
+                    raise Failed(f"the {self.name} exited ({self.process.wait()}) before {what}")
+                if remaining <= 0:
+                    raise Failed(f"the {self.name} did not report {what} within {timeout:.0f} s")
+                self._changed.wait(remaining)
+
+    def stop(self) -> int:
+        """SIGTERM, a bounded wait, then SIGKILL; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT)
+        self._reader.join(timeout=5)
+        return self.process.returncode
+
+    def tail(self, count: int = 15) -> list[str]:
+        with self._changed:
+            return [line.rstrip("\n") for line in self.lines[-count:]]
 
 
-def stop(process: subprocess.Popen[str]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+# -- the demo ------------------------------------------------------------------------------------
 
 
-def run(state_dir: Path) -> None:
-    import boto3
+class Demo:
+    """One run: what it made is recorded as it goes, so that :meth:`clean_up` removes exactly
+    that, however far the run got."""
 
-    step("rolecall-controller init (a new state directory, SQLite store, account and root key)")
-    subprocess.run(
-        [str(BIN / "rolecall-controller"), "--state-dir", str(state_dir), "init"], check=True
-    )
-    step("rolecall-controller serve")
-    process, url = start(state_dir)
-    try:
-        credentials = configparser.ConfigParser()
-        credentials.read(state_dir / "root-credentials")
-        iam = boto3.client(
-            "iam",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id=credentials["rolecall"]["aws_access_key_id"],
-            aws_secret_access_key=credentials["rolecall"]["aws_secret_access_key"],
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.config = workdir / "controller.toml"
+        self.ownership_file = workdir / "agent-namespaces.json"
+        self.controller: Daemon | None = None
+        self.agent: Daemon | None = None
+        self.api_url = ""
+        self.api_port = 0
+        self.node_api_url = ""
+        self.tools_env: dict[str, str] = {}
+        self.launched = False
+        self.instance_ids: list[str] = []
+        self.guest_name = ""
+        self.guest: Guest | None = None
+        self.relay: Relay | None = None
+        self.relay_url = ""
+        self.summary: dict[str, str] = {}
+
+    # helpers
+
+    def controller_command(self, *argv: str) -> list[str]:
+        return [str(BIN / "rolecall-controller"), "--config", str(self.config), *argv]
+
+    def check_output(self, argv: list[str], what: str) -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            reason = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
+            raise Failed(f"{what} failed (exit {result.returncode}): {reason[-1]}")
+        return result.stdout
+
+    def shell(self, line: str) -> str:
+        """Run `line` through bash with the tools' environment; print it and its output."""
+        say(f"$ {line}")
+        result = subprocess.run(
+            ["bash", "-c", line], env=self.tools_env, capture_output=True, text=True, timeout=60
         )
-        step("boto3: create role s3access, trusted by ec2.amazonaws.com")
-        role = iam.create_role(RoleName="s3access", AssumeRolePolicyDocument=json.dumps(TRUST))
-        print(f"    {role['Role']['Arn']}  ({role['Role']['RoleId']})")
-        step("boto3: put inline policy s3star on s3access")
-        iam.put_role_policy(RoleName="s3access", PolicyName="s3star", PolicyDocument=S3STAR)
-        policy = iam.get_role_policy(RoleName="s3access", PolicyName="s3star")
-        print(f"    {json.dumps(policy['PolicyDocument'])}")
-        step("boto3: create instance profile s3access and add the role")
-        iam.create_instance_profile(InstanceProfileName="s3access")
-        iam.add_role_to_instance_profile(InstanceProfileName="s3access", RoleName="s3access")
-        profile = iam.get_instance_profile(InstanceProfileName="s3access")["InstanceProfile"]
-        print(f"    {profile['Arn']}  ({profile['InstanceProfileId']})")
-        print(f"    roles: {[r['RoleName'] for r in profile['Roles']]}")
-        step("aws CLI: the same profile, read with only an endpoint URL")
-        command = [
-            str(BIN / "aws"), "--profile", "rolecall", "--region", "us-east-1",
-            "--endpoint-url", url, "--output", "text", "iam", "list-instance-profiles-for-role",
-            "--role-name", "s3access", "--query", "InstanceProfiles[].Arn",
+        say(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise Failed(f"`{line}` failed (exit {result.returncode})")
+        return result.stdout
+
+    def in_guest(
+        self,
+        line: str,
+        env: dict[str, str] | None = None,
+        show: Callable[[str], str] = str,
+    ) -> str:
+        """Run `line` through bash inside the guest; print it and its output (through `show`)."""
+        say(f"$ {line}")
+        assert self.guest is not None, "no guest yet"
+        result = self.guest.run(["bash", "-c", line], env=env, timeout=60)
+        say(show(result.stdout + result.stderr))
+        if result.returncode != 0:
+            raise Failed(f"`{line}` failed in the guest (exit {result.returncode})")
+        return str(result.stdout)
+
+    # the run
+
+    def run(self) -> None:
+        self.start_controller()
+        self.start_agent()
+        self.original_lines()
+        self.launch()
+        self.wait_served()
+        self.make_guest()
+        self.metadata_with_curl()
+        self.aws_cli()
+        self.boto3()
+
+    def start_controller(self) -> None:
+        step("rolecall-controller init: a temporary state directory, SQLite store, account, key")
+        self.config.write_text(f"state_dir = {json.dumps(str(self.state_dir))}\n", "utf-8")
+        output = self.check_output(self.controller_command("init"), "rolecall-controller init")
+        say(output.split("Start the controller:")[0])
+
+        step("rolecall-controller serve, on free loopback ports")
+        argv = self.controller_command(
+            "serve", "--port", "0", "--node-api-port", "0", "--metrics-port", "0"
+        )
+        with SIGNALS.deferred():
+            self.controller = Daemon("controller", argv, self.workdir / "controller.log")
+        api = self.controller.wait_for(r"public API listening on (http://\S+)", "its public API")
+        node_api = self.controller.wait_for(r"node API listening on (https://\S+)", "its node API")
+        self.api_url = api.group(1)
+        self.api_port = int(self.api_url.rsplit(":", 1)[1])
+        say(f"public API {self.api_url}, node API {node_api.group(1)}")
+        say(f"log: {self.controller.log_path}")
+        self.node_api_url = node_api.group(1)
+        self.tools_env = {key: value for key, value in os.environ.items() if key[:4] != "AWS_"}
+        self.tools_env.update(
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            AWS_SHARED_CREDENTIALS_FILE=str(self.state_dir / "root-credentials"),
+            AWS_PROFILE="rolecall",
+            AWS_ENDPOINT_URL=self.api_url,
+            AWS_CONFIG_FILE=os.devnull,
+        )
+
+    def start_agent(self) -> None:
+        step(f"rolecall-controller enroll-node {NODE}: a certificate for this machine's agent")
+        node_dir = self.workdir / "node"
+        output = self.check_output(
+            self.controller_command("enroll-node", NODE, "--out", str(node_dir)), "enroll-node"
+        )
+        say(output.split("Configure the agent")[0])
+
+        step("rolecall-agent: metadata on port 80 inside each instance's namespace")
+        agent_config = self.workdir / "agent.toml"
+        agent_config.write_text(
+            "[controller]\n"
+            f"urls = [{json.dumps(self.node_api_url)}]\n"
+            f"certificate = {json.dumps(str(node_dir / 'node.pem'))}\n"
+            f"key = {json.dumps(str(node_dir / 'node.key'))}\n"
+            f"ca_certificate = {json.dumps(str(node_dir / 'ca.pem'))}\n",
+            "utf-8",
+        )
+        argv = [
+            str(BIN / "rolecall-agent"), "--config", str(agent_config), "--imds-port", "80",
+            "--metrics-port", "0", "--ownership-file", str(self.ownership_file),
         ]  # fmt: skip
-        print(f"    $ aws --endpoint-url {url} iam list-instance-profiles-for-role ...")
-        env = dict(os.environ, AWS_SHARED_CREDENTIALS_FILE=str(state_dir / "root-credentials"))
-        env["AWS_CONFIG_FILE"] = os.devnull
-        listed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-        print(f"    {listed.stdout.strip()}")
-    finally:
-        step("stopping the controller (SIGTERM)")
-        code = stop(process)
-        print(f"    exited with status {code}")
-        log = (state_dir / "controller.log").read_text(encoding="utf-8").splitlines()
-        print(f"    its last log lines ({len(log)} in all):")
-        for line in log[-3:]:
-            print(f"      {line}")
-    if code != 0:
-        raise SystemExit(f"the controller exited with status {code}")
+        with SIGNALS.deferred():
+            self.agent = Daemon("agent", argv, self.workdir / "agent.log")
+        metrics = self.agent.wait_for(r"agent metrics listening on (http://\S+)", "its metrics")
+        say(f"node API {self.node_api_url}, metrics {metrics.group(1)}")
+        say(f"log: {self.agent.log_path}")
+
+    def original_lines(self) -> None:
+        step("the original design's three lines, verbatim")
+        say(f"$ export AWS_SHARED_CREDENTIALS_FILE={self.tools_env['AWS_SHARED_CREDENTIALS_FILE']}")
+        say(f"$ export AWS_PROFILE=rolecall AWS_ENDPOINT_URL={self.api_url}")
+        for line in ORIGINAL_LINES:
+            output = self.shell(line)
+        self.summary["profile"] = output.strip()
+
+        step("one more inline policy, so the instance has an IAM call it may make")
+        self.shell(READ_ROLE_LINE)
+
+    def launch(self) -> None:
+        step("an instance with the instance profile, placed on this node")
+        self.launched = True
+        output = self.shell(RUN_LINE)
+        for line in output.splitlines():
+            fields = line.split("\t")
+            if fields[0] == "INSTANCE" and len(fields) > 1:
+                self.instance_ids.append(fields[1])
+        if not self.instance_ids:
+            raise Failed(f"`{RUN_LINE}` printed no INSTANCE line")
+
+    @property
+    def instance_namespace(self) -> str:
+        return f"rc-{self.instance_ids[0]}"
+
+    def wait_served(self) -> None:
+        namespace = self.instance_namespace
+        step(f"the agent serves {self.instance_ids[0]} in namespace {namespace}")
+        started = time.monotonic()
+        path = f"/latest/meta-data/iam/security-credentials/{ROLE}"
+
+        def credentials_served() -> bool:
+            if not serves_tokens(namespace):
+                return False
+            token = imds(namespace, "PUT", TOKEN_PATH, {TTL_HEADER: "60"}).body
+            return imds(namespace, "GET", path, {TOKEN_HEADER: token}).status == 200
+
+        while not credentials_served():
+            assert self.agent is not None
+            if not self.agent.running:
+                raise Failed(f"the agent exited ({self.agent.process.returncode})")
+            if time.monotonic() - started > SERVE_TIMEOUT:
+                raise Failed(
+                    f"the agent did not serve {self.instance_ids[0]} with credentials in"
+                    f" {namespace} within {SERVE_TIMEOUT:.0f} s"
+                )
+            time.sleep(0.1)
+        say(
+            f"169.254.169.254:80 answers in {namespace}, with the role's credentials"
+            f" ({time.monotonic() - started:.1f} s after the launch)"
+        )
+
+    def make_guest(self) -> None:
+        self.guest_name = unique(GUEST_PREFIX)
+        step(f"a guest: namespace {self.guest_name}, a stand-in for the instance's VM")
+        self.guest = make_guest(self.instance_namespace, self.workdir, name=self.guest_name)
+        self.relay = Relay(self.guest_name, self.api_port)
+        self.relay_url = self.relay.url
+        say(
+            f"a veth pair to {self.instance_namespace}: the guest is {self.guest.address}/30,"
+            " and its one route beyond that link goes to 169.254.169.254"
+        )
+        say(f"the controller's public API is relayed to the guest's {self.relay_url}")
+
+    def metadata_with_curl(self) -> None:
+        step("inside the guest: curl the metadata service (IMDSv2)")
+        token = self.in_guest(
+            f"curl -s -X PUT -H '{TTL_HEADER}: 21600' {IMDS}/latest/api/token",
+            show=mask,
+        ).strip()
+        if not token:
+            raise Failed("the metadata service gave the guest no token")
+        say("(kept as $TOKEN)")
+        header = f'-H "{TOKEN_HEADER}: $TOKEN"'
+        env = {"TOKEN": token}
+        base = f"{IMDS}/latest/meta-data/iam"
+        info = json.loads(self.in_guest(f"curl -s {header} {base}/info", env))
+        if info.get("Code") != "Success" or not info.get("InstanceProfileArn"):
+            raise Failed("iam/info did not name the instance profile")
+        roles = self.in_guest(f"curl -s {header} {base}/security-credentials/", env)
+        if roles.split() != [ROLE]:
+            raise Failed(f"iam/security-credentials/ listed {roles.split()}, not [{ROLE}]")
+        credentials = json.loads(
+            self.in_guest(
+                f"curl -s {header} {base}/security-credentials/{ROLE}", env, mask_credentials
+            )
+        )
+        if credentials.get("Code") != "Success":
+            raise Failed(f"no credentials for {ROLE}: {credentials.get('Code')}")
+
+    def aws_cli(self) -> None:
+        step("inside the guest: the aws CLI, with credentials from the metadata service alone")
+        say("(the SDKs do not read the region from the metadata service: it is set)")
+        output = self.in_guest(
+            f"AWS_DEFAULT_REGION=us-east-1 aws sts get-caller-identity"
+            f" --endpoint-url {self.relay_url}"
+        )
+        arn = str(json.loads(output).get("Arn", ""))
+        if f"assumed-role/{ROLE}/{self.instance_ids[0]}" not in arn:
+            raise Failed(f"aws sts get-caller-identity answered {arn!r}")
+        self.summary["arn"] = arn
+
+    def boto3(self) -> None:
+        step("inside the guest: boto3, one call the role allows and one it denies")
+        assert self.guest is not None, "no guest yet"
+        (self.guest.home / "iam_calls.py").write_text(BOTO3_SCRIPT, "utf-8")
+        self.in_guest("cat ~/iam_calls.py")
+        output = self.in_guest(
+            f"AWS_DEFAULT_REGION=us-east-1 python ~/iam_calls.py {self.relay_url}"
+        )
+        if "AccessDenied" not in output:
+            raise Failed("create_role was not denied with AccessDenied")
+
+    # cleaning up
+
+    def clean_up(self, failed: bool) -> list[str]:
+        """Remove everything this run made, each step whatever happened before; problems."""
+        problems: list[str] = []
+
+        def attempt(what: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as error:
+                problems.append(f"{what}: {error}")
+
+        step("cleaning up")
+        if self.relay is not None:
+            attempt("closing the relay", self.relay.close)
+        if self.guest_name and netns.exists(self.guest_name):
+            attempt("removing the guest", functools.partial(delete_namespace, self.guest_name))
+            say(f"removed the guest's namespace {self.guest_name} (and its veth pair)")
+        if self.launched and self.controller is not None and self.controller.running:
+            attempt("terminating the instances", self._terminate)
+        for name, daemon in (("agent", self.agent), ("controller", self.controller)):
+            if daemon is not None:
+                attempt(
+                    f"stopping the {name}", functools.partial(self._stop, name, daemon, problems)
+                )
+        leftovers = {f"rc-{instance_id}" for instance_id in self.instance_ids}
+        leftovers.update(self._owned_namespaces())
+        if self.guest_name:
+            leftovers.add(self.guest_name)
+        for name in sorted(leftovers & namespaces()):
+            attempt(f"removing {name}", functools.partial(delete_namespace, name))
+            say(f"removed namespace {name}, which was left")
+        left = sorted(leftovers & namespaces())
+        if left:
+            problems.append(f"namespaces left: {', '.join(left)}")
+        if failed:
+            for daemon in (self.controller, self.agent):
+                if daemon is not None and daemon.lines:
+                    say(f"the last lines of {daemon.log_path}:")
+                    say("\n".join(f"  {line}" for line in daemon.tail()))
+        return problems
+
+    @staticmethod
+    def _stop(name: str, daemon: Daemon, problems: list[str]) -> None:
+        code = daemon.stop()
+        say(f"stopped the {name} (exit status {code})")
+        if code != 0:
+            problems.append(f"the {name} exited with status {code} on SIGTERM")
+
+    def _terminate(self) -> None:
+        if not self.instance_ids:  # interrupted before the launch's output was read
+            listing = subprocess.run(
+                [str(BIN / "euca-describe-instances")],
+                env=self.tools_env, capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            self.instance_ids = [
+                line.split("\t")[1]
+                for line in listing.stdout.splitlines()
+                if line.startswith("INSTANCE\t")
+            ]
+        if not self.instance_ids:
+            return
+        line = "euca-terminate-instances " + " ".join(map(shlex.quote, self.instance_ids))
+        names = [f"rc-{i}" for i in self.instance_ids if netns.exists(f"rc-{i}")]
+        self.shell(line)
+        if self.agent is None or not self.agent.running:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(netns.exists(name) for name in names) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gone = [name for name in names if not netns.exists(name)]
+        if gone:
+            say(f"the agent removed {', '.join(gone)}")
+
+    def _owned_namespaces(self) -> set[str]:
+        """The namespaces the agent recorded as made by it (for when the controller is gone)."""
+        try:
+            entries = json.loads(self.ownership_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        return {str(entry["namespace"]) for entry in entries if "namespace" in entry}
 
 
-def main() -> int:
-    state_dir = Path(tempfile.mkdtemp(prefix="rolecall-demo-"))
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def _still_cleaning(signal_number: int, frame: FrameType | None) -> None:
+    print("\n(cleaning up; this takes a few seconds at most)", file=sys.stderr, flush=True)
+
+
+def _preconditions() -> None:
+    if os.geteuid() != 0:
+        raise Failed("the demo needs root: it creates network namespaces (sudo make demo)")
+    for tool in ("ip", "curl", "bash"):
+        if shutil.which(tool) is None:
+            raise Failed(f"the demo needs `{tool}` on PATH")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m controller.demo",
+        description="RoleCall on this machine, step by step; removes all it made (needs root).",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (state and logs)"
+    )
+    args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    started = time.monotonic()
+    previous = {
+        number: signal.signal(number, SIGNALS.handle) for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="rolecall-demo-"))
+    demo = Demo(workdir)
+    reason = ""
+    code = 0
+    problems: list[str] = []
     try:
-        run(state_dir / "state")
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaning up", file=sys.stderr)
-        return 130
+        print(f"RoleCall demo, in {workdir}", flush=True)
+        _preconditions()
+        demo.run()
+    except Interrupted as interruption:
+        code = 128 + interruption.signal_number
+        reason = f"interrupted ({interruption})"
+    except Failed as failure:
+        code, reason = 1, str(failure)
+    except Exception as error:  # a bug or a broken host: still one line, still cleaned up
+        code, reason = 1, f"{type(error).__name__}: {error}"
     finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    step(f"done; removed {state_dir}")
+        for number in previous:
+            signal.signal(number, _still_cleaning)
+        try:
+            problems = demo.clean_up(failed=code == 1)
+            if args.keep:
+                say(f"kept {workdir} (state and logs)")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+                say(f"removed {workdir}, with the state and the logs")
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    if problems and code == 0:
+        code, reason = 1, "; ".join(problems)
+    elif problems:
+        reason += f" (and while cleaning up: {'; '.join(problems)})"
+    seconds = time.monotonic() - started
+    if code != 0:
+        outcome = "stopped" if code > 128 else "failed"
+        print(f"\ndemo {outcome} after {seconds:.1f} s: {reason}", file=sys.stderr, flush=True)
+        return code
+    step(f"done in {seconds:.1f} s")
+    say(
+        f"{demo.summary['profile']} gave instance {demo.instance_ids[0]} the credentials of"
+        f" {demo.summary['arn']}: iam:GetRole allowed, iam:CreateRole denied"
+    )
+    logs = "kept" if args.keep else "removed with it; --keep keeps them"
+    say(f"logs: {workdir}/controller.log and agent.log ({logs})")
+    say("processes, namespaces and links: all stopped and removed")
     return 0
 
 

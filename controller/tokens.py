@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -336,7 +337,7 @@ def _encode(blob: bytes) -> str:
 def _encrypt(plaintext: bytes, key: TokenKey) -> str:
     key_id = bytes.fromhex(key.key_id)
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(key.secret).encrypt(nonce, plaintext, _associated_data(key_id))
+    sealed = _cipher(key.secret).encrypt(nonce, plaintext, _associated_data(key_id))
     return PREFIX + _encode(key_id + nonce + sealed)
 
 
@@ -374,7 +375,7 @@ def _open(token: object, ring: KeyRing, now: datetime) -> SessionClaims | None:
     # block, so no exception carrying the plaintext (a JSONDecodeError's .doc holds the
     # secret) is ever chained to what callers see or log.
     try:
-        plaintext = AESGCM(key.secret).decrypt(nonce, sealed, _associated_data(key_id))
+        plaintext = _cipher(key.secret).decrypt(nonce, sealed, _associated_data(key_id))
     except InvalidTag:
         return None
     try:
@@ -382,6 +383,12 @@ def _open(token: object, ring: KeyRing, now: datetime) -> SessionClaims | None:
     except Exception:
         # Authenticated, so written by a RoleCall controller, yet not RC1 claims: refuse.
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _cipher(secret: bytes) -> AESGCM:
+    """The AES-GCM cipher of a key, made once: every request with a token opens one."""
+    return AESGCM(secret)
 
 
 def _compress(data: bytes) -> bytes:

@@ -6,7 +6,9 @@ instances placed on that node inside their ``rc-<instance-id>`` namespaces. Gues
 namespaces joined to an instance's namespace by veth pairs with link-local /30 addresses: they
 reach 169.254.169.254 and their own loopback, nothing else (DESIGN.md, "Test network rules").
 To reach the controller's public API a guest talks to a relay on its own 127.0.0.1, which the
-test process forwards to the controller's port in the root namespace.
+test process forwards to the controller's port in the root namespace. Guests, links and relays
+are the product's own (``agent/guest.py``, which ``make demo`` uses too); this module records
+what they make.
 
 Everything made here is recorded in :data:`MADE`, so that fixtures can remove it even when a test
 fails and the session can assert nothing was left behind.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import configparser
 import http.client
-import itertools
 import json
 import os
 import re
@@ -25,8 +26,7 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +36,57 @@ import boto3
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import netns
+from agent import guest, netns
+from agent.guest import (
+    GUEST_PREFIX,
+    METADATA_ADDRESS,
+    ROUTER_PREFIX,
+    TOKEN_HEADER,
+    TTL_HEADER,
+    VETH_PREFIX,
+    Answer,
+    Guest,
+    delete_namespace,
+    imds,
+    ip,
+    link,
+    namespaces,
+    remove_guest,
+    root_veths,
+    serves_tokens,
+    unique,
+)
 from tests.e2e.conftest import ACCOUNT_ID, BIN
 
-METADATA_ADDRESS = netns.METADATA_ADDRESS
-TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
-GUEST_PREFIX = "rcg-"
-ROUTER_PREFIX = "rcr-"
-VETH_PREFIX = "rcv"
+__all__ = [
+    "ACCOUNT_ID",
+    "BIN",
+    "METADATA_ADDRESS",
+    "TOKEN_HEADER",
+    "TTL_HEADER",
+    "VETH_PREFIX",
+    "Answer",
+    "Cloud",
+    "ForwardProxy",
+    "Guest",
+    "Relay",
+    "add_namespace",
+    "cloud_in",
+    "delete_namespace",
+    "imds",
+    "ip",
+    "link",
+    "loopback_addresses",
+    "make_guest",
+    "make_routed_guest",
+    "namespace_of",
+    "namespaces",
+    "remove_guest",
+    "root_veths",
+    "serves_tokens",
+    "unique",
+    "wait_until",
+]
 EC2_TRUST = json.dumps(
     {
         "Version": "2012-10-17",
@@ -77,46 +119,8 @@ class Made:
 MADE = Made()
 
 
-def unique(prefix: str, length: int = 8) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:length]}"
-
-
-def ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``ip ARGV`` and return its result (raising with its stderr when `check`)."""
-    result = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=30)
-    if check and result.returncode != 0:
-        raise AssertionError(f"ip {' '.join(argv)} failed: {result.stderr.strip()}")
-    return result
-
-
-def namespaces() -> set[str]:
-    """The named network namespaces that exist now."""
-    listing = ip("netns", "list").stdout
-    return {line.split()[0] for line in listing.splitlines() if line.strip()}
-
-
-def add_namespace(name: str) -> str:
-    """Create namespace `name` with its loopback up; it is recorded for the leak check."""
-    MADE.namespaces.add(name)
-    ip("netns", "add", name)
-    ip("-n", name, "link", "set", "lo", "up")
-    return name
-
-
-def delete_namespace(name: str) -> None:
-    """Remove namespace `name` if it exists (the veth ends inside it go with it)."""
-    if netns.exists(name):
-        ip("netns", "delete", name, check=False)
-
-
 def loopback_addresses(name: str) -> str:
     return ip("-n", name, "-o", "addr", "show", "dev", "lo").stdout
-
-
-def root_veths() -> list[str]:
-    """Veth links of ours in the root namespace (there should never be any)."""
-    listing = ip("-o", "link", "show", "type", "veth").stdout
-    return [line for line in listing.splitlines() if f": {VETH_PREFIX}" in line]
 
 
 def children() -> list[str]:
@@ -166,10 +170,17 @@ def wait_until(
 class LoggedProcess:
     """A child process whose merged stdout and stderr is collected line by line by a thread."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+    ) -> None:
         self.argv = argv
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            pass_fds=tuple(pass_fds),
         )
         MADE.processes.append(self.process)
         self.lines: list[str] = []
@@ -353,271 +364,43 @@ def _daemon_env() -> dict[str, str]:
     return environment
 
 
-# -- talking to an instance's metadata service from the test process ---------------------------
+# -- guests, relays and proxies: agent/guest.py, with what they make recorded for the leak check -
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: str
-
-
-def imds(
-    namespace: str,
-    method: str,
-    path: str,
-    headers: dict[str, str] | None = None,
-    timeout: float = 2,
-) -> Answer:
-    """One request to 169.254.169.254:80 from inside `namespace` (an instance's, or a guest's)."""
-    connection = http.client.HTTPConnection(METADATA_ADDRESS, 80, timeout=timeout)
-    try:
-        with netns.inside(namespace):
-            connection.connect()  # the socket stays in the namespace it was created in
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        body = response.read().decode("latin-1")
-        return Answer(response.status, dict(response.getheaders()), body)
-    finally:
-        connection.close()
-
-
-def serves_tokens(namespace: str) -> bool:
-    """Whether a metadata service answers a token PUT with 200 inside `namespace` now."""
-    if not netns.exists(namespace):
-        return False
-    try:
-        return imds(namespace, "PUT", "/latest/api/token", {TTL_HEADER: "60"}, 1).status == 200
-    except (OSError, http.client.HTTPException, netns.NamespaceError):
-        return False
-
-
-# -- guests --------------------------------------------------------------------------------------
-
-_SUBNETS = (n for n in itertools.cycle(range(1, 255)) if n != 169)
-
-
-def _next_subnet() -> int:
-    """The third octet of the next link-local /30 (169.254.N.0/30; never 169.254.169.x)."""
-    return next(_SUBNETS)
-
-
-def link(left: str, right: str) -> tuple[str, str]:
-    """A veth pair between namespaces `left` and `right` (created in place, never in the root
-    namespace), addressed 169.254.N.2/30 on the left and .1 on the right; the two addresses."""
-    subnet = _next_subnet()
-    name = unique(VETH_PREFIX, 8)  # 11 characters, +1 for the side: within IFNAMSIZ (15)
-    left_end, right_end = f"{name}l", f"{name}r"
-    left_address, right_address = f"169.254.{subnet}.2", f"169.254.{subnet}.1"
-    ip("link", "add", left_end, "netns", left, "type", "veth",
-       "peer", "name", right_end, "netns", right)  # fmt: skip
-    ip("-n", left, "addr", "add", f"{left_address}/30", "dev", left_end)
-    ip("-n", right, "addr", "add", f"{right_address}/30", "dev", right_end)
-    ip("-n", left, "link", "set", left_end, "up")
-    ip("-n", right, "link", "set", right_end, "up")
-    return left_address, right_address
-
-
-@dataclass
-class Guest:
-    """A guest's network namespace, which reaches only 169.254.169.254 and its own loopback."""
-
-    name: str
-    home: Path
-    address: str
-    instance_namespace: str
-    router: str | None = None
-
-    def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """What a freshly booted guest has: no AWS_* variables, no proxy, an empty HOME."""
-        environment = {
-            "PATH": f"{BIN}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-        }
-        environment.update(extra or {})
-        return environment
-
-    def run(
-        self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` inside the guest with a clean environment plus `env`."""
-        return subprocess.run(
-            ["ip", "netns", "exec", self.name, *argv],
-            env=self.environment(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def curl(self, *argv: str, max_time: float = 2) -> subprocess.CompletedProcess[str]:
-        """curl in the guest: the body on stdout, then a last line with the HTTP status."""
-        return self.run(
-            ["curl", "--silent", "--show-error", "--max-time", str(max_time),
-             "--write-out", r"\n%{http_code}", *argv],
-            timeout=max_time + 10,
-        )  # fmt: skip
-
-    def get(self, path: str, token: str | None = None, max_time: float = 2) -> tuple[int, str]:
-        """GET `path` of the metadata service: (status, body); status 0 if no answer came."""
-        headers = ["-H", f"{TOKEN_HEADER}: {token}"] if token is not None else []
-        result = self.curl(*headers, f"http://{METADATA_ADDRESS}{path}", max_time=max_time)
-        body, _, status = result.stdout.rpartition("\n")
-        return (int(status) if result.returncode == 0 else 0), body
-
-    def token(self, ttl: int = 60, max_time: float = 2) -> tuple[int, str]:
-        """PUT /latest/api/token: (status, token); status 0 if no answer came in `max_time`."""
-        result = self.curl(
-            "-X", "PUT", "-H", f"{TTL_HEADER}: {ttl}",
-            f"http://{METADATA_ADDRESS}/latest/api/token", max_time=max_time,
-        )  # fmt: skip
-        body, _, status = result.stdout.rpartition("\n")
-        return (int(status) if result.returncode == 0 else 0), body
+def add_namespace(name: str) -> str:
+    """Create namespace `name` with its loopback up; it is recorded for the leak check."""
+    MADE.namespaces.add(name)
+    return guest.add_namespace(name)
 
 
 def make_guest(instance_namespace: str, workdir: Path) -> Guest:
     """A guest one link away from the instance's namespace (as a VM's tap device would be)."""
-    name = add_namespace(unique(GUEST_PREFIX))
-    guest_address, instance_side = link(name, instance_namespace)
-    ip("-n", name, "route", "add", f"{METADATA_ADDRESS}/32", "via", instance_side)
-    home = workdir / name
-    home.mkdir()
-    return Guest(name, home, guest_address, instance_namespace)
+    name = unique(GUEST_PREFIX)
+    MADE.namespaces.add(name)
+    return guest.make_guest(instance_namespace, workdir, name=name)
 
 
 def make_routed_guest(instance_namespace: str, workdir: Path) -> Guest:
     """A guest two routed hops away: guest — router — instance (a container inside a VM)."""
-    router = add_namespace(unique(ROUTER_PREFIX))
-    name = add_namespace(unique(GUEST_PREFIX))
-    guest_address, router_guest_side = link(name, router)
-    router_instance_side, instance_side = link(router, instance_namespace)
-    subprocess.run(
-        ["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    ip("-n", name, "route", "add", f"{METADATA_ADDRESS}/32", "via", router_guest_side)
-    ip("-n", router, "route", "add", f"{METADATA_ADDRESS}/32", "via", instance_side)
-    guest_subnet = guest_address.rsplit(".", 1)[0] + ".0/30"
-    ip("-n", instance_namespace, "route", "add", guest_subnet, "via", router_instance_side)
-    home = workdir / name
-    home.mkdir()
-    return Guest(name, home, guest_address, instance_namespace, router=router)
+    name, router = unique(GUEST_PREFIX), unique(ROUTER_PREFIX)
+    MADE.namespaces.update((name, router))
+    return guest.make_routed_guest(instance_namespace, workdir, name=name, router=router)
 
 
-def remove_guest(guest: Guest) -> None:
-    delete_namespace(guest.name)
-    if guest.router is not None:
-        delete_namespace(guest.router)
+class _Recorded(guest.Forwarder):
+    """A forwarder whose threads are recorded for the leak check."""
 
-
-# -- relays and proxies inside a guest -----------------------------------------------------------
-
-
-class _Forwarder:
-    """Listens on 127.0.0.1 inside a guest namespace and pipes each accepted connection to an
-    upstream socket that `_upstream` opens; threads, closed for good by :meth:`close`."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        with netns.inside(namespace):
-            self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._server.bind(("127.0.0.1", 0))
-        self._server.listen(64)
-        self.port: int = self._server.getsockname()[1]
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._threads: list[threading.Thread] = []
-        self._closing = False
-        self._spawn(self._accept)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
+    def _spawn(self, target: Callable[..., None], *args: Any) -> threading.Thread:
+        thread = super()._spawn(target, *args)
         MADE.threads.append(thread)
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _track(self, each: socket.socket) -> None:
-        with self._lock:
-            if self._closing:
-                each.close()
-                raise OSError("closing")
-            self._open.add(each)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            try:
-                self._track(client)
-            except OSError:
-                return
-            self.connections += 1
-            self._spawn(self._serve, client)
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream, first = self._upstream(client)
-            self._track(upstream)
-        except OSError:
-            client.close()
-            return
-        upstream.sendall(first)
-        self._spawn(self._pump, client, upstream)
-        self._pump(upstream, client)
-
-    def _upstream(self, client: socket.socket) -> tuple[socket.socket, bytes]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            sockets = [self._server, *self._open]
-            threads = list(self._threads)
-        for each in sockets:
-            try:
-                each.shutdown(socket.SHUT_RDWR)  # wakes accept() and recv() in other threads
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(timeout=5)
-        for each in sockets:
-            each.close()
+        return thread
 
 
-class Relay(_Forwarder):
-    """127.0.0.1:port in a guest → 127.0.0.1:target_port in the root namespace, so a guest uses
-    the controller's public API without any address but link-local and loopback ones."""
-
-    def __init__(self, namespace: str, target_port: int) -> None:
-        self.target_port = target_port
-        super().__init__(namespace)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _upstream(self, client: socket.socket) -> tuple[socket.socket, bytes]:
-        # This thread never entered a namespace: the connection is made in the root one.
-        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-        upstream.settimeout(None)
-        return upstream, b""
+class Relay(_Recorded, guest.Relay):
+    """The controller's public API on 127.0.0.1 inside a guest (see :class:`agent.guest.Relay`)."""
 
 
-class ForwardProxy(_Forwarder):
+class ForwardProxy(_Recorded):
     """A minimal HTTP forward proxy in a guest (what a guest's squid or corporate proxy does):
     it takes ``GET http://169.254.169.254/… HTTP/1.1``, adds ``X-Forwarded-For`` and forwards
     one request per connection to the metadata service, from inside the guest."""
