@@ -127,15 +127,19 @@ class ApiResource(Resource):
         request.setHeader(b"x-amzn-RequestId", request_id.encode("ascii"))
         duration = self._clock.seconds() - started
         self._metrics.api_request(outcome.service, outcome.action, status, duration)
+        service, action = outcome.service or "-", outcome.action or "-"
+        access_key_id, code = outcome.access_key_id or "-", outcome.error or "-"
+        # The line is formatted here once (a format string with many fields costs more than
+        # the rest of a cheap request); the fields stay in the event for structured observers.
         log.info(
-            "{service}:{action} {status} key={access_key_id} error={error}"
-            " ({duration_ms:.1f} ms, request {request_id})",
-            service=outcome.service or "-",
-            action=outcome.action or "-",
+            "{line}",
+            line=f"{service}:{action} {status} key={access_key_id} error={code}"
+            f" ({duration * 1000:.1f} ms, request {request_id})",
+            service=service,
+            action=action,
             status=status,
-            access_key_id=outcome.access_key_id or "-",
-            error=outcome.error or "-",
-            duration_ms=duration * 1000,
+            access_key_id=access_key_id,
+            error=code,
             request_id=request_id,
         )
         return body
