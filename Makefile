@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench bench-imds clean
 
 # npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
@@ -38,6 +38,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/sts.py
+
+# Not part of `make test` either (root: it makes network namespaces): the agent's credential GET
+# next to a bare twisted.web server, and reconcile time and RSS with 500 and 1,000 instances.
+bench-imds: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/imds.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
