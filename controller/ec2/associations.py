@@ -49,6 +49,20 @@ def _association_resource(context: Context, params: dict[str, Any]) -> str:
     return instance_resource(context, {"InstanceId": instance_id})
 
 
+def _associate(context: Context, instance: Instance, spec: dict[str, str]) -> Result:
+    """Give the instance the profile `spec` names, under a new association id."""
+    profile, _role = resolve_profile(context, spec)
+    updated = replace(
+        instance,
+        profile_id=profile.profile_id,
+        association_id=new_hex_id("iip-assoc-"),
+        association_state="associated",
+    )
+    context.tx.update_instance(updated)
+    assignment_changed(context, instance.node_name)
+    return {"iamInstanceProfileAssociation": association_shape(context, updated, "associating")}
+
+
 @registry.action(
     "ec2",
     "AssociateIamInstanceProfile",
@@ -68,16 +82,7 @@ def associate_iam_instance_profile(context: Context, params: dict[str, Any]) -> 
         raise IncorrectState(
             f"There is an existing association for instance {instance.instance_id}"
         )
-    profile, _role = resolve_profile(context, params["IamInstanceProfile"])
-    updated = replace(
-        instance,
-        profile_id=profile.profile_id,
-        association_id=new_hex_id("iip-assoc-"),
-        association_state="associated",
-    )
-    context.tx.update_instance(updated)
-    assignment_changed(context, instance.node_name)
-    return {"iamInstanceProfileAssociation": association_shape(context, updated, "associating")}
+    return _associate(context, instance, params["IamInstanceProfile"])
 
 
 @registry.action(
@@ -109,16 +114,7 @@ def disassociate_iam_instance_profile(context: Context, params: dict[str, Any]) 
 )
 def replace_iam_instance_profile_association(context: Context, params: dict[str, Any]) -> Result:
     instance = _require_association(context, params["AssociationId"])
-    profile, _role = resolve_profile(context, params["IamInstanceProfile"])
-    updated = replace(
-        instance,
-        profile_id=profile.profile_id,
-        association_id=new_hex_id("iip-assoc-"),
-        association_state="associated",
-    )
-    context.tx.update_instance(updated)
-    assignment_changed(context, instance.node_name)
-    return {"iamInstanceProfileAssociation": association_shape(context, updated, "associating")}
+    return _associate(context, instance, params["IamInstanceProfile"])
 
 
 @registry.action(

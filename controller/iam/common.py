@@ -13,7 +13,7 @@ from controller.actions import Context
 from controller.errors import InvalidInput, LimitExceeded, NoSuchEntity
 from controller.policy.document import PolicyKind, parse_policy, policy_size
 from controller.query import check_unique
-from controller.store.records import InstanceProfile, Role, Tag
+from controller.store.records import InstanceProfile, Role, RolePolicy, Tag, UserPolicy
 from controller.xmlout import format_time
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -81,6 +81,23 @@ def check_trust_policy(document: str) -> None:
 
 def check_identity_policy(document: str) -> None:
     parse_policy(document, PolicyKind.IDENTITY)
+
+
+def check_inline_policy(
+    existing: Sequence[RolePolicy | UserPolicy], name: str, document: str, owner: str
+) -> None:
+    """A new inline policy `name` for `owner` ("role x", "user y"): well formed, and all of the
+    owner's inline policies within the quota (the one it replaces not counted).
+
+    IAM's quota for a user's is 2,048; RoleCall gives users what it gives roles."""
+    check_identity_policy(document)
+    others = sum(
+        policy_size(policy.document) for policy in existing if policy.name.lower() != name.lower()
+    )
+    if others + policy_size(document) > ROLE_POLICIES_QUOTA:
+        raise LimitExceeded(
+            f"Maximum policy size of {ROLE_POLICIES_QUOTA} bytes exceeded for {owner}"
+        )
 
 
 def encode_document(document: str) -> str:

@@ -10,15 +10,13 @@ from controller.errors import (
     DeleteConflict,
     EntityAlreadyExists,
     InvalidInput,
-    LimitExceeded,
     NoSuchEntity,
 )
 from controller.iam import registry
 from controller.iam.common import (
     DEFAULT_MAX_ITEMS,
-    ROLE_POLICIES_QUOTA,
     add_tags,
-    check_identity_policy,
+    check_inline_policy,
     check_trust_policy,
     decode_marker,
     encode_document,
@@ -47,7 +45,6 @@ from controller.iam.shapes import (
     Field,
     struct,
 )
-from controller.policy.document import policy_size
 from controller.store.base import Conflict
 from controller.store.records import Role, RolePolicy
 
@@ -245,16 +242,8 @@ def list_role_tags(context: Context, params: dict[str, Any]) -> Result:
 def put_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
     name, document = params["PolicyName"], params["PolicyDocument"]
-    check_identity_policy(document)
-    others = sum(
-        policy_size(policy.document)
-        for policy in context.tx.list_role_policies(role.role_id)
-        if policy.name.lower() != name.lower()
-    )
-    if others + policy_size(document) > ROLE_POLICIES_QUOTA:
-        raise LimitExceeded(
-            f"Maximum policy size of {ROLE_POLICIES_QUOTA} bytes exceeded for role {role.name}"
-        )
+    existing = context.tx.list_role_policies(role.role_id)
+    check_inline_policy(existing, name, document, f"role {role.name}")
     context.tx.put_role_policy(RolePolicy(role.role_id, name, document))
     return None
 

@@ -16,9 +16,8 @@ from controller.errors import (
 from controller.iam import registry
 from controller.iam.common import (
     DEFAULT_MAX_ITEMS,
-    ROLE_POLICIES_QUOTA,
     add_tags,
-    check_identity_policy,
+    check_inline_policy,
     decode_marker,
     encode_document,
     new_id,
@@ -45,7 +44,6 @@ from controller.iam.shapes import (
     Field,
     struct,
 )
-from controller.policy.document import policy_size
 from controller.store.base import Conflict
 from controller.store.records import AccessKey, User, UserPolicy
 
@@ -281,17 +279,8 @@ USER_POLICY = (
 def put_user_policy(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
     name, document = params["PolicyName"], params["PolicyDocument"]
-    check_identity_policy(document)
-    others = sum(
-        policy_size(policy.document)
-        for policy in context.tx.list_user_policies(user.user_id)
-        if policy.name.lower() != name.lower()
-    )
-    # IAM's quota for a user's inline policies is 2,048; RoleCall allows what it allows roles.
-    if others + policy_size(document) > ROLE_POLICIES_QUOTA:
-        raise LimitExceeded(
-            f"Maximum policy size of {ROLE_POLICIES_QUOTA} bytes exceeded for user {user.name}"
-        )
+    existing = context.tx.list_user_policies(user.user_id)
+    check_inline_policy(existing, name, document, f"user {user.name}")
     context.tx.put_user_policy(UserPolicy(user.user_id, name, document))
     return None
 
