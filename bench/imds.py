@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botocore.exceptions import BotoCoreError, ClientError
+from processes import BenchError, cpu_seconds, log_tail, started  # bench/processes.py
 
 from agent import netns
 from agent.guest import GuestError, delete_namespace, make_guest
@@ -114,59 +115,7 @@ ROLE_POLICY = json.dumps(
 )
 
 
-class BenchError(Exception):
-    """The run cannot give a valid figure; the message says why."""
-
-
 # -- processes ----------------------------------------------------------------------------------
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in a session of its own, and anything left in its group."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-@contextmanager
-def started(command: list[str], log: Path, core: str | None = None) -> Iterator[Any]:
-    """Run ``command`` (pinned to ``core``) in its own session, output to ``log``; stop it (and
-    its group) on the way out, however the block ends."""
-    if core is not None:
-        command = ["taskset", "-c", core, *command]  # taskset execs: the pid is the server's
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    environment["PYTHONUNBUFFERED"] = "1"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        _terminate(process)
-
-
-def log_tail(log: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def wait_for_log(what: str, process: Any, log: Path, pattern: re.Pattern[str]) -> re.Match[str]:
@@ -180,12 +129,6 @@ def wait_for_log(what: str, process: Any, log: Path, pattern: re.Pattern[str]) -
             raise BenchError(f"{what} exited with {process.returncode}:\n{log_tail(log)}")
         time.sleep(0.05)
     raise BenchError(f"{what} did not start in {START_TIMEOUT:.0f} s:\n{log_tail(log)}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def busy_seconds(cores: set[str]) -> float:

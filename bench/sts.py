@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -39,6 +39,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+from processes import BenchError, cpu_seconds, log_tail, started  # bench/processes.py
 
 from controller.policy.document import PolicyKind, parse_policy
 from controller.policy.evaluate import RequestContext, evaluate
@@ -87,58 +88,12 @@ ROLE_POLICY = json.dumps(
 # -- processes and clean-up ---------------------------------------------------------------------
 
 
-class BenchError(Exception):
-    """The run cannot give a valid figure; the message says why."""
-
-
 @dataclass
 class Server:
     name: str
     url: str
     process: subprocess.Popen[bytes]
     log: Path
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """Stop a process started with its own session, and everything in its group."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # anything the server left in its group
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-@contextmanager
-def started(name: str, command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` pinned to the server core in a session of its own; kill it on the way out."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *command],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        _terminate(process)
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _wait_for(
@@ -151,9 +106,9 @@ def _wait_for(
         if url:
             return url
         if process.poll() is not None:
-            raise BenchError(f"{server_name} exited with {process.returncode}:\n{_log_tail(log)}")
+            raise BenchError(f"{server_name} exited with {process.returncode}:\n{log_tail(log)}")
         time.sleep(0.1)
-    raise BenchError(f"{server_name} did not start in {START_TIMEOUT:.0f}s:\n{_log_tail(log)}")
+    raise BenchError(f"{server_name} did not start in {START_TIMEOUT:.0f}s:\n{log_tail(log)}")
 
 
 def free_port() -> int:
@@ -316,12 +271,6 @@ class WrkResult:
     requests: int
     server_cores: float = 0.0  # the server's CPU time over the run, in cores
     others_cores: float = 0.0  # what other processes took of the server's core meanwhile
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def core_busy_seconds(core: str) -> float:
@@ -655,13 +604,13 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
         "0",
     ]
     with ExitStack() as stack:
-        rolecall = stack.enter_context(started("rolecall", rolecall_command, rolecall_log))
+        rolecall = stack.enter_context(started(rolecall_command, rolecall_log, SERVER_CORE))
         url = _wait_for("rolecall", rolecall, rolecall_log, lambda: rolecall_url(rolecall_log))
         servers = [Server("rolecall", url, rolecall, rolecall_log)]
         # moto needs a port number: chosen once RoleCall holds its own, so they cannot collide.
         moto_port = free_port()
         moto_command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)]
-        moto = stack.enter_context(started("moto", moto_command, moto_log))
+        moto = stack.enter_context(started(moto_command, moto_log, SERVER_CORE))
         url = _wait_for("moto", moto, moto_log, lambda: moto_url(moto_port))
         servers.append(Server("moto", url, moto, moto_log))
         scripts: dict[str, Path] = {}
@@ -674,7 +623,7 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
                 check_replay(server.name, request, arguments.action)
             except (BotoCoreError, ClientError, OSError) as error:
                 raise BenchError(
-                    f"{server.name}: setting up failed: {error}\n{_log_tail(server.log)}"
+                    f"{server.name}: setting up failed: {error}\n{log_tail(server.log)}"
                 ) from error
             scripts[server.name] = work / f"{server.name}.lua"
             scripts[server.name].write_text(wrk_script(request))
@@ -693,7 +642,7 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
                 result, server_cores=cpu, others_cores=max(0.0, core - cpu)
             )
             if server.process.poll() is not None:
-                raise BenchError(f"{server.name} died during the run:\n{_log_tail(server.log)}")
+                raise BenchError(f"{server.name} died during the run:\n{log_tail(server.log)}")
     return results
 
 
