@@ -547,10 +547,9 @@ class Demo:
     def _owned_namespaces(self) -> set[str]:
         """The namespaces the agent recorded as made by it (for when the controller is gone)."""
         try:
-            entries = json.loads(self.ownership_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return set(netns.OwnershipRecord(self.ownership_file).load())
+        except netns.NamespaceError:
             return set()
-        return {str(entry["namespace"]) for entry in entries if "namespace" in entry}
 
 
 # -- entry point ---------------------------------------------------------------------------------
