@@ -4,21 +4,25 @@ metadata inside its namespace.
 `NodeAgent` long-polls the node API and reconciles: a new instance gets its namespace (adopted
 or created), 169.254.169.254 on its loopback, a listening socket opened inside it and handed to
 the reactor, and its credentials fetched at once; a removed one loses exactly what the agent
-added. Guests are answered from memory: nothing on the request path waits on the controller.
+added. That work is done a slice at a time (`SLICE_SECONDS` per reactor turn), so each instance
+is served as soon as it is set up, and guests already served are answered in between. Guests
+are answered from memory: nothing on the request path waits on the controller.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from random import SystemRandom
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
+from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
 
 from agent import netns
@@ -28,7 +32,7 @@ from agent.credentials import CredentialCache
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.tokens import TokenMinter
 from agent.refresh import retry_delay
-from agent.server import ImdsResource, Observer, make_site
+from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
 from controller.notify import Notifier
 
@@ -39,11 +43,17 @@ log = Logger(namespace="rolecall.agent")
 HOLD_SECONDS = 5.0
 #: On stop, how long connections already accepted get to send their request and be answered.
 DRAIN_SECONDS = 0.5
+#: How long one reactor turn may spend setting instances up (or tearing them down) before the
+#: reactor answers guests and the controller again; an instance takes a few milliseconds.
+SLICE_SECONDS = 0.015
+#: The next slice is due this long after the last: the next reactor turn.
+SLICE_GAP_SECONDS = 1e-8
 
 
 class NodeAgent(Service):
     """The reconcile loop and every instance slot. Injected: reactor, node API client, token
-    minter, namespace functions (the real `agent.netns` outside unit tests), randomness."""
+    minter, namespace functions (the real `agent.netns` outside unit tests), randomness, and
+    the timer that bounds a reconcile slice."""
 
     def __init__(
         self,
@@ -58,6 +68,7 @@ class NodeAgent(Service):
         random: Any = None,
         notifier: Notifier | None = None,
         inherited: dict[str, list[int]] | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -88,6 +99,18 @@ class NodeAgent(Service):
         self.synced = False
         self.poll_failures = 0
         self._owned: dict[str, netns.Ownership] = {}
+        #: The latest assignments answer, by instance id, and what is left to do for it.
+        self._desired: dict[str, Mapping[str, Any]] = {}
+        self._to_remove: deque[str] = deque()
+        self._to_add: deque[str] = deque()
+        self._timer = timer
+        self._cooperator = Cooperator(
+            terminationPredicateFactory=self._slice,
+            # A hair after now, as Twisted's own cooperator does: the next reactor turn (and
+            # one slice per `Clock.advance` in tests).
+            scheduler=lambda step: reactor.callLater(SLICE_GAP_SECONDS, step),
+        )
+        self._work: CooperativeTask[Iterator[None]] | None = None
         self._poll_call: IDelayedCall | None = None
         self._in_flight: Deferred[Any] | None = None
         self.on_change: Callable[[], None] | None = None
@@ -98,6 +121,7 @@ class NodeAgent(Service):
         super().startService()
         if self._ownership is not None:
             self._owned = self._ownership.load()
+            self._ownership.save(self._owned)  # the journal folded in
         if self._inherited:
             log.info(
                 "the service manager kept {count} listening socket(s) across the restart",
@@ -114,6 +138,8 @@ class NodeAgent(Service):
             self._poll_call.cancel()
         if self._in_flight is not None:
             self._in_flight.cancel()
+        if self._work is not None:
+            self._work.stop()  # instances not yet set up stay so
         for slot in self.slots.values():
             slot.close()
 
@@ -165,22 +191,72 @@ class NodeAgent(Service):
     # reconciling
 
     def reconcile(self, instances: list[Mapping[str, Any]]) -> None:
-        """Make the served instances exactly the assigned ones."""
+        """Make the served instances exactly the assigned ones.
+
+        Changed assignments apply at once; instances to set up or tear down are queued and
+        worked through a slice at a time (`_reconciling`). A newer answer replaces the queues,
+        so an instance no longer wanted is not set up, and none is set up twice. `ready()` is
+        false until the queues are empty."""
         desired = {str(entry["instance_id"]): entry for entry in instances}
-        for instance_id in list(self.slots):
-            if instance_id not in desired:
-                self._remove(instance_id)
-        for instance_id, entry in desired.items():
-            if instance_id in self.slots:
-                self._update(self.slots[instance_id], entry)
-            else:
-                self._add(instance_id, entry)
+        self._desired = desired
+        for instance_id, slot in self.slots.items():
+            if instance_id in desired:
+                self._update(slot, desired[instance_id])
         for instance_id in list(self.failed):
             if instance_id not in desired:
                 del self.failed[instance_id]
+        self._to_remove = deque(i for i in self.slots if i not in desired)
+        self._to_add = deque(i for i in desired if i not in self.slots)  # failed ones again too
+        if self._work is not None:
+            return  # it carries on with the new queues
+        if not self._to_remove and not self._to_add:
+            self._settle()
+            return
+        work = self._cooperator.cooperate(self._reconciling())
+        self._work = work
+        work.whenDone().addCallbacks(self._reconciled, self._not_reconciled).addErrback(
+            lambda failure: log.failure("cannot apply the controller's assignments", failure)
+        )
+
+    def _reconciling(self) -> Iterator[None]:
+        """One instance torn down or set up per step, removals first; the cooperator runs steps
+        until the slice's time is up, then lets the reactor turn."""
+        while self._to_remove or self._to_add:
+            try:
+                if self._to_remove:
+                    instance_id = self._to_remove.popleft()
+                    if instance_id in self.slots and instance_id not in self._desired:
+                        self._remove(instance_id)
+                else:
+                    instance_id = self._to_add.popleft()
+                    entry = self._desired.get(instance_id)
+                    if entry is not None and instance_id not in self.slots:
+                        self._add(instance_id, entry)
+            except Exception:  # a bug: the other instances still get their turn
+                log.failure("reconciling {instance} failed", instance=instance_id)
+            if self._to_remove or self._to_add:
+                yield None  # else done now, not a turn later
+
+    def _slice(self) -> Callable[[], bool]:
+        """A slice's termination predicate: true once `SLICE_SECONDS` have gone by."""
+        end = self._timer() + SLICE_SECONDS
+        return lambda: self._timer() >= end
+
+    def _reconciled(self, _: object) -> None:
+        self._work = None
+        self._settle()
+
+    def _not_reconciled(self, failure: Any) -> None:
+        self._work = None
+        if not failure.check(TaskStopped):  # stopped with the agent: nothing to report
+            log.failure("reconciling failed; the next assignments answer tries again", failure)
+
+    def _settle(self) -> None:
+        """Every queued instance is set up or torn down: clean up after instances no longer
+        assigned, drop the sockets nobody claimed, compact the ownership record, tell on_change."""
         # What the agent made for instances no longer assigned (terminated while it was down,
         # or whose preparation failed): every answer lists all of the node's instances.
-        wanted = {self._namespace_name(i, entry) for i, entry in desired.items()}
+        wanted = {self._namespace_name(i, entry) for i, entry in self._desired.items()}
         for name in [name for name in self._owned if name not in wanted]:
             try:
                 self._namespaces.release(self._owned[name])
@@ -189,6 +265,8 @@ class NodeAgent(Service):
                 continue
             self._forget(name)
         self._drop_unclaimed_sockets()
+        if self._ownership is not None:
+            self._ownership.compact(self._owned)
         if self.on_change is not None:
             self.on_change()
 
@@ -238,7 +316,7 @@ class NodeAgent(Service):
             slot.port = self._reactor.adoptStreamPort(
                 listening.fileno(),
                 socket.AF_INET,
-                make_site(ImdsResource(slot, self._reactor, self._observed)),
+                make_factory(slot, self._reactor, self._observed),
             )
         finally:
             listening.close()  # the reactor has its own copy of the descriptor
@@ -311,13 +389,16 @@ class NodeAgent(Service):
         )
 
     def _remember(self, ownership: netns.Ownership) -> None:
+        """Record what was made at once (an append: see `netns.OwnershipRecord`)."""
+        if self._owned.get(ownership.namespace) == ownership:
+            return  # adopted again, nothing new made
         self._owned[ownership.namespace] = ownership
         if self._ownership is not None:
-            self._ownership.save(self._owned)
+            self._ownership.remember(ownership)
 
     def _forget(self, name: str) -> None:
         if self._owned.pop(name, None) is not None and self._ownership is not None:
-            self._ownership.save(self._owned)
+            self._ownership.forget(name)
 
     def _observed(self, instance_id: str, path: str, answer: Any, seconds: float) -> None:
         if self.observe is not None:
@@ -330,6 +411,8 @@ class NodeAgent(Service):
         a reason it has none."""
         if not self.synced:
             return False, "not yet synced with the controller"
+        if self._work is not None:
+            return False, f"setting up instances, {len(self._to_add)} to go"
         if self.failed:
             instance_id, reason = next(iter(self.failed.items()))
             return False, f"{len(self.failed)} instance(s) not served, e.g. {instance_id}: {reason}"

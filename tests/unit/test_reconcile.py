@@ -1,0 +1,286 @@
+"""NodeAgent's reconcile: instances set up a slice per reactor turn, each served as soon as it is
+ready, a newer answer taking over mid-way, stopping mid-way, and the ownership record when the
+agent dies mid-way.
+
+Time moves through `MemoryReactorClock` (the reactor) and a fake slice timer that each namespace
+preparation advances, as real work would; namespaces and the controller are fakes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+
+from agent.config import AgentConfig
+from agent.imds.tokens import TokenMinter, new_key
+from agent.netns import NamespaceError, Ownership, OwnershipRecord
+from agent.service import DRAIN_SECONDS, SLICE_GAP_SECONDS, SLICE_SECONDS, NodeAgent
+
+#: Each namespace takes this long on the slice timer: three fit in a slice.
+PREPARE_SECONDS = SLICE_SECONDS / 2.5
+PER_SLICE = 3
+PROFILE = {
+    "arn": "arn:aws:iam::123456789012:instance-profile/web",
+    "id": "AIPAEXAMPLEPROFILE01",
+    "role_name": "web",
+}
+
+
+class Timer:
+    """The slice timer: moves only when a fake namespace is prepared."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeNamespaces:
+    """agent.netns without namespaces: records what is prepared and released."""
+
+    def __init__(self, timer: Timer) -> None:
+        self.timer = timer
+        self.prepared: list[str] = []
+        self.released: list[str] = []
+        self.failing: set[str] = set()
+
+    def prepare(self, name: str) -> Ownership:
+        self.timer.now += PREPARE_SECONDS
+        if name in self.failing:
+            raise NamespaceError(f"cannot create namespace {name}: refused")
+        self.prepared.append(name)
+        return Ownership(name, created_namespace=True, added_address=True)
+
+    def listen(self, name: str, port: int) -> socket.socket:
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the reactor gets its fileno
+
+    def release(self, ownership: Ownership) -> None:
+        self.released.append(ownership.namespace)
+
+
+class FakeClient:
+    """The node API: answers are Deferreds the test fires."""
+
+    def __init__(self) -> None:
+        self.polls: list[Deferred[Any]] = []
+        self.fetched: list[str] = []
+
+    def assignments(self, since: int, wait: float) -> Deferred[Any]:
+        self.polls.append(Deferred())
+        return self.polls[-1]
+
+    def credentials(self, instance_id: str) -> Deferred[Any]:
+        self.fetched.append(instance_id)
+        return Deferred()
+
+
+def assignment(number: int, profile: bool = False) -> dict[str, Any]:
+    return {
+        "instance_id": f"i-{number:04d}",
+        "account_id": "123456789012",
+        "netns": None,
+        "instance_profile": PROFILE if profile else None,
+        "metadata_options": {"http_tokens": "optional"},
+        "metadata": {"instance-id": f"i-{number:04d}"},
+    }
+
+
+def ids(*numbers: int) -> set[str]:
+    return {f"i-{number:04d}" for number in numbers}
+
+
+class Node:
+    """An agent on fakes, with what it told `on_change`."""
+
+    def __init__(self, record: OwnershipRecord | None = None) -> None:
+        self.reactor = MemoryReactorClock()
+        self.timer = Timer()
+        self.namespaces = FakeNamespaces(self.timer)
+        self.client = FakeClient()
+        self.agent = NodeAgent(
+            AgentConfig(controller_urls=("https://controller.invalid:8775",)),
+            self.reactor,
+            self.client,
+            TokenMinter(new_key()),
+            namespaces=self.namespaces,
+            ownership=record,
+            timer=self.timer,
+        )
+        self.changes = 0
+        self.agent.on_change = self.count_change
+
+    def count_change(self) -> None:
+        self.changes += 1
+
+    def answer(self, *entries: dict[str, Any], revision: int = 1) -> None:
+        self.client.polls[-1].callback({"revision": revision, "instances": list(entries)})
+
+    def turn(self) -> None:
+        """One reactor turn: the due slice runs (the next is due after it)."""
+        self.reactor.advance(SLICE_GAP_SECONDS)
+
+    def served(self) -> set[str]:
+        return {i for i, slot in self.agent.slots.items() if slot.port is not None}
+
+    def stop(self) -> None:
+        self.agent.stopService()
+        self.reactor.advance(DRAIN_SECONDS)
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    made = Node()
+    made.agent.startService()
+    yield made
+    if made.agent.running:
+        made.stop()
+    assert made.reactor.getDelayedCalls() == [], "timers left behind"
+
+
+def test_instances_are_served_a_slice_at_a_time_not_all_in_one_callback(node: Node) -> None:
+    node.answer(*(assignment(number) for number in range(10)))
+    assert node.served() == set()  # nothing done inside the answer's callback
+    progress = []
+    while node.agent._work is not None:
+        node.turn()
+        progress.append(len(node.served()))
+    assert progress == [3, 6, 9, 10]
+    assert node.served() == ids(*range(10))
+    assert len(node.reactor.adoptedPorts) == 10
+
+
+def test_each_instances_credential_fetch_starts_as_soon_as_it_is_served(node: Node) -> None:
+    node.answer(*(assignment(number, profile=True) for number in range(10)))
+    node.turn()
+    assert node.client.fetched == sorted(ids(0, 1, 2))
+    node.turn()
+    assert node.client.fetched == sorted(ids(*range(6)))
+
+
+def test_not_ready_until_every_instance_is_set_up(node: Node) -> None:
+    node.answer(*(assignment(number) for number in range(5)))
+    ready, reason = node.agent.ready()
+    assert not ready and reason == "setting up instances, 5 to go"
+    node.turn()
+    ready, reason = node.agent.ready()
+    assert not ready and reason == "setting up instances, 2 to go"
+    node.turn()
+    assert node.agent.ready() == (True, "ready")
+
+
+def test_on_change_hears_once_the_whole_answer_is_applied(node: Node) -> None:
+    node.answer(*(assignment(number) for number in range(7)))
+    node.turn()
+    node.turn()
+    assert node.changes == 0
+    node.turn()
+    assert node.changes == 1
+
+
+def test_a_newer_answer_mid_way_sets_up_only_what_it_wants_and_nothing_twice(
+    node: Node,
+) -> None:
+    node.answer(*(assignment(number) for number in range(10)))
+    node.turn()
+    assert node.served() == ids(0, 1, 2)
+    node.answer(*(assignment(number) for number in (0, 2, 5, 6, 42)), revision=2)
+    while node.agent._work is not None:
+        node.turn()
+    assert node.served() == ids(0, 2, 5, 6, 42)
+    assert node.namespaces.released == ["rc-i-0001"]  # served, then no longer wanted
+    assert sorted(node.namespaces.prepared) == sorted(
+        f"rc-{instance_id}" for instance_id in ids(0, 1, 2, 5, 6, 42)
+    )  # each once; 3, 4 and 7 to 9 never
+    assert node.agent.revision == 2
+    assert node.agent.ready() == (True, "ready")
+    assert node.changes == 1
+
+
+def test_an_answer_with_nothing_to_set_up_applies_at_once(node: Node) -> None:
+    node.answer(assignment(1), assignment(2))
+    node.turn()
+    assert node.changes == 1
+    node.answer(assignment(1), revision=2)  # a removal, queued like any other change
+    assert node.served() == ids(1, 2)
+    node.turn()
+    assert node.served() == ids(1)
+    node.answer(assignment(1), revision=3)  # nothing to do: applied inside the callback
+    assert node.changes == 3
+
+
+def test_stopping_mid_way_sets_up_nothing_more(node: Node) -> None:
+    node.answer(*(assignment(number) for number in range(10)))
+    node.turn()
+    node.stop()
+    node.reactor.advance(1.0)
+    assert node.namespaces.prepared == [f"rc-{i}" for i in sorted(ids(0, 1, 2))]
+    assert node.agent.slots == {}
+    assert node.reactor.getDelayedCalls() == []
+
+
+def test_a_failed_instance_is_reported_and_retried_on_the_next_answer(node: Node) -> None:
+    node.namespaces.failing.add("rc-i-0001")
+    node.answer(assignment(0), assignment(1), assignment(2))
+    node.turn()
+    assert node.served() == ids(0, 2)
+    assert set(node.agent.failed) == ids(1)
+    ready, reason = node.agent.ready()
+    assert not ready and reason.startswith("1 instance(s) not served, e.g. i-0001")
+    node.namespaces.failing.clear()
+    node.answer(assignment(0), assignment(1), assignment(2), revision=2)
+    node.turn()
+    assert node.served() == ids(0, 1, 2)
+    assert node.agent.failed == {}
+    assert node.agent.ready() == (True, "ready")
+
+
+def test_an_agent_dying_mid_way_leaves_every_namespace_it_made_on_record(
+    tmp_path: Path,
+) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    first = Node(record)
+    first.agent.startService()
+    first.answer(*(assignment(number) for number in range(10)))
+    first.turn()
+    first.turn()
+    # Killed here, six namespaces made: no stop, no save of the whole record.
+    made = [f"rc-{i}" for i in sorted(ids(*range(6)))]
+    assert sorted(OwnershipRecord(record.path).load()) == made
+
+    # The next agent hears that only instance 0 is left: it removes the other five it made,
+    # and nothing it did not make.
+    second = Node(OwnershipRecord(record.path))
+    second.agent.startService()
+    second.answer(assignment(0))
+    second.turn()
+    assert sorted(second.namespaces.released) == made[1:]
+    assert sorted(OwnershipRecord(record.path).load()) == ["rc-i-0000"]
+    second.stop()
+    assert second.reactor.getDelayedCalls() == []
+
+
+def test_a_restarted_agent_folds_the_journal_in_so_a_torn_line_does_not_linger(
+    tmp_path: Path,
+) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.remember(Ownership("rc-i-0042", created_namespace=True, added_address=True))
+    with record.journal.open("a", encoding="utf-8") as journal:
+        journal.write('{"remember": {"namespace": "rc-i-00')  # the last agent died mid-append
+    node = Node(OwnershipRecord(record.path))
+    node.agent.startService()
+    node.answer(*(assignment(number) for number in range(10)))
+    node.turn()
+    # Killed again mid-way: what both agents made is on record, nothing glued to the torn line.
+    assert sorted(OwnershipRecord(record.path).load()) == [
+        "rc-i-0000",
+        "rc-i-0001",
+        "rc-i-0002",
+        "rc-i-0042",
+    ]
