@@ -40,6 +40,7 @@ log = Logger(namespace="rolecall.nodeapi")
 
 MAX_WAIT_SECONDS = 300.0
 DEFAULT_CREDENTIAL_SECONDS = 6 * 3600
+AUDIT_UNAVAILABLE = {"error": "AuditUnavailable", "message": "credentials cannot be audited now"}
 
 
 class NodeApiError(Exception):
@@ -143,7 +144,7 @@ class NodeApiResource(Resource):
             if endpoint == "assignments":
                 return self._assignments(request, node)
             if endpoint == "credentials":
-                return _json(request, 200, self._credentials(node, parts[2]))
+                return self._issue(request, node, parts[2])
             raise NodeApiError(404, "NotFound", "no such node API endpoint")
         except NodeApiError as error:
             return _json(request, error.status, {"error": error.code, "message": error.message})
@@ -212,7 +213,50 @@ class NodeApiResource(Resource):
 
     # credentials
 
-    def _credentials(self, node: Node, instance_id: str) -> Mapping[str, Any]:
+    def _issue(self, request: server.Request, node: Node, instance_id: str) -> int:
+        """Answer with fresh credentials once their audit record is on disk (committed with
+        those of concurrent requests: see `AuditLog.append`)."""
+        body, record = self._credentials(node, instance_id)
+        hung_up = False
+
+        def gone(_: object) -> None:
+            nonlocal hung_up
+            hung_up = True
+
+        def answer(status: int, answer_body: Mapping[str, Any]) -> None:
+            if not hung_up:
+                request.write(_json(request, status, answer_body))
+                request.finish()
+
+        def written(_: None) -> None:
+            self._metrics.credentials_issued("instance")
+            log.info(
+                "issued {access_key_id} for {instance} on {node} as {role}",
+                access_key_id=body["AccessKeyId"],
+                instance=instance_id,
+                node=node.name,
+                role=body["RoleArn"],
+            )
+            answer(200, body)
+
+        def not_written(failure: Failure) -> None:
+            self._metrics.audit_log_write_failed()
+            if failure.check(OSError):
+                log.error("cannot write the audit log: {error}", error=failure.value.strerror)
+            else:
+                log.failure("cannot write the audit log", failure)
+            answer(503, AUDIT_UNAVAILABLE)
+
+        request.notifyFinish().addErrback(gone)
+        self._audit.append(record).addCallbacks(written, not_written).addErrback(
+            lambda failure: log.failure("answering a credentials request failed", failure)
+        )
+        return server.NOT_DONE_YET
+
+    def _credentials(
+        self, node: Node, instance_id: str
+    ) -> tuple[Mapping[str, Any], Mapping[str, object]]:
+        """Fresh credentials for `instance_id` if it may have them, and their audit record."""
         now = self._now()
         with self._store.transaction() as tx:
             instance = tx.get_instance(instance_id)
@@ -266,34 +310,17 @@ class NodeApiResource(Resource):
             extra={"instance_id": instance_id, "node": node.name},
         )
         token = self._sessions.seal(claims)
-        try:
-            self._audit.write(
-                {
-                    "time": format_time(now),
-                    "event": "instance-credentials",
-                    "node": node.name,
-                    "instance_id": instance_id,
-                    "account_id": role.account_id,
-                    "role_arn": role.arn,
-                    "access_key_id": access_key_id,
-                    "expiration": format_time(claims.expires),
-                }
-            )
-        except OSError as error:
-            self._metrics.audit_log_write_failed()
-            log.error("cannot write the audit log: {error}", error=error.strerror)
-            raise NodeApiError(
-                503, "AuditUnavailable", "credentials cannot be audited now"
-            ) from error
-        self._metrics.credentials_issued("instance")
-        log.info(
-            "issued {access_key_id} for {instance} on {node} as {role}",
-            access_key_id=access_key_id,
-            instance=instance_id,
-            node=node.name,
-            role=role.arn,
-        )
-        return {
+        record = {
+            "time": format_time(now),
+            "event": "instance-credentials",
+            "node": node.name,
+            "instance_id": instance_id,
+            "account_id": role.account_id,
+            "role_arn": role.arn,
+            "access_key_id": access_key_id,
+            "expiration": format_time(claims.expires),
+        }
+        body = {
             "AccessKeyId": access_key_id,
             "SecretAccessKey": secret,
             "Token": token,
@@ -303,6 +330,7 @@ class NodeApiResource(Resource):
             "InstanceProfileId": profile.profile_id,
             "AccountId": role.account_id,
         }
+        return body, record
 
 
 def _peer_certificate(request: server.Request) -> Any:
