@@ -13,6 +13,7 @@ controller call from an injected `fetch`, and jitter from an injected random sou
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from agent.refresh import (
     RandomSource,
     RefreshPolicy,
     Verdict,
+    min_remaining,
     next_refresh_at,
     retry_delay,
     servable,
@@ -50,6 +52,8 @@ MALFORMED = "MalformedCredentials"
 EXPIRING_ON_ARRIVAL = "ExpiringOnArrival"
 
 _SYSTEM_RANDOM = SystemRandom()
+
+_BOUNDARY_SLACK_SECONDS = 0.001
 
 
 class DelayedCall(Protocol):
@@ -204,6 +208,9 @@ class InstanceCredentials:
         self.failures: Counter[str] = Counter()
         #: The message of the last failed fetch (never a secret: the controller's error text).
         self.last_error: str | None = None
+        #: Bumped by every transition: what `verdict` depends on (the held set, whether the
+        #: controller answers, the state) changes only then, or with the time.
+        self.generation = 0
         self._handle(Input.START)
 
     # -- what the IMDS server and the metrics read ------------------------------------------
@@ -233,6 +240,32 @@ class InstanceCredentials:
             self._policy,
             issued=self._held.last_updated,
         )
+
+    def verdict_until(self, now: float) -> tuple[Verdict, float]:
+        """The verdict at `now` (POSIX seconds), and a moment before which it stays the same
+        while `generation` does: what the metadata service caches between transitions.
+
+        The verdict itself comes from `verdict`; the moment is the next boundary of
+        `agent.refresh.servable` (too little left, then expired), a millisecond early so that
+        rounding never stretches a cached verdict past it.
+        """
+        verdict = self.verdict(datetime.fromtimestamp(now, UTC))
+        held = self._held
+        if held is None:
+            return verdict, math.inf
+        expires = held.expiration.timestamp()
+        if verdict is Verdict.SERVE:
+            least = min_remaining(held.last_updated, held.expiration, self._reachable, self._policy)
+            return verdict, expires - least.total_seconds() - _BOUNDARY_SLACK_SECONDS
+        if verdict is Verdict.REFRESH_PENDING:
+            margin = self._policy.expiry_margin_seconds
+            return verdict, expires - margin - _BOUNDARY_SLACK_SECONDS
+        return verdict, math.inf
+
+    @property
+    def held(self) -> CredentialSet | None:
+        """The set held, servable or not (`current` says whether it may be served)."""
+        return self._held
 
     def current(self, now: datetime | None = None) -> CredentialSet | None:
         """The set to serve at `now`, or None (then `verdict(now)` says why). Never waits."""
@@ -275,6 +308,7 @@ class InstanceCredentials:
         self._state = new
         for output in outputs:
             self._perform(output, payload)
+        self.generation += 1
         if self.on_transition is not None:
             self.on_transition(old, event, new)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from agent.credentials import State
 from agent.imds.rules import ImdsResponse
 
 if TYPE_CHECKING:
@@ -34,43 +38,32 @@ def path_class(path: str) -> str:
     return "other"
 
 
+#: Upper bounds of the metadata request latency histogram, in seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
+
+
 class AgentMetrics:
+    """Every agent metric. What each guest request counts is tallied in plain integers on the
+    request path (`observe`, a few dictionary and list updates) and turned into metric families
+    only when Prometheus scrapes (`_ImdsCollector`): prometheus_client's own counters and
+    histograms take a lock and do more per update than the answer they count."""
+
     def __init__(self, registry: CollectorRegistry, agent: NodeAgent) -> None:
         self.registry = registry
         self._agent = agent
-        self.requests = Counter(
-            "rolecall_agent_imds_requests",
-            "Metadata requests answered, by path class and status.",
-            ["path", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "rolecall_agent_imds_request_duration_seconds",
-            "Time to answer a metadata request.",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25),
-            registry=registry,
-        )
-        self.proxied = Counter(
-            "rolecall_agent_imds_proxied_refused",
-            "Requests refused because they came through a proxy (X-Forwarded-For, Forwarded,"
-            " Via, an absolute target or a foreign Host).",
-            ["reason"],
-            registry=registry,
-        )
-        self.rate_limited = Counter(
-            "rolecall_agent_imds_rate_limited",
-            "Requests refused with 503 by an instance's rate limit.",
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "rolecall_agent_imds_tokens_issued", "IMDSv2 session tokens issued.", registry=registry
-        )
-        self.served = Counter(
-            "rolecall_agent_credentials_served",
-            "Credential documents served to guests, by the state of their set.",
-            ["freshness"],
-            registry=registry,
-        )
+        #: Answers by (path class, status).
+        self.requests: dict[tuple[str, int], int] = {}
+        #: Request latency: counts per bucket of `LATENCY_BUCKETS` (the last is +Inf), and sum.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        #: Refusals of proxied requests, by reason.
+        self.proxied: dict[str, int] = {}
+        self.rate_limited = 0
+        self.tokens = 0
+        #: Credential documents served, by the freshness of their set.
+        self.served = {"fresh": 0, "stale": 0}
+        self._kinds: dict[str, str] = {}
+        registry.register(_ImdsCollector(self))
         self.controller_latency = Histogram(
             "rolecall_agent_controller_call_duration_seconds",
             "Node API calls, by endpoint.",
@@ -96,20 +89,87 @@ class AgentMetrics:
         return min(remaining) if remaining else float("nan")
 
     def observe(self, instance_id: str, path: str, answer: ImdsResponse, seconds: float) -> None:
-        kind = path_class(path)
-        self.requests.labels(kind, str(answer.status)).inc()
-        self.latency.observe(seconds)
-        if answer.reason in PROXY_REASONS:
-            self.proxied.labels(answer.reason).inc()
-        elif answer.reason == "rate-limited":
-            self.rate_limited.inc()
-        elif kind == "token" and answer.status == 200:
-            self.tokens.inc()
-        elif kind == "credentials" and answer.status == 200:
-            slot = self._agent.slots.get(instance_id)
-            keeper = slot.credentials if slot is not None else None
-            state = keeper.state.name.lower() if keeper is not None else "unknown"
-            self.served.labels("fresh" if state == "fresh" else "stale").inc()
+        kind = self._kinds.get(path)
+        if kind is None:
+            kind = path_class(path)
+            if len(self._kinds) < _KNOWN_PATHS:  # guests choose paths: remember a bounded few
+                self._kinds[path] = kind
+        status = answer.status
+        key = (kind, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        reason = answer.reason
+        if reason in PROXY_REASONS:
+            self.proxied[reason] = self.proxied.get(reason, 0) + 1
+        elif reason == "rate-limited":
+            self.rate_limited += 1
+        elif status == 200:
+            if kind == "token":
+                self.tokens += 1
+            elif kind == "credentials":
+                slot = self._agent.slots.get(instance_id)
+                keeper = slot.credentials if slot is not None else None
+                fresh = keeper is not None and keeper.state is State.FRESH
+                self.served["fresh" if fresh else "stale"] += 1
+
+
+_KNOWN_PATHS = 1024
+
+
+class _ImdsCollector:
+    """The metadata service's tallies as Prometheus metric families, at scrape time."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        metrics = self._metrics
+        requests = CounterMetricFamily(
+            "rolecall_agent_imds_requests",
+            "Metadata requests answered, by path class and status.",
+            labels=["path", "status"],
+        )
+        for (kind, status), count in sorted(metrics.requests.items()):
+            requests.add_metric([kind, str(status)], count)
+        yield requests
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), metrics.latency_buckets, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            "rolecall_agent_imds_request_duration_seconds",
+            "Time to answer a metadata request.",
+            buckets=buckets,
+            sum_value=metrics.latency_sum,
+        )
+        proxied = CounterMetricFamily(
+            "rolecall_agent_imds_proxied_refused",
+            "Requests refused because they came through a proxy (X-Forwarded-For, Forwarded,"
+            " Via, an absolute target or a foreign Host).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(metrics.proxied.items()):
+            proxied.add_metric([reason], count)
+        yield proxied
+        yield CounterMetricFamily(
+            "rolecall_agent_imds_rate_limited",
+            "Requests refused with 503 by an instance's rate limit.",
+            value=metrics.rate_limited,
+        )
+        yield CounterMetricFamily(
+            "rolecall_agent_imds_tokens_issued",
+            "IMDSv2 session tokens issued.",
+            value=metrics.tokens,
+        )
+        served = CounterMetricFamily(
+            "rolecall_agent_credentials_served",
+            "Credential documents served to guests, by the state of their set.",
+            labels=["freshness"],
+        )
+        for freshness, count in metrics.served.items():
+            served.add_metric([freshness], count)
+        yield served
 
 
 class _RefreshCollector:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
@@ -45,6 +45,8 @@ class Slot:
     pending: socket.socket | None = None
     _cache_key: tuple[object, ...] | None = None
     _cached: InstanceView | None = None
+    _seen: tuple[object, ...] | None = None
+    _valid_until: float = -math.inf
 
     def close(self) -> None:
         """Stop accepting (the service manager may still keep the socket for a restart)."""
@@ -56,23 +58,40 @@ class Slot:
             self.pending = None
 
     def view(self, now: float) -> InstanceView:
-        """The instance as a request at `now` sees it: from memory, never waiting."""
-        moment = datetime.fromtimestamp(now, UTC)
+        """The instance as a request at `now` sees it: from memory, never waiting.
+
+        Rebuilt only when what it shows changes: a new assignment, a credentials transition,
+        or the moment the held set stops being servable (`InstanceCredentials.verdict_until`).
+        Between those, a request costs one comparison.
+        """
+        keeper = self.credentials
+        generation = keeper.generation if keeper is not None else -1
+        cached = self._cached
+        if (
+            cached is not None
+            and now < self._valid_until
+            and self._seen == (self.assignment, keeper, generation)
+        ):
+            return cached
         state: CredentialSet | CredentialsUnavailable | None = None
         verdict: Verdict | None = None
         held = None
-        if self.credentials is not None:
-            verdict = self.credentials.verdict(moment)
-            held = self.credentials.current(moment)
+        until = math.inf
+        if keeper is not None:
+            verdict, until = keeper.verdict_until(now)
+            held = keeper.held if verdict is Verdict.SERVE else None
             state = held if held is not None else CredentialsUnavailable(verdict.value)
         key = (id(self.assignment), verdict, held)
-        if self._cached is None or key != self._cache_key:
-            self._cached = InstanceView(
+        if cached is None or key != self._cache_key:
+            cached = InstanceView(
                 instance_id=self.instance_id,
                 options=MetadataOptions.from_assignment(self.assignment.get("metadata_options")),
                 tree=ImdsTree.from_assignment(self.assignment, state),
                 minter=self.minter,
                 strict_proxy=self.strict_proxy,
             )
+            self._cached = cached
             self._cache_key = key
-        return self._cached
+        self._seen = (self.assignment, keeper, generation)
+        self._valid_until = until
+        return cached

@@ -39,7 +39,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 from agent.imds.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenMinter
@@ -68,6 +69,9 @@ NOT_FOUND_PAGE: Final = (
     b"</html>\n"
 )
 """EC2's IMDS 404 page, byte for byte (339 bytes)."""
+
+MEMO_ANSWERS: Final = 256
+"""How many distinct (path, method) answers one instance view remembers."""
 
 _TTL_VALUE: Final = re.compile(r"[0-9]{1,5}", re.ASCII)
 _ABSOLUTE_FORM: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", re.ASCII)
@@ -147,8 +151,15 @@ class ImdsRequest:
 
     def values(self, name: str) -> list[str]:
         """Every value of header ``name`` (case-insensitive), trimmed of spaces and tabs."""
-        wanted = name.lower()
-        return [value.strip(_OWS) for key, value in self.headers if key.lower() == wanted]
+        return self._by_name.get(name.lower(), [])
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[str]]:
+        """The headers by lower-cased name, each list in arrival order (built once)."""
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            index.setdefault(key.lower(), []).append(value.strip(_OWS))
+        return index
 
 
 @dataclass(frozen=True)
@@ -160,6 +171,12 @@ class ImdsResponse:
     body: bytes
     ip_ttl: int | None = None
     reason: str = "ok"
+
+    @cached_property
+    def wire_headers(self) -> bytes:
+        """The header lines as the wire carries them (ISO-8859-1, each ending CRLF), encoded
+        once per answer (a memoised answer is encoded once)."""
+        return "".join(f"{name}: {value}\r\n" for name, value in self.headers).encode("latin-1")
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
@@ -176,6 +193,11 @@ class InstanceView:
     tree: ImdsTree
     minter: TokenMinter
     strict_proxy: bool = True
+    #: The tree's answers by (path, HEAD?), memoised: the tree never changes, so neither do
+    #: they. Bounded, as guests choose the paths.
+    answers: dict[tuple[str, bool], ImdsResponse] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 # -- the error map -----------------------------------------------------------------------------
@@ -218,7 +240,8 @@ def respond(
         return _refuse(Refusal.PROXY_HEADER, head)
 
     path = request.target.partition("?")[0].partition("#")[0]
-    absolute = _ABSOLUTE_FORM.match(path)
+    # A scheme starts with a letter: an origin-form target ("/…") needs no regular expression.
+    absolute = None if path[:1] == "/" else _ABSOLUTE_FORM.match(path)
     if instance.strict_proxy:
         refusal = _proxy_refusal(request, absolute is not None)
         if refusal is not None:
@@ -241,9 +264,22 @@ def respond(
     elif instance.options.http_tokens is HttpTokens.REQUIRED:
         return _refuse(Refusal.TOKEN_REQUIRED, head)
 
-    answer = instance.tree.as_of(now).lookup(path)
-    if isinstance(answer, Found | Directory):
-        return _response(200, answer.content_type, answer.body, head)
+    tree = instance.tree.as_of(now)
+    if tree is not instance.tree:  # expired meanwhile: answered from the tree hiding them
+        return _from_tree(tree, path, head)
+    key = (path, head)
+    answer = instance.answers.get(key)
+    if answer is None:
+        answer = _from_tree(tree, path, head)
+        if len(instance.answers) < MEMO_ANSWERS:
+            instance.answers[key] = answer
+    return answer
+
+
+def _from_tree(tree: ImdsTree, path: str, head: bool) -> ImdsResponse:
+    found = tree.lookup(path)
+    if isinstance(found, Found | Directory):
+        return _response(200, found.content_type, found.body, head)
     return _response(404, TEXT_HTML, NOT_FOUND_PAGE, head, reason="not-found")
 
 

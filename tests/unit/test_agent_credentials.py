@@ -840,3 +840,67 @@ def test_failures_are_counted_by_exception_and_http_status(clock: Clock) -> None
     assert credentials.last_error == "503: refused"
     credentials.stop()
     assert clock.getDelayedCalls() == []
+
+
+# -- the verdict the metadata service caches ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "latency", "policy", "expected"),
+    [
+        (6 * HOUR, 0.25, RefreshPolicy(), {Verdict.SERVE, Verdict.EXPIRED}),
+        # A late refresh and a slow controller: the set crosses its minimum while the refresh
+        # is in flight.
+        (
+            15 * MINUTE,
+            5 * MINUTE,
+            RefreshPolicy(refresh_jitter=0.0, fetch_timeout_seconds=10 * MINUTE),
+            {Verdict.SERVE, Verdict.REFRESH_PENDING, Verdict.EXPIRED},
+        ),
+    ],
+)
+def test_a_cached_verdict_never_outlives_the_computed_one(
+    clock: Clock, lifetime: float, latency: float, policy: RefreshPolicy, expected: set[Verdict]
+) -> None:
+    """`verdict_until` says until when a verdict stands while `generation` does not move. Over
+    rotations and an outage long enough to expire the set, probed every few seconds and around
+    each announced boundary, the verdict a cache would hold always equals `verdict(now)`."""
+    controller = FakeController(clock, lifetime=lifetime, latency=latency)
+    credentials = machine(clock, controller, policy=policy)
+    cached: tuple[int, Verdict, float] | None = None
+    outage = (lifetime * 1.05, lifetime * 2.5)  # after the first rotation, until the end
+    verdicts: set[Verdict] = set()
+    boundaries = 0
+    step = lifetime / 2000
+    for _ in range(5000):
+        elapsed = clock.seconds() - START
+        controller.up = not outage[0] <= elapsed < outage[1]
+        run(clock, step)
+        now = clock.seconds()
+        truth = credentials.verdict(now_of(clock))
+        verdicts.add(truth)
+        if cached is not None and cached[0] == credentials.generation and now < cached[2]:
+            assert cached[1] is truth, f"a stale verdict {cached[1]} at {now - START:.3f} s"
+        else:
+            verdict, until = credentials.verdict_until(now)
+            assert verdict is truth
+            assert until > now
+            cached = (credentials.generation, verdict, until)
+            if until != float("inf"):
+                # A real boundary: the verdict stands just before it and not 2 ms after it.
+                boundaries += 1
+                assert credentials.verdict(datetime.fromtimestamp(until - 1e-4, UTC)) is verdict
+                assert credentials.verdict(datetime.fromtimestamp(until + 2e-3, UTC)) is not verdict
+    assert expected <= verdicts
+    assert boundaries >= 2
+
+
+def test_every_transition_moves_the_generation(clock: Clock) -> None:
+    controller = FakeController(clock)
+    seen: list[int] = []
+    credentials = machine(clock, controller, on_transition=lambda *_: seen.append(0))
+    first = credentials.generation
+    run(clock, 1.0)
+    assert credentials.generation == len(seen) > first
+    credentials.stop()
+    assert credentials.generation == len(seen)

@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.imds.rules import (
+    MEMO_ANSWERS,
     NOT_FOUND_PAGE,
+    TOKEN_HEADER,
     HttpEndpoint,
     HttpTokens,
     ImdsRequest,
@@ -640,3 +642,35 @@ def test_a_required_instance_serves_nothing_without_a_valid_token(
     request = ImdsRequest(method, target, [HOST, *headers])
     response = respond(request, make_instance(http_tokens="required"), NOW)
     assert response.status != 200 or response.reason == "token"
+
+
+# -- the memo of tree answers ------------------------------------------------------------------
+
+
+def test_an_answer_remembered_while_valid_is_not_served_once_the_credentials_expire() -> None:
+    instance = make_instance()
+    assert respond(get(CREDENTIALS_PATH), instance, NOW).status == 200
+    assert (CREDENTIALS_PATH, False) in instance.answers
+    assert respond(get(CREDENTIALS_PATH), instance, EXPIRATION.timestamp()).status == 404
+    assert respond(get(CREDENTIALS_PATH), instance, NOW).status == 200
+
+
+def test_remembered_answers_are_bounded_and_guests_paths_still_answer() -> None:
+    instance = make_instance()
+    for number in range(MEMO_ANSWERS + 50):
+        assert respond(get(f"/latest/meta-data/nothing-{number}"), instance, NOW).status == 404
+    assert len(instance.answers) == MEMO_ANSWERS
+    assert respond(get(CREDENTIALS_PATH), instance, NOW).status == 200
+    head = respond(get(CREDENTIALS_PATH, method="HEAD"), instance, NOW)
+    assert (head.status, head.body) == (200, b"")
+    assert head.header("Content-Length") == str(
+        len(respond(get(CREDENTIALS_PATH), instance, NOW).body)
+    )
+
+
+def test_a_remembered_answer_never_skips_the_checks_before_it() -> None:
+    instance = make_instance(http_tokens="required")
+    token = MINTER.mint(INSTANCE_ID, 60, NOW)
+    assert respond(get(CREDENTIALS_PATH, (TOKEN_HEADER, token)), instance, NOW).status == 200
+    assert respond(get(CREDENTIALS_PATH), instance, NOW).status == 401
+    assert respond(get(CREDENTIALS_PATH, (TOKEN_HEADER, token), XFF), instance, NOW).status == 403

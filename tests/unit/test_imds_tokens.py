@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.imds.tokens import MAX_TTL_SECONDS, TokenMinter, new_key
+from agent.imds.tokens import MAX_TTL_SECONDS, VERIFIED_MEMO, TokenMinter, new_key
 
 KEY = bytes(range(32))
 NOW = 1_795_000_000.0
@@ -167,3 +167,32 @@ def test_every_minted_token_checks_within_its_ttl_and_not_after(
     token = MINTER.mint(instance_id, ttl, now)
     assert MINTER.check(token, instance_id, now)
     assert not MINTER.check(token, instance_id, now + ttl + 0.001)
+
+
+# -- the memo of authentic tokens --------------------------------------------------------------
+
+
+def test_a_remembered_token_still_fails_for_another_instance_and_after_its_ttl() -> None:
+    minter = TokenMinter(KEY)
+    token = minter.mint(INSTANCE, 60, NOW)
+    assert minter.check(token, INSTANCE, NOW)  # now remembered
+    assert not minter.check(token, OTHER_INSTANCE, NOW)
+    assert not minter.check(token, INSTANCE, NOW + 60)
+    assert minter.check(token, INSTANCE, NOW + 59)
+
+
+def test_only_authentic_tokens_are_remembered_and_the_memo_is_bounded() -> None:
+    minter = TokenMinter(KEY)
+    forged = TokenMinter(bytes(32)).mint(INSTANCE, 60, NOW)
+    assert not minter.check(forged, INSTANCE, NOW)
+    assert minter._verified == {}
+    for second in range(VERIFIED_MEMO + 10):
+        assert minter.check(minter.mint(INSTANCE, 60, NOW + second), INSTANCE, NOW)
+        assert len(minter._verified) <= VERIFIED_MEMO
+    assert not minter.check(forged, INSTANCE, NOW)
+
+
+def test_a_token_remembered_by_one_boot_is_unknown_to_the_next() -> None:
+    token = MINTER.mint(INSTANCE, 60, NOW)
+    assert MINTER.check(token, INSTANCE, NOW)
+    assert not TokenMinter(new_key()).check(token, INSTANCE, NOW)
