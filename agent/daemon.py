@@ -10,6 +10,7 @@ from twisted.application.service import MultiService
 
 from agent.client import NodeApiClient, NodeTLSPolicy
 from agent.config import AgentConfig
+from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.metrics import AgentMetrics, health_site
 from agent.netns import OwnershipRecord
@@ -61,4 +62,7 @@ def make_agent_service(
     )
     health.setName("health")
     health.setServiceParent(root)
+    collector = FreezeAfterChanges(agent, reactor)
+    collector.setName("gc")
+    collector.setServiceParent(root)
     return root

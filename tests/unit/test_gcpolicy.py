@@ -1,0 +1,80 @@
+"""The agent's garbage-collector policy (`agent.gcpolicy`), on a `Clock`, with the real `gc`."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+from twisted.internet.task import Clock
+
+from agent.gcpolicy import CHECK_SECONDS, FreezeAfterChanges
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.revision = -1
+        self.is_ready = False
+
+    def ready(self) -> tuple[bool, str]:
+        return self.is_ready, "ready" if self.is_ready else "not yet"
+
+
+@pytest.fixture(autouse=True)
+def thawed() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()  # never leave the test process frozen
+
+
+def started(agent: Agent, clock: Clock, refreeze: float = 600.0) -> FreezeAfterChanges:
+    policy = FreezeAfterChanges(agent, clock, refreeze=refreeze)
+    policy.startService()
+    return policy
+
+
+def test_nothing_is_frozen_before_the_agent_is_ready() -> None:
+    clock, agent = Clock(), Agent()
+    policy = started(agent, clock)
+    agent.revision = 3
+    clock.advance(CHECK_SECONDS * 3)
+    assert (policy.refreezes, gc.get_freeze_count()) == (0, 0)
+    policy.stopService()
+
+
+def test_an_applied_change_freezes_once_and_the_next_change_refreezes() -> None:
+    clock, agent = Clock(), Agent()
+    policy = started(agent, clock)
+    agent.revision, agent.is_ready = 3, True
+    clock.advance(CHECK_SECONDS)
+    assert policy.refreezes == 1
+    assert gc.get_freeze_count() > 0
+    clock.advance(CHECK_SECONDS * 10)
+    assert policy.refreezes == 1  # nothing changed
+    agent.revision = 4
+    clock.advance(CHECK_SECONDS)
+    assert policy.refreezes == 2
+    policy.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_frozen_cyclic_garbage_is_collected_at_the_next_refreeze() -> None:
+    clock, agent = Clock(), Agent()
+    policy = started(agent, clock, refreeze=60.0)
+
+    class Node:
+        partner: object = None
+
+    first, second = Node(), Node()
+    first.partner, second.partner = second, first
+    watch = weakref.ref(first)
+    agent.revision, agent.is_ready = 1, True
+    clock.advance(CHECK_SECONDS)
+    del first, second  # a cycle, frozen: no collection frees it while frozen
+    gc.collect()
+    assert watch() is not None
+    clock.advance(60.0)  # nothing changed, but the refreeze is due
+    assert policy.refreezes == 2
+    assert watch() is None
+    policy.stopService()
