@@ -19,6 +19,7 @@ Every process, namespace, link and temporary directory it makes is removed when 
 or is interrupted. See bench/README.md for how each figure is made.
 
     .venv/bin/python bench/imds.py [--instances 1,50,500] [--reconcile 500,1000] [--duration 10]
+    .venv/bin/python bench/imds.py --instances '' --reconcile 500,1000   # the reconcile runs only
 """
 
 from __future__ import annotations
@@ -959,8 +960,9 @@ def run(arguments: argparse.Namespace, work: Path, results: Results) -> None:
         node, credentials = enrol_node(controller, work)
         create_profile(controller)
         config = agent_config(work, controller)
-        largest_load = max(arguments.instances)
-        sizes = sorted(set(arguments.reconcile) | {largest_load})
+        # No serving runs with --instances '': only the reconcile runs.
+        largest_load = max(arguments.instances, default=None)
+        sizes = sorted(set(arguments.reconcile) | ({largest_load} if largest_load else set()))
         for position, size in enumerate(sizes):
             print(f"launching up to {size} instances ...", file=sys.stderr, flush=True)
             launch(controller, node, size - len(launched), launched)
@@ -1004,17 +1006,18 @@ def verdict(met: bool) -> str:
 def report(arguments: argparse.Namespace, results: Results) -> bool:
     """Print the tables and the targets; True when every figure is valid."""
     valid = True
-    print()
-    print(
-        f"credential GET ({CREDENTIALS_PATH}), servers on core {SERVER_CORE},"
-        f" clients on core {CLIENT_CORE}; saturation {arguments.duration} s,"
-        f" {FIXED_RATE:g}/s per instance {arguments.rate_duration} s"
-    )
-    print(
-        f"{'instances':>9}  {'server':<11} {'load':<22} {'requests/s':>10} {'p50 ms':>7}"
-        f" {'p99 ms':>7} {'p999 ms':>8} {'answers':>8} {'errors':>6} {'server CPU':>10}"
-        f" {'CPU/req':>8}"
-    )
+    if arguments.instances:  # else no serving runs (--instances '')
+        print()
+        print(
+            f"credential GET ({CREDENTIALS_PATH}), servers on core {SERVER_CORE},"
+            f" clients on core {CLIENT_CORE}; saturation {arguments.duration} s,"
+            f" {FIXED_RATE:g}/s per instance {arguments.rate_duration} s"
+        )
+        print(
+            f"{'instances':>9}  {'server':<11} {'load':<22} {'requests/s':>10} {'p50 ms':>7}"
+            f" {'p99 ms':>7} {'p999 ms':>8} {'answers':>8} {'errors':>6} {'server CPU':>10}"
+            f" {'CPU/req':>8}"
+        )
     for figure in results.figures:
         print(
             f"{figure.instances:>9}  {figure.server:<11} {figure.load:<22}"
@@ -1115,11 +1118,19 @@ def report(arguments: argparse.Namespace, results: Results) -> bool:
 
 
 def _counts(text: str) -> list[int]:
+    values = _optional_counts(text)
+    if not values:
+        raise argparse.ArgumentTypeError(f"counts must be 1..2000: {text!r}")
+    return values
+
+
+def _optional_counts(text: str) -> list[int]:
+    """A comma-separated list of counts; empty for none."""
     try:
         values = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or values[0] < 1 or values[-1] > 2000:
+    if values and (values[0] < 1 or values[-1] > 2000):
         raise argparse.ArgumentTypeError(f"counts must be 1..2000: {text!r}")
     return values
 
@@ -1148,10 +1159,13 @@ def _raise_file_limit(needed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--instances", type=_counts, default=[1, 50, 500], help="serving runs (default 1,50,500)"
+        "--instances",
+        type=_optional_counts,
+        default=[1, 50, 500],
+        help="serving runs (default 1,50,500; '' for none)",
     )
     parser.add_argument(
-        "--reconcile", type=_counts, default=[500, 1000], help="reconcile runs (default 500,1000)"
+        "--reconcile", type=_optional_counts, default=[500, 1000], help="reconcile runs (default 500,1000)"
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds of each saturation run")
     parser.add_argument(
