@@ -39,13 +39,19 @@ class NodeTLSPolicy:
     def __init__(self, ca_pem: str, certificate_pem: str, key_pem: str) -> None:
         self._authority = Certificate.loadPEM(ca_pem)
         self._identity = PrivateCertificate.loadPEM(certificate_pem + key_pem)
+        #: One set of TLS options (one OpenSSL context) per controller address, made once:
+        #: making a context costs more than a handshake on a reused one.
+        self._creators: dict[tuple[bytes, int], IOpenSSLClientConnectionCreator] = {}
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        return optionsForClientTLS(
-            hostname.decode("ascii"),
-            trustRoot=self._authority,
-            clientCertificate=self._identity,
-        )
+        creator = self._creators.get((hostname, port))
+        if creator is None:
+            creator = self._creators[(hostname, port)] = optionsForClientTLS(
+                hostname.decode("ascii"),
+                trustRoot=self._authority,
+                clientCertificate=self._identity,
+            )
+        return creator
 
 
 class NodeApiClient:
