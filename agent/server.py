@@ -29,6 +29,7 @@ from twisted.web import http
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import ImdsRequest, ImdsResponse, InstanceView, respond
+from controller.bodylimit import BodyLimit
 
 log = Logger(namespace="rolecall.agent.imds")
 
@@ -37,6 +38,16 @@ DEFAULT_TTL = 64
 
 #: An idle keep-alive connection is closed after this long (twisted.web's default).
 IDLE_TIMEOUT_SECONDS = 60
+
+#: The largest request body read. Metadata requests have none; AWS's SDKs send none, even with
+#: the token PUT.
+MAX_BODY_BYTES = 1024
+
+#: What a larger body gets, before the connection is closed (400: IMDS answers no 413).
+_TOO_LARGE = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+    b"Server: EC2ws\r\nConnection: close\r\n\r\n"
+)
 
 #: Told of every answer: instance id, request path, the answer, seconds it took.
 Observer = Callable[[str, str, ImdsResponse, float], None]
@@ -52,12 +63,19 @@ class InstanceEndpoint(Protocol):
     def view(self, now: float) -> InstanceView: ...
 
 
-class MetadataRequest(http.Request):
-    """One guest request, answered as soon as its headers (and any body) are in."""
+class MetadataRequest(BodyLimit):
+    """One guest request, answered as soon as its headers (and any body) are in. No metadata
+    request needs a body: one over `MAX_BODY_BYTES` is refused with 400 before it is read."""
 
     channel: MetadataChannel
+    max_body = MAX_BODY_BYTES
+
+    def refusal(self) -> bytes:
+        return _TOO_LARGE
 
     def process(self) -> None:
+        if self.refused:
+            return  # answered already, and the connection is closing
         factory = self.channel.factory
         try:
             answer, seconds = factory.answer(self)

@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import NOT_FOUND_PAGE, ImdsResponse, InstanceView
-from agent.server import IDLE_TIMEOUT_SECONDS, MetadataChannel, make_factory
+from agent.server import IDLE_TIMEOUT_SECONDS, MAX_BODY_BYTES, MetadataChannel, make_factory
 from tests.unit.test_imds_rules import CREDENTIALS_PATH, MINTER, make_instance
 from tests.unit.test_imds_tree import INSTANCE_ID, NOW, ROLE
 
@@ -203,3 +203,39 @@ def test_a_bug_behind_the_rules_costs_one_503_not_the_connection(clock: Clock) -
         assert split(served.send(GET))[0] == "HTTP/1.1 200 OK"
     finally:
         served.close()
+
+
+def test_a_body_over_the_limit_is_refused_unread_and_the_connection_closes(
+    served: Served,
+) -> None:
+    put = (
+        b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+        b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\n"
+        b"Content-Length: %d\r\n\r\n" % (10 * 2**30)
+    )
+    status, headers, body = split(served.send(put + b"x" * 4096))
+    assert (status, headers["Content-Length"], body) == ("HTTP/1.1 400 Bad Request", "0", b"")
+    assert headers["Connection"] == "close"
+    assert served.transport.disconnecting
+    assert served.observed == []
+
+
+def test_a_chunked_body_growing_past_the_limit_is_refused(served: Served) -> None:
+    put = (
+        b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+        b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (MAX_BODY_BYTES, b"x" * MAX_BODY_BYTES)
+    answer = served.send(put + chunk + chunk)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert served.transport.disconnecting
+
+
+def test_a_small_body_is_read_and_the_request_answered(served: Served) -> None:
+    put = (
+        b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+        b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    status, _, token = split(served.send(put))
+    assert status == "HTTP/1.1 200 OK"
+    assert MINTER.check(token.decode(), INSTANCE_ID, NOW)
