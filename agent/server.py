@@ -18,7 +18,6 @@ change, so a request always sees one consistent state and never waits.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,7 +28,7 @@ from twisted.web import http
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import ImdsRequest, ImdsResponse, InstanceView, respond
-from controller.bodylimit import BodyLimit
+from controller.httpbase import AddressedChannel, BodyLimit, HttpDates
 
 log = Logger(namespace="rolecall.agent.imds")
 
@@ -92,7 +91,7 @@ class MetadataRequest(BodyLimit):
             observe(factory.endpoint.instance_id, _path(self.uri), answer, seconds)
 
 
-class MetadataChannel(http.HTTPChannel):
+class MetadataChannel(AddressedChannel):
     requestFactory = MetadataRequest
     factory: MetadataFactory
     #: The IP TTL last set on this connection's socket (None: never set by us).
@@ -111,6 +110,7 @@ class MetadataFactory(ServerFactory):
         self.endpoint = endpoint
         self.clock = clock
         self.observe = observe
+        self._dates = HttpDates(clock)
 
     def buildProtocol(self, addr: Any) -> MetadataChannel:
         channel = MetadataChannel()
@@ -156,7 +156,7 @@ class MetadataFactory(ServerFactory):
                     answer.wire_headers,
                     extra,
                     b"Date: ",
-                    _http_date(),
+                    self._dates.now()[0],
                     b"\r\n\r\n",
                     answer.body,
                 )
@@ -185,18 +185,6 @@ def _status_line(version: bytes, status: int) -> bytes:
     if line is None:
         line = b"%s %d %s\r\n" % (version, status, http.RESPONSES.get(status, b"Unknown"))
     return line
-
-
-_date: tuple[int, bytes] = (0, b"")
-
-
-def _http_date() -> bytes:
-    """The `Date` header's value, formatted once a second."""
-    global _date
-    second = int(time.time())
-    if _date[0] != second:
-        _date = (second, http.datetimeToString(second))
-    return _date[1]
 
 
 def _set_ttl(request: MetadataRequest, ttl: int) -> None:

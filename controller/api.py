@@ -7,20 +7,20 @@ detail, never as a traceback.
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.interfaces import IReactorTime
+from twisted import copyright
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from controller import sigv4, xmlout
-from controller.actions import Action, Caller, Context, Registry, RequestFacts
+from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result
 from controller.authorize import authorize
 from controller.errors import (
     ApiError,
@@ -34,8 +34,9 @@ from controller.errors import (
     RequestEntityTooLarge,
     ServiceFailure,
 )
+from controller.httpbase import AddressedChannel, BodyLimit, HttpDates
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
-from controller.query import parse_input
+from controller.query import parse_form, parse_input
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError, Transaction
 from controller.store.records import REGION
@@ -43,6 +44,8 @@ from controller.tokens import SessionClaims
 
 VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
 DEFAULT_MAX_BODY = 1024 * 1024
+_METHODS = (b"GET", b"POST")
+_TEXT_XML = [b"text/xml"]
 
 log = Logger(namespace="rolecall.api")
 
@@ -69,6 +72,21 @@ def ec2_error(error: ApiError) -> ApiError:
     translated = ApiError(prefix + error.message)
     translated.code, translated.status = code, status
     return translated
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form: the RequestId of one answer."""
+    # As str(uuid.uuid4()) at a fraction of the cost, and without a system call: a request id
+    # names an answer in logs and is no secret, so the random module's generator is enough.
+    number = _request_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+    text = f"{number:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_request_ids = random.Random()  # noqa: S311 - not for secrets (see new_request_id)
+#: Version 4 and the RFC 4122 variant, as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def error_body(error: ApiError, service: str | None, request_id: str) -> bytes:
@@ -102,19 +120,25 @@ class ApiResource(Resource):
             CollectorRegistry(), ((action.service, action.name) for action in registry)
         )
         self._services = {"sessions": sessions, "metrics": self._metrics, **(services or {})}
+        self._service_names = frozenset(registry.services())
 
-    def render(self, request: server.Request) -> bytes:
+    def render(self, request: http.Request) -> bytes:
+        """Answer one request: the status and headers are set on ``request``, the body returned.
+
+        ``request`` is an :class:`ApiRequest` on the public port, or any twisted.web request
+        (this resource also renders under a ``twisted.web.server.Site``, as tests do).
+        """
         started = self._clock.seconds()
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         outcome = _Outcome()
         try:
-            if request.method not in (b"GET", b"POST"):
+            if request.method not in _METHODS:
                 request.setHeader(b"Allow", b"GET, POST")
                 raise MethodNotAllowed(
                     f"The HTTP method {request.method.decode('latin-1')} is not allowed;"
                     " the Query API takes GET or POST."
                 )
-            body, status = self._serve(request, request_id, outcome)
+            body, status = self._serve(request, started, request_id, outcome)
         except ApiError as error:
             if error.code in AUTHENTICATION_FAILURE_REASONS:  # before EC2 folds them into one
                 self._metrics.authentication_failed(error.code)
@@ -123,8 +147,9 @@ class ApiResource(Resource):
             body, status = error_body(error, outcome.service, request_id), error.status
             outcome.error = error.code
         request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"text/xml")
-        request.setHeader(b"x-amzn-RequestId", request_id.encode("ascii"))
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"Content-Type", _TEXT_XML)
+        headers.setRawHeaders(b"x-amzn-RequestId", [request_id.encode("ascii")])
         duration = self._clock.seconds() - started
         self._metrics.api_request(outcome.service, outcome.action, status, duration)
         service, action = outcome.service or "-", outcome.action or "-"
@@ -145,9 +170,9 @@ class ApiResource(Resource):
         return body
 
     def _serve(
-        self, request: server.Request, request_id: str, outcome: _Outcome
+        self, request: http.Request, started: float, request_id: str, outcome: _Outcome
     ) -> tuple[bytes, int]:
-        now = datetime.fromtimestamp(self._clock.seconds(), UTC)
+        now = datetime.fromtimestamp(started, UTC)
         raw_path, _, raw_query = request.uri.partition(b"?")
         body = request.content.read() if request.content is not None else b""
         signed = sigv4.HttpRequest(
@@ -163,18 +188,23 @@ class ApiResource(Resource):
         )
         claim = sigv4.parse_request(signed, now)
         outcome.access_key_id = claim.access_key_id
-        if claim.service in self._registry.services():
+        if claim.service in self._service_names:
             outcome.service = claim.service
+        facts = _facts(request, claim)
+
+        def work(tx: Transaction) -> tuple[Context, Action, Result]:
+            caller = self._authenticate(tx, claim, now)
+            action, inputs = self._action(signed, request, claim, outcome)
+            context = Context(tx, caller, now, facts, self._services)
+            if action.resource is not None:
+                authorize(context, action.iam_action, action.resource(context, inputs))
+            return context, action, action.handler(context, inputs)
+
         try:
             # One transaction for the whole request: who is calling, what they may do, and
-            # what the action reads and writes all come from the same snapshot.
-            with self._store.transaction() as tx:
-                caller = self._authenticate(tx, claim, now)
-                service, action, inputs = self._action(signed, request, claim, outcome)
-                context = Context(tx, caller, now, _facts(request, claim), self._services)
-                if action.resource is not None:
-                    authorize(context, action.iam_action, action.resource(context, inputs))
-                result = action.handler(context, inputs)
+            # what the action reads and writes all come from the same snapshot. The store may
+            # run it twice (see Store.run): it acts through the transaction alone.
+            context, action, result = self._store.run(work)
             for announce in context.on_commit:
                 announce()
         except StoreError as error:
@@ -187,24 +217,23 @@ class ApiResource(Resource):
             raise InternalFailure(
                 "The request processing has failed because of an internal error."
             ) from error
-        action_name = action.name
-        if service == "ec2":
-            return xmlout.ec2_response(action_name, result or {}, request_id), 200
-        return xmlout.query_response(service, action_name, result, request_id), 200
+        if action.service == "ec2":
+            return xmlout.ec2_response(action.name, result or {}, request_id), 200
+        return xmlout.query_response(action.service, action.name, result, request_id), 200
 
     def _action(
         self,
         signed: sigv4.HttpRequest,
-        request: server.Request,
+        request: http.Request,
         claim: sigv4.SignedClaim,
         outcome: _Outcome,
-    ) -> tuple[str, Action, dict[str, Any]]:
-        """The service, action and validated input a request names."""
+    ) -> tuple[Action, dict[str, Any]]:
+        """The action and validated input a request names."""
         params = request_params(signed, request.getHeader(b"content-type"))
         if outcome.service is None:
             raise InvalidAction(
                 f"RoleCall does not serve the service '{claim.service}' named in the credential"
-                f" scope; it serves {', '.join(sorted(self._registry.services()))}."
+                f" scope; it serves {', '.join(sorted(self._service_names))}."
             )
         service = outcome.service
         action_name = params.get("Action")
@@ -224,7 +253,7 @@ class ApiResource(Resource):
                 f"Version {version} is not supported for {service}; use {VERSIONS[service]}."
             )
         inputs = parse_input(params, action.input, flattened_lists=service == "ec2")
-        return service, action, inputs
+        return action, inputs
 
     def _authenticate(self, tx: Transaction, claim: sigv4.SignedClaim, now: datetime) -> Caller:
         """Who signed the request: a long-term key from the store, or a sealed session token."""
@@ -284,7 +313,7 @@ def caller_from_session(claims: SessionClaims) -> Caller:
     )
 
 
-def _facts(request: server.Request, claim: sigv4.SignedClaim) -> RequestFacts:
+def _facts(request: http.Request, claim: sigv4.SignedClaim) -> RequestFacts:
     peer = request.getClientAddress()
     return RequestFacts(
         source_ip=getattr(peer, "host", "127.0.0.1"),
@@ -320,7 +349,7 @@ def request_params(request: sigv4.HttpRequest, content_type: bytes | None) -> di
             )
         try:
             text = request.body.decode("utf-8")
-            pairs += parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+            pairs += parse_form(text)
         except (UnicodeDecodeError, ValueError) as error:
             raise MalformedQueryString(
                 "The request body is not valid form-encoded UTF-8 text."
@@ -333,43 +362,27 @@ def request_params(request: sigv4.HttpRequest, content_type: bytes | None) -> di
     return params
 
 
-class BoundedRequest(server.Request):
-    """A request that refuses a body over ``max_body`` bytes with a 413 before reading it all."""
+class _BodyLimit(BodyLimit):
+    """Refuses a body over ``max_body`` bytes with the API's 413 error XML, then hangs up."""
 
     max_body = DEFAULT_MAX_BODY
-    _refused = False
 
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self._refuse()
-            length = None
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
-        if self.content is not None and self.content.tell() + len(data) > self.max_body:
-            self._refuse()
-            return
-        super().handleContentChunk(data)
-
-    def _refuse(self) -> None:
-        self._refused = True
+    def refusal(self) -> bytes:
         error = RequestEntityTooLarge(
             f"The request body is larger than the {self.max_body} bytes this endpoint accepts."
         )
-        body = xmlout.query_error(error.code, error.message, True, str(uuid.uuid4()), "iam")
+        body = xmlout.query_error(error.code, error.message, True, new_request_id(), "iam")
         head = (
             f"HTTP/1.1 {error.status} {http.RESPONSES[error.status].decode()}\r\n"
             "Content-Type: text/xml\r\n"
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         ).encode("ascii")
-        log.warn("refused a request body over {limit} bytes", limit=self.max_body)
-        transport = self.channel.transport if self.channel is not None else None
-        if transport is not None:
-            transport.write(head + body)
-            transport.loseConnection()
+        return head + body
+
+
+class BoundedRequest(_BodyLimit, server.Request):
+    """A twisted.web request with the body limit (the node API and the metrics listener)."""
 
 
 class ApiSite(server.Site):
@@ -389,3 +402,89 @@ def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Si
     # package) cost a quarter of every request's time. Twisted 25 and later read this flag.
     site._parsePOSTFormSubmission = False
     return site
+
+
+# -- the public port: Twisted's HTTP/1.1 channel, and a request that goes straight to the API ----
+
+#: What twisted.web.server.Site sends as ``Server``; kept so answers look as they always did.
+SERVER_HEADER = [b"TwistedWeb/" + copyright.version.encode("ascii")]
+
+
+class ApiRequest(_BodyLimit):
+    """One request on the public port, answered by :attr:`api` as soon as its body is in.
+
+    Twisted's ``HTTPChannel`` parses the request line and headers, reads the body (with the
+    size limit above), keeps connections alive and orders pipelined answers. What
+    ``twisted.web.server`` adds on top (resource traversal, sessions, form parsing, HTML error
+    pages) the API does not use and costs a quarter of a cheap request: see docs/decisions.md.
+    """
+
+    api: ApiResource
+    dates: HttpDates
+
+    def __init__(self, channel: http.HTTPChannel, *args: Any) -> None:
+        # The API parses its own form bodies (request_params).
+        super().__init__(channel, *args, parsePOSTFormSubmission=False)
+
+    def process(self) -> None:
+        if self.refused:  # answered 413 already, and the connection is closing
+            return
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"Server", SERVER_HEADER)
+        headers.setRawHeaders(b"Date", self.dates.now())
+        try:
+            body = self.api.render(self)
+        except Exception:
+            # render answers every ApiError and unexpected failure itself; this is a last
+            # resort (a failing metric or log observer), still an AWS error and no traceback.
+            log.failure("cannot answer a request")
+            error = InternalFailure(
+                "The request processing has failed because of an internal error."
+            )
+            body = error_body(error, None, new_request_id())
+            self.setResponseCode(error.status)
+            headers.setRawHeaders(b"Content-Type", _TEXT_XML)
+        # A HEAD request gets the headers of its GET (a 405 here), body left out by write().
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+
+
+class ApiChannel(AddressedChannel):
+    """The public port's channel (see `controller.httpbase.AddressedChannel`)."""
+
+
+class ApiFactory(http.HTTPFactory):
+    """The public port: an ApiChannel per connection, whose requests are ApiRequests."""
+
+    # HTTP/1.1 only, as the API always served: twisted.web's protocol switch exists for HTTP/2
+    # over TLS (ALPN), which this port has never offered.
+    protocol = ApiChannel  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self, api: ApiResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
+        super().__init__(reactor=clock)
+        self.requestFactory = type(
+            "BoundApiRequest",
+            (ApiRequest,),
+            {"api": api, "dates": HttpDates(clock), "max_body": max_body},
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> ApiChannel:  # type: ignore[override]
+        channel = super().buildProtocol(addr)
+        assert isinstance(channel, ApiChannel)
+        channel.requestFactory = self.requestFactory
+        return channel
+
+    # The access log is the API's own line (ApiResource.render), not Apache's combined format
+    # to a file: no log file to open, nor its once-a-second timestamp timer.
+    def startFactory(self) -> None:
+        pass
+
+    def stopFactory(self) -> None:
+        pass
+
+    def log(self, request: http.Request) -> None:
+        pass

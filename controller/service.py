@@ -10,12 +10,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from controller.actions import Registry
-from controller.api import ApiResource, make_site
+from controller.api import ApiFactory, ApiResource, make_site
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
@@ -41,7 +41,7 @@ class ListeningService(Service):
         reactor: Any,
         host: str,
         port: int,
-        site: Site,
+        site: ServerFactory,
         label: str,
         tls: CertificateOptions | None = None,
     ) -> None:
@@ -139,8 +139,8 @@ def make_service(
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
     resource = ApiResource(store, actions, reactor, sessions, {"assignments": hub}, metrics)
-    site = make_site(resource, config.max_body_bytes)
-    api = ListeningService(reactor, config.api_host, config.api_port, site, "public API")
+    factory = ApiFactory(resource, reactor, config.max_body_bytes)
+    api = ListeningService(reactor, config.api_host, config.api_port, factory, "public API")
     api.setName("api")
     api.setServiceParent(root)
     refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)

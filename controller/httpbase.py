@@ -1,0 +1,93 @@
+"""What the controller's API port and the agent's metadata service add to Twisted's HTTP/1.1
+channel (`twisted.web.http`), which both use without `twisted.web.server`.
+
+- `BodyLimit`: a request body limit. `twisted.web.http.Request` keeps a body of any announced
+  length, spilling to a temporary file past 100 kB: a client announcing gigabytes fills the
+  disk. `BodyLimit` refuses a body over `max_body` bytes as soon as its length is announced
+  (or, for a chunked body, as soon as it grows past the limit): it writes the subclass's
+  `refusal()` (a complete HTTP answer in the protocol's own format) and hangs up unread.
+- `HttpDates`: the ``Date`` header's value, formatted once a second.
+- `AddressedChannel`: an `HTTPChannel` that looks up once per connection what every request
+  asks and no request changes: the addresses (a system call each) and whether it is TLS.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
+from twisted.logger import Logger
+from twisted.web import http
+
+log = Logger(namespace="rolecall.http")
+
+
+class BodyLimit(http.Request):
+    """Mix in first; set `max_body` and define `refusal`."""
+
+    max_body = 1024 * 1024
+    #: The body was refused: the answer is sent and the connection is closing.
+    refused = False
+
+    def refusal(self) -> bytes:
+        """The whole answer to send (status line, headers ending ``Connection: close``, body)."""
+        raise NotImplementedError
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse()
+            length = None
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.content is not None and self.content.tell() + len(data) > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self.refused = True
+        log.warn("refused a request body over {limit} bytes", limit=self.max_body)
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(self.refusal())
+            transport.loseConnection()
+
+
+class HttpDates:
+    """The ``Date`` header value, formatted once a second of `clock`."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = [b""]
+
+    def now(self) -> list[bytes]:
+        second = int(self._clock.seconds())
+        if second != self._second:
+            self._second, self._value = second, [http.datetimeToString(second)]
+        return self._value
+
+
+class AddressedChannel(http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel, with the connection's addresses and TLS-ness looked up once."""
+
+    _secure = False
+    _peer: IAddress
+    _host: IAddress
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._peer, self._host = transport.getPeer(), transport.getHost()
+        self._secure = ISSLTransport(transport, None) is not None
+        super().connectionMade()
+
+    def getPeer(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return self._host
+
+    def isSecure(self) -> bool:
+        return self._secure

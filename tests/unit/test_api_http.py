@@ -1,0 +1,340 @@
+"""The public port's HTTP layer (ApiFactory, ApiChannel, ApiRequest) on a StringTransport.
+
+Twisted's HTTP/1.1 channel parses; each request goes straight to the API. These tests hold what
+the port did when it was a twisted.web Site: keep-alive, pipelining, the early 413, 400 for a
+malformed request, HEAD, and the headers of every answer. Time moves only through a Clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from prometheus_client import CollectorRegistry
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from controller import sigv4
+from controller.accounts import ensure_first_account
+from controller.api import ApiFactory, ApiResource
+from controller.keyring import KeyRingFile, ensure_key_ring
+from controller.metrics import ControllerMetrics
+from controller.service import api_registry
+from controller.sessions import Sessions
+from controller.store.sqlite import SQLiteStore
+
+ACCOUNT_ID = "111122223333"
+#: 2024-05-01T12:00:00Z, the clock's time in these tests.
+NOW = 1714564800.0
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
+PEER = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+@dataclass
+class Api:
+    resource: ApiResource
+    clock: Clock
+    key: Any
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    store = SQLiteStore(":memory:")
+    with store.transaction() as tx:
+        key = ensure_first_account(tx, ACCOUNT_ID, "test", "2024-05-01T00:00:00Z").root_key
+    ensure_key_ring(tmp_path / "token-keys.json", datetime.fromtimestamp(NOW, UTC))
+    actions = api_registry()
+    clock = Clock()
+    clock.advance(NOW)
+    metrics = ControllerMetrics(
+        CollectorRegistry(), ((action.service, action.name) for action in actions)
+    )
+    sessions = Sessions(KeyRingFile(tmp_path / "token-keys.json"))
+    try:
+        yield Api(ApiResource(store, actions, clock, sessions, metrics=metrics), clock, key)
+    finally:
+        store.close()
+
+
+class Connection:
+    """One client connection to the port: bytes in, answers out."""
+
+    def __init__(self, factory: ApiFactory) -> None:
+        self.transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8773), peerAddress=PEER
+        )
+        self.protocol = factory.buildProtocol(PEER)
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> list[Answer]:
+        """Feed ``data``; the answers it completed (the transport is emptied)."""
+        self.protocol.dataReceived(data)
+        written = self.transport.value()
+        self.transport.clear()
+        return parse_answers(written)
+
+    def close(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionError("closed by the test")))
+
+
+@pytest.fixture
+def connect(api: Api) -> Iterator[Any]:
+    """Opens connections to a port on ``api``; closes them, and checks no timer is left."""
+    opened: list[Connection] = []
+
+    def open_one(max_body: int = 1024 * 1024) -> Connection:
+        connection = Connection(ApiFactory(api.resource, api.clock, max_body))
+        opened.append(connection)
+        return connection
+
+    yield open_one
+    for connection in opened:
+        connection.close()
+    assert api.clock.getDelayedCalls() == []
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error_code(self) -> str:
+        root = ElementTree.fromstring(self.body)
+        return next(element.text or "" for element in root.iter() if element.tag.endswith("Code"))
+
+
+def parse_answers(data: bytes, *, head_only: bool = False) -> list[Answer]:
+    """Every complete answer in ``data``, bodies read by Content-Length (none with head_only)."""
+    answers = []
+    while data:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        assert separator, f"an incomplete answer: {data!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = 0 if head_only else int(headers.get("content-length", "0"))
+        answers.append(Answer(int(status_line.split(" ")[1]), headers, rest[:length]))
+        data = rest[length:]
+    return answers
+
+
+def signed(api: Api, params: dict[str, str], extra_headers: str = "") -> bytes:
+    """A POST signed with the account's root key, as the wire carries it."""
+    body = urlencode(params).encode("ascii")
+    request = sigv4.sign(
+        sigv4.HttpRequest("POST", "/", "", (("Host", "localhost"), ("Content-Type", FORM)), body),
+        access_key_id=api.key.access_key_id,
+        secret_access_key=api.key.secret_access_key,
+        region="us-east-1",
+        service="sts",
+        now=datetime.fromtimestamp(NOW, UTC),
+    )
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers)
+    return (
+        f"POST / HTTP/1.1\r\n{head}{extra_headers}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+WHO_AM_I = {"Action": "GetCallerIdentity", "Version": "2011-06-15"}
+UNSIGNED = b"GET /?Action=ListRoles&Version=2010-05-08 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+def test_a_signed_request_is_answered_200_with_the_query_xml(api: Api, connect: Any) -> None:
+    (answer,) = connect().send(signed(api, WHO_AM_I))
+    assert answer.status == 200
+    assert b"<GetCallerIdentityResult>" in answer.body
+    assert f"<Account>{ACCOUNT_ID}</Account>".encode() in answer.body
+
+
+def test_every_answer_carries_the_headers_the_site_sent(api: Api, connect: Any) -> None:
+    for answer in connect().send(signed(api, WHO_AM_I) + UNSIGNED):
+        assert answer.headers["content-type"] == "text/xml"
+        assert answer.headers["content-length"] == str(len(answer.body))
+        assert answer.headers["server"].startswith("TwistedWeb/")
+        assert answer.headers["date"] == "Wed, 01 May 2024 12:00:00 GMT"
+        request_id = uuid.UUID(answer.headers["x-amzn-requestid"])
+        assert request_id.version == 4
+        assert str(request_id) == answer.headers["x-amzn-requestid"]
+        assert f"<RequestId>{request_id}</RequestId>".encode() in answer.body
+
+
+def test_the_date_header_follows_the_clock(api: Api, connect: Any) -> None:
+    connection = connect()
+    connection.send(UNSIGNED)
+    api.clock.advance(42)
+    (answer,) = connection.send(UNSIGNED)
+    assert answer.headers["date"] == "Wed, 01 May 2024 12:00:42 GMT"
+
+
+def test_an_idle_connection_is_closed_after_a_minute_as_twisted_web_does(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    connection.send(UNSIGNED)
+    api.clock.advance(59)
+    assert not connection.transport.disconnecting
+    api.clock.advance(1)
+    assert connection.transport.disconnecting
+
+
+def test_two_requests_on_one_connection_are_both_answered_and_it_stays_open(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    first = connection.send(signed(api, WHO_AM_I))
+    assert [answer.status for answer in first] == [200]
+    assert not connection.transport.disconnecting
+    second = connection.send(UNSIGNED)
+    assert [answer.status for answer in second] == [403]
+    assert second[0].error_code() == "MissingAuthenticationToken"
+    assert not connection.transport.disconnecting
+    assert first[0].headers["x-amzn-requestid"] != second[0].headers["x-amzn-requestid"]
+
+
+def test_pipelined_requests_are_answered_in_order(api: Api, connect: Any) -> None:
+    answers = connect().send(UNSIGNED + signed(api, WHO_AM_I) + UNSIGNED)
+    assert [answer.status for answer in answers] == [403, 200, 403]
+
+
+def test_a_request_split_across_reads_is_answered_once_complete(api: Api, connect: Any) -> None:
+    connection = connect()
+    request = signed(api, WHO_AM_I)
+    assert connection.send(request[:37]) == []
+    assert connection.send(request[37:-5]) == []
+    assert [answer.status for answer in connection.send(request[-5:])] == [200]
+
+
+def test_connection_close_is_honoured_after_the_answer(api: Api, connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(signed(api, WHO_AM_I, "Connection: close\r\n"))
+    assert answer.status == 200
+    assert answer.headers["connection"] == "close"
+    assert connection.transport.disconnecting
+
+
+def test_an_http_1_0_request_is_answered_then_the_connection_closes(connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(UNSIGNED.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert answer.status == 403
+    assert connection.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GARBAGE", b"GET /", b"GET / HTTP/1.1 extra", b"GET / SPDY/3"],
+)
+def test_a_malformed_request_line_is_answered_400_and_the_connection_closed(
+    connect: Any, request_line: bytes
+) -> None:
+    connection = connect()
+    (answer,) = connection.send(request_line + b"\r\nHost: localhost\r\n\r\n")
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+def test_a_malformed_header_is_answered_400_and_the_connection_closed(connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n")
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+def test_an_announced_oversized_body_is_refused_413_before_it_is_sent(
+    api: Api, connect: Any
+) -> None:
+    connection = connect(max_body=2048)
+    head = (
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: " + FORM.encode() + b"\r\n"
+        b"Content-Length: 4096\r\n\r\n"
+    )
+    (answer,) = connection.send(head)
+    assert answer.status == 413
+    assert answer.error_code() == "RequestEntityTooLarge"
+    assert answer.headers["connection"] == "close"
+    assert connection.transport.disconnecting
+    # The body that arrives anyway is read no further and answered nothing more.
+    assert connection.send(b"a" * 4096) == []
+
+
+def test_a_chunked_body_growing_past_the_limit_is_refused_413(connect: Any) -> None:
+    connection = connect(max_body=2048)
+    head = b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert connection.send(head) == []
+    assert connection.send(b"400\r\n" + b"a" * 1024 + b"\r\n") == []
+    (answer,) = connection.send(b"800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n")
+    assert answer.status == 413
+    assert connection.transport.disconnecting
+
+
+def test_a_body_at_the_limit_is_read(api: Api, connect: Any) -> None:
+    request = signed(api, WHO_AM_I)
+    body_length = len(request.partition(b"\r\n\r\n")[2])
+    (answer,) = connect(max_body=body_length).send(request)
+    assert answer.status == 200
+
+
+def test_head_gets_the_headers_of_its_405_without_the_body(connect: Any) -> None:
+    connection = connect()
+    connection.protocol.dataReceived(b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    (answer,) = parse_answers(connection.transport.value(), head_only=True)
+    assert answer.status == 405
+    assert answer.headers["allow"] == "GET, POST"
+    assert int(answer.headers["content-length"]) > 0  # the length of the 405's XML
+    assert connection.transport.value().endswith(b"\r\n\r\n")  # and not one byte of it
+    assert not connection.transport.disconnecting
+
+
+@pytest.mark.parametrize("method", [b"PUT", b"DELETE", b"OPTIONS"])
+def test_other_methods_are_405_with_allow_and_the_aws_error(connect: Any, method: bytes) -> None:
+    (answer,) = connect().send(method + b" / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert answer.status == 405
+    assert answer.headers["allow"] == "GET, POST"
+    assert answer.error_code() == "MethodNotAllowed"
+
+
+def test_a_request_sees_the_connections_peer_and_that_it_is_not_tls(api: Api, connect: Any) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    class Recorder:
+        def render(self, request: http.Request) -> bytes:
+            seen.append((request.getClientAddress().host, request.isSecure()))
+            return b"<ok/>"
+
+    connection = Connection(ApiFactory(Recorder(), api.clock))  # type: ignore[arg-type]
+    try:
+        connection.send(UNSIGNED + UNSIGNED)
+    finally:
+        connection.close()
+    assert seen == [(PEER.host, False), (PEER.host, False)]
+
+
+def test_a_failure_outside_the_api_is_an_internal_failure_xml_not_a_traceback(
+    api: Api, connect: Any
+) -> None:
+    class Broken:
+        def render(self, request: http.Request) -> bytes:
+            raise RuntimeError("a log observer or a metric failed")
+
+    connection = Connection(ApiFactory(Broken(), api.clock))  # type: ignore[arg-type]
+    try:
+        (answer,) = connection.send(UNSIGNED)
+    finally:
+        connection.close()
+    assert answer.status == 500
+    assert answer.error_code() == "InternalFailure"
+    assert b"Traceback" not in answer.body and b"RuntimeError" not in answer.body
+    assert not connection.transport.disconnecting
