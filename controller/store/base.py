@@ -8,8 +8,9 @@ uniqueness rule it enforces is violated, so races between replicas end the same 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import TypeVar
 
 from controller.store.records import (
     AccessKey,
@@ -23,6 +24,8 @@ from controller.store.records import (
     User,
     UserPolicy,
 )
+
+_T = TypeVar("_T")
 
 
 class StoreError(Exception):
@@ -161,11 +164,21 @@ class Transaction(abc.ABC):
 
 
 class Store(abc.ABC):
-    """A database holding RoleCall's state; `transaction()` is the only way in."""
+    """A database holding RoleCall's state; `transaction()` and `run()` are the only ways in."""
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
         """Begin a read-write transaction; commit on success, roll back on an exception."""
+
+    def run(self, work: Callable[[Transaction], _T]) -> _T:
+        """``work(tx)`` in one transaction, committed if it returns, rolled back if it raises.
+
+        A backend may roll back a first try and call ``work`` again, so ``work`` must act only
+        through ``tx`` (or on what it makes itself) until it returns. In return a backend may
+        save work, as SQLite does for requests that only read what it has cached.
+        """
+        with self.transaction() as tx:
+            return work(tx)
 
     @abc.abstractmethod
     def schema_version(self) -> int: ...
