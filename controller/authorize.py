@@ -25,6 +25,8 @@ from controller.store.base import Transaction
 
 ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
+_ALLOW = Decision("Allow")  # frozen: one serves every caller the answer needs no statement for
+
 #: What temporary credentials without an IAM identity of their own may call in IAM and STS.
 _FEDERATED_STS = frozenset({"sts:getcalleridentity"})
 _SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole"})
@@ -66,18 +68,14 @@ def context_keys(
     caller: Caller, facts: RequestFacts, now: datetime, tags: Mapping[str, str]
 ) -> dict[str, tuple[str, ...]]:
     """The global condition keys of a request."""
-    keys: dict[str, tuple[str, ...]] = dict(time_keys(now))
-    keys.update(
-        {
-            "aws:SourceIp": (facts.source_ip,),
-            "aws:SecureTransport": ("true" if facts.secure_transport else "false",),
-            "aws:PrincipalArn": (caller.arn,),
-            "aws:PrincipalAccount": (caller.account_id,),
-            "aws:PrincipalType": (PRINCIPAL_TYPES[caller.kind],),
-            "aws:userid": (caller.user_id,),
-            "aws:RequestedRegion": (facts.region,),
-        }
-    )
+    keys: dict[str, tuple[str, ...]] = time_keys(now)  # a new dict, ours to fill
+    keys["aws:SourceIp"] = (facts.source_ip,)
+    keys["aws:SecureTransport"] = ("true" if facts.secure_transport else "false",)
+    keys["aws:PrincipalArn"] = (caller.arn,)
+    keys["aws:PrincipalAccount"] = (caller.account_id,)
+    keys["aws:PrincipalType"] = (PRINCIPAL_TYPES[caller.kind],)
+    keys["aws:userid"] = (caller.user_id,)
+    keys["aws:RequestedRegion"] = (facts.region,)
     if caller.kind == "user" and caller.user_name is not None:
         keys["aws:username"] = (caller.user_name,)
     if caller.temporary:
@@ -113,11 +111,8 @@ def decide(
 ) -> Decision:
     """The policy decision for the caller of ``context`` doing ``action`` on ``resource``."""
     caller, tx = context.caller, context.tx
-    lowered = action.lower()
-    if lowered == "sts:getcalleridentity":
-        return Decision("Allow")
-    if caller.kind == "root":
-        return Decision("Allow")
+    if caller.kind == "root" or action.lower() == "sts:getcalleridentity":
+        return _ALLOW
     if not kind_may_call(caller, action):
         return Decision("ImplicitDeny")
     keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))

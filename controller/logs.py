@@ -4,24 +4,51 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from typing import IO
 
 from twisted.logger import (
-    FilteringLogObserver,
     LogEvent,
     LogLevel,
-    LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
 
+# The public API logs a line for every request, so the observer is on every request's path:
+# levels are compared by rank (LogLevel's own ordering sorts its constants on each comparison)
+# and plain ``{name}`` formats are filled by ``str.format_map``.
+_RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
+_NAME = {level: level.name.upper() for level in LogLevel.iterconstants()}
 
-def line_observer(stream: IO[str]) -> Callable[[LogEvent], None]:
+
+def event_text(event: LogEvent) -> str:
+    """The event's message, as ``twisted.logger.formatEvent`` gives it."""
+    log_format = event.get("log_format")
+    # formatEvent reads "{name()}" as a call, and has its own way with flattened events; for the
+    # rest it does what format_map does, at several times the cost. Any failure (a missing key,
+    # a positional field) goes to formatEvent, which reports it its own way.
+    if type(log_format) is str and "()" not in log_format and "log_flattened" not in event:
+        with suppress(Exception):
+            return log_format.format_map(event)
+    return formatEvent(event)
+
+
+def line_observer(stream: IO[str], level: LogLevel | None = None) -> Callable[[LogEvent], None]:
+    """Writes events as lines, each flushed at once; with a ``level``, only events at that level
+    or above that have a namespace (what ``LogLevelFilterPredicate`` lets through)."""
+    threshold = None if level is None else _RANK[level]
+
     def observe(event: LogEvent) -> None:
-        level = event.get("log_level", LogLevel.info).name.upper()
-        namespace = event.get("log_namespace", "-")
-        text = formatEvent(event).replace("\n", " | ")
-        stream.write(f"{level} {namespace}: {text}\n")
+        event_level = event.get("log_level")
+        namespace = event.get("log_namespace")
+        if threshold is not None and (
+            event_level not in _RANK or not namespace or _RANK[event_level] < threshold
+        ):
+            return
+        if event_level is None:
+            event_level = LogLevel.info
+        text = event_text(event).replace("\n", " | ")
+        stream.write(f"{_NAME[event_level]} {namespace or '-'}: {text}\n")
         failure = event.get("log_failure")
         if failure is not None:
             stream.write(failure.getTraceback())
@@ -31,6 +58,5 @@ def line_observer(stream: IO[str]) -> Callable[[LogEvent], None]:
 
 
 def start_logging(level: LogLevel = LogLevel.info, stream: IO[str] | None = None) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    observer = FilteringLogObserver(line_observer(stream or sys.stdout), [predicate])
+    observer = line_observer(stream or sys.stdout, level)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

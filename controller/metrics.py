@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,6 +38,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 NOT_KNOWN = "-"
 UNKNOWN_ACTION = "unknown"
 OTHER = "other"
+
+
+#: Label sets of API requests whose metric children are kept bound.
+_BOUND_CHILDREN = 4096
 
 
 class ControllerMetrics:
@@ -93,6 +98,7 @@ class ControllerMetrics:
             "Node assignment long polls waiting for a change now.",
             registry=registry,
         )
+        self._api_children: dict[tuple[str | None, str | None, int], tuple[Any, Any]] = {}
         # Present from the start, so that rate() and alerts see the first increment.
         for reason in AUTHENTICATION_FAILURE_REASONS:
             self._authentication_failures.labels(reason)
@@ -103,15 +109,24 @@ class ControllerMetrics:
         self, service: str | None, action: str | None, status: int, seconds: float
     ) -> None:
         """One public API request answered with ``status`` after ``seconds``."""
-        service_label = service if service in self._services else NOT_KNOWN
-        if action is None:
-            action_label = NOT_KNOWN
-        elif (service, action) in self._actions:
-            action_label = action
-        else:
-            action_label = UNKNOWN_ACTION
-        self._api_requests.labels(service_label, action_label, str(status)).inc()
-        self._api_duration.labels(service_label).observe(max(seconds, 0.0))
+        key = (service, action, status)
+        children = self._api_children.get(key)
+        if children is None:  # bound once per label set: `labels()` costs more than `inc()`
+            service_label = service if service in self._services else NOT_KNOWN
+            if action is None:
+                action_label = NOT_KNOWN
+            elif (service, action) in self._actions:
+                action_label = action
+            else:
+                action_label = UNKNOWN_ACTION
+            children = (
+                self._api_requests.labels(service_label, action_label, str(status)),
+                self._api_duration.labels(service_label),
+            )
+            if len(self._api_children) < _BOUND_CHILDREN:  # unknown actions are callers' text
+                self._api_children[key] = children
+        children[0].inc()
+        children[1].observe(max(seconds, 0.0))
 
     def authentication_failed(self, reason: str) -> None:
         """A request refused with one of :data:`AUTHENTICATION_FAILURE_REASONS`."""

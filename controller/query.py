@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from controller.errors import (
     InvalidInput,
@@ -106,6 +107,33 @@ class _Problems:
         self.wires.append(wire or path)
 
 
+def parse_form(text: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs of an ``application/x-www-form-urlencoded`` body, in order.
+
+    As ``urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=True)``: ``+`` is a
+    space, escapes that are not UTF-8 become U+FFFD, and a field without ``=`` (an empty one
+    too) is a ValueError.
+    """
+    if not text or not text.isascii():
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    # ASCII text is one run for parse_qsl's unquote, which comes down to this; SDKs send ASCII.
+    pairs = []
+    for field_text in text.split("&"):
+        name, equals, value = field_text.partition("=")
+        if not equals:
+            raise ValueError(f"bad query field: {field_text!r}")
+        pairs.append((_form_decode(name), _form_decode(value)))
+    return pairs
+
+
+def _form_decode(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        text = unquote_to_bytes(text).decode("utf-8", "replace")
+    return text
+
+
 def parse_input(
     params: Mapping[str, str], struct: Struct, *, flattened_lists: bool = False
 ) -> dict[str, Any]:
@@ -115,7 +143,10 @@ def parse_input(
     EC2 answers its own MissingParameter or InvalidParameterValue naming the first parameter.
     """
     problems = _Problems()
-    result = _parse_struct(params, "", "", struct, problems, flattened_lists)
+    # The first part of every name: a member whose wire name is not among them is absent, and
+    # need not be looked for (lists and structures would scan every parameter for it).
+    present = {name.partition(".")[0] for name in params}
+    result = _parse_struct(params, "", "", struct, problems, flattened_lists, present)
     if problems.items:
         if flattened_lists:
             value, _, constraint = problems.items[0]
@@ -137,14 +168,20 @@ def _parse_struct(
     struct: Struct,
     problems: _Problems,
     flattened: bool,
+    present: set[str] | None = None,
 ) -> dict[str, Any]:
+    """The members of a structure; ``present``: the first parts of all names (top level only)."""
     out: dict[str, Any] = {}
     for item in struct.fields:
         wire = prefix + (item.wire_name or item.name)
-        member = f"{path}{member_path(item.name)}"
-        value = _parse_value(params, wire, member, item.shape, problems, flattened)
+        if present is not None and wire not in present and "." not in wire:
+            value = None
+        else:
+            member = f"{path}{member_path(item.name)}"
+            value = _parse_value(params, wire, member, item.shape, problems, flattened)
         if value is None:
             if item.required:
+                member = f"{path}{member_path(item.name)}"
                 problems.add(None, member, "Member must not be null", wire)
             continue
         out[item.name] = value

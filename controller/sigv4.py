@@ -133,7 +133,9 @@ def parse_query(raw: str, *, plus_as_space: bool = False) -> list[tuple[str, str
     plus unless ``plus_as_space`` (form bodies). Raises MalformedQueryString for non-UTF-8."""
     # SigV4 reads '+' in a query string as a plus; botocore encodes form bodies with '+' for a
     # space, hence the option. Empty segments ("a=1&&b=2") carry no parameter and are skipped.
-    pairs = []
+    pairs: list[tuple[str, str]] = []
+    if not raw:
+        return pairs
     for segment in raw.split("&"):
         if not segment:
             continue
@@ -145,6 +147,8 @@ def parse_query(raw: str, *, plus_as_space: bool = False) -> list[tuple[str, str
 def _percent_decode(text: str, plus_as_space: bool) -> str:
     if plus_as_space:
         text = text.replace("+", " ")
+    if "%" not in text and text.isascii():
+        return text  # nothing to decode (the common case: names, versions, ARNs)
     try:
         return unquote_to_bytes(text).decode("utf-8")
     except UnicodeError:
@@ -162,6 +166,8 @@ def uri_encode(text: str, *, safe: str = "") -> str:
 def canonical_uri(raw_path: str) -> str:
     """The canonical URI of a non-S3 request: dot segments removed, repeated slashes collapsed,
     a trailing slash kept, then the path as received URI-encoded (so ``%`` is encoded again)."""
+    if raw_path == "/":
+        return raw_path  # the Query API's path, every time
     segments: list[str] = []
     for segment in raw_path.split("/"):
         if segment in ("", "."):
@@ -179,24 +185,51 @@ def canonical_uri(raw_path: str) -> str:
 
 def canonical_query_string(pairs: Iterable[tuple[str, str]]) -> str:
     """Each decoded name and value URI-encoded, sorted by encoded name then encoded value."""
+    if not pairs:
+        return ""
     encoded = sorted((uri_encode(name), uri_encode(value)) for name, value in pairs)
     return "&".join(f"{name}={value}" for name, value in encoded)
 
 
 def canonical_header_value(value: str) -> str:
     """A header value trimmed, with each run of spaces and tabs inside it made one space."""
-    return _HTTP_WHITESPACE.sub(" ", value.strip(" \t"))
+    value = value.strip(" \t")
+    if "  " in value or "\t" in value:  # else every run is one space already
+        value = _HTTP_WHITESPACE.sub(" ", value)
+    return value
 
 
 def canonical_headers(headers: Iterable[tuple[str, str]], signed_headers: Iterable[str]) -> str:
     """``name:value\\n`` for each signed header, sorted by lowercase name; the values of a header
     sent more than once are joined with ``,`` in arrival order. A header absent gets ``name:``."""
-    values: dict[str, list[str]] = {}
+    return _canonical_headers(_index(headers), _canonical_names(signed_headers))
+
+
+def _index(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Header values by lowercase name, in arrival order: made once per request."""
+    index: dict[str, list[str]] = {}
     for name, value in headers:
-        values.setdefault(name.lower(), []).append(canonical_header_value(value))
-    return "".join(
-        f"{name}:{','.join(values.get(name, []))}\n" for name in _canonical_names(signed_headers)
-    )
+        lowered = name.lower()
+        values = index.get(lowered)
+        if values is None:
+            index[lowered] = [value]
+        else:
+            values.append(value)
+    return index
+
+
+def _canonical_headers(index: dict[str, list[str]], names: Iterable[str]) -> str:
+    """As :func:`canonical_headers`, from an index and canonical (sorted lowercase) names."""
+    lines = []
+    for name in names:
+        values = index.get(name)
+        if values is None:
+            lines.append(f"{name}:\n")
+        elif len(values) == 1:
+            lines.append(f"{name}:{canonical_header_value(values[0])}\n")
+        else:
+            lines.append(f"{name}:{','.join(map(canonical_header_value, values))}\n")
+    return "".join(lines)
 
 
 def payload_hash(body: bytes) -> str:
@@ -212,14 +245,30 @@ def canonical_request(
 ) -> str:
     """The canonical request; ``exclude_query`` names parameters left out (X-Amz-Signature of a
     presigned URL). It holds the session token header when that is signed: never log it."""
-    pairs = [pair for pair in parse_query(request.query) if pair[0] not in exclude_query]
-    names = _canonical_names(signed_headers)
+    return _canonical_request(
+        request,
+        parse_query(request.query),
+        _index(request.headers),
+        _canonical_names(signed_headers),
+        exclude_query,
+    )
+
+
+def _canonical_request(
+    request: HttpRequest,
+    query: list[tuple[str, str]],
+    index: dict[str, list[str]],
+    names: Sequence[str],
+    exclude_query: Collection[str],
+) -> str:
+    """:func:`canonical_request` from the parsed query, the header index and canonical names."""
+    pairs = [pair for pair in query if pair[0] not in exclude_query] if exclude_query else query
     return "\n".join(
         [
             request.method,
             canonical_uri(request.path),
             canonical_query_string(pairs),
-            canonical_headers(request.headers, names),
+            _canonical_headers(index, names),
             ";".join(names),
             payload_hash(request.body),
         ]
@@ -288,7 +337,8 @@ def parse_request(
     header signed) and return what the request claims; :func:`verify` does the rest."""
     _require_utc(now, "now")
     query = parse_query(request.query)
-    authorizations = _header_values(request.headers, "authorization")
+    index = _index(request.headers)
+    authorizations = index.get("authorization", [])
     presigned = any(name == "X-Amz-Algorithm" for name, _ in query)
     if authorizations and presigned:
         raise IncompleteSignature(
@@ -302,19 +352,18 @@ def parse_request(
     parts = _presigned_parts(parameters) if presigned else _authorization_parts(authorizations)
     access_key_id, date, region, service = _parse_credential(parts.credential)
     signed_headers = _parse_signed_headers(parts.signed_headers, presigned)
-    _require_signed(request.headers, signed_headers)
+    _require_signed(index, signed_headers)
 
     if presigned:
         amz_date = parameters["X-Amz-Date"]
         request_time = _parse_amz_date(amz_date, "The X-Amz-Date query parameter")
         expires = _parse_expires(parameters.get("X-Amz-Expires"))
         _check_presigned_time(request_time, expires, now, max_skew)
-        security_token = _presigned_token(parameters, request.headers)
+        security_token = _presigned_token(parameters, index)
     else:
-        request_time = _header_request_time(request.headers)
-        amz_date = request_time.strftime(AMZ_DATE_FORMAT)
+        request_time, amz_date = _header_request_time(index)
         _check_skew(request_time, now, max_skew)
-        security_token = _single_header(request.headers, "x-amz-security-token")
+        security_token = _single_header(index, "x-amz-security-token")
 
     if date != amz_date[:8]:
         raise SignatureDoesNotMatch(
@@ -323,15 +372,15 @@ def parse_request(
         )
     # A signed header missing from the request means it is no longer the request that was signed
     # (a proxy dropped the header, say): a mismatch, not a malformed signature.
-    present = {name.lower() for name, _ in request.headers}
-    absent = [name for name in signed_headers if name not in present]
+    absent = [name for name in signed_headers if name not in index]
     if absent:
         raise SignatureDoesNotMatch(
             f"{SIGNATURE_MISMATCH} The request is missing signed headers: {', '.join(absent)}."
         )
 
-    creq = canonical_request(
-        request, signed_headers, exclude_query=("X-Amz-Signature",) if presigned else ()
+    # signed_headers are canonical already: lowercase, sorted, each once (_parse_signed_headers).
+    creq = _canonical_request(
+        request, query, index, signed_headers, ("X-Amz-Signature",) if presigned else ()
     )
     return SignedClaim(
         access_key_id=access_key_id,
@@ -412,6 +461,9 @@ def _presigned_parts(parameters: dict[str, str]) -> _Parts:
     )
 
 
+# A client signs every request of a day with the same credential scope and signed header names:
+# both are parsed once (errors are raised again each time: lru_cache keeps only results).
+@functools.lru_cache(maxsize=1024)
 def _parse_credential(credential: str) -> tuple[str, str, str, str]:
     parts = credential.split("/")
     if len(parts) != 5 or not parts[0]:
@@ -448,6 +500,7 @@ def _is_calendar_date(date: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_signed_headers(value: str, presigned: bool) -> tuple[str, ...]:
     where = "X-Amz-SignedHeaders" if presigned else "SignedHeaders"
     names = tuple(value.split(";"))
@@ -460,15 +513,11 @@ def _parse_signed_headers(value: str, presigned: bool) -> tuple[str, ...]:
     return names
 
 
-def _require_signed(headers: Sequence[tuple[str, str]], signed_headers: tuple[str, ...]) -> None:
+def _require_signed(index: dict[str, list[str]], signed_headers: tuple[str, ...]) -> None:
     if "host" not in signed_headers:
         raise IncompleteSignature("'Host' must be a signed header.")
     unsigned = sorted(
-        {
-            name.lower()
-            for name, _ in headers
-            if name.lower().startswith("x-amz-") and name.lower() not in signed_headers
-        }
+        name for name in index if name.startswith("x-amz-") and name not in signed_headers
     )
     if unsigned:
         raise IncompleteSignature(
@@ -477,15 +526,13 @@ def _require_signed(headers: Sequence[tuple[str, str]], signed_headers: tuple[st
         )
 
 
-def _header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
-    return [value for header, value in headers if header.lower() == name]
-
-
-def _single_header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
-    values = _header_values(headers, name)
+def _single_header(index: dict[str, list[str]], name: str) -> str | None:
+    values = index.get(name)
+    if values is None:
+        return None
     if len(values) > 1:
         raise IncompleteSignature(f"The request has more than one {name} header.")
-    return values[0].strip() if values else None
+    return values[0].strip()
 
 
 def _parse_amz_date(value: str, where: str) -> datetime:
@@ -503,11 +550,13 @@ def _parse_amz_date(value: str, where: str) -> datetime:
     )
 
 
-def _header_request_time(headers: Sequence[tuple[str, str]]) -> datetime:
-    amz_date = _single_header(headers, "x-amz-date")
+def _header_request_time(index: dict[str, list[str]]) -> tuple[datetime, str]:
+    """The request time from X-Amz-Date or else Date, and its ISO 8601 basic form."""
+    amz_date = _single_header(index, "x-amz-date")
     if amz_date is not None:
-        return _parse_amz_date(amz_date, "The X-Amz-Date header")
-    date = _single_header(headers, "date")
+        # Valid (checked by _parse_amz_date), it is that form already.
+        return _parse_amz_date(amz_date, "The X-Amz-Date header"), amz_date
+    date = _single_header(index, "date")
     if date is None:
         raise IncompleteSignature(
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
@@ -520,7 +569,8 @@ def _header_request_time(headers: Sequence[tuple[str, str]]) -> datetime:
         ) from None
     if parsed.tzinfo is None:  # "-0000": the time is UTC, the zone unknown
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    parsed = parsed.astimezone(UTC)
+    return parsed, parsed.strftime(AMZ_DATE_FORMAT)
 
 
 def _parse_expires(value: str | None) -> timedelta:
@@ -566,8 +616,8 @@ def _check_presigned_time(
     _check_not_future(request_time, now, max_skew)
 
 
-def _presigned_token(parameters: dict[str, str], headers: Sequence[tuple[str, str]]) -> str | None:
-    header = _single_header(headers, "x-amz-security-token")
+def _presigned_token(parameters: dict[str, str], index: dict[str, list[str]]) -> str | None:
+    header = _single_header(index, "x-amz-security-token")
     parameter = parameters.get("X-Amz-Security-Token")
     if header is not None and parameter is not None:
         raise IncompleteSignature(

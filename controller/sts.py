@@ -28,6 +28,7 @@ from controller.policy.evaluate import (
     RequestContext,
     evaluate_trust,
     principal_matches,
+    reads_context_keys,
 )
 from controller.query import Field, Int, ListOf, Str, Struct
 from controller.tokens import SessionClaims, new_credentials_ids, packed_size_percent
@@ -108,6 +109,7 @@ def _claims(
 ) -> SessionClaims:
     caller = context.caller
     access_key_id, secret = new_credentials_ids()
+    issued = context.now.replace(microsecond=0)
     extra = {}
     if caller.user_name is not None:
         extra["user_name"] = caller.user_name
@@ -125,8 +127,8 @@ def _claims(
         session_policy=session_policy,
         source_identity=source_identity,
         chained=caller.temporary,
-        issued=context.now.replace(microsecond=0),
-        expires=context.now.replace(microsecond=0) + timedelta(seconds=seconds),
+        issued=issued,
+        expires=issued + timedelta(seconds=seconds),
         extra=extra,
     )
 
@@ -270,22 +272,26 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
     _refuse_unsupported(params)
     session_name = params["RoleSessionName"]
     role = tx.get_role(target.account_id, target.name)
-    not_allowed = AccessDenied(
+    not_allowed = (
         f"User: {caller.arn} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
     )
     if role is None or role.arn != role_arn:
-        raise not_allowed  # as IAM: a missing role is not told apart from a refused one
-    keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
-    if "ExternalId" in params:
-        keys["sts:ExternalId"] = (params["ExternalId"],)
-    if "SourceIdentity" in params:
-        keys["sts:SourceIdentity"] = (params["SourceIdentity"],)
+        # As IAM: a missing role is not told apart from a refused one.
+        raise AccessDenied(not_allowed)
+    trust_policy = parsed(role.assume_role_policy, PolicyKind.TRUST)
+    keys: dict[str, tuple[str, ...]] = {}
+    if reads_context_keys(trust_policy):  # most trust policies name principals, no conditions
+        keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
+        if "ExternalId" in params:
+            keys["sts:ExternalId"] = (params["ExternalId"],)
+        if "SourceIdentity" in params:
+            keys["sts:SourceIdentity"] = (params["SourceIdentity"],)
     trust = evaluate_trust(
-        parsed(role.assume_role_policy, PolicyKind.TRUST),
+        trust_policy,
         RequestContext("sts:AssumeRole", role.arn, caller.arn, caller.account_id, keys),
     )
     if not trust.allowed:
-        raise AccessDenied(f"{not_allowed.message} (the role's trust policy does not allow it)")
+        raise AccessDenied(f"{not_allowed} (the role's trust policy does not allow it)")
     identity = decide(context, "sts:AssumeRole", role.arn)
     same_account = target.account_id == caller.account_id
     if identity.effect == "Deny" or not (

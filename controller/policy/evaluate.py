@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_trust",
     "evaluate_with_session",
     "principal_matches",
+    "reads_context_keys",
     "time_keys",
 ]
 
@@ -113,11 +114,15 @@ def time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
     """``aws:CurrentTime`` and ``aws:EpochTime`` for ``now`` (naive means UTC)."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    now = now.astimezone(UTC)
-    return {
-        "aws:CurrentTime": (now.strftime("%Y-%m-%dT%H:%M:%SZ"),),
-        "aws:EpochTime": (str(int(now.timestamp())),),
-    }
+    elif now.tzinfo is not UTC:
+        now = now.astimezone(UTC)
+    if now.year < 1000:  # strftime's own (platform's) way with short years
+        current = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    else:  # as strftime, without parsing a format on every request
+        current = (
+            f"{now.year}-{now.month:02}-{now.day:02}T{now.hour:02}:{now.minute:02}:{now.second:02}Z"
+        )
+    return {"aws:CurrentTime": (current,), "aws:EpochTime": (str(int(now.timestamp())),)}
 
 
 def evaluate(policies: Sequence[tuple[str, PolicyDocument]], context: RequestContext) -> Decision:
@@ -170,6 +175,15 @@ def evaluate_trust(
         federated=federated,
     )
     return _decide([(policy_name, policy)], context, _Target.PRINCIPAL, caller)
+
+
+def reads_context_keys(document: PolicyDocument) -> bool:
+    """Whether any statement of ``document`` reads a condition key or a policy variable.
+
+    When none does, evaluating it gives the same decision whatever the request's keys: a
+    caller may leave them out rather than gather them.
+    """
+    return any(compiled.keys for compiled in _compiled(document).statements)
 
 
 # -- compiled documents --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from controller.policy.evaluate import (
     evaluate_trust,
     evaluate_with_session,
     principal_matches,
+    reads_context_keys,
     time_keys,
 )
 
@@ -1401,3 +1402,27 @@ def test_evaluate_trust_never_raises_on_an_accepted_trust_policy(
     document = parse_policy(text, PolicyKind.TRUST)
     decision = evaluate_trust(document, context, service=service)
     assert decision.effect in ("Allow", "Deny", "ImplicitDeny")
+
+
+# --- documents that read no key ------------------------------------------------------------------
+
+
+def test_a_trust_policy_naming_principals_only_reads_no_context_key() -> None:
+    assert not reads_context_keys(trust({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}))
+    assert not reads_context_keys(policy(allow("s3:GetObject", "arn:aws:s3:::bucket/*")))
+
+
+def test_a_condition_or_a_policy_variable_reads_context_keys() -> None:
+    external_id = {"StringEquals": {"sts:ExternalId": "x"}}
+    assert reads_context_keys(trust({"AWS": ACCOUNT}, Condition=external_id))
+    assert reads_context_keys(policy(allow("s3:GetObject", "arn:aws:s3:::b/${aws:username}/*")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=documents(), context=contexts())
+def test_a_document_that_reads_no_key_decides_alike_without_the_keys(
+    document: PolicyDocument, context: RequestContext
+) -> None:
+    assume(not reads_context_keys(document))
+    bare = RequestContext(context.action, context.resource, USER, ACCOUNT, {})
+    assert evaluate([("p", document)], bare) == evaluate([("p", document)], context)

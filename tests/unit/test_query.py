@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import given, settings
@@ -32,6 +33,7 @@ from controller.query import (
     Struct,
     check_unique,
     is_tag_text,
+    parse_form,
     parse_input,
 )
 
@@ -482,3 +484,41 @@ def test_parse_input_raises_only_api_errors_for_any_parameters(data: st.DataObje
     except ApiError:
         return
     assert set(parsed) <= {item.name for item in action.input.fields}
+
+
+# --- form bodies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Action=AssumeRole&RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fweb&Version=2011-06-15",
+        "a=1&b=&c=x+y%2Bz&d=%E2%98%83",
+        "name=%ff%fe&%41=%zz&e=%",
+        "only=",
+        "=value",
+        "caf\u00e9=na\u00efve&x=%C3%A9",
+    ],
+)
+def test_parse_form_reads_a_body_as_parse_qsl_does(text: str) -> None:
+    assert parse_form(text) == parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+
+
+@pytest.mark.parametrize("text", ["a=1&&b=2", "a=1&b", "noequals", "a=1&", "&a=1"])
+def test_parse_form_refuses_a_field_without_an_equals_sign(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    with pytest.raises(ValueError):
+        parse_form(text)
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("ab=&+%2Fe9C3A\u00e9\u2603 ")))
+def test_parse_form_agrees_with_parse_qsl_on_any_text(text: str) -> None:
+    try:
+        expected = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_form(text)
+        return
+    assert parse_form(text) == expected

@@ -9,18 +9,23 @@ from __future__ import annotations
 import xml.etree.ElementTree as ElementTree
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from xml.sax.saxutils import escape
 
 import botocore.session
 import pytest
 from botocore.parsers import EC2QueryParser, QueryParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.xmlout import (
+    _NOT_XML,
     NAMESPACES,
     ec2_error,
     ec2_response,
     format_time,
     query_error,
     query_response,
+    xml_text,
 )
 
 IAM_NS = "https://iam.amazonaws.com/doc/2010-05-08/"
@@ -421,3 +426,26 @@ def test_botocore_reads_an_ec2_association_list() -> None:
         }
     ]
     assert parsed["ResponseMetadata"]["RequestId"] == REQUEST_ID
+
+
+# --- the fast paths give what the general ones do -----------------------------------------------
+
+
+@settings(max_examples=500)
+@given(st.text())
+def test_xml_text_escapes_any_text_as_the_general_rule_does(text: str) -> None:
+    expected = escape(_NOT_XML.sub("\ufffd", text), {"\r": "&#13;"})
+    assert xml_text(text) == expected
+
+
+@settings(max_examples=300)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=9, minutes=30))]) | st.none(),
+    )
+)
+def test_format_time_is_strftime_of_the_utc_moment(moment: datetime) -> None:
+    utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    assert format_time(moment) == utc.strftime("%Y-%m-%dT%H:%M:%SZ")
