@@ -1165,7 +1165,10 @@ def main(argv: list[str] | None = None) -> int:
         help="serving runs (default 1,50,500; '' for none)",
     )
     parser.add_argument(
-        "--reconcile", type=_optional_counts, default=[500, 1000], help="reconcile runs (default 500,1000)"
+        "--reconcile",
+        type=_optional_counts,
+        default=[500, 1000],
+        help="reconcile runs (default 500,1000)",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds of each saturation run")
     parser.add_argument(
