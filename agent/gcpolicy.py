@@ -1,18 +1,21 @@
 """Keep the garbage collector's full passes short: freeze what the agent holds for long.
 
-A full (oldest-generation) collection walks every tracked object. On a node with hundreds of
-instances that is the agent's whole state (slots, trees, credential machines, sockets): about
-95 ms on the benchmark machine with 500 instances, a stall that every guest request arriving
-meanwhile waits out. That state changes only when the assignments do. So once the agent has
-applied a new set of assignments (and each instance has its credentials or a reason), it
-collects once and moves every surviving object to the permanent generation (`gc.freeze`),
-which later collections do not walk. Objects made afterwards, per request or per rotation, are
-collected as usual, and their full passes walk only them.
+A full (oldest-generation) collection walks every tracked object: the modules the agent
+imported and its whole state (slots, trees, credential machines, sockets). That took about
+95 ms on the benchmark machine with 500 instances, a stall every guest request arriving
+meanwhile waits out, about twice a minute under load. Almost all of it lives as long as the
+process or until the assignments change. So:
 
-Frozen objects that later become cyclic garbage (an instance removed, a set rotated out) are
-not collected while frozen, so every refreeze first thaws everything (`gc.unfreeze`) and
-collects, and it happens at least every `REFREEZE_SECONDS` even when nothing changes: what
-could pile up is bounded by what one refreeze froze.
+- when the agent has applied a new set of assignments (and each instance has its credentials
+  or a reason), it collects the young generations (milliseconds) and moves every tracked object
+  to the permanent generation (`gc.freeze`), which no collection walks;
+- at start and then every `REFREEZE_SECONDS`, it thaws everything (`gc.unfreeze`), makes one
+  full collection and freezes again. Frozen objects that became cyclic garbage (an instance
+  removed, a set rotated out) are collected then: what can pile up is bounded by an hour of
+  changes. That full pass is the one stall left, once an hour.
+
+Objects made between freezes, per request or per rotation, are collected as usual, and a full
+pass walks only them.
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ class Watched(Protocol):
 
 
 class FreezeAfterChanges(Service):
-    """Refreezes after each applied change of assignments, and every `refreeze` seconds."""
+    """Freezes after each applied change of assignments; thaws, collects and freezes at the
+    first and then every `refreeze` seconds."""
 
     def __init__(self, agent: Watched, clock: Any, *, refreeze: float = REFREEZE_SECONDS) -> None:
         self._agent = agent
         self._clock = clock
         self._refreeze_after = refreeze
         self._frozen_revision: int | None = None
-        self._frozen_at = 0.0
+        self._full_at = 0.0
         self._loop = LoopingCall(self._check)
         self._loop.clock = clock
         #: How many refreezes were made, and how long the last one took (for logs and tests).
@@ -67,22 +71,29 @@ class FreezeAfterChanges(Service):
 
     def _check(self) -> None:
         agent = self._agent
-        due = self._clock.seconds() - self._frozen_at >= self._refreeze_after
-        changed = agent.revision != self._frozen_revision and agent.ready()[0]
-        if changed or (due and self._frozen_revision is not None):
-            self.refreeze()
+        if agent.revision == self._frozen_revision or not agent.ready()[0]:
+            if self.refreezes and self._clock.seconds() - self._full_at >= self._refreeze_after:
+                self.refreeze(full=True)
+            return
+        self.refreeze(full=not self.refreezes)
 
-    def refreeze(self) -> None:
+    def refreeze(self, *, full: bool) -> None:
+        """Freeze what is tracked; `full`: thaw and collect everything first."""
         started = time.perf_counter()
-        gc.unfreeze()
-        gc.collect()
+        if full:
+            gc.unfreeze()
+            gc.collect()
+            self._full_at = self._clock.seconds()
+        else:
+            gc.collect(1)
         gc.freeze()
         self.last_seconds = time.perf_counter() - started
         self.refreezes += 1
         self._frozen_revision = self._agent.revision
-        self._frozen_at = self._clock.seconds()
         log.info(
-            "froze {count} long-lived objects out of the collector's passes in {ms:.1f} ms",
+            "froze {count} long-lived objects out of the collector's passes in {ms:.1f} ms"
+            " ({kind})",
             count=gc.get_freeze_count(),
             ms=self.last_seconds * 1000,
+            kind="after a full collection" if full else "after the young generations",
         )

@@ -43,20 +43,37 @@ def test_nothing_is_frozen_before_the_agent_is_ready() -> None:
     policy.stopService()
 
 
-def test_an_applied_change_freezes_once_and_the_next_change_refreezes() -> None:
+def test_an_applied_change_freezes_what_is_new_without_thawing() -> None:
     clock, agent = Clock(), Agent()
     policy = started(agent, clock)
     agent.revision, agent.is_ready = 3, True
     clock.advance(CHECK_SECONDS)
     assert policy.refreezes == 1
-    assert gc.get_freeze_count() > 0
+    first = gc.get_freeze_count()
+    assert first > 0
     clock.advance(CHECK_SECONDS * 10)
     assert policy.refreezes == 1  # nothing changed
+    kept = [[number] for number in range(1000)]  # new long-lived objects
     agent.revision = 4
     clock.advance(CHECK_SECONDS)
     assert policy.refreezes == 2
+    assert gc.get_freeze_count() >= first + len(kept)  # the earlier ones stayed frozen
     policy.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_change_while_instances_are_still_being_set_up_waits() -> None:
+    clock, agent = Clock(), Agent()
+    policy = started(agent, clock)
+    agent.revision, agent.is_ready = 3, True
+    clock.advance(CHECK_SECONDS)
+    agent.revision, agent.is_ready = 4, False
+    clock.advance(CHECK_SECONDS * 3)
+    assert policy.refreezes == 1
+    agent.is_ready = True
+    clock.advance(CHECK_SECONDS)
+    assert policy.refreezes == 2
+    policy.stopService()
 
 
 def test_frozen_cyclic_garbage_is_collected_at_the_next_refreeze() -> None:
@@ -74,7 +91,10 @@ def test_frozen_cyclic_garbage_is_collected_at_the_next_refreeze() -> None:
     del first, second  # a cycle, frozen: no collection frees it while frozen
     gc.collect()
     assert watch() is not None
-    clock.advance(60.0)  # nothing changed, but the refreeze is due
-    assert policy.refreezes == 2
+    agent.revision = 2  # a change freezes again without thawing: still there
+    clock.advance(CHECK_SECONDS)
+    assert (policy.refreezes, watch() is not None) == (2, True)
+    clock.advance(60.0)  # nothing changed since, but the full refreeze is due
+    assert policy.refreezes == 3
     assert watch() is None
     policy.stopService()
