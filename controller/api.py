@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted import copyright
 from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
@@ -34,7 +35,8 @@ from controller.errors import (
     RequestEntityTooLarge,
     ServiceFailure,
 )
-from controller.httpbase import AddressedChannel, BodyLimit, HttpDates
+from controller.http11 import Http11Protocol, Request
+from controller.httpbase import BodyLimit, HttpDates
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
 from controller.query import parse_form, parse_input
 from controller.sessions import Sessions
@@ -125,7 +127,8 @@ class ApiResource(Resource):
     def render(self, request: http.Request) -> bytes:
         """Answer one request: the status and headers are set on ``request``, the body returned.
 
-        ``request`` is an :class:`ApiRequest` on the public port, or any twisted.web request
+        ``request`` is a :class:`controller.http11.Request` on the public port, or any
+        twisted.web request
         (this resource also renders under a ``twisted.web.server.Site``, as tests do).
         """
         started = self._clock.seconds()
@@ -362,23 +365,28 @@ def request_params(request: sigv4.HttpRequest, content_type: bytes | None) -> di
     return params
 
 
+def body_refusal(max_body: int) -> bytes:
+    """The whole answer to a body over ``max_body`` bytes: the API's 413 error XML, then close."""
+    error = RequestEntityTooLarge(
+        f"The request body is larger than the {max_body} bytes this endpoint accepts."
+    )
+    body = xmlout.query_error(error.code, error.message, True, new_request_id(), "iam")
+    head = (
+        f"HTTP/1.1 {error.status} {http.RESPONSES[error.status].decode()}\r\n"
+        "Content-Type: text/xml\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return head + body
+
+
 class _BodyLimit(BodyLimit):
     """Refuses a body over ``max_body`` bytes with the API's 413 error XML, then hangs up."""
 
     max_body = DEFAULT_MAX_BODY
 
     def refusal(self) -> bytes:
-        error = RequestEntityTooLarge(
-            f"The request body is larger than the {self.max_body} bytes this endpoint accepts."
-        )
-        body = xmlout.query_error(error.code, error.message, True, new_request_id(), "iam")
-        head = (
-            f"HTTP/1.1 {error.status} {http.RESPONSES[error.status].decode()}\r\n"
-            "Content-Type: text/xml\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode("ascii")
-        return head + body
+        return body_refusal(self.max_body)
 
 
 class BoundedRequest(_BodyLimit, server.Request):
@@ -404,36 +412,50 @@ def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Si
     return site
 
 
-# -- the public port: Twisted's HTTP/1.1 channel, and a request that goes straight to the API ----
+# -- the public port: httptools' parser (controller/http11.py), each request straight to the API --
 
 #: What twisted.web.server.Site sends as ``Server``; kept so answers look as they always did.
-SERVER_HEADER = [b"TwistedWeb/" + copyright.version.encode("ascii")]
+SERVER_HEADER = b"TwistedWeb/" + copyright.version.encode("ascii")
 
 
-class ApiRequest(_BodyLimit):
-    """One request on the public port, answered by :attr:`api` as soon as its body is in.
+class ApiFactory(ServerFactory):
+    """The public port: an `Http11Protocol` per connection, each request rendered by ``api``.
 
-    Twisted's ``HTTPChannel`` parses the request line and headers, reads the body (with the
-    size limit above), keeps connections alive and orders pipelined answers. What
-    ``twisted.web.server`` adds on top (resource traversal, sessions, form parsing, HTML error
-    pages) the API does not use and costs a quarter of a cheap request: see docs/decisions.md.
+    Twisted's channel and ``twisted.web.server`` are left out (resource traversal, sessions,
+    form parsing, HTML error pages, line-by-line parsing): see docs/decisions.md.
     """
 
-    api: ApiResource
-    dates: HttpDates
+    noisy = False
 
-    def __init__(self, channel: http.HTTPChannel, *args: Any) -> None:
-        # The API parses its own form bodies (request_params).
-        super().__init__(channel, *args, parsePOSTFormSubmission=False)
+    def __init__(
+        self, api: ApiResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
+        self._api = api
+        self._clock = clock
+        self._max_body = max_body
+        self._dates = HttpDates(clock)
 
-    def process(self) -> None:
-        if self.refused:  # answered 413 already, and the connection is closing
-            return
-        headers = self.responseHeaders
-        headers.setRawHeaders(b"Server", SERVER_HEADER)
-        headers.setRawHeaders(b"Date", self.dates.now())
+    def buildProtocol(self, addr: IAddress | None) -> Http11Protocol:
+        protocol = Http11Protocol(
+            self._answer,
+            self._clock,
+            self._date,
+            SERVER_HEADER,
+            self._refusal,
+            self._max_body,
+        )
+        protocol.factory = self
+        return protocol
+
+    def _date(self) -> bytes:
+        return self._dates.now()[0]
+
+    def _refusal(self) -> bytes:
+        return body_refusal(self._max_body)
+
+    def _answer(self, request: Request) -> bytes:
         try:
-            body = self.api.render(self)
+            return self._api.render(request)  # type: ignore[arg-type]
         except Exception:
             # render answers every ApiError and unexpected failure itself; this is a last
             # resort (a failing metric or log observer), still an AWS error and no traceback.
@@ -441,50 +463,6 @@ class ApiRequest(_BodyLimit):
             error = InternalFailure(
                 "The request processing has failed because of an internal error."
             )
-            body = error_body(error, None, new_request_id())
-            self.setResponseCode(error.status)
-            headers.setRawHeaders(b"Content-Type", _TEXT_XML)
-        # A HEAD request gets the headers of its GET (a 405 here), body left out by write().
-        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
-        self.write(body)
-        self.finish()
-
-
-class ApiChannel(AddressedChannel):
-    """The public port's channel (see `controller.httpbase.AddressedChannel`)."""
-
-
-class ApiFactory(http.HTTPFactory):
-    """The public port: an ApiChannel per connection, whose requests are ApiRequests."""
-
-    # HTTP/1.1 only, as the API always served: twisted.web's protocol switch exists for HTTP/2
-    # over TLS (ALPN), which this port has never offered.
-    protocol = ApiChannel  # type: ignore[assignment]
-    noisy = False
-
-    def __init__(
-        self, api: ApiResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
-    ) -> None:
-        super().__init__(reactor=clock)
-        self.requestFactory = type(
-            "BoundApiRequest",
-            (ApiRequest,),
-            {"api": api, "dates": HttpDates(clock), "max_body": max_body},
-        )
-
-    def buildProtocol(self, addr: IAddress | None) -> ApiChannel:  # type: ignore[override]
-        channel = super().buildProtocol(addr)
-        assert isinstance(channel, ApiChannel)
-        channel.requestFactory = self.requestFactory
-        return channel
-
-    # The access log is the API's own line (ApiResource.render), not Apache's combined format
-    # to a file: no log file to open, nor its once-a-second timestamp timer.
-    def startFactory(self) -> None:
-        pass
-
-    def stopFactory(self) -> None:
-        pass
-
-    def log(self, request: http.Request) -> None:
-        pass
+            request.setResponseCode(error.status)
+            request.setHeader(b"Content-Type", _TEXT_XML[0])
+            return error_body(error, None, new_request_id())

@@ -1,8 +1,9 @@
-"""The public port's HTTP layer (ApiFactory, ApiChannel, ApiRequest) on a StringTransport.
+"""The public port's HTTP layer (ApiFactory, controller.http11) on a StringTransport.
 
-Twisted's HTTP/1.1 channel parses; each request goes straight to the API. These tests hold what
-the port did when it was a twisted.web Site: keep-alive, pipelining, the early 413, 400 for a
-malformed request, HEAD, and the headers of every answer. Time moves only through a Clock.
+httptools parses; each request goes straight to the API. These tests hold what the port did
+when it was a twisted.web Site: keep-alive, pipelining, the early 413, 400 for a malformed
+request, HEAD, and the headers of every answer; and what the parser's protocol adds: 100
+Continue, the head's limits, refused upgrades. Time moves only through a Clock.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from controller import sigv4
+from controller import http11, sigv4
 from controller.accounts import ensure_first_account
 from controller.api import ApiFactory, ApiResource
 from controller.keyring import KeyRingFile, ensure_key_ring
@@ -338,3 +339,208 @@ def test_a_failure_outside_the_api_is_an_internal_failure_xml_not_a_traceback(
     assert answer.error_code() == "InternalFailure"
     assert b"Traceback" not in answer.body and b"RuntimeError" not in answer.body
     assert not connection.transport.disconnecting
+
+
+# -- what the port's own protocol (controller.http11) adds to the parser ------------------------
+
+
+def test_expect_100_continue_is_answered_before_the_body_then_the_request(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    request = signed(api, WHO_AM_I, "Expect: 100-continue\r\n")
+    head, _, body = request.partition(b"\r\n\r\n")
+    connection.protocol.dataReceived(head + b"\r\n\r\n")
+    assert connection.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    connection.transport.clear()
+    (answer,) = connection.send(body)
+    assert answer.status == 200
+    assert not connection.transport.disconnecting
+
+
+def test_expect_100_continue_over_the_body_limit_is_413_without_a_100(connect: Any) -> None:
+    connection = connect(max_body=2048)
+    head = (
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 4096\r\n\r\n"
+    )
+    connection.protocol.dataReceived(head)
+    written = connection.transport.value()
+    assert written.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in written
+    assert connection.transport.disconnecting
+
+
+def test_expect_100_continue_from_http_1_0_gets_no_100(connect: Any) -> None:
+    connection = connect()
+    head = (
+        b"POST / HTTP/1.0\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    connection.protocol.dataReceived(head)
+    assert connection.transport.value() == b""
+
+
+def test_a_head_over_16_kib_is_refused_431_and_the_connection_closed(connect: Any) -> None:
+    connection = connect()
+    big = b"X-Filler: " + b"a" * (16 * 1024) + b"\r\n"
+    (answer,) = connection.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n" + big + b"\r\n")
+    assert answer.status == 431
+    assert connection.transport.disconnecting
+
+
+def test_many_headers_under_16_kib_are_still_refused_431_past_100(connect: Any) -> None:
+    connection = connect()
+    lines = b"".join(b"X-H%d: v\r\n" % number for number in range(101))
+    assert len(lines) < 16 * 1024
+    (answer,) = connection.send(b"GET / HTTP/1.1\r\n" + lines + b"\r\n")
+    assert answer.status == 431
+    assert connection.transport.disconnecting
+
+
+def test_a_hundred_headers_are_accepted(connect: Any) -> None:
+    connection = connect()
+    lines = b"".join(b"X-H%d: v\r\n" % number for number in range(99))
+    (answer,) = connection.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n" + lines + b"\r\n")
+    assert answer.status == 403  # the API's answer: unsigned
+    assert not connection.transport.disconnecting
+
+
+def test_one_header_growing_across_reads_is_refused_431_before_it_ends(connect: Any) -> None:
+    connection = connect()
+    assert connection.send(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Filler: ") == []
+    answers: list[Answer] = []
+    for _ in range(20):  # 20 KiB of one value, never finished
+        answers += connection.send(b"a" * 1024)
+        if connection.transport.disconnecting:
+            break
+    assert [answer.status for answer in answers] == [431]
+    assert connection.transport.disconnecting
+
+
+def test_a_url_over_16_kib_is_refused_414(connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(b"GET /?" + b"a" * (16 * 1024) + b" HTTP/1.1\r\n\r\n")
+    assert answer.status == 414
+    assert connection.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n",
+    ],
+)
+def test_an_upgrade_is_refused_400_and_the_connection_closed(
+    connect: Any, request_head: bytes
+) -> None:
+    connection = connect()
+    (answer,) = connection.send(request_head + UNSIGNED)
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+def test_a_parser_error_after_a_good_request_answers_it_then_400_and_closes(
+    connect: Any,
+) -> None:
+    connection = connect()
+    bad_chunk = b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    answers = connection.send(UNSIGNED + bad_chunk)
+    assert [answer.status for answer in answers] == [403, 400]
+    assert connection.transport.disconnecting
+    assert connection.send(UNSIGNED) == []  # nothing more is read
+
+
+def test_a_request_smuggling_pair_of_lengths_is_a_parser_error(connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+def test_an_http_2_request_line_is_answered_400(connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n")
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+def test_requests_pipelined_after_connection_close_are_not_answered(api: Api, connect: Any) -> None:
+    connection = connect()
+    answers = connection.send(signed(api, WHO_AM_I, "Connection: close\r\n") + UNSIGNED)
+    assert [answer.status for answer in answers] == [200]
+    assert connection.transport.disconnecting
+
+
+def test_http_1_0_keep_alive_is_kept_and_said(connect: Any) -> None:
+    connection = connect()
+    request = UNSIGNED.replace(b"HTTP/1.1", b"HTTP/1.0").replace(
+        b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n"
+    )
+    (answer,) = connection.send(request)
+    assert answer.headers["connection"] == "keep-alive"
+    assert not connection.transport.disconnecting
+
+
+def test_a_half_sent_request_times_out_but_each_read_restarts_the_minute(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    connection.send(b"GET / HTTP/1.1\r\n")
+    api.clock.advance(50)
+    connection.send(b"Host: localhost\r\n")
+    api.clock.advance(50)
+    assert not connection.transport.disconnecting
+    api.clock.advance(10)
+    assert connection.transport.disconnecting
+
+
+def test_a_timed_out_connection_that_will_not_close_is_aborted_15_s_later(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    api.clock.advance(60)
+    assert connection.transport.disconnecting and not connection.transport.disconnected
+    api.clock.advance(15)
+    assert connection.transport.disconnected
+
+
+def test_reading_pauses_while_the_send_buffer_is_full(connect: Any) -> None:
+    connection = connect()
+    assert connection.transport.producer is connection.protocol
+    connection.protocol.pauseProducing()
+    assert connection.transport.producerState == "paused"
+    connection.protocol.resumeProducing()
+    assert connection.transport.producerState == "producing"
+
+
+def test_closing_unregisters_from_the_transport_so_the_close_completes(connect: Any) -> None:
+    connection = connect()
+    connection.send(UNSIGNED.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert connection.transport.disconnecting
+    assert connection.transport.producer is None
+
+
+def test_a_failure_in_the_handler_itself_is_a_bare_500_and_a_close(api: Api) -> None:
+    clock = Clock()
+    transport = StringTransport(peerAddress=PEER)
+
+    def broken(request: http11.Request) -> bytes:
+        raise RuntimeError("secret detail")
+
+    protocol = http11.Http11Protocol(broken, clock, lambda: b"date", b"server", lambda: b"", 1024)
+    protocol.makeConnection(transport)
+    try:
+        protocol.dataReceived(UNSIGNED)
+    finally:
+        protocol.connectionLost(Failure(ConnectionError("closed by the test")))
+    (answer,) = parse_answers(transport.value())
+    assert answer.status == 500
+    assert b"secret" not in transport.value() and b"Traceback" not in transport.value()
+    assert transport.disconnecting
+    assert clock.getDelayedCalls() == []

@@ -1,0 +1,410 @@
+"""The public API port's HTTP/1.1 server: a Twisted `Protocol` around httptools' parser.
+
+httptools (MagicStack's bindings to llhttp, Node.js's HTTP parser, as uvicorn uses) parses the
+request line, headers, bodies (by length or chunked) and keep-alive; this module keeps a
+connection's rules: limits on the head (size, header count) and body, ``Expect: 100-continue``,
+the idle timeout, answering pipelined requests in order, and a minimal answer then a hang-up for
+anything that is not a well-formed HTTP/1.x request (a parser error, an upgrade, an oversized
+head). Each request is answered synchronously as soon as its body is in, so answers leave in
+the order requests came and nothing is buffered between reads.
+
+Why not Twisted's channel (`twisted.web.http.HTTPChannel`): on the public port it parsed line by
+line in Python and built a `Headers` object and a full `http.Request` per request, about 27% of
+an AssumeRole's CPU; see docs/decisions.md, "The public port's HTTP parser". The node API and
+the metrics listener stay on twisted.web.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+
+import httptools
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+
+log = Logger(namespace="rolecall.http")
+
+#: A request head (request line and headers) larger than this is refused 431 (414 for the URL).
+MAX_HEAD_BYTES = 16 * 1024
+#: A request with more header lines than this is refused 431.
+MAX_HEADERS = 100
+#: A connection with no data in this many seconds is closed, as twisted.web closes it.
+IDLE_TIMEOUT = 60.0
+#: A timed-out connection whose answers are still unread after this long is aborted.
+ABORT_TIMEOUT = 15.0
+
+
+class RequestHeaders:
+    """A request's header lines, as received, with the reading side of twisted's `Headers`."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
+        self._lines = lines
+
+    def getAllRawHeaders(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """Each line as ``(name, [value])``, in order (a repeated name appears once per line)."""
+        for name, value in self._lines:
+            yield name, [value]
+
+    def getRawHeaders(self, name: bytes, default: list[bytes] | None = None) -> list[bytes] | None:
+        """Every value of the header ``name`` (any case), or ``default`` if absent."""
+        wanted = name.lower()
+        values = [value for line, value in self._lines if line.lower() == wanted]
+        return values or default
+
+    def hasHeader(self, name: bytes) -> bool:
+        return self.getRawHeaders(name) is not None
+
+
+class ResponseHeaders:
+    """An answer's headers, with the writing side of twisted's `Headers` (names any case)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self) -> None:
+        self._headers: dict[bytes, tuple[bytes, list[bytes]]] = {}
+
+    def setRawHeaders(self, name: bytes, values: list[bytes]) -> None:
+        self._headers[name.lower()] = (name, values)
+
+    def getRawHeaders(self, name: bytes, default: list[bytes] | None = None) -> list[bytes] | None:
+        found = self._headers.get(name.lower())
+        return found[1] if found is not None else default
+
+    def hasHeader(self, name: bytes) -> bool:
+        return name.lower() in self._headers
+
+    def lines(self) -> bytes:
+        """The headers as they go on the wire, each line ending CRLF."""
+        return b"".join(
+            b"%s: %s\r\n" % (name, value)
+            for name, values in self._headers.values()
+            for value in values
+        )
+
+
+class Request:
+    """One parsed request, offering the parts of a twisted.web request that a handler uses."""
+
+    __slots__ = (
+        "_host",
+        "_peer",
+        "_secure",
+        "clientproto",
+        "code",
+        "content",
+        "method",
+        "requestHeaders",
+        "responseHeaders",
+        "uri",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        uri: bytes,
+        clientproto: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        peer: IAddress,
+        host: IAddress,
+        secure: bool,
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.clientproto = clientproto
+        self.content = io.BytesIO(body)
+        self.requestHeaders = RequestHeaders(headers)
+        self.responseHeaders = ResponseHeaders()
+        self.code = 200
+        self._peer, self._host, self._secure = peer, host, secure
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        """The last value of the request header ``name``, as twisted.web answers it."""
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+
+    def getClientAddress(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return self._host
+
+    def isSecure(self) -> bool:
+        return self._secure
+
+
+#: What a request handler is: it sets the status and headers on the request and returns the body.
+Handler = Callable[[Request], bytes]
+
+
+def status_line(code: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown Status"))
+
+
+_STATUS_LINES = {code: status_line(code) for code in RESPONSES}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The versions served, as httptools names them and as a request's ``clientproto``.
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+def short_answer(code: int) -> bytes:
+    """An answer with no body that closes the connection: for requests the handler never sees."""
+    return status_line(code) + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _Stop(Exception):
+    """Raised from a parser callback once the connection is closing: the parser reads no more."""
+
+
+class Http11Protocol(Protocol):
+    """One connection: requests parsed by httptools, each answered by ``handler`` once complete.
+
+    ``refusal`` is the whole answer (ending ``Connection: close``) to a body over ``max_body``
+    bytes, sent as soon as the length is announced or a chunked body grows past it.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        clock: IReactorTime,
+        dates: Callable[[], bytes],
+        server: bytes,
+        refusal: Callable[[], bytes],
+        max_body: int,
+    ) -> None:
+        self._handler = handler
+        self._clock = clock
+        self._dates = dates
+        self._server = server
+        self._refusal = refusal
+        self._max_body = max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._closing = False
+        self._idle: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None
+        self._peer: IAddress
+        self._host: IAddress
+        self._secure = False
+        self._messages = 0  # begun on this connection
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False  # between on_message_begin and on_headers_complete
+        self._expect_continue = False
+        self._version = "1.1"
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._peer, self._host = transport.getPeer(), transport.getHost()
+        self._secure = ISSLTransport(transport, None) is not None
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:  # answers go out in one write: no reason to wait
+            set_no_delay(True)
+        # The transport pauses us when its send buffer fills (a client pipelining requests but
+        # not reading answers); we then stop reading until it drains.
+        transport.registerProducer(self, True)
+        self._idle = self._clock.callLater(IDLE_TIMEOUT, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._idle is not None:
+            self._idle.reset(IDLE_TIMEOUT)
+        in_head, messages = self._in_head, self._messages
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # refused in on_headers_complete already
+            self._close(short_answer(400))
+        except httptools.HttpParserError as error:
+            if self._closing:
+                return
+            cause = error.__context__
+            if isinstance(error, httptools.HttpParserCallbackError) and cause is not None:
+                log.failure(
+                    "cannot parse a request", Failure(cause, type(cause), cause.__traceback__)
+                )
+                self._close(short_answer(500))
+            else:
+                self._close(short_answer(400))
+            return
+        # A header still unfinished after a whole read is kept inside the parser, unseen by
+        # on_header: count such reads against the head's limit too.
+        if in_head and self._in_head and self._messages == messages and not self._closing:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD_BYTES:
+                self._close(short_answer(431))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        for call in (self._idle, self._abort):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._abort = None
+
+    def _close(self, answer: bytes) -> None:
+        """Send ``answer`` (if any), then hang up once it is written; nothing more is read."""
+        if self._closing:
+            return
+        self._closing = True
+        transport = self.transport
+        assert transport is not None
+        if answer:
+            transport.write(answer)
+        transport.unregisterProducer()
+        transport.loseConnection()
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        log.info("closing an idle connection from {peer}", peer=str(self._peer))
+        self._close(b"")
+        # A client that does not read its answers would hold the connection open for good.
+        self._abort = self._clock.callLater(ABORT_TIMEOUT, self._abort_connection)
+
+    def _abort_connection(self) -> None:
+        self._abort = None
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    # IPushProducer, for the transport's send buffer
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- httptools' callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._closing:
+            raise _Stop
+        self._reset()
+        self._in_head = True
+        self._messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        if self._closing:
+            raise _Stop
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refuse(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._closing:
+            raise _Stop
+        headers = self._headers
+        headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES or len(headers) > MAX_HEADERS:
+            self._refuse(431)
+
+    def on_headers_complete(self) -> None:
+        if self._closing:
+            raise _Stop
+        self._in_head = False
+        parser = self._parser
+        # llhttp takes a request line without a version as HTTP/0.9; and an Upgrade or CONNECT
+        # would switch protocols: this port speaks HTTP/1.0 and 1.1 only.
+        self._version = parser.get_http_version()
+        if self._version not in _VERSIONS or parser.should_upgrade():
+            self._refuse(400)
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                # llhttp has checked it is a number, and the only one.
+                if int(value) > self._max_body:
+                    log.warn("refused a request body over {limit} bytes", limit=self._max_body)
+                    self._close(self._refusal())
+                    raise _Stop
+            elif lowered == b"expect" and value.lower() == b"100-continue":
+                self._expect_continue = self._version == "1.1"
+        if self._expect_continue:
+            assert self.transport is not None
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._closing:
+            raise _Stop
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            log.warn("refused a request body over {limit} bytes", limit=self._max_body)
+            self._close(self._refusal())
+            raise _Stop
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._closing:
+            raise _Stop
+        parser = self._parser
+        keep_alive = parser.should_keep_alive()
+        version = self._version
+        request = Request(
+            parser.get_method(),
+            self._url,
+            _VERSIONS[version],
+            self._headers,
+            b"".join(self._body),
+            self._peer,
+            self._host,
+            self._secure,
+        )
+        self._reset()
+        self._answer(request, keep_alive, version)
+
+    def _refuse(self, code: int) -> None:
+        log.info("refused a request from {peer}: {code}", peer=str(self._peer), code=code)
+        self._close(short_answer(code))
+        raise _Stop
+
+    # -- the answer ----------------------------------------------------------------------------
+
+    def _answer(self, request: Request, keep_alive: bool, version: str) -> None:
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"Server", [self._server])
+        headers.setRawHeaders(b"Date", [self._dates()])
+        try:
+            body = self._handler(request)
+        except Exception:  # the handler answers its own errors: this is a last resort
+            log.failure("cannot answer a request")
+            self._close(short_answer(500))
+            raise _Stop from None
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        if not keep_alive:
+            headers.setRawHeaders(b"Connection", [b"close"])
+        elif version == "1.0":
+            headers.setRawHeaders(b"Connection", [b"keep-alive"])
+        code = request.code
+        head = (_STATUS_LINES.get(code) or status_line(code)) + headers.lines() + b"\r\n"
+        answer = head if request.method == b"HEAD" else head + body
+        if keep_alive:
+            assert self.transport is not None
+            self.transport.write(answer)
+        else:
+            self._close(answer)
+            raise _Stop
