@@ -628,22 +628,50 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
             scripts[server.name] = work / f"{server.name}.lua"
             scripts[server.name].write_text(wrk_script(request))
         for server in servers:
-            print(f"measuring {server.name} ({server.url}) ...", file=sys.stderr, flush=True)
             if arguments.warmup > 0:
+                print(f"warming up {server.name} ({server.url}) ...", file=sys.stderr, flush=True)
                 run_wrk(scripts[server.name], server.url, arguments.connections, arguments.warmup)
-            cpu_before = cpu_seconds(server.process.pid)
-            core_before = core_busy_seconds(SERVER_CORE)
-            result = run_wrk(
-                scripts[server.name], server.url, arguments.connections, arguments.duration
-            )
-            cpu = (cpu_seconds(server.process.pid) - cpu_before) / arguments.duration
-            core = (core_busy_seconds(SERVER_CORE) - core_before) / arguments.duration
-            results[server.name] = replace(
-                result, server_cores=cpu, others_cores=max(0.0, core - cpu)
-            )
-            if server.process.poll() is not None:
-                raise BenchError(f"{server.name} died during the run:\n{log_tail(server.log)}")
+        # The servers take turns, in rounds ordered A B, B A, A B, ...: this VM's speed drifts by
+        # 10-15 % over tens of seconds, and alternating makes the drift hit both alike, where
+        # one long window each would hand it to whichever ran second.
+        rounds: dict[str, list[WrkResult]] = {server.name: [] for server in servers}
+        seconds = max(1, round(arguments.duration / arguments.rounds))
+        for number in range(arguments.rounds):
+            for server in servers if number % 2 == 0 else servers[::-1]:
+                print(
+                    f"measuring {server.name}, round {number + 1} of {arguments.rounds} ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                cpu_before = cpu_seconds(server.process.pid)
+                core_before = core_busy_seconds(SERVER_CORE)
+                result = run_wrk(scripts[server.name], server.url, arguments.connections, seconds)
+                cpu = (cpu_seconds(server.process.pid) - cpu_before) / seconds
+                core = (core_busy_seconds(SERVER_CORE) - core_before) / seconds
+                rounds[server.name].append(
+                    replace(result, server_cores=cpu, others_cores=max(0.0, core - cpu))
+                )
+                if server.process.poll() is not None:
+                    raise BenchError(f"{server.name} died during the run:\n{log_tail(server.log)}")
+        for name, results_of in rounds.items():
+            results[name] = combined(results_of)
     return results
+
+
+def combined(rounds: list[WrkResult]) -> WrkResult:
+    """One server's rounds as one figure: requests/s over all of them (equal lengths), the
+    median p50, the worst p99, every error, the mean CPU."""
+    count = len(rounds)
+    return WrkResult(
+        requests_per_second=sum(each.requests_per_second for each in rounds) / count,
+        p50_ms=statistics.median(each.p50_ms for each in rounds),
+        p99_ms=max(each.p99_ms for each in rounds),
+        non_2xx=sum(each.non_2xx for each in rounds),
+        socket_errors=sum(each.socket_errors for each in rounds),
+        requests=sum(each.requests for each in rounds),
+        server_cores=sum(each.server_cores for each in rounds) / count,
+        others_cores=sum(each.others_cores for each in rounds) / count,
+    )
 
 
 DISTURBED = 0.1  # other processes' share of the servers' core beyond which a figure is not judged
@@ -665,8 +693,10 @@ def report(
     valid = True
     print()
     print(
-        f"{arguments.action}, one core each, wrk -t1 -c{arguments.connections}"
-        f" -d{arguments.duration}s, same signed request replayed"
+        f"{arguments.action}, one core each, wrk -t1 -c{arguments.connections},"
+        f" {arguments.rounds} alternating rounds of"
+        f" {max(1, round(arguments.duration / arguments.rounds))} s each,"
+        " same signed request replayed"
     )
     print(
         f"{'server':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
@@ -711,9 +741,17 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per server")
+    parser.add_argument(
+        "--duration", type=int, default=20, help="seconds of wrk per server, all rounds"
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk before measuring")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="turns each server takes, alternating (--duration is split among them)",
+    )
     parser.add_argument(
         "--action",
         choices=("AssumeRole", "GetCallerIdentity"),
@@ -723,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-runs", type=int, default=5)
     parser.add_argument("--policy-seconds", type=float, default=2.0)
     arguments = parser.parse_args(argv)
+    if not 1 <= arguments.rounds <= 20:
+        parser.error("--rounds must be 1..20")
     if not 1 <= arguments.duration <= 300 or not 1 <= arguments.connections <= 1024:
         parser.error("--duration must be 1..300 seconds and --connections 1..1024")
     if shutil.which("wrk") is None:
