@@ -1,18 +1,17 @@
-"""The metadata service on the wire: a lean HTTP layer around the pure rules, one factory per
-instance.
+"""The metadata service on the wire: the pure rules behind the public API's HTTP/1.1 protocol,
+one factory per instance.
 
-Twisted's HTTP/1.1 channel (`twisted.web.http.HTTPChannel`) parses every request: request line,
-header limits, bodies, keep-alive, pipelining and the idle timeout are its, unchanged. What it
-hands over is answered by `MetadataRequest.process` straight from `agent.imds.rules.respond`:
-there is no resource tree, session, default header or access log in between (answers are counted
-in metrics instead), and the factory keeps no per-second timer (`twisted.web.server.Site` keeps
-one per listening port, which would be a thousand wake-ups a second on a full node). See
-docs/decisions.md, "The metadata service's HTTP layer".
+Each connection is a `controller.http11.Http11Protocol` (httptools' parser, llhttp): request
+line, headers, limits on the head, keep-alive, pipelining and the idle timeout are its, as for
+the controller's API. What it hands over is answered by `MetadataFactory.answer` straight from
+`agent.imds.rules.respond`: no resource tree, session or access log in between (answers are
+counted in metrics instead). See docs/decisions.md, "The metadata service's HTTP layer".
 
 The shell turns the request into an `ImdsRequest`, asks the rules, applies the IP TTL of the
-token response to the connection's socket (spec line 5: the hop limit), and writes the answer
-with a `Date` header. The instance's view is swapped whole when its assignment or credentials
-change, so a request always sees one consistent state and never waits.
+token response to the connection's socket (spec line 5: the hop limit), and writes the answer;
+the protocol adds ``Date`` and connection handling. The instance's view is swapped whole when
+its assignment or credentials change, so a request always sees one consistent state and never
+waits.
 """
 
 from __future__ import annotations
@@ -24,19 +23,16 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.web import http
 
 from agent.imds.ratelimit import TokenBucket
-from agent.imds.rules import ImdsRequest, ImdsResponse, InstanceView, respond
-from controller.httpbase import AddressedChannel, BodyLimit, HttpDates
+from agent.imds.rules import SERVER, ImdsRequest, ImdsResponse, InstanceView, respond
+from controller.http11 import Http11Protocol, Request
+from controller.httpbase import HttpDates
 
 log = Logger(namespace="rolecall.agent.imds")
 
 #: The IP TTL of every other response: Linux's default.
 DEFAULT_TTL = 64
-
-#: An idle keep-alive connection is closed after this long (twisted.web's default).
-IDLE_TIMEOUT_SECONDS = 60
 
 #: The largest request body read. Metadata requests have none; AWS's SDKs send none, even with
 #: the token PUT.
@@ -62,46 +58,9 @@ class InstanceEndpoint(Protocol):
     def view(self, now: float) -> InstanceView: ...
 
 
-class MetadataRequest(BodyLimit):
-    """One guest request, answered as soon as its headers (and any body) are in. No metadata
-    request needs a body: one over `MAX_BODY_BYTES` is refused with 400 before it is read."""
-
-    channel: MetadataChannel
-    max_body = MAX_BODY_BYTES
-
-    def refusal(self) -> bytes:
-        return _TOO_LARGE
-
-    def process(self) -> None:
-        if self.refused:
-            return  # answered already, and the connection is closing
-        factory = self.channel.factory
-        try:
-            answer, seconds = factory.answer(self)
-        except Exception:  # a bug must cost one answer, never the connection's reactor
-            log.failure("cannot answer a metadata request")
-            if not self.startedWriting:
-                self.setResponseCode(http.SERVICE_UNAVAILABLE)
-                self.responseHeaders.setRawHeaders(b"Content-Length", [b"0"])
-            if not self.finished:
-                self.finish()
-            return
-        observe = factory.observe
-        if observe is not None:
-            observe(factory.endpoint.instance_id, _path(self.uri), answer, seconds)
-
-
-class MetadataChannel(AddressedChannel):
-    requestFactory = MetadataRequest
-    factory: MetadataFactory
-    #: The IP TTL last set on this connection's socket (None: never set by us).
-    ttl: int | None = None
-
-
 class MetadataFactory(ServerFactory):
-    """Serves one instance's socket."""
+    """Serves one instance's socket: an `Http11Protocol` per connection."""
 
-    protocol = MetadataChannel
     noisy = False
 
     def __init__(
@@ -112,16 +71,40 @@ class MetadataFactory(ServerFactory):
         self.observe = observe
         self._dates = HttpDates(clock)
 
-    def buildProtocol(self, addr: Any) -> MetadataChannel:
-        channel = MetadataChannel()
-        channel.factory = self
-        # The idle timeout runs on the injected clock, as twisted.web's HTTPFactory arranges.
-        channel.callLater = self.clock.callLater  # type: ignore[attr-defined]
-        channel.timeOut = IDLE_TIMEOUT_SECONDS
-        return channel
+    def buildProtocol(self, addr: Any) -> Http11Protocol:
+        protocol = Http11Protocol(
+            self._answer,
+            self.clock,
+            self._date,
+            SERVER.encode("ascii"),
+            self._too_large,
+            MAX_BODY_BYTES,
+        )
+        protocol.factory = self
+        return protocol
 
-    def answer(self, request: MetadataRequest) -> tuple[ImdsResponse, float]:
-        """Answer `request` (and finish it); the answer and the seconds it took."""
+    def _date(self) -> bytes:
+        return self._dates.now()[0]
+
+    @staticmethod
+    def _too_large() -> bytes:
+        return _TOO_LARGE
+
+    def _answer(self, request: Request, protocol: Http11Protocol) -> bytes:
+        try:
+            answer, seconds = self.answer(request, protocol)
+        except Exception:  # a bug must cost one answer, never the connection
+            log.failure("cannot answer a metadata request")
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b""
+        observe = self.observe
+        if observe is not None:
+            observe(self.endpoint.instance_id, _path(request.uri), answer, seconds)
+        return answer.body
+
+    def answer(self, request: Request, protocol: Http11Protocol) -> tuple[ImdsResponse, float]:
+        """Set `request`'s status and headers; the answer and the seconds it took."""
         clock = self.clock
         started = clock.seconds()
         endpoint = self.endpoint
@@ -139,65 +122,27 @@ class MetadataFactory(ServerFactory):
             started,
             rate_limited=not endpoint.bucket.allow(started),
         )
-        _set_ttl(request, answer.ip_ttl or DEFAULT_TTL)
-        # The whole answer in one write: its status line, its headers (encoded once per
-        # answer), any twisted.web set on the request (`Connection: close`), Date, the body.
+        self._set_ttl(protocol, answer.ip_ttl or DEFAULT_TTL)
         request.setResponseCode(answer.status)
-        extra = b"".join(
-            b"%s: %s\r\n" % (name, value)
-            for name, values in request.responseHeaders.getAllRawHeaders()
-            for value in values
-        )
-        request.startedWriting = 1
-        request.channel.transport.write(
-            b"".join(
-                (
-                    _status_line(request.clientproto, answer.status),
-                    answer.wire_headers,
-                    extra,
-                    b"Date: ",
-                    self._dates.now()[0],
-                    b"\r\n\r\n",
-                    answer.body,
-                )
-            )
-        )
-        request.finish()
+        headers = request.responseHeaders
+        for name, value in answer.raw_headers:
+            headers.setRawHeaders(name, [value])
         return answer, clock.seconds() - started
 
-    def log(self, request: http.Request) -> None:
-        """No access log: every answer is counted in metrics."""
+    def _set_ttl(self, protocol: Http11Protocol, ttl: int) -> None:
+        """The IP TTL of this connection's next packets (the token response carries the hop
+        limit, so a guest more hops away than allowed, or a container behind it, never gets
+        it). The system call is made only when the connection's TTL changes."""
+        if protocol.ttl == ttl:
+            return
+        handle: Any = getattr(protocol.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            protocol.ttl = ttl
 
 
 def _path(uri: bytes) -> str:
     return uri.decode("latin-1").partition("?")[0]
-
-
-_STATUS_LINES = {
-    (version, status): b"%s %d %s\r\n" % (version, status, http.RESPONSES[status])
-    for version in (b"HTTP/1.0", b"HTTP/1.1")
-    for status in (200, 400, 401, 403, 404, 405, 503)
-}
-
-
-def _status_line(version: bytes, status: int) -> bytes:
-    line = _STATUS_LINES.get((version, status))
-    if line is None:
-        line = b"%s %d %s\r\n" % (version, status, http.RESPONSES.get(status, b"Unknown"))
-    return line
-
-
-def _set_ttl(request: MetadataRequest, ttl: int) -> None:
-    """The IP TTL of this connection's next packets (the token response carries the hop limit,
-    so a guest more hops away than allowed, or a container behind it, never gets it). The
-    system call is made only when the connection's TTL changes."""
-    channel = request.channel
-    if channel.ttl == ttl:
-        return
-    handle: Any = getattr(channel.transport, "getHandle", lambda: None)()
-    if isinstance(handle, socket.socket):
-        handle.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-        channel.ttl = ttl
 
 
 def make_factory(

@@ -453,7 +453,7 @@ class ApiFactory(ServerFactory):
     def _refusal(self) -> bytes:
         return body_refusal(self._max_body)
 
-    def _answer(self, request: Request) -> bytes:
+    def _answer(self, request: Request, protocol: Http11Protocol) -> bytes:
         try:
             return self._api.render(request)  # type: ignore[arg-type]
         except Exception:

@@ -145,8 +145,10 @@ class Request:
         return self._secure
 
 
-#: What a request handler is: it sets the status and headers on the request and returns the body.
-Handler = Callable[[Request], bytes]
+#: What a request handler is: it sets the status and headers on the request and returns the body
+#: (``Content-Length`` is the body's length unless the handler set it: a HEAD answer may carry
+#: its GET's). The protocol is passed too, for what belongs to the connection (its socket).
+Handler = Callable[[Request, "Http11Protocol"], bytes]
 
 
 def status_line(code: int) -> bytes:
@@ -198,6 +200,8 @@ class Http11Protocol(Protocol):
         self._host: IAddress
         self._secure = False
         self._messages = 0  # begun on this connection
+        #: The IP TTL a handler last set on this connection's socket (None: the default).
+        self.ttl: int | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -389,12 +393,13 @@ class Http11Protocol(Protocol):
         headers.setRawHeaders(b"Server", [self._server])
         headers.setRawHeaders(b"Date", [self._dates()])
         try:
-            body = self._handler(request)
+            body = self._handler(request, self)
         except Exception:  # the handler answers its own errors: this is a last resort
             log.failure("cannot answer a request")
             self._close(short_answer(500))
             raise _Stop from None
-        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        if not headers.hasHeader(b"Content-Length"):  # a HEAD answer may carry its GET's
+            headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         if not keep_alive:
             headers.setRawHeaders(b"Connection", [b"close"])
         elif version == "1.0":

@@ -1,5 +1,4 @@
-"""What the controller's API port and the agent's metadata service add to Twisted's HTTP/1.1
-channel (`twisted.web.http`), which both use without `twisted.web.server`.
+"""Small HTTP pieces shared by the controller's listeners and the agent's metadata service.
 
 - `BodyLimit`: a request body limit. `twisted.web.http.Request` keeps a body of any announced
   length, spilling to a temporary file past 100 kB: a client announcing gigabytes fills the
@@ -7,13 +6,11 @@ channel (`twisted.web.http`), which both use without `twisted.web.server`.
   (or, for a chunked body, as soon as it grows past the limit): it writes the subclass's
   `refusal()` (a complete HTTP answer in the protocol's own format) and hangs up unread.
 - `HttpDates`: the ``Date`` header's value, formatted once a second.
-- `AddressedChannel`: an `HTTPChannel` that looks up once per connection what every request
-  asks and no request changes: the addresses (a system call each) and whether it is TLS.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 
@@ -67,27 +64,3 @@ class HttpDates:
         if second != self._second:
             self._second, self._value = second, [http.datetimeToString(second)]
         return self._value
-
-
-class AddressedChannel(http.HTTPChannel):
-    """Twisted's HTTP/1.1 channel, with the connection's addresses and TLS-ness looked up once."""
-
-    _secure = False
-    _peer: IAddress
-    _host: IAddress
-
-    def connectionMade(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        self._peer, self._host = transport.getPeer(), transport.getHost()
-        self._secure = ISSLTransport(transport, None) is not None
-        super().connectionMade()
-
-    def getPeer(self) -> IAddress:
-        return self._peer
-
-    def getHost(self) -> IAddress:
-        return self._host
-
-    def isSecure(self) -> bool:
-        return self._secure

@@ -173,10 +173,12 @@ class ImdsResponse:
     reason: str = "ok"
 
     @cached_property
-    def wire_headers(self) -> bytes:
-        """The header lines as the wire carries them (ISO-8859-1, each ending CRLF), encoded
-        once per answer (a memoised answer is encoded once)."""
-        return "".join(f"{name}: {value}\r\n" for name, value in self.headers).encode("latin-1")
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers as the wire carries them (ISO-8859-1), encoded once per answer (a
+        memoised answer is encoded once)."""
+        return tuple(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers
+        )
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""

@@ -530,7 +530,7 @@ def test_a_failure_in_the_handler_itself_is_a_bare_500_and_a_close(api: Api) -> 
     clock = Clock()
     transport = StringTransport(peerAddress=PEER)
 
-    def broken(request: http11.Request) -> bytes:
+    def broken(request: http11.Request, protocol: http11.Http11Protocol) -> bytes:
         raise RuntimeError("secret detail")
 
     protocol = http11.Http11Protocol(broken, clock, lambda: b"date", b"server", lambda: b"", 1024)

@@ -1,7 +1,7 @@
-"""The metadata service's HTTP layer (`agent.server`): Twisted's HTTP/1.1 channel, answered
-straight from the rules.
+"""The metadata service's HTTP layer (`agent.server`): the API's HTTP/1.1 protocol
+(`controller.http11`, httptools), answered straight from the rules.
 
-The channel is driven through Twisted's in-memory transport and clock, byte for byte, so that
+The protocol is driven through Twisted's in-memory transport and clock, byte for byte, so that
 every framing rule (keep-alive, pipelining, HTTP/1.0, ``Connection: close``, HEAD, malformed
 requests, the idle timeout) is checked deterministically. Real sockets in real namespaces serve
 the same factory in tests/netns (curl, boto3, the aws CLI and the JS SDK as guests).
@@ -20,7 +20,8 @@ from twisted.internet.testing import StringTransport
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import NOT_FOUND_PAGE, ImdsResponse, InstanceView
-from agent.server import IDLE_TIMEOUT_SECONDS, MAX_BODY_BYTES, MetadataChannel, make_factory
+from agent.server import MAX_BODY_BYTES, make_factory
+from controller.http11 import IDLE_TIMEOUT, Http11Protocol
 from tests.unit.test_imds_rules import CREDENTIALS_PATH, MINTER, make_instance
 from tests.unit.test_imds_tree import INSTANCE_ID, NOW, ROLE
 
@@ -69,7 +70,7 @@ class Served:
         self.observed: list[tuple[str, str, ImdsResponse, float]] = []
         factory = make_factory(self.endpoint, clock, lambda *seen: self.observed.append(seen))
         self.transport = Socketed()
-        self.channel: MetadataChannel = factory.buildProtocol(None)
+        self.channel: Http11Protocol = factory.buildProtocol(None)
         self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> bytes:
@@ -126,9 +127,9 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(served: Served)
     assert not served.transport.disconnecting
 
 
-def test_http_1_0_gets_a_1_0_answer_and_the_connection_closes(served: Served) -> None:
+def test_http_1_0_is_answered_and_the_connection_closes(served: Served) -> None:
     status, headers, body = split(served.send(GET.replace(b"HTTP/1.1", b"HTTP/1.0")))
-    assert status == "HTTP/1.0 200 OK"
+    assert status == "HTTP/1.1 200 OK"  # the server's version, as RFC 9110 has it
     assert int(headers["Content-Length"]) == len(body) > 0
     assert served.transport.disconnecting
 
@@ -165,7 +166,7 @@ def test_a_malformed_request_line_is_a_400_and_the_connection_closes(served: Ser
 
 def test_an_idle_connection_is_closed_on_the_clock(clock: Clock, served: Served) -> None:
     served.send(GET)
-    clock.advance(IDLE_TIMEOUT_SECONDS - 1)
+    clock.advance(IDLE_TIMEOUT - 1)
     assert not served.transport.disconnecting
     clock.advance(2)
     assert served.transport.disconnecting
