@@ -9,10 +9,10 @@ process or until the assignments change. So:
 - when the agent has applied a new set of assignments (and each instance has its credentials
   or a reason), it collects the young generations (milliseconds) and moves every tracked object
   to the permanent generation (`gc.freeze`), which no collection walks;
-- at start and then every `REFREEZE_SECONDS`, it thaws everything (`gc.unfreeze`), makes one
-  full collection and freezes again. Frozen objects that became cyclic garbage (an instance
-  removed, a set rotated out) are collected then: what can pile up is bounded by an hour of
-  changes. That full pass is the one stall left, once an hour.
+- when it starts (before it serves anyone) and then every `REFREEZE_SECONDS`, it thaws
+  everything (`gc.unfreeze`), makes one full collection and freezes again. Frozen objects that
+  became cyclic garbage (an instance removed, a set rotated out) are collected then: what can
+  pile up is bounded by an hour of changes. The hourly pass is the one stall left.
 
 Objects made between freezes, per request or per rotation, are collected as usual, and a full
 pass walks only them.
@@ -61,7 +61,9 @@ class FreezeAfterChanges(Service):
         self.last_seconds = 0.0
 
     def startService(self) -> None:
+        """The first full pass runs now, before any instance is served: no guest waits on it."""
         super().startService()
+        self.refreeze(full=True)
         self._loop.start(CHECK_SECONDS, now=False)
 
     def stopService(self) -> None:
@@ -72,10 +74,10 @@ class FreezeAfterChanges(Service):
     def _check(self) -> None:
         agent = self._agent
         if agent.revision == self._frozen_revision or not agent.ready()[0]:
-            if self.refreezes and self._clock.seconds() - self._full_at >= self._refreeze_after:
+            if self._clock.seconds() - self._full_at >= self._refreeze_after:
                 self.refreeze(full=True)
             return
-        self.refreeze(full=not self.refreezes)
+        self.refreeze(full=False)
 
     def refreeze(self, *, full: bool) -> None:
         """Freeze what is tracked; `full`: thaw and collect everything first."""
