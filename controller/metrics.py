@@ -102,8 +102,8 @@ class ControllerMetrics:
         # Present from the start, so that rate() and alerts see the first increment.
         for reason in AUTHENTICATION_FAILURE_REASONS:
             self._authentication_failures.labels(reason)
-        for kind in CREDENTIAL_KINDS:
-            self._credentials_issued.labels(kind)
+        #: Bound once: `labels()` costs more than `inc()`, and this runs for every issue.
+        self._issued_by = {kind: self._credentials_issued.labels(kind) for kind in CREDENTIAL_KINDS}
 
     def api_request(
         self, service: str | None, action: str | None, status: int, seconds: float
@@ -136,7 +136,10 @@ class ControllerMetrics:
 
     def credentials_issued(self, kind: str) -> None:
         """Temporary credentials of one of :data:`CREDENTIAL_KINDS` were handed out."""
-        self._credentials_issued.labels(kind if kind in CREDENTIAL_KINDS else OTHER).inc()
+        child = self._issued_by.get(kind)
+        if child is None:
+            child = self._credentials_issued.labels(OTHER)
+        child.inc()
 
     def node_api_request(self, endpoint: str, status: int) -> None:
         """One node API request answered with ``status``."""
