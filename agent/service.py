@@ -164,8 +164,14 @@ class NodeAgent(Service):
         self._in_flight = None
         self.poll_failures = 0
         try:
-            self.reconcile(body["instances"])
-            self.revision = int(body["revision"])
+            revision = int(body["revision"])
+            # A long poll that ran out answers the same revision: the same assignments, unless
+            # an instance failed to be set up (retried on every answer) or work is still queued.
+            if not (
+                self.synced and revision == self.revision and not self.failed and self._work is None
+            ):
+                self.reconcile(body["instances"])
+            self.revision = revision
             self.synced = True
         except Exception:
             log.failure("cannot apply the controller's assignments; asking again")

@@ -215,6 +215,31 @@ def test_an_answer_with_nothing_to_set_up_applies_at_once(node: Node) -> None:
     assert node.changes == 3
 
 
+def test_a_long_poll_that_ran_out_with_the_same_revision_changes_nothing(node: Node) -> None:
+    node.answer(assignment(1), assignment(2))
+    node.turn()
+    assert node.changes == 1
+    node.answer(assignment(1), assignment(2))  # the same revision: nothing to compare or apply
+    node.turn()
+    assert node.changes == 1
+    assert node.served() == ids(1, 2)
+    node.answer(assignment(1), revision=2)  # a new revision is applied
+    node.turn()
+    assert (node.changes, node.served()) == (2, ids(1))
+
+
+def test_a_failed_instance_is_retried_even_when_the_revision_is_the_same(node: Node) -> None:
+    node.namespaces.failing.add("rc-i-0001")
+    node.answer(assignment(0), assignment(1))
+    node.turn()
+    assert set(node.agent.failed) == ids(1)
+    node.namespaces.failing.clear()
+    node.answer(assignment(0), assignment(1))  # the long poll ran out: same revision
+    node.turn()
+    assert node.served() == ids(0, 1)
+    assert node.agent.failed == {}
+
+
 def test_stopping_mid_way_sets_up_nothing_more(node: Node) -> None:
     node.answer(*(assignment(number) for number in range(10)))
     node.turn()
