@@ -84,8 +84,9 @@ class Context:
 
 Result = Mapping[str, Any] | None
 Handler = Callable[[Context, dict[str, Any]], Result]
-#: The ARN an action acts on, from the request (``*`` when it has none).
-ResourceOf = Callable[[Context, dict[str, Any]], str]
+#: The ARN an action acts on, from the request (``*`` when it has none), or the ARNs when it acts
+#: on several (TerminateInstances): each is authorized, and one refusal refuses the request.
+ResourceOf = Callable[[Context, dict[str, Any]], str | tuple[str, ...]]
 
 
 def no_resource(context: Context, params: dict[str, Any]) -> str:

@@ -200,7 +200,9 @@ class ApiResource(Resource):
             action, inputs = self._action(signed, request, claim, outcome)
             context = Context(tx, caller, now, facts, self._services)
             if action.resource is not None:
-                authorize(context, action.iam_action, action.resource(context, inputs))
+                resource = action.resource(context, inputs)
+                for arn in (resource,) if isinstance(resource, str) else resource:
+                    authorize(context, action.iam_action, arn)
             return context, action, action.handler(context, inputs)
 
         try:

@@ -57,6 +57,12 @@ def instance_resource(context: Context, params: dict[str, Any]) -> str:
     return f"arn:aws:ec2:{REGION}:{context.account_id}:instance/*"
 
 
+def instances_resource(context: Context, params: dict[str, Any]) -> tuple[str, ...]:
+    """Each instance an action names (InstanceIds), so that a Deny on one of them refuses it."""
+    prefix = f"arn:aws:ec2:{REGION}:{context.account_id}:instance/"
+    return tuple(dict.fromkeys(prefix + instance_id for instance_id in params["InstanceIds"]))
+
+
 def require_instance(context: Context, instance_id: str) -> Instance:
     if not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInstanceIDMalformed(f'Invalid id: "{instance_id}"')

@@ -20,6 +20,7 @@ from controller.ec2.common import (
     check_dry_run,
     instance_resource,
     instance_shape,
+    instances_resource,
     metadata_options_shape,
     new_hex_id,
     now_text,
@@ -228,7 +229,7 @@ def describe_instances(context: Context, params: dict[str, Any]) -> Result:
     "ec2",
     "TerminateInstances",
     Struct((Field("InstanceIds", ListOf(Str()), required=True, wire_name="InstanceId"), DRY_RUN)),
-    resource=instance_resource,
+    resource=instances_resource,
 )
 def terminate_instances(context: Context, params: dict[str, Any]) -> Result:
     instances = [require_instance(context, instance_id) for instance_id in params["InstanceIds"]]

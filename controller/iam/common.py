@@ -187,21 +187,27 @@ def instance_profile_shape(
     return shape
 
 
-# Resources, for authorization: the ARN of what the request names (with its real path).
+# Resources, for authorization: the ARN of what the request acts on. Names are found ignoring
+# case and policies match ARNs case-sensitively, so an entity that exists is always authorized
+# by its stored ARN (its real name and path), never by the name as the caller spelled it: else a
+# Deny on role/Admin would not stop RoleName=ADMIN. Only a name that names nothing yet (a Create*)
+# is authorized as given.
 
 
 def role_resource(context: Context, params: dict[str, Any]) -> str:
     name = params["RoleName"]
     role = context.tx.get_role(context.account_id, name)
-    path = role.path if role is not None else params.get("Path", "/")
-    return f"arn:aws:iam::{context.account_id}:role{path}{name}"
+    if role is not None:
+        return role.arn
+    return f"arn:aws:iam::{context.account_id}:role{params.get('Path', '/')}{name}"
 
 
 def profile_resource(context: Context, params: dict[str, Any]) -> str:
     name = params["InstanceProfileName"]
     profile = context.tx.get_instance_profile(context.account_id, name)
-    path = profile.path if profile is not None else params.get("Path", "/")
-    return f"arn:aws:iam::{context.account_id}:instance-profile{path}{name}"
+    if profile is not None:
+        return profile.arn
+    return f"arn:aws:iam::{context.account_id}:instance-profile{params.get('Path', '/')}{name}"
 
 
 def user_resource(context: Context, params: dict[str, Any]) -> str:
@@ -210,8 +216,9 @@ def user_resource(context: Context, params: dict[str, Any]) -> str:
     if name is None:
         return f"arn:aws:iam::{context.account_id}:root"
     user = context.tx.get_user(context.account_id, name)
-    path = user.path if user is not None else params.get("Path", "/")
-    return f"arn:aws:iam::{context.account_id}:user{path}{name}"
+    if user is not None:
+        return user.arn
+    return f"arn:aws:iam::{context.account_id}:user{params.get('Path', '/')}{name}"
 
 
 def own_user_name(context: Context) -> str | None:

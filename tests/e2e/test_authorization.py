@@ -316,3 +316,32 @@ def test_adding_a_role_to_a_profile_needs_pass_role_on_the_role(controller: Cont
 
 def test_no_issued_secret_reaches_the_controller_log(controller: Controller) -> None:
     assert_no_issued_secret_in_log(controller)
+
+
+# -- a Deny names the entity, not one spelling of its name ----------------------------------------
+
+
+def test_a_deny_on_a_user_and_a_role_holds_when_the_request_changes_the_case_of_the_name(
+    controller: Controller,
+) -> None:
+    """The review's two reproductions: IAM finds names ignoring case, so the Deny must match
+    the entity found, not the caller's spelling of it."""
+    admin = unique("Admin")
+    make_role(controller, admin)
+    controller.client("iam").create_user(UserName=admin)
+    _, iam = user_iam(
+        controller,
+        policy(allow("iam:*"), deny("*", [role_arn(admin), user_arn(admin)])),
+    )
+    message = denied(iam.create_access_key, UserName=admin.lower())
+    assert f"on resource: {user_arn(admin)} with an explicit deny" in message
+    message = denied(
+        iam.put_role_policy,
+        RoleName=admin.upper(),
+        PolicyName="all",
+        PolicyDocument=policy(allow("*")),
+    )
+    assert f"on resource: {role_arn(admin)} with an explicit deny" in message
+    root = controller.client("iam")
+    assert root.list_access_keys(UserName=admin)["AccessKeyMetadata"] == []
+    assert root.list_role_policies(RoleName=admin)["PolicyNames"] == []

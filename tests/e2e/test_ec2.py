@@ -370,3 +370,44 @@ def test_pass_role_is_needed_to_launch_with_a_profile(
     assert "iam:PassRole" in message
     assert f"arn:aws:iam::{ACCOUNT_ID}:role/{name}" in message
     assert as_user.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1)["Instances"]
+
+
+def test_a_deny_on_one_instance_refuses_terminating_it_among_others(
+    controller: Controller, ec2: Any, iam: Any
+) -> None:
+    launched = ec2.run_instances(ImageId="emi-1", MinCount=2, MaxCount=2)["Instances"]
+    kept, free = (instance["InstanceId"] for instance in launched)
+    kept_arn = f"arn:aws:ec2:us-east-1:{ACCOUNT_ID}:instance/{kept}"
+    user = unique("terminator")
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="ec2",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+                    {"Effect": "Deny", "Action": "ec2:TerminateInstances", "Resource": kept_arn},
+                ],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    as_user = boto3.client(
+        "ec2",
+        endpoint_url=controller.url,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+    code, status, message = error_of(as_user.terminate_instances, InstanceIds=[free, kept])
+    assert (code, status) == ("UnauthorizedOperation", 403)
+    assert kept_arn in message
+    states = {
+        instance["InstanceId"]: instance["State"]["Name"]
+        for reservation in ec2.describe_instances(InstanceIds=[kept, free])["Reservations"]
+        for instance in reservation["Instances"]
+    }
+    assert states == {kept: "pending", free: "pending"}  # refused whole: neither was touched
+    as_user.terminate_instances(InstanceIds=[free])
