@@ -7,7 +7,8 @@ policy, from that too. Federated and GetSessionToken credentials are further lim
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -29,13 +30,52 @@ _ALLOW = Decision("Allow")  # frozen: one serves every caller the answer needs n
 
 #: What temporary credentials without an IAM identity of their own may call in IAM and STS.
 _FEDERATED_STS = frozenset({"sts:getcalleridentity"})
-_SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole"})
+_SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole", "sts:setsourceidentity"})
 
 
-@functools.lru_cache(maxsize=4096)
-def parsed(document: str, kind: PolicyKind = PolicyKind.IDENTITY) -> PolicyDocument:
-    """A stored document, parsed once (stored documents were validated on the way in)."""
-    return parse_policy(document, kind)
+class ParsedDocuments:
+    """Policy documents parsed once, least recently used first out, bounded by their count and
+    by the characters of their text: a few large documents cannot hold more memory than many
+    small ones. Meant for stored documents and the session policies of sealed tokens, which
+    were validated on the way in; a request's own input is parsed with `parse_policy`."""
+
+    def __init__(self, max_documents: int = 4096, max_characters: int = 4 * 1024 * 1024) -> None:
+        self.max_documents = max_documents
+        self.max_characters = max_characters
+        self.characters = 0
+        self._parsed: OrderedDict[tuple[str, PolicyKind], PolicyDocument] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def __call__(self, document: str, kind: PolicyKind = PolicyKind.IDENTITY) -> PolicyDocument:
+        key = (document, kind)
+        with self._lock:
+            found = self._parsed.get(key)
+            if found is not None:
+                self._parsed.move_to_end(key)
+                return found
+        result = parse_policy(document, kind)  # outside the lock: parsing may raise or take time
+        with self._lock:
+            if key not in self._parsed and len(document) <= self.max_characters:
+                self._parsed[key] = result
+                self.characters += len(document)
+                while (
+                    len(self._parsed) > self.max_documents or self.characters > self.max_characters
+                ):
+                    (dropped, _), _ = self._parsed.popitem(last=False)
+                    self.characters -= len(dropped)
+        return result
+
+    def clear(self) -> None:
+        with self._lock:
+            self._parsed.clear()
+            self.characters = 0
+
+
+#: Every stored document, parsed once.
+parsed = ParsedDocuments()
 
 
 def identity_policies(tx: Transaction, caller: Caller) -> list[tuple[str, PolicyDocument]]:

@@ -22,7 +22,7 @@ from controller.authorize import (
     principal_tags,
 )
 from controller.errors import AccessDenied, InvalidInput, PackedPolicyTooLarge, validation_error
-from controller.policy.document import PolicyKind, Principal, Statement
+from controller.policy.document import PolicyKind, Principal, Statement, parse_policy
 from controller.policy.evaluate import (
     Decision,
     RequestContext,
@@ -39,7 +39,10 @@ SESSION_NAME_PATTERN = r"[\w+=,.@-]*"
 POLICY_TEXT = r"[\u0009\u000A\u000D\u0020-\u00FF]+"
 FEDERATED_NAME = Str(2, 32, SESSION_NAME_PATTERN)
 ROLE_SESSION_NAME = Str(2, 64, SESSION_NAME_PATTERN)
-SESSION_POLICY = Str(1, 2048, POLICY_TEXT)
+#: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
+#: characters" (STS); GetFederationToken's model says so, AssumeRole's is checked by the handler.
+SESSION_POLICY_MAX = 2048
+SESSION_POLICY = Str(1, SESSION_POLICY_MAX, POLICY_TEXT)
 ROLE_SESSION_POLICY = Str(1, None, POLICY_TEXT)
 LONG_DURATION = Int(900, 129600)
 ROLE_DURATION = Int(900, 43200)
@@ -67,9 +70,22 @@ def _refuse_unsupported(params: dict[str, Any]) -> None:
 
 
 def _session_policy(params: dict[str, Any]) -> str | None:
+    """The request's session policy, checked: its size first, then its syntax. It is parsed
+    outside the cache of stored documents, so a refused request leaves nothing behind."""
     policy: str | None = params.get("Policy")
-    if policy is not None:
-        parsed(policy, PolicyKind.IDENTITY)  # MalformedPolicyDocument if it is not one
+    if policy is None:
+        return None
+    if len(policy) > SESSION_POLICY_MAX:
+        raise validation_error(
+            [
+                (
+                    f"[{len(policy)} characters]",
+                    "policy",
+                    f"Member must have length less than or equal to {SESSION_POLICY_MAX}",
+                )
+            ]
+        )
+    parse_policy(policy, PolicyKind.IDENTITY)  # MalformedPolicyDocument if it is not one
     return policy
 
 
@@ -243,6 +259,20 @@ def _names_caller_explicitly(statement: Statement | None, caller: Caller) -> boo
     return False
 
 
+def _source_identity(caller: Caller, params: dict[str, Any]) -> str | None:
+    """The source identity of the new session: once set in a chain it is kept, and a request
+    that names another one is refused (AWS: it cannot be changed during the role session)."""
+    requested: str | None = params.get("SourceIdentity")
+    if caller.source_identity is None:
+        return requested
+    if requested is not None and requested != caller.source_identity:
+        raise AccessDenied(
+            f"User: {caller.arn} is not authorized to perform: sts:SetSourceIdentity: the"
+            f" session's source identity is {caller.source_identity!r} and cannot be changed"
+        )
+    return caller.source_identity
+
+
 @registry.action(
     "sts",
     "AssumeRole",
@@ -270,7 +300,9 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
         raise denial(caller, "sts:AssumeRole", role_arn, Decision("ImplicitDeny"))
     target = _parse_role_arn(role_arn)
     _refuse_unsupported(params)
+    session_policy = _session_policy(params)
     session_name = params["RoleSessionName"]
+    source_identity = _source_identity(caller, params)
     role = tx.get_role(target.account_id, target.name)
     not_allowed = (
         f"User: {caller.arn} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
@@ -284,20 +316,26 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
         keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
         if "ExternalId" in params:
             keys["sts:ExternalId"] = (params["ExternalId"],)
-        if "SourceIdentity" in params:
-            keys["sts:SourceIdentity"] = (params["SourceIdentity"],)
-    trust = evaluate_trust(
-        trust_policy,
-        RequestContext("sts:AssumeRole", role.arn, caller.arn, caller.account_id, keys),
-    )
-    if not trust.allowed:
-        raise AccessDenied(f"{not_allowed} (the role's trust policy does not allow it)")
-    identity = decide(context, "sts:AssumeRole", role.arn)
+        if source_identity is not None:
+            keys["sts:SourceIdentity"] = (source_identity,)
     same_account = target.account_id == caller.account_id
-    if identity.effect == "Deny" or not (
-        identity.allowed or (same_account and _names_caller_explicitly(trust.statement, caller))
-    ):
-        raise denial(caller, "sts:AssumeRole", role.arn, identity)
+    # A session that carries a source identity, set now or kept from the chain, sets it on the
+    # role: its trust policy must allow sts:SetSourceIdentity as well, as in AWS.
+    actions = ["sts:AssumeRole"] + (["sts:SetSourceIdentity"] if source_identity else [])
+    for action in actions:
+        trust = evaluate_trust(
+            trust_policy, RequestContext(action, role.arn, caller.arn, caller.account_id, keys)
+        )
+        if not trust.allowed:
+            raise AccessDenied(
+                f"User: {caller.arn} is not authorized to perform: {action} on resource:"
+                f" {role_arn} (the role's trust policy does not allow it)"
+            )
+        identity = decide(context, action, role.arn)
+        if identity.effect == "Deny" or not (
+            identity.allowed or (same_account and _names_caller_explicitly(trust.statement, caller))
+        ):
+            raise denial(caller, action, role.arn, identity)
     seconds: int = params.get("DurationSeconds", DEFAULT_ROLE_SECONDS)
     if caller.temporary and seconds > CHAINED_MAX_SECONDS:
         raise validation_error(
@@ -321,7 +359,6 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
                 )
             ]
         )
-    source_identity = params.get("SourceIdentity", caller.source_identity)
     claims = _claims(
         context,
         account_id=role.account_id,
@@ -330,7 +367,7 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
         user_id=f"{role.role_id}:{session_name}",
         seconds=seconds,
         role_id=role.role_id,
-        session_policy=_session_policy(params),
+        session_policy=session_policy,
         source_identity=source_identity,
     )
     size = _packed_size(claims)

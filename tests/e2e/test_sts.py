@@ -362,6 +362,64 @@ def test_role_chaining_is_limited_to_one_hour(
     assert "role chaining" in message
 
 
+def source_identity_trust(principal: str, *actions: str) -> str:
+    return policy({"Effect": "Allow", "Principal": {"AWS": principal}, "Action": list(actions)})
+
+
+def test_a_source_identity_needs_set_source_identity_in_the_trust_policy(
+    controller: Controller,
+) -> None:
+    bare = new_role(controller, unique("si"), trust({"AWS": ROOT_ARN}))
+    code, status, message = error_of(
+        assume, sts=root_sts(controller), arn=bare, SourceIdentity="alice"
+    )
+    assert (code, status) == ("AccessDenied", 403)
+    assert f"sts:SetSourceIdentity on resource: {bare}" in message
+    granted = new_role(
+        controller,
+        unique("si"),
+        source_identity_trust(ROOT_ARN, "sts:AssumeRole", "sts:SetSourceIdentity"),
+    )
+    assert assume(root_sts(controller), granted, SourceIdentity="alice")["SourceIdentity"] == (
+        "alice"
+    )
+
+
+def test_a_role_chain_keeps_its_source_identity_and_refuses_another(
+    controller: Controller,
+) -> None:
+    both = ("sts:AssumeRole", "sts:SetSourceIdentity")
+    first = new_role(controller, unique("si1"), source_identity_trust(ROOT_ARN, *both))
+    second = new_role(controller, unique("si2"), source_identity_trust(first, *both))
+    without = new_role(controller, unique("si3"), source_identity_trust(first, "sts:AssumeRole"))
+    session = assume(root_sts(controller), first, SourceIdentity="alice")
+    chained = Keys.of(session).client(controller, "sts")
+    code, status, message = error_of(assume, sts=chained, arn=second, SourceIdentity="mallory")
+    assert (code, status) == ("AccessDenied", 403)
+    assert "cannot be changed" in message
+    assert assume(chained, second, SourceIdentity="alice")["SourceIdentity"] == "alice"
+    assert assume(chained, second)["SourceIdentity"] == "alice"
+    code, status, message = error_of(assume, sts=chained, arn=without)
+    assert (code, status) == ("AccessDenied", 403)
+    assert f"sts:SetSourceIdentity on resource: {without}" in message
+
+
+@pytest.mark.parametrize("size", [2049, 45_000])
+def test_a_session_policy_over_2048_characters_is_a_validation_error(
+    controller: Controller, size: int
+) -> None:
+    arn = new_role(controller, unique("big"), trust({"AWS": ROOT_ARN}))
+    statement = allow("s3:GetObject", "arn:aws:s3:::bucket/*")
+    document = policy(statement)
+    document = document[:-2] + " " * (size - len(document)) + document[-2:]
+    assert len(document) == size
+    code, status, message = error_of(assume, sts=root_sts(controller), arn=arn, Policy=document)
+    assert (code, status) == ("ValidationError", 400)
+    assert "Member must have length less than or equal to 2048" in message
+    fitting = document[:-2].rstrip() + document[-2:]
+    assert assume(root_sts(controller), arn, Policy=fitting)["PackedPolicySize"] > 0
+
+
 @pytest.mark.parametrize(
     ("session_name", "fragment"),
     [
