@@ -268,6 +268,15 @@ class ApiResource(Resource):
             if claims.access_key_id != claim.access_key_id:
                 raise invalid
             sigv4.verify(claim, claims.secret_access_key)
+            if claims.principal_type == "instance":
+                revoked = instance_session_revoked(tx, claims)
+                if revoked is not None:
+                    log.info(
+                        "instance credentials {access_key_id} refused: {reason}",
+                        access_key_id=claims.access_key_id,
+                        reason=revoked,
+                    )
+                    raise invalid
             return caller_from_session(claims)
         key = tx.get_access_key(claim.access_key_id)
         if key is None or key.status != "Active":
@@ -290,6 +299,30 @@ class ApiResource(Resource):
             issuer_user_id=user.user_id,
             issuer_arn=user.arn,
         )
+
+
+def instance_session_revoked(tx: Transaction, claims: SessionClaims) -> str | None:
+    """Why an instance's role credentials no longer stand, or None while they do: the instance
+    must not be terminated, its current profile must still hold the session's role, and the node
+    they were issued to must still be enrolled and still run it. Checked at every request, so
+    each of these revokes the credentials at once, not when they expire."""
+    instance_id, node_name = claims.extra.get("instance_id"), claims.extra.get("node")
+    instance = tx.get_instance(instance_id) if instance_id else None
+    if instance is None or instance.account_id != claims.account_id:
+        return f"instance {instance_id} does not exist"
+    if instance.state == "terminated":
+        return f"instance {instance_id} is terminated"
+    profile = (
+        tx.get_instance_profile_by_id(instance.profile_id)
+        if instance.profile_id is not None and instance.association_state == "associated"
+        else None
+    )
+    if profile is None or profile.role_id != claims.role_id:
+        return f"instance {instance_id} no longer has an instance profile with this role"
+    node = tx.get_node(node_name) if node_name else None
+    if node is None or node.retired is not None or instance.node_name != node.name:
+        return f"node {node_name} is retired or no longer runs instance {instance_id}"
+    return None
 
 
 def caller_from_session(claims: SessionClaims) -> Caller:

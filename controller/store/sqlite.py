@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.store.base import Store, StoreError, Transaction
-from controller.store.records import AccessKey, Role, RolePolicy, Tag, User, UserPolicy
+from controller.store.records import (
+    AccessKey,
+    Instance,
+    InstanceProfile,
+    Node,
+    Role,
+    RolePolicy,
+    Tag,
+    User,
+    UserPolicy,
+)
 from controller.store.sql import SqlTransaction, migrations, split_statements
 
 _T = TypeVar("_T")
@@ -247,6 +257,17 @@ class _CachedTransaction(SqlTransaction):
 
     def get_tags(self, entity_id: str) -> list[Tag]:
         return list(self._cached(_tags, entity_id))
+
+    # What a request signed with instance credentials checks (controller.api): still running,
+    # still holding the role, on a node still enrolled.
+    def get_instance(self, instance_id: str) -> Instance | None:
+        return self._cached(SqlTransaction.get_instance, instance_id)
+
+    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None:
+        return self._cached(SqlTransaction.get_instance_profile_by_id, profile_id)
+
+    def get_node(self, name: str) -> Node | None:
+        return self._cached(SqlTransaction.get_node, name)
 
 
 # Names are case-insensitive: one entry per lowercase name.

@@ -8,6 +8,7 @@ import json
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from tests.e2e.conftest import ACCOUNT_ID, BIN, Controller, start_controller, stop_controller
 
@@ -362,3 +364,93 @@ def test_two_thousand_long_polls_are_held_and_all_woken(
     early, woken = asyncio.run(scenario())
     assert early == 0
     assert woken == 2000
+
+
+def _revoke_by_terminating(controller: Controller, iam: Any, instance_id: str, node: str) -> None:
+    controller.client("ec2").terminate_instances(InstanceIds=[instance_id])
+
+
+def _revoke_by_disassociating(
+    controller: Controller, iam: Any, instance_id: str, node: str
+) -> None:
+    ec2 = controller.client("ec2")
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [instance_id]}]
+    )["IamInstanceProfileAssociations"]
+    ec2.disassociate_iam_instance_profile(AssociationId=associations[0]["AssociationId"])
+
+
+def _revoke_by_replacing_the_profile(
+    controller: Controller, iam: Any, instance_id: str, node: str
+) -> None:
+    ec2 = controller.client("ec2")
+    association = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [instance_id]}]
+    )["IamInstanceProfileAssociations"][0]
+    other, _ = profile(iam)
+    ec2.replace_iam_instance_profile_association(
+        AssociationId=association["AssociationId"], IamInstanceProfile={"Name": other}
+    )
+
+
+def _revoke_by_emptying_the_profile(
+    controller: Controller, iam: Any, instance_id: str, node: str
+) -> None:
+    name = (
+        controller.client("ec2")
+        .describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
+            "IamInstanceProfile"
+        ]["Arn"]
+        .rpartition("/")[2]
+    )
+    iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name)
+
+
+def _revoke_by_retiring_the_node(
+    controller: Controller, iam: Any, instance_id: str, node: str
+) -> None:
+    subprocess.run(
+        [BIN / "rolecall-controller", "--state-dir", controller.state_dir, "retire-node", node],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "revoke",
+    [
+        _revoke_by_terminating,
+        _revoke_by_disassociating,
+        _revoke_by_replacing_the_profile,
+        _revoke_by_emptying_the_profile,
+        _revoke_by_retiring_the_node,
+    ],
+    ids=lambda revoke: revoke.__name__.removeprefix("_revoke_by_"),
+)
+def test_instance_credentials_stop_working_at_once_when_revoked(
+    controller: Controller, iam: Any, tmp_path: Path, revoke: Any
+) -> None:
+    host = unique("hv-rv")
+    node = NodeClient(controller, enroll(controller, host, tmp_path / "node"))
+    name, _ = profile(iam)
+    instance_id = launch(controller, host, name)
+    issued = node.credentials(instance_id).json()
+    sts = boto3.client(
+        "sts",
+        endpoint_url=controller.url,
+        region_name="us-east-1",
+        aws_access_key_id=issued["AccessKeyId"],
+        aws_secret_access_key=issued["SecretAccessKey"],
+        aws_session_token=issued["Token"],
+    )
+    assert sts.get_caller_identity()["Arn"].endswith(f"/{instance_id}")
+    revoke(controller, iam, instance_id, host)
+    with pytest.raises(ClientError) as raised:
+        sts.get_caller_identity()
+    assert raised.value.response["Error"]["Code"] == "InvalidClientTokenId"
+    refused = f"instance credentials {issued['AccessKeyId']} refused"
+    deadline = time.monotonic() + 10  # the line is read from the process's pipe by a thread
+    while refused not in "".join(controller.output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = "".join(controller.output)
+    assert refused in log
+    assert issued["SecretAccessKey"] not in log and issued["Token"] not in log
