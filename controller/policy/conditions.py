@@ -268,7 +268,9 @@ def _compile_test(
         if matches is None:
             resolved = [template.resolve(lookup) for template in templates]
             if any(value is None for value in resolved):
-                return False  # an unresolvable variable: the condition does not match
+                # An unresolvable variable: the condition is undecidable, so an Allow does not
+                # allow and a Deny denies (fail closed), whatever the operator's negation.
+                return None
             try:
                 matches = operator.build([value for value in resolved if value is not None])
             except ValueError:

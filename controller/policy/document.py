@@ -331,6 +331,12 @@ def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
         if raw_principal is not None:
             principal = _parse_principal(raw_principal, "Principal", where)
         if raw_not_principal is not None:
+            if effect == "Allow":
+                # "Everyone but X" may assume the role: IAM refuses it in trust policies.
+                raise MalformedPolicyDocument(
+                    f"NotPrincipal with Effect Allow is not supported in trust policies: {where}"
+                    " (name the principals that may assume the role in Principal instead)"
+                )
             not_principal = _parse_principal(raw_not_principal, "NotPrincipal", where)
 
     conditions = _parse_conditions(raw.get("Condition"), where) if "Condition" in raw else ()

@@ -399,8 +399,9 @@ def _decide(
             for lower_key, key in compiled.keys:
                 if lookup(lower_key) is None:
                     missing.setdefault(key)
-            if targeted is None:
-                continue
+            if targeted is None and not compiled.deny:
+                continue  # an Allow whose resource did not resolve allows nothing
+            # A Deny whose resource did not resolve may name this resource: it fails closed.
             if deny is not None or (allow is not None and not compiled.deny):
                 continue  # already decided for this effect: read only for its missing keys
             outcome = compiled.conditions_hold(lookup)

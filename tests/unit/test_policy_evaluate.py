@@ -863,6 +863,20 @@ VARIABLES = [
         "ImplicitDeny",
     ),
     (
+        "unresolvable variable in a Deny's Resource denies (fail closed)",
+        VERSION_2012,
+        deny(resource=f"arn:aws:iam::{ACCOUNT}:role/${{aws:username}}"),
+        request(resource=f"arn:aws:iam::{ACCOUNT}:role/alice"),
+        "Deny",
+    ),
+    (
+        "unresolvable variable in a Deny's NotResource denies (fail closed)",
+        VERSION_2012,
+        {"Effect": "Deny", "Action": "*", "NotResource": "arn:aws:s3:::${aws:username}"},
+        request(),
+        "Deny",
+    ),
+    (
         "unresolvable variable in NotResource does not apply",
         VERSION_2012,
         {"Effect": "Allow", "Action": "*", "NotResource": "arn:aws:s3:::${aws:username}"},
@@ -994,6 +1008,20 @@ VARIABLES = [
         allow(Condition={"StringNotEquals": {"aws:ResourceTag/owner": "${aws:username}"}}),
         request(keys={"aws:ResourceTag/owner": ("bob",)}),
         "ImplicitDeny",
+    ),
+    (
+        "unresolvable variable in a Deny's condition denies (fail closed)",
+        VERSION_2012,
+        deny(Condition={"StringNotEquals": {"aws:ResourceTag/owner": "${aws:username}"}}),
+        request(keys={"aws:ResourceTag/owner": ("bob",)}),
+        "Deny",
+    ),
+    (
+        "unresolvable variable in a Deny's negated-free condition denies too",
+        VERSION_2012,
+        deny(Condition={"StringEquals": {"aws:ResourceTag/owner": "${aws:username}"}}),
+        request(keys={"aws:ResourceTag/owner": ("bob",)}),
+        "Deny",
     ),
     (
         "no variables in Numeric values",
@@ -1168,11 +1196,17 @@ def test_trust_policy_principal(
     assert evaluate_trust(trust(principal), context, service=service).effect == expected
 
 
-def test_trust_not_principal_excludes_the_named_principal() -> None:
-    document = trust(None, NotPrincipal={"AWS": USER})
-    assert evaluate_trust(document, assume_role()).effect == "ImplicitDeny"
+def test_a_trust_deny_with_not_principal_refuses_everyone_but_the_named_principal() -> None:
+    statements = [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": ACCOUNT}},
+        {"Effect": "Deny", "Action": "sts:AssumeRole", "NotPrincipal": {"AWS": USER}},
+    ]
+    document = parse_policy(
+        json.dumps({"Version": VERSION_2012, "Statement": statements}), PolicyKind.TRUST
+    )
+    assert evaluate_trust(document, assume_role()).effect == "Allow"
     other = f"arn:aws:iam::{ACCOUNT}:user/bob"
-    assert evaluate_trust(document, assume_role(principal_arn=other)).effect == "Allow"
+    assert evaluate_trust(document, assume_role(principal_arn=other)).effect == "Deny"
 
 
 def test_trust_condition_on_external_id() -> None:
