@@ -33,6 +33,27 @@ def event_text(event: LogEvent) -> str:
     return formatEvent(event)
 
 
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+#: What a request can smuggle into a line: every control character (C0, DEL, C1) and the
+#: Unicode line and paragraph separators, escaped; a newline in a message of ours becomes " | ".
+_ONE_LINE = {
+    code: _escape(chr(code)) for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+_ONE_LINE[ord("\n")] = " | "
+
+
+def one_line(text: str) -> str:
+    """``text`` as one journal line that shows what it held: no request can start a line of its
+    own, hide text with a carriage return, or send the terminal an escape sequence."""
+    if text.isprintable():  # the common case, and cheap: nothing to escape
+        return text
+    return text.translate(_ONE_LINE)
+
+
 def line_observer(stream: IO[str], level: LogLevel | None = None) -> Callable[[LogEvent], None]:
     """Writes events as lines, each flushed at once; with a ``level``, only events at that level
     or above that have a namespace (what ``LogLevelFilterPredicate`` lets through)."""
@@ -47,7 +68,7 @@ def line_observer(stream: IO[str], level: LogLevel | None = None) -> Callable[[L
             return
         if event_level is None:
             event_level = LogLevel.info
-        text = event_text(event).replace("\n", " | ")
+        text = one_line(event_text(event))
         stream.write(f"{_NAME[event_level]} {namespace or '-'}: {text}\n")
         failure = event.get("log_failure")
         if failure is not None:

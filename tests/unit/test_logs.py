@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
@@ -94,3 +97,25 @@ def test_a_failure_is_followed_by_its_traceback() -> None:
     first, rest = stream.getvalue().split("\n", 1)
     assert first == "CRITICAL rolecall.api: it failed"
     assert "ValueError: the cause" in rest
+
+
+def test_a_request_cannot_forge_a_line_hide_text_or_drive_the_terminal() -> None:
+    stream = Stream()
+    observe = line_observer(stream, LogLevel.info)
+    action = "GetRole\rINFO rolecall.api: forged\x1b[2J\u2028next\x85line\x00"
+    observe(event(LogLevel.info, f"iam:{action} 400"))
+    assert stream.getvalue() == (
+        "INFO rolecall.api: iam:GetRole\\x0dINFO rolecall.api: forged\\x1b[2J\\u2028next"
+        "\\x85line\\x00 400\n"
+    )
+
+
+@given(st.text())
+def test_any_message_is_one_line_of_printable_text(text: str) -> None:
+    stream = Stream()
+    line_observer(stream, LogLevel.info)(event(LogLevel.info, text))
+    line = stream.getvalue()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert not any(
+        unicodedata.category(char) == "Cc" or char in "\u2028\u2029" for char in line[:-1]
+    )
