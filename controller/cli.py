@@ -19,7 +19,14 @@ from controller.accounts import (
     new_account_id,
 )
 from controller.config import ConfigError, ControllerConfig, load_config
-from controller.keyring import KeyRingError, ensure_key_ring, rotate_key_ring
+from controller.keyring import (
+    KeyRingError,
+    StateDirectoryError,
+    check_state_directory,
+    ensure_key_ring,
+    revoke_key_ring,
+    rotate_key_ring,
+)
 from controller.nodeca import (
     DEFAULT_SERVER_NAMES,
     NODE_NAME,
@@ -95,9 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     account_commands.add_parser("list", help="the accounts, one per line")
 
-    commands.add_parser(
+    rotate = commands.add_parser(
         "rotate-token-key",
         help="seal new session tokens with a new key; old keys verify until their tokens expire",
+    )
+    rotate.add_argument(
+        "--revoke-previous",
+        action="store_true",
+        help="emergency: drop every other key at once, so every session token issued before"
+        " (instance credentials too) stops working",
     )
 
     enroll = commands.add_parser(
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "account":
             return account_list(config)
         if args.command == "rotate-token-key":
-            return rotate_token_key(config)
+            return rotate_token_key(config, revoke=args.revoke_previous)
         if args.command == "enroll-node":
             return enroll_node(config, args.name, args.out, args.force)
         if args.command == "retire-node":
@@ -184,7 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
         )
         return serve(config)
-    except (ConfigError, CommandError, StoreError, KeyRingError, NodeCAError) as error:
+    except (
+        ConfigError,
+        CommandError,
+        StoreError,
+        KeyRingError,
+        StateDirectoryError,
+        NodeCAError,
+    ) as error:
         print(f"rolecall-controller: {error}", file=sys.stderr)
         return 1
 
@@ -332,8 +352,18 @@ def account_list(config: ControllerConfig) -> int:
     return 0
 
 
-def rotate_token_key(config: ControllerConfig) -> int:
-    """New session tokens are sealed with a new key; old keys keep verifying what they sealed."""
+def rotate_token_key(config: ControllerConfig, *, revoke: bool = False) -> int:
+    """New session tokens are sealed with a new key; old keys keep verifying what they sealed,
+    unless ``revoke``: then they are dropped, and every token they sealed is invalid."""
+    if revoke:
+        ring = revoke_key_ring(config.token_keys_path, datetime.now(UTC))
+        print(f"Session tokens are now sealed with key {ring.active_id}; every other key is gone.")
+        print("Running controllers refuse the tokens sealed before within a minute.")
+        print(
+            "Instance credentials are among them: restart the agents (systemctl restart"
+            " rolecall-agent) so that guests get new ones at once."
+        )
+        return 0
     ring = rotate_key_ring(config.token_keys_path, datetime.now(UTC))
     print(f"Session tokens are now sealed with key {ring.active_id}.")
     for key in ring.keys:
@@ -614,6 +644,7 @@ def serve(config: ControllerConfig) -> int:
     from controller.notify import Notifier, ReadyGate, listening_status
     from controller.service import make_service
 
+    check_state_directory(config.state_dir)
     store = _open_store(config)
     start_logging()
     service = make_service(config, reactor, store)

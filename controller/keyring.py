@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,13 @@ class KeyRingError(Exception):
         super().__init__(f"token key ring {os.fspath(path)}: {problem}")
         self.path = Path(path)
         self.problem = problem
+
+
+class StateDirectoryError(Exception):
+    """The state directory is not safe to serve from; the message names it and says why."""
+
+    def __init__(self, path: StrPath, problem: str) -> None:
+        super().__init__(f"state directory {os.fspath(path)}: {problem}")
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -146,6 +154,8 @@ def _read(path: Path) -> tuple[bytes, os.stat_result]:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise KeyRingError(path, "is not a regular file")
+        if status.st_uid != os.geteuid():
+            raise KeyRingError(path, _not_ours(status.st_uid, "the controller's state"))
         mode = stat.S_IMODE(status.st_mode)
         if mode & 0o077:
             raise KeyRingError(
@@ -169,6 +179,45 @@ def _read(path: Path) -> tuple[bytes, os.stat_result]:
     if len(data) > MAX_FILE_BYTES:
         raise KeyRingError(path, f"is larger than {MAX_FILE_BYTES} bytes")
     return data, status
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _not_ours(owner: int, what: str) -> str:
+    """Why a file or directory of another user is refused, and what to run instead."""
+    name = _user_name(owner)
+    return (
+        f"belongs to {name}, not to {_user_name(os.geteuid())} who runs this command; run it as"
+        f" the owner of {what} (runuser -u {name} -- rolecall-controller ...)"
+    )
+
+
+def check_state_directory(directory: StrPath) -> None:
+    """The state directory holds the store's long-term secret keys and the key ring: it must
+    belong to whoever runs the controller and be closed to everyone else (mode 0700)."""
+    directory = Path(directory)
+    try:
+        status = os.stat(directory)
+    except FileNotFoundError:
+        return  # not initialised: opening the store says so, and what to run
+    except OSError as error:
+        raise StateDirectoryError(directory, f"cannot be examined: {error.strerror}") from None
+    if not stat.S_ISDIR(status.st_mode):
+        raise StateDirectoryError(directory, "is not a directory")
+    if status.st_uid != os.geteuid():
+        raise StateDirectoryError(directory, _not_ours(status.st_uid, "the state directory"))
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
+        raise StateDirectoryError(
+            directory,
+            f"is open to group or others (mode {mode:04o}); it holds secret keys, so it must be"
+            f" its owner's only: chmod 700 {directory}",
+        )
 
 
 def _parse(path: Path, data: bytes) -> KeyRing:
@@ -293,6 +342,16 @@ def rotate_key_ring(
     path = Path(path)
     with _locked(path):
         ring = load_key_ring(path).rotated(now, keep_for)
+        save_key_ring(path, ring)
+    return ring
+
+
+def revoke_key_ring(path: StrPath, now: datetime) -> KeyRing:
+    """Replace the ring in the file with one new key: tokens sealed by any other stop verifying
+    as soon as each controller re-reads the file."""
+    path = Path(path)
+    with _locked(path):
+        ring = load_key_ring(path).revoked(now)
         save_key_ring(path, ring)
     return ring
 

@@ -22,7 +22,7 @@ from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
 from controller.health import health_resource
 from controller.iam import registry as iam_registry
-from controller.keyring import KeyRingFile
+from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
 from controller.nodeapi import NodeApiResource, NodeApiSettings
 from controller.sessions import Sessions
@@ -104,12 +104,26 @@ class KeyRingRefresh(TimerService):
         super().__init__(interval, self._refresh)
         self.clock = clock
         self._sessions = sessions
+        self._problem: str | None = None
 
     def _refresh(self) -> None:
         try:
             self._sessions.refresh()
+        except KeyRingError as error:
+            # One line when the problem starts or changes, not one traceback every interval.
+            if str(error) != self._problem:
+                self._problem = str(error)
+                log.error(
+                    "cannot re-read the token key ring ({problem}); serving with the keys"
+                    " loaded before",
+                    problem=self._problem,
+                )
         except Exception:  # a LoopingCall that raises stops for good: log and go on
             log.failure("cannot re-read the token key ring; keeping the keys loaded")
+        else:
+            if self._problem is not None:
+                log.info("the token key ring is readable again")
+                self._problem = None
 
 
 def api_registry() -> Registry:

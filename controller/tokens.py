@@ -264,6 +264,15 @@ class KeyRing:
         )
         return KeyRing(new.key_id, (new, *kept)).pruned(now)
 
+    def revoked(self, now: datetime) -> KeyRing:
+        """A ring of one new key and nothing else: every token sealed before stops verifying
+        (an emergency, when a key may have leaked)."""
+        _require_aware(now, "now")
+        new = new_key(now)
+        while self.get(new.key_id) is not None:
+            new = new_key(now)
+        return KeyRing(new.key_id, (new,))
+
     def pruned(self, now: datetime) -> KeyRing:
         """This ring without the keys retired by ``now``."""
         return KeyRing(self.active_id, tuple(key for key in self.keys if not key.is_retired(now)))

@@ -155,6 +155,36 @@ def test_account_create_needs_an_initialised_state_directory(
     assert "is not initialised" in capsys.readouterr().err
 
 
+def test_rotate_token_key_revoke_previous_leaves_only_a_new_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state)
+    main(["--state-dir", str(state), "rotate-token-key"])
+    before = load_key_ring(state / "token-keys.json")
+    assert len(before.keys) == 2
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "rotate-token-key", "--revoke-previous"]) == 0
+    after = load_key_ring(state / "token-keys.json")
+    out = capsys.readouterr().out
+    assert [key.key_id for key in after.keys] == [after.active_id]
+    assert after.active_id not in {key.key_id for key in before.keys}
+    assert "every other key is gone" in out and "systemctl restart rolecall-agent" in out
+
+
+def test_serve_refuses_a_state_directory_open_to_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state)
+    state.chmod(0o755)
+    assert main(["--state-dir", str(state), "serve"]) == 1
+    assert (
+        f"state directory {state}: is open to group or others (mode 0755)"
+        in capsys.readouterr().err
+    )
+
+
 def test_rotate_token_key_activates_a_new_key_and_keeps_the_old_one_verifying(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

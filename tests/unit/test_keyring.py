@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller import keyring
+from controller.errors import InvalidClientTokenId
 from controller.keyring import (
     KeyRingError,
     KeyRingFile,
@@ -24,7 +25,8 @@ from controller.keyring import (
     rotate_key_ring,
     save_key_ring,
 )
-from controller.tokens import DEFAULT_KEEP_FOR, new_key_ring
+from controller.tokens import DEFAULT_KEEP_FOR, new_key_ring, seal, unseal
+from tests.unit.test_tokens import assumed_role_claims
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -432,3 +434,88 @@ def test_key_ring_file_refuses_a_loose_file_from_the_start(path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(KeyRingError, match="is open to group or others"):
         KeyRingFile(path)
+
+
+# -- ownership, the state directory, and the emergency revoke ------------------------------------
+
+NOBODY = 65534
+
+
+def test_a_ring_owned_by_another_user_is_refused_saying_whom_to_run_as(path: Path) -> None:
+    """As when root runs rotate-token-key on the service user's state: refused, unchanged."""
+    save_key_ring(path, new_key_ring(NOW))
+    before = path.read_bytes()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(KeyRingError, match=r"belongs to .*runuser -u "):
+        load_key_ring(path)
+    with pytest.raises(KeyRingError, match="belongs to"):
+        rotate_key_ring(path, NOW)
+    assert path.read_bytes() == before
+    assert os.stat(path).st_uid == NOBODY
+
+
+def test_the_state_directory_must_be_its_owners_alone(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    keyring.check_state_directory(state)
+    state.chmod(0o750)
+    with pytest.raises(keyring.StateDirectoryError, match="chmod 700"):
+        keyring.check_state_directory(state)
+    state.chmod(0o700)
+    os.chown(state, NOBODY, NOBODY)
+    with pytest.raises(keyring.StateDirectoryError, match="belongs to"):
+        keyring.check_state_directory(state)
+
+
+def test_an_emergency_revoke_leaves_one_new_key_and_no_old_token_opens(path: Path) -> None:
+    claims = assumed_role_claims(issued=NOW, expires=NOW + HOUR)
+    first = new_key_ring(NOW - HOUR)
+    old = first.rotated(NOW - HOUR)  # the first key still verifies, the second seals
+    tokens = [seal(claims, first), seal(claims, old)]
+    save_key_ring(path, old)
+    revoked = keyring.revoke_key_ring(path, NOW)
+    assert [key.key_id for key in revoked.keys] == [revoked.active_id]
+    assert revoked.active_id not in {key.key_id for key in old.keys}
+    assert load_key_ring(path) == revoked
+    for token in tokens:
+        assert unseal(token, old, NOW) == claims
+        with pytest.raises(InvalidClientTokenId):
+            unseal(token, revoked, NOW)
+
+
+def test_a_running_controller_reports_an_unreadable_ring_once_and_keeps_its_keys(
+    path: Path,
+) -> None:
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from controller.service import KeyRingRefresh
+    from controller.sessions import Sessions
+
+    ensure_key_ring(path, NOW)
+    keys = KeyRingFile(path)
+    loaded = keys.ring
+    clock = Clock()
+    refresh = KeyRingRefresh(Sessions(keys), 30, clock)
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        refresh.startService()
+        save_key_ring(path, loaded.rotated(NOW))
+        os.chown(path, NOBODY, NOBODY)  # as after `rotate-token-key` run by another user
+        for _ in range(10):
+            clock.advance(30)
+        os.chown(path, os.geteuid(), os.getegid())
+        clock.advance(30)
+        refresh.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    mine = [event for event in events if "key ring" in str(event.get("log_format"))]
+    assert [str(event["log_format"]).split(" (")[0] for event in mine] == [
+        "cannot re-read the token key ring",
+        "the token key ring is readable again",
+    ]
+    assert "belongs to" in str(mine[0]["problem"])
+    assert not any(event.get("log_failure") for event in mine)
+    assert keys.ring.active_id != loaded.active_id  # the good file was picked up at the end
+    assert clock.getDelayedCalls() == []
