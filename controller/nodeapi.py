@@ -11,6 +11,7 @@ re-enrolled or retired node's old certificate is refused). JSON in and out. See 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,8 @@ from controller.xmlout import format_time
 log = Logger(namespace="rolecall.nodeapi")
 
 MAX_WAIT_SECONDS = 300.0
+#: Revisions are SQL BIGINTs.
+MAX_REVISION = 2**63 - 1
 DEFAULT_CREDENTIAL_SECONDS = 6 * 3600
 AUDIT_UNAVAILABLE = {"error": "AuditUnavailable", "message": "credentials cannot be audited now"}
 
@@ -174,8 +177,8 @@ class NodeApiResource(Resource):
     # assignments
 
     def _assignments(self, request: server.Request, node: Node) -> bytes | int:
-        since = _int_arg(request, b"since", -1)
-        wait = min(max(float(_int_arg(request, b"wait", 0)), 0.0), MAX_WAIT_SECONDS)
+        since = _int_arg(request, b"since", -1, -1, MAX_REVISION)
+        wait = float(_int_arg(request, b"wait", 0, 0, int(MAX_WAIT_SECONDS)))
         if node.revision > since or wait == 0:
             return _json(request, 200, self._snapshot(node.name))
         waiting = self._hub.wait(node.name, wait)
@@ -339,14 +342,23 @@ def _peer_certificate(request: server.Request) -> Any:
     return get() if get is not None else None
 
 
-def _int_arg(request: server.Request, name: bytes, default: int) -> int:
+_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+
+
+def _int_arg(request: server.Request, name: bytes, default: int, minimum: int, maximum: int) -> int:
+    """An integer query argument within ``[minimum, maximum]``: anything else is a 400 that
+    names the argument and its range (never an exception from ``int``/``float``)."""
     values = request.args.get(name) if request.args else None
     if not values:
         return default
-    try:
-        return int(values[0])
-    except ValueError as error:
-        raise NodeApiError(400, "BadParameter", f"{name.decode()} must be an integer") from error
+    raw = values[0]
+    if len(values) > 1 or not _INTEGER.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise NodeApiError(
+            400,
+            "BadParameter",
+            f"{name.decode()} must be one integer from {minimum} to {maximum}",
+        )
+    return int(raw)
 
 
 def _json(request: server.Request, status: int, body: Mapping[str, Any]) -> bytes:

@@ -454,3 +454,26 @@ def test_instance_credentials_stop_working_at_once_when_revoked(
     log = "".join(controller.output)
     assert refused in log
     assert issued["SecretAccessKey"] not in log and issued["Token"] not in log
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "wait=" + "9" * 400,
+        "since=" + "9" * 400,
+        "wait=-1",
+        "wait=301",
+        "wait=1.5",
+        "since=-2",
+        "since=abc",
+        "wait=%D9%A3",  # an Arabic-Indic digit: int() would take it
+        "wait=1&wait=2",
+    ],
+)
+def test_an_argument_out_of_range_is_a_400_naming_it(node: NodeClient, query: str) -> None:
+    response = node.session.get(f"{node.url}/v1/assignments?{query}", timeout=10)
+    assert response.status_code == 400, response.text
+    name = query.partition("=")[0]
+    assert response.json()["error"] == "BadParameter"
+    assert response.json()["message"].startswith(f"{name} must be one integer from ")
+    assert "Traceback" not in response.text
