@@ -474,6 +474,20 @@ REFUSALS = [
         "more than one Authorization header",
     ),
     Refusal(
+        "two-authorization-headers-spelled-differently",
+        lambda: with_header(
+            header_signed(), "AUTHORIZATION", header(header_signed(), "Authorization")
+        ),
+        IncompleteSignature,
+        "more than one Authorization header",
+    ),
+    Refusal(
+        "two-x-amz-date-headers",
+        lambda: with_header(header_signed(), "x-amz-date", "20150830T123600Z"),
+        IncompleteSignature,
+        "more than one x-amz-date header",
+    ),
+    Refusal(
         "scope-missing-a-part",
         lambda: edit_authorization(header_signed(), "/us-east-1/", "/"),
         IncompleteSignature,
