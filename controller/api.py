@@ -35,6 +35,7 @@ from controller.errors import (
     RequestEntityTooLarge,
     ServiceFailure,
 )
+from controller.forwarded import Network, client_address
 from controller.http11 import Http11Protocol, Request
 from controller.httpbase import BodyLimit, HttpDates
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
@@ -112,8 +113,10 @@ class ApiResource(Resource):
         sessions: Sessions,
         services: Mapping[str, Any] | None = None,
         metrics: ControllerMetrics | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         super().__init__()
+        self._trusted_proxies = trusted_proxies
         self._store = store
         self._registry = registry
         self._clock = clock
@@ -193,7 +196,7 @@ class ApiResource(Resource):
         outcome.access_key_id = claim.access_key_id
         if claim.service in self._service_names:
             outcome.service = claim.service
-        facts = _facts(request, claim)
+        facts = _facts(request, claim, self._trusted_proxies)
 
         def work(tx: Transaction) -> tuple[Context, Action, Result]:
             caller = self._authenticate(tx, claim, now)
@@ -351,10 +354,17 @@ def caller_from_session(claims: SessionClaims) -> Caller:
     )
 
 
-def _facts(request: http.Request, claim: sigv4.SignedClaim) -> RequestFacts:
-    peer = request.getClientAddress()
+def _facts(
+    request: http.Request, claim: sigv4.SignedClaim, trusted_proxies: tuple[Network, ...]
+) -> RequestFacts:
+    peer = getattr(request.getClientAddress(), "host", "127.0.0.1")
+    if trusted_proxies:
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        peer = client_address(
+            peer, [value.decode("latin-1") for value in forwarded], trusted_proxies
+        )
     return RequestFacts(
-        source_ip=getattr(peer, "host", "127.0.0.1"),
+        source_ip=peer,
         secure_transport=request.isSecure(),
         region=claim.region,
     )

@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from controller.forwarded import parse_networks
+
 DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
 
@@ -35,6 +37,8 @@ class ControllerConfig:
     #: The Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` listener.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9773
+    #: Reverse proxies whose X-Forwarded-For is believed for aws:SourceIp (addresses or CIDRs).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def audit_log_path(self) -> Path:
@@ -126,6 +130,16 @@ def _lifetime(key: str, value: object) -> int:
     return value
 
 
+def _networks(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key}: must be a list of IP addresses or networks (got {value!r})")
+    try:
+        parse_networks(value)
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    return tuple(value)
+
+
 def _backend(key: str, value: object) -> str:
     if value != "sqlite":
         raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
@@ -137,6 +151,7 @@ _KEYS = {
     "api.host": ("api_host", _host),
     "api.port": ("api_port", _port),
     "api.max_body_bytes": ("max_body_bytes", _size),
+    "api.trusted_proxies": ("trusted_proxies", _networks),
     "store.backend": (None, _backend),
     "store.path": ("database", _path),
     "node_api.host": ("node_api_host", _host),

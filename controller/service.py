@@ -20,6 +20,7 @@ from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
+from controller.forwarded import parse_networks
 from controller.health import health_resource
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
@@ -152,7 +153,15 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
-    resource = ApiResource(store, actions, reactor, sessions, {"assignments": hub}, metrics)
+    resource = ApiResource(
+        store,
+        actions,
+        reactor,
+        sessions,
+        {"assignments": hub},
+        metrics,
+        trusted_proxies=parse_networks(config.trusted_proxies),
+    )
     factory = ApiFactory(resource, reactor, config.max_body_bytes)
     api = ListeningService(reactor, config.api_host, config.api_port, factory, "public API")
     api.setName("api")

@@ -77,7 +77,8 @@ class Controller:
         return env
 
 
-def start_controller(state_dir: Path) -> Controller:
+def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
+    """``init`` then ``serve`` on free loopback ports, with an optional configuration file."""
     init = subprocess.run(
         [BIN / "rolecall-controller", "--state-dir", state_dir, "init", "--account-id", ACCOUNT_ID],
         capture_output=True,
@@ -91,6 +92,7 @@ def start_controller(state_dir: Path) -> Controller:
     process = subprocess.Popen(
         [
             BIN / "rolecall-controller",
+            *(["--config", config] if config is not None else []),
             "--state-dir",
             state_dir,
             "serve",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ACCOUNT_ID, Controller
+from tests.e2e.conftest import ACCOUNT_ID, Controller, start_controller, stop_controller
 from tests.e2e.principals import (
     Keys,
     allow,
@@ -345,3 +346,35 @@ def test_a_deny_on_a_user_and_a_role_holds_when_the_request_changes_the_case_of_
     root = controller.client("iam")
     assert root.list_access_keys(UserName=admin)["AccessKeyMetadata"] == []
     assert root.list_role_policies(RoleName=admin)["PolicyNames"] == []
+
+
+# -- aws:SourceIp behind a trusted proxy ---------------------------------------------------------
+
+
+def test_source_ip_is_read_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    tmp_path: Path,
+) -> None:
+    """A controller behind a proxy on 127.0.0.1 believes what that proxy appended; one without
+    trusted proxies keeps the TCP peer, whatever a client writes in the header."""
+    behind = tmp_path / "behind.toml"
+    behind.write_text('[api]\ntrusted_proxies = ["127.0.0.1/32"]\n')
+    plain = start_controller(tmp_path / "plain")
+    proxied = start_controller(tmp_path / "proxied", behind)
+    try:
+        office = {"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}
+        for controller in (plain, proxied):
+            role = unique("ip")
+            make_role(controller, role)
+            _, iam = user_iam(controller, policy(allow("iam:GetRole", Condition=office)))
+
+            def forwarded(request: Any, **_: Any) -> None:
+                request.headers["X-Forwarded-For"] = "192.0.2.1, 203.0.113.9"
+
+            iam.meta.events.register_first("before-sign.iam.GetRole", forwarded)
+            if controller is proxied:
+                assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
+            else:
+                denied(iam.get_role, RoleName=role)
+    finally:
+        stop_controller(plain)
+        stop_controller(proxied)
