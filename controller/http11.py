@@ -251,9 +251,17 @@ class Http11Protocol(Protocol):
             else:
                 self._close(short_answer(400))
             return
+        if not self._in_head or self._closing:
+            return
+        # llhttp takes a request line without a version as HTTP/0.9 and waits for headers that
+        # an HTTP/0.9 client never sends: a line ended with no version known yet is refused now,
+        # not when the idle timeout runs out.
+        if self._url and data.endswith(b"\n") and self._parser.get_http_version() == "0.0":
+            self._close(short_answer(400))
+            return
         # A header still unfinished after a whole read is kept inside the parser, unseen by
         # on_header: count such reads against the head's limit too.
-        if in_head and self._in_head and self._messages == messages and not self._closing:
+        if in_head and self._messages == messages:
             self._head_size += len(data)
             if self._head_size > MAX_HEAD_BYTES:
                 self._close(short_answer(431))

@@ -463,6 +463,33 @@ def test_a_request_smuggling_pair_of_lengths_is_a_parser_error(connect: Any) -> 
     assert connection.transport.disconnecting
 
 
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_a_one_line_http_0_9_request_is_answered_400_at_once(connect: Any, line_end: bytes) -> None:
+    connection = connect()
+    (answer,) = connection.send(b"GET /path" + line_end)
+    assert answer.status == 400
+    assert connection.transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"GET /path ", b"HTTP/1.1\r\n", b"Host: localhost\r\n\r\n"],
+        [b"GET /path HT", b"TP/1.1\r\nHost: localhost\r\n", b"\r\n"],
+        [b"GET /pa", b"th HTTP/1.0\r\n", b"\r\n"],
+    ],
+)
+def test_a_request_line_in_pieces_is_not_taken_for_http_0_9(
+    connect: Any, pieces: list[bytes]
+) -> None:
+    connection = connect()
+    for piece in pieces[:-1]:
+        assert connection.send(piece) == []
+        assert not connection.transport.disconnecting
+    (answer,) = connection.send(pieces[-1])
+    assert answer.status != 400
+
+
 def test_an_http_2_request_line_is_answered_400(connect: Any) -> None:
     connection = connect()
     (answer,) = connection.send(b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n")
