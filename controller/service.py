@@ -20,6 +20,7 @@ from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
+from controller.ec2.limits import Ec2Limits
 from controller.health import health_resource
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingFile
@@ -138,7 +139,10 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
-    resource = ApiResource(store, actions, reactor, sessions, {"assignments": hub}, metrics)
+    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity)
+    resource = ApiResource(
+        store, actions, reactor, sessions, {"assignments": hub, "ec2_limits": limits}, metrics
+    )
     factory = ApiFactory(resource, reactor, config.max_body_bytes)
     api = ListeningService(reactor, config.api_host, config.api_port, factory, "public API")
     api.setName("api")
