@@ -18,7 +18,7 @@ from controller.accounts import (
     ensure_first_account,
     new_account_id,
 )
-from controller.config import ConfigError, ControllerConfig, load_config
+from controller.config import MAX_NODE_CAPACITY, ConfigError, ControllerConfig, load_config
 from controller.keyring import (
     KeyRingError,
     StateDirectoryError,
@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         help="issue an enrolled node a new certificate (its old one is refused from then on),"
         " replacing the files in DIR",
     )
+    enroll.add_argument(
+        "--capacity",
+        type=_capacity,
+        metavar="N",
+        help="the most instances the node may run (default: ec2.node_capacity of the"
+        " configuration); with --force, changes it",
+    )
     retire = commands.add_parser(
         "retire-node", help="refuse a node on the node API and place no instances on it"
     )
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rotate-token-key":
             return rotate_token_key(config, revoke=args.revoke_previous)
         if args.command == "enroll-node":
-            return enroll_node(config, args.name, args.out, args.force)
+            return enroll_node(config, args.name, args.out, args.force, args.capacity)
         if args.command == "retire-node":
             return retire_node(config, args.name)
         if args.command == "nodes":
@@ -498,9 +505,24 @@ def _node_api_url(config: ControllerConfig) -> str:
 _NODE_FILES = ("node.key", "node.pem", "ca.pem")
 
 
-def enroll_node(config: ControllerConfig, name: str, out: Path, force: bool) -> int:
+def _capacity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_NODE_CAPACITY:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of instances from 1 to {MAX_NODE_CAPACITY} (got {text!r})"
+        )
+    return value
+
+
+def enroll_node(
+    config: ControllerConfig, name: str, out: Path, force: bool, capacity: int | None = None
+) -> int:
     """Issue ``name`` a client certificate, write it with its key and the CA to ``out``, and
-    record its serial: the node API accepts only the certificate recorded last."""
+    record its serial: the node API accepts only the certificate recorded last. ``capacity``:
+    the most instances it may run (None: the configuration's ``ec2.node_capacity``)."""
     check_node_name(name)
     store = _open_store(config)
     try:
@@ -547,11 +569,15 @@ def enroll_node(config: ControllerConfig, name: str, out: Path, force: bool) -> 
                         retired=None,
                         last_contact=None,
                         revision=0,
+                        capacity=capacity,
                     )
                 )
             else:
                 # The revision never goes back: the node's agent may be polling with it.
-                tx.update_node(replace(existing, certificate_serial=serial, retired=None))
+                chosen = existing.capacity if capacity is None else capacity
+                tx.update_node(
+                    replace(existing, certificate_serial=serial, retired=None, capacity=chosen)
+                )
     except Conflict as error:
         raise CommandError(f"node {name} was enrolled meanwhile; nothing was recorded") from error
     finally:
@@ -619,13 +645,14 @@ def list_nodes(config: ControllerConfig) -> int:
         print("No node is enrolled; enroll one with:")
         print(f"  rolecall-controller --state-dir {config.state_dir} enroll-node NAME --out DIR")
         return 0
-    rows = [("NAME", "STATE", "INSTANCES", "LAST CONTACT", "ENROLLED")]
+    rows = [("NAME", "STATE", "INSTANCES", "CAPACITY", "LAST CONTACT", "ENROLLED")]
     for node in nodes:
         rows.append(
             (
                 node.name,
                 "active" if node.retired is None else "retired",
                 str(counts.get(node.name, 0)),
+                str(node.capacity or config.node_capacity),
                 node.last_contact or "never",
                 node.enrolled,
             )

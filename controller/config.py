@@ -13,6 +13,9 @@ from typing import Any
 from controller.forwarded import parse_networks
 
 DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
+#: Upper ends of the EC2 limits an operator may configure (bounded so a typo cannot unbound them).
+MAX_ACCOUNT_INSTANCES = 1_000_000
+MAX_NODE_CAPACITY = 100_000
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
 
 
@@ -39,6 +42,10 @@ class ControllerConfig:
     metrics_port: int = 9773
     #: Reverse proxies whose X-Forwarded-For is believed for aws:SourceIp (addresses or CIDRs).
     trusted_proxies: tuple[str, ...] = ()
+    #: Instances (not terminated) an account may have: RunInstances beyond is InstanceLimitExceeded.
+    max_instances_per_account: int = 1000
+    #: Instances (not terminated) a node may run unless enrolled with its own ``--capacity``.
+    node_capacity: int = 1000
 
     @property
     def audit_log_path(self) -> Path:
@@ -140,6 +147,15 @@ def _networks(key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _count(high: int) -> Any:
+    def convert(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ConfigError(f"{key}: must be a number from 1 to {high} (got {value!r})")
+        return value
+
+    return convert
+
+
 def _backend(key: str, value: object) -> str:
     if value != "sqlite":
         raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
@@ -160,6 +176,8 @@ _KEYS = {
     "audit.path": ("audit_log", _path),
     "metrics.host": ("metrics_host", _host),
     "metrics.port": ("metrics_port", _port),
+    "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),
+    "ec2.node_capacity": ("node_capacity", _count(MAX_NODE_CAPACITY)),
 }
 
 

@@ -217,7 +217,20 @@ class IncorrectInstanceState(ApiError):
 
 
 class InsufficientInstanceCapacity(ApiError):
+    """A server error in EC2 (HTTP 500): the caller may retry later, SDKs do by themselves."""
+
     code = "InsufficientInstanceCapacity"
+    status = 500
+    sender_fault = False
+
+
+class InstanceLimitExceeded(ApiError):
+    code = "InstanceLimitExceeded"
+    status = 400
+
+
+class TagLimitExceeded(ApiError):
+    code = "TagLimitExceeded"
     status = 400
 
 

@@ -20,6 +20,7 @@ from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
+from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
 from controller.health import health_resource
 from controller.iam import registry as iam_registry
@@ -153,12 +154,13 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
+    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity)
     resource = ApiResource(
         store,
         actions,
         reactor,
         sessions,
-        {"assignments": hub},
+        {"assignments": hub, "ec2_limits": limits},
         metrics,
         trusted_proxies=parse_networks(config.trusted_proxies),
     )

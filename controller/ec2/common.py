@@ -10,7 +10,6 @@ from controller.actions import Context
 from controller.authorize import authorize
 from controller.errors import (
     DryRunOperation,
-    InsufficientInstanceCapacity,
     InvalidInstanceIDMalformed,
     InvalidInstanceIDNotFound,
     InvalidParameterCombination,
@@ -114,26 +113,6 @@ def resolve_profile(context: Context, spec: dict[str, str]) -> tuple[InstancePro
         )
     authorize(context, "iam:PassRole", role.arn)
     return profile, role
-
-
-def place(context: Context, node_name: str | None) -> str:
-    """The node for a new instance: the one named, else the least loaded enrolled node."""
-    if node_name is not None:
-        node = context.tx.get_node(node_name)
-        if node is None or node.retired is not None:
-            raise InvalidParameterValue(
-                f"Value ({node_name}) for parameter placement.hostId is invalid."
-                " No enrolled node has that name."
-            )
-        return node.name
-    nodes = [node for node in context.tx.list_nodes() if node.retired is None]
-    if not nodes:
-        raise InsufficientInstanceCapacity(
-            "No node is enrolled to run instances; enroll one with"
-            " rolecall-controller enroll-node NAME."
-        )
-    counts = context.tx.active_instance_counts()
-    return min(nodes, key=lambda node: (counts.get(node.name, 0), node.name)).name
 
 
 def assignment_changed(context: Context, node_name: str) -> None:

@@ -24,16 +24,16 @@ from controller.ec2.common import (
     metadata_options_shape,
     new_hex_id,
     now_text,
-    place,
     profile_shape,
     require_instance,
     resolve_profile,
     state_shape,
 )
-from controller.errors import IncorrectInstanceState, InvalidParameterValue
+from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
+from controller.errors import IncorrectInstanceState, InvalidParameterValue, UnauthorizedOperation
 from controller.iam.common import decode_marker, encode_marker
 from controller.query import Field, Int, ListOf, Str, Struct
-from controller.store.records import Instance, Tag
+from controller.store.records import Instance, Node, Tag
 
 MAX_LAUNCH = 100
 DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
@@ -97,14 +97,30 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
         profile, _role = resolve_profile(context, params["IamInstanceProfile"])
         profile_id = profile.profile_id
     tags = _instance_tags(params)
+    check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
-    check_dry_run(params)
     node_hint = params.get("Placement", {}).get("HostId")
+    if node_hint is not None:
+        _check_may_choose_node(context)
+    check_dry_run(params)
+    limits = context.services.get("ec2_limits") or Ec2Limits()
+    count = instances_allowed(
+        context.tx.account_instance_count(context.account_id),
+        params["MinCount"],
+        params["MaxCount"],
+        limits.max_instances_per_account,
+    )
+    nodes = place(
+        _candidate_nodes(context, node_hint),
+        context.tx.active_instance_counts(),
+        limits.node_capacity,
+        params["MinCount"],
+        count,
+    )
     reservation_id = new_hex_id("r-")
     launched = []
-    for index in range(params["MaxCount"]):
+    for index, node in enumerate(nodes):
         instance_id = new_hex_id("i-")
-        node = place(context, node_hint)
         instance = Instance(
             instance_id=instance_id,
             account_id=context.account_id,
@@ -136,6 +152,34 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
         "groupSet": [],
         "instancesSet": [instance_shape(context, instance) for instance in launched],
     }
+
+
+def _check_may_choose_node(context: Context) -> None:
+    """Placement.HostId is the operator's: only the bootstrap account's root may name a node.
+
+    Nodes are shared by every account; a tenant choosing one could crowd it or learn which
+    nodes exist. See docs/decisions.md (issue 16, item 10).
+    """
+    accounts = context.tx.list_accounts()
+    operator = accounts[0].account_id if accounts else None
+    if context.caller.kind != "root" or context.account_id != operator:
+        raise UnauthorizedOperation(
+            "You are not authorized to perform this operation. Placement.HostId chooses the"
+            " node, which only the operator (the bootstrap account's root) may do."
+        )
+
+
+def _candidate_nodes(context: Context, node_name: str | None) -> list[Node]:
+    """The nodes that may take new instances: the one named, else every enrolled node."""
+    if node_name is None:
+        return [node for node in context.tx.list_nodes() if node.retired is None]
+    node = context.tx.get_node(node_name)
+    if node is None or node.retired is not None:
+        raise InvalidParameterValue(
+            f"Value ({node_name}) for parameter placement.hostId is invalid."
+            " No enrolled node has that name."
+        )
+    return [node]
 
 
 def _instance_tags(params: dict[str, Any]) -> list[Tag]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.errors import MalformedPolicyDocument
+from controller.policy.match import GlobMode, compile_globs
 
 __all__ = [
     "TRUST_ACTIONS",
@@ -394,10 +395,12 @@ def _check_action(action: str, where: str) -> None:
 
 
 def _matches_trust_action(pattern: str) -> bool:
-    regex = re.compile(
-        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
-        re.IGNORECASE,
-    )
+    """Whether an Action pattern names one of the STS actions a trust policy may allow.
+
+    The policy engine's glob matcher, not a regex of ``.*`` per ``*``: ``sts:**********X``
+    made that one backtrack exponentially (issue 16, item 2).
+    """
+    regex = compile_globs((((pattern, False),),), GlobMode.PLAIN, ignore_case=True)
     return any(regex.fullmatch(action) for action in TRUST_ACTIONS)
 
 

@@ -12,9 +12,12 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from controller.policy.document import Principal
 from controller.policy.variables import Segment
+
+if TYPE_CHECKING:  # document.py matches trust actions with this module's globs
+    from controller.policy.document import Principal
 
 __all__ = [
     "GlobMode",
@@ -80,8 +83,12 @@ class TemplateMatcher:
     def match(self, values: tuple[str, ...], text: str) -> bool:
         """Whether ``text`` matches the pattern with ``values`` substituted as literal text."""
         prefix = "".join(values)
-        if _VALUE_END in prefix:
-            # A value holding the separator cannot take the backreference route.
+        if _VALUE_END in prefix or (
+            self.mode is not GlobMode.PLAIN and (":" in prefix or "" in values)
+        ):
+            # A value holding the separator cannot take the backreference route; nor can one that
+            # changes which ARN segment the pattern's later wildcards are in (a colon), or an
+            # empty one after a final ``*`` of a short resource pattern: matched as substituted.
             segments = tuple(
                 (values[part], True) if isinstance(part, int) else part for part in self.shape
             )

@@ -137,6 +137,10 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def active_instance_counts(self) -> dict[str, int]: ...
     @abc.abstractmethod
+    def account_instance_count(self, account_id: str) -> int:
+        """The account's instances that are not terminated (what its quota counts)."""
+
+    @abc.abstractmethod
     def insert_instance(self, instance: Instance) -> None: ...
     @abc.abstractmethod
     def get_instance(self, instance_id: str) -> Instance | None: ...

@@ -96,6 +96,8 @@ class Node:
     retired: str | None
     last_contact: str | None
     revision: int
+    #: The most instances (not terminated) it may run; None: the controller's default.
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)

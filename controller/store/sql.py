@@ -32,7 +32,7 @@ _ROLE_COLUMNS = (
 _PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
 _KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
 _USER_COLUMNS = "user_id, account_id, name, path, created"
-_NODE_COLUMNS = "name, certificate_serial, enrolled, retired, last_contact, revision"
+_NODE_COLUMNS = "name, certificate_serial, enrolled, retired, last_contact, revision, capacity"
 _INSTANCE_COLUMNS = (
     "instance_id, account_id, reservation_id, image_id, instance_type, node_name, netns, state,"
     " launched, terminated, private_ip, http_tokens, hop_limit, http_endpoint, association_id,"
@@ -356,7 +356,7 @@ class SqlTransaction(Transaction):
     # nodes and instances
     def insert_node(self, node: Node) -> None:
         self._run(
-            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 node.name,
                 node.certificate_serial,
@@ -364,6 +364,7 @@ class SqlTransaction(Transaction):
                 node.retired,
                 node.last_contact,
                 node.revision,
+                node.capacity,
             ),
         )
 
@@ -378,9 +379,16 @@ class SqlTransaction(Transaction):
 
     def update_node(self, node: Node) -> None:
         self._run(
-            "UPDATE nodes SET certificate_serial = ?, retired = ?, last_contact = ?, revision = ?"
-            " WHERE name = ?",
-            (node.certificate_serial, node.retired, node.last_contact, node.revision, node.name),
+            "UPDATE nodes SET certificate_serial = ?, retired = ?, last_contact = ?, revision = ?,"
+            " capacity = ? WHERE name = ?",
+            (
+                node.certificate_serial,
+                node.retired,
+                node.last_contact,
+                node.revision,
+                node.capacity,
+                node.name,
+            ),
         )
 
     def bump_node_revision(self, name: str) -> int:
@@ -394,6 +402,13 @@ class SqlTransaction(Transaction):
             " GROUP BY node_name"
         )
         return {str(name): int(count) for name, count in rows}
+
+    def account_instance_count(self, account_id: str) -> int:
+        row = self._row(
+            "SELECT COUNT(*) FROM instances WHERE account_id = ? AND state != 'terminated'",
+            (account_id,),
+        )
+        return int(row[0]) if row else 0
 
     def insert_instance(self, instance: Instance) -> None:
         values = [getattr(instance, name.strip()) for name in _INSTANCE_COLUMNS.split(",")]

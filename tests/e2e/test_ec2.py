@@ -372,6 +372,58 @@ def test_pass_role_is_needed_to_launch_with_a_profile(
     assert as_user.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1)["Instances"]
 
 
+def test_a_fifty_first_tag_is_tag_limit_exceeded(ec2: Any) -> None:
+    """100 instances x 2,000 tags went into the store in one request (issue 16, item 10)."""
+    tags = [{"Key": f"k{number}", "Value": "v"} for number in range(51)]
+    code, status, message = error_of(
+        ec2.run_instances,
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=100,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
+    assert (code, status) == ("TagLimitExceeded", 400)
+    assert "maximum number of tags per resource is 50" in message
+
+
+def test_only_the_operator_may_name_the_node(controller: Controller, ec2: Any, iam: Any) -> None:
+    """An IAM user allowed ec2:* still may not choose the node: Placement.HostId is an
+    administrator's option (issue 16, item 10)."""
+    user = unique("placer")
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="ec2",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    as_user = boto3.client(
+        "ec2",
+        endpoint_url=controller.url,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+    code, status, message = error_of(
+        as_user.run_instances,
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"HostId": "node-a"},
+    )
+    assert (code, status) == ("UnauthorizedOperation", 403)
+    assert "Placement.HostId" in message
+    placed = ec2.run_instances(
+        ImageId="emi-1", MinCount=1, MaxCount=1, Placement={"HostId": "node-a"}
+    )
+    assert placed["Instances"][0]["Placement"]["HostId"] == "node-a"
+
+
 def test_a_deny_on_one_instance_refuses_terminating_it_among_others(
     controller: Controller, ec2: Any, iam: Any
 ) -> None:

@@ -146,3 +146,47 @@ def test_simulation_evaluates_every_action_on_every_resource(iam: Any) -> None:
         ("iam:DeleteRole", "app-web"): "implicitDeny",
         ("iam:DeleteRole", "db"): "implicitDeny",
     }
+
+
+def test_a_marker_the_simulator_did_not_hand_out_is_invalid_input_not_a_500(iam: Any) -> None:
+    """The Marker was read with int(): a foreign one was an InternalFailure (issue 16, item 12)."""
+    with pytest.raises(iam.exceptions.InvalidInputException) as raised:
+        iam.simulate_custom_policy(
+            PolicyInputList=[policy(ANYWHERE)], ActionNames=["iam:GetRole"], Marker="djE6eHl6"
+        )
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_simulation_pages_through_every_action_and_resource(iam: Any) -> None:
+    names = [f"iam:Action{n}" for n in range(7)]
+    arns = [role_arn(f"r{n}") for n in range(3)]
+    seen: list[tuple[str, str]] = []
+    kwargs: dict[str, Any] = {}
+    while True:
+        page = iam.simulate_custom_policy(
+            PolicyInputList=[policy(ANYWHERE)],
+            ActionNames=names,
+            ResourceArns=arns,
+            MaxItems=4,
+            **kwargs,
+        )
+        assert len(page["EvaluationResults"]) <= 4
+        seen += [(r["EvalActionName"], r["EvalResourceName"]) for r in page["EvaluationResults"]]
+        if not page["IsTruncated"]:
+            break
+        kwargs = {"Marker": page["Marker"]}
+    assert seen == [(name, arn) for name in names for arn in arns]
+
+
+def test_simulation_refuses_more_than_1000_action_names(iam: Any) -> None:
+    with pytest.raises(iam.exceptions.ClientError) as raised:
+        iam.simulate_custom_policy(
+            PolicyInputList=[policy(ANYWHERE)],
+            ActionNames=[f"iam:Action{n}" for n in range(1001)],
+        )
+    error = raised.value.response["Error"]
+    assert error["Code"] == "ValidationError"
+    assert error["Message"].endswith(
+        "at 'actionNames' failed to satisfy constraint:"
+        " Member must have length less than or equal to 1000"
+    )

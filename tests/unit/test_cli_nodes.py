@@ -346,13 +346,15 @@ def test_nodes_lists_state_instance_counts_and_last_contact(
     capsys.readouterr()
     assert run(state, "nodes") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "INSTANCES", "LAST", "CONTACT", "ENROLLED"]
+    assert lines[0].split() == [
+        "NAME", "STATE", "INSTANCES", "CAPACITY", "LAST", "CONTACT", "ENROLLED"
+    ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["hv1"][1:4] == ["active", "2", "never"]
-    assert rows["hv2"][1:4] == ["active", "0", "2025-03-02T08:30:00Z"]
-    assert rows["hv3"][1:4] == ["retired", "0", "never"]
+    assert rows["hv1"][1:5] == ["active", "2", "1000", "never"]
+    assert rows["hv2"][1:5] == ["active", "0", "1000", "2025-03-02T08:30:00Z"]
+    assert rows["hv3"][1:5] == ["retired", "0", "1000", "never"]
     enrolled = stored_node(state, "hv1")
-    assert enrolled is not None and rows["hv1"][4] == enrolled.enrolled
+    assert enrolled is not None and rows["hv1"][5] == enrolled.enrolled
     # The columns line up under their headings.
     assert lines[1].index("active") == lines[0].index("STATE")
     assert lines[1].index("never") == lines[0].index("LAST CONTACT")
@@ -385,4 +387,34 @@ def test_enroll_node_without_a_node_api_certificate_says_to_run_init(
     (state / "node-api.pem").unlink()
     assert enroll(state, "hv1", tmp_path / "out") == 1
     assert "has no node API certificate" in capsys.readouterr().err
+    assert stored_node(state, "hv1") is None
+
+
+def test_enroll_node_records_the_capacity_given(state: Path, tmp_path: Path) -> None:
+    assert enroll(state, "hv1", tmp_path / "one", "--capacity", "40") == 0
+    assert enroll(state, "hv2", tmp_path / "two") == 0
+    one, two = stored_node(state, "hv1"), stored_node(state, "hv2")
+    assert one is not None and two is not None
+    assert (one.capacity, two.capacity) == (40, None)
+
+
+def test_enroll_node_with_force_changes_the_capacity_or_keeps_it(
+    state: Path, tmp_path: Path
+) -> None:
+    enroll(state, "hv1", tmp_path / "one", "--capacity", "40")
+    enroll(state, "hv1", tmp_path / "one", "--force")
+    kept = stored_node(state, "hv1")
+    assert kept is not None and kept.capacity == 40
+    enroll(state, "hv1", tmp_path / "one", "--force", "--capacity", "5")
+    changed = stored_node(state, "hv1")
+    assert changed is not None and changed.capacity == 5
+
+
+@pytest.mark.parametrize("capacity", ["0", "-3", "many", "100001"])
+def test_enroll_node_refuses_a_capacity_out_of_range(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], capacity: str
+) -> None:
+    with pytest.raises(SystemExit):
+        enroll(state, "hv1", tmp_path / "one", "--capacity", capacity)
+    assert "--capacity: must be a number of instances from 1 to 100000" in capsys.readouterr().err
     assert stored_node(state, "hv1") is None

@@ -186,3 +186,29 @@ def test_load_config_without_a_path_or_default_file_gives_the_defaults(
 ) -> None:
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     assert load_config(None) == ControllerConfig()
+
+
+def test_ec2_limits_default_to_1000_instances_per_account_and_per_node() -> None:
+    defaults = config_from_string("")
+    assert (defaults.max_instances_per_account, defaults.node_capacity) == (1000, 1000)
+
+
+def test_ec2_limits_are_read_from_the_ec2_table() -> None:
+    parsed = config_from_string("[ec2]\nmax_instances_per_account = 20\nnode_capacity = 7\n")
+    assert (parsed.max_instances_per_account, parsed.node_capacity) == (20, 7)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[ec2]\nmax_instances_per_account = 0",
+        "[ec2]\nmax_instances_per_account = true",
+        "[ec2]\nnode_capacity = -1",
+        "[ec2]\nnode_capacity = 100001",
+        '[ec2]\nnode_capacity = "10"',
+    ],
+)
+def test_ec2_limits_out_of_range_are_refused_naming_the_key(text: str) -> None:
+    key = text.split("\n")[1].split(" ")[0]
+    with pytest.raises(ConfigError, match=rf"ec2\.{key}: must be a number from 1 to"):
+        config_from_string(text)

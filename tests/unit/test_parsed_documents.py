@@ -69,3 +69,12 @@ def test_checking_a_requests_session_policy_adds_nothing_to_the_cache() -> None:
     with pytest.raises(ApiError):
         sts._session_policy({"Policy": document(1, padding=3_000)})
     assert len(parsed) == before
+
+
+def test_a_simulators_input_documents_add_nothing_to_the_cache() -> None:
+    from controller.iam.simulate import _input_policies
+
+    before = len(parsed)
+    policies = _input_policies({"PolicyInputList": [document(123_456), document(654_321)]})
+    assert [name for name, *_ in policies] == ["PolicyInputList.1", "PolicyInputList.2"]
+    assert len(parsed) == before

@@ -13,7 +13,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ from controller.store.base import Conflict, Store, StoreError
 from controller.store.records import (
     AccessKey,
     Account,
+    Instance,
     InstanceProfile,
+    Node,
     Role,
     RolePolicy,
     Tag,
@@ -823,3 +825,54 @@ def test_access_key_status_changes_and_keys_are_deleted(store: Store) -> None:
         assert [k.access_key_id for k in tx.list_access_keys("111122223333", "alice")] == ["AKIA1"]
         tx.delete_access_key("AKIA1")
         assert tx.get_access_key("AKIA1") is None
+
+
+def test_a_nodes_capacity_is_stored_and_changed(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_node(Node("hv1", "00", CREATED, None, None, 0, 12))
+        tx.insert_node(Node("hv2", "00", CREATED, None, None, 0))
+    with store.transaction() as tx:
+        hv1, hv2 = tx.list_nodes()
+        assert (hv1.capacity, hv2.capacity) == (12, None)
+        tx.update_node(replace(hv2, capacity=3))
+    with store.transaction() as tx:
+        stored = tx.get_node("hv2")
+        assert stored is not None and stored.capacity == 3
+
+
+def test_an_accounts_instance_count_leaves_out_terminated_and_other_accounts(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        tx.insert_node(Node("hv1", "00", CREATED, None, None, 0))
+        for number, (account, state) in enumerate(
+            [(ACCOUNT, "running"), (ACCOUNT, "pending"), (ACCOUNT, "terminated"),
+             (OTHER_ACCOUNT, "running")]
+        ):  # fmt: skip
+            tx.insert_instance(instance(f"i-{number:017d}", account, state))
+    with store.transaction() as tx:
+        assert tx.account_instance_count(ACCOUNT) == 2
+        assert tx.account_instance_count(OTHER_ACCOUNT) == 1
+
+
+def instance(instance_id: str, account_id: str, state: str) -> Instance:
+    return Instance(
+        instance_id=instance_id,
+        account_id=account_id,
+        reservation_id="r-1",
+        image_id="emi-1",
+        instance_type="m1.small",
+        node_name="hv1",
+        netns=f"rc-{instance_id}",
+        state=state,
+        launched=CREATED,
+        terminated=None,
+        private_ip="169.254.1.1",
+        http_tokens="required",
+        hop_limit=1,
+        http_endpoint="enabled",
+        association_id=None,
+        association_state=None,
+        profile_id=None,
+        launch_index=0,
+    )
