@@ -22,9 +22,9 @@ import pytest
 
 from agent import capabilities
 from agent.cli import DEFAULT_OWNERSHIP
+from agent.config import DEFAULT_CONFIG_PATH as AGENT_CONFIG_PATH
 from agent.config import DEFAULT_USER
 from agent.privileged import KEPT_CAPABILITIES
-from agent.config import DEFAULT_CONFIG_PATH as AGENT_CONFIG_PATH
 from controller.config import DEFAULT_CONFIG_PATH as CONTROLLER_CONFIG_PATH
 from controller.config import DEFAULT_STATE_DIR
 
