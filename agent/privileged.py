@@ -141,7 +141,7 @@ class Broker:
             try:
                 data, truncated, fds = channel.receive(peer, channel.MAX_REQUEST_BYTES, 0)
             except channel.ChannelError as error:
-                if isinstance(error.__cause__, ConnectionResetError):
+                if error.__cause__ is not None:  # the socket itself failed: the peer is gone
                     return
                 say("WARN", f"refused a request of the serving process: {error}")
                 self._answer(peer, {"ok": False, "error": str(error)}, [])
