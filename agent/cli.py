@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from subprocess import SubprocessError
 
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_agent_config
 
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--imds-port", type=int, help="metadata port inside namespaces (default 80)"
+    )
+    parser.add_argument(
+        "--user",
+        help="the unprivileged user that serves guests and talks to the controller"
+        " (default rolecall-agent)",
     )
     parser.add_argument(
         "--ownership-file",
@@ -73,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics_host=args.metrics_host,
             metrics_port=args.metrics_port,
             imds_port=args.imds_port,
+            user=args.user,
         )
         return run(config, args.ownership_file)
-    except (ConfigError, OSError) as error:
+    except (ConfigError, OSError, SubprocessError) as error:
         print(f"rolecall-agent: {error}", file=sys.stderr)
         return 1
 
@@ -86,51 +93,13 @@ def _override(config: AgentConfig, **flags: object) -> AgentConfig:
 
 
 def run(config: AgentConfig, ownership_file: Path) -> int:
-    import os
-
-    from controller.notify import listen_fds
-
-    # Listening sockets kept by systemd across a restart (FileDescriptorStoreMax=), by namespace.
-    # Taken first: importing twisted.internet.endpoints consumes the LISTEN_* variables.
-    inherited = listen_fds(os.environ)
-
-    from twisted.internet import reactor
-
-    from agent.daemon import make_agent_service
-    from controller.logs import start_logging
-    from controller.notify import Notifier, ReadyGate, instances_status
+    """The privileged process, which starts the unprivileged serving process (see
+    `agent.privileged` and `agent.serving`)."""
+    from agent.privileged import run as run_privileged
 
     if not config.controller_urls:
         raise ConfigError("controller.urls: at least one node API URL is needed (--controller-url)")
-    notifier = Notifier.from_environment(os.environ)
-    service = make_agent_service(
-        config, reactor, ownership_file, notifier=notifier, inherited=inherited
-    )
-    start_logging()
-    status = {"code": 0}
-
-    def failed(failure: object) -> None:
-        if status["code"] == 0:
-            status["code"] = 1
-            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
-
-    # systemd (Type=notify) hears READY=1 once the metrics listener listens and the first
-    # assignments are applied, STATUS= on every change after that, STOPPING=1 on shutdown.
-    agent = service.getServiceNamed("agent")
-    ready = ReadyGate(
-        notifier,
-        ("metrics listener", "assignments"),
-        lambda: instances_status(len(agent.slots), len(agent.failed)),  # type: ignore[attr-defined]
-    )
-    agent.on_change = lambda: ready.met("assignments")  # type: ignore[attr-defined]
-    service.getServiceNamed("health").listening.addCallbacks(  # type: ignore[attr-defined]
-        lambda _port: ready.met("metrics listener"), failed
-    )
-    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    return status["code"]
+    return run_privileged(config, ownership_file)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +23,10 @@ DEFAULT_KEY = Path("/etc/rolecall/node.key")
 DEFAULT_CA_CERTIFICATE = Path("/etc/rolecall/ca.pem")
 
 _NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+#: A system user name as useradd and systemd-sysusers accept it.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+#: The user the serving process runs as (systemd/rolecall.sysusers makes it).
+DEFAULT_USER = "rolecall-agent"
 
 
 class ConfigError(ValueError):
@@ -56,6 +60,8 @@ class AgentConfig:
     imds_port: int = 80
     #: Namespaces the agent creates are named with this prefix (``rc-<instance-id>``).
     namespace_prefix: str = "rc-"
+    #: The unprivileged user the serving process (HTTP, TLS to the controller) runs as.
+    user: str = DEFAULT_USER
 
     def refresh_policy(self) -> RefreshPolicy:
         """The credential schedule this configuration asks for."""
@@ -146,6 +152,15 @@ def _namespace_prefix(key: str, value: object) -> str:
     return value
 
 
+def _user(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _USER_NAME.fullmatch(value) or value == "root":
+        raise ConfigError(
+            f"{key}: must be the name of a system user other than root (lower-case letters,"
+            f" digits, '_' or '-') (got {value!r})"
+        )
+    return value
+
+
 _PORT = _integer(0, 65535, "a port number")
 
 # TOML key -> (field name, converter)
@@ -170,6 +185,7 @@ _KEYS: dict[str, tuple[str, Converter]] = {
     "imds.burst": ("burst", _integer(1, 1_000_000)),
     "imds.port": ("imds_port", _integer(1, 65535, "a port number")),
     "namespaces.prefix": ("namespace_prefix", _namespace_prefix),
+    "user": ("user", _user),
 }
 _REQUIRED = ("controller.urls",)
 
@@ -217,3 +233,25 @@ def load_agent_config(path: Path | None = None) -> AgentConfig:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from error
     return agent_config_from_string(text, str(path))
+
+
+#: AgentConfig fields that are paths, and the one that is a tuple, for `config_from_wire`.
+_PATH_FIELDS = ("certificate", "key", "ca_certificate")
+
+
+def config_to_wire(config: AgentConfig) -> dict[str, Any]:
+    """The configuration as JSON values, for the serving process (which reads no file)."""
+    wire = asdict(config)
+    for name in _PATH_FIELDS:
+        wire[name] = str(wire[name])
+    wire["controller_urls"] = list(config.controller_urls)
+    return wire
+
+
+def config_from_wire(wire: dict[str, Any]) -> AgentConfig:
+    """The inverse of `config_to_wire` (the privileged process made it from a valid config)."""
+    values = dict(wire)
+    for name in _PATH_FIELDS:
+        values[name] = Path(values[name])
+    values["controller_urls"] = tuple(values["controller_urls"])
+    return AgentConfig(**values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -13,7 +12,6 @@ from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.metrics import AgentMetrics, health_site
-from agent.netns import OwnershipRecord
 from agent.service import NodeAgent
 from controller.notify import Notifier
 from controller.service import ListeningService
@@ -22,17 +20,20 @@ from controller.service import ListeningService
 def make_agent_service(
     config: AgentConfig,
     reactor: Any,
-    ownership_file: Path,
+    *,
+    tls: tuple[str, str, str],
+    namespaces: Any,
+    ownership: Any,
     registry: CollectorRegistry | None = None,
     notifier: Notifier | None = None,
     inherited: dict[str, list[int]] | None = None,
 ) -> MultiService:
-    """The reconcile loop with every instance's metadata service, and the metrics listener."""
-    policy = NodeTLSPolicy(
-        config.ca_certificate.read_text(),
-        config.certificate.read_text(),
-        config.key.read_text(),
-    )
+    """The reconcile loop with every instance's metadata service, and the metrics listener.
+
+    `tls` is the node CA, the node's certificate and its key (PEM text; the serving process
+    reads no file), `namespaces` and `ownership` what `NodeAgent` takes (in the agent, the
+    privileged process's stand-ins from `agent.serving`)."""
+    policy = NodeTLSPolicy(*tls)
     client = NodeApiClient(reactor, config.controller_urls, policy)
     registry = registry if registry is not None else CollectorRegistry()
     # A key per boot of the agent: tokens from before a restart are refused, as after a reboot.
@@ -41,7 +42,8 @@ def make_agent_service(
         reactor,
         client,
         TokenMinter(new_key()),
-        ownership=OwnershipRecord(ownership_file),
+        namespaces=namespaces,
+        ownership=ownership,
         notifier=notifier,
         inherited=inherited,
     )

@@ -41,6 +41,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from agent.names import InvalidName, check_namespace
+
 NETNS_DIR = Path("/var/run/netns")
 METADATA_ADDRESS = "169.254.169.254"
 #: The kernel gives every namespace's loopback this index (LOOPBACK_IFINDEX).
@@ -65,12 +67,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _text = ctypes.c_char_p
 _libc.mount.argtypes = [_text, _text, _text, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [_text, ctypes.c_int]
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
 _MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
 _THREAD_NAMESPACE = "/proc/thread-self/ns/net"
+#: fstatfs(2)'s f_type for namespace files (linux/magic.h).
+NSFS_MAGIC = 0x6E736673
 #: Directories already made shared mount points by this process (see `_share`).
 _shared: set[Path] = set()
 
@@ -90,16 +96,84 @@ def _mount(source: bytes, target: bytes, flags: int) -> None:
         raise _failed(f"mount {os.fsdecode(target)}")
 
 
+def _checked(name: str) -> str:
+    """`name` if it may name a namespace file (`agent.names.NAMESPACE`), else NamespaceError."""
+    try:
+        return check_namespace(name)
+    except InvalidName as error:
+        raise NamespaceError(str(error)) from None
+
+
+def _directory() -> int:
+    """A descriptor of /run/netns, which names are looked up relative to (never a path built
+    from a name). Opened afresh: `_share` may mount over the directory."""
+    return os.open(NETNS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _namespace_identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:  # /proc/1/ns/net needs CAP_SYS_PTRACE when pid 1 has more capabilities
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+#: The host's own network namespaces, which no instance may be served in: this process's as it
+#: was when the module was loaded (before any setns), and pid 1's where it can be read.
+HOST_NAMESPACES = frozenset(
+    identity
+    for identity in (_namespace_identity(_THREAD_NAMESPACE), _namespace_identity("/proc/1/ns/net"))
+    if identity is not None
+)
+
+
+def _filesystem_type(descriptor: int) -> int:
+    """fstatfs(2)'s f_type (the first field of struct statfs, a C long on Linux)."""
+    buffer = ctypes.create_string_buffer(256)
+    if _libc.fstatfs(descriptor, buffer) != 0:
+        raise _failed("fstatfs")
+    return int(ctypes.c_long.from_buffer(buffer).value)
+
+
+def open_namespace(name: str) -> int:
+    """A descriptor of the existing network namespace /run/netns/`name`, checked: the name has
+    the allowed form, the file is no symbolic link (O_NOFOLLOW, relative to the directory), it is
+    a namespace (nsfs) and not the host's own. NamespaceError otherwise."""
+    _checked(name)
+    try:
+        directory = _directory()
+    except OSError as error:
+        raise NamespaceError(f"no namespace {name}: {error.strerror}") from error
+    try:
+        descriptor = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory
+        )
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise NamespaceError(f"refusing namespace {name}: a symbolic link") from error
+        raise NamespaceError(f"no namespace {name}: {error.strerror}") from error
+    finally:
+        os.close(directory)
+    try:
+        if _filesystem_type(descriptor) != NSFS_MAGIC:
+            raise NamespaceError(f"refusing namespace {name}: not a namespace file")
+        found = os.fstat(descriptor)
+        if (found.st_dev, found.st_ino) in HOST_NAMESPACES:
+            raise NamespaceError(f"refusing namespace {name}: the host's own network namespace")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 @contextmanager
 def inside(name: str) -> Iterator[None]:
-    """Run the block with this thread in the existing namespace `name`, and always come back.
+    """Run the block with this thread in the existing namespace `name` (checked as
+    `open_namespace` does), and always come back.
 
     (pyroute2's pushns would create a missing namespace; this never does.)
     """
-    try:
-        target = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        raise NamespaceError(f"no namespace {name}: {error.strerror}") from error
+    target = open_namespace(name)
     home = os.open(_THREAD_NAMESPACE, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
@@ -113,7 +187,19 @@ def inside(name: str) -> Iterator[None]:
 
 
 def exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
+    """Whether /run/netns/`name` exists (whatever it is: `open_namespace` checks that)."""
+    _checked(name)
+    try:
+        directory = _directory()
+    except FileNotFoundError:
+        return False
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(directory)
+    return True
 
 
 class _Rtnetlink:
@@ -264,16 +350,28 @@ def _create(name: str) -> None:
     its loopback up and the metadata address on it. The thread is back in its own namespace
     afterwards, also on error; a half-made namespace is removed. FileExistsError when the name
     is taken (someone else made it meanwhile)."""
+    _checked(name)
     _share(NETNS_DIR)
-    path = os.fsencode(NETNS_DIR / name)
     home = os.open(_THREAD_NAMESPACE, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+        directory = _directory()
+        try:
+            # O_EXCL: never an existing file, nor a symbolic link's target.
+            made = os.open(
+                name,
+                os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0,
+                dir_fd=directory,
+            )
+        finally:
+            os.close(directory)
         try:
             if _libc.unshare(_CLONE_NEWNET) != 0:
                 raise _failed("unshare")
             try:
-                _mount(_THREAD_NAMESPACE.encode(), path, _MS_BIND)
+                # Mounted on the very file just made (through its descriptor), not on a path
+                # that could be swapped meanwhile.
+                _mount(_THREAD_NAMESPACE.encode(), f"/proc/self/fd/{made}".encode(), _MS_BIND)
                 with _Rtnetlink() as rtnetlink:
                     rtnetlink.loopback_up()
                     rtnetlink.add_to_loopback(METADATA_ADDRESS)
@@ -285,6 +383,8 @@ def _create(name: str) -> None:
             except NamespaceError as leftover:
                 error.add_note(str(leftover))
             raise
+        finally:
+            os.close(made)
     finally:
         os.close(home)
 
@@ -357,10 +457,16 @@ def release(ownership: Ownership) -> None:
 def _remove_namespace(name: str) -> None:
     """Unname namespace `name` as ``ip netns delete`` does: detach its bind mount and remove the
     file; the kernel frees the namespace once nothing else holds it."""
+    _checked(name)
     path = os.fsencode(NETNS_DIR / name)
-    _libc.umount2(path, _MNT_DETACH)  # fails harmlessly if it was never mounted (half-made)
+    # Fails harmlessly if it was never mounted (half-made); never follows a symbolic link.
+    _libc.umount2(path, _MNT_DETACH | _UMOUNT_NOFOLLOW)
     try:
-        os.unlink(path)
+        directory = _directory()
+        try:
+            os.unlink(name, dir_fd=directory)
+        finally:
+            os.close(directory)
     except FileNotFoundError:
         pass
     except OSError as error:

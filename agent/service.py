@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
 
-from agent import netns
+from agent import names, netns
 from agent.client import NodeApiClient
 from agent.config import AgentConfig
 from agent.credentials import CredentialCache
@@ -281,6 +281,16 @@ class NodeAgent(Service):
 
     def _add(self, instance_id: str, entry: Mapping[str, Any]) -> None:
         name = self._namespace_name(instance_id, entry)
+        try:
+            names.check_instance_id(instance_id)
+            names.check_namespace(name)
+        except names.InvalidName as error:
+            # Both become paths (the node API's URL, /run/netns): never used as they are. Said
+            # once, not on every assignments answer; the other instances are served.
+            if self.failed.get(instance_id) != str(error):
+                log.error("refusing an assignment: {error}", error=str(error))
+            self.failed[instance_id] = str(error)
+            return
         try:
             ownership = self._namespaces.prepare(name)
             previous = self._owned.get(name)

@@ -54,7 +54,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botocore.exceptions import BotoCoreError, ClientError
-from processes import BenchError, cpu_seconds, log_tail, started  # bench/processes.py
+from processes import (  # bench/processes.py
+    BenchError,
+    cpu_seconds,
+    log_tail,
+    process_tree,
+    started,
+)
 
 from agent import netns
 from agent.guest import GuestError, delete_namespace, make_guest
@@ -151,12 +157,14 @@ def own_seconds() -> float:
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
-    """Resident set size now, and its peak, in MB (VmRSS and VmHWM of /proc/PID/status)."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) / 1024  # kB
+    """Resident set size now, and its peak, in MB (VmRSS and VmHWM of /proc/PID/status), of the
+    process and its descendants together (the agent's privileged and serving processes)."""
+    found = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for each in process_tree(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in found:
+                found[name] += int(value.split()[0]) / 1024  # kB
     return found["VmRSS"], found["VmHWM"]
 
 
@@ -920,6 +928,7 @@ def agent_config(work: Path, controller: Controller) -> Path:
     that it never answers 503 under saturation (the default is 50/s, burst 100)."""
     path = work / "agent.toml"
     path.write_text(
+        'user = "nobody"\n'
         f'[controller]\nurls = ["{controller.node_api_url}"]\n\n'
         "[imds]\nrate_per_second = 100000\nburst = 1000000\n",
         encoding="utf-8",

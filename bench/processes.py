@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.privileged import serving_python_environment
+
 
 class BenchError(Exception):
     """The run cannot give a valid figure; the message says why."""
@@ -41,6 +43,8 @@ def started(command: list[str], log: Path, core: str | None = None) -> Iterator[
         command = ["taskset", "-c", core, *command]  # taskset execs: the pid is the server's
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     environment["PYTHONUNBUFFERED"] = "1"
+    # The agent's serving process runs as nobody, who may not reach a Python under /root.
+    environment.update(serving_python_environment())
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
@@ -63,7 +67,27 @@ def log_tail(log: Path, lines: int = 25) -> str:
         return ""
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants alive now (the agent is two processes: the privileged one,
+    which the benchmark starts, and the serving process it starts)."""
+    found = [pid]
+    for each in found:
+        for task in Path(f"/proc/{each}/task").glob("*/children"):
+            try:
+                found.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time of a process and its descendants, all their threads (Linux
+    /proc; a descendant's time counts while it is alive)."""
+    total = 0
+    for each in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")

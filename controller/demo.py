@@ -43,6 +43,7 @@ from agent.guest import (
     serves_tokens,
     unique,
 )
+from agent.privileged import serving_python_environment
 
 BIN = Path(sys.executable).parent
 NODE = "demo-node"
@@ -160,6 +161,8 @@ class Daemon:
         self._closed = False
         environment = {key: value for key, value in os.environ.items() if key[:4] != "AWS_"}
         environment["PYTHONUNBUFFERED"] = "1"
+        # The agent's serving process runs as nobody, who may not reach a Python under /root.
+        environment.update(serving_python_environment())
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -339,6 +342,8 @@ class Demo:
         step("rolecall-agent: metadata on port 80 inside each instance's namespace")
         agent_config = self.workdir / "agent.toml"
         agent_config.write_text(
+            # A real node has its own user for the serving process (systemd/rolecall.sysusers).
+            'user = "nobody"\n'
             "[controller]\n"
             f"urls = [{json.dumps(self.node_api_url)}]\n"
             f"certificate = {json.dumps(str(node_dir / 'node.pem'))}\n"

@@ -97,9 +97,11 @@ MAX_HOP_LIMIT: Final = 64
 
 @dataclass(frozen=True)
 class MetadataOptions:
-    """An instance's ``metadata_options``; the defaults are EC2's for a new instance."""
+    """An instance's ``metadata_options``. The defaults are the controller's for a new instance:
+    IMDSv2 only (``required``), so an assignment that leaves ``http_tokens`` out never opens the
+    token-less v1 path that SSRF uses."""
 
-    http_tokens: HttpTokens = HttpTokens.OPTIONAL
+    http_tokens: HttpTokens = HttpTokens.REQUIRED
     http_put_response_hop_limit: int = 1
     http_endpoint: HttpEndpoint = HttpEndpoint.ENABLED
 

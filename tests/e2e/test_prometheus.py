@@ -8,6 +8,7 @@ port. It neither needs nor touches a Prometheus system service.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from agent.privileged import serving_python_environment
 from tests.e2e.conftest import BIN, Controller
 from tests.e2e.test_node_api import enroll
 
@@ -45,8 +47,10 @@ class Process:
 
     @classmethod
     def start(cls, argv: list[str | Path]) -> Process:
+        # The agent's serving process runs as nobody, who may not reach a Python under /root.
+        environment = {**os.environ, **serving_python_environment()}
         process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
         )
         started = cls(process)
         threading.Thread(target=started._drain, daemon=True).start()
@@ -102,12 +106,14 @@ def host_port(url: str) -> str:
 
 @pytest.fixture
 def agent(controller: Controller, tmp_path: Path) -> Iterator[tuple[Process, str]]:
-    """``rolecall-agent`` for a node with no instance: it needs no namespace (nor root), polls the
-    controller and serves its metrics. Yields the process and its metrics URL."""
+    """``rolecall-agent`` for a node with no instance: it needs no namespace, polls the controller
+    and serves its metrics. Yields the process and its metrics URL. (Root, as the tests run: the
+    agent starts its serving process as another user, here nobody.)"""
     node = enroll(controller, NODE, tmp_path / "node")
     config = tmp_path / "agent.toml"
     # The keys the Vagrant example writes to /etc/rolecall/agent.toml, with a free port.
     config.write_text(
+        'user = "nobody"\n'
         "[controller]\n"
         f'urls = ["{controller.node_api_url}"]\n'
         f'certificate = "{node / "node.pem"}"\n'

@@ -56,6 +56,7 @@ from agent.guest import (
     serves_tokens,
     unique,
 )
+from agent.privileged import serving_python_environment
 from tests.e2e.conftest import ACCOUNT_ID, BIN
 
 __all__ = [
@@ -87,6 +88,8 @@ __all__ = [
     "unique",
     "wait_until",
 ]
+#: The user the agent's serving process runs as in these tests.
+SERVING_USER = "nobody"
 EC2_TRUST = json.dumps(
     {
         "Version": "2012-10-17",
@@ -268,7 +271,7 @@ class ControllerProcess:
             [str(BIN / "rolecall-controller"), "--state-dir", str(self.state_dir), "serve",
              "--port", str(self.api_port), "--node-api-port", str(self.node_api_port),
              "--metrics-port", str(self.metrics_port)],
-            env=_daemon_env(),
+            env=daemon_env(),
         )  # fmt: skip
         self.process.wait_for(r"public API listening on http://")
         self.process.wait_for(r"node API listening on https://")
@@ -309,7 +312,11 @@ class AgentProcess:
         # An explicit (minimal) configuration file: a host's /etc/rolecall/agent.toml must not
         # leak into the test.
         self.config = workdir / "agent.toml"
-        self.config.write_text(f'[controller]\nurls = ["{controller_url}"]\n', encoding="utf-8")
+        # The serving process runs as nobody (a real node has its own rolecall-agent user).
+        self.config.write_text(
+            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n',
+            encoding="utf-8",
+        )
         self.credentials = credentials
         self.ownership_file = workdir / "namespaces.json"
         self.process: LoggedProcess | None = None
@@ -325,7 +332,7 @@ class AgentProcess:
              "--ca-certificate", str(self.credentials / "ca.pem"),
              "--metrics-port", "0", "--imds-port", "80",
              "--ownership-file", str(self.ownership_file)],
-            env=_daemon_env(),
+            env=daemon_env(),
         )  # fmt: skip
         found = self.process.wait_for(r"agent metrics listening on (http://\S+)")
         self.metrics_url = found.group(1)
@@ -358,9 +365,11 @@ class AgentProcess:
         return samples
 
 
-def _daemon_env() -> dict[str, str]:
+def daemon_env() -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     environment["PYTHONUNBUFFERED"] = "1"
+    # The agent's serving process runs as nobody, who may not reach a Python under /root.
+    environment.update(serving_python_environment())
     return environment
 
 

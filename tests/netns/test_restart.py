@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from agent import netns
-from tests.netns.harness import BIN, Cloud, LoggedProcess, wait_until
+from tests.netns.harness import BIN, Cloud, LoggedProcess, daemon_env, wait_until
 
 # Runs between fork and the service's program, as systemd does: the stored descriptors become
 # 3, 4, … (moved out of the way first, so none is overwritten) and LISTEN_PID names this process.
@@ -148,7 +148,7 @@ def test_an_agent_restart_refuses_and_fails_no_guest_request(cloud: Cloud, tmp_p
         "--metrics-port", "0", "--imds-port", "80",
         "--ownership-file", str(agent.ownership_file),
     ]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LISTEN_")}
+    env = {key: value for key, value in daemon_env().items() if not key.startswith("LISTEN_")}
     processes: list[LoggedProcess] = []
     stream = None
     try:

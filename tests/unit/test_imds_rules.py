@@ -519,11 +519,11 @@ def test_every_response_names_the_server_as_ec2ws() -> None:
 # -- options from the assignment ---------------------------------------------------------------
 
 
-def test_metadata_options_default_to_ec2s_defaults() -> None:
-    assert MetadataOptions.from_assignment(None) == MetadataOptions(
-        HttpTokens.OPTIONAL, 1, HttpEndpoint.ENABLED
-    )
-    assert MetadataOptions.from_assignment({}) == MetadataOptions()
+def test_metadata_options_default_to_imdsv2_only_as_the_controller_does() -> None:
+    expected = MetadataOptions(HttpTokens.REQUIRED, 1, HttpEndpoint.ENABLED)
+    assert MetadataOptions.from_assignment(None) == expected
+    assert MetadataOptions.from_assignment({}) == expected
+    assert MetadataOptions.from_assignment({"http_endpoint": "enabled"}) == expected
 
 
 @pytest.mark.parametrize(

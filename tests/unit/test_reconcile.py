@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 
 from agent.config import AgentConfig
 from agent.imds.tokens import TokenMinter, new_key
@@ -83,17 +84,17 @@ class FakeClient:
 
 def assignment(number: int, profile: bool = False) -> dict[str, Any]:
     return {
-        "instance_id": f"i-{number:04d}",
+        "instance_id": f"i-{number:08x}",
         "account_id": "123456789012",
         "netns": None,
         "instance_profile": PROFILE if profile else None,
         "metadata_options": {"http_tokens": "optional"},
-        "metadata": {"instance-id": f"i-{number:04d}"},
+        "metadata": {"instance-id": f"i-{number:08x}"},
     }
 
 
 def ids(*numbers: int) -> set[str]:
-    return {f"i-{number:04d}" for number in numbers}
+    return {f"i-{number:08x}" for number in numbers}
 
 
 class Node:
@@ -194,7 +195,7 @@ def test_a_newer_answer_mid_way_sets_up_only_what_it_wants_and_nothing_twice(
     while node.agent._work is not None:
         node.turn()
     assert node.served() == ids(0, 2, 5, 6, 42)
-    assert node.namespaces.released == ["rc-i-0001"]  # served, then no longer wanted
+    assert node.namespaces.released == ["rc-i-00000001"]  # served, then no longer wanted
     assert sorted(node.namespaces.prepared) == sorted(
         f"rc-{instance_id}" for instance_id in ids(0, 1, 2, 5, 6, 42)
     )  # each once; 3, 4 and 7 to 9 never
@@ -229,7 +230,7 @@ def test_a_long_poll_that_ran_out_with_the_same_revision_changes_nothing(node: N
 
 
 def test_a_failed_instance_is_retried_even_when_the_revision_is_the_same(node: Node) -> None:
-    node.namespaces.failing.add("rc-i-0001")
+    node.namespaces.failing.add("rc-i-00000001")
     node.answer(assignment(0), assignment(1))
     node.turn()
     assert set(node.agent.failed) == ids(1)
@@ -251,13 +252,13 @@ def test_stopping_mid_way_sets_up_nothing_more(node: Node) -> None:
 
 
 def test_a_failed_instance_is_reported_and_retried_on_the_next_answer(node: Node) -> None:
-    node.namespaces.failing.add("rc-i-0001")
+    node.namespaces.failing.add("rc-i-00000001")
     node.answer(assignment(0), assignment(1), assignment(2))
     node.turn()
     assert node.served() == ids(0, 2)
     assert set(node.agent.failed) == ids(1)
     ready, reason = node.agent.ready()
-    assert not ready and reason.startswith("1 instance(s) not served, e.g. i-0001")
+    assert not ready and reason.startswith("1 instance(s) not served, e.g. i-00000001")
     node.namespaces.failing.clear()
     node.answer(assignment(0), assignment(1), assignment(2), revision=2)
     node.turn()
@@ -286,7 +287,7 @@ def test_an_agent_dying_mid_way_leaves_every_namespace_it_made_on_record(
     second.answer(assignment(0))
     second.turn()
     assert sorted(second.namespaces.released) == made[1:]
-    assert sorted(OwnershipRecord(record.path).load()) == ["rc-i-0000"]
+    assert sorted(OwnershipRecord(record.path).load()) == ["rc-i-00000000"]
     second.stop()
     assert second.reactor.getDelayedCalls() == []
 
@@ -295,7 +296,7 @@ def test_a_restarted_agent_folds_the_journal_in_so_a_torn_line_does_not_linger(
     tmp_path: Path,
 ) -> None:
     record = OwnershipRecord(tmp_path / "namespaces.json")
-    record.remember(Ownership("rc-i-0042", created_namespace=True, added_address=True))
+    record.remember(Ownership("rc-i-00000042", created_namespace=True, added_address=True))
     with record.journal.open("a", encoding="utf-8") as journal:
         journal.write('{"remember": {"namespace": "rc-i-00')  # the last agent died mid-append
     node = Node(OwnershipRecord(record.path))
@@ -304,8 +305,57 @@ def test_a_restarted_agent_folds_the_journal_in_so_a_torn_line_does_not_linger(
     node.turn()
     # Killed again mid-way: what both agents made is on record, nothing glued to the torn line.
     assert sorted(OwnershipRecord(record.path).load()) == [
-        "rc-i-0000",
-        "rc-i-0001",
-        "rc-i-0002",
-        "rc-i-0042",
+        "rc-i-00000000",
+        "rc-i-00000001",
+        "rc-i-00000002",
+        "rc-i-00000042",
     ]
+
+
+# -- names from the controller are untrusted (issue 16, item 9) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("netns", "../../tmp/x"),
+        ("netns", "/etc/nologin"),
+        ("netns", ".."),
+        ("netns", "a/b"),
+        ("netns", "x" * 65),
+        ("netns", ["rc-x"]),
+        ("instance_id", "i-../../x"),
+        ("instance_id", "i-0000000G"),
+        ("instance_id", "i-000000001"),
+        ("instance_id", "I-00000001"),
+        ("instance_id", 42),
+    ],
+)
+def test_an_assignment_with_a_bad_name_is_refused_once_and_the_others_served(
+    node: Node, field: str, value: object
+) -> None:
+    bad = dict(assignment(7), **{field: value})
+    with capturedLogs() as events:
+        node.answer(assignment(0), bad, assignment(1))
+        node.turn()
+        node.answer(assignment(0), bad, assignment(1))  # asked again: said once only
+        node.turn()
+    assert node.served() == ids(0, 1)
+    assert node.namespaces.prepared == ["rc-i-00000000", "rc-i-00000001"]
+    assert node.client.fetched == []  # nothing asked of the controller for it either
+    refusals = [event for event in events if "refusing" in event["log_format"]]
+    assert len(refusals) == 1
+    assert repr(value)[:20] in refusals[0]["error"]
+    assert str(bad["instance_id"]) in node.agent.failed
+    ready, reason = node.agent.ready()
+    assert not ready and "1 instance(s) not served" in reason
+
+
+def test_a_valid_seventeen_digit_id_and_a_hypervisors_own_namespace_name_are_served(
+    node: Node,
+) -> None:
+    entry = dict(assignment(0), instance_id="i-0123456789abcdef0", netns="tap_ns.vm-7")
+    node.answer(entry)
+    node.turn()
+    assert node.served() == {"i-0123456789abcdef0"}
+    assert node.namespaces.prepared == ["tap_ns.vm-7"]

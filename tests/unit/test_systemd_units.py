@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import capabilities
 from agent.cli import DEFAULT_OWNERSHIP
 from agent.config import DEFAULT_CONFIG_PATH as AGENT_CONFIG_PATH
+from agent.config import DEFAULT_USER
+from agent.privileged import KEPT_CAPABILITIES
 from controller.config import DEFAULT_CONFIG_PATH as CONTROLLER_CONFIG_PATH
 from controller.config import DEFAULT_STATE_DIR
 
@@ -249,7 +252,9 @@ def test_controller_state_is_private_and_the_rest_read_only() -> None:
 
 # the agent
 
-CAPABILITIES = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE"}
+CAPABILITIES = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_KILL"}
+#: Only to start the serving process unprivileged; the root process drops them right after.
+SPAWN_CAPABILITIES = {"CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"}
 #: Settings that run a service in a mount namespace of its own, from which systemd lets no mount
 #: reach the host: a namespace the agent names in /run/netns would be seen by no one else.
 MOUNT_NAMESPACE_SETTINGS = (
@@ -281,10 +286,31 @@ MOUNT_NAMESPACE_SETTINGS = (
 )
 
 
-def test_agent_has_exactly_the_three_capabilities_it_needs() -> None:
+def test_agent_has_exactly_the_capabilities_it_needs() -> None:
     settings = service("rolecall-agent.service")
-    assert words(settings, "CapabilityBoundingSet") == CAPABILITIES
-    assert words(settings, "AmbientCapabilities") == CAPABILITIES
+    assert words(settings, "CapabilityBoundingSet") == CAPABILITIES | SPAWN_CAPABILITIES
+    assert words(settings, "AmbientCapabilities") == CAPABILITIES | SPAWN_CAPABILITIES
+
+
+def test_the_agents_root_process_keeps_exactly_the_units_capabilities_but_the_spawning_ones() -> (
+    None
+):
+    names = {
+        "CAP_" + name.removeprefix("CAP_"): getattr(capabilities, name)
+        for name in dir(capabilities)
+        if name.startswith("CAP_")
+    }
+    kept = {name for name, number in names.items() if number in KEPT_CAPABILITIES}
+    assert kept == CAPABILITIES
+
+
+def test_sysusers_makes_the_agents_serving_user_by_its_default_name() -> None:
+    entries = [
+        line.split()
+        for line in (SYSTEMD_DIR / "rolecall.sysusers").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert ["u", DEFAULT_USER] == entries[1][:2]
 
 
 def test_agent_keeps_its_listening_sockets_and_ownership_record_across_restarts() -> None:

@@ -1,0 +1,305 @@
+"""The agent's privileged process: what systemd starts as root, kept small and free of HTTP.
+
+It reads what only root may (the configuration, the node's certificate and key), takes the
+listening sockets systemd kept across a restart, starts the serving process (`agent.serving`) as
+an unprivileged user with no capabilities, hands it all that over one socket pair
+(`agent.channel`), gives up the capabilities it needs no more, and then serves the serving
+process's requests in a blocking loop: prepare a namespace, open the metadata socket in it (sent
+back with SCM_RIGHTS, and stored with systemd), release what it made, relay READY/STATUS/STOPPING.
+It is the only process that talks to systemd and the only one that writes the ownership record.
+
+It trusts nothing its peer sends: every namespace name is checked (`agent.names`,
+`agent.netns`), a socket is opened only for a namespace it prepared and only on the configured
+port, only what its own record says it made is ever removed, and a malformed request is answered
+with an error, never a crash. No Twisted reactor, no HTTP, no TLS. When the serving process
+exits, so does this one (with its status), and systemd restarts both; on SIGTERM or SIGINT it
+passes SIGTERM on and waits for the serving process to finish.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import capabilities, channel, names, netns
+from agent.config import AgentConfig, ConfigError, config_to_wire
+from controller.notify import Notifier, listen_fds
+
+#: What the privileged process keeps once the serving process runs: namespaces (setns, mount,
+#: unshare), the loopback address, port 80, and SIGTERM to the serving process (another user).
+KEPT_CAPABILITIES = (
+    capabilities.CAP_SYS_ADMIN,
+    capabilities.CAP_NET_ADMIN,
+    capabilities.CAP_NET_BIND_SERVICE,
+    capabilities.CAP_KILL,
+)
+LOG_NAMESPACE = "rolecall.agent.privileged"
+#: An answer to the serving process, and the sockets to send with it (closed once sent).
+Answer = tuple[dict[str, Any], list[socket.socket]]
+
+
+def say(level: str, message: str) -> None:
+    """One log line, in the daemons' format (``LEVEL namespace: message``)."""
+    sys.stdout.write(f"{level} {LOG_NAMESPACE}: {message}\n")
+    sys.stdout.flush()
+
+
+class Broker:
+    """The requests of the serving process, answered one by one. `handle` never raises."""
+
+    def __init__(
+        self, imds_port: int, record: netns.OwnershipRecord, notifier: Notifier, namespaces: Any
+    ) -> None:
+        self._imds_port = imds_port
+        self._record = record
+        self._notifier = notifier
+        self._namespaces = namespaces
+        self.owned = record.load()
+        record.save(self.owned)  # the journal folded in
+
+    def handle(self, data: bytes, truncated: bool) -> Answer:
+        """The answer to one message, and the sockets to send with it (closed once sent)."""
+        try:
+            request = channel.decode_request(data, truncated)
+            handler: Callable[..., Answer] = getattr(self, f"_{request.op}")
+            return handler(**request.fields)
+        except (channel.Refused, names.InvalidName, netns.NamespaceError) as error:
+            say("WARN", f"refused a request of the serving process: {error}")
+            return {"ok": False, "error": str(error)}, []
+        except Exception as error:  # a bug here must not take the node's namespaces down
+            say("ERROR", f"failed a request of the serving process: {error!r}")
+            return {"ok": False, "error": f"internal error: {type(error).__name__}"}, []
+
+    def _prepare(self, netns: str) -> Answer:
+        name = names.check_namespace(netns)
+        made = self._namespaces.prepare(name)
+        previous = self.owned.get(name)
+        if previous is not None:  # adopted after a restart: keep what was made before
+            made = type(made)(
+                name,
+                previous.created_namespace or made.created_namespace,
+                previous.added_address or made.added_address,
+            )
+        if previous != made:
+            self.owned[name] = made
+            self._record.remember(made)
+        fields = asdict(made)
+        del fields["namespace"]
+        return {"ok": True, **fields}, []
+
+    def _listen(self, netns: str, port: int) -> Answer:
+        name = names.check_namespace(netns)
+        if port != self._imds_port:
+            raise channel.Refused(f"listen: only port {self._imds_port}, not {port}")
+        if name not in self.owned:
+            raise channel.Refused(f"listen: namespace {name} was not prepared")
+        listening = self._namespaces.listen(name, port)
+        # Kept by systemd for the next agent process (FileDescriptorStoreMax=).
+        self._notifier.store_fds(name, [listening.fileno()])
+        return {"ok": True}, [listening]
+
+    def _release(self, netns: str) -> Answer:
+        name = names.check_namespace(netns)
+        made = self.owned.get(name)
+        if made is not None:  # else nothing of it is ours to remove
+            self._namespaces.release(made)
+            del self.owned[name]
+            self._record.forget(name)
+        return {"ok": True}, []
+
+    def _unstore(self, netns: str) -> Answer:
+        self._notifier.remove_fds(names.check_namespace(netns))
+        return {"ok": True}, []
+
+    def _compact(self) -> Answer:
+        self._record.compact(self.owned)
+        return {"ok": True}, []
+
+    def _notify(self, ready: bool, status: str, stopping: bool) -> Answer:
+        if stopping:
+            self._notifier.stopping()
+        elif ready:
+            self._notifier.ready(status or None)
+        elif status:
+            self._notifier.status(status)
+        return {"ok": True}, []
+
+    def serve(self, peer: socket.socket) -> None:
+        """Answer requests until the serving process closes its end (it exited)."""
+        while True:
+            try:
+                data, truncated, fds = channel.receive(peer, channel.MAX_REQUEST_BYTES, 0)
+            except channel.ChannelError as error:
+                if error.__cause__ is not None:  # the socket itself failed: the peer is gone
+                    return
+                say("WARN", f"refused a request of the serving process: {error}")
+                self._answer(peer, {"ok": False, "error": str(error)}, [])
+                continue
+            if not data and not fds:
+                return
+            answer, sockets = self.handle(data, truncated)
+            self._answer(peer, answer, sockets)
+
+    @staticmethod
+    def _answer(peer: socket.socket, answer: dict[str, Any], sockets: list[socket.socket]) -> None:
+        try:
+            channel.send(peer, answer, [each.fileno() for each in sockets])
+        except channel.ChannelError as error:
+            say("WARN", str(error))
+        finally:
+            for each in sockets:
+                each.close()
+
+
+def serving_user(name: str) -> tuple[int, int]:
+    """The uid and primary gid of the serving process's user; never root."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(
+            f"user: there is no user {name!r} for the serving process (install"
+            " systemd/rolecall.sysusers and run systemd-sysusers, or set user = in agent.toml)"
+        ) from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise ConfigError(
+            f"user: {name!r} is root or in root's group; the serving process must not be"
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+#: An interpreter for the serving process other than this one (same Python minor version), for
+#: when the serving user cannot reach this one: a development machine whose Python lives under
+#: /root (pyenv). The virtualenv's packages are used either way.
+SERVING_PYTHON_VARIABLE = "ROLECALL_AGENT_SERVING_PYTHON"
+#: Runs in the serving process's interpreter, started with -I -S (no PYTHON* variables, no user
+#: or system site directories): adds this virtualenv's site-packages and runs agent.serving.
+_BOOTSTRAP = (
+    "import runpy, site, sys; site.addsitedir(sys.argv[1]); del sys.argv[1]; "
+    "runpy.run_module('agent.serving', run_name='__main__', alter_sys=True)"
+)
+
+
+def serving_command(fd: int, environ: Mapping[str, str]) -> list[str]:
+    python = environ.get(SERVING_PYTHON_VARIABLE) or sys.executable
+    return [python, "-I", "-S", "-c", _BOOTSTRAP, sysconfig.get_paths()["purelib"], str(fd)]
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether a user other than the owner may execute `path` (every directory on the way
+    searchable by others, the file executable by others)."""
+    real = Path(os.path.realpath(path))
+    steps = [*reversed(real.parents), real]
+    return all(step.stat().st_mode & 0o001 for step in steps)
+
+
+def serving_python_environment() -> dict[str, str]:
+    """For the demo, tests and benchmarks: `SERVING_PYTHON_VARIABLE` naming the system's
+    interpreter of this Python version when this one is out of the serving user's reach."""
+    if reachable_by_others(sys.executable):
+        return {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for directory in ("/usr/bin", "/usr/local/bin"):
+        candidate = f"{directory}/{version}"
+        if os.path.exists(candidate) and reachable_by_others(candidate):
+            return {SERVING_PYTHON_VARIABLE: candidate}
+    return {}
+
+
+def spawn_serving(
+    serving_end: socket.socket, uid: int, gid: int, environ: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """The serving process (`agent.serving`), unprivileged from its first instruction: it is
+    exec'd as `uid`/`gid` with every capability gone."""
+    environment = {
+        key: value
+        for key, value in environ.items()
+        if key not in ("NOTIFY_SOCKET", SERVING_PYTHON_VARIABLE) and not key.startswith("LISTEN_")
+    }
+    return subprocess.Popen(
+        serving_command(serving_end.fileno(), environ),
+        pass_fds=(serving_end.fileno(),),
+        cwd="/",
+        env=environment,
+        # No threads run in this process, which is what makes preexec_fn safe.
+        preexec_fn=partial(
+            capabilities.become_unprivileged, uid, gid, capabilities.last_capability(), os.getpid()
+        ),
+    )
+
+
+def hello(config: AgentConfig, owned: Mapping[str, netns.Ownership]) -> dict[str, Any]:
+    """The serving process's first message: its configuration, the node's TLS files' contents
+    (it reads no file under /etc/rolecall), and what the ownership record says was made."""
+    return {
+        "config": config_to_wire(config),
+        "ca_certificate": config.ca_certificate.read_text(),
+        "certificate": config.certificate.read_text(),
+        "key": config.key.read_text(),
+        "owned": [
+            [entry.namespace, entry.created_namespace, entry.added_address]
+            for entry in owned.values()
+        ],
+    }
+
+
+def send_kept_sockets(peer: socket.socket, kept: Mapping[str, list[int]]) -> None:
+    """The sockets systemd kept, by namespace name, in batches the kernel takes; then closed
+    here (systemd still keeps its own copies)."""
+    flat = [(name, fd) for name, fds in kept.items() for fd in fds]
+    for start in range(0, len(flat), channel.MAX_FDS_PER_MESSAGE):
+        batch = flat[start : start + channel.MAX_FDS_PER_MESSAGE]
+        channel.send(peer, {"names": [name for name, _ in batch]}, [fd for _, fd in batch])
+    channel.send(peer, {"names": []})
+    for _, fd in flat:
+        os.close(fd)
+
+
+def run(config: AgentConfig, ownership_file: Path) -> int:
+    """The whole life of the privileged process; the serving process's exit status."""
+    # Listening sockets kept by systemd across a restart, by namespace name; the LISTEN_*
+    # variables are removed so that the serving process never takes them for its own.
+    kept = listen_fds(os.environ)
+    notifier = Notifier.from_environment(os.environ)
+    uid, gid = serving_user(config.user)
+    record = netns.OwnershipRecord(ownership_file)
+    broker = Broker(config.imds_port, record, notifier, netns)
+    first = hello(config, broker.owned)
+    privileged_end, serving_end = channel.pair()
+    child = spawn_serving(serving_end, uid, gid, os.environ)
+    serving_end.close()
+    say(
+        "INFO", f"serving process {child.pid} started as {config.user} (uid {uid}), no capabilities"
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        notifier.stopping()
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        capabilities.keep_only(KEPT_CAPABILITIES)
+        channel.send(privileged_end, first)
+        send_kept_sockets(privileged_end, kept)
+        broker.serve(privileged_end)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        privileged_end.close()
+    code = child.wait()
+    if code != 0:
+        say("ERROR", f"the serving process exited with {code}; exiting so that it is restarted")
+    return code if code >= 0 else 128 - code

@@ -1,0 +1,229 @@
+"""The agent's serving process: everything that talks to guests and to the controller, run as an
+unprivileged user with no capabilities (started by `agent.privileged`; ``python -m
+agent.serving FD``, FD being its end of the socket pair).
+
+It reads no file: its configuration, the node's certificate and key, the ownership record and the
+sockets systemd kept come in the privileged process's first messages. What needs root (a
+namespace, the socket inside it, removing them, telling systemd) it asks for over the channel,
+through the same interfaces `NodeAgent` uses in one process: `PrivilegedNamespaces` for
+`agent.netns`, `PrivilegedOwnership` for the ownership record, `RelayNotifier` for the notifier.
+Each request is a blocking round trip of well under a millisecond on the reactor thread, as the
+same work done in-process was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent import capabilities, channel
+from agent.config import AgentConfig, config_from_wire
+from agent.netns import NamespaceError, Ownership
+from controller.notify import Notifier
+
+
+class PrivilegedPeer:
+    """The privileged process, asked one request at a time."""
+
+    def __init__(self, end: socket.socket) -> None:
+        self._end = end
+        end.settimeout(channel.ANSWER_TIMEOUT_SECONDS)
+
+    def request(self, op: str, **fields: Any) -> tuple[dict[str, Any], list[int]]:
+        """The answer and the descriptors that came with it; NamespaceError if refused."""
+        channel.send(self._end, {"op": op, **fields})
+        data, _, fds = channel.receive(self._end, channel.MAX_REQUEST_BYTES, 1)
+        if not data:
+            raise channel.ChannelError("the privileged process has gone")
+        answer = json.loads(data)
+        if not answer.get("ok"):
+            for fd in fds:
+                os.close(fd)
+            raise NamespaceError(str(answer.get("error", "refused")))
+        return answer, fds
+
+
+class PrivilegedNamespaces:
+    """`agent.netns`'s prepare, listen and release, done by the privileged process."""
+
+    def __init__(self, peer: PrivilegedPeer) -> None:
+        self._peer = peer
+
+    def prepare(self, name: str) -> Ownership:
+        answer, _ = self._peer.request("prepare", netns=name)
+        return Ownership(name, bool(answer["created_namespace"]), bool(answer["added_address"]))
+
+    def listen(self, name: str, port: int) -> socket.socket:
+        _, fds = self._peer.request("listen", netns=name, port=port)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise NamespaceError(f"no socket came for {name}")
+        listening = socket.socket(fileno=fds[0])
+        listening.setblocking(False)
+        return listening
+
+    def release(self, ownership: Ownership) -> None:
+        self._peer.request("release", netns=ownership.namespace)
+
+
+class PrivilegedOwnership:
+    """The ownership record as `NodeAgent` sees it: what was made, as the privileged process
+    said at start. The privileged process records every change itself (it decides what it made),
+    so remembering and forgetting here only keep the agent's view."""
+
+    def __init__(self, peer: PrivilegedPeer, owned: dict[str, Ownership]) -> None:
+        self._peer = peer
+        self._owned = owned
+
+    def load(self) -> dict[str, Ownership]:
+        return dict(self._owned)
+
+    def save(self, owned: dict[str, Ownership]) -> None:
+        self._peer.request("compact")
+
+    def compact(self, owned: dict[str, Ownership]) -> None:
+        self._peer.request("compact")
+
+    def remember(self, ownership: Ownership) -> None:
+        pass
+
+    def forget(self, name: str) -> None:
+        pass
+
+
+class RelayNotifier(Notifier):
+    """The service manager, told through the privileged process (the only one systemd hears)."""
+
+    def __init__(self, peer: PrivilegedPeer) -> None:
+        super().__init__(None)
+        self._peer = peer
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def _notify(self, ready: bool = False, status: str = "", stopping: bool = False) -> bool:
+        try:
+            self._peer.request("notify", ready=ready, status=status[:200], stopping=stopping)
+        except (NamespaceError, channel.ChannelError):
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self._notify(ready=True, status=status or "")
+
+    def status(self, text: str) -> bool:
+        return self._notify(status=text)
+
+    def stopping(self) -> bool:
+        return self._notify(stopping=True)
+
+    def store_fds(self, name: str, fds: Sequence[int]) -> bool:
+        """Nothing to do: the privileged process stored the socket when it opened it."""
+        return True
+
+    def remove_fds(self, name: str) -> bool:
+        try:
+            self._peer.request("unstore", netns=name)
+        except (NamespaceError, channel.ChannelError):
+            return False
+        return True
+
+
+def receive_start(end: socket.socket) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """The privileged process's first message, and the kept sockets by namespace name."""
+    data, truncated, _ = channel.receive(end, channel.MAX_HELLO_BYTES, 0)
+    if truncated or not data:
+        raise channel.ChannelError("no start message from the privileged process")
+    first = json.loads(data)
+    kept: dict[str, list[int]] = {}
+    while True:
+        data, _, fds = channel.receive(end, channel.MAX_HELLO_BYTES, channel.MAX_FDS_PER_MESSAGE)
+        batch = json.loads(data)["names"]
+        if not batch:
+            return first, kept
+        for name, fd in zip(batch, fds, strict=True):
+            kept.setdefault(name, []).append(fd)
+
+
+def check_unprivileged() -> None:
+    """Refuse to serve guests with any privilege (a mistake in how the process was started)."""
+    held = capabilities.process_capabilities()
+    if os.getuid() == 0 or os.geteuid() == 0 or any(held[key] for key in ("CapEff", "CapPrm")):
+        raise SystemExit("rolecall-agent: the serving process must run unprivileged")
+
+
+def run(end: socket.socket) -> int:
+    check_unprivileged()
+    first, kept = receive_start(end)
+    config: AgentConfig = config_from_wire(first["config"])
+    owned = {
+        name: Ownership(name, bool(created), bool(added)) for name, created, added in first["owned"]
+    }
+    peer = PrivilegedPeer(end)
+
+    from twisted.internet import reactor
+
+    from agent.daemon import make_agent_service
+    from controller.logs import start_logging
+    from controller.notify import ReadyGate, instances_status
+
+    notifier = RelayNotifier(peer)
+    service = make_agent_service(
+        config,
+        reactor,
+        tls=(first["ca_certificate"], first["certificate"], first["key"]),
+        namespaces=PrivilegedNamespaces(peer),
+        ownership=PrivilegedOwnership(peer, owned),
+        notifier=notifier,
+        inherited=kept,
+    )
+    del first  # the key stays only in the TLS context
+    start_logging()
+    status = {"code": 0}
+
+    def failed(failure: object) -> None:
+        if status["code"] == 0:
+            status["code"] = 1
+            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
+
+    # systemd (Type=notify, through the privileged process) hears READY=1 once the metrics
+    # listener listens and the first assignments are applied, STATUS= on every change after
+    # that, STOPPING=1 on shutdown.
+    agent = service.getServiceNamed("agent")
+    ready = ReadyGate(
+        notifier,
+        ("metrics listener", "assignments"),
+        lambda: instances_status(len(agent.slots), len(agent.failed)),  # type: ignore[attr-defined]
+    )
+    agent.on_change = lambda: ready.met("assignments")  # type: ignore[attr-defined]
+    service.getServiceNamed("health").listening.addCallbacks(  # type: ignore[attr-defined]
+        lambda _port: ready.met("metrics listener"), failed
+    )
+    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return status["code"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) != 1 or not arguments[0].isdigit():
+        print("usage: python -m agent.serving FD (started by rolecall-agent)", file=sys.stderr)
+        return 2
+    end = socket.socket(fileno=int(arguments[0]))
+    try:
+        return run(end)
+    except (channel.ChannelError, OSError, ValueError) as error:
+        print(f"rolecall-agent (serving): {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

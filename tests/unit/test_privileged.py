@@ -1,0 +1,200 @@
+"""The privileged process's side of the channel (agent/channel.py, agent/privileged.py), with
+fake namespaces: every malformed or hostile request gets an error answer, nothing reaches the
+namespace functions unless the name is valid, and the loop keeps serving afterwards."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import channel
+from agent.netns import Ownership, OwnershipRecord
+from agent.privileged import Broker
+from controller.notify import Notifier
+
+
+class FakeNamespaces:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def prepare(self, name: str) -> Ownership:
+        self.calls.append(("prepare", name))
+        return Ownership(name, created_namespace=True, added_address=True)
+
+    def listen(self, name: str, port: int) -> socket.socket:
+        self.calls.append(("listen", name))
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def release(self, ownership: Ownership) -> None:
+        self.calls.append(("release", ownership.namespace))
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Broker:
+    return Broker(
+        80, OwnershipRecord(tmp_path / "namespaces.json"), Notifier(None), FakeNamespaces()
+    )
+
+
+def ask(broker: Broker, message: object) -> dict[str, Any]:
+    answer, sockets = broker.handle(json.dumps(message).encode(), False)
+    for each in sockets:
+        each.close()
+    return answer
+
+
+VALID = [
+    {"op": "prepare", "netns": "rc-i-0123456789abcdef0"},
+    {"op": "release", "netns": "vm-7.tap"},
+    {"op": "unstore", "netns": "rc-i-01234567"},
+    {"op": "compact"},
+    {"op": "notify", "ready": True, "status": "serving 3 instances", "stopping": False},
+]
+REFUSED = [
+    ({"op": "prepare", "netns": "../../etc/nologin"}, "namespace name"),
+    ({"op": "prepare", "netns": ".."}, "namespace name"),
+    ({"op": "prepare", "netns": "a/b"}, "namespace name"),
+    ({"op": "prepare", "netns": ""}, "namespace name"),
+    ({"op": "release", "netns": "/etc/passwd"}, "namespace name"),
+    ({"op": "unstore", "netns": "x:y"}, "namespace name"),
+    ({"op": "prepare", "netns": 7}, "netns must be str"),
+    ({"op": "prepare", "netns": "rc-x", "extra": 1}, "exactly the fields"),
+    ({"op": "prepare"}, "exactly the fields"),
+    ({"op": "listen", "netns": "rc-x", "port": "80"}, "port must be int"),
+    ({"op": "listen", "netns": "rc-x", "port": True}, "port must be int"),
+    ({"op": "listen", "netns": "rc-x", "port": 22}, "only port 80"),
+    ({"op": "listen", "netns": "rc-x", "port": 80}, "was not prepared"),
+    ({"op": "notify", "ready": 1, "status": "", "stopping": False}, "ready must be bool"),
+    (
+        {"op": "notify", "ready": True, "status": "x\nREADY=1", "stopping": False},
+        "printable",
+    ),
+    ({"op": "unlink", "path": "/etc/nologin"}, "unknown operation"),
+    ({"netns": "rc-x"}, "unknown operation"),
+    (["prepare", "rc-x"], "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("message", VALID)
+def test_a_well_formed_request_is_answered_ok(broker: Broker, message: dict[str, Any]) -> None:
+    assert ask(broker, message) == {"ok": True, **ask_fields(message)}
+
+
+def ask_fields(message: dict[str, Any]) -> dict[str, Any]:
+    if message["op"] == "prepare":
+        return {"created_namespace": True, "added_address": True}
+    return {}
+
+
+@pytest.mark.parametrize(("message", "reason"), REFUSED)
+def test_a_malformed_or_hostile_request_is_refused_and_touches_no_namespace(
+    broker: Broker, message: object, reason: str
+) -> None:
+    answer = ask(broker, message)
+    assert answer["ok"] is False
+    assert reason in answer["error"]
+    assert broker._namespaces.calls == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("data", "truncated", "reason"),
+    [
+        (b"\xff\xfe", False, "not JSON"),
+        (b"{", False, "not JSON"),
+        (b'{"op": "compact"}', True, "over 4096 bytes"),
+        (b" " * 5000, False, "over 4096 bytes"),
+    ],
+)
+def test_bytes_that_are_no_request_are_refused(
+    broker: Broker, data: bytes, truncated: bool, reason: str
+) -> None:
+    answer, sockets = broker.handle(data, truncated)
+    assert (answer["ok"], sockets) == (False, [])
+    assert reason in answer["error"]
+
+
+def test_only_what_it_recorded_as_made_is_ever_released(broker: Broker, tmp_path: Path) -> None:
+    fake: FakeNamespaces = broker._namespaces  # type: ignore[assignment]
+    assert ask(broker, {"op": "release", "netns": "made-by-the-hypervisor"}) == {"ok": True}
+    assert fake.calls == []
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    assert ask(broker, {"op": "listen", "netns": "rc-i-01234567", "port": 80}) == {"ok": True}
+    ask(broker, {"op": "release", "netns": "rc-i-01234567"})
+    assert fake.calls == [
+        ("prepare", "rc-i-01234567"),
+        ("listen", "rc-i-01234567"),
+        ("release", "rc-i-01234567"),
+    ]
+    assert OwnershipRecord(tmp_path / "namespaces.json").load() == {}
+    # Released: the name is no longer its own, so no socket for it either.
+    assert ask(broker, {"op": "listen", "netns": "rc-i-01234567", "port": 80})["ok"] is False
+
+
+def test_a_failure_inside_the_privileged_process_is_an_error_answer_not_a_crash(
+    broker: Broker,
+) -> None:
+    def broken(name: str) -> Ownership:
+        raise RuntimeError("a bug")
+
+    broker._namespaces.prepare = broken  # type: ignore[attr-defined]
+    answer = ask(broker, {"op": "prepare", "netns": "rc-x"})
+    assert answer == {"ok": False, "error": "internal error: RuntimeError"}
+
+
+# -- over a real socket pair ------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(broker: Broker) -> Iterator[socket.socket]:
+    privileged, serving = channel.pair()
+    thread = threading.Thread(target=broker.serve, args=(privileged,), daemon=True)
+    thread.start()
+    try:
+        serving.settimeout(5)
+        yield serving
+    finally:
+        serving.close()
+        thread.join(5)
+        privileged.close()
+    assert not thread.is_alive(), "the loop did not end when its peer went away"
+
+
+def exchange(end: socket.socket, data: bytes, fds: list[int] | None = None) -> dict[str, Any]:
+    ancillary = []
+    if fds:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+    end.sendmsg([data], ancillary)
+    answer, _, received = channel.receive(end, channel.MAX_REQUEST_BYTES, 1)
+    for fd in received:
+        os.close(fd)
+    return dict(json.loads(answer))
+
+
+def test_the_loop_answers_every_bad_message_and_keeps_serving(served: socket.socket) -> None:
+    assert exchange(served, b"x" * 70000)["ok"] is False  # cut short by the 4 KiB read
+    assert exchange(served, b"\x00garbage")["ok"] is False
+    with open(os.devnull) as sent:
+        answer = exchange(served, b'{"op": "compact"}', [sent.fileno()])
+    assert answer["ok"] is False and "descriptors" in answer["error"]
+    assert exchange(served, b'{"op": "compact"}') == {"ok": True}
+
+
+def test_a_socket_comes_back_with_its_answer(served: socket.socket) -> None:
+    exchange(served, b'{"op": "prepare", "netns": "rc-i-01234567"}')
+    served.sendmsg([b'{"op": "listen", "netns": "rc-i-01234567", "port": 80}'])
+    answer, _, received = channel.receive(served, channel.MAX_REQUEST_BYTES, 1)
+    try:
+        assert json.loads(answer) == {"ok": True}
+        assert len(received) == 1
+        assert socket.socket(fileno=os.dup(received[0])).type == socket.SOCK_STREAM
+    finally:
+        for fd in received:
+            os.close(fd)
