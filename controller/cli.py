@@ -231,6 +231,11 @@ def init(
     state_dir = config.state_dir
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = state_dir.stat()
+        if status.st_uid == os.geteuid() and status.st_mode & 0o077:
+            # It will hold secret keys: serve refuses it open to others, so make it private now.
+            state_dir.chmod(0o700)
+            print(f"Made {state_dir} private to its owner (mode 0700): it holds secret keys.")
     except OSError as error:
         raise CommandError(
             f"cannot create the state directory {state_dir}: {error.strerror}"

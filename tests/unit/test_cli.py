@@ -172,6 +172,17 @@ def test_rotate_token_key_revoke_previous_leaves_only_a_new_key(
     assert "every other key is gone" in out and "systemctl restart rolecall-agent" in out
 
 
+def test_init_makes_an_existing_state_directory_private(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    assert init(state) == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert f"Made {state} private to its owner (mode 0700)" in capsys.readouterr().out
+
+
 def test_serve_refuses_a_state_directory_open_to_others(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
