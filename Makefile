@@ -19,6 +19,10 @@ $(STAMP): setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	npm ci --prefix tests/netns/js --no-audit --no-fund --loglevel=error
 	command -v systemd-analyze >/dev/null || (apt-get update && apt-get install -y systemd)
+	# The agent's serving process runs as another user: where this Python is out of that user's
+	# reach (pyenv under /root), the tests and the demo run it with Debian's python3.11.
+	test -x /usr/bin/python3.11 || \
+	  (apt-get update && apt-get install -y --no-install-recommends python3.11)
 	command -v ruby >/dev/null && command -v shellcheck >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends ruby shellcheck)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -183,16 +183,35 @@ def serving_user(name: str) -> tuple[int, int]:
 #: /root (pyenv). The virtualenv's packages are used either way.
 SERVING_PYTHON_VARIABLE = "ROLECALL_AGENT_SERVING_PYTHON"
 #: Runs in the serving process's interpreter, started with -I -S (no PYTHON* variables, no user
-#: or system site directories): adds this virtualenv's site-packages and runs agent.serving.
+#: or system site directories). The code and this virtualenv's site-packages are reached through
+#: directory descriptors the root process opened (``/proc/self/fd/N``), so the serving user needs
+#: no path to where RoleCall is installed: only the files themselves must be readable by others.
 _BOOTSTRAP = (
-    "import runpy, site, sys; site.addsitedir(sys.argv[1]); del sys.argv[1]; "
-    "runpy.run_module('agent.serving', run_name='__main__', alter_sys=True)"
+    "import runpy, site, sys; sys.path.insert(0, sys.argv[1]); site.addsitedir(sys.argv[2]); "
+    "del sys.argv[1:3]; runpy.run_module('agent.serving', run_name='__main__', alter_sys=True)"
 )
 
 
-def serving_command(fd: int, environ: Mapping[str, str]) -> list[str]:
+def code_directories() -> tuple[Path, Path]:
+    """The directory holding the ``agent`` package (a source tree for an editable install,
+    else site-packages), and this virtualenv's site-packages."""
+    return Path(__file__).resolve().parent.parent, Path(sysconfig.get_paths()["purelib"])
+
+
+def open_code_directories() -> list[int]:
+    """Descriptors (O_PATH) of `code_directories`, inheritable, for the serving process."""
+    descriptors = []
+    for directory in code_directories():
+        descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.set_inheritable(descriptor, True)
+        descriptors.append(descriptor)
+    return descriptors
+
+
+def serving_command(fd: int, code: Sequence[int], environ: Mapping[str, str]) -> list[str]:
     python = environ.get(SERVING_PYTHON_VARIABLE) or sys.executable
-    return [python, "-I", "-S", "-c", _BOOTSTRAP, sysconfig.get_paths()["purelib"], str(fd)]
+    paths = [f"/proc/self/fd/{descriptor}" for descriptor in code]
+    return [python, "-I", "-S", "-c", _BOOTSTRAP, *paths, str(fd)]
 
 
 def reachable_by_others(path: str) -> bool:
@@ -226,16 +245,25 @@ def spawn_serving(
         for key, value in environ.items()
         if key not in ("NOTIFY_SOCKET", SERVING_PYTHON_VARIABLE) and not key.startswith("LISTEN_")
     }
-    return subprocess.Popen(
-        serving_command(serving_end.fileno(), environ),
-        pass_fds=(serving_end.fileno(),),
-        cwd="/",
-        env=environment,
-        # No threads run in this process, which is what makes preexec_fn safe.
-        preexec_fn=partial(
-            capabilities.become_unprivileged, uid, gid, capabilities.last_capability(), os.getpid()
-        ),
-    )
+    code = open_code_directories()
+    try:
+        return subprocess.Popen(
+            serving_command(serving_end.fileno(), code, environ),
+            pass_fds=(serving_end.fileno(), *code),
+            cwd="/",
+            env=environment,
+            # No threads run in this process, which is what makes preexec_fn safe.
+            preexec_fn=partial(
+                capabilities.become_unprivileged,
+                uid,
+                gid,
+                capabilities.last_capability(),
+                os.getpid(),
+            ),
+        )
+    finally:
+        for descriptor in code:  # the serving process has its own copies
+            os.close(descriptor)
 
 
 def hello(config: AgentConfig, owned: Mapping[str, netns.Ownership]) -> dict[str, Any]:

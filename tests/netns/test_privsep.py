@@ -147,3 +147,46 @@ def test_the_root_process_refuses_a_hostile_serving_process(
     # And the agent is none the worse: it still serves a new instance.
     cloud.wait_served(cloud.launch())
     assert cloud.agent.process is not None and cloud.agent.process.process.poll() is None
+
+
+def test_the_serving_process_runs_code_its_user_has_no_path_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RoleCall may live where the serving user cannot go (a clone in a 0700 folder, a Python
+    under /root): the root process hands it its code as directory descriptors. Here a stand-in
+    `agent.serving` in a 0700 folder answers on the channel, run through the real spawn."""
+    from agent import privileged
+
+    hidden = tmp_path / "hidden"
+    package = hidden / "code" / "agent"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "serving.py").write_text(
+        "import os, socket, sys\n"
+        "peer = socket.socket(fileno=int(sys.argv[-1]))\n"
+        "peer.send(f'{os.getuid()} {__file__}'.encode())\n"
+    )
+    site_packages = hidden / "site-packages"
+    site_packages.mkdir()
+    for directory in (package.parent, package, site_packages):
+        directory.chmod(0o755)
+    (package / "serving.py").chmod(0o644)
+    (package / "__init__.py").chmod(0o644)
+    hidden.chmod(0o700)
+    monkeypatch.setattr(privileged, "code_directories", lambda: (package.parent, site_packages))
+    mine, theirs = channel.pair()
+    environment = {**os.environ, **privileged.serving_python_environment()}
+    child = privileged.spawn_serving(theirs, 65534, 65534, environment)
+    theirs.close()
+    try:
+        mine.settimeout(30)
+        uid, path = mine.recv(4096).decode().split(" ", 1)
+    finally:
+        assert child.wait(timeout=30) == 0
+        mine.close()
+    assert uid == "65534"
+    assert path.startswith("/proc/self/fd/") and path.endswith("/agent/serving.py")
+    by_path = subprocess.run(  # the path itself stays closed to that user
+        ["/usr/bin/test", "-r", str(package / "serving.py")], user=65534, timeout=30
+    )
+    assert by_path.returncode == 1
