@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -358,9 +359,11 @@ def test_source_ip_is_read_from_x_forwarded_for_only_behind_a_trusted_proxy(
     trusted proxies keeps the TCP peer, whatever a client writes in the header."""
     behind = tmp_path / "behind.toml"
     behind.write_text('[api]\ntrusted_proxies = ["127.0.0.1/32"]\n')
-    plain = start_controller(tmp_path / "plain")
-    proxied = start_controller(tmp_path / "proxied", behind)
-    try:
+    with ExitStack() as stack:
+        plain = start_controller(tmp_path / "plain")
+        stack.callback(stop_controller, plain)
+        proxied = start_controller(tmp_path / "proxied", behind)
+        stack.callback(stop_controller, proxied)
         office = {"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}
         for controller in (plain, proxied):
             role = unique("ip")
@@ -375,6 +378,3 @@ def test_source_ip_is_read_from_x_forwarded_for_only_behind_a_trusted_proxy(
                 assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
             else:
                 denied(iam.get_role, RoleName=role)
-    finally:
-        stop_controller(plain)
-        stop_controller(proxied)

@@ -77,6 +77,25 @@ def profile_with_role(iam: Any) -> tuple[str, str]:
     return name, profile["Arn"]
 
 
+def ec2_user(controller: Controller, iam: Any, prefix: str, *statements: dict[str, Any]) -> Any:
+    """An EC2 client signed with the key of a new user allowed ec2:*, and these statements."""
+    user = unique(prefix)
+    iam.create_user(UserName=user)
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}, *statements],
+    }
+    iam.put_user_policy(UserName=user, PolicyName="ec2", PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return boto3.client(
+        "ec2",
+        endpoint_url=controller.url,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+
+
 def error_of(call: Any, **kwargs: Any) -> tuple[str, int, str]:
     with pytest.raises(ClientError) as raised:
         call(**kwargs)
@@ -339,26 +358,7 @@ def test_pass_role_is_needed_to_launch_with_a_profile(
     controller: Controller, ec2: Any, iam: Any
 ) -> None:
     name, _ = profile_with_role(iam)
-    user = unique("launcher")
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="ec2",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    as_user = boto3.client(
-        "ec2",
-        endpoint_url=controller.url,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-    )
+    as_user = ec2_user(controller, iam, "launcher")
     code, status, message = error_of(
         as_user.run_instances,
         ImageId="emi-1",
@@ -389,26 +389,7 @@ def test_a_fifty_first_tag_is_tag_limit_exceeded(ec2: Any) -> None:
 def test_only_the_operator_may_name_the_node(controller: Controller, ec2: Any, iam: Any) -> None:
     """An IAM user allowed ec2:* still may not choose the node: Placement.HostId is an
     administrator's option (issue 16, item 10)."""
-    user = unique("placer")
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="ec2",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    as_user = boto3.client(
-        "ec2",
-        endpoint_url=controller.url,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-    )
+    as_user = ec2_user(controller, iam, "placer")
     code, status, message = error_of(
         as_user.run_instances,
         ImageId="emi-1",
@@ -430,29 +411,8 @@ def test_a_deny_on_one_instance_refuses_terminating_it_among_others(
     launched = ec2.run_instances(ImageId="emi-1", MinCount=2, MaxCount=2)["Instances"]
     kept, free = (instance["InstanceId"] for instance in launched)
     kept_arn = f"arn:aws:ec2:us-east-1:{ACCOUNT_ID}:instance/{kept}"
-    user = unique("terminator")
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="ec2",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
-                    {"Effect": "Deny", "Action": "ec2:TerminateInstances", "Resource": kept_arn},
-                ],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    as_user = boto3.client(
-        "ec2",
-        endpoint_url=controller.url,
-        region_name="us-east-1",
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-    )
+    deny = {"Effect": "Deny", "Action": "ec2:TerminateInstances", "Resource": kept_arn}
+    as_user = ec2_user(controller, iam, "terminator", deny)
     code, status, message = error_of(as_user.terminate_instances, InstanceIds=[free, kept])
     assert (code, status) == ("UnauthorizedOperation", 403)
     assert kept_arn in message
