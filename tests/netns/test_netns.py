@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import netns
+from agent import netns, rtnetlink
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_a_failure_inside_a_new_namespace_removes_it_and_the_thread_comes_home(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = home()
-    monkeypatch.setattr(netns._Rtnetlink, "add_to_loopback", refuse)
+    monkeypatch.setattr(rtnetlink.Rtnetlink, "add_to_loopback", refuse)
     with pytest.raises(netns.NamespaceError, match=f"cannot create namespace {name}"):
         netns.prepare(name)
     assert home() == before
