@@ -298,7 +298,7 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     # Listening sockets kept by systemd across a restart, by namespace name; the LISTEN_*
     # variables are removed so that the serving process never takes them for its own.
     kept = listen_fds(os.environ)
-    notifier = Notifier.from_environment(os.environ)
+    notifier = Notifier.from_environment(os.environ, lambda message: say("WARN", message))
     uid, gid = serving_user(config.user)
     record = netns.OwnershipRecord(ownership_file)
     broker = Broker(config.imds_port, record, notifier, netns)

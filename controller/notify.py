@@ -19,9 +19,13 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Protocol
 
-from twisted.logger import Logger
 
-log = Logger(namespace="rolecall.notify")
+def _twisted_warning(message: str) -> None:
+    # Imported here: the agent's root process uses this module and runs no Twisted at all.
+    from twisted.logger import Logger
+
+    Logger(namespace="rolecall.notify").warn("{message}", message=message)
+
 
 #: The first descriptor systemd passes (after stdin, stdout and stderr).
 LISTEN_FDS_START = 3
@@ -65,20 +69,25 @@ class Notifier:
     when systemd cannot be told (it then sees no READY=1 and acts on its own timeout).
     """
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, warn: Callable[[str], None] | None = None) -> None:
         #: The socket's address as the socket module takes it: a path, or "\\0name" (abstract).
         self.address = address
+        #: Where a failure to send is said (default: the Twisted log; the agent's root process,
+        #: which runs no Twisted, passes its own line writer).
+        self._warn = warn or _twisted_warning
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> Notifier:
+    def from_environment(
+        cls, environ: Mapping[str, str], warn: Callable[[str], None] | None = None
+    ) -> Notifier:
         """The notifier for ``NOTIFY_SOCKET`` in ``environ``; one that sends nothing without it."""
         value = environ.get("NOTIFY_SOCKET", "")
         if not value:
-            return cls(None)
+            return cls(None, warn)
         if value.startswith("@"):
-            return cls("\0" + value[1:])
+            return cls("\0" + value[1:], warn)
         if value.startswith("/"):
-            return cls(value)
+            return cls(value, warn)
         raise ValueError(
             f"NOTIFY_SOCKET={value!r}: only an absolute path or an @abstract name is supported"
         )
@@ -132,11 +141,8 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as channel:
                 channel.sendmsg([payload], ancillary, 0, self.address)
         except OSError as error:
-            log.warn(
-                "cannot notify the service manager at {address}: {error}",
-                address=self.address.replace("\0", "@"),
-                error=error.strerror or str(error),
-            )
+            address = self.address.replace("\0", "@")
+            self._warn(f"cannot notify the service manager at {address}: {error.strerror or error}")
             return False
         return True
 

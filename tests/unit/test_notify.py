@@ -474,3 +474,15 @@ def test_instances_status_counts_served_and_failed_instances(
     served: int, failed: int, text: str
 ) -> None:
     assert instances_status(served, failed) == text
+
+
+def test_a_failure_to_notify_is_said_to_the_given_writer_and_reported_false(
+    tmp_path: Path,
+) -> None:
+    said: list[str] = []
+    notifier = Notifier(str(tmp_path / "no-such-socket"), said.append)
+    assert notifier.ready("serving") is False
+    assert said == [
+        f"cannot notify the service manager at {tmp_path / 'no-such-socket'}:"
+        " No such file or directory"
+    ]
