@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -206,10 +207,30 @@ def run(end: socket.socket) -> int:
         lambda _port: ready.met("metrics listener"), failed
     )
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(_stop_once_on_signals, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return status["code"]
+
+
+def _stop_once_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor once. The serving process can be sent SIGTERM twice:
+    by the root process, which passes on its own, and with it by whoever signalled the whole
+    group (a terminal, `systemctl kill`); Twisted's own handler would raise ReactorNotRunning
+    with a traceback on the second."""
+    stopping = []
+
+    def stop() -> None:
+        if not stopping and reactor.running:
+            stopping.append(True)
+            reactor.stop()
+
+    def handle(signum: int, frame: object) -> None:
+        reactor.callFromThread(stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
 
 
 def main(argv: list[str] | None = None) -> int:

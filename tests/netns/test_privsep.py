@@ -9,6 +9,7 @@ import ctypes
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import uuid
@@ -190,3 +191,17 @@ def test_the_serving_process_runs_code_its_user_has_no_path_to(
         ["/usr/bin/test", "-r", str(package / "serving.py")], user=65534, timeout=30
     )
     assert by_path.returncode == 1
+
+
+def test_a_sigterm_to_both_processes_stops_the_agent_cleanly(cloud: Cloud) -> None:
+    """As `kill -TERM -PGID` or `systemctl kill` would: the serving process hears SIGTERM from
+    the signaller and again from the root process, and must stop once, without a traceback."""
+    instance_id = cloud.launch()
+    cloud.wait_served(instance_id)
+    assert cloud.agent.process is not None
+    (child,) = children_of(cloud.agent.process.process.pid)
+    os.kill(child, signal.SIGTERM)
+    code = cloud.agent.process.stop()
+    output = cloud.agent.process.output
+    assert code == 0, output
+    assert "Traceback" not in output and "ReactorNotRunning" not in output
