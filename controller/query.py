@@ -225,19 +225,28 @@ def _parse_struct(
 ) -> dict[str, Any]:
     """The members of a structure whose parameters are under ``node`` (named ``prefix…``)."""
     out: dict[str, Any] = {}
+    children = node.children
     for item in struct.fields:
         name = item.wire_name or item.name
-        wire = prefix + name
-        member = f"{path}{member_path(item.name)}"
-        child = node.find(name)
+        child = children.get(name) if "." not in name else node.find(name)
+        # Most fields of an action are absent from a request: names for messages are made only
+        # for the fields that are there, or missing and required.
         value = (
             None
             if child is None
-            else _parse_value(child, wire, member, item.shape, problems, flattened)
+            else _parse_value(
+                child,
+                prefix + name,
+                path + member_path(item.name),
+                item.shape,
+                problems,
+                flattened,
+            )
         )
         if value is None:
             if item.required:
-                problems.add(None, member, "Member must not be null", wire)
+                wire = prefix + name
+                problems.add(None, path + member_path(item.name), "Member must not be null", wire)
             continue
         out[item.name] = value
     return out
