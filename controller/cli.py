@@ -23,6 +23,7 @@ from controller.keyring import (
     KeyRingError,
     StateDirectoryError,
     check_state_directory,
+    check_state_owner,
     ensure_key_ring,
     revoke_key_ring,
     rotate_key_ring,
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config).with_overrides(state_dir=args.state_dir)
+        check_state_owner(config.state_dir)
         if args.command == "init":
             return init(
                 config, args.account_id, args.account_name, args.profile, args.node_api_name

@@ -197,20 +197,31 @@ def _not_ours(owner: int, what: str) -> str:
     )
 
 
-def check_state_directory(directory: StrPath) -> None:
-    """The state directory holds the store's long-term secret keys and the key ring: it must
-    belong to whoever runs the controller and be closed to everyone else (mode 0700)."""
+def check_state_owner(directory: StrPath) -> os.stat_result | None:
+    """Every command that reads or writes the state runs as the state directory's owner: a file
+    another user makes there (SQLite's journal, a key ring, a certificate) is one the service
+    cannot open afterwards. The directory's status, or None if it does not exist yet."""
     directory = Path(directory)
     try:
         status = os.stat(directory)
     except FileNotFoundError:
-        return  # not initialised: opening the store says so, and what to run
+        return None  # not initialised: init makes it, and any other command says to run init
     except OSError as error:
         raise StateDirectoryError(directory, f"cannot be examined: {error.strerror}") from None
     if not stat.S_ISDIR(status.st_mode):
         raise StateDirectoryError(directory, "is not a directory")
     if status.st_uid != os.geteuid():
         raise StateDirectoryError(directory, _not_ours(status.st_uid, "the state directory"))
+    return status
+
+
+def check_state_directory(directory: StrPath) -> None:
+    """What serving needs of the state directory: it holds the store's long-term secret keys
+    and the key ring, so it belongs to whoever runs the controller and is closed to everyone
+    else (mode 0700)."""
+    status = check_state_owner(directory)
+    if status is None:
+        return
     mode = stat.S_IMODE(status.st_mode)
     if mode & 0o077:
         raise StateDirectoryError(

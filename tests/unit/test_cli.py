@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -211,3 +212,44 @@ def test_rotate_token_key_activates_a_new_key_and_keeps_the_old_one_verifying(
     old = after.get(before.active_id)
     assert old is not None and old.retire_after is not None
     assert old.secret == before.active().secret
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["init"],
+        ["account", "create", "second"],
+        ["account", "list"],
+        ["rotate-token-key"],
+        ["rotate-token-key", "--revoke-previous"],
+        ["enroll-node", "compute9", "--out", "OUT"],
+        ["retire-node", "compute9"],
+        ["nodes"],
+        ["serve"],
+    ],
+    ids=lambda command: " ".join(command),
+)
+def test_a_command_run_by_another_user_than_the_states_owner_refuses_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """As when root runs an admin command on the service user's state: one line saying whom to
+    run it as, and no file of root's left behind for the service to trip on."""
+    state = tmp_path / "s"
+    init(state)
+    before = {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in state.rglob("*")}
+    for path in [state, *state.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY)
+    capsys.readouterr()
+    argv = [str(tmp_path / "out") if part == "OUT" else part for part in command]
+    assert main(["--state-dir", str(state), *argv]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"state directory {state}: belongs to nobody, not to root who runs this command" in error
+    assert "runuser -u nobody -- rolecall-controller" in error
+    after = {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in state.rglob("*")}
+    assert after == before
+    assert all(path.stat().st_uid == NOBODY for path in state.rglob("*"))
+    assert not (tmp_path / "out").exists()
