@@ -4,11 +4,14 @@ the end of the session that no namespace, veth link, process or thread made here
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent import netns
 from tests.netns import harness
 
 
@@ -36,3 +39,18 @@ def cloud(tmp_path: Path) -> Iterator[harness.Cloud]:
     at teardown the agent and controller stop and every namespace of the test is removed."""
     with harness.cloud_in(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def name() -> Iterator[str]:
+    """A unique name in /run/netns; whatever the test put there (a namespace, a plain file, a
+    symbolic link) is removed afterwards."""
+    chosen = f"rct-{uuid.uuid4().hex[:10]}"
+    try:
+        yield chosen
+    finally:
+        path = netns.NETNS_DIR / chosen
+        if path.is_symlink() or (path.exists() and not os.path.ismount(path)):
+            path.unlink()
+        elif path.exists():  # a bind mount: unnamed as `ip netns delete` does
+            subprocess.run(["ip", "netns", "delete", chosen], capture_output=True, check=False)

@@ -13,22 +13,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import netns, rtnetlink
-
-
-@pytest.fixture
-def name() -> Iterator[str]:
-    assert os.geteuid() == 0, "namespace tests need root (CI and the demo run as root)"
-    chosen = f"rct-{uuid.uuid4().hex[:10]}"
-    try:
-        yield chosen
-    finally:
-        subprocess.run(["ip", "netns", "delete", chosen], capture_output=True, check=False)
 
 
 def addresses(name: str) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,21 +17,6 @@ import pytest
 from agent import netns
 
 BAD_NAMES = ["../../tmp/rct-escape", "../rct-escape", "..", ".", "", "a/b", "-x", "x" * 65]
-
-
-@pytest.fixture
-def name() -> Iterator[str]:
-    """A unique name in /run/netns; whatever the test put there is removed afterwards."""
-    assert os.geteuid() == 0, "namespace tests need root (CI and the demo run as root)"
-    chosen = f"rct-{uuid.uuid4().hex[:10]}"
-    try:
-        yield chosen
-    finally:
-        path = netns.NETNS_DIR / chosen
-        if path.is_symlink() or (path.exists() and not os.path.ismount(path)):
-            path.unlink()
-        elif path.exists():  # a bind mount: unnamed as `ip netns delete` does
-            subprocess.run(["ip", "netns", "delete", chosen], capture_output=True, check=False)
 
 
 def listing() -> set[str]:
