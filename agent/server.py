@@ -132,8 +132,12 @@ class MetadataFactory(ServerFactory):
     def _set_ttl(self, protocol: Http11Protocol, ttl: int) -> None:
         """The IP TTL of this connection's next packets (the token response carries the hop
         limit, so a guest more hops away than allowed, or a container behind it, never gets
-        it). The system call is made only when the connection's TTL changes."""
-        if protocol.ttl == ttl:
+        it). The system call is made only when the connection's TTL changes.
+
+        It never rises again on a connection: a token answer may still sit in the send buffer
+        (or be retransmitted) when the next request's answer is made, and the socket's TTL
+        applies to every packet that leaves after the change, the token's included."""
+        if protocol.ttl is not None and ttl >= protocol.ttl:
             return
         handle: Any = getattr(protocol.transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):

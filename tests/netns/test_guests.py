@@ -3,6 +3,9 @@ limit, and refusal of requests proxied inside a guest (spec/imds.md 3, 5, 7, 13,
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 
 from tests.netns.harness import (
@@ -69,6 +72,61 @@ def test_a_guest_two_hops_away_gets_a_token_only_once_the_hop_limit_allows_it(
         lambda: _token_within(far, 1), 10, "the agent to apply HttpPutResponseHopLimit=3"
     )
     assert far.get(INSTANCE_ID_PATH, token) == (200, instance_id)
+
+
+# Run in a guest: one connection per plan to the metadata service, a token PUT then (after a
+# pause, or pipelined in the same segment) a GET; everything received within 4 s of the last
+# send is kept. Prints, per plan, whether any byte of a token answer arrived.
+ONE_CONNECTION_SCRIPT = """
+import json, socket, sys, threading, time
+PUT = (b"PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n"
+       b"X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n")
+GET = b"GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n"
+PLANS = {"put alone": [PUT], "put+get in one segment": [PUT + GET],
+         "put, get 0.5 s later": [PUT, 0.5, GET], "put, get 2 s later": [PUT, 2.0, GET]}
+found = {}
+def run(name, steps):
+    connection = socket.create_connection(("169.254.169.254", 80), timeout=5)
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for step in steps:
+        if isinstance(step, float):
+            time.sleep(step)
+        else:
+            connection.sendall(step)
+    received, deadline = b"", time.monotonic() + 4
+    while time.monotonic() < deadline:
+        connection.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = connection.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        received += data
+    connection.close()
+    found[name] = b"ttl-seconds" in received.lower() or b"200 OK" in received
+threads = [threading.Thread(target=run, args=item) for item in PLANS.items()]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(json.dumps(found))
+"""
+
+
+def test_no_byte_of_a_token_answer_reaches_a_guest_beyond_the_hop_limit(cloud: Cloud) -> None:
+    """Not with the token PUT alone, nor with a GET on the same connection right behind it or
+    seconds later: the TTL of a connection that carried a token never rises again, so neither
+    the token, its retransmissions, nor a later answer carries it past the hop limit."""
+    instance_id = cloud.launch()
+    far = cloud.guest(instance_id, routed=True)
+    assert far.get(INSTANCE_ID_PATH)[0] == 401  # the far guest does reach the service
+    result = far.run([sys.executable, "-c", ONE_CONNECTION_SCRIPT], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "put alone": False,
+        "put+get in one segment": False,
+        "put, get 0.5 s later": False,
+        "put, get 2 s later": False,
+    }
 
 
 def test_a_request_relayed_by_a_proxy_inside_the_guest_is_refused(cloud: Cloud) -> None:

@@ -183,10 +183,40 @@ def test_the_token_answer_carries_the_hop_limit_as_ip_ttl(clock: Clock) -> None:
         assert status == "HTTP/1.1 200 OK"
         assert MINTER.check(token.decode(), INSTANCE_ID, NOW)
         assert served.transport.handle.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) == 3
-        served.send(GET)  # every other answer goes back to the default TTL
-        assert served.transport.handle.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) == 64
     finally:
         served.close()
+
+
+def ttl(served: Served) -> int:
+    """The IP TTL of the served connection's socket."""
+    return int(served.transport.handle.getsockopt(socket.IPPROTO_IP, socket.IP_TTL))
+
+
+def test_a_connection_that_carried_a_token_never_raises_its_ttl_again(clock: Clock) -> None:
+    """The token may still be in the send buffer, or be retransmitted, when the next answer is
+    made: raising the TTL for that answer would carry the token past the hop limit too."""
+    served = Served(clock, Endpoint(make_instance(hop_limit=2)))
+    fresh = Served(clock, Endpoint(make_instance(hop_limit=2)))
+    try:
+        assert split(served.send(GET))[0] == "HTTP/1.1 200 OK"
+        assert ttl(served) == 64  # answers before any token leave with the default
+        put = (
+            b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+            b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"
+        )
+        assert split(served.send(put))[0] == "HTTP/1.1 200 OK"
+        assert ttl(served) == 2
+        for _ in range(3):
+            assert split(served.send(GET))[0] == "HTTP/1.1 200 OK"
+            assert ttl(served) == 2
+        answers = served.send(put + GET)  # a token and a request pipelined in one segment
+        assert answers.count(b"HTTP/1.1 200 OK") == 2
+        assert ttl(served) == 2
+        assert split(fresh.send(GET))[0] == "HTTP/1.1 200 OK"
+        assert ttl(fresh) == 64  # another connection starts afresh
+    finally:
+        served.close()
+        fresh.close()
 
 
 def test_a_bug_behind_the_rules_costs_one_503_not_the_connection(clock: Clock) -> None:
