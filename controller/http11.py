@@ -36,6 +36,10 @@ MAX_HEADERS = 100
 IDLE_TIMEOUT = 60.0
 #: A timed-out connection whose answers are still unread after this long is aborted.
 ABORT_TIMEOUT = 15.0
+#: A request head must be complete this many seconds after the read that began it; more bytes
+#: do not extend it (a client dripping a byte every few seconds would hold the connection for
+#: good against the idle timeout alone). Past it: 408 and the connection is closed.
+HEAD_TIMEOUT = 10.0
 
 
 class RequestHeaders:
@@ -195,6 +199,8 @@ class Http11Protocol(Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._closing = False
         self._idle: IDelayedCall | None = None
+        #: Running while a request head is incomplete after a read (see HEAD_TIMEOUT).
+        self._head_deadline: IDelayedCall | None = None
         self._abort: IDelayedCall | None = None
         self._peer: IAddress
         self._host: IAddress
@@ -259,6 +265,9 @@ class Http11Protocol(Protocol):
         if self._url and data.endswith(b"\n") and self._parser.get_http_version() == "0.0":
             self._close(short_answer(400))
             return
+        # Only a head left incomplete by a read needs a deadline: most arrive whole in one.
+        if self._head_deadline is None:
+            self._head_deadline = self._clock.callLater(HEAD_TIMEOUT, self._head_timed_out)
         # A header still unfinished after a whole read is kept inside the parser, unseen by
         # on_header: count such reads against the head's limit too.
         if in_head and self._messages == messages:
@@ -268,10 +277,10 @@ class Http11Protocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
-        for call in (self._idle, self._abort):
+        for call in (self._idle, self._abort, self._head_deadline):
             if call is not None and call.active():
                 call.cancel()
-        self._idle = self._abort = None
+        self._idle = self._abort = self._head_deadline = None
 
     def _close(self, answer: bytes) -> None:
         """Send ``answer`` (if any), then hang up once it is written; nothing more is read."""
@@ -290,6 +299,16 @@ class Http11Protocol(Protocol):
         log.info("closing an idle connection from {peer}", peer=str(self._peer))
         self._close(b"")
         # A client that does not read its answers would hold the connection open for good.
+        self._abort = self._clock.callLater(ABORT_TIMEOUT, self._abort_connection)
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        log.info(
+            "closing a connection from {peer}: no complete request head in {seconds:.0f} s",
+            peer=str(self._peer),
+            seconds=HEAD_TIMEOUT,
+        )
+        self._close(short_answer(408))
         self._abort = self._clock.callLater(ABORT_TIMEOUT, self._abort_connection)
 
     def _abort_connection(self) -> None:
@@ -340,6 +359,9 @@ class Http11Protocol(Protocol):
         if self._closing:
             raise _Stop
         self._in_head = False
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
         parser = self._parser
         # llhttp takes a request line without a version as HTTP/0.9; and an Upgrade or CONNECT
         # would switch protocols: this port speaks HTTP/1.0 and 1.1 only.

@@ -514,13 +514,15 @@ def test_http_1_0_keep_alive_is_kept_and_said(connect: Any) -> None:
     assert not connection.transport.disconnecting
 
 
-def test_a_half_sent_request_times_out_but_each_read_restarts_the_minute(
+def test_a_kept_alive_connection_times_out_a_minute_after_its_last_read(
     api: Api, connect: Any
 ) -> None:
+    """Between requests the idle timeout rules, restarted by each read; inside a request head
+    the head timeout does, which reads do not extend (below)."""
     connection = connect()
-    connection.send(b"GET / HTTP/1.1\r\n")
+    assert connection.send(signed(api, WHO_AM_I))[0].status == 200
     api.clock.advance(50)
-    connection.send(b"Host: localhost\r\n")
+    assert connection.send(signed(api, WHO_AM_I))[0].status == 200
     api.clock.advance(50)
     assert not connection.transport.disconnecting
     api.clock.advance(10)
@@ -571,3 +573,41 @@ def test_a_failure_in_the_handler_itself_is_a_bare_500_and_a_close(api: Api) -> 
     assert b"secret" not in transport.value() and b"Traceback" not in transport.value()
     assert transport.disconnecting
     assert clock.getDelayedCalls() == []
+
+
+def test_a_head_still_incomplete_after_the_head_timeout_is_408_however_bytes_drip_in(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    assert connection.send(b"POST / HTTP/1.1\r\nHost: localhost\r\n") == []
+    for second in range(1, int(http11.HEAD_TIMEOUT)):
+        api.clock.advance(1)
+        assert connection.send(b"X-Drip-%d: x\r\n" % second) == []  # no reprieve
+        assert not connection.transport.disconnecting
+    api.clock.advance(1)
+    (answer,) = parse_answers(connection.transport.value())
+    assert answer.status == 408
+    assert connection.transport.disconnecting
+
+
+def test_a_head_completed_in_pieces_in_time_is_answered_and_leaves_no_deadline(
+    api: Api, connect: Any
+) -> None:
+    connection = connect()
+    request = signed(api, WHO_AM_I)
+    head_end = request.index(b"\r\n\r\n")
+    assert connection.send(request[:20]) == []
+    api.clock.advance(http11.HEAD_TIMEOUT - 1)
+    (answer,) = connection.send(request[20:])
+    assert answer.status == 200
+    assert head_end > 20
+    assert len(api.clock.getDelayedCalls()) == 1  # the idle timeout alone
+    api.clock.advance(5)
+    assert not connection.transport.disconnecting
+
+
+def test_a_head_that_arrives_whole_starts_no_deadline(api: Api, connect: Any) -> None:
+    connection = connect()
+    (answer,) = connection.send(signed(api, WHO_AM_I))
+    assert answer.status == 200
+    assert len(api.clock.getDelayedCalls()) == 1  # the idle timeout alone
