@@ -36,7 +36,7 @@ from controller.errors import (
     ServiceFailure,
 )
 from controller.forwarded import Network, client_address
-from controller.http11 import Http11Protocol, Request
+from controller.http11 import ConnectionLimit, Http11Protocol, Request
 from controller.httpbase import BodyLimit, HttpDates
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
 from controller.query import parse_form, parse_input
@@ -473,14 +473,23 @@ class ApiFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self, api: ApiResource, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+        self,
+        api: ApiResource,
+        clock: IReactorTime,
+        max_body: int = DEFAULT_MAX_BODY,
+        limit: ConnectionLimit | None = None,
     ) -> None:
         self._api = api
         self._clock = clock
         self._max_body = max_body
         self._dates = HttpDates(clock)
+        #: The most connections the port holds at once (None: no limit).
+        self.limit = limit
 
-    def buildProtocol(self, addr: IAddress | None) -> Http11Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Http11Protocol | None:
+        limit = self.limit
+        if limit is not None and not limit.admits():
+            return None  # accepted in the same batch past the limit: closed at once
         protocol = Http11Protocol(
             self._answer,
             self._clock,
@@ -490,6 +499,8 @@ class ApiFactory(ServerFactory):
             self._max_body,
         )
         protocol.factory = self
+        if limit is not None:
+            protocol.limits = (limit,)
         return protocol
 
     def _date(self) -> bytes:

@@ -16,6 +16,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
 #: Upper ends of the EC2 limits an operator may configure (bounded so a typo cannot unbound them).
 MAX_ACCOUNT_INSTANCES = 1_000_000
 MAX_NODE_CAPACITY = 100_000
+MAX_API_CONNECTIONS = 1_000_000
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
 
 
@@ -29,6 +30,9 @@ class ControllerConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 8773
     max_body_bytes: int = 1024 * 1024
+    #: The most connections the public API port holds at once; None: half the descriptors the
+    #: process may open, the rest kept for the node API, the metrics port and the store.
+    api_max_connections: int | None = None
     #: The SQLite database file; default ``<state_dir>/rolecall.db``.
     database: Path | None = None
     node_api_host: str = "127.0.0.1"
@@ -46,6 +50,12 @@ class ControllerConfig:
     max_instances_per_account: int = 1000
     #: Instances (not terminated) a node may run unless enrolled with its own ``--capacity``.
     node_capacity: int = 1000
+
+    def api_connection_limit(self, descriptors: int) -> int:
+        """The public port's connection limit when the process may open ``descriptors``."""
+        if self.api_max_connections is not None:
+            return self.api_max_connections
+        return max(16, descriptors // 2)
 
     @property
     def audit_log_path(self) -> Path:
@@ -168,6 +178,7 @@ _KEYS = {
     "api.port": ("api_port", _port),
     "api.max_body_bytes": ("max_body_bytes", _size),
     "api.trusted_proxies": ("trusted_proxies", _networks),
+    "api.max_connections": ("api_max_connections", _count(MAX_API_CONNECTIONS)),
     "store.backend": (None, _backend),
     "store.path": ("database", _path),
     "node_api.host": ("node_api_host", _host),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httptools
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
@@ -170,6 +171,58 @@ def short_answer(code: int) -> bytes:
     return status_line(code) + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
 
 
+class ConnectionLimit:
+    """At most ``limit`` connections at once through the ports it watches. At the limit they
+    stop accepting, so new connections wait in the kernel's backlog rather than take a
+    descriptor each, and accept again as soon as one closes; a connection accepted in the same
+    batch of accepts past the limit is closed at once (``admits``). Shared by several ports
+    (an agent's global limit) or owned by one (an instance's, the public API's)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a connection limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.open = 0
+        #: Times the limit was reached (accepting paused), and connections closed unserved.
+        self.pauses = 0
+        self.refused = 0
+        self._ports: list[Any] = []
+        self._paused = False
+
+    def watch(self, port: Any) -> None:
+        """Pause and resume ``port`` (an ``IListeningPort`` with stop/startReading) with the
+        limit."""
+        self._ports.append(port)
+        if self._paused:
+            port.stopReading()
+
+    def unwatch(self, port: Any) -> None:
+        if port in self._ports:
+            self._ports.remove(port)
+
+    def admits(self) -> bool:
+        """Whether one more connection fits; counted as refused when it does not."""
+        if self.open < self.limit:
+            return True
+        self.refused += 1
+        return False
+
+    def opened(self) -> None:
+        self.open += 1
+        if self.open >= self.limit and not self._paused:
+            self._paused = True
+            self.pauses += 1
+            for port in self._ports:
+                port.stopReading()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self._paused and self.open < self.limit:
+            self._paused = False
+            for port in self._ports:
+                port.startReading()
+
+
 class _Stop(Exception):
     """Raised from a parser callback once the connection is closing: the parser reads no more."""
 
@@ -208,6 +261,9 @@ class Http11Protocol(Protocol):
         self._messages = 0  # begun on this connection
         #: The IP TTL a handler last set on this connection's socket (None: the default).
         self.ttl: int | None = None
+        #: The connection limits this connection counts against (set by the factory).
+        self.limits: tuple[ConnectionLimit, ...] = ()
+        self._counted = False
         self._reset()
 
     def _reset(self) -> None:
@@ -225,6 +281,9 @@ class Http11Protocol(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
+        for limit in self.limits:
+            limit.opened()
+        self._counted = True
         self._peer, self._host = transport.getPeer(), transport.getHost()
         self._secure = ISSLTransport(transport, None) is not None
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -277,6 +336,10 @@ class Http11Protocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        if self._counted:
+            self._counted = False
+            for limit in self.limits:
+                limit.closed()
         for call in (self._idle, self._abort, self._head_deadline):
             if call is not None and call.active():
                 call.cancel()

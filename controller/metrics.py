@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from controller.http11 import ConnectionLimit
 from controller.store.base import Store, StoreError
 
 log = Logger(namespace="rolecall.metrics")
@@ -153,9 +154,45 @@ class ControllerMetrics:
         """Report ``waiting()`` (the assignment hub's count) at each scrape."""
         self._long_polls_waiting.set_function(waiting)
 
+    def watch_connections(self, limit: ConnectionLimit) -> None:
+        """The public port's connections against its limit, read at each scrape."""
+        self.registry.register(ConnectionLimitCollector(limit))
+
     def watch_nodes(self, store: Store, clock: IReactorTime) -> None:
         """Report each enrolled node's time since its last contact, read at each scrape."""
         self.registry.register(NodeContactCollector(store, clock))
+
+
+class ConnectionLimitCollector:
+    """The public API port's open connections, its limit, how often the limit paused accepting
+    and how many connections it closed unserved."""
+
+    def __init__(self, limit: ConnectionLimit) -> None:
+        self._limit = limit
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        limit = self._limit
+        yield GaugeMetricFamily(
+            "rolecall_api_connections", "Connections open on the public API port.", limit.open
+        )
+        yield GaugeMetricFamily(
+            "rolecall_api_connections_limit",
+            "The most connections the public API port holds at once (api.max_connections).",
+            limit.limit,
+        )
+        yield CounterMetricFamily(
+            "rolecall_api_connection_limit_reached",
+            "Times the public API port reached its limit and stopped accepting for a while.",
+            limit.pauses,
+        )
+        yield CounterMetricFamily(
+            "rolecall_api_connections_refused",
+            "Connections closed unserved because the public API port was at its limit.",
+            limit.refused,
+        )
 
 
 class NodeContactCollector:

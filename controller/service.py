@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource as resource_limits
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ from controller.ec2 import registry as ec2_registry
 from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
 from controller.health import health_resource
+from controller.http11 import ConnectionLimit
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
@@ -164,8 +166,16 @@ def make_service(
         metrics,
         trusted_proxies=parse_networks(config.trusted_proxies),
     )
-    factory = ApiFactory(resource, reactor, config.max_body_bytes)
+    descriptors = resource_limits.getrlimit(resource_limits.RLIMIT_NOFILE)[0]
+    if descriptors == resource_limits.RLIM_INFINITY:
+        descriptors = 1 << 20
+    limit = ConnectionLimit(config.api_connection_limit(descriptors))
+    metrics.watch_connections(limit)
+    factory = ApiFactory(resource, reactor, config.max_body_bytes, limit)
     api = ListeningService(reactor, config.api_host, config.api_port, factory, "public API")
+    # The node API's TLS handshakes need descriptors too: the public port stops accepting at
+    # its limit rather than take them all (issue 10).
+    api.listening.addCallback(lambda port: limit.watch(port) or port)
     api.setName("api")
     api.setServiceParent(root)
     refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)

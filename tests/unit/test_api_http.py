@@ -611,3 +611,60 @@ def test_a_head_that_arrives_whole_starts_no_deadline(api: Api, connect: Any) ->
     (answer,) = connection.send(signed(api, WHO_AM_I))
     assert answer.status == 200
     assert len(api.clock.getDelayedCalls()) == 1  # the idle timeout alone
+
+
+class Port:
+    """A listening port as the limit sees it: whether it accepts."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_a_connection_limit_pauses_its_ports_at_the_limit_and_resumes_below_it() -> None:
+    limit = http11.ConnectionLimit(2)
+    first, second = Port(), Port()
+    limit.watch(first)
+    limit.watch(second)
+    limit.opened()
+    assert first.reading and second.reading
+    limit.opened()
+    assert not first.reading and not second.reading
+    late = Port()
+    limit.watch(late)  # a port added while the limit is reached starts paused
+    assert not late.reading
+    assert not limit.admits() and limit.refused == 1
+    limit.closed()
+    assert first.reading and second.reading and late.reading
+    assert limit.admits() and (limit.open, limit.pauses) == (1, 1)
+
+
+def test_the_public_port_holds_no_more_connections_than_its_limit(api: Api) -> None:
+    limit = http11.ConnectionLimit(2)
+    port = Port()
+    limit.watch(port)
+    factory = ApiFactory(api.resource, api.clock, limit=limit)
+    connections = [Connection(factory), Connection(factory)]
+    assert not port.reading and limit.open == 2
+    assert factory.buildProtocol(PEER) is None  # accepted in the same batch: closed at once
+    (answer,) = connections[0].send(signed(api, WHO_AM_I))
+    assert answer.status == 200  # those it holds are served as ever
+    connections[1].close()
+    assert port.reading and limit.open == 1
+    connections[0].close()
+    assert limit.open == 0
+    for call in api.clock.getDelayedCalls():
+        call.cancel()
+
+
+def test_the_default_limit_keeps_half_the_descriptors_for_everything_else() -> None:
+    from controller.config import ControllerConfig, config_from_string
+
+    assert ControllerConfig().api_connection_limit(65536) == 32768
+    assert ControllerConfig().api_connection_limit(20) == 16
+    assert config_from_string("[api]\nmax_connections = 500\n").api_connection_limit(65536) == 500
