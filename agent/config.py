@@ -58,10 +58,24 @@ class AgentConfig:
     burst: int = 100
     #: The IMDS port inside each instance's namespace.
     imds_port: int = 80
+    #: The most metadata connections one instance holds at once; at the limit its socket stops
+    #: accepting until one closes, and other instances are not affected.
+    max_connections_per_instance: int = 32
+    #: The most metadata connections of all instances together; None: the process's
+    #: descriptor limit less a reserve for the listening sockets, the node API and metrics.
+    max_connections: int | None = None
     #: Namespaces the agent creates are named with this prefix (``rc-<instance-id>``).
     namespace_prefix: str = "rc-"
     #: The unprivileged user the serving process (HTTP, TLS to the controller) runs as.
     user: str = DEFAULT_USER
+
+    def connection_limit(self, descriptors: int, instances: int = 1000) -> int:
+        """All instances' connections together, when the process may open ``descriptors``:
+        what is left after one listening socket per instance (``instances`` expected) and a
+        reserve of 256 for the node API client, the metrics port and files."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return max(16, descriptors - instances - 256)
 
     def refresh_policy(self) -> RefreshPolicy:
         """The credential schedule this configuration asks for."""
@@ -184,6 +198,8 @@ _KEYS: dict[str, tuple[str, Converter]] = {
     "imds.rate_per_second": ("rate_per_second", _number(0.1, 100_000)),
     "imds.burst": ("burst", _integer(1, 1_000_000)),
     "imds.port": ("imds_port", _integer(1, 65535, "a port number")),
+    "imds.max_connections_per_instance": ("max_connections_per_instance", _integer(1, 100_000)),
+    "imds.max_connections": ("max_connections", _integer(16, 10_000_000)),
     "namespaces.prefix": ("namespace_prefix", _namespace_prefix),
     "user": ("user", _user),
 }

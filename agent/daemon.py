@@ -12,6 +12,7 @@ from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.metrics import AgentMetrics, health_site
+from agent.server import ConnectionLimitsCollector
 from agent.service import NodeAgent
 from controller.notify import Notifier
 from controller.service import ListeningService
@@ -48,6 +49,7 @@ def make_agent_service(
         inherited=inherited,
     )
     metrics = AgentMetrics(registry, agent)
+    registry.register(ConnectionLimitsCollector(agent.connections, agent.instance_limits))
     agent.observe = metrics.observe
     client.observe = lambda endpoint, seconds: metrics.controller_latency.labels(endpoint).observe(
         seconds

@@ -17,16 +17,17 @@ waits.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import SERVER, ImdsRequest, ImdsResponse, InstanceView, respond
-from controller.http11 import Http11Protocol, Request
+from controller.http11 import ConnectionLimit, Http11Protocol, Request
 from controller.httpbase import HttpDates
 
 log = Logger(namespace="rolecall.agent.imds")
@@ -64,14 +65,23 @@ class MetadataFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self, endpoint: InstanceEndpoint, clock: IReactorTime, observe: Observer | None = None
+        self,
+        endpoint: InstanceEndpoint,
+        clock: IReactorTime,
+        observe: Observer | None = None,
+        limits: tuple[ConnectionLimit, ...] = (),
     ) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.observe = observe
+        #: The instance's own connection limit and the one all instances share.
+        self.limits = limits
         self._dates = HttpDates(clock)
 
-    def buildProtocol(self, addr: Any) -> Http11Protocol:
+    def buildProtocol(self, addr: Any) -> Http11Protocol | None:
+        for limit in self.limits:
+            if not limit.admits():
+                return None  # accepted in the same batch past a limit: closed at once
         protocol = Http11Protocol(
             self._answer,
             self.clock,
@@ -81,6 +91,7 @@ class MetadataFactory(ServerFactory):
             MAX_BODY_BYTES,
         )
         protocol.factory = self
+        protocol.limits = self.limits
         return protocol
 
     def _date(self) -> bytes:
@@ -150,6 +161,51 @@ def _path(uri: bytes) -> str:
 
 
 def make_factory(
-    endpoint: InstanceEndpoint, clock: IReactorTime, observe: Observer | None = None
+    endpoint: InstanceEndpoint,
+    clock: IReactorTime,
+    observe: Observer | None = None,
+    limits: tuple[ConnectionLimit, ...] = (),
 ) -> MetadataFactory:
-    return MetadataFactory(endpoint, clock, observe)
+    return MetadataFactory(endpoint, clock, observe, limits)
+
+
+class ConnectionLimitsCollector:
+    """The metadata service's connections against its limits, read at each scrape: those open
+    in all, how often a limit was reached (accepting paused) and how many connections were
+    closed unserved, by which limit (``instance``: one instance's own; ``all``)."""
+
+    def __init__(self, everyone: ConnectionLimit, instances: dict[str, int]) -> None:
+        self._everyone = everyone
+        self._instances = instances
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        everyone, instances = self._everyone, self._instances
+        yield GaugeMetricFamily(
+            "rolecall_agent_imds_connections",
+            "Metadata connections open, all instances together.",
+            everyone.open,
+        )
+        yield GaugeMetricFamily(
+            "rolecall_agent_imds_connections_limit",
+            "The most metadata connections of all instances together (imds.max_connections).",
+            everyone.limit,
+        )
+        reached = CounterMetricFamily(
+            "rolecall_agent_imds_connection_limit_reached",
+            "Times a connection limit was reached and its sockets stopped accepting for a while.",
+            labels=("limit",),
+        )
+        reached.add_metric(("instance",), instances["reached"])
+        reached.add_metric(("all",), everyone.pauses)
+        yield reached
+        refused = CounterMetricFamily(
+            "rolecall_agent_imds_connections_refused",
+            "Connections closed unserved because a connection limit was reached.",
+            labels=("limit",),
+        )
+        refused.add_metric(("instance",), instances["refused"])
+        refused.add_metric(("all",), everyone.refused)
+        yield refused

@@ -12,6 +12,7 @@ are answered from memory: nothing on the request path waits on the controller.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import time
 from collections import deque
@@ -34,6 +35,7 @@ from agent.imds.tokens import TokenMinter
 from agent.refresh import retry_delay
 from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
+from controller.http11 import ConnectionLimit
 from controller.notify import Notifier
 
 log = Logger(namespace="rolecall.agent")
@@ -93,6 +95,10 @@ class NodeAgent(Service):
             max_concurrent_fetches=config.max_concurrent_fetches,
         )
         self.slots: dict[str, Slot] = {}
+        #: All instances' metadata connections together (each instance also has its own,
+        #: whose events add up in `instance_limits`, for metrics).
+        self.connections = ConnectionLimit(config.connection_limit(_descriptor_limit()))
+        self.instance_limits = {"reached": 0, "refused": 0}
         #: Instances whose preparation failed, with why; retried on the next assignments answer.
         self.failed: dict[str, str] = {}
         self.revision = -1
@@ -314,6 +320,10 @@ class NodeAgent(Service):
             bucket=TokenBucket(self._config.rate_per_second, self._config.burst),
             minter=self._minter,
             strict_proxy=self._config.strict_proxy,
+            limits=(
+                ConnectionLimit(self._config.max_connections_per_instance, self.instance_limits),
+                self.connections,
+            ),
         )
         self.failed.pop(instance_id, None)
         self.slots[instance_id] = slot
@@ -332,8 +342,10 @@ class NodeAgent(Service):
             slot.port = self._reactor.adoptStreamPort(
                 listening.fileno(),
                 socket.AF_INET,
-                make_factory(slot, self._reactor, self._observed),
+                make_factory(slot, self._reactor, self._observed, slot.limits),
             )
+            for limit in slot.limits:
+                limit.watch(slot.port)
         finally:
             listening.close()  # the reactor has its own copy of the descriptor
             slot.pending = None
@@ -439,3 +451,9 @@ class NodeAgent(Service):
             ):
                 return False, f"{slot.instance_id} has no credentials yet"
         return True, "ready"
+
+
+def _descriptor_limit() -> int:
+    """How many descriptors this process may open (its soft RLIMIT_NOFILE)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft

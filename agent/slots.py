@@ -18,6 +18,7 @@ from agent.imds.tokens import TokenMinter
 from agent.imds.tree import CredentialsUnavailable, ImdsTree
 from agent.netns import Ownership
 from agent.refresh import Verdict
+from controller.http11 import ConnectionLimit
 
 
 def profile_key(assignment: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -43,6 +44,8 @@ class Slot:
     credentials: InstanceCredentials | None = None
     #: A socket taken back after a restart, not yet accepting (see NodeAgent).
     pending: socket.socket | None = None
+    #: The instance's own connection limit, and the one all instances share (watching `port`).
+    limits: tuple[ConnectionLimit, ...] = ()
     _cache_key: tuple[object, ...] | None = None
     _cached: InstanceView | None = None
     _seen: tuple[object, ...] | None = None
@@ -51,6 +54,8 @@ class Slot:
     def close(self) -> None:
         """Stop accepting (the service manager may still keep the socket for a restart)."""
         if self.port is not None:
+            for limit in self.limits:
+                limit.unwatch(self.port)
             self.port.stopListening()
             self.port = None
         if self.pending is not None:

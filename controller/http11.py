@@ -178,7 +178,7 @@ class ConnectionLimit:
     batch of accepts past the limit is closed at once (``admits``). Shared by several ports
     (an agent's global limit) or owned by one (an instance's, the public API's)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tally: dict[str, int] | None = None) -> None:
         if limit < 1:
             raise ValueError(f"a connection limit must be at least 1, not {limit}")
         self.limit = limit
@@ -186,15 +186,30 @@ class ConnectionLimit:
         #: Times the limit was reached (accepting paused), and connections closed unserved.
         self.pauses = 0
         self.refused = 0
+        #: Where many short-lived limits add up the same two counts (``reached``, ``refused``).
+        self._tally = tally
         self._ports: list[Any] = []
         self._paused = False
 
     def watch(self, port: Any) -> None:
         """Pause and resume ``port`` (an ``IListeningPort`` with stop/startReading) with the
-        limit."""
+        limit, and never let it accept more connections in one go than the limit has room for.
+
+        Twisted's TCP port accepts up to ``numberAccepts`` connections each time its socket is
+        readable, and grows that number under load; past the limit those would be closed at
+        once, unserved. So its ``doRead`` is wrapped to cap the batch at the room left first.
+        """
         self._ports.append(port)
         if self._paused:
             port.stopReading()
+        if hasattr(port, "numberAccepts"):  # a real tcp.Port (tests pass simpler ones)
+            accept = port.doRead
+
+            def accept_within_room() -> Any:
+                port.numberAccepts = max(1, min(port.numberAccepts, self.limit - self.open))
+                return accept()
+
+            port.doRead = accept_within_room
 
     def unwatch(self, port: Any) -> None:
         if port in self._ports:
@@ -205,6 +220,8 @@ class ConnectionLimit:
         if self.open < self.limit:
             return True
         self.refused += 1
+        if self._tally is not None:
+            self._tally["refused"] += 1
         return False
 
     def opened(self) -> None:
@@ -212,6 +229,8 @@ class ConnectionLimit:
         if self.open >= self.limit and not self._paused:
             self._paused = True
             self.pauses += 1
+            if self._tally is not None:
+                self._tally["reached"] += 1
             for port in self._ports:
                 port.stopReading()
 

@@ -4,6 +4,7 @@ limit, and refusal of requests proxied inside a guest (spec/imds.md 3, 5, 7, 13,
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -127,6 +128,66 @@ def test_no_byte_of_a_token_answer_reaches_a_guest_beyond_the_hop_limit(cloud: C
         "put, get 0.5 s later": False,
         "put, get 2 s later": False,
     }
+
+
+# Run in a guest: hold as many idle connections as the instance's limit, then try one more
+# (which must wait unanswered); say "holding", keep them a while, then close one and see the
+# waiting connection answered. Prints what it saw as JSON.
+HOLD_CONNECTIONS_SCRIPT = """
+import json, socket, sys, time
+limit = int(sys.argv[1])
+held = [socket.create_connection(("169.254.169.254", 80), timeout=5) for _ in range(limit)]
+extra = socket.create_connection(("169.254.169.254", 80), timeout=5)
+extra.sendall(b"GET /latest/meta-data/ HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n\\r\\n")
+def answer(connection, seconds):
+    connection.settimeout(seconds)
+    try:
+        return connection.recv(4096)
+    except OSError:
+        return b""
+seen = {"answered past the limit": bool(answer(extra, 1.5))}
+print("holding", flush=True)
+time.sleep(3)
+held.pop().close()
+seen["answered once one closed"] = answer(extra, 5).startswith(b"HTTP/1.1 ")
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_an_instance_at_its_connection_limit_waits_and_leaves_the_others_alone(
+    cloud: Cloud,
+) -> None:
+    cloud.agent.stop()
+    with cloud.agent.config.open("a", encoding="utf-8") as config:
+        config.write("[imds]\nmax_connections_per_instance = 4\n")
+    cloud.agent.start()
+    busy, other = cloud.launch(), cloud.launch()
+    greedy, neighbour = cloud.guest(busy), cloud.guest(other)
+    holding = subprocess.Popen(
+        ["ip", "netns", "exec", greedy.name, sys.executable, "-c", HOLD_CONNECTIONS_SCRIPT, "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holding.stdout is not None
+        assert holding.stdout.readline().strip() == "holding"
+        # The other instance is served as ever while the first sits at its limit.
+        status, token = neighbour.token()
+        assert status == 200
+        assert neighbour.get(INSTANCE_ID_PATH, token) == (200, other)
+        samples = cloud.agent.metrics()
+        assert samples['rolecall_agent_imds_connection_limit_reached_total{limit="instance"}'] >= 1
+        assert samples['rolecall_agent_imds_connection_limit_reached_total{limit="all"}'] == 0
+        output, errors = holding.communicate(timeout=30)
+    finally:
+        if holding.poll() is None:
+            holding.kill()
+            holding.wait()
+    assert json.loads(output) == {
+        "answered past the limit": False,
+        "answered once one closed": True,
+    }, errors
 
 
 def test_a_request_relayed_by_a_proxy_inside_the_guest_is_refused(cloud: Cloud) -> None:
