@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
@@ -112,6 +112,8 @@ class NodeApiClient:
                     Headers({b"Accept": [b"application/json"]}),
                 ).addTimeout(timeout, self._reactor)
                 body = yield readBody(response).addTimeout(timeout, self._reactor)
+            except CancelledError:
+                raise  # the caller gave up (the agent stops): not an outage, nothing to log
             except Exception as error:  # this controller is unreachable: try the next
                 last_error = error
                 log.warn(
