@@ -207,7 +207,7 @@ class NodeAgent(Service):
         # Said once per change of problem, not on every probe.
         if problem != self.poll_problem:
             log.warn(
-                "assignments unavailable ({error}); asking again every {every:.0f} s at most",
+                "assignments unavailable: {error}; asking again every {every:.0f} s at most",
                 error=problem,
                 every=delay if answered else self._reconnect.probe_seconds,
             )
@@ -450,6 +450,8 @@ class NodeAgent(Service):
         """Synced with the controller, and every assigned instance served with credentials or
         a reason it has none."""
         if not self.synced:
+            if self.poll_problem is not None:
+                return False, f"not yet synced with the controller: {self.poll_problem}"
             return False, "not yet synced with the controller"
         if self._work is not None:
             return False, f"setting up instances, {len(self._to_add)} to go"

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from OpenSSL import SSL
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 
-from agent.client import NodeApiClient, NodeTLSPolicy
+from agent.client import ControllerUnreachable, NodeApiClient, NodeTLSPolicy
 from controller.nodeca import create_ca, issue_node_certificate
 
 
@@ -52,3 +54,51 @@ def test_a_call_cancelled_on_stop_is_not_logged_as_an_unreachable_controller() -
         call.cancel()
     assert failures and failures[0].check(CancelledError)
     assert [event for event in events if "unreachable" in formatEvent(event)] == []
+
+
+class WrongCA:
+    """A twisted.web Agent whose handshakes fail as with a controller from another CA."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        error = SSL.Error([("SSL routines", "", "certificate verify failed")])
+        return fail(ResponseNeverReceived([Failure(error)]))
+
+
+def unreachable(call: Deferred[Any]) -> str:
+    failures: list[Failure] = []
+    call.addErrback(failures.append)
+    assert failures and failures[0].check(ControllerUnreachable)
+    return failures[0].getErrorMessage()
+
+
+def test_a_controller_from_another_ca_is_reported_naming_the_ca_file() -> None:
+    client = NodeApiClient(
+        MemoryReactorClock(),
+        ["https://127.0.0.1:8775"],
+        NodeTLSPolicy(*tls_files()),
+        ca_file="/etc/rolecall/ca.pem",
+    )
+    client._agent = WrongCA()  # type: ignore[assignment]
+    with capturedLogs() as events:
+        message = unreachable(client.assignments(0, 0))
+    assert message == (
+        "controller https://127.0.0.1:8775: its certificate does not verify against the CA in "
+        "/etc/rolecall/ca.pem (certificate verify failed)"
+    )
+    assert list(events) == []  # one URL: the caller says it, once
+
+
+def test_with_several_urls_each_ones_problem_is_logged_once_not_per_call() -> None:
+    client = NodeApiClient(
+        MemoryReactorClock(),
+        ["https://a.example:8775", "https://b.example:8775"],
+        NodeTLSPolicy(*tls_files()),
+        ca_file="/etc/rolecall/ca.pem",
+    )
+    client._agent = WrongCA()  # type: ignore[assignment]
+    with capturedLogs() as events:
+        for _ in range(5):
+            unreachable(client.assignments(0, 0))
+    lines = [formatEvent(event) for event in events]
+    assert len(lines) == 2
+    assert all("does not verify against the CA in /etc/rolecall/ca.pem" in line for line in lines)

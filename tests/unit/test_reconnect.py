@@ -146,8 +146,8 @@ def test_an_outage_is_logged_once_per_problem_and_the_recovery_once() -> None:
     lines = [formatEvent(event) for event in events]
     # Once per change of problem (the long poll lost, then each probe refused), not per probe.
     assert [line for line in lines if "unavailable" in line] == [
-        "assignments unavailable (Connection lost); asking again every 5 s at most",
-        "assignments unavailable (Connection was refused by other side: 111); "
+        "assignments unavailable: Connection lost; asking again every 5 s at most",
+        "assignments unavailable: Connection was refused by other side: 111; "
         "asking again every 5 s at most",
     ]
     assert len([line for line in lines if "answers again" in line]) == 1
@@ -190,3 +190,31 @@ def test_the_next_poll_is_immediate_after_an_answer_and_a_probe_while_unreachabl
 def test_a_reconnect_policy_with_a_first_probe_past_the_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="first_probe_seconds"):
         ReconnectPolicy(first_probe_seconds=10.0, probe_seconds=5.0)
+
+
+def test_an_agent_that_cannot_verify_the_controller_says_so_once_and_on_readiness() -> None:
+    wrong_ca = (
+        "controller https://127.0.0.1:8775: its certificate does not verify against the CA in "
+        "/etc/rolecall/ca.pem (certificate verify failed)"
+    )
+    reactor = MemoryReactorClock()
+    controller = Controller(reactor)
+    controller.up = False
+    agent = NodeAgent(
+        AgentConfig(controller_urls=("https://127.0.0.1:8775",)),
+        reactor,
+        controller,  # type: ignore[arg-type]
+        TokenMinter(new_key()),
+        namespaces=None,
+        random=Picks(0.0),
+    )
+    controller.assignments = lambda since, wait: fail(  # type: ignore[method-assign]
+        ControllerUnreachable(wrong_ca)
+    )
+    with capturedLogs() as events:
+        agent.startService()
+        advance(reactor, 60.0)
+    lines = [formatEvent(event) for event in events if event.get("log_level").name == "warn"]
+    assert lines == [f"assignments unavailable: {wrong_ca}; asking again every 5 s at most"]
+    assert agent.ready() == (False, f"not yet synced with the controller: {wrong_ca}")
+    stop(reactor, agent)
