@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
@@ -16,6 +16,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+from agent.diagnosis import describe_failure
 
 log = Logger(namespace="rolecall.agent.client")
 
@@ -29,7 +31,7 @@ class NodeApiError(Exception):
 
 
 class ControllerUnreachable(Exception):
-    """No controller URL answered."""
+    """No controller URL answered; the message says why for each (`agent.diagnosis`)."""
 
 
 @implementer(IPolicyForHTTPS)
@@ -65,6 +67,7 @@ class NodeApiClient:
         *,
         timeout: float = 10.0,
         observe: Callable[[str, float], None] | None = None,
+        ca_file: str = "the node CA file",
     ) -> None:
         if not urls:
             raise ValueError("at least one controller URL is needed")
@@ -78,6 +81,10 @@ class NodeApiClient:
         self._timeout = timeout
         #: Told of each call: its endpoint ("assignments", "credentials") and how long it took.
         self.observe = observe
+        #: Where the trusted CA came from, for the messages (this process has its contents only).
+        self._ca_file = ca_file
+        #: Why each URL failed last, until it answers again: each problem is logged once.
+        self.problems: dict[str, str] = {}
 
     def assignments(self, since: int, wait: float) -> Deferred[dict[str, Any]]:
         query = urlencode({"since": since, "wait": int(wait)})
@@ -103,7 +110,7 @@ class NodeApiClient:
 
     @inlineCallbacks
     def _call(self, method: bytes, path: str, timeout: float) -> Any:
-        last_error: Exception | None = None
+        problems: list[str] = []
         for url in list(self._urls):
             try:
                 response = yield self._agent.request(
@@ -112,14 +119,18 @@ class NodeApiClient:
                     Headers({b"Accept": [b"application/json"]}),
                 ).addTimeout(timeout, self._reactor)
                 body = yield readBody(response).addTimeout(timeout, self._reactor)
+            except CancelledError:
+                raise  # the caller gave up (the agent stops): not an outage, nothing to log
             except Exception as error:  # this controller is unreachable: try the next
-                last_error = error
-                log.warn(
-                    "controller {host} unreachable: {error}",
-                    host=urlsplit(url).netloc,
-                    error=str(error) or type(error).__name__,
-                )
+                problem = describe_failure(url, error, self._ca_file)
+                # With one URL the caller says it (once per change); with several, which one
+                # failed over is said here, once per change of its problem.
+                if len(self._urls) > 1 and self.problems.get(url) != problem:
+                    log.warn("{problem}", problem=problem)
+                self.problems[url] = problem
+                problems.append(problem)
                 continue
+            self.problems.pop(url, None)
             if url != self._urls[0]:
                 self._urls.remove(url)
                 self._urls.insert(0, url)
@@ -130,7 +141,7 @@ class NodeApiClient:
                     message = body[:200].decode("utf-8", "replace")
                 raise NodeApiError(response.code, message)
             return json.loads(body)
-        raise ControllerUnreachable(str(last_error) if last_error else "no controller URL")
+        raise ControllerUnreachable("; ".join(problems) or "no controller URL")
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()  # type: ignore[no-any-return]

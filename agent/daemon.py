@@ -35,7 +35,9 @@ def make_agent_service(
     reads no file), `namespaces` and `ownership` what `NodeAgent` takes (in the agent, the
     privileged process's stand-ins from `agent.serving`)."""
     policy = NodeTLSPolicy(*tls)
-    client = NodeApiClient(reactor, config.controller_urls, policy)
+    client = NodeApiClient(
+        reactor, config.controller_urls, policy, ca_file=str(config.ca_certificate)
+    )
     registry = registry if registry is not None else CollectorRegistry()
     # A key per boot of the agent: tokens from before a restart are refused, as after a reboot.
     agent = NodeAgent(

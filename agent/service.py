@@ -27,12 +27,12 @@ from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, defe
 from twisted.logger import Logger
 
 from agent import names, netns
-from agent.client import NodeApiClient
+from agent.client import NodeApiClient, NodeApiError
 from agent.config import AgentConfig
 from agent.credentials import CredentialCache
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.tokens import TokenMinter
-from agent.refresh import retry_delay
+from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
 from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
 from controller.http11 import ConnectionLimit
@@ -71,6 +71,7 @@ class NodeAgent(Service):
         notifier: Notifier | None = None,
         inherited: dict[str, list[int]] | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -88,6 +89,7 @@ class NodeAgent(Service):
         self._inherited = dict(inherited or {})
         policy = config.refresh_policy()
         self._policy = policy
+        self._reconnect = reconnect if reconnect is not None else ReconnectPolicy()
         self.credentials = CredentialCache(
             reactor,
             policy=policy,
@@ -104,6 +106,10 @@ class NodeAgent(Service):
         self.revision = -1
         self.synced = False
         self.poll_failures = 0
+        #: What the last failed assignments call said, while they fail; None once answered.
+        self.poll_problem: str | None = None
+        #: When (reactor seconds) the assignments calls started failing.
+        self._failing_since: float | None = None
         self._owned: dict[str, netns.Ownership] = {}
         #: The latest assignments answer, by instance id, and what is left to do for it.
         self._desired: dict[str, Mapping[str, Any]] = {}
@@ -161,14 +167,23 @@ class NodeAgent(Service):
         self._poll_call = None
         if not self.running:
             return
-        wait = self._config.long_poll_seconds if self.synced else 0
+        # While the controller is unreachable each call is a probe: answered at once when it
+        # is back (agent.reconnect).
+        wait = poll_wait(self.synced, self.poll_failures, self._config.long_poll_seconds)
         answer = self._client.assignments(self.revision, wait)
         self._in_flight = answer
         answer.addCallbacks(self._answered, self._poll_failed)
 
     def _answered(self, body: Mapping[str, Any]) -> None:
         self._in_flight = None
+        if self._failing_since is not None:
+            log.info(
+                "the controller answers again, after {seconds:.0f} s without assignments",
+                seconds=self._reactor.seconds() - self._failing_since,
+            )
         self.poll_failures = 0
+        self.poll_problem = None
+        self._failing_since = None
         try:
             revision = int(body["revision"])
             # A long poll that ran out answers the same revision: the same assignments, unless
@@ -188,12 +203,21 @@ class NodeAgent(Service):
         if not self.running:
             return
         self.poll_failures += 1
-        delay = retry_delay(self.poll_failures, self._policy, self._random)
-        log.warn(
-            "assignments unavailable ({error}); retrying in {delay:.1f} s",
-            error=failure.getErrorMessage(),
-            delay=delay,
+        if self._failing_since is None:
+            self._failing_since = self._reactor.seconds()
+        answered = failure.check(NodeApiError) is not None
+        delay = next_poll_delay(
+            self.poll_failures, answered, self._reconnect, self._policy, self._random
         )
+        problem = failure.getErrorMessage()
+        # Said once per change of problem, not on every probe.
+        if problem != self.poll_problem:
+            log.warn(
+                "assignments unavailable: {error}; asking again every {every:.0f} s at most",
+                error=problem,
+                every=delay if answered else self._reconnect.probe_seconds,
+            )
+        self.poll_problem = problem
         self._next(delay)
 
     def _next(self, delay: float) -> None:
@@ -438,6 +462,8 @@ class NodeAgent(Service):
         """Synced with the controller, and every assigned instance served with credentials or
         a reason it has none."""
         if not self.synced:
+            if self.poll_problem is not None:
+                return False, f"not yet synced with the controller: {self.poll_problem}"
             return False, "not yet synced with the controller"
         if self._work is not None:
             return False, f"setting up instances, {len(self._to_add)} to go"
