@@ -48,6 +48,8 @@ DRAIN_SECONDS = 0.5
 SLICE_SECONDS = 0.015
 #: The next slice is due this long after the last: the next reactor turn.
 SLICE_GAP_SECONDS = 1e-8
+#: How many instances without credentials `/readyz` names (the count is always complete).
+_NAMED_IN_READYZ = 5
 
 
 class NodeAgent(Service):
@@ -423,8 +425,9 @@ class NodeAgent(Service):
     # for health and metrics
 
     def ready(self) -> tuple[bool, str]:
-        """Synced with the controller, and every assigned instance served with credentials or
-        a reason it has none."""
+        """Synced with the controller, every assigned instance set up, and every instance with a
+        profile holding credentials its guest is served: an instance whose credentials are
+        missing or were dropped near expiry makes the agent not ready, naming how many and why."""
         if not self.synced:
             return False, "not yet synced with the controller"
         if self._work is not None:
@@ -432,10 +435,24 @@ class NodeAgent(Service):
         if self.failed:
             instance_id, reason = next(iter(self.failed.items()))
             return False, f"{len(self.failed)} instance(s) not served, e.g. {instance_id}: {reason}"
-        for slot in self.slots.values():
-            if slot.credentials is not None and slot.credentials.state.name in (
-                "EMPTY",
-                "FETCHING",
-            ):
-                return False, f"{slot.instance_id} has no credentials yet"
+        without = self.without_credentials()
+        if without:
+            count = len(without)
+            shown = ", ".join(
+                f"{instance_id}: {verdict}" for instance_id, verdict in without[:_NAMED_IN_READYZ]
+            )
+            more = f", and {count - _NAMED_IN_READYZ} more" if count > _NAMED_IN_READYZ else ""
+            noun = "instance" if count == 1 else "instances"
+            return False, f"not ready: {count} {noun} without credentials ({shown}{more})"
         return True, "ready"
+
+    def without_credentials(self) -> list[tuple[str, str]]:
+        """Instances with a profile whose guests get no credentials now (none fetched yet,
+        expired, or too close to expiry), with the ``iam/info`` code that says why. Instances
+        without a profile need none and are never listed."""
+        without = []
+        for instance_id, slot in self.slots.items():
+            keeper = slot.credentials
+            if keeper is not None and keeper.current() is None:
+                without.append((instance_id, str(keeper.verdict())))
+        return without
