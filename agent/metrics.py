@@ -75,16 +75,24 @@ class AgentMetrics:
         ).set_function(lambda: len(agent.slots))
         Gauge(
             "rolecall_agent_credentials_earliest_expiry_seconds",
-            "Seconds until the earliest Expiration of the credentials held (absent: none held).",
+            "Seconds until the earliest Expiration of the credentials of the instances with a"
+            " profile; 0 when one has none to serve (never obtained, or dropped near expiry);"
+            " NaN only when no instance has a profile.",
             registry=registry,
         ).set_function(self._earliest_expiry)
+        Gauge(
+            "rolecall_agent_instances_without_credentials",
+            "Instances with a profile whose guests get no credentials now (as /readyz counts).",
+            registry=registry,
+        ).set_function(lambda: len(agent.without_credentials()))
         registry.register(_RefreshCollector(agent))
 
     def _earliest_expiry(self) -> float:
+        # An instance whose credentials were dropped (or never came) counts as 0 seconds left,
+        # never as absent: NaN would end the expiry alerts at the moment guests lose them.
         remaining = [
-            seconds
+            max(seconds, 0.0) if (seconds := keeper.seconds_until_expiry()) is not None else 0.0
             for keeper in self._agent.credentials
-            if (seconds := keeper.seconds_until_expiry()) is not None
         ]
         return min(remaining) if remaining else float("nan")
 

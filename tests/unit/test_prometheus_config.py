@@ -54,7 +54,7 @@ def exported_series() -> set[str]:
     """Every series name a scrape of the controller or an agent can contain."""
     registry = CollectorRegistry()
     ControllerMetrics(registry, actions=[("iam", "GetRole")])
-    idle_agent = SimpleNamespace(slots={}, credentials=[])
+    idle_agent = SimpleNamespace(slots={}, credentials=[], without_credentials=lambda: [])
     AgentMetrics(registry, idle_agent)  # type: ignore[arg-type]
     names = {NodeContactCollector.NAME}
     for family in registry.collect():
