@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 from twisted.web import server
@@ -86,6 +86,7 @@ class AgentMetrics:
             registry=registry,
         ).set_function(lambda: len(agent.without_credentials()))
         registry.register(_RefreshCollector(agent))
+        registry.register(_PollCollector(agent))
 
     def _earliest_expiry(self) -> float:
         # An instance whose credentials were dropped (or never came) counts as 0 seconds left,
@@ -206,6 +207,32 @@ class _RefreshCollector:
             failures.add_metric([reason], count)
         yield attempts
         yield failures
+
+
+class _PollCollector:
+    """The assignments long poll: failures by reason (every reason present from the start, so
+    that the first failure is an increase) and when the controller last answered."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        failures = CounterMetricFamily(
+            "rolecall_agent_node_api_poll_failures",
+            "Assignments polls of the node API that failed, by reason (unreachable: no"
+            " controller URL answered; refused: an HTTP error; malformed: not JSON; other).",
+            labels=["reason"],
+        )
+        for reason, count in self._agent.poll_failures_by_reason.items():
+            failures.add_metric([reason], count)
+        yield failures
+        last = self._agent.last_poll_success
+        yield GaugeMetricFamily(
+            "rolecall_agent_node_api_poll_last_success_timestamp_seconds",
+            "When the controller last answered an assignments poll (Unix time; 0: never since"
+            " the agent started).",
+            value=last if last is not None else 0.0,
+        )
 
 
 class _Text(Resource):

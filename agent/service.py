@@ -26,7 +26,7 @@ from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, defe
 from twisted.logger import Logger
 
 from agent import names, netns
-from agent.client import NodeApiClient
+from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError
 from agent.config import AgentConfig
 from agent.credentials import CredentialCache
 from agent.imds.ratelimit import TokenBucket
@@ -50,6 +50,20 @@ SLICE_SECONDS = 0.015
 SLICE_GAP_SECONDS = 1e-8
 #: How many instances without credentials `/readyz` names (the count is always complete).
 _NAMED_IN_READYZ = 5
+#: Why an assignments poll failed: no controller URL answered, the controller refused (an HTTP
+#: error status), its answer was not JSON, or anything else. A fixed set: metric label values.
+POLL_FAILURE_REASONS = ("unreachable", "refused", "malformed", "other")
+
+
+def poll_failure_reason(failure: Any) -> str:
+    """One of `POLL_FAILURE_REASONS` for a failed assignments call."""
+    if failure.check(ControllerUnreachable):
+        return "unreachable"
+    if failure.check(NodeApiError):
+        return "refused"
+    if failure.check(ValueError):  # json.loads: the controller's answer was not JSON
+        return "malformed"
+    return "other"
 
 
 class NodeAgent(Service):
@@ -100,6 +114,10 @@ class NodeAgent(Service):
         self.revision = -1
         self.synced = False
         self.poll_failures = 0
+        #: Every failed assignments poll since the start, by reason (for metrics).
+        self.poll_failures_by_reason = dict.fromkeys(POLL_FAILURE_REASONS, 0)
+        #: When (reactor seconds) the controller last answered an assignments poll; None: never.
+        self.last_poll_success: float | None = None
         self._owned: dict[str, netns.Ownership] = {}
         #: The latest assignments answer, by instance id, and what is left to do for it.
         self._desired: dict[str, Mapping[str, Any]] = {}
@@ -165,6 +183,7 @@ class NodeAgent(Service):
     def _answered(self, body: Mapping[str, Any]) -> None:
         self._in_flight = None
         self.poll_failures = 0
+        self.last_poll_success = self._reactor.seconds()
         try:
             revision = int(body["revision"])
             # A long poll that ran out answers the same revision: the same assignments, unless
@@ -184,6 +203,7 @@ class NodeAgent(Service):
         if not self.running:
             return
         self.poll_failures += 1
+        self.poll_failures_by_reason[poll_failure_reason(failure)] += 1
         delay = retry_delay(self.poll_failures, self._policy, self._random)
         log.warn(
             "assignments unavailable ({error}); retrying in {delay:.1f} s",

@@ -17,6 +17,7 @@ from agent.client import ControllerUnreachable
 from agent.credentials import CredentialCache, State
 from agent.imds.rules import ImdsResponse
 from agent.metrics import LATENCY_BUCKETS, AgentMetrics
+from agent.service import POLL_FAILURE_REASONS
 
 
 class Keeper:
@@ -41,6 +42,8 @@ class Agent:
         self.credentials: Any = []
         #: What NodeAgent.without_credentials answers.
         self.without: list[tuple[str, str]] = []
+        self.poll_failures_by_reason = dict.fromkeys(POLL_FAILURE_REASONS, 0)
+        self.last_poll_success: float | None = None
 
     def without_credentials(self) -> list[tuple[str, str]]:
         return self.without
@@ -194,3 +197,25 @@ def test_instances_without_credentials_are_counted() -> None:
     agent.without = [("i-1", "CredentialsExpired"), ("i-2", "NoCredentials")]
     metrics = AgentMetrics(CollectorRegistry(), agent)  # type: ignore[arg-type]
     assert samples(metrics.registry)[("rolecall_agent_instances_without_credentials", ())] == 2
+
+
+POLL_FAILURES = "rolecall_agent_node_api_poll_failures_total"
+LAST_POLL = "rolecall_agent_node_api_poll_last_success_timestamp_seconds"
+
+
+def test_poll_failures_show_every_reason_at_zero_and_no_success_as_timestamp_zero() -> None:
+    metrics = AgentMetrics(CollectorRegistry(), Agent())  # type: ignore[arg-type]
+    seen = samples(metrics.registry)
+    for reason in ("unreachable", "refused", "malformed", "other"):
+        assert seen[(POLL_FAILURES, (("reason", reason),))] == 0
+    assert seen[(LAST_POLL, ())] == 0
+
+
+def test_poll_failures_and_the_last_success_are_read_from_the_agent_at_scrape_time() -> None:
+    agent = Agent()
+    metrics = AgentMetrics(CollectorRegistry(), agent)  # type: ignore[arg-type]
+    agent.poll_failures_by_reason["unreachable"] = 7
+    agent.last_poll_success = 1_795_000_000.5
+    seen = samples(metrics.registry)
+    assert seen[(POLL_FAILURES, (("reason", "unreachable"),))] == 7
+    assert seen[(LAST_POLL, ())] == 1_795_000_000.5

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
-from agent.client import ControllerUnreachable
+from agent.client import ControllerUnreachable, NodeApiError
 from agent.config import AgentConfig
 from agent.imds.tokens import TokenMinter, new_key
 from agent.netns import NamespaceError, Ownership, OwnershipRecord
@@ -230,6 +230,30 @@ def test_not_ready_once_credentials_are_dropped_with_the_controller_stopped(node
         "not ready: 2 instances without credentials"
         " (i-00000000: CredentialsExpired, i-00000001: CredentialsExpired)",
     )
+
+
+def test_failed_polls_are_counted_by_reason_and_an_answer_is_the_last_success(
+    node: Node,
+) -> None:
+    assert node.agent.last_poll_success is None
+    node.client.polls[-1].errback(ControllerUnreachable("connection refused"))
+    node.reactor.advance(300)  # the retry
+    node.client.polls[-1].errback(NodeApiError(503, "store unavailable"))
+    node.reactor.advance(300)
+    node.client.polls[-1].errback(ValueError("Expecting value"))
+    node.reactor.advance(300)
+    node.client.polls[-1].errback(ControllerUnreachable("timeout"))
+    assert node.agent.poll_failures_by_reason == {
+        "unreachable": 2,
+        "refused": 1,
+        "malformed": 1,
+        "other": 0,
+    }
+    assert node.agent.last_poll_success is None
+    node.reactor.advance(300)
+    node.answer(assignment(0))
+    assert node.agent.last_poll_success == node.reactor.seconds()
+    node.turn()
 
 
 def test_on_change_hears_once_the_whole_answer_is_applied(node: Node) -> None:
