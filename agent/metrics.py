@@ -14,7 +14,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from agent.credentials import State
+from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
 
 if TYPE_CHECKING:
@@ -68,8 +68,11 @@ class AgentMetrics:
             "rolecall_agent_controller_call_duration_seconds",
             "Node API calls, by endpoint.",
             ["endpoint"],
+            buckets=CONTROLLER_CALL_BUCKETS,
             registry=registry,
         )
+        for endpoint in NODE_API_ENDPOINTS:  # present from the start
+            self.controller_latency.labels(endpoint)
         Gauge(
             "rolecall_agent_instances", "Instances this agent serves.", registry=registry
         ).set_function(lambda: len(agent.slots))
@@ -124,6 +127,22 @@ class AgentMetrics:
 
 
 _KNOWN_PATHS = 1024
+#: Node API endpoints the agent calls.
+NODE_API_ENDPOINTS = ("assignments", "credentials")
+#: Node API call durations: a credential fetch takes milliseconds, an assignments long poll
+#: up to [controller] long_poll_seconds (60 by default, 300 at most) plus the call's timeout.
+CONTROLLER_CALL_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 320.0,
+)  # fmt: skip
+#: Refresh failure reasons shown at 0 from the start, so that alerts see their first increase
+#: (others, such as NodeApiError:STATUS, appear when they first happen).
+BASELINE_REFRESH_FAILURES = (
+    "ControllerUnreachable",
+    "FetchTimeout",
+    MALFORMED,
+    EXPIRING_ON_ARRIVAL,
+)
 
 
 class _ImdsCollector:
@@ -158,8 +177,8 @@ class _ImdsCollector:
             " Via, an absolute target or a foreign Host).",
             labels=["reason"],
         )
-        for reason, count in sorted(metrics.proxied.items()):
-            proxied.add_metric([reason], count)
+        for reason in sorted(PROXY_REASONS | metrics.proxied.keys()):  # every reason from 0
+            proxied.add_metric([reason], metrics.proxied.get(reason, 0))
         yield proxied
         yield CounterMetricFamily(
             "rolecall_agent_imds_rate_limited",
@@ -197,7 +216,7 @@ class _RefreshCollector:
             labels=["reason"],
         )
         total = 0
-        by_reason: dict[str, int] = {}
+        by_reason = dict.fromkeys(BASELINE_REFRESH_FAILURES, 0)
         for keeper in self._agent.credentials:
             total += keeper.attempts
             for reason, count in keeper.failures.items():

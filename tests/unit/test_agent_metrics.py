@@ -219,3 +219,25 @@ def test_poll_failures_and_the_last_success_are_read_from_the_agent_at_scrape_ti
     seen = samples(metrics.registry)
     assert seen[(POLL_FAILURES, (("reason", "unreachable"),))] == 7
     assert seen[(LAST_POLL, ())] == 1_795_000_000.5
+
+
+def test_failure_counters_that_alerts_read_are_present_at_zero_from_the_start(
+    metrics: AgentMetrics,
+) -> None:
+    seen = samples(metrics.registry)
+    for reason in ("proxy-header", "absolute-target", "bad-host"):
+        assert seen[("rolecall_agent_imds_proxied_refused_total", (("reason", reason),))] == 0
+    failures = "rolecall_agent_credential_refresh_failures_total"
+    for reason in ("ControllerUnreachable", "FetchTimeout"):
+        assert seen[(failures, (("reason", reason),))] == 0
+
+
+def test_a_sixty_second_long_poll_lands_in_a_finite_bucket(metrics: AgentMetrics) -> None:
+    metrics.controller_latency.labels("assignments").observe(60.2)
+    seen = samples(metrics.registry)
+    name = "rolecall_agent_controller_call_duration_seconds_bucket"
+    bounds = sorted(float(dict(labels)["le"]) for (sample, labels) in seen if sample == name)
+    assert bounds[-2] >= 120  # the last is +Inf
+    assert seen[(name, (("endpoint", "assignments"), ("le", "60.0")))] == 0
+    assert seen[(name, (("endpoint", "assignments"), ("le", "90.0")))] == 1
+    assert seen[(name, (("endpoint", "credentials"), ("le", "+Inf")))] == 0  # present from 0
