@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 
 from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
+from controller.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
     from agent.service import NodeAgent
@@ -48,8 +49,12 @@ class AgentMetrics:
     only when Prometheus scrapes (`_ImdsCollector`): prometheus_client's own counters and
     histograms take a lock and do more per update than the answer they count."""
 
-    def __init__(self, registry: CollectorRegistry, agent: NodeAgent) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, agent: NodeAgent, *, standard: bool = True
+    ) -> None:
         self.registry = registry
+        if standard:  # process_* and python_info, and no _created series
+            register_standard_collectors(registry)
         self._agent = agent
         #: Answers by (path class, status).
         self.requests: dict[tuple[str, int], int] = {}

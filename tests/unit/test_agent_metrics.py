@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, enable_created_metrics, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -241,3 +241,12 @@ def test_a_sixty_second_long_poll_lands_in_a_finite_bucket(metrics: AgentMetrics
     assert seen[(name, (("endpoint", "assignments"), ("le", "60.0")))] == 0
     assert seen[(name, (("endpoint", "assignments"), ("le", "90.0")))] == 1
     assert seen[(name, (("endpoint", "credentials"), ("le", "+Inf")))] == 0  # present from 0
+
+
+def test_the_agent_registry_shows_the_process_and_python_and_no_created_series() -> None:
+    enable_created_metrics()  # as a fresh process starts: another test may have switched it off
+    metrics = AgentMetrics(CollectorRegistry(), Agent())  # type: ignore[arg-type]
+    metrics.controller_latency.labels("assignments").observe(1.0)
+    seen = {sample for (sample, _) in samples(metrics.registry)}
+    assert {"process_cpu_seconds_total", "process_open_fds", "python_info"} <= seen
+    assert not [name for name in seen if name.endswith("_created")]

@@ -62,7 +62,7 @@ def exported_series() -> set[str]:
         poll_failures_by_reason=dict.fromkeys(POLL_FAILURE_REASONS, 0),
         last_poll_success=None,
     )
-    AgentMetrics(registry, idle_agent)  # type: ignore[arg-type]
+    AgentMetrics(registry, idle_agent, standard=False)  # type: ignore[arg-type]
     names = {NodeContactCollector.NAME}
     for family in registry.collect():
         names.update(family.name + suffix for suffix in SUFFIXES[family.type])
