@@ -8,14 +8,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from agent.credentials import State
+from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
+from controller.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
     from agent.service import NodeAgent
@@ -48,8 +49,12 @@ class AgentMetrics:
     only when Prometheus scrapes (`_ImdsCollector`): prometheus_client's own counters and
     histograms take a lock and do more per update than the answer they count."""
 
-    def __init__(self, registry: CollectorRegistry, agent: NodeAgent) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, agent: NodeAgent, *, standard: bool = True
+    ) -> None:
         self.registry = registry
+        if standard:  # process_* and python_info, and no _created series
+            register_standard_collectors(registry)
         self._agent = agent
         #: Answers by (path class, status).
         self.requests: dict[tuple[str, int], int] = {}
@@ -68,23 +73,35 @@ class AgentMetrics:
             "rolecall_agent_controller_call_duration_seconds",
             "Node API calls, by endpoint.",
             ["endpoint"],
+            buckets=CONTROLLER_CALL_BUCKETS,
             registry=registry,
         )
+        for endpoint in NODE_API_ENDPOINTS:  # present from the start
+            self.controller_latency.labels(endpoint)
         Gauge(
             "rolecall_agent_instances", "Instances this agent serves.", registry=registry
         ).set_function(lambda: len(agent.slots))
         Gauge(
             "rolecall_agent_credentials_earliest_expiry_seconds",
-            "Seconds until the earliest Expiration of the credentials held (absent: none held).",
+            "Seconds until the earliest Expiration of the credentials of the instances with a"
+            " profile; 0 when one has none to serve (never obtained, or dropped near expiry);"
+            " NaN only when no instance has a profile.",
             registry=registry,
         ).set_function(self._earliest_expiry)
+        Gauge(
+            "rolecall_agent_instances_without_credentials",
+            "Instances with a profile whose guests get no credentials now (as /readyz counts).",
+            registry=registry,
+        ).set_function(lambda: len(agent.without_credentials()))
         registry.register(_RefreshCollector(agent))
+        registry.register(_PollCollector(agent))
 
     def _earliest_expiry(self) -> float:
+        # An instance whose credentials were dropped (or never came) counts as 0 seconds left,
+        # never as absent: NaN would end the expiry alerts at the moment guests lose them.
         remaining = [
-            seconds
+            max(seconds, 0.0) if (seconds := keeper.seconds_until_expiry()) is not None else 0.0
             for keeper in self._agent.credentials
-            if (seconds := keeper.seconds_until_expiry()) is not None
         ]
         return min(remaining) if remaining else float("nan")
 
@@ -115,6 +132,22 @@ class AgentMetrics:
 
 
 _KNOWN_PATHS = 1024
+#: Node API endpoints the agent calls.
+NODE_API_ENDPOINTS = ("assignments", "credentials")
+#: Node API call durations: a credential fetch takes milliseconds, an assignments long poll
+#: up to [controller] long_poll_seconds (60 by default, 300 at most) plus the call's timeout.
+CONTROLLER_CALL_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 90.0, 120.0, 180.0, 240.0, 320.0,
+)  # fmt: skip
+#: Refresh failure reasons shown at 0 from the start, so that alerts see their first increase
+#: (others, such as NodeApiError:STATUS, appear when they first happen).
+BASELINE_REFRESH_FAILURES = (
+    "ControllerUnreachable",
+    "FetchTimeout",
+    MALFORMED,
+    EXPIRING_ON_ARRIVAL,
+)
 
 
 class _ImdsCollector:
@@ -149,8 +182,8 @@ class _ImdsCollector:
             " Via, an absolute target or a foreign Host).",
             labels=["reason"],
         )
-        for reason, count in sorted(metrics.proxied.items()):
-            proxied.add_metric([reason], count)
+        for reason in sorted(PROXY_REASONS | metrics.proxied.keys()):  # every reason from 0
+            proxied.add_metric([reason], metrics.proxied.get(reason, 0))
         yield proxied
         yield CounterMetricFamily(
             "rolecall_agent_imds_rate_limited",
@@ -188,7 +221,7 @@ class _RefreshCollector:
             labels=["reason"],
         )
         total = 0
-        by_reason: dict[str, int] = {}
+        by_reason = dict.fromkeys(BASELINE_REFRESH_FAILURES, 0)
         for keeper in self._agent.credentials:
             total += keeper.attempts
             for reason, count in keeper.failures.items():
@@ -198,6 +231,32 @@ class _RefreshCollector:
             failures.add_metric([reason], count)
         yield attempts
         yield failures
+
+
+class _PollCollector:
+    """The assignments long poll: failures by reason (every reason present from the start, so
+    that the first failure is an increase) and when the controller last answered."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        failures = CounterMetricFamily(
+            "rolecall_agent_node_api_poll_failures",
+            "Assignments polls of the node API that failed, by reason (unreachable: no"
+            " controller URL answered; refused: an HTTP error; malformed: not JSON; other).",
+            labels=["reason"],
+        )
+        for reason, count in self._agent.poll_failures_by_reason.items():
+            failures.add_metric([reason], count)
+        yield failures
+        last = self._agent.last_poll_success
+        yield GaugeMetricFamily(
+            "rolecall_agent_node_api_poll_last_success_timestamp_seconds",
+            "When the controller last answered an assignments poll (Unix time; 0: never since"
+            " the agent started).",
+            value=last if last is not None else 0.0,
+        )
 
 
 class _Text(Resource):

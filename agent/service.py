@@ -27,7 +27,7 @@ from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, defe
 from twisted.logger import Logger
 
 from agent import names, netns
-from agent.client import NodeApiClient, NodeApiError
+from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError
 from agent.config import AgentConfig
 from agent.credentials import CredentialCache
 from agent.imds.ratelimit import TokenBucket
@@ -50,6 +50,22 @@ DRAIN_SECONDS = 0.5
 SLICE_SECONDS = 0.015
 #: The next slice is due this long after the last: the next reactor turn.
 SLICE_GAP_SECONDS = 1e-8
+#: How many instances without credentials `/readyz` names (the count is always complete).
+_NAMED_IN_READYZ = 5
+#: Why an assignments poll failed: no controller URL answered, the controller refused (an HTTP
+#: error status), its answer was not JSON, or anything else. A fixed set: metric label values.
+POLL_FAILURE_REASONS = ("unreachable", "refused", "malformed", "other")
+
+
+def poll_failure_reason(failure: Any) -> str:
+    """One of `POLL_FAILURE_REASONS` for a failed assignments call."""
+    if failure.check(ControllerUnreachable):
+        return "unreachable"
+    if failure.check(NodeApiError):
+        return "refused"
+    if failure.check(ValueError):  # json.loads: the controller's answer was not JSON
+        return "malformed"
+    return "other"
 
 
 class NodeAgent(Service):
@@ -110,6 +126,10 @@ class NodeAgent(Service):
         self.poll_problem: str | None = None
         #: When (reactor seconds) the assignments calls started failing.
         self._failing_since: float | None = None
+        #: Every failed assignments poll since the start, by reason (for metrics).
+        self.poll_failures_by_reason = dict.fromkeys(POLL_FAILURE_REASONS, 0)
+        #: When (reactor seconds) the controller last answered an assignments poll; None: never.
+        self.last_poll_success: float | None = None
         self._owned: dict[str, netns.Ownership] = {}
         #: The latest assignments answer, by instance id, and what is left to do for it.
         self._desired: dict[str, Mapping[str, Any]] = {}
@@ -184,6 +204,7 @@ class NodeAgent(Service):
         self.poll_failures = 0
         self.poll_problem = None
         self._failing_since = None
+        self.last_poll_success = self._reactor.seconds()
         try:
             revision = int(body["revision"])
             # A long poll that ran out answers the same revision: the same assignments, unless
@@ -203,6 +224,7 @@ class NodeAgent(Service):
         if not self.running:
             return
         self.poll_failures += 1
+        self.poll_failures_by_reason[poll_failure_reason(failure)] += 1
         if self._failing_since is None:
             self._failing_since = self._reactor.seconds()
         answered = failure.check(NodeApiError) is not None
@@ -459,8 +481,9 @@ class NodeAgent(Service):
     # for health and metrics
 
     def ready(self) -> tuple[bool, str]:
-        """Synced with the controller, and every assigned instance served with credentials or
-        a reason it has none."""
+        """Synced with the controller, every assigned instance set up, and every instance with a
+        profile holding credentials its guest is served: an instance whose credentials are
+        missing or were dropped near expiry makes the agent not ready, naming how many and why."""
         if not self.synced:
             if self.poll_problem is not None:
                 return False, f"not yet synced with the controller: {self.poll_problem}"
@@ -470,13 +493,27 @@ class NodeAgent(Service):
         if self.failed:
             instance_id, reason = next(iter(self.failed.items()))
             return False, f"{len(self.failed)} instance(s) not served, e.g. {instance_id}: {reason}"
-        for slot in self.slots.values():
-            if slot.credentials is not None and slot.credentials.state.name in (
-                "EMPTY",
-                "FETCHING",
-            ):
-                return False, f"{slot.instance_id} has no credentials yet"
+        without = self.without_credentials()
+        if without:
+            count = len(without)
+            shown = ", ".join(
+                f"{instance_id}: {verdict}" for instance_id, verdict in without[:_NAMED_IN_READYZ]
+            )
+            more = f", and {count - _NAMED_IN_READYZ} more" if count > _NAMED_IN_READYZ else ""
+            noun = "instance" if count == 1 else "instances"
+            return False, f"not ready: {count} {noun} without credentials ({shown}{more})"
         return True, "ready"
+
+    def without_credentials(self) -> list[tuple[str, str]]:
+        """Instances with a profile whose guests get no credentials now (none fetched yet,
+        expired, or too close to expiry), with the ``iam/info`` code that says why. Instances
+        without a profile need none and are never listed."""
+        without = []
+        for instance_id, slot in self.slots.items():
+            keeper = slot.credentials
+            if keeper is not None and keeper.current() is None:
+                without.append((instance_id, str(keeper.verdict())))
+        return without
 
 
 def _descriptor_limit() -> int:

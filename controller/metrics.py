@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -41,6 +49,18 @@ UNKNOWN_ACTION = "unknown"
 OTHER = "other"
 
 
+def register_standard_collectors(registry: CollectorRegistry) -> None:
+    """The daemon's own process (``process_*``: CPU, memory, descriptors, start time) and
+    Python (``python_info``) on `registry`, and no ``_created`` series anywhere.
+
+    ``_created`` (each counter's creation time) doubles the series of every counter and no rule
+    reads it; prometheus_client 0.26 can switch it off only for the whole process, which is
+    one daemon."""
+    disable_created_metrics()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
 #: Label sets of API requests whose metric children are kept bound.
 _BOUND_CHILDREN = 4096
 
@@ -49,13 +69,20 @@ class ControllerMetrics:
     """The controller's counters, histogram and gauges, registered on ``registry``.
 
     ``actions`` are the (service, action) pairs the public API serves: only those become label
-    values.
+    values. ``standard`` adds :func:`register_standard_collectors` (off only where another
+    daemon's metrics share the registry, as in tests).
     """
 
     def __init__(
-        self, registry: CollectorRegistry, actions: Iterable[tuple[str, str]] = ()
+        self,
+        registry: CollectorRegistry,
+        actions: Iterable[tuple[str, str]] = (),
+        *,
+        standard: bool = True,
     ) -> None:
         self.registry = registry
+        if standard:
+            register_standard_collectors(registry)
         self._actions = frozenset(actions)
         self._services = frozenset(service for service, _ in self._actions)
         self._api_requests = Counter(

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, enable_created_metrics, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource, getChildForRequest
@@ -468,3 +468,15 @@ def test_other_paths_are_404(registry: CollectorRegistry, key_ring: Any) -> None
     root = health_resource(registry, FakeStore(), lambda: key_ring)
     assert get(root, "/secrets").status == 404
     assert get(root, "/").status == 404
+
+
+def test_the_registry_shows_the_process_and_python_and_no_created_series() -> None:
+    enable_created_metrics()  # as a fresh process starts: another test may have switched it off
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry, ACTIONS)
+    metrics.api_request("iam", "GetRole", 200, 0.002)
+    metrics.audit_log_write_failed()
+    seen = {sample for (sample, _) in samples(registry)}
+    assert {"process_cpu_seconds_total", "process_start_time_seconds", "python_info"} <= seen
+    assert "process_resident_memory_bytes" in seen
+    assert not [name for name in seen if name.endswith("_created")]

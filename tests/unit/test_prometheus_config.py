@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from agent.client import ControllerUnreachable, NodeApiError
 from agent.credentials import failure_reason
 from agent.metrics import PROXY_REASONS, AgentMetrics
+from agent.service import POLL_FAILURE_REASONS
 from controller.metrics import ControllerMetrics, NodeContactCollector
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "prometheus"
@@ -54,8 +55,14 @@ def exported_series() -> set[str]:
     """Every series name a scrape of the controller or an agent can contain."""
     registry = CollectorRegistry()
     ControllerMetrics(registry, actions=[("iam", "GetRole")])
-    idle_agent = SimpleNamespace(slots={}, credentials=[])
-    AgentMetrics(registry, idle_agent)  # type: ignore[arg-type]
+    idle_agent = SimpleNamespace(
+        slots={},
+        credentials=[],
+        without_credentials=lambda: [],
+        poll_failures_by_reason=dict.fromkeys(POLL_FAILURE_REASONS, 0),
+        last_poll_success=None,
+    )
+    AgentMetrics(registry, idle_agent, standard=False)  # type: ignore[arg-type]
     names = {NodeContactCollector.NAME}
     for family in registry.collect():
         names.update(family.name + suffix for suffix in SUFFIXES[family.type])
@@ -108,6 +115,7 @@ def test_the_alerts_cover_expiry_refresh_failures_an_unreachable_controller_and_
         "RoleCallCredentialRefreshFailing",
         "RoleCallControllerDown",
         "RoleCallAgentCannotReachController",
+        "RoleCallAgentNotPolling",
         "RoleCallNodeOutOfContact",
         "RoleCallProxiedMetadataRequestsRising",
     } <= names

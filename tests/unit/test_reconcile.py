@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
+from agent.client import ControllerUnreachable, NodeApiError
 from agent.config import AgentConfig
 from agent.imds.tokens import TokenMinter, new_key
 from agent.netns import NamespaceError, Ownership, OwnershipRecord
@@ -72,6 +74,8 @@ class FakeClient:
     def __init__(self) -> None:
         self.polls: list[Deferred[Any]] = []
         self.fetched: list[str] = []
+        #: The credential calls not yet answered, oldest first.
+        self.pending: list[Deferred[Any]] = []
 
     def assignments(self, since: int, wait: float) -> Deferred[Any]:
         self.polls.append(Deferred())
@@ -79,7 +83,13 @@ class FakeClient:
 
     def credentials(self, instance_id: str) -> Deferred[Any]:
         self.fetched.append(instance_id)
-        return Deferred()
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+    def refuse_credentials(self) -> None:
+        """The controller is stopped: every credential call waiting fails."""
+        while self.pending:
+            self.pending.pop(0).errback(ControllerUnreachable("connection refused"))
 
 
 def assignment(number: int, profile: bool = False) -> dict[str, Any]:
@@ -174,6 +184,76 @@ def test_not_ready_until_every_instance_is_set_up(node: Node) -> None:
     assert not ready and reason == "setting up instances, 2 to go"
     node.turn()
     assert node.agent.ready() == (True, "ready")
+
+
+def credentials_until(expires: float) -> dict[str, str]:
+    return {
+        "AccessKeyId": "ASIA0000000000000001",
+        "SecretAccessKey": "secret",
+        "Token": "token",
+        "Expiration": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "RoleArn": "arn:aws:iam::123456789012:role/web",
+        "InstanceProfileArn": PROFILE["arn"],
+        "InstanceProfileId": PROFILE["id"],
+        "AccountId": "123456789012",
+    }
+
+
+def test_not_ready_while_an_instance_with_a_profile_has_no_credentials_yet(node: Node) -> None:
+    node.answer(assignment(0, profile=True), assignment(1))
+    node.turn()
+    assert node.agent.ready() == (
+        False,
+        "not ready: 1 instance without credentials (i-00000000: NoCredentials)",
+    )
+    node.client.pending.pop().callback(credentials_until(node.reactor.seconds() + 900))
+    assert node.agent.ready() == (True, "ready")  # i-00000001 has no profile: needs none
+
+
+def test_not_ready_once_credentials_are_dropped_with_the_controller_stopped(node: Node) -> None:
+    """Issue 10: 900 s credentials, the controller stopped after they came. The agent drops the
+    set 60 s before its Expiration; from then on /readyz must say so."""
+    node.answer(assignment(0, profile=True), assignment(1, profile=True))
+    node.turn()
+    start = node.reactor.seconds()
+    while node.client.pending:
+        node.client.pending.pop().callback(credentials_until(start + 900))
+    assert node.agent.ready() == (True, "ready")
+    while node.reactor.seconds() < start + 830:  # refreshes fail; the sets are still served
+        node.reactor.advance(10)
+        node.client.refuse_credentials()
+    assert node.agent.ready() == (True, "ready")
+    node.reactor.advance(20)
+    node.client.refuse_credentials()
+    assert node.agent.ready() == (
+        False,
+        "not ready: 2 instances without credentials"
+        " (i-00000000: CredentialsExpired, i-00000001: CredentialsExpired)",
+    )
+
+
+def test_failed_polls_are_counted_by_reason_and_an_answer_is_the_last_success(
+    node: Node,
+) -> None:
+    assert node.agent.last_poll_success is None
+    node.client.polls[-1].errback(ControllerUnreachable("connection refused"))
+    node.reactor.advance(300)  # the retry
+    node.client.polls[-1].errback(NodeApiError(503, "store unavailable"))
+    node.reactor.advance(300)
+    node.client.polls[-1].errback(ValueError("Expecting value"))
+    node.reactor.advance(300)
+    node.client.polls[-1].errback(ControllerUnreachable("timeout"))
+    assert node.agent.poll_failures_by_reason == {
+        "unreachable": 2,
+        "refused": 1,
+        "malformed": 1,
+        "other": 0,
+    }
+    assert node.agent.last_poll_success is None
+    node.reactor.advance(300)
+    node.answer(assignment(0))
+    assert node.agent.last_poll_success == node.reactor.seconds()
+    node.turn()
 
 
 def test_on_change_hears_once_the_whole_answer_is_applied(node: Node) -> None:
