@@ -6,6 +6,7 @@ that took over that process would use it)."""
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 
 from agent import capabilities, channel, netns
 from agent.privileged import KEPT_CAPABILITIES
-from tests.netns.harness import Cloud, delete_namespace, ip
+from tests.netns.harness import Cloud, delete_namespace, ip, wait_until
 
 _SYS_PIDFD_GETFD = 438
 
@@ -72,8 +73,11 @@ def test_the_process_that_accepts_guest_connections_has_no_privilege(cloud: Clou
 
 
 def take_channel(cloud: Cloud) -> socket.socket:
-    """The serving process's end of its channel to the root process (pidfd_getfd)."""
+    """The serving process's end of its channel to the root process (pidfd_getfd), once the
+    agent is ready: from then on, with nothing changing, the serving process itself sends
+    nothing on it, so every answer read here is to a request made here."""
     assert cloud.agent.process is not None
+    wait_until(lambda: _ready(cloud), 30, "the agent to be ready")
     (serving,) = children_of(cloud.agent.process.process.pid)
     descriptor = int(Path(f"/proc/{serving}/cmdline").read_bytes().split(b"\0")[-2])
     pidfd = os.pidfd_open(serving)
@@ -87,6 +91,18 @@ def take_channel(cloud: Cloud) -> socket.socket:
     end = socket.socket(fileno=taken)
     end.settimeout(10)
     return end
+
+
+def _ready(cloud: Cloud) -> bool:
+    host = cloud.agent.metrics_url.removeprefix("http://")
+    connection = http.client.HTTPConnection(host, timeout=5)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def ask(end: socket.socket, **request: Any) -> dict[str, Any]:
