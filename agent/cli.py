@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from subprocess import SubprocessError
 
+from agent.checks import check_configuration, check_files
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_agent_config
 
 DEFAULT_OWNERSHIP = Path("/run/rolecall-agent/namespaces.json")
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         " (default rolecall-agent)",
     )
     parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration, the node's files and the serving user, then exit"
+        " (0: the agent would start)",
+    )
+    parser.add_argument(
         "--ownership-file",
         type=Path,
         default=DEFAULT_OWNERSHIP,
@@ -81,10 +88,22 @@ def main(argv: list[str] | None = None) -> int:
             imds_port=args.imds_port,
             user=args.user,
         )
+        config_file = _config_file(args.config)
+        if args.check_config:
+            print(f"rolecall-agent: {check_configuration(config, config_file)}")
+            return 0
+        check_files(config, config_file)
         return run(config, args.ownership_file)
     except (ConfigError, OSError, SubprocessError) as error:
         print(f"rolecall-agent: {error}", file=sys.stderr)
         return 1
+
+
+def _config_file(given: Path | None) -> Path | None:
+    """The configuration file in use, if any."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
 def _override(config: AgentConfig, **flags: object) -> AgentConfig:

@@ -155,6 +155,8 @@ def test_sysusers_and_tmpfiles_make_the_state_directory_for_the_controller_user(
     state = (root / str(DEFAULT_STATE_DIR).lstrip("/")).stat()
     assert state.st_uid == int(users["rolecall"][2])
     assert oct(state.st_mode & 0o7777) == "0o700"
+    configuration = (root / "etc/rolecall").stat()
+    assert (configuration.st_uid, oct(configuration.st_mode & 0o7777)) == (0, "0o755")
     controller = service("rolecall-controller.service")
     assert only(controller, "User") == "rolecall"
     assert only(controller, "StateDirectoryMode") == "0700"
@@ -171,16 +173,33 @@ def test_both_units_are_type_notify_and_start_the_virtualenvs_entry_point(name: 
     assert only(settings, "ExecStart").split()[0] == INSTALLED_BIN + program
     assert (VENV_BIN / program).exists(), f"setup.cfg installs no {program} entry point"
     assert only(settings, "NoNewPrivileges") == "yes"
-    assert only(settings, "ConfigurationDirectory") == "rolecall"
     assert int(only(settings, "LimitNOFILE")) >= 65536
     assert only(parse_unit(SYSTEMD_DIR / name)["Install"], "WantedBy") == "multi-user.target"
 
 
 def test_configuration_and_state_directories_are_where_the_daemons_look() -> None:
     controller, agent = service(UNITS[0]), service(UNITS[1])
-    assert Path("/etc", only(controller, "ConfigurationDirectory")) == CONTROLLER_CONFIG_PATH.parent
     assert Path("/etc", only(agent, "ConfigurationDirectory")) == AGENT_CONFIG_PATH.parent
+    assert CONTROLLER_CONFIG_PATH.parent == AGENT_CONFIG_PATH.parent
     assert Path("/var/lib", only(controller, "StateDirectory")) == DEFAULT_STATE_DIR
+
+
+def test_only_root_owns_the_configuration_directory() -> None:
+    """The agent (root) trusts /etc/rolecall: the controller, whose user is not root, must not
+    make systemd hand it that directory (ConfigurationDirectory= chowns it to User=)."""
+    controller, agent = service(UNITS[0]), service(UNITS[1])
+    assert "ConfigurationDirectory" not in controller
+    assert only(agent, "User") == "root"
+
+
+def test_the_agent_is_never_given_up_on_and_checks_its_configuration_first() -> None:
+    unit = parse_unit(SYSTEMD_DIR / UNITS[1])
+    assert only(unit["Unit"], "StartLimitIntervalSec") == "0"
+    assert only(unit["Service"], "ExecStartPre").split() == [
+        INSTALLED_BIN + "rolecall-agent",
+        "--check-config",
+    ]
+    assert only(unit["Service"], "Restart") == "always"
 
 
 @pytest.mark.parametrize("name", UNITS)
