@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import socket
 import sys
@@ -492,8 +493,9 @@ def _read_node_ca(config: ControllerConfig) -> tuple[bytes, bytes]:
     )
 
 
-def _node_api_url(config: ControllerConfig) -> str:
-    """The URL agents use: the node API certificate's first name that is not loopback."""
+def _node_api_url(config: ControllerConfig) -> tuple[str, str | None]:
+    """The URL agents should use, from the address the node API is configured to listen on
+    and the names its certificate holds; and what an operator must change first, if anything."""
     if not config.node_api_cert_path.exists():
         raise CommandError(
             f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
@@ -501,12 +503,36 @@ def _node_api_url(config: ControllerConfig) -> str:
         )
     names = server_certificate_names(_read(config.node_api_cert_path, "the node API certificate"))
     loopback = {"localhost", "127.0.0.1", "::1"}
-    host = next((name for name in names if name not in loopback), names[0] if names else None)
-    if host is None:
-        host = "127.0.0.1"
+    port = config.node_api_port or DEFAULT_NODE_API_PORT
+    listening = config.node_api_host
+    note = None
+    if _unspecified(listening):
+        host = next((name for name in names if name not in loopback), names[0] if names else "")
+    else:
+        host = listening
+        if listening in loopback or listening.startswith("127."):
+            note = (
+                f"the node API listens on {listening}:{port} (node_api.host), which only this"
+                " machine reaches: for nodes elsewhere set node_api.host in controller.toml to an"
+                " address they reach, and put it in the URL above"
+            )
+        elif listening not in names:
+            note = (
+                f"the node API certificate does not name {listening}, so agents will refuse it:"
+                f" issue one that does with rolecall-controller init --node-api-name {listening}"
+                " (after moving node-api.pem and node-api.key aside)"
+            )
     if ":" in host:
         host = f"[{host}]"
-    return f"https://{host}:{DEFAULT_NODE_API_PORT}"
+    return f"https://{host}:{port}", note
+
+
+def _unspecified(host: str) -> bool:
+    """Whether ``host`` is a wildcard address (the node API then listens on every address)."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name
 
 
 _NODE_FILES = ("node.key", "node.pem", "ca.pem")
@@ -534,7 +560,7 @@ def enroll_node(
     store = _open_store(config)
     try:
         ca_key_pem, ca_cert_pem = _read_node_ca(config)
-        url = _node_api_url(config)
+        url, note = _node_api_url(config)
         now = datetime.now(UTC)
         with store.transaction() as tx:
             existing = tx.get_node(name)
@@ -607,6 +633,8 @@ def enroll_node(
     print(f'  certificate = "{cert_path.resolve()}"')
     print(f'  key = "{key_path.resolve()}"')
     print(f'  ca_certificate = "{ca_path.resolve()}"')
+    if note is not None:
+        print(f"Before that works: {note}.")
     return 0
 
 

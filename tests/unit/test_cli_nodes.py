@@ -418,3 +418,30 @@ def test_enroll_node_refuses_a_capacity_out_of_range(
         enroll(state, "hv1", tmp_path / "one", "--capacity", capacity)
     assert "--capacity: must be a number of instances from 1 to 100000" in capsys.readouterr().err
     assert stored_node(state, "hv1") is None
+
+
+def test_enroll_prints_the_url_the_node_api_is_configured_to_serve_and_what_to_change(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17, item 8: not https://<hostname>:8775 when the node API listens on loopback."""
+    assert enroll(state, "hv1", tmp_path / "default") == 0
+    out = capsys.readouterr().out
+    assert 'urls = ["https://127.0.0.1:8775"]' in out
+    assert "Before that works: the node API listens on 127.0.0.1:8775 (node_api.host)" in out
+    every = tmp_path / "every.toml"
+    every.write_text('[node_api]\nhost = "0.0.0.0"\nport = 9443\n')
+    assert main(["--config", str(every), "--state-dir", str(state), "enroll-node", "hv2",
+                 "--out", str(tmp_path / "every")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    names = server_certificate_names((state / "node-api.pem").read_bytes())
+    outside = next(name for name in names if name not in ("localhost", "127.0.0.1", "::1"))
+    assert f'urls = ["https://{outside}:9443"]' in out
+    assert "Before that works" not in out
+    one = tmp_path / "one.toml"
+    one.write_text('[node_api]\nhost = "192.0.2.10"\n')
+    assert main(["--config", str(one), "--state-dir", str(state), "enroll-node", "hv3",
+                 "--out", str(tmp_path / "one")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert 'urls = ["https://192.0.2.10:8775"]' in out
+    assert "the node API certificate does not name 192.0.2.10" in out
+    assert "init --node-api-name 192.0.2.10" in out
