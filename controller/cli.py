@@ -26,6 +26,7 @@ from controller.keyring import (
     check_state_directory,
     check_state_owner,
     ensure_key_ring,
+    load_key_ring,
     revoke_key_ring,
     rotate_key_ring,
 )
@@ -147,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
         "nodes", help="the enrolled nodes with their instance counts and last contact"
     )
 
+    commands.add_parser(
+        "check-config",
+        help="check the configuration and the state directory as serve would, then exit"
+        " (0: serve would start)",
+    )
     serve = commands.add_parser("serve", help="run the controller until SIGTERM or SIGINT")
     serve.add_argument("--host", help="address of the public API (default 127.0.0.1)")
     serve.add_argument(
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return retire_node(config, args.name)
         if args.command == "nodes":
             return list_nodes(config)
+        if args.command == "check-config":
+            return check_config(config)
         for flag, port in (
             ("--port", args.port),
             ("--node-api-port", args.node_api_port),
@@ -696,6 +704,31 @@ def list_nodes(config: ControllerConfig) -> int:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+    return 0
+
+
+def check_config(config: ControllerConfig) -> int:
+    """What serve needs, checked without serving: the state directory (owner, mode), the store,
+    the token key ring and the node API's certificate and CA. Reads; writes nothing."""
+    check_state_directory(config.state_dir)
+    if not config.database_path.exists():
+        raise CommandError(
+            f"{config.state_dir} is not initialised (no {config.database_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    ring = load_key_ring(config.token_keys_path)
+    _read_node_ca(config)
+    if not config.node_api_cert_path.exists():
+        raise CommandError(
+            f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    print(
+        f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
+        f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
+        f" {config.node_api_host}:{config.node_api_port}, metrics"
+        f" {config.metrics_host}:{config.metrics_port}"
+    )
     return 0
 
 

@@ -253,3 +253,38 @@ def test_a_command_run_by_another_user_than_the_states_owner_refuses_and_changes
     assert after == before
     assert all(path.stat().st_uid == NOBODY for path in state.rglob("*"))
     assert not (tmp_path / "out").exists()
+
+
+def test_check_config_says_ok_for_an_initialised_state_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "s"
+    init(state)
+    before = {path: path.stat().st_mtime_ns for path in state.rglob("*")}
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"rolecall-controller: configuration OK: state {state}, token key ")
+    assert {path: path.stat().st_mtime_ns for path in state.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda state: state.chmod(0o755), "is open to group or others"),
+        (lambda state: (state / "token-keys.json").chmod(0o644), "token key ring"),
+        (lambda state: (state / "node-api.pem").unlink(), "has no node API certificate"),
+        (lambda state: (state / "rolecall.db").unlink(), "is not initialised"),
+    ],
+    ids=["state mode", "key ring mode", "no node API certificate", "no store"],
+)
+def test_check_config_names_what_would_stop_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object, message: str
+) -> None:
+    state = tmp_path / "s"
+    init(state)
+    damage(state)  # type: ignore[operator]
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "check-config"]) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

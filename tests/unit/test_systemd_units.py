@@ -184,6 +184,14 @@ def test_configuration_and_state_directories_are_where_the_daemons_look() -> Non
     assert Path("/var/lib", only(controller, "StateDirectory")) == DEFAULT_STATE_DIR
 
 
+def test_the_controller_checks_its_configuration_before_it_serves() -> None:
+    controller = service(UNITS[0])
+    assert only(controller, "ExecStartPre").split() == [
+        INSTALLED_BIN + "rolecall-controller",
+        "check-config",
+    ]
+
+
 def test_only_root_owns_the_configuration_directory() -> None:
     """The agent (root) trusts /etc/rolecall: the controller, whose user is not root, must not
     make systemd hand it that directory (ConfigurationDirectory= chowns it to User=)."""
