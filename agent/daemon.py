@@ -28,6 +28,7 @@ def make_agent_service(
     registry: CollectorRegistry | None = None,
     notifier: Notifier | None = None,
     inherited: dict[str, list[int]] | None = None,
+    imds_key: bytes | None = None,
 ) -> MultiService:
     """The reconcile loop with every instance's metadata service, and the metrics listener.
 
@@ -44,7 +45,7 @@ def make_agent_service(
         config,
         reactor,
         client,
-        TokenMinter(new_key()),
+        TokenMinter(imds_key if imds_key is not None else new_key()),
         namespaces=namespaces,
         ownership=ownership,
         notifier=notifier,

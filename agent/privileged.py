@@ -34,6 +34,8 @@ from typing import Any
 
 from agent import capabilities, channel, names, netns
 from agent.config import AgentConfig, ConfigError, config_to_wire
+from agent.imds.tokens import KEY_BYTES as TOKEN_KEY_BYTES
+from agent.imds.tokens import new_key
 from controller.notify import Notifier, listen_fds
 
 #: What the privileged process keeps once the serving process runs: namespaces (setns, mount,
@@ -45,6 +47,8 @@ KEPT_CAPABILITIES = (
     capabilities.CAP_KILL,
 )
 LOG_NAMESPACE = "rolecall.agent.privileged"
+#: The IMDSv2 token key's file, beside the ownership record.
+IMDS_KEY_FILE = "imds-token.key"  # a file name, not a secret
 #: An answer to the serving process, and the sockets to send with it (closed once sent).
 Answer = tuple[dict[str, Any], list[socket.socket]]
 
@@ -266,10 +270,48 @@ def spawn_serving(
             os.close(descriptor)
 
 
-def hello(config: AgentConfig, owned: Mapping[str, netns.Ownership]) -> dict[str, Any]:
+def token_key(path: Path) -> bytes:
+    """The key that signs the metadata service's IMDSv2 tokens, kept in ``path`` (beside the
+    ownership record, in the runtime directory: tmpfs, root's, gone at reboot) so that tokens
+    a guest holds stay valid across an agent restart; made there, 0600, the first time."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        key = new_key()
+        try:
+            descriptor = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except FileExistsError:
+            return token_key(path)  # made meanwhile: theirs is the key
+        try:
+            os.write(descriptor, key)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return key
+    try:
+        status = os.fstat(descriptor)
+        key = os.read(descriptor, TOKEN_KEY_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if status.st_uid != os.geteuid() or status.st_mode & 0o077 or len(key) != TOKEN_KEY_BYTES:
+        # Not what this process made: make a new one (guests' tokens are then refused once, and
+        # their SDKs fetch new ones).
+        say("WARN", f"{path} is not a token key of this agent's; making a new one")
+        os.unlink(path)
+        return token_key(path)
+    return key
+
+
+def hello(
+    config: AgentConfig, owned: Mapping[str, netns.Ownership], imds_key: bytes
+) -> dict[str, Any]:
     """The serving process's first message: its configuration, the node's TLS files' contents
-    (it reads no file under /etc/rolecall), and what the ownership record says was made."""
+    (it reads no file under /etc/rolecall), what the ownership record says was made, and the
+    IMDSv2 token key."""
     return {
+        "imds_token_key": imds_key.hex(),
         "config": config_to_wire(config),
         "ca_certificate": config.ca_certificate.read_text(),
         "certificate": config.certificate.read_text(),
@@ -302,7 +344,7 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     uid, gid = serving_user(config.user)
     record = netns.OwnershipRecord(ownership_file)
     broker = Broker(config.imds_port, record, notifier, netns)
-    first = hello(config, broker.owned)
+    first = hello(config, broker.owned, token_key(ownership_file.parent / IMDS_KEY_FILE))
     privileged_end, serving_end = channel.pair()
     child = spawn_serving(serving_end, uid, gid, os.environ)
     serving_end.close()

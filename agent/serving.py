@@ -179,6 +179,7 @@ def run(end: socket.socket) -> int:
         config,
         reactor,
         tls=(first["ca_certificate"], first["certificate"], first["key"]),
+        imds_key=bytes.fromhex(first["imds_token_key"]),
         namespaces=PrivilegedNamespaces(peer),
         ownership=PrivilegedOwnership(peer, owned),
         notifier=notifier,

@@ -252,3 +252,16 @@ def test_botocore_behind_a_proxy_in_the_guest_gets_no_credentials(
     )
     assert proxied.stdout.strip() == "none", proxied
     assert proxy.connections >= 1, "botocore did not use the proxy"
+
+
+def test_a_token_minted_before_an_agent_restart_is_still_good_after_it(cloud: Cloud) -> None:
+    """The IMDSv2 token key lives beside the ownership record, not in the process: a busy
+    guest's token survives `systemctl restart`, so no burst of 401s and retried PUTs follows."""
+    instance_id = cloud.launch()
+    guest = cloud.guest(instance_id)
+    status, token = guest.token()
+    assert status == 200
+    cloud.agent.stop()
+    cloud.agent.start()
+    cloud.wait_served(instance_id)
+    assert guest.get(INSTANCE_ID_PATH, token) == (200, instance_id)

@@ -8,6 +8,7 @@ import array
 import json
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,37 @@ def test_a_socket_comes_back_with_its_answer(served: socket.socket) -> None:
     finally:
         for fd in received:
             os.close(fd)
+
+
+# -- the IMDSv2 token key, kept across restarts ----------------------------------------------
+
+
+def test_the_token_key_is_made_once_private_and_read_back_after_a_restart(tmp_path: Path) -> None:
+    from agent.privileged import token_key
+
+    path = tmp_path / "imds-token.key"
+    first = token_key(path)
+    assert len(first) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert token_key(path) == first  # the next agent process signs with the same key
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda path: path.chmod(0o644),
+        lambda path: path.write_bytes(b"short"),
+        lambda path: os.chown(path, 65534, 65534),
+    ],
+    ids=["readable by others", "wrong length", "another user's"],
+)
+def test_a_token_key_file_that_is_not_the_agents_is_replaced(tmp_path: Path, spoil: Any) -> None:
+    from agent.privileged import token_key
+
+    path = tmp_path / "imds-token.key"
+    first = token_key(path)
+    spoil(path)
+    second = token_key(path)
+    assert second != first and len(second) == 32
+    status = path.stat()
+    assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (os.geteuid(), 0o600)
