@@ -54,16 +54,31 @@ def one_line(text: str) -> str:
     return text.translate(_ONE_LINE)
 
 
+#: Below this, Twisted's own events are left out of the daemons' logs: a factory's repr when it
+#: starts and stops, "... starting on 80" and "(TCP Port 80 Closed)" for every instance's socket
+#: (a thousand lines each way on a busy node), "Main loop terminated". Its warnings and errors
+#: stay.
+_TWISTED_THRESHOLD = _RANK[LogLevel.warn]
+
+
+def _twisted(namespace: str) -> bool:
+    return namespace.startswith("twisted.") or namespace == "log_legacy"
+
+
 def line_observer(stream: IO[str], level: LogLevel | None = None) -> Callable[[LogEvent], None]:
     """Writes events as lines, each flushed at once; with a ``level``, only events at that level
-    or above that have a namespace (what ``LogLevelFilterPredicate`` lets through)."""
+    or above that have a namespace (what ``LogLevelFilterPredicate`` lets through), and of
+    Twisted's own only its warnings and errors."""
     threshold = None if level is None else _RANK[level]
 
     def observe(event: LogEvent) -> None:
         event_level = event.get("log_level")
         namespace = event.get("log_namespace")
         if threshold is not None and (
-            event_level not in _RANK or not namespace or _RANK[event_level] < threshold
+            event_level not in _RANK
+            or not namespace
+            or _RANK[event_level] < threshold
+            or (_RANK[event_level] < _TWISTED_THRESHOLD and _twisted(namespace))
         ):
             return
         if event_level is None:

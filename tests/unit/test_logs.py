@@ -119,3 +119,21 @@ def test_any_message_is_one_line_of_printable_text(text: str) -> None:
     assert not any(
         unicodedata.category(char) == "Cc" or char in "\u2028\u2029" for char in line[:-1]
     )
+
+
+def test_twisteds_own_chatter_is_left_out_but_its_warnings_and_ours_stay() -> None:
+    """Issue 17, item 7: "starting on 80" and "(TCP Port 80 Closed)" for every instance's socket
+    were a third of the agent's journal."""
+    stream = Stream()
+    observe = line_observer(stream, LogLevel.info)
+    observe(event(LogLevel.info, "MetadataFactory starting on 80", "twisted.internet.tcp"))
+    observe(event(LogLevel.info, "(TCP Port 80 Closed)", "log_legacy"))
+    observe(event(LogLevel.info, "Starting factory <_HTTP11ClientFactory>", "twisted.web.client"))
+    observe(event(LogLevel.warn, "a port could not be closed", "twisted.internet.tcp"))
+    observe(event(LogLevel.info, "serving i-0123456789abcdef0", "rolecall.agent"))
+    observe(event(LogLevel.info, "twisted.example.com answered", "rolecall.api"))
+    assert stream.getvalue() == (
+        "WARN twisted.internet.tcp: a port could not be closed\n"
+        "INFO rolecall.agent: serving i-0123456789abcdef0\n"
+        "INFO rolecall.api: twisted.example.com answered\n"
+    )
