@@ -370,26 +370,28 @@ def _revoke_by_terminating(controller: Controller, iam: Any, instance_id: str, n
     controller.client("ec2").terminate_instances(InstanceIds=[instance_id])
 
 
+def _association_of(ec2: Any, instance_id: str) -> str:
+    """The id of the instance's profile association."""
+    associations = ec2.describe_iam_instance_profile_associations(
+        Filters=[{"Name": "instance-id", "Values": [instance_id]}]
+    )["IamInstanceProfileAssociations"]
+    return str(associations[0]["AssociationId"])
+
+
 def _revoke_by_disassociating(
     controller: Controller, iam: Any, instance_id: str, node: str
 ) -> None:
     ec2 = controller.client("ec2")
-    associations = ec2.describe_iam_instance_profile_associations(
-        Filters=[{"Name": "instance-id", "Values": [instance_id]}]
-    )["IamInstanceProfileAssociations"]
-    ec2.disassociate_iam_instance_profile(AssociationId=associations[0]["AssociationId"])
+    ec2.disassociate_iam_instance_profile(AssociationId=_association_of(ec2, instance_id))
 
 
 def _revoke_by_replacing_the_profile(
     controller: Controller, iam: Any, instance_id: str, node: str
 ) -> None:
     ec2 = controller.client("ec2")
-    association = ec2.describe_iam_instance_profile_associations(
-        Filters=[{"Name": "instance-id", "Values": [instance_id]}]
-    )["IamInstanceProfileAssociations"][0]
     other, _ = profile(iam)
     ec2.replace_iam_instance_profile_association(
-        AssociationId=association["AssociationId"], IamInstanceProfile={"Name": other}
+        AssociationId=_association_of(ec2, instance_id), IamInstanceProfile={"Name": other}
     )
 
 
