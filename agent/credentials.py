@@ -42,7 +42,7 @@ from agent.refresh import (
     usable_on_arrival,
 )
 
-log = Logger()
+log = Logger(namespace="rolecall.agent.credentials")
 
 DEFAULT_MAX_CONCURRENT_FETCHES = 8
 
@@ -62,6 +62,8 @@ class DelayedCall(Protocol):
     def cancel(self) -> None: ...
 
     def active(self) -> bool: ...
+
+    def getTime(self) -> float: ...
 
 
 class ReactorTime(Protocol):
@@ -107,6 +109,8 @@ class State(Enum):
 
 class Input(Enum):
     START = "start"
+    #: Started with the set the agent kept across its restart (`agent.kept`).
+    RESTORED = "restored"
     FETCHED = "fetched"
     FAILED = "failed"
     REFRESH_DUE = "refresh_due"
@@ -120,6 +124,9 @@ class Output(Enum):
     FETCH = "fetch"
     #: Hold the new set; schedule its refresh and its expiry; reset the backoff.
     INSTALL = "install"
+    #: Hold the set kept across a restart as INSTALL does, but as not yet confirmed by the
+    #: controller: served down to the expiry margin, refreshed on its own schedule.
+    RESTORE = "restore"
     #: Count the failure; schedule a retry after the backoff delay.
     SCHEDULE_RETRY = "schedule_retry"
     #: Forget the held set and cancel its refresh and expiry timers.
@@ -133,6 +140,7 @@ _STOP = (State.GONE, (Output.HALT,))
 #: (state, input) -> (next state, outputs in order). A pair that is absent is a bug.
 TRANSITIONS: Mapping[tuple[State, Input], tuple[State, tuple[Output, ...]]] = {
     (State.EMPTY, Input.START): (State.FETCHING, (Output.FETCH,)),
+    (State.EMPTY, Input.RESTORED): (State.FRESH, (Output.RESTORE,)),
     (State.EMPTY, Input.RETRY_DUE): (State.FETCHING, (Output.FETCH,)),
     (State.EMPTY, Input.STOP): _STOP,
     (State.FETCHING, Input.FETCHED): (State.FRESH, (Output.INSTALL,)),
@@ -186,6 +194,7 @@ class InstanceCredentials:
         policy: RefreshPolicy | None = None,
         random: RandomSource | None = None,
         on_transition: Callable[[State, Input, State], None] | None = None,
+        restored: CredentialSet | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._clock = clock
@@ -211,7 +220,10 @@ class InstanceCredentials:
         #: Bumped by every transition: what `verdict` depends on (the held set, whether the
         #: controller answers, the state) changes only then, or with the time.
         self.generation = 0
-        self._handle(Input.START)
+        if restored is not None:
+            self._handle(Input.RESTORED, restored)
+        else:
+            self._handle(Input.START)
 
     # -- what the IMDS server and the metrics read ------------------------------------------
 
@@ -284,6 +296,16 @@ class InstanceCredentials:
         """The instance is gone: cancel every timer and the call in flight, forget the set."""
         self._handle(Input.STOP)
 
+    def hurry(self, within: float) -> None:
+        """A retry waiting longer than `within` seconds is due within them instead (at a random
+        moment, so a node's instances do not all call at once): the controller answers again
+        after an outage, and the backoff it grew is no reason to wait minutes more."""
+        timer = self._timers.get(Input.RETRY_DUE)
+        if timer is None or not timer.active():
+            return
+        if timer.getTime() - self._clock.seconds() > within:
+            self._later(self._random.uniform(0.0, within), Input.RETRY_DUE)
+
     # -- the machine -------------------------------------------------------------------------
 
     def _handle(self, event: Input, payload: CredentialSet | str | None = None) -> None:
@@ -318,6 +340,9 @@ class InstanceCredentials:
         elif output is Output.INSTALL:
             assert isinstance(payload, CredentialSet)
             self._install(payload)
+        elif output is Output.RESTORE:
+            assert isinstance(payload, CredentialSet)
+            self._install(payload, confirmed=False)
         elif output is Output.SCHEDULE_RETRY:
             assert isinstance(payload, str)
             self._schedule_retry(payload)
@@ -432,11 +457,14 @@ class InstanceCredentials:
             "credentials of {instance_id}: unexpected error", failure, instance_id=self.instance_id
         )
 
-    def _install(self, arrived: CredentialSet) -> None:
+    def _install(self, arrived: CredentialSet, confirmed: bool = True) -> None:
         replaced = self._held
         self._held = arrived
-        self._reachable = True
-        self.successes += 1
+        # A kept set is served as when the controller is unreachable (down to the expiry
+        # margin) until the controller has answered; its refresh may be due at once.
+        self._reachable = confirmed
+        if confirmed:
+            self.successes += 1
         self.consecutive_failures = 0
         self._at(
             next_refresh_at(arrived.last_updated, arrived.expiration, self._policy, self._random),
@@ -447,12 +475,15 @@ class InstanceCredentials:
             Input.EXPIRY_DUE,
         )
         log.info(
-            "credentials of {instance_id}: {access_key_id} until {expiration}"
-            " (replaces {previous})",
+            "credentials of {instance_id}: {access_key_id} until {expiration} ({previous})",
             instance_id=self.instance_id,
             access_key_id=arrived.access_key_id,
             expiration=format_timestamp(arrived.expiration),
-            previous=replaced.access_key_id if replaced is not None else "nothing",
+            previous=(
+                "kept across the restart"
+                if not confirmed
+                else f"replaces {replaced.access_key_id if replaced is not None else 'nothing'}"
+            ),
         )
 
     def _schedule_retry(self, reason: str) -> None:
@@ -512,8 +543,11 @@ class CredentialCache:
         self.limiter = DeferredSemaphore(max_concurrent_fetches)
         self._instances: dict[str, InstanceCredentials] = {}
 
-    def add(self, instance_id: str, fetch: Fetch) -> InstanceCredentials:
-        """Start keeping `instance_id`'s credentials (the first fetch starts now)."""
+    def add(
+        self, instance_id: str, fetch: Fetch, restored: CredentialSet | None = None
+    ) -> InstanceCredentials:
+        """Start keeping `instance_id`'s credentials: the first fetch starts now, or, with a set
+        `restored` from before a restart, when that set's refresh is due."""
         if instance_id in self._instances:
             raise ValueError(f"{instance_id} already has credentials kept")
         hook = self._on_transition
@@ -530,6 +564,7 @@ class CredentialCache:
             policy=self._policy,
             random=self._random,
             on_transition=report if hook is not None else None,
+            restored=restored,
         )
         self._instances[instance_id] = instance
         return instance
@@ -551,6 +586,11 @@ class CredentialCache:
 
     def __iter__(self) -> Iterator[InstanceCredentials]:
         return iter(list(self._instances.values()))
+
+    def hurry(self, within: float) -> None:
+        """Every instance's retry waiting longer than `within` seconds is due within them."""
+        for instance in self._instances.values():
+            instance.hurry(within)
 
     def stop(self) -> None:
         """Stop every instance's machine (the agent is shutting down)."""

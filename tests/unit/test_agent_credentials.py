@@ -904,3 +904,97 @@ def test_every_transition_moves_the_generation(clock: Clock) -> None:
     assert credentials.generation == len(seen) > first
     credentials.stop()
     assert credentials.generation == len(seen)
+
+
+# -- a set kept across a restart, and the retries after an outage ------------------------------
+
+
+def kept_set(clock: Clock, issued_ago: float, lifetime: float = 6 * HOUR) -> CredentialSet:
+    issued = datetime.fromtimestamp(clock.seconds() - issued_ago, UTC)
+    return CredentialSet.from_node_api(
+        node_api_body(issued + timedelta(seconds=lifetime), serial=7), issued
+    )
+
+
+def restored_machine(
+    clock: Clock, controller: FakeController, restored: CredentialSet
+) -> InstanceCredentials:
+    return InstanceCredentials(
+        "i-0123456789abcdef0",
+        clock,
+        controller.fetch,
+        limiter=DeferredSemaphore(8),
+        random=random.Random(3),
+        restored=restored,
+    )
+
+
+def test_a_kept_set_is_served_at_once_and_refreshed_on_its_own_schedule(clock: Clock) -> None:
+    controller = FakeController(clock, latency=0.0)
+    held = kept_set(clock, issued_ago=10 * MINUTE)
+    credentials = restored_machine(clock, controller, held)
+    assert credentials.state is State.FRESH
+    assert credentials.current() is held
+    assert controller.calls == []  # no call until its refresh is due (about 2.5 hours on)
+    run(clock, 2 * HOUR)
+    assert controller.calls == []
+    run(clock, 1 * HOUR)
+    assert len(controller.calls) == 1
+    assert credentials.current() is not held and credentials.state is State.FRESH
+    credentials.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_kept_set_is_served_down_to_the_margin_while_the_controller_is_down(
+    clock: Clock,
+) -> None:
+    """Not yet confirmed by the controller, a kept set is served as while the controller is
+    unreachable: with less than 30 minutes left too, never inside the expiry margin."""
+    controller = FakeController(clock, latency=0.0)
+    controller.up = False
+    held = kept_set(clock, issued_ago=5 * HOUR + 50 * MINUTE)  # ten minutes left
+    credentials = restored_machine(clock, controller, held)
+    assert credentials.current() is held
+    run(clock, 0.0)
+    assert len(controller.calls) == 1  # its refresh was overdue: asked at once
+    assert credentials.state is State.STALE
+    run(clock, 8 * MINUTE)
+    assert credentials.current() is held
+    run(clock, 1 * MINUTE + 1)  # inside the margin
+    assert credentials.current() is None
+    assert credentials.verdict() is Verdict.EXPIRED
+    credentials.stop()
+
+
+def test_once_the_controller_answers_again_backed_off_retries_are_due_within_seconds(
+    clock: Clock,
+) -> None:
+    controller = FakeController(clock, latency=0.0)
+    controller.up = False
+    credentials = machine(clock, controller, seed=5)
+    run(clock, 1 * HOUR)  # the backoff has grown to minutes
+    waiting = [call.getTime() - clock.seconds() for call in clock.getDelayedCalls()]
+    assert max(waiting) > 30
+    controller.up = True
+    asked = len(controller.calls)
+    credentials.hurry(5.0)
+    run(clock, 5.0)
+    assert len(controller.calls) == asked + 1
+    assert credentials.current() is not None
+    credentials.hurry(5.0)  # nothing waits to retry: nothing changes
+    assert len(controller.calls) == asked + 1
+    credentials.stop()
+
+
+def test_hurry_leaves_a_retry_due_sooner_alone(clock: Clock) -> None:
+    controller = FakeController(clock, latency=0.0)
+    controller.up = False
+    credentials = machine(clock, controller, seed=5)
+    run(clock, 0.0)
+    (retry,) = clock.getDelayedCalls()
+    due = retry.getTime()
+    assert due - clock.seconds() <= 1.0
+    credentials.hurry(5.0)
+    (after,) = clock.getDelayedCalls()
+    assert after.getTime() == due
+    credentials.stop()
