@@ -48,7 +48,9 @@ class ListeningService(Service):
         site: ServerFactory,
         label: str,
         tls: CertificateOptions | None = None,
+        log_namespace: str = "rolecall.controller",
     ) -> None:
+        self._log = Logger(namespace=log_namespace)
         self._reactor = reactor
         self._host = host
         self._port_number = port
@@ -74,7 +76,7 @@ class ListeningService(Service):
         self.port = port
         address = port.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
-        log.info(
+        self._log.info(
             "{label} listening on {scheme}://{host}:{port}",
             label=self._label,
             scheme="https" if self._tls is not None else "http",
@@ -84,7 +86,7 @@ class ListeningService(Service):
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:
-        log.critical(
+        self._log.critical(
             "{label} cannot listen on {host}:{port}: {error}",
             label=self._label,
             host=self._host,
