@@ -20,10 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: A request is a small JSON object: an operation and a namespace name, or a status line.
-MAX_REQUEST_BYTES = 4096
+from agent.kept import MAX_ENTRY_BYTES
+
+#: A request is a JSON object: an operation and a namespace name, a status line, or an instance's
+#: entry to keep (`agent.kept`, up to its size, twice over for JSON's escapes).
+MAX_REQUEST_BYTES = 2 * MAX_ENTRY_BYTES + 1024
 #: The first message to the serving process (configuration, the node's certificate and key, and
-#: the ownership record) and the batches of kept sockets after it.
+#: the ownership record), and each batch of kept sockets or of kept entries after it.
 MAX_HELLO_BYTES = 4 * 1024 * 1024
 #: Buffer size asked for both ends, so that the hello fits in one message.
 BUFFER_BYTES = 8 * 1024 * 1024
@@ -40,6 +43,10 @@ OPERATIONS: dict[str, dict[str, type]] = {
     "unstore": {"netns": str},
     "compact": {},
     "notify": {"ready": bool, "status": str, "stopping": bool},
+    "orphans": {},
+    "remove_orphan": {"netns": str},
+    "keep": {"instance": str, "entry": str},
+    "forget": {"instance": str},
 }
 #: A STATUS= line for systemd: printable ASCII, short.
 MAX_STATUS_CHARS = 200

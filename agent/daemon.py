@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -11,9 +12,10 @@ from agent.client import NodeApiClient, NodeTLSPolicy
 from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
+from agent.kept import Entry
 from agent.metrics import AgentMetrics, health_site
 from agent.server import ConnectionLimitsCollector
-from agent.service import NodeAgent
+from agent.service import Keeper, NodeAgent
 from controller.notify import Notifier
 from controller.service import ListeningService
 
@@ -29,18 +31,22 @@ def make_agent_service(
     notifier: Notifier | None = None,
     inherited: dict[str, list[int]] | None = None,
     imds_key: bytes | None = None,
+    keeper: Keeper | None = None,
+    restored: Sequence[Entry] = (),
 ) -> MultiService:
     """The reconcile loop with every instance's metadata service, and the metrics listener.
 
     `tls` is the node CA, the node's certificate and its key (PEM text; the serving process
-    reads no file), `namespaces` and `ownership` what `NodeAgent` takes (in the agent, the
-    privileged process's stand-ins from `agent.serving`)."""
+    reads no file), `namespaces`, `ownership` and `keeper` what `NodeAgent` takes (in the
+    agent, the privileged process's stand-ins from `agent.serving`), `restored` the instances
+    kept across the restart."""
     policy = NodeTLSPolicy(*tls)
     client = NodeApiClient(
         reactor, config.controller_urls, policy, ca_file=str(config.ca_certificate)
     )
     registry = registry if registry is not None else CollectorRegistry()
-    # A key per boot of the agent: tokens from before a restart are refused, as after a reboot.
+    # The IMDSv2 token key outlives the agent process (the root process keeps it in /run), so
+    # that tokens guests hold stay valid across a restart; a new key only without one.
     agent = NodeAgent(
         config,
         reactor,
@@ -50,6 +56,8 @@ def make_agent_service(
         ownership=ownership,
         notifier=notifier,
         inherited=inherited,
+        keeper=keeper,
+        restored=restored,
     )
     metrics = AgentMetrics(registry, agent)
     registry.register(ConnectionLimitsCollector(agent.connections, agent.instance_limits))
@@ -66,6 +74,7 @@ def make_agent_service(
         config.metrics_port,
         health_site(agent, registry),
         "agent metrics",
+        log_namespace="rolecall.agent",
     )
     health.setName("health")
     health.setServiceParent(root)

@@ -318,6 +318,91 @@ def release(ownership: Ownership) -> None:
                 ) from error
 
 
+#: What a namespace the agent made holds: its loopback and these addresses on it.
+_OWN_ADDRESSES = frozenset({"127.0.0.1", "::1", METADATA_ADDRESS})
+
+
+def foreign_contents(name: str, listening_is_foreign: bool = True) -> str | None:
+    """What namespace `name` holds that an agent with no instance there would not (a link other
+    than its loopback, another address, a listening TCP socket, a process whose network
+    namespace it is), said in a few words; None when it holds nothing foreign. A listening
+    socket means that something serves in it, another agent with the same prefix say. Processes
+    of other users are out of this process's sight (no CAP_SYS_PTRACE): a VM's tap or veth,
+    which its namespace holds, is a link."""
+    with inside(name), _rtnetlink() as rtnetlink:
+        links = rtnetlink.links()
+        addresses = rtnetlink.addresses()
+        listening = _listening_tcp()
+    others = [link for index, link in links if index != 1]
+    if others:
+        return f"link {others[0]}"
+    for index, address in addresses:
+        if index != 1 or address not in _OWN_ADDRESSES:
+            return f"address {address}"
+    if listening and listening_is_foreign:
+        return f"{listening} listening TCP socket(s)"
+    descriptor = open_namespace(name)
+    try:
+        found = os.fstat(descriptor)
+    finally:
+        os.close(descriptor)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            used = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if (used.st_dev, used.st_ino) == (found.st_dev, found.st_ino):
+            return f"process {entry.name}"
+    return None
+
+
+def _listening_tcp() -> int:
+    """How many TCP sockets listen in the calling thread's network namespace."""
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{table}", encoding="ascii") as lines:
+                next(lines, None)  # the header
+                count += sum(1 for line in lines if line.split()[3] == "0A")  # TCP_LISTEN
+        except FileNotFoundError:  # no IPv6
+            continue
+    return count
+
+
+def remove_if_empty(name: str, listening_is_foreign: bool = True) -> str | None:
+    """Remove namespace `name` if it holds nothing foreign (`foreign_contents`); what it holds
+    otherwise (then it stays). For namespaces the agent's record does not say it made, which
+    carry the agent's prefix and which no assignment names. Where the agent served the instance
+    until now, its own socket may still be closing: `listening_is_foreign` false then."""
+    if not exists(name):
+        return None
+    try:
+        held = foreign_contents(name, listening_is_foreign)
+    except OSError as error:
+        raise NamespaceError(f"cannot look into namespace {name}: {error}") from error
+    if held is None:
+        _remove_namespace(name)
+    return held
+
+
+def listed(prefix: str) -> list[str]:
+    """The namespaces in /run/netns whose names start with `prefix` (valid names only)."""
+    try:
+        entries = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.startswith(prefix):
+            try:
+                found.append(check_namespace(entry))
+            except InvalidName:
+                continue
+    return sorted(found)
+
+
 def _remove_namespace(name: str) -> None:
     """Unname namespace `name` as ``ip netns delete`` does: detach its bind mount and remove the
     file; the kernel frees the namespace once nothing else holds it."""

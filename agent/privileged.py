@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from agent import capabilities, channel, names, netns
+from agent import kept as kept_module
 from agent.config import AgentConfig, ConfigError, config_to_wire
 from agent.imds.tokens import KEY_BYTES as TOKEN_KEY_BYTES
 from agent.imds.tokens import new_key
@@ -63,12 +64,21 @@ class Broker:
     """The requests of the serving process, answered one by one. `handle` never raises."""
 
     def __init__(
-        self, imds_port: int, record: netns.OwnershipRecord, notifier: Notifier, namespaces: Any
+        self,
+        imds_port: int,
+        record: netns.OwnershipRecord,
+        notifier: Notifier,
+        namespaces: Any,
+        *,
+        kept: kept_module.InstanceFiles | None = None,
+        prefix: str = "rc-",
     ) -> None:
         self._imds_port = imds_port
         self._record = record
         self._notifier = notifier
         self._namespaces = namespaces
+        self._kept = kept
+        self._prefix = prefix
         self.owned = record.load()
         record.save(self.owned)  # the journal folded in
 
@@ -78,7 +88,7 @@ class Broker:
             request = channel.decode_request(data, truncated)
             handler: Callable[..., Answer] = getattr(self, f"_{request.op}")
             return handler(**request.fields)
-        except (channel.Refused, names.InvalidName, netns.NamespaceError) as error:
+        except (channel.Refused, names.InvalidName, netns.NamespaceError, OSError) as error:
             say("WARN", f"refused a request of the serving process: {error}")
             return {"ok": False, "error": str(error)}, []
         except Exception as error:  # a bug here must not take the node's namespaces down
@@ -120,6 +130,47 @@ class Broker:
             self._namespaces.release(made)
             del self.owned[name]
             self._record.forget(name)
+            if not made.created_namespace and name.startswith(self._prefix):
+                # Adopted, with the agent's name: made by an agent whose record was lost, or by
+                # the hypervisor for a VM now gone. Empty, it would only leak. (The socket the
+                # agent served it on may not be closed yet.)
+                self._remove_if_empty(name, listening_is_foreign=False)
+        return {"ok": True}, []
+
+    def _orphans(self) -> Answer:
+        """Namespaces with the agent's prefix that its record does not name."""
+        found = [name for name in self._namespaces.listed(self._prefix) if name not in self.owned]
+        return {"ok": True, "names": found}, []
+
+    def _remove_orphan(self, netns: str) -> Answer:
+        name = names.check_namespace(netns)
+        if not name.startswith(self._prefix) or name in self.owned:
+            raise channel.Refused(f"remove_orphan: {name} is not an orphan of this agent's")
+        return {"ok": True, "holds": self._remove_if_empty(name) or ""}, []
+
+    def _remove_if_empty(self, name: str, listening_is_foreign: bool = True) -> str | None:
+        held: str | None = self._namespaces.remove_if_empty(name, listening_is_foreign)
+        if held is None:
+            say("INFO", f"removed namespace {name}: no instance of this node, nothing in it")
+        else:
+            say(
+                "INFO",
+                f"left namespace {name} in place: no instance of this node, but it holds {held}",
+            )
+        return held
+
+    def _keep(self, instance: str, entry: str) -> Answer:
+        if self._kept is None:
+            raise channel.Refused("keep: nothing is kept across restarts here")
+        try:
+            self._kept.write(names.check_instance_id(instance), entry)
+        except ValueError as error:
+            raise channel.Refused(str(error)) from None
+        return {"ok": True}, []
+
+    def _forget(self, instance: str) -> Answer:
+        if self._kept is not None:
+            self._kept.remove(names.check_instance_id(instance))
         return {"ok": True}, []
 
     def _unstore(self, netns: str) -> Answer:
@@ -335,6 +386,33 @@ def send_kept_sockets(peer: socket.socket, kept: Mapping[str, list[int]]) -> Non
         os.close(fd)
 
 
+def send_kept_entries(peer: socket.socket, entries: Mapping[str, str]) -> None:
+    """The instances kept across the restart (`agent.kept`), in batches under the hello's
+    limit, then an empty batch."""
+    batch: list[str] = []
+    size = 0
+    for text in entries.values():
+        if batch and size + len(text) > channel.MAX_HELLO_BYTES // 4:  # JSON escapes, at worst
+            channel.send(peer, {"entries": batch})
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text)
+    if batch:
+        channel.send(peer, {"entries": batch})
+    channel.send(peer, {"entries": []})
+
+
+def kept_instances(directory: Path) -> tuple[kept_module.InstanceFiles | None, dict[str, str]]:
+    """Where instances are kept across restarts, and what was kept; (None, {}) with one line
+    said if the directory cannot be used (the agent then serves only what the controller says)."""
+    files = kept_module.InstanceFiles(directory, lambda message: say("WARN", message))
+    try:
+        return files, files.load()
+    except OSError as error:
+        say("WARN", f"not keeping instances across restarts: {error}")
+        return None, {}
+
+
 def run(config: AgentConfig, ownership_file: Path) -> int:
     """The whole life of the privileged process; the serving process's exit status."""
     # Listening sockets kept by systemd across a restart, by namespace name; the LISTEN_*
@@ -343,7 +421,10 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     notifier = Notifier.from_environment(os.environ, lambda message: say("WARN", message))
     uid, gid = serving_user(config.user)
     record = netns.OwnershipRecord(ownership_file)
-    broker = Broker(config.imds_port, record, notifier, netns)
+    files, entries = kept_instances(ownership_file.parent / kept_module.DIRECTORY_NAME)
+    broker = Broker(
+        config.imds_port, record, notifier, netns, kept=files, prefix=config.namespace_prefix
+    )
     first = hello(config, broker.owned, token_key(ownership_file.parent / IMDS_KEY_FILE))
     privileged_end, serving_end = channel.pair()
     child = spawn_serving(serving_end, uid, gid, os.environ)
@@ -363,6 +444,8 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
         capabilities.keep_only(KEPT_CAPABILITIES)
         channel.send(privileged_end, first)
         send_kept_sockets(privileged_end, kept)
+        send_kept_entries(privileged_end, entries)
+        del entries
         broker.serve(privileged_end)
     except BaseException:
         child.kill()

@@ -25,7 +25,13 @@ from pyroute2.netlink import (
     NLMSG_ERROR,
 )
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_GETADDR, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+)
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
@@ -112,6 +118,20 @@ class Rtnetlink:
         """`ip addr del ADDRESS/32 dev lo`."""
         self._request(partial(_loopback_address, RTM_DELADDR, NLM_F_ACK, address))
 
+    def links(self) -> list[tuple[int, str]]:
+        """Every link of the namespace: (index, name), as `ip link` lists them."""
+        return [
+            (answer["index"], str(answer.get_attr("IFLA_IFNAME")))
+            for answer in self._request(_link_dump)
+        ]
+
+    def addresses(self) -> list[tuple[int, str]]:
+        """Every IPv4 and IPv6 address of the namespace: (link index, address)."""
+        return [
+            (answer["index"], str(answer.get_attr("IFA_ADDRESS")))
+            for answer in self._request(partial(_address_dump_of, socket.AF_UNSPEC))
+        ]
+
 
 # The requests, encoded by pyroute2 once for each sequence number (a socket's first requests
 # are numbered 1, 2, ...): encoding is most of what a request costs in Python.
@@ -135,10 +155,20 @@ def _loopback_up(sequence: int) -> bytes:
 
 
 @cache
-def _address_dump(sequence: int) -> bytes:
+def _address_dump_of(family: int, sequence: int) -> bytes:
     message = ifaddrmsg()
-    message["family"] = socket.AF_INET
+    message["family"] = family
     return _encoded(message, RTM_GETADDR, NLM_F_DUMP, sequence)
+
+
+_address_dump = partial(_address_dump_of, socket.AF_INET)
+
+
+@cache
+def _link_dump(sequence: int) -> bytes:
+    message = ifinfmsg()
+    message["family"] = socket.AF_UNSPEC
+    return _encoded(message, RTM_GETLINK, NLM_F_DUMP, sequence)
 
 
 @cache

@@ -16,9 +16,11 @@ import resource
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from hashlib import blake2b
 from random import SystemRandom
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -26,10 +28,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
 
-from agent import names, netns
+from agent import kept, names, netns
 from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError
 from agent.config import AgentConfig
-from agent.credentials import CredentialCache
+from agent.credentials import CredentialCache, Input, State
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.tokens import TokenMinter
 from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
@@ -52,9 +54,21 @@ SLICE_SECONDS = 0.015
 SLICE_GAP_SECONDS = 1e-8
 #: How many instances without credentials `/readyz` names (the count is always complete).
 _NAMED_IN_READYZ = 5
+#: Once the controller answers again after failing, every credential retry that backed off
+#: longer is due within this many seconds (spread over them).
+RECOVERY_SPREAD_SECONDS = 5.0
 #: Why an assignments poll failed: no controller URL answered, the controller refused (an HTTP
 #: error status), its answer was not JSON, or anything else. A fixed set: metric label values.
 POLL_FAILURE_REASONS = ("unreachable", "refused", "malformed", "other")
+
+
+class Keeper(Protocol):
+    """Where the agent keeps each instance across its own restart (`agent.kept`): the root
+    process (`agent.serving.PrivilegedKeeper`), or nothing."""
+
+    def keep(self, instance_id: str, entry: str) -> None: ...
+
+    def forget(self, instance_id: str) -> None: ...
 
 
 def poll_failure_reason(failure: Any) -> str:
@@ -88,6 +102,8 @@ class NodeAgent(Service):
         inherited: dict[str, list[int]] | None = None,
         timer: Callable[[], float] = time.perf_counter,
         reconnect: ReconnectPolicy | None = None,
+        keeper: Keeper | None = None,
+        restored: Sequence[kept.Entry] = (),
     ) -> None:
         self._config = config
         self._reactor = reactor
@@ -111,7 +127,20 @@ class NodeAgent(Service):
             policy=policy,
             random=self._random,
             max_concurrent_fetches=config.max_concurrent_fetches,
+            on_transition=self._credentials_changed,
         )
+        #: Where each instance is kept across a restart, and what was kept before this one (by
+        #: instance id; an entry is used once, when its instance is set up).
+        self._keeper = keeper
+        self._restored = {entry.instance_id: entry for entry in restored}
+        #: A digest of what was last kept for each instance: unchanged entries are not resent.
+        self._kept_digests: dict[str, bytes] = {}
+        self._keep_problem: str | None = None
+        #: Whether the assignments being applied came from the controller (else from what was
+        #: kept across the restart: nothing is removed on their word).
+        self._authoritative = False
+        #: Whether namespaces with the agent's prefix that nothing names were looked for.
+        self._swept = False
         self.slots: dict[str, Slot] = {}
         #: All instances' metadata connections together (each instance also has its own,
         #: whose events add up in `instance_limits`, for metrics).
@@ -159,6 +188,16 @@ class NodeAgent(Service):
                 "the service manager kept {count} listening socket(s) across the restart",
                 count=len(self._inherited),
             )
+        if self._restored:
+            # Served at once, as before the restart, while the controller is asked.
+            log.info(
+                "serving {count} instance(s) as kept across the restart until the controller"
+                " answers",
+                count=len(self._restored),
+            )
+            self.reconcile(
+                [entry.assignment for entry in self._restored.values()], authoritative=False
+            )
         self._poll()
 
     def stopService(self) -> Deferred[None]:
@@ -201,6 +240,7 @@ class NodeAgent(Service):
                 "the controller answers again, after {seconds:.0f} s without assignments",
                 seconds=self._reactor.seconds() - self._failing_since,
             )
+            self.credentials.hurry(RECOVERY_SPREAD_SECONDS)
         self.poll_failures = 0
         self.poll_problem = None
         self._failing_since = None
@@ -248,22 +288,26 @@ class NodeAgent(Service):
 
     # reconciling
 
-    def reconcile(self, instances: list[Mapping[str, Any]]) -> None:
+    def reconcile(
+        self, instances: Sequence[Mapping[str, Any]], *, authoritative: bool = True
+    ) -> None:
         """Make the served instances exactly the assigned ones.
 
         Changed assignments apply at once; instances to set up or tear down are queued and
         worked through a slice at a time (`_reconciling`). A newer answer replaces the queues,
         so an instance no longer wanted is not set up, and none is set up twice. `ready()` is
-        false until the queues are empty."""
+        false until the queues are empty. Assignments that are not `authoritative` (kept across
+        a restart) set instances up but never make the agent remove anything."""
         desired = {str(entry["instance_id"]): entry for entry in instances}
         self._desired = desired
+        self._authoritative = authoritative
         for instance_id, slot in self.slots.items():
             if instance_id in desired:
                 self._update(slot, desired[instance_id])
         for instance_id in list(self.failed):
             if instance_id not in desired:
                 del self.failed[instance_id]
-        self._to_remove = deque(i for i in self.slots if i not in desired)
+        self._to_remove = deque(i for i in self.slots if authoritative and i not in desired)
         self._to_add = deque(i for i in desired if i not in self.slots)  # failed ones again too
         if self._work is not None:
             return  # it carries on with the new queues
@@ -310,8 +354,15 @@ class NodeAgent(Service):
             log.failure("reconciling failed; the next assignments answer tries again", failure)
 
     def _settle(self) -> None:
-        """Every queued instance is set up or torn down: clean up after instances no longer
-        assigned, drop the sockets nobody claimed, compact the ownership record, tell on_change."""
+        """Every queued instance is set up or torn down: once the controller said which
+        instances are this node's, clean up after the others, drop the sockets nobody claimed,
+        compact the ownership record; tell on_change."""
+        if self._authoritative:
+            self._clean_up()
+        if self.on_change is not None:
+            self.on_change()
+
+    def _clean_up(self) -> None:
         # What the agent made for instances no longer assigned (terminated while it was down,
         # or whose preparation failed): every answer lists all of the node's instances.
         wanted = {self._namespace_name(i, entry) for i, entry in self._desired.items()}
@@ -323,10 +374,31 @@ class NodeAgent(Service):
                 continue
             self._forget(name)
         self._drop_unclaimed_sockets()
+        for instance_id in [i for i in self._restored if i not in self._desired]:
+            self._forget_kept(instance_id)  # kept, but no longer this node's
+        self._restored.clear()
+        if not self._swept:
+            self._swept = True
+            self._sweep(wanted)
         if self._ownership is not None:
             self._ownership.compact(self._owned)
-        if self.on_change is not None:
-            self.on_change()
+
+    def _sweep(self, wanted: set[str]) -> None:
+        """Once, at the first answer: namespaces with the agent's prefix that no assignment
+        names and that the agent's record does not own (made by an agent that lost its record,
+        or for an instance terminated meanwhile) are removed if they hold nothing foreign."""
+        try:
+            found = self._namespaces.listed(self._config.namespace_prefix)
+        except Exception as error:
+            log.warn("cannot look for namespaces left behind: {error}", error=str(error))
+            return
+        for name in found:
+            if name in wanted or name in self._owned:
+                continue
+            try:
+                self._namespaces.remove_if_empty(name)
+            except Exception as error:
+                log.warn("cannot remove namespace {netns}: {error}", netns=name, error=str(error))
 
     def _namespace_name(self, instance_id: str, entry: Mapping[str, Any]) -> str:
         return str(entry.get("netns") or f"{self._config.namespace_prefix}{instance_id}")
@@ -374,6 +446,7 @@ class NodeAgent(Service):
         self.failed.pop(instance_id, None)
         self.slots[instance_id] = slot
         self._start_credentials(slot)
+        self._keep(slot)
         if kept and slot.credentials is not None:
             # Taken back after a restart: guests' connections wait in the socket's queue until
             # the credentials are back, rather than being answered "no credentials".
@@ -437,6 +510,7 @@ class NodeAgent(Service):
             self.credentials.remove(slot.instance_id)
             slot.credentials = None
             self._start_credentials(slot)
+        self._keep(slot)
         log.info("updated {instance}", instance=slot.instance_id)
 
     def _remove(self, instance_id: str) -> None:
@@ -445,6 +519,7 @@ class NodeAgent(Service):
         if self._notifier is not None:
             self._notifier.remove_fds(slot.ownership.namespace)
         self.credentials.remove(instance_id)
+        self._forget_kept(instance_id)
         try:
             self._namespaces.release(slot.ownership)
         except Exception as error:
@@ -458,9 +533,65 @@ class NodeAgent(Service):
         if profile_key(slot.assignment) is None:
             return
         instance_id = slot.instance_id
+        restored = None
+        entry = self._restored.pop(instance_id, None)
+        if entry is not None:
+            now = datetime.fromtimestamp(self._reactor.seconds(), UTC)
+            # Worth holding as a new set would be: more than twice the expiry margin left.
+            least = 2 * self._policy.expiry_margin_seconds
+            restored = kept.usable_credentials(entry, slot.assignment, now, least)
         slot.credentials = self.credentials.add(
-            instance_id, lambda: self._client.credentials(instance_id)
+            instance_id, lambda: self._client.credentials(instance_id), restored
         )
+
+    # kept across a restart
+
+    def _credentials_changed(self, instance_id: str, old: State, event: Input, new: State) -> None:
+        """A new set is held, or the held one dropped: what is kept follows."""
+        if event in (Input.FETCHED, Input.EXPIRY_DUE):
+            slot = self.slots.get(instance_id)
+            if slot is not None:
+                self._keep(slot)
+
+    def _keep(self, slot: Slot) -> None:
+        """Keep the instance as it is served now (its assignment and the set it holds)."""
+        if self._keeper is None:
+            return
+        keeper = slot.credentials
+        held = keeper.held if keeper is not None else None
+        try:
+            text = kept.encode_entry(slot.instance_id, slot.assignment, held)
+        except (kept.EntryError, TypeError, ValueError) as error:
+            self._keeping_failed(f"{slot.instance_id}: {error}")
+            return
+        digest = blake2b(text.encode("utf-8"), digest_size=16).digest()
+        if self._kept_digests.get(slot.instance_id) == digest:
+            return
+        try:
+            self._keeper.keep(slot.instance_id, text)
+        except Exception as error:
+            self._keeping_failed(str(error))
+            return
+        self._kept_digests[slot.instance_id] = digest
+        self._keep_problem = None
+
+    def _forget_kept(self, instance_id: str) -> None:
+        self._kept_digests.pop(instance_id, None)
+        if self._keeper is None:
+            return
+        try:
+            self._keeper.forget(instance_id)
+        except Exception as error:
+            self._keeping_failed(str(error))
+
+    def _keeping_failed(self, problem: str) -> None:
+        if problem != self._keep_problem:  # said once per problem, not per instance
+            log.warn(
+                "cannot keep instances across a restart: {problem}; they are served from the"
+                " controller after one",
+                problem=problem,
+            )
+        self._keep_problem = problem
 
     def _remember(self, ownership: netns.Ownership) -> None:
         """Record what was made at once (an append: see `netns.OwnershipRecord`)."""

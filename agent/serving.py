@@ -18,13 +18,17 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent import capabilities, channel
+from agent import capabilities, channel, kept
 from agent.config import AgentConfig, config_from_wire
 from agent.netns import NamespaceError, Ownership
 from controller.notify import Notifier
+
+#: How long the agent waits for something to serve (instances kept across the restart, or the
+#: controller's first answer) before it tells systemd it has started anyway.
+STARTUP_SECONDS = 10.0
 
 
 class PrivilegedPeer:
@@ -71,6 +75,29 @@ class PrivilegedNamespaces:
     def release(self, ownership: Ownership) -> None:
         self._peer.request("release", netns=ownership.namespace)
 
+    def listed(self, prefix: str) -> list[str]:
+        """The namespaces with the agent's prefix that the root process's record does not own
+        (it knows the prefix from the configuration)."""
+        answer, _ = self._peer.request("orphans")
+        return [str(name) for name in answer["names"]]
+
+    def remove_if_empty(self, name: str) -> str | None:
+        answer, _ = self._peer.request("remove_orphan", netns=name)
+        return str(answer["holds"]) or None
+
+
+class PrivilegedKeeper:
+    """Each instance kept across a restart (`agent.kept`), written by the root process."""
+
+    def __init__(self, peer: PrivilegedPeer) -> None:
+        self._peer = peer
+
+    def keep(self, instance_id: str, entry: str) -> None:
+        self._peer.request("keep", instance=instance_id, entry=entry)
+
+    def forget(self, instance_id: str) -> None:
+        self._peer.request("forget", instance=instance_id)
+
 
 class PrivilegedOwnership:
     """The ownership record as `NodeAgent` sees it: what was made, as the privileged process
@@ -109,8 +136,12 @@ class RelayNotifier(Notifier):
         return True
 
     def _notify(self, ready: bool = False, status: str = "", stopping: bool = False) -> bool:
+        # The channel takes printable ASCII only (an error text may carry anything else).
+        shown = "".join(char if " " <= char <= "~" else "?" for char in status)
         try:
-            self._peer.request("notify", ready=ready, status=status[:200], stopping=stopping)
+            self._peer.request(
+                "notify", ready=ready, status=shown[: channel.MAX_STATUS_CHARS], stopping=stopping
+            )
         except (NamespaceError, channel.ChannelError):
             return False
         return True
@@ -136,20 +167,41 @@ class RelayNotifier(Notifier):
         return True
 
 
-def receive_start(end: socket.socket) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """The privileged process's first message, and the kept sockets by namespace name."""
+def receive_start(
+    end: socket.socket,
+) -> tuple[dict[str, Any], dict[str, list[int]], list[str]]:
+    """The privileged process's first message, the kept sockets by namespace name, and the
+    instances kept across the restart (`agent.kept` entries, not yet checked)."""
     data, truncated, _ = channel.receive(end, channel.MAX_HELLO_BYTES, 0)
     if truncated or not data:
         raise channel.ChannelError("no start message from the privileged process")
     first = json.loads(data)
-    kept: dict[str, list[int]] = {}
+    kept_sockets: dict[str, list[int]] = {}
     while True:
         data, _, fds = channel.receive(end, channel.MAX_HELLO_BYTES, channel.MAX_FDS_PER_MESSAGE)
         batch = json.loads(data)["names"]
         if not batch:
-            return first, kept
+            break
         for name, fd in zip(batch, fds, strict=True):
-            kept.setdefault(name, []).append(fd)
+            kept_sockets.setdefault(name, []).append(fd)
+    entries: list[str] = []
+    while True:
+        data, _, _ = channel.receive(end, channel.MAX_HELLO_BYTES, 0)
+        texts = json.loads(data)["entries"]
+        if not texts:
+            return first, kept_sockets, entries
+        entries.extend(str(text) for text in texts)
+
+
+def decode_entries(texts: Sequence[str], warn: Callable[[str], None]) -> list[kept.Entry]:
+    """The kept instances that can be used; each that cannot is said in one line."""
+    entries = []
+    for text in texts:
+        try:
+            entries.append(kept.decode_entry(text))
+        except kept.EntryError as error:
+            warn(f"not serving an instance as kept across the restart: {error}")
+    return entries
 
 
 def check_unprivileged() -> None:
@@ -161,7 +213,7 @@ def check_unprivileged() -> None:
 
 def run(end: socket.socket) -> int:
     check_unprivileged()
-    first, kept = receive_start(end)
+    first, kept_sockets, kept_texts = receive_start(end)
     config: AgentConfig = config_from_wire(first["config"])
     owned = {
         name: Ownership(name, bool(created), bool(added)) for name, created, added in first["owned"]
@@ -169,11 +221,15 @@ def run(end: socket.socket) -> int:
     peer = PrivilegedPeer(end)
 
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
     from agent.daemon import make_agent_service
     from controller.logs import start_logging
     from controller.notify import ReadyGate, instances_status
 
+    log = Logger(namespace="rolecall.agent")
+    restored = decode_entries(kept_texts, lambda message: log.warn("{message}", message=message))
+    del kept_texts
     notifier = RelayNotifier(peer)
     service = make_agent_service(
         config,
@@ -183,7 +239,9 @@ def run(end: socket.socket) -> int:
         namespaces=PrivilegedNamespaces(peer),
         ownership=PrivilegedOwnership(peer, owned),
         notifier=notifier,
-        inherited=kept,
+        inherited=kept_sockets,
+        keeper=PrivilegedKeeper(peer),
+        restored=restored,
     )
     del first  # the key stays only in the TLS context
     start_logging()
@@ -195,17 +253,26 @@ def run(end: socket.socket) -> int:
             reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
 
     # systemd (Type=notify, through the privileged process) hears READY=1 once the metrics
-    # listener listens and the first assignments are applied, STATUS= on every change after
-    # that, STOPPING=1 on shutdown.
-    agent = service.getServiceNamed("agent")
-    ready = ReadyGate(
-        notifier,
-        ("metrics listener", "assignments"),
-        lambda: instances_status(len(agent.slots), len(agent.failed)),  # type: ignore[attr-defined]
-    )
-    agent.on_change = lambda: ready.met("assignments")  # type: ignore[attr-defined]
+    # listener listens and the instances are served: as kept across the restart, or as the
+    # first assignments answer says; or, with neither, after STARTUP_SECONDS, so that a start
+    # while the controller is unreachable never blocks `systemctl`. STATUS= on every change
+    # after that, STOPPING=1 on shutdown.
+    agent: Any = service.getServiceNamed("agent")
+
+    def status_line() -> str:
+        text = instances_status(len(agent.slots), len(agent.failed))
+        if not agent.synced:
+            problem = agent.poll_problem
+            text += "; not yet synced with the controller" + (f": {problem}" if problem else "")
+        return text
+
+    ready = ReadyGate(notifier, ("metrics listener", "instances"), status_line)
+    agent.on_change = lambda: ready.met("instances")
     service.getServiceNamed("health").listening.addCallbacks(  # type: ignore[attr-defined]
         lambda _port: ready.met("metrics listener"), failed
+    )
+    reactor.callLater(  # type: ignore[attr-defined]
+        STARTUP_SECONDS, lambda: ready.ready or ready.met("instances")
     )
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.callWhenRunning(_stop_once_on_signals, reactor)

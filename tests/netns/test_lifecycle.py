@@ -4,7 +4,10 @@ controller (DESIGN.md "Namespaces"; spec/imds.md 25, 28)."""
 from __future__ import annotations
 
 import json
+import socket
 import time
+import uuid
+from pathlib import Path
 
 from agent import netns
 from tests.netns.harness import (
@@ -16,10 +19,13 @@ from tests.netns.harness import (
     Cloud,
     Guest,
     add_namespace,
+    delete_namespace,
     imds,
+    link,
     loopback_addresses,
     namespace_of,
     namespaces,
+    unique,
     wait_until,
 )
 
@@ -187,3 +193,53 @@ def test_without_its_controller_the_agent_keeps_serving_and_resumes_when_it_retu
     log = cloud.agent.output
     assert f"serving {second}" in log  # the log was captured, and...
     assert before["SecretAccessKey"] not in log and before["Token"] not in log  # ...no secrets
+
+
+def test_namespaces_nothing_names_are_removed_at_start_unless_they_hold_something(
+    cloud: Cloud,
+) -> None:
+    """A namespace with the agent's prefix that neither an assignment nor the agent's record
+    names (its record lost, its instance terminated meanwhile) is removed when the agent starts,
+    if it holds nothing foreign; one with a link or a listening socket in it stays."""
+    cloud.agent.stop()
+    empty = add_namespace(f"rc-i-{uuid.uuid4().hex[:8]}")
+    linked = add_namespace(f"rc-i-{uuid.uuid4().hex[:8]}")
+    peer = add_namespace(unique("rcg-"))
+    link(linked, peer)
+    serving = add_namespace(f"rc-i-{uuid.uuid4().hex[:8]}")
+    with netns.inside(serving):
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        cloud.agent.start()
+        wait_until(lambda: empty not in namespaces(), 15, f"the agent to remove {empty}")
+        assert {linked, serving, peer} <= namespaces()
+        output = cloud.agent.output
+        assert f"removed namespace {empty}: no instance of this node, nothing in it" in output
+        assert f"left namespace {linked} in place: no instance of this node, but it holds link" in (
+            output
+        )
+        assert f"left namespace {serving} in place" in output
+        assert "1 listening TCP socket(s)" in output
+    finally:
+        listening.close()
+        for name in (empty, linked, peer, serving):
+            delete_namespace(name)
+
+
+def test_a_namespace_whose_record_was_lost_is_removed_with_its_instance(cloud: Cloud) -> None:
+    """Adopted after its record was lost, a namespace with the agent's prefix that holds nothing
+    foreign goes when its instance is terminated, as one the agent knew it made does."""
+    instance_id = cloud.launch()
+    namespace = cloud.wait_served(instance_id)
+    cloud.agent.stop()
+    for path in (cloud.agent.ownership_file, Path(f"{cloud.agent.ownership_file}.journal")):
+        path.unlink(missing_ok=True)
+    cloud.agent.start()
+    cloud.wait_served(instance_id)
+    assert owned(cloud)[namespace]["created_namespace"] is False
+
+    cloud.ec2.terminate_instances(InstanceIds=[instance_id])
+    wait_until(lambda: namespace not in namespaces(), 10, f"{namespace} to be removed")
+    assert f"removed namespace {namespace}" in cloud.agent.output

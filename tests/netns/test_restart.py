@@ -9,6 +9,7 @@ descriptor passing: `ServiceManager` below. Everything else is real.
 from __future__ import annotations
 
 import array
+import json
 import os
 import socket
 import sys
@@ -105,6 +106,8 @@ class Stream:
         ).encode()
         self.statuses: list[int] = []
         self.errors: list[str] = []
+        self.access_key_ids: list[str] = []
+        self.secret = "(none served)"
         self._running = True
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -122,6 +125,11 @@ class Stream:
         if not answer.startswith(b"HTTP/1.1 "):
             raise ConnectionError(f"closed without an answer ({answer[:40]!r})")
         self.statuses.append(int(answer.split(b" ", 2)[1]))
+        _head, _, body = answer.partition(b"\r\n\r\n")
+        if self.statuses[-1] == 200:
+            document = json.loads(body)
+            self.access_key_ids.append(document["AccessKeyId"])
+            self.secret = document["SecretAccessKey"]
 
     def _run(self) -> None:
         while self._running:
@@ -137,6 +145,31 @@ class Stream:
 
 
 def test_an_agent_restart_refuses_and_fails_no_guest_request(cloud: Cloud, tmp_path: Path) -> None:
+    stream, restarted = restart_under_load(cloud, tmp_path, controller_stopped=False)
+    assert stream.errors == []
+    assert set(stream.statuses) == {200}, sorted(set(stream.statuses))
+    assert "took back the listening socket" in restarted
+
+
+def test_a_restart_while_the_controller_is_down_serves_what_was_kept_at_once(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    stream, restarted = restart_under_load(cloud, tmp_path, controller_stopped=True)
+    assert stream.errors == []
+    assert set(stream.statuses) == {200}, sorted(set(stream.statuses))
+    # The same set as before the restart, served from what the agent kept, not fetched anew.
+    assert len(set(stream.access_key_ids)) == 1, set(stream.access_key_ids)
+    assert "serving 1 instance(s) as kept across the restart" in restarted
+    assert "kept across the restart)" in restarted  # the credentials line
+    assert "SecretAccessKey" not in restarted and stream.secret not in restarted
+
+
+def restart_under_load(
+    cloud: Cloud, tmp_path: Path, controller_stopped: bool
+) -> tuple[Stream, str]:
+    """A guest asks for its credentials over and over while the agent restarts under a service
+    manager (after the controller stopped, if `controller_stopped`): the guest's requests and
+    the new agent's output."""
     cloud.agent.stop()  # this test runs its own agent, under a service manager
     manager = ServiceManager(tmp_path / "notify")
     agent = cloud.agent
@@ -164,6 +197,8 @@ def test_an_agent_restart_refuses_and_fails_no_guest_request(cloud: Cloud, tmp_p
 
         stream = Stream(guest.name, path)
         wait_until(lambda: len(stream.statuses) >= 20, 15, "requests before the restart")
+        if controller_stopped:
+            cloud.controller.stop()
         assert processes[-1].stop() == 0
         during = len(stream.statuses)
         processes.append(manager.spawn(argv, env))
@@ -174,10 +209,7 @@ def test_an_agent_restart_refuses_and_fails_no_guest_request(cloud: Cloud, tmp_p
             f"requests after the restart ({stream.errors[-3:]}):\n{processes[-1].output}",
         )
         stream.stop()
-
-        assert stream.errors == []
-        assert set(stream.statuses) == {200}, sorted(set(stream.statuses))
-        assert "took back the listening socket" in processes[-1].output
+        return stream, processes[-1].output
     finally:
         if stream is not None:
             stream.stop()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent import channel
+from agent.kept import InstanceFiles
 from agent.netns import Ownership, OwnershipRecord
 from agent.privileged import Broker
 from controller.notify import Notifier
@@ -37,11 +38,22 @@ class FakeNamespaces:
     def release(self, ownership: Ownership) -> None:
         self.calls.append(("release", ownership.namespace))
 
+    def listed(self, prefix: str) -> list[str]:
+        return [name for name in ("rc-i-00000001", "rc-i-00000002") if name.startswith(prefix)]
+
+    def remove_if_empty(self, name: str, listening_is_foreign: bool = True) -> str | None:
+        self.calls.append(("remove_if_empty", name))
+        return "link tap7" if name == "rc-i-00000002" else None
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Broker:
     return Broker(
-        80, OwnershipRecord(tmp_path / "namespaces.json"), Notifier(None), FakeNamespaces()
+        80,
+        OwnershipRecord(tmp_path / "namespaces.json"),
+        Notifier(None),
+        FakeNamespaces(),
+        kept=InstanceFiles(tmp_path / "instances", print),
     )
 
 
@@ -58,6 +70,8 @@ VALID = [
     {"op": "unstore", "netns": "rc-i-01234567"},
     {"op": "compact"},
     {"op": "notify", "ready": True, "status": "serving 3 instances", "stopping": False},
+    {"op": "keep", "instance": "i-0123456789abcdef0", "entry": "{}"},
+    {"op": "forget", "instance": "i-01234567"},
 ]
 REFUSED = [
     ({"op": "prepare", "netns": "../../etc/nologin"}, "namespace name"),
@@ -78,6 +92,13 @@ REFUSED = [
         {"op": "notify", "ready": True, "status": "x\nREADY=1", "stopping": False},
         "printable",
     ),
+    ({"op": "keep", "instance": "../../etc/cron.d/x", "entry": "{}"}, "instance id"),
+    ({"op": "keep", "instance": ".i-01234567.tmp", "entry": "{}"}, "instance id"),
+    ({"op": "keep", "instance": "i-01234567", "entry": 7}, "entry must be str"),
+    ({"op": "keep", "instance": "i-01234567", "entry": "x" * 70000}, "at most 65536 bytes"),
+    ({"op": "forget", "instance": "/etc/passwd"}, "instance id"),
+    ({"op": "remove_orphan", "netns": "vm-7"}, "not an orphan of this agent's"),
+    ({"op": "remove_orphan", "netns": "../rc-x"}, "namespace name"),
     ({"op": "unlink", "path": "/etc/nologin"}, "unknown operation"),
     ({"netns": "rc-x"}, "unknown operation"),
     (["prepare", "rc-x"], "not a JSON object"),
@@ -110,8 +131,8 @@ def test_a_malformed_or_hostile_request_is_refused_and_touches_no_namespace(
     [
         (b"\xff\xfe", False, "not JSON"),
         (b"{", False, "not JSON"),
-        (b'{"op": "compact"}', True, "over 4096 bytes"),
-        (b" " * 5000, False, "over 4096 bytes"),
+        (b'{"op": "compact"}', True, f"over {channel.MAX_REQUEST_BYTES} bytes"),
+        (b" " * (channel.MAX_REQUEST_BYTES + 1), False, f"over {channel.MAX_REQUEST_BYTES} bytes"),
     ],
 )
 def test_bytes_that_are_no_request_are_refused(
@@ -120,6 +141,36 @@ def test_bytes_that_are_no_request_are_refused(
     answer, sockets = broker.handle(data, truncated)
     assert (answer["ok"], sockets) == (False, [])
     assert reason in answer["error"]
+
+
+def test_an_entry_is_kept_as_a_private_file_and_forgotten(broker: Broker, tmp_path: Path) -> None:
+    assert ask(broker, {"op": "keep", "instance": "i-01234567", "entry": "{...}"})["ok"]
+    kept = tmp_path / "instances" / "i-01234567"
+    assert kept.read_text() == "{...}"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert ask(broker, {"op": "forget", "instance": "i-01234567"})["ok"]
+    assert not kept.exists()
+
+
+def test_orphans_are_namespaces_with_the_prefix_it_does_not_own(broker: Broker) -> None:
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-00000001"})["ok"]
+    assert ask(broker, {"op": "orphans"}) == {"ok": True, "names": ["rc-i-00000002"]}
+
+
+def test_an_orphan_is_removed_only_if_it_holds_nothing_and_is_not_its_own(
+    broker: Broker,
+) -> None:
+    assert ask(broker, {"op": "remove_orphan", "netns": "rc-i-00000001"}) == {
+        "ok": True,
+        "holds": "",
+    }
+    assert ask(broker, {"op": "remove_orphan", "netns": "rc-i-00000002"}) == {
+        "ok": True,
+        "holds": "link tap7",
+    }
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-00000003"})["ok"]
+    refused = ask(broker, {"op": "remove_orphan", "netns": "rc-i-00000003"})
+    assert refused["ok"] is False and "not an orphan" in refused["error"]
 
 
 def test_only_what_it_recorded_as_made_is_ever_released(broker: Broker, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ preparation advances, as real work would; namespaces and the controller are fake
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
+from agent import kept
 from agent.client import ControllerUnreachable, NodeApiError
 from agent.config import AgentConfig
+from agent.imds.credentials import CredentialSet
 from agent.imds.tokens import TokenMinter, new_key
 from agent.netns import NamespaceError, Ownership, OwnershipRecord
-from agent.service import DRAIN_SECONDS, SLICE_GAP_SECONDS, SLICE_SECONDS, NodeAgent
+from agent.service import (
+    DRAIN_SECONDS,
+    RECOVERY_SPREAD_SECONDS,
+    SLICE_GAP_SECONDS,
+    SLICE_SECONDS,
+    NodeAgent,
+)
 
 #: Each namespace takes this long on the slice timer: three fit in a slice.
 PREPARE_SECONDS = SLICE_SECONDS / 2.5
@@ -53,6 +61,9 @@ class FakeNamespaces:
         self.prepared: list[str] = []
         self.released: list[str] = []
         self.failing: set[str] = set()
+        #: Namespaces with the agent's prefix that were there before it, and which it removed.
+        self.orphans: list[str] = []
+        self.swept: list[str] = []
 
     def prepare(self, name: str) -> Ownership:
         self.timer.now += PREPARE_SECONDS
@@ -66,6 +77,13 @@ class FakeNamespaces:
 
     def release(self, ownership: Ownership) -> None:
         self.released.append(ownership.namespace)
+
+    def listed(self, prefix: str) -> list[str]:
+        return [name for name in self.orphans if name.startswith(prefix)]
+
+    def remove_if_empty(self, name: str) -> str | None:
+        self.swept.append(name)
+        return None
 
 
 class FakeClient:
@@ -107,10 +125,33 @@ def ids(*numbers: int) -> set[str]:
     return {f"i-{number:08x}" for number in numbers}
 
 
+class FakeKeeper:
+    """The root process's files of kept instances: by instance id, with the writes counted."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, str] = {}
+        self.writes = 0
+
+    def keep(self, instance_id: str, entry: str) -> None:
+        self.entries[instance_id] = entry
+        self.writes += 1
+
+    def forget(self, instance_id: str) -> None:
+        self.entries.pop(instance_id, None)
+
+    def credentials_of(self, instance_id: str) -> CredentialSet | None:
+        return kept.decode_entry(self.entries[instance_id]).credentials
+
+
 class Node:
     """An agent on fakes, with what it told `on_change`."""
 
-    def __init__(self, record: OwnershipRecord | None = None) -> None:
+    def __init__(
+        self,
+        record: OwnershipRecord | None = None,
+        keeper: FakeKeeper | None = None,
+        restored: Sequence[kept.Entry] = (),
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.timer = Timer()
         self.namespaces = FakeNamespaces(self.timer)
@@ -123,6 +164,8 @@ class Node:
             namespaces=self.namespaces,
             ownership=record,
             timer=self.timer,
+            keeper=keeper,
+            restored=restored,
         )
         self.changes = 0
         self.agent.on_change = self.count_change
@@ -439,3 +482,122 @@ def test_a_valid_seventeen_digit_id_and_a_hypervisors_own_namespace_name_are_ser
     node.turn()
     assert node.served() == {"i-0123456789abcdef0"}
     assert node.namespaces.prepared == ["tap_ns.vm-7"]
+
+
+# -- what the agent keeps across its restart, and what it finds when it starts ---------------
+
+
+def kept_entry(number: int, expires: float | None = None) -> kept.Entry:
+    """An instance as the agent before this one kept it, with a set expiring at `expires`."""
+    held = None
+    if expires is not None:
+        issued = datetime.fromtimestamp(0, UTC)  # the fake reactor's start
+        held = CredentialSet.from_node_api(credentials_until(expires), issued)
+    return kept.Entry(f"i-{number:08x}", assignment(number, profile=expires is not None), held)
+
+
+def finish(node: Node) -> None:
+    while node.agent._work is not None:
+        node.turn()
+
+
+def test_kept_instances_are_served_with_their_set_before_the_controller_answers() -> None:
+    reactor_start = MemoryReactorClock().seconds()
+    node = Node(
+        keeper=FakeKeeper(),
+        restored=[kept_entry(1, expires=reactor_start + 3 * 3600), kept_entry(2)],
+    )
+    node.agent.startService()
+    finish(node)
+    assert node.served() == ids(1, 2)
+    served = node.agent.slots["i-00000001"].credentials
+    assert served is not None and served.current() is not None
+    assert served.current().access_key_id == "ASIA0000000000000001"  # type: ignore[union-attr]
+    assert node.client.fetched == []  # its refresh is not due yet
+    assert node.changes == 1  # systemd hears READY=1 now
+    assert node.agent.ready() == (False, "not yet synced with the controller")
+    node.stop()
+
+
+def test_kept_instances_never_make_the_agent_remove_anything(tmp_path: Path) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.save({"rc-i-000000ff": Ownership("rc-i-000000ff", True, True)})
+    keeper = FakeKeeper()
+    node = Node(record=record, keeper=keeper, restored=[kept_entry(1)])
+    node.namespaces.orphans = ["rc-i-000000fe"]
+    node.agent.startService()
+    finish(node)
+    assert node.served() == ids(1)
+    assert node.namespaces.released == [] and node.namespaces.swept == []
+    node.answer(assignment(2))  # the controller's word: 1 is gone, 2 is new
+    finish(node)
+    assert node.served() == ids(2)
+    assert sorted(node.namespaces.released) == ["rc-i-00000001", "rc-i-000000ff"]
+    assert node.namespaces.swept == ["rc-i-000000fe"]
+    assert set(keeper.entries) == ids(2)
+    node.stop()
+
+
+def test_a_kept_set_of_another_profile_is_not_served() -> None:
+    start = MemoryReactorClock().seconds()
+    node = Node(restored=[kept_entry(1, expires=start + 3 * 3600)])
+    node.agent.startService()
+    changed = assignment(1, profile=True)
+    changed["instance_profile"] = dict(PROFILE, arn=PROFILE["arn"] + "-2")
+    node.answer(changed)  # before the kept instance was set up
+    finish(node)
+    served = node.agent.slots["i-00000001"].credentials
+    assert served is not None and served.current() is None
+    assert node.client.fetched == ["i-00000001"]
+    node.stop()
+
+
+def test_what_is_kept_follows_each_instance_and_is_not_rewritten_unchanged() -> None:
+    keeper = FakeKeeper()
+    node = Node(keeper=keeper)
+    node.agent.startService()
+    node.answer(assignment(1, profile=True), assignment(2))
+    finish(node)
+    assert set(keeper.entries) == ids(1, 2)
+    assert keeper.credentials_of("i-00000001") is None
+    start = node.reactor.seconds()
+    node.client.pending.pop().callback(credentials_until(start + 900))
+    assert keeper.credentials_of("i-00000001") is not None
+    writes = keeper.writes
+    node.answer(assignment(1, profile=True), assignment(2), revision=2)
+    finish(node)
+    assert keeper.writes == writes  # nothing changed
+    node.reactor.advance(900 - 60)  # refreshes fail; the set is dropped before its expiry
+    node.client.refuse_credentials()
+    node.reactor.advance(1)
+    node.client.refuse_credentials()
+    assert keeper.credentials_of("i-00000001") is None  # no expired secret left on disk
+    node.answer(assignment(2), revision=3)
+    finish(node)
+    assert set(keeper.entries) == ids(2)
+    node.stop()
+
+
+def test_orphans_are_looked_for_once_after_the_first_answer(node: Node) -> None:
+    node.namespaces.orphans = ["rc-i-00000001", "rc-i-00000002", "vm-7"]
+    node.answer(assignment(1))
+    finish(node)
+    assert node.namespaces.swept == ["rc-i-00000002"]  # 1 is wanted, vm-7 not the agent's
+    node.answer(assignment(1), revision=2)
+    finish(node)
+    assert node.namespaces.swept == ["rc-i-00000002"]
+
+
+def test_credential_retries_hurry_once_the_controller_answers_again(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hurried: list[float] = []
+    monkeypatch.setattr(node.agent.credentials, "hurry", hurried.append)
+    node.answer(assignment(1))
+    finish(node)
+    assert hurried == []  # a normal answer
+    node.client.polls[-1].errback(ControllerUnreachable("connection refused"))
+    node.reactor.advance(5)
+    node.answer(assignment(1), revision=2)
+    assert hurried == [RECOVERY_SPREAD_SECONDS]
+    finish(node)
