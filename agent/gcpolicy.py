@@ -72,12 +72,19 @@ class FreezeAfterChanges(Service):
             self._loop.stop()
 
     def _check(self) -> None:
-        agent = self._agent
-        if agent.revision == self._frozen_revision or not agent.ready()[0]:
-            if self._clock.seconds() - self._full_at >= self._refreeze_after:
-                self.refreeze(full=True)
-            return
-        self.refreeze(full=False)
+        # A LoopingCall whose function raises stops for good: a bug here must cost one check,
+        # not every refreeze after it.
+        try:
+            agent = self._agent
+            if agent.revision == self._frozen_revision or not agent.ready()[0]:
+                if self._clock.seconds() - self._full_at >= self._refreeze_after:
+                    self.refreeze(full=True)
+                return
+            self.refreeze(full=False)
+        except Exception:
+            log.failure(
+                "the collector's check failed; checking again in {seconds} s", seconds=CHECK_SECONDS
+            )
 
     def refreeze(self, *, full: bool) -> None:
         """Freeze what is tracked; `full`: thaw and collect everything first."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from agent.gcpolicy import CHECK_SECONDS, FreezeAfterChanges
 
@@ -99,4 +100,27 @@ def test_frozen_cyclic_garbage_is_collected_at_the_next_refreeze() -> None:
     clock.advance(60.0)  # nothing changed since, but the full refreeze is due
     assert policy.refreezes == 4
     assert watch() is None
+    policy.stopService()
+
+
+def test_a_check_that_fails_is_logged_and_the_next_one_still_runs() -> None:
+    class Broken(Agent):
+        failing = True
+
+        def ready(self) -> tuple[bool, str]:
+            if self.failing:
+                raise RuntimeError("a bug")
+            return super().ready()
+
+    clock, agent = Clock(), Broken()
+    policy = started(agent, clock)
+    agent.revision, agent.is_ready = 3, True
+    with capturedLogs() as events:
+        clock.advance(CHECK_SECONDS)
+    assert [event["log_format"] for event in events if "log_failure" in event] == [
+        "the collector's check failed; checking again in {seconds} s"
+    ]
+    agent.failing = False
+    clock.advance(CHECK_SECONDS)
+    assert policy.refreezes == 2  # the loop survived, and froze the change
     policy.stopService()
