@@ -14,10 +14,27 @@ import pytest
 from agent import netns
 from tests.netns import harness
 
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without root, the namespace tests are skipped, each saying why (not failed on an assert)."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(
+        reason="namespace tests need root (real network namespaces): run make test as root,"
+        " as CI does"
+    )
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    assert os.geteuid() == 0, "namespace tests need root (CI and the demo run as root)"
+    if os.geteuid() != 0:  # every test here is skipped
+        yield
+        return
     yield
     left = {
         "namespaces": sorted(harness.MADE.namespaces & harness.namespaces()),
