@@ -33,9 +33,13 @@ $(STAMP): setup.cfg pyproject.toml tests/netns/js/package-lock.json
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m controller.demo
+	$(BIN)/python -m demo
 
+# The linters and the type checker first (seconds): CI fails on them as on a test.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # Not part of `make test`: STS capacity next to moto's server, and policy evaluations/s.
