@@ -7,14 +7,26 @@ at fault and the value given.
 from __future__ import annotations
 
 import re
-import tomllib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.refresh import RefreshPolicy
+from common.tomlconfig import (
+    ConfigError,
+    Keys,
+    boolean,
+    host,
+    integer,
+    number,
+    path,
+    port,
+    read_config_text,
+    values_from_string,
+)
+
+__all__ = ["AgentConfig", "ConfigError", "agent_config_from_string", "load_agent_config"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/rolecall/agent.toml")
 #: Where `rolecall-controller enroll-node NAME --out /etc/rolecall` writes the node's files.
@@ -27,10 +39,6 @@ _NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 #: The user the serving process runs as (systemd/rolecall.sysusers makes it).
 DEFAULT_USER = "rolecall-agent"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and says what it must be."""
 
 
 @dataclass(frozen=True)
@@ -85,49 +93,6 @@ class AgentConfig:
         )
 
 
-Converter = Callable[[str, object], Any]
-
-
-def _integer(low: int, high: int, unit: str = "an integer") -> Converter:
-    def convert(key: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{key}: must be {unit} from {low} to {high} (got {value!r})")
-        return value
-
-    return convert
-
-
-def _number(low: float, high: float) -> Converter:
-    def convert(key: str, value: object) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise ConfigError(f"{key}: must be a number from {low:g} to {high:g} (got {value!r})")
-        return float(value)
-
-    return convert
-
-
-def _boolean(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: must be true or false (got {value!r})")
-    return value
-
-
-def _path(key: str, value: object) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a non-empty path string (got {value!r})")
-    return Path(value)
-
-
-def _host(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a host name or address (got {value!r})")
-    return value
-
-
 def _https_url(key: str, value: object) -> str:
     what = "an https URL with a host and no user, query or fragment"
     if not isinstance(value, str) or not value or any(char.isspace() for char in value):
@@ -175,80 +140,45 @@ def _user(key: str, value: object) -> str:
     return value
 
 
-_PORT = _integer(0, 65535, "a port number")
-
 # TOML key -> (field name, converter)
-_KEYS: dict[str, tuple[str, Converter]] = {
+_KEYS: Keys = {
     "controller.urls": ("controller_urls", _urls),
-    "controller.certificate": ("certificate", _path),
-    "controller.key": ("key", _path),
-    "controller.ca_certificate": ("ca_certificate", _path),
+    "controller.certificate": ("certificate", path),
+    "controller.key": ("key", path),
+    "controller.ca_certificate": ("ca_certificate", path),
     # The controller caps a long poll at 300 s.
-    "controller.long_poll_seconds": ("long_poll_seconds", _integer(1, 300, "a number of seconds")),
-    "metrics.host": ("metrics_host", _host),
-    "metrics.port": ("metrics_port", _PORT),
+    "controller.long_poll_seconds": ("long_poll_seconds", integer(1, 300, "a number of seconds")),
+    "metrics.host": ("metrics_host", host),
+    "metrics.port": ("metrics_port", port),
     # With the schedule's 0.1 of jitter, a refresh always falls between 10% and 80% of the life.
-    "credentials.refresh_fraction": ("refresh_fraction", _number(0.2, 0.8)),
+    "credentials.refresh_fraction": ("refresh_fraction", number(0.2, 0.8)),
     "credentials.min_remaining_seconds": (
         "min_remaining_seconds",
-        _integer(60, 6 * 3600, "a number of seconds"),
+        integer(60, 6 * 3600, "a number of seconds"),
     ),
-    "credentials.max_concurrent_fetches": ("max_concurrent_fetches", _integer(1, 256)),
-    "imds.strict_proxy": ("strict_proxy", _boolean),
-    "imds.rate_per_second": ("rate_per_second", _number(0.1, 100_000)),
-    "imds.burst": ("burst", _integer(1, 1_000_000)),
-    "imds.port": ("imds_port", _integer(1, 65535, "a port number")),
-    "imds.max_connections_per_instance": ("max_connections_per_instance", _integer(1, 100_000)),
-    "imds.max_connections": ("max_connections", _integer(16, 10_000_000)),
+    "credentials.max_concurrent_fetches": ("max_concurrent_fetches", integer(1, 256)),
+    "imds.strict_proxy": ("strict_proxy", boolean),
+    "imds.rate_per_second": ("rate_per_second", number(0.1, 100_000)),
+    "imds.burst": ("burst", integer(1, 1_000_000)),
+    "imds.port": ("imds_port", integer(1, 65535, "a port number")),
+    "imds.max_connections_per_instance": ("max_connections_per_instance", integer(1, 100_000)),
+    "imds.max_connections": ("max_connections", integer(16, 10_000_000)),
     "namespaces.prefix": ("namespace_prefix", _namespace_prefix),
     "user": ("user", _user),
 }
-_REQUIRED = ("controller.urls",)
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+_REQUIRED = {"controller.urls": 'urls = ["https://controller.example:8775"]'}
 
 
 def agent_config_from_string(text: str, source: str = "<config>") -> AgentConfig:
     """A validated configuration from TOML text; `source` names the file in errors."""
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: not valid TOML: {error}") from error
-    flat = _flatten(table)
-    values: dict[str, Any] = {}
-    for key, value in flat.items():
-        if key not in _KEYS:
-            raise ConfigError(f"{source}: unknown key {key} (known: {', '.join(sorted(_KEYS))})")
-        field_name, convert = _KEYS[key]
-        values[field_name] = convert(f"{source}: {key}", value)
-    for key in _REQUIRED:
-        if key not in flat:
-            raise ConfigError(
-                f'{source}: {key}: required (e.g. urls = ["https://controller.example:8775"])'
-            )
-    return AgentConfig(**values)
+    return AgentConfig(**values_from_string(text, source, _KEYS, _REQUIRED))
 
 
 def load_agent_config(path: Path | None = None) -> AgentConfig:
     """The configuration in the file at `path` (by default /etc/rolecall/agent.toml)."""
     if path is None:
         path = DEFAULT_CONFIG_PATH
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read the configuration file {path}: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text: {error.reason}") from error
-    return agent_config_from_string(text, str(path))
+    return agent_config_from_string(read_config_text(path), str(path))
 
 
 #: AgentConfig fields that are paths, and the one that is a tuple, for `config_from_wire`.

@@ -16,8 +16,8 @@ from agent.kept import Entry
 from agent.metrics import AgentMetrics, health_site
 from agent.server import ConnectionLimitsCollector
 from agent.service import Keeper, NodeAgent
-from controller.notify import Notifier
-from controller.service import ListeningService
+from common.listening import ListeningService
+from common.notify import Notifier
 
 
 def make_agent_service(

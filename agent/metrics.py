@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 
 from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
-from controller.metrics import register_standard_collectors
+from common.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
     from agent.service import NodeAgent

@@ -37,7 +37,7 @@ from agent import kept as kept_module
 from agent.config import AgentConfig, ConfigError, config_to_wire
 from agent.imds.tokens import KEY_BYTES as TOKEN_KEY_BYTES
 from agent.imds.tokens import new_key
-from controller.notify import Notifier, listen_fds
+from common.notify import Notifier, listen_fds
 
 #: What the privileged process keeps once the serving process runs: namespaces (setns, mount,
 #: unshare), the loopback address, port 80, and SIGTERM to the serving process (another user).

@@ -1,7 +1,7 @@
 """The metadata service on the wire: the pure rules behind the public API's HTTP/1.1 protocol,
 one factory per instance.
 
-Each connection is a `controller.http11.Http11Protocol` (httptools' parser, llhttp): request
+Each connection is a `common.http11.Http11Protocol` (httptools' parser, llhttp): request
 line, headers, limits on the head, keep-alive, pipelining and the idle timeout are its, as for
 the controller's API. What it hands over is answered by `MetadataFactory.answer` straight from
 `agent.imds.rules.respond`: no resource tree, session or access log in between (answers are
@@ -27,8 +27,7 @@ from twisted.logger import Logger
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import SERVER, ImdsRequest, ImdsResponse, InstanceView, respond
-from controller.http11 import ConnectionLimit, Http11Protocol, Request
-from controller.httpbase import HttpDates
+from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request
 
 log = Logger(namespace="rolecall.agent.imds")
 

@@ -37,8 +37,8 @@ from agent.imds.tokens import TokenMinter
 from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
 from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
-from controller.http11 import ConnectionLimit
-from controller.notify import Notifier
+from common.http11 import ConnectionLimit
+from common.notify import Notifier
 
 log = Logger(namespace="rolecall.agent")
 

@@ -24,7 +24,7 @@ from typing import Any
 from agent import capabilities, channel, kept
 from agent.config import AgentConfig, config_from_wire
 from agent.netns import NamespaceError, Ownership
-from controller.notify import Notifier
+from common.notify import Notifier
 
 #: How long the agent waits for something to serve (instances kept across the restart, or the
 #: controller's first answer) before it tells systemd it has started anyway.
@@ -224,8 +224,8 @@ def run(end: socket.socket) -> int:
     from twisted.logger import Logger
 
     from agent.daemon import make_agent_service
-    from controller.logs import start_logging
-    from controller.notify import ReadyGate, instances_status
+    from common.logs import start_logging
+    from common.notify import ReadyGate, instances_status
 
     log = Logger(namespace="rolecall.agent")
     restored = decode_entries(kept_texts, lambda message: log.warn("{message}", message=message))

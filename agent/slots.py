@@ -18,7 +18,7 @@ from agent.imds.tokens import TokenMinter
 from agent.imds.tree import CredentialsUnavailable, ImdsTree
 from agent.netns import Ownership
 from agent.refresh import Verdict
-from controller.http11 import ConnectionLimit
+from common.http11 import ConnectionLimit
 
 
 def profile_key(assignment: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -63,8 +63,8 @@ from processes import (  # bench/processes.py
 )
 
 from agent import netns
-from agent.guest import GuestError, delete_namespace, make_guest
 from agent.imds.rules import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER
+from demo.guest import GuestError, delete_namespace, make_guest
 
 BIN = Path(sys.executable).parent
 ACCOUNT_ID = "123456789012"
@@ -85,7 +85,7 @@ BARE_READY = re.compile(r"bare server listening in (\d+) namespaces")
 _CORES = sorted(os.sched_getaffinity(0))
 SERVER_CORE = str(_CORES[0])
 CLIENT_CORE = str(_CORES[1]) if len(_CORES) > 1 else SERVER_CORE
-# Unique per run: the node and the guest namespace are named with it (agent.guest names the
+# Unique per run: the node and the guest namespace are named with it (demo.guest names the
 # veth links uniquely itself).
 RUN = uuid.uuid4().hex[:8]
 GUEST_NAMESPACE = f"rcbg-{RUN}"

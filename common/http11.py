@@ -1,4 +1,5 @@
-"""The public API port's HTTP/1.1 server: a Twisted `Protocol` around httptools' parser.
+"""The HTTP/1.1 server of both daemons (the public API and the metadata service): a Twisted
+`Protocol` around httptools' parser.
 
 httptools (MagicStack's bindings to llhttp, Node.js's HTTP parser, as uvicorn uses) parses the
 request line, headers, bodies (by length or chunked) and keep-alive; this module keeps a
@@ -17,17 +18,43 @@ the metrics listener stay on twisted.web.
 from __future__ import annotations
 
 import io
+import typing
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
+from twisted.web.http import RESPONSES, datetimeToString
 
 log = Logger(namespace="rolecall.http")
+
+
+class _Connection(typing.Protocol):
+    """What this protocol uses of its transport: a TCP (or TLS) connection, a consumer of this
+    protocol's producing, and a producer the protocol pauses (ITCPTransport, IConsumer and
+    IPushProducer at once, as `twisted.internet.tcp.Connection` is)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+    def getHost(self) -> IAddress: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
 
 #: A request head (request line and headers) larger than this is refused 431 (414 for the URL).
 MAX_HEAD_BYTES = 16 * 1024
@@ -297,8 +324,13 @@ class Http11Protocol(Protocol):
 
     # -- the connection ------------------------------------------------------------------------
 
+    @property
+    def _connection(self) -> _Connection | None:
+        """The transport, as the TCP (or TLS) connection it is."""
+        return cast("_Connection | None", self.transport)
+
     def connectionMade(self) -> None:
-        transport = self.transport
+        transport = self._connection
         assert transport is not None
         for limit in self.limits:
             limit.opened()
@@ -329,7 +361,8 @@ class Http11Protocol(Protocol):
             cause = error.__context__
             if isinstance(error, httptools.HttpParserCallbackError) and cause is not None:
                 log.failure(
-                    "cannot parse a request", Failure(cause, type(cause), cause.__traceback__)
+                    "cannot parse a request",
+                    Failure(cause, type(cause), cause.__traceback__),  # type: ignore[no-untyped-call]
                 )
                 self._close(short_answer(500))
             else:
@@ -369,7 +402,7 @@ class Http11Protocol(Protocol):
         if self._closing:
             return
         self._closing = True
-        transport = self.transport
+        transport = self._connection
         assert transport is not None
         if answer:
             transport.write(answer)
@@ -395,18 +428,18 @@ class Http11Protocol(Protocol):
 
     def _abort_connection(self) -> None:
         self._abort = None
-        transport = self.transport
+        transport = self._connection
         if transport is not None:
             transport.abortConnection()
 
     # IPushProducer, for the transport's send buffer
     def pauseProducing(self) -> None:
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        if (transport := self._connection) is not None:
+            transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        if self.transport is not None and not self._closing:
-            self.transport.resumeProducing()
+        if (transport := self._connection) is not None and not self._closing:
+            transport.resumeProducing()
 
     def stopProducing(self) -> None:
         pass
@@ -525,3 +558,18 @@ class Http11Protocol(Protocol):
         else:
             self._close(answer)
             raise _Stop
+
+
+class HttpDates:
+    """The ``Date`` header value, formatted once a second of `clock`."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = [b""]
+
+    def now(self) -> list[bytes]:
+        second = int(self._clock.seconds())
+        if second != self._second:
+            self._second, self._value = second, [datetimeToString(second)]  # type: ignore[no-untyped-call]
+        return self._value

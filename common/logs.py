@@ -95,4 +95,5 @@ def line_observer(stream: IO[str], level: LogLevel | None = None) -> Callable[[L
 
 def start_logging(level: LogLevel = LogLevel.info, stream: IO[str] | None = None) -> None:
     observer = line_observer(stream or sys.stdout, level)
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    # A plain function is an ILogObserver (the interface is its call), as twisted.logger takes it.
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)  # type: ignore[list-item]

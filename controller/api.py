@@ -20,9 +20,11 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request
 from controller import sigv4, xmlout
 from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result
 from controller.authorize import authorize
+from controller.bodylimit import BodyLimit
 from controller.errors import (
     ApiError,
     InternalFailure,
@@ -36,8 +38,6 @@ from controller.errors import (
     ServiceFailure,
 )
 from controller.forwarded import Network, client_address
-from controller.http11 import ConnectionLimit, Http11Protocol, Request
-from controller.httpbase import BodyLimit, HttpDates
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
 from controller.query import parse_form, parse_input
 from controller.sessions import Sessions
@@ -130,7 +130,7 @@ class ApiResource(Resource):
     def render(self, request: http.Request) -> bytes:
         """Answer one request: the status and headers are set on ``request``, the body returned.
 
-        ``request`` is a :class:`controller.http11.Request` on the public port, or any
+        ``request`` is a :class:`common.http11.Request` on the public port, or any
         twisted.web request
         (this resource also renders under a ``twisted.web.server.Site``, as tests do).
         """

@@ -1,16 +1,14 @@
-"""Small HTTP pieces shared by the controller's listeners and the agent's metadata service.
+"""A request body limit for the controller's twisted.web listeners.
 
-- `BodyLimit`: a request body limit. `twisted.web.http.Request` keeps a body of any announced
-  length, spilling to a temporary file past 100 kB: a client announcing gigabytes fills the
-  disk. `BodyLimit` refuses a body over `max_body` bytes as soon as its length is announced
-  (or, for a chunked body, as soon as it grows past the limit): it writes the subclass's
-  `refusal()` (a complete HTTP answer in the protocol's own format) and hangs up unread.
-- `HttpDates`: the ``Date`` header's value, formatted once a second.
+`twisted.web.http.Request` keeps a body of any announced length, spilling to a temporary file
+past 100 kB: a client announcing gigabytes fills the disk. `BodyLimit` refuses a body over
+`max_body` bytes as soon as its length is announced (or, for a chunked body, as soon as it grows
+past the limit): it writes the subclass's `refusal()` (a complete HTTP answer in the protocol's
+own format) and hangs up unread.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 
@@ -49,18 +47,3 @@ class BodyLimit(http.Request):
         if transport is not None:
             transport.write(self.refusal())
             transport.loseConnection()
-
-
-class HttpDates:
-    """The ``Date`` header value, formatted once a second of `clock`."""
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._second = -1
-        self._value = [b""]
-
-    def now(self) -> list[bytes]:
-        second = int(self._clock.seconds())
-        if second != self._second:
-            self._second, self._value = second, [http.datetimeToString(second)]
-        return self._value

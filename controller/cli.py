@@ -735,8 +735,8 @@ def check_config(config: ControllerConfig) -> int:
 def serve(config: ControllerConfig) -> int:
     from twisted.internet import reactor
 
-    from controller.logs import start_logging
-    from controller.notify import Notifier, ReadyGate, listening_status
+    from common.logs import start_logging
+    from common.notify import Notifier, ReadyGate, listening_status
     from controller.service import make_service
 
     check_state_directory(config.state_dir)

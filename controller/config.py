@@ -5,12 +5,24 @@ Parsing is pure; reading the file is the caller's business. Every error names th
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from common.tomlconfig import (
+    ConfigError,
+    Converter,
+    Keys,
+    host,
+    integer,
+    path,
+    port,
+    read_config_text,
+    values_from_string,
+)
 from controller.forwarded import parse_networks
+
+__all__ = ["ConfigError", "ControllerConfig", "config_from_string", "load_config"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
 #: Upper ends of the EC2 limits an operator may configure (bounded so a typo cannot unbound them).
@@ -18,10 +30,6 @@ MAX_ACCOUNT_INSTANCES = 1_000_000
 MAX_NODE_CAPACITY = 100_000
 MAX_API_CONNECTIONS = 1_000_000
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and says what it must be."""
 
 
 @dataclass(frozen=True)
@@ -109,44 +117,6 @@ class ControllerConfig:
         return replace(self, **chosen)
 
 
-# TOML key -> (field name, converter)
-def _path(key: str, value: object) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a non-empty path string (got {value!r})")
-    return Path(value)
-
-
-def _port(key: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"{key}: must be a port number from 0 to 65535 (got {value!r})")
-    return value
-
-
-def _host(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: must be a host name or address (got {value!r})")
-    return value
-
-
-def _size(key: str, value: object) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not 1024 <= value <= 64 * 1024 * 1024
-    ):
-        raise ConfigError(f"{key}: must be a byte count from 1024 to 67108864 (got {value!r})")
-    return value
-
-
-def _lifetime(key: str, value: object) -> int:
-    low, high = 900, 36 * 3600  # the key ring keeps retired keys 36 h: tokens must not outlive them
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"{key}: must be a number of seconds from {low} to {high} (got {value!r})"
-        )
-    return value
-
-
 def _networks(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{key}: must be a list of IP addresses or networks (got {value!r})")
@@ -157,67 +127,45 @@ def _networks(key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _count(high: int) -> Any:
-    def convert(key: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise ConfigError(f"{key}: must be a number from 1 to {high} (got {value!r})")
-        return value
-
-    return convert
-
-
 def _backend(key: str, value: object) -> str:
     if value != "sqlite":
         raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
     return "sqlite"
 
 
-_KEYS = {
-    "state_dir": ("state_dir", _path),
-    "api.host": ("api_host", _host),
-    "api.port": ("api_port", _port),
-    "api.max_body_bytes": ("max_body_bytes", _size),
+# The key ring keeps retired keys 36 h: tokens must not outlive them.
+_LIFETIME = integer(900, 36 * 3600, "a number of seconds")
+_SIZE = integer(1024, 64 * 1024 * 1024, "a byte count")
+
+
+def _count(high: int) -> Converter:
+    return integer(1, high, "a number")
+
+
+# TOML key -> (field name, or None for a key only checked, converter)
+_KEYS: Keys = {
+    "state_dir": ("state_dir", path),
+    "api.host": ("api_host", host),
+    "api.port": ("api_port", port),
+    "api.max_body_bytes": ("max_body_bytes", _SIZE),
     "api.trusted_proxies": ("trusted_proxies", _networks),
     "api.max_connections": ("api_max_connections", _count(MAX_API_CONNECTIONS)),
     "store.backend": (None, _backend),
-    "store.path": ("database", _path),
-    "node_api.host": ("node_api_host", _host),
-    "node_api.port": ("node_api_port", _port),
-    "node_api.instance_credential_seconds": ("instance_credential_seconds", _lifetime),
-    "audit.path": ("audit_log", _path),
-    "metrics.host": ("metrics_host", _host),
-    "metrics.port": ("metrics_port", _port),
+    "store.path": ("database", path),
+    "node_api.host": ("node_api_host", host),
+    "node_api.port": ("node_api_port", port),
+    "node_api.instance_credential_seconds": ("instance_credential_seconds", _LIFETIME),
+    "audit.path": ("audit_log", path),
+    "metrics.host": ("metrics_host", host),
+    "metrics.port": ("metrics_port", port),
     "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),
     "ec2.node_capacity": ("node_capacity", _count(MAX_NODE_CAPACITY)),
 }
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
     """A validated configuration from TOML text; `source` names the file in errors."""
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: not valid TOML: {error}") from error
-    values: dict[str, Any] = {}
-    for key, value in _flatten(table).items():
-        if key not in _KEYS:
-            raise ConfigError(f"{source}: unknown key {key} (known: {', '.join(sorted(_KEYS))})")
-        field_name, convert = _KEYS[key]
-        converted = convert(f"{source}: {key}", value)
-        if field_name is not None:
-            values[field_name] = converted
-    return ControllerConfig(**values)
+    return ControllerConfig(**values_from_string(text, source, _KEYS))
 
 
 def load_config(path: Path | None) -> ControllerConfig:
@@ -226,8 +174,4 @@ def load_config(path: Path | None) -> ControllerConfig:
         if not DEFAULT_CONFIG_PATH.exists():
             return ControllerConfig()
         path = DEFAULT_CONFIG_PATH
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read the configuration file {path}: {error.strerror}") from error
-    return config_from_string(text, str(path))
+    return config_from_string(read_config_text(path), str(path))

@@ -15,15 +15,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from controller.http11 import ConnectionLimit
+from common.http11 import ConnectionLimit
+from common.metrics import register_standard_collectors
 from controller.store.base import Store, StoreError
 
 log = Logger(namespace="rolecall.metrics")
@@ -47,18 +45,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 NOT_KNOWN = "-"
 UNKNOWN_ACTION = "unknown"
 OTHER = "other"
-
-
-def register_standard_collectors(registry: CollectorRegistry) -> None:
-    """The daemon's own process (``process_*``: CPU, memory, descriptors, start time) and
-    Python (``python_info``) on `registry`, and no ``_created`` series anywhere.
-
-    ``_created`` (each counter's creation time) doubles the series of every counter and no rule
-    reads it; prometheus_client 0.26 can switch it off only for the whole process, which is
-    one daemon."""
-    disable_created_metrics()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
 
 
 #: Label sets of API requests whose metric children are kept bound.

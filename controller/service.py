@@ -8,13 +8,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 
+from common.http11 import ConnectionLimit
+from common.listening import ListeningService
 from controller.actions import Registry
 from controller.api import ApiFactory, ApiResource, make_site
 from controller.assignments import AssignmentHub
@@ -24,7 +22,6 @@ from controller.ec2 import registry as ec2_registry
 from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
 from controller.health import health_resource
-from controller.http11 import ConnectionLimit
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
@@ -35,72 +32,6 @@ from controller.sts import registry as sts_registry
 
 log = Logger(namespace="rolecall.controller")
 KEY_RING_REFRESH_SECONDS = 30.0
-
-
-class ListeningService(Service):
-    """Listens on one TCP address while running; `listening` fires with the port (or the error)."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        host: str,
-        port: int,
-        site: ServerFactory,
-        label: str,
-        tls: CertificateOptions | None = None,
-        log_namespace: str = "rolecall.controller",
-    ) -> None:
-        self._log = Logger(namespace=log_namespace)
-        self._reactor = reactor
-        self._host = host
-        self._port_number = port
-        self._site = site
-        self._label = label
-        self._tls = tls
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] = Deferred()
-
-    def startService(self) -> None:
-        super().startService()
-        endpoint: Any
-        if self._tls is not None:
-            endpoint = SSL4ServerEndpoint(
-                self._reactor, self._port_number, self._tls, interface=self._host
-            )
-        else:
-            endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
-            endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
-        endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
-
-    def _listened(self, port: IListeningPort) -> None:
-        self.port = port
-        address = port.getHost()
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        self._log.info(
-            "{label} listening on {scheme}://{host}:{port}",
-            label=self._label,
-            scheme="https" if self._tls is not None else "http",
-            host=host,
-            port=address.port,
-        )
-        self.listening.callback(port)
-
-    def _failed(self, failure: Any) -> None:
-        self._log.critical(
-            "{label} cannot listen on {host}:{port}: {error}",
-            label=self._label,
-            host=self._host,
-            port=self._port_number,
-            error=failure.getErrorMessage(),
-        )
-        self.listening.errback(failure)
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
-        return None
 
 
 class KeyRingRefresh(TimerService):

@@ -29,7 +29,8 @@ from pathlib import Path
 from types import FrameType
 
 from agent import netns
-from agent.guest import (
+from agent.privileged import serving_python_environment
+from demo.guest import (
     GUEST_PREFIX,
     TOKEN_HEADER,
     TOKEN_PATH,
@@ -43,7 +44,6 @@ from agent.guest import (
     serves_tokens,
     unique,
 )
-from agent.privileged import serving_python_environment
 
 BIN = Path(sys.executable).parent
 NODE = "demo-node"
@@ -574,7 +574,7 @@ def _preconditions() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m controller.demo",
+        prog="python -m demo",
         description="RoleCall on this machine, step by step; removes all it made (needs root).",
     )
     parser.add_argument(

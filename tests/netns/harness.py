@@ -36,8 +36,10 @@ import boto3
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import guest, netns
-from agent.guest import (
+from agent import netns
+from agent.privileged import serving_python_environment
+from demo import guest
+from demo.guest import (
     GUEST_PREFIX,
     METADATA_ADDRESS,
     ROUTER_PREFIX,
@@ -56,7 +58,6 @@ from agent.guest import (
     serves_tokens,
     unique,
 )
-from agent.privileged import serving_python_environment
 from tests.e2e.conftest import ACCOUNT_ID, BIN
 
 __all__ = [
@@ -406,7 +407,7 @@ class _Recorded(guest.Forwarder):
 
 
 class Relay(_Recorded, guest.Relay):
-    """The controller's public API on 127.0.0.1 inside a guest (see :class:`agent.guest.Relay`)."""
+    """The controller's public API on 127.0.0.1 inside a guest (see :class:`demo.guest.Relay`)."""
 
 
 class ForwardProxy(_Recorded):

@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m controller.demo``) as a user runs it: it works end to end, and it
+"""``make demo`` (``python -m demo``) as a user runs it: it works end to end, and it
 leaves nothing behind, neither after a run nor when interrupted in the middle."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.guest import namespaces, root_veths
+from demo.guest import namespaces, root_veths
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-DEMO = [sys.executable, "-m", "controller.demo"]
+DEMO = [sys.executable, "-m", "demo"]
 TIMEOUT = 120
 # Everything the demo names: its temporary directory, the instance's and the guest's namespace.
 WORKDIR = re.compile(r"RoleCall demo, in (\S+)")

@@ -1,4 +1,4 @@
-"""The public port's HTTP layer (ApiFactory, controller.http11) on a StringTransport.
+"""The public port's HTTP layer (ApiFactory, common.http11) on a StringTransport.
 
 httptools parses; each request goes straight to the API. These tests hold what the port did
 when it was a twisted.web Site: keep-alive, pipelining, the early 413, 400 for a malformed
@@ -25,7 +25,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from controller import http11, sigv4
+from common import http11
+from controller import sigv4
 from controller.accounts import ensure_first_account
 from controller.api import ApiFactory, ApiResource
 from controller.keyring import KeyRingFile, ensure_key_ring
@@ -341,7 +342,7 @@ def test_a_failure_outside_the_api_is_an_internal_failure_xml_not_a_traceback(
     assert not connection.transport.disconnecting
 
 
-# -- what the port's own protocol (controller.http11) adds to the parser ------------------------
+# -- what the port's own protocol (common.http11) adds to the parser ------------------------
 
 
 def test_expect_100_continue_is_answered_before_the_body_then_the_request(

@@ -1,5 +1,5 @@
 """The metadata service's HTTP layer (`agent.server`): the API's HTTP/1.1 protocol
-(`controller.http11`, httptools), answered straight from the rules.
+(`common.http11`, httptools), answered straight from the rules.
 
 The protocol is driven through Twisted's in-memory transport and clock, byte for byte, so that
 every framing rule (keep-alive, pipelining, HTTP/1.0, ``Connection: close``, HEAD, malformed
@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import NOT_FOUND_PAGE, ImdsResponse, InstanceView
 from agent.server import MAX_BODY_BYTES, make_factory
-from controller.http11 import IDLE_TIMEOUT, Http11Protocol
+from common.http11 import IDLE_TIMEOUT, Http11Protocol
 from tests.unit.test_imds_rules import CREDENTIALS_PATH, MINTER, make_instance
 from tests.unit.test_imds_tree import INSTANCE_ID, NOW, ROLE
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
-from controller.logs import event_text, line_observer
+from common.logs import event_text, line_observer
 
 
 class Point:

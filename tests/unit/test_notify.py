@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.notify import (
+from common.notify import (
     MAX_FDS_PER_MESSAGE,
     Notifier,
     ReadyGate,
@@ -322,7 +322,7 @@ os.execv(sys.executable, [sys.executable, "-c", child])
 # The restarted daemon: takes its descriptors and accepts the connection waiting on each.
 CHILD = """
 import json, os, socket
-from controller.notify import listen_fds
+from common.notify import listen_fds
 taken = listen_fds(os.environ)
 report = {"left": [v for v in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES") if v in os.environ]}
 for name, fds in taken.items():

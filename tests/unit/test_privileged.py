@@ -20,7 +20,7 @@ from agent import channel
 from agent.kept import InstanceFiles
 from agent.netns import Ownership, OwnershipRecord
 from agent.privileged import Broker
-from controller.notify import Notifier
+from common.notify import Notifier
 
 
 class FakeNamespaces:

@@ -1,0 +1,82 @@
+"""One TCP listener as a Twisted service: listens while running, says where in one log line
+(under the daemon's own log namespace), or why it cannot, and stops listening on stop. Both
+daemons compose their listeners from it."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+
+
+class ListeningService(Service):
+    """Listens on one TCP address while running; `listening` fires with the port (or the error)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        site: ServerFactory,
+        label: str,
+        tls: CertificateOptions | None = None,
+        log_namespace: str = "rolecall.controller",
+    ) -> None:
+        self._log = Logger(namespace=log_namespace)
+        self._reactor = reactor
+        self._host = host
+        self._port_number = port
+        self._site = site
+        self._label = label
+        self._tls = tls
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        endpoint: Any
+        if self._tls is not None:
+            endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+                self._reactor, self._port_number, self._tls, interface=self._host
+            )
+        else:
+            endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
+            endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
+        endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        address = cast(IPv4Address | IPv6Address, port.getHost())
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        self._log.info(
+            "{label} listening on {scheme}://{host}:{port}",
+            label=self._label,
+            scheme="https" if self._tls is not None else "http",
+            host=host,
+            port=address.port,
+        )
+        self.listening.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self._log.critical(
+            "{label} cannot listen on {host}:{port}: {error}",
+            label=self._label,
+            host=self._host,
+            port=self._port_number,
+            error=failure.getErrorMessage(),
+        )
+        self.listening.errback(failure)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
