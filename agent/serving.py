@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from agent import capabilities, channel, kept
 from agent.config import AgentConfig, config_from_wire
@@ -212,6 +211,7 @@ def check_unprivileged() -> None:
 
 
 def run(end: socket.socket) -> int:
+    """The serving process's whole life: the exit status."""
     check_unprivileged()
     first, kept_sockets, kept_texts = receive_start(end)
     config: AgentConfig = config_from_wire(first["config"])
@@ -224,8 +224,11 @@ def run(end: socket.socket) -> int:
     from twisted.logger import Logger
 
     from agent.daemon import make_agent_service
+    from agent.service import NodeAgent
+    from common.listening import ListeningService
     from common.logs import start_logging
     from common.notify import ReadyGate, instances_status
+    from common.runner import DaemonReactor, run_daemon
 
     log = Logger(namespace="rolecall.agent")
     restored = decode_entries(kept_texts, lambda message: log.warn("{message}", message=message))
@@ -245,19 +248,12 @@ def run(end: socket.socket) -> int:
     )
     del first  # the key stays only in the TLS context
     start_logging()
-    status = {"code": 0}
-
-    def failed(failure: object) -> None:
-        if status["code"] == 0:
-            status["code"] = 1
-            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
-
     # systemd (Type=notify, through the privileged process) hears READY=1 once the metrics
     # listener listens and the instances are served: as kept across the restart, or as the
     # first assignments answer says; or, with neither, after STARTUP_SECONDS, so that a start
     # while the controller is unreachable never blocks `systemctl`. STATUS= on every change
     # after that, STOPPING=1 on shutdown.
-    agent: Any = service.getServiceNamed("agent")
+    agent = cast(NodeAgent, service.getServiceNamed("agent"))
 
     def status_line() -> str:
         text = instances_status(len(agent.slots), len(agent.failed))
@@ -268,37 +264,11 @@ def run(end: socket.socket) -> int:
 
     ready = ReadyGate(notifier, ("metrics listener", "instances"), status_line)
     agent.on_change = lambda: ready.met("instances")
-    service.getServiceNamed("health").listening.addCallbacks(  # type: ignore[attr-defined]
-        lambda _port: ready.met("metrics listener"), failed
+    reactor.callLater(STARTUP_SECONDS, lambda: ready.ready or ready.met("instances"))
+    health = cast(ListeningService, service.getServiceNamed("health"))
+    return run_daemon(
+        cast(DaemonReactor, reactor), service, notifier, ready, {"metrics listener": health}
     )
-    reactor.callLater(  # type: ignore[attr-defined]
-        STARTUP_SECONDS, lambda: ready.ready or ready.met("instances")
-    )
-    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
-    reactor.callWhenRunning(_stop_once_on_signals, reactor)
-    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    return status["code"]
-
-
-def _stop_once_on_signals(reactor: Any) -> None:
-    """SIGTERM and SIGINT stop the reactor once. The serving process can be sent SIGTERM twice:
-    by the root process, which passes on its own, and with it by whoever signalled the whole
-    group (a terminal, `systemctl kill`); Twisted's own handler would raise ReactorNotRunning
-    with a traceback on the second."""
-    stopping = []
-
-    def stop() -> None:
-        if not stopping and reactor.running:
-            stopping.append(True)
-            reactor.stop()
-
-    def handle(signum: int, frame: object) -> None:
-        reactor.callFromThread(stop)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, handle)
 
 
 def main(argv: list[str] | None = None) -> int:

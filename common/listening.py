@@ -51,9 +51,14 @@ class ListeningService(Service):
             endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
         endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
 
+    def address(self) -> IPv4Address | IPv6Address:
+        """Where it listens (only once `listening` has fired)."""
+        assert self.port is not None, f"{self._label} does not listen"
+        return cast(IPv4Address | IPv6Address, self.port.getHost())
+
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
-        address = cast(IPv4Address | IPv6Address, port.getHost())
+        address = self.address()
         host = f"[{address.host}]" if ":" in address.host else address.host
         self._log.info(
             "{label} listening on {scheme}://{host}:{port}",

@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from controller.accounts import (
     ACCOUNT_ID,
@@ -735,42 +736,30 @@ def check_config(config: ControllerConfig) -> int:
 def serve(config: ControllerConfig) -> int:
     from twisted.internet import reactor
 
+    from common.listening import ListeningService
     from common.logs import start_logging
     from common.notify import Notifier, ReadyGate, listening_status
+    from common.runner import DaemonReactor, run_daemon
     from controller.service import make_service
 
     check_state_directory(config.state_dir)
     store = _open_store(config)
     start_logging()
     service = make_service(config, reactor, store)
-    status = {"code": 0}
-
-    def failed_to_listen(failure: object) -> None:
-        if status["code"] == 0:
-            status["code"] = 1
-            reactor.callWhenRunning(reactor.stop)  # type: ignore[attr-defined]
-
     # systemd (Type=notify) hears READY=1 once all three listen, STOPPING=1 on shutdown.
     notifier = Notifier.from_environment(os.environ)
     labels = {"api": "API", "node-api": "node API", "metrics": "metrics"}
-    ready = ReadyGate(
-        notifier,
-        labels,
-        lambda: listening_status(
-            (label, service.getServiceNamed(name).port.getHost())  # type: ignore[attr-defined]
-            for name, label in labels.items()
-        ),
-    )
-    for name in labels:
-        service.getServiceNamed(name).listening.addCallbacks(  # type: ignore[attr-defined]
-            lambda _port, name=name: ready.met(name), failed_to_listen
+    listeners = {name: cast(ListeningService, service.getServiceNamed(name)) for name in labels}
+
+    def status() -> str:
+        return listening_status(
+            (label, listeners[name].address()) for name, label in labels.items()
         )
-    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+
+    ready = ReadyGate(notifier, labels, status)
+    code = run_daemon(cast(DaemonReactor, reactor), service, notifier, ready, listeners)
     store.close()
-    return status["code"]
+    return code
 
 
 if __name__ == "__main__":
