@@ -13,9 +13,10 @@ from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.kept import Entry
-from agent.metrics import AgentMetrics, health_site
+from agent.metrics import AgentMetrics
 from agent.server import ConnectionLimitsCollector
 from agent.service import Keeper, NodeAgent
+from common.health import health_site
 from common.listening import ListeningService
 from common.notify import Notifier
 
@@ -72,7 +73,7 @@ def make_agent_service(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        health_site(agent, registry),
+        health_site(registry, agent.ready),
         "agent metrics",
         log_namespace="rolecall.agent",
     )

@@ -7,12 +7,9 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
-from twisted.web import server
-from twisted.web.resource import Resource
 
 from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
@@ -257,35 +254,3 @@ class _PollCollector:
             " the agent started).",
             value=last if last is not None else 0.0,
         )
-
-
-class _Text(Resource):
-    isLeaf = True
-
-    def __init__(self, answer: Any) -> None:
-        super().__init__()
-        self._answer = answer
-
-    def render_GET(self, request: server.Request) -> bytes:
-        status, content_type, body = self._answer()
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", content_type)
-        return body  # type: ignore[no-any-return]
-
-
-def health_site(agent: NodeAgent, registry: CollectorRegistry) -> server.Site:
-    root = Resource()
-
-    def ready() -> tuple[int, bytes, bytes]:
-        ok, reason = agent.ready()
-        return (200 if ok else 503), b"text/plain", reason.encode() + b"\n"
-
-    root.putChild(
-        b"metrics", _Text(lambda: (200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)))
-    )
-    root.putChild(b"healthz", _Text(lambda: (200, b"text/plain", b"ok\n")))
-    root.putChild(b"readyz", _Text(ready))
-    site = server.Site(root)
-    site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site

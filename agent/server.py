@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import SERVER, ImdsRequest, ImdsResponse, InstanceView, respond
-from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request
+from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request, Response
 
 log = Logger(namespace="rolecall.agent.imds")
 
@@ -56,6 +56,10 @@ class InstanceEndpoint(Protocol):
     bucket: TokenBucket
 
     def view(self, now: float) -> InstanceView: ...
+
+
+#: The answer when answering failed (a bug): no body, never a traceback.
+_UNAVAILABLE = Response(503, ((b"Content-Type", b"text/plain"),))
 
 
 class MetadataFactory(ServerFactory):
@@ -100,21 +104,19 @@ class MetadataFactory(ServerFactory):
     def _too_large() -> bytes:
         return _TOO_LARGE
 
-    def _answer(self, request: Request, protocol: Http11Protocol) -> bytes:
+    def _answer(self, request: Request, protocol: Http11Protocol) -> Response:
         try:
             answer, seconds = self.answer(request, protocol)
         except Exception:  # a bug must cost one answer, never the connection
             log.failure("cannot answer a metadata request")
-            request.setResponseCode(503)
-            request.setHeader(b"Content-Type", b"text/plain")
-            return b""
+            return _UNAVAILABLE
         observe = self.observe
         if observe is not None:
             observe(self.endpoint.instance_id, _path(request.uri), answer, seconds)
-        return answer.body
+        return Response(answer.status, answer.raw_headers, answer.body)
 
     def answer(self, request: Request, protocol: Http11Protocol) -> tuple[ImdsResponse, float]:
-        """Set `request`'s status and headers; the answer and the seconds it took."""
+        """The metadata service's answer to `request`, and the seconds it took."""
         clock = self.clock
         started = clock.seconds()
         endpoint = self.endpoint
@@ -124,8 +126,7 @@ class MetadataFactory(ServerFactory):
                 target=request.uri.decode("latin-1"),
                 headers=[
                     (name.decode("latin-1"), value.decode("latin-1"))
-                    for name, values in request.requestHeaders.getAllRawHeaders()
-                    for value in values
+                    for name, value in request.headers
                 ],
             ),
             endpoint.view(started),
@@ -133,10 +134,6 @@ class MetadataFactory(ServerFactory):
             rate_limited=not endpoint.bucket.allow(started),
         )
         self._set_ttl(protocol, answer.ip_ttl or DEFAULT_TTL)
-        request.setResponseCode(answer.status)
-        headers = request.responseHeaders
-        for name, value in answer.raw_headers:
-            headers.setRawHeaders(name, [value])
         return answer, clock.seconds() - started
 
     def _set_ttl(self, protocol: Http11Protocol, ttl: int) -> None:

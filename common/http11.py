@@ -17,9 +17,8 @@ the metrics listener stay on twisted.web.
 
 from __future__ import annotations
 
-import io
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import httptools
@@ -70,71 +69,10 @@ ABORT_TIMEOUT = 15.0
 HEAD_TIMEOUT = 10.0
 
 
-class RequestHeaders:
-    """A request's header lines, as received, with the reading side of twisted's `Headers`."""
-
-    __slots__ = ("_lines",)
-
-    def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
-        self._lines = lines
-
-    def getAllRawHeaders(self) -> Iterator[tuple[bytes, list[bytes]]]:
-        """Each line as ``(name, [value])``, in order (a repeated name appears once per line)."""
-        for name, value in self._lines:
-            yield name, [value]
-
-    def getRawHeaders(self, name: bytes, default: list[bytes] | None = None) -> list[bytes] | None:
-        """Every value of the header ``name`` (any case), or ``default`` if absent."""
-        wanted = name.lower()
-        values = [value for line, value in self._lines if line.lower() == wanted]
-        return values or default
-
-    def hasHeader(self, name: bytes) -> bool:
-        return self.getRawHeaders(name) is not None
-
-
-class ResponseHeaders:
-    """An answer's headers, with the writing side of twisted's `Headers` (names any case)."""
-
-    __slots__ = ("_headers",)
-
-    def __init__(self) -> None:
-        self._headers: dict[bytes, tuple[bytes, list[bytes]]] = {}
-
-    def setRawHeaders(self, name: bytes, values: list[bytes]) -> None:
-        self._headers[name.lower()] = (name, values)
-
-    def getRawHeaders(self, name: bytes, default: list[bytes] | None = None) -> list[bytes] | None:
-        found = self._headers.get(name.lower())
-        return found[1] if found is not None else default
-
-    def hasHeader(self, name: bytes) -> bool:
-        return name.lower() in self._headers
-
-    def lines(self) -> bytes:
-        """The headers as they go on the wire, each line ending CRLF."""
-        return b"".join(
-            b"%s: %s\r\n" % (name, value)
-            for name, values in self._headers.values()
-            for value in values
-        )
-
-
 class Request:
-    """One parsed request, offering the parts of a twisted.web request that a handler uses."""
+    """One parsed request: a plain value the handler reads and never writes."""
 
-    __slots__ = (
-        "_host",
-        "_peer",
-        "_secure",
-        "clientproto",
-        "code",
-        "content",
-        "method",
-        "requestHeaders",
-        "responseHeaders",
-        "uri",
-    )
+    __slots__ = ("body", "clientproto", "headers", "host", "method", "peer", "secure", "uri")
 
     def __init__(
         self,
@@ -148,39 +86,48 @@ class Request:
         secure: bool,
     ) -> None:
         self.method = method
+        #: The request target as sent (path and query).
         self.uri = uri
         self.clientproto = clientproto
-        self.content = io.BytesIO(body)
-        self.requestHeaders = RequestHeaders(headers)
-        self.responseHeaders = ResponseHeaders()
-        self.code = 200
-        self._peer, self._host, self._secure = peer, host, secure
+        #: The header lines as received, in order, names in the case they came in.
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+        self.host = host
+        self.secure = secure
 
-    def getHeader(self, name: bytes) -> bytes | None:
-        """The last value of the request header ``name``, as twisted.web answers it."""
-        values = self.requestHeaders.getRawHeaders(name)
+    def header_values(self, name: bytes) -> list[bytes]:
+        """Every value of the header `name` (any case), in the order received."""
+        wanted = name.lower()
+        return [value for line, value in self.headers if line.lower() == wanted]
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of the header `name` (any case), as twisted.web's getHeader gives it."""
+        values = self.header_values(name)
         return values[-1] if values else None
 
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        self.responseHeaders.setRawHeaders(name, [value])
 
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        self.code = code
+class Response:
+    """An answer: the status, the handler's header lines and the body. The protocol adds
+    ``Server``, ``Date``, ``Connection`` and ``Content-Length`` (the body's length, unless the
+    handler sent one: a HEAD answer may carry its GET's)."""
 
-    def getClientAddress(self) -> IAddress:
-        return self._peer
+    __slots__ = ("body", "headers", "status")
 
-    def getHost(self) -> IAddress:
-        return self._host
+    def __init__(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]] = (), body: bytes = b""
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
-    def isSecure(self) -> bool:
-        return self._secure
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {list(self.headers)!r}, {len(self.body)} bytes)"
 
 
-#: What a request handler is: it sets the status and headers on the request and returns the body
-#: (``Content-Length`` is the body's length unless the handler set it: a HEAD answer may carry
-#: its GET's). The protocol is passed too, for what belongs to the connection (its socket).
-Handler = Callable[[Request, "Http11Protocol"], bytes]
+#: What a request handler is: a plain request in, a plain answer out. The protocol is passed too,
+#: for what belongs to the connection (its socket).
+Handler = Callable[[Request, "Http11Protocol"], Response]
 
 
 def status_line(code: int) -> bytes:
@@ -534,24 +481,37 @@ class Http11Protocol(Protocol):
     # -- the answer ----------------------------------------------------------------------------
 
     def _answer(self, request: Request, keep_alive: bool, version: str) -> None:
-        headers = request.responseHeaders
-        headers.setRawHeaders(b"Server", [self._server])
-        headers.setRawHeaders(b"Date", [self._dates()])
         try:
-            body = self._handler(request, self)
+            response = self._handler(request, self)
         except Exception:  # the handler answers its own errors: this is a last resort
             log.failure("cannot answer a request")
             self._close(short_answer(500))
             raise _Stop from None
-        if not headers.hasHeader(b"Content-Length"):  # a HEAD answer may carry its GET's
-            headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        code, body = response.status, response.body
+        lines = []
+        length = server = True
+        for name, value in response.headers:
+            lines.append(b"%s: %s\r\n" % (name, value))
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = False  # a HEAD answer may carry its GET's
+            elif lowered == b"server":
+                server = False  # the handler names itself
+        head = [_STATUS_LINES.get(code) or status_line(code)]
+        if server:
+            head.append(b"Server: %s\r\n" % self._server)
+        head.append(b"Date: %s\r\n" % self._dates())
+        head += lines
+        if length:
+            head.append(b"Content-Length: %d\r\n" % len(body))
         if not keep_alive:
-            headers.setRawHeaders(b"Connection", [b"close"])
+            head.append(b"Connection: close\r\n")
         elif version == "1.0":
-            headers.setRawHeaders(b"Connection", [b"keep-alive"])
-        code = request.code
-        head = (_STATUS_LINES.get(code) or status_line(code)) + headers.lines() + b"\r\n"
-        answer = head if request.method == b"HEAD" else head + body
+            head.append(b"Connection: keep-alive\r\n")
+        head.append(b"\r\n")
+        if request.method != b"HEAD":
+            head.append(body)
+        answer = b"".join(head)
         if keep_alive:
             assert self.transport is not None
             self.transport.write(answer)

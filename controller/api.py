@@ -20,11 +20,11 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request
+from common.bodylimit import BodyLimit
+from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request, Response
 from controller import sigv4, xmlout
 from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result
 from controller.authorize import authorize
-from controller.bodylimit import BodyLimit
 from controller.errors import (
     ApiError,
     InternalFailure,
@@ -48,7 +48,7 @@ from controller.tokens import SessionClaims
 VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
 DEFAULT_MAX_BODY = 1024 * 1024
 _METHODS = (b"GET", b"POST")
-_TEXT_XML = [b"text/xml"]
+_TEXT_XML = b"text/xml"
 
 log = Logger(namespace="rolecall.api")
 
@@ -100,10 +100,8 @@ def error_body(error: ApiError, service: str | None, request_id: str) -> bytes:
     )
 
 
-class ApiResource(Resource):
+class PublicApi:
     """IAM, STS and EC2 on one endpoint; the service comes from the SigV4 credential scope."""
-
-    isLeaf = True
 
     def __init__(
         self,
@@ -115,7 +113,6 @@ class ApiResource(Resource):
         metrics: ControllerMetrics | None = None,
         trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
-        super().__init__()
         self._trusted_proxies = trusted_proxies
         self._store = store
         self._registry = registry
@@ -127,19 +124,16 @@ class ApiResource(Resource):
         self._services = {"sessions": sessions, "metrics": self._metrics, **(services or {})}
         self._service_names = frozenset(registry.services())
 
-    def render(self, request: http.Request) -> bytes:
-        """Answer one request: the status and headers are set on ``request``, the body returned.
-
-        ``request`` is a :class:`common.http11.Request` on the public port, or any
-        twisted.web request
-        (this resource also renders under a ``twisted.web.server.Site``, as tests do).
-        """
+    def answer(self, request: Request) -> Response:
+        """The answer to one request on the public port (`common.http11`): a plain value in, a
+        plain value out."""
         started = self._clock.seconds()
         request_id = new_request_id()
         outcome = _Outcome()
+        extra: tuple[tuple[bytes, bytes], ...] = ()
         try:
             if request.method not in _METHODS:
-                request.setHeader(b"Allow", b"GET, POST")
+                extra = ((b"Allow", b"GET, POST"),)
                 raise MethodNotAllowed(
                     f"The HTTP method {request.method.decode('latin-1')} is not allowed;"
                     " the Query API takes GET or POST."
@@ -152,10 +146,11 @@ class ApiResource(Resource):
                 error = ec2_error(error)
             body, status = error_body(error, outcome.service, request_id), error.status
             outcome.error = error.code
-        request.setResponseCode(status)
-        headers = request.responseHeaders
-        headers.setRawHeaders(b"Content-Type", _TEXT_XML)
-        headers.setRawHeaders(b"x-amzn-RequestId", [request_id.encode("ascii")])
+        headers = (
+            *extra,
+            (b"Content-Type", _TEXT_XML),
+            (b"x-amzn-RequestId", request_id.encode("ascii")),
+        )
         duration = self._clock.seconds() - started
         self._metrics.api_request(outcome.service, outcome.action, status, duration)
         service, action = outcome.service or "-", outcome.action or "-"
@@ -173,24 +168,21 @@ class ApiResource(Resource):
             error=code,
             request_id=request_id,
         )
-        return body
+        return Response(status, headers, body)
 
     def _serve(
-        self, request: http.Request, started: float, request_id: str, outcome: _Outcome
+        self, request: Request, started: float, request_id: str, outcome: _Outcome
     ) -> tuple[bytes, int]:
         now = datetime.fromtimestamp(started, UTC)
         raw_path, _, raw_query = request.uri.partition(b"?")
-        body = request.content.read() if request.content is not None else b""
         signed = sigv4.HttpRequest(
             method=request.method.decode("ascii"),
             path=_text(raw_path),
             query=_text(raw_query),
             headers=[
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, values in request.requestHeaders.getAllRawHeaders()
-                for value in values
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
             ],
-            body=body,
+            body=request.body,
         )
         claim = sigv4.parse_request(signed, now)
         outcome.access_key_id = claim.access_key_id
@@ -232,12 +224,12 @@ class ApiResource(Resource):
     def _action(
         self,
         signed: sigv4.HttpRequest,
-        request: http.Request,
+        request: Request,
         claim: sigv4.SignedClaim,
         outcome: _Outcome,
     ) -> tuple[Action, dict[str, Any]]:
         """The action and validated input a request names."""
-        params = request_params(signed, request.getHeader(b"content-type"))
+        params = request_params(signed, request.header(b"content-type"))
         if outcome.service is None:
             raise InvalidAction(
                 f"RoleCall does not serve the service '{claim.service}' named in the credential"
@@ -355,17 +347,17 @@ def caller_from_session(claims: SessionClaims) -> Caller:
 
 
 def _facts(
-    request: http.Request, claim: sigv4.SignedClaim, trusted_proxies: tuple[Network, ...]
+    request: Request, claim: sigv4.SignedClaim, trusted_proxies: tuple[Network, ...]
 ) -> RequestFacts:
-    peer = getattr(request.getClientAddress(), "host", "127.0.0.1")
+    peer = getattr(request.peer, "host", "127.0.0.1")
     if trusted_proxies:
-        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        forwarded = request.header_values(b"x-forwarded-for")
         peer = client_address(
             peer, [value.decode("latin-1") for value in forwarded], trusted_proxies
         )
     return RequestFacts(
         source_ip=peer,
-        secure_transport=request.isSecure(),
+        secure_transport=request.secure,
         region=claim.region,
     )
 
@@ -474,7 +466,7 @@ class ApiFactory(ServerFactory):
 
     def __init__(
         self,
-        api: ApiResource,
+        api: PublicApi,
         clock: IReactorTime,
         max_body: int = DEFAULT_MAX_BODY,
         limit: ConnectionLimit | None = None,
@@ -509,16 +501,18 @@ class ApiFactory(ServerFactory):
     def _refusal(self) -> bytes:
         return body_refusal(self._max_body)
 
-    def _answer(self, request: Request, protocol: Http11Protocol) -> bytes:
+    def _answer(self, request: Request, protocol: Http11Protocol) -> Response:
         try:
-            return self._api.render(request)  # type: ignore[arg-type]
+            return self._api.answer(request)
         except Exception:
-            # render answers every ApiError and unexpected failure itself; this is a last
+            # answer() answers every ApiError and unexpected failure itself; this is a last
             # resort (a failing metric or log observer), still an AWS error and no traceback.
             log.failure("cannot answer a request")
             error = InternalFailure(
                 "The request processing has failed because of an internal error."
             )
-            request.setResponseCode(error.status)
-            request.setHeader(b"Content-Type", _TEXT_XML[0])
-            return error_body(error, None, new_request_id())
+            return Response(
+                error.status,
+                ((b"Content-Type", _TEXT_XML),),
+                error_body(error, None, new_request_id()),
+            )

@@ -11,17 +11,18 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 
+from common.health import health_site
 from common.http11 import ConnectionLimit
 from common.listening import ListeningService
 from controller.actions import Registry
-from controller.api import ApiFactory, ApiResource, make_site
+from controller.api import ApiFactory, PublicApi, make_site
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
 from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
-from controller.health import health_resource
+from controller.health import readiness
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
@@ -90,7 +91,7 @@ def make_service(
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
     limits = Ec2Limits(config.max_instances_per_account, config.node_capacity)
-    resource = ApiResource(
+    resource = PublicApi(
         store,
         actions,
         reactor,
@@ -138,7 +139,7 @@ def make_service(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        make_site(health_resource(metrics.registry, store, lambda: keys.ring)),
+        health_site(metrics.registry, readiness(store, lambda: keys.ring)),
         "metrics",
     )
     health.setName("metrics")

@@ -23,12 +23,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web import http
 
 from common import http11
 from controller import sigv4
 from controller.accounts import ensure_first_account
-from controller.api import ApiFactory, ApiResource
+from controller.api import ApiFactory, PublicApi
 from controller.keyring import KeyRingFile, ensure_key_ring
 from controller.metrics import ControllerMetrics
 from controller.service import api_registry
@@ -44,7 +43,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 
 @dataclass
 class Api:
-    resource: ApiResource
+    resource: PublicApi
     clock: Clock
     key: Any
 
@@ -63,7 +62,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     )
     sessions = Sessions(KeyRingFile(tmp_path / "token-keys.json"))
     try:
-        yield Api(ApiResource(store, actions, clock, sessions, metrics=metrics), clock, key)
+        yield Api(PublicApi(store, actions, clock, sessions, metrics=metrics), clock, key)
     finally:
         store.close()
 
@@ -312,9 +311,9 @@ def test_a_request_sees_the_connections_peer_and_that_it_is_not_tls(api: Api, co
     seen: list[tuple[str, bool]] = []
 
     class Recorder:
-        def render(self, request: http.Request) -> bytes:
-            seen.append((request.getClientAddress().host, request.isSecure()))
-            return b"<ok/>"
+        def answer(self, request: http11.Request) -> http11.Response:
+            seen.append((request.peer.host, request.secure))  # type: ignore[attr-defined]
+            return http11.Response(200, (), b"<ok/>")
 
     connection = Connection(ApiFactory(Recorder(), api.clock))  # type: ignore[arg-type]
     try:
@@ -328,7 +327,7 @@ def test_a_failure_outside_the_api_is_an_internal_failure_xml_not_a_traceback(
     api: Api, connect: Any
 ) -> None:
     class Broken:
-        def render(self, request: http.Request) -> bytes:
+        def answer(self, request: http11.Request) -> http11.Response:
             raise RuntimeError("a log observer or a metric failed")
 
     connection = Connection(ApiFactory(Broken(), api.clock))  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ listener's /metrics, /healthz and /readyz rendered with twisted.web's test reque
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,13 +14,15 @@ from urllib.parse import urlencode
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, enable_created_metrics, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
+from common.http11 import Request
 from controller import sigv4
 from controller.accounts import ensure_first_account
-from controller.api import ApiResource
+from controller.api import PublicApi
 from controller.assignments import AssignmentHub
 from controller.health import health_resource
 from controller.keyring import KeyRingFile, ensure_key_ring
@@ -266,8 +267,8 @@ def test_a_scrape_while_the_store_fails_still_shows_the_other_metrics(
 
 
 @pytest.fixture
-def api(tmp_path: Path, registry: CollectorRegistry) -> Iterator[tuple[ApiResource, Any]]:
-    """An ApiResource on a real in-memory store with a root key, and that key."""
+def api(tmp_path: Path, registry: CollectorRegistry) -> Iterator[tuple[PublicApi, Any]]:
+    """An PublicApi on a real in-memory store with a root key, and that key."""
     store = SQLiteStore(":memory:")
     with store.transaction() as tx:
         root_key = ensure_first_account(tx, "111122223333", "test", "2024-05-01T00:00:00Z").root_key
@@ -279,20 +280,13 @@ def api(tmp_path: Path, registry: CollectorRegistry) -> Iterator[tuple[ApiResour
     clock.advance(NOW)
     metrics = ControllerMetrics(registry, ((action.service, action.name) for action in actions))
     try:
-        yield ApiResource(store, actions, clock, sessions, metrics=metrics), root_key
+        yield PublicApi(store, actions, clock, sessions, metrics=metrics), root_key
     finally:
         store.close()
 
 
-class Request(DummyRequest):
-    """DummyRequest with the little more ApiResource asks of a request."""
-
-    def isSecure(self) -> bool:
-        return False
-
-
 def call(
-    resource: ApiResource,
+    resource: PublicApi,
     params: dict[str, str],
     *,
     service: str | None = None,
@@ -317,18 +311,22 @@ def call(
             service=service,
             now=datetime.fromtimestamp(NOW, UTC),
         )
-    request = Request([b""])
-    request.method = b"POST"
-    request.uri = b"/"
-    request.content = io.BytesIO(body)
-    for name, header in signed.headers:
-        request.requestHeaders.addRawHeader(name.encode(), header.encode())
-    answer = resource.render(request)
-    return request.responseCode, answer
+    request = Request(
+        b"POST",
+        b"/",
+        b"HTTP/1.1",
+        [(name.encode(), header.encode()) for name, header in signed.headers],
+        body,
+        IPv4Address("TCP", "127.0.0.1", 40000),
+        IPv4Address("TCP", "127.0.0.1", 8773),
+        False,
+    )
+    answer = resource.answer(request)
+    return answer.status, answer.body
 
 
 def test_the_api_counts_an_unsigned_request_as_a_missing_token(
-    api: tuple[ApiResource, Any], registry: CollectorRegistry
+    api: tuple[PublicApi, Any], registry: CollectorRegistry
 ) -> None:
     resource, _ = api
     status, _ = call(resource, {"Action": "ListRoles", "Version": "2010-05-08"})
@@ -342,7 +340,7 @@ def test_the_api_counts_an_unsigned_request_as_a_missing_token(
 
 
 def test_the_api_counts_an_ec2_auth_failure_by_its_aws_code_not_auth_failure(
-    api: tuple[ApiResource, Any], registry: CollectorRegistry
+    api: tuple[PublicApi, Any], registry: CollectorRegistry
 ) -> None:
     resource, key = api
     status, body = call(
@@ -359,7 +357,7 @@ def test_the_api_counts_an_ec2_auth_failure_by_its_aws_code_not_auth_failure(
 
 
 def test_the_api_counts_a_served_action_by_name_and_an_invented_one_as_unknown(
-    api: tuple[ApiResource, Any], registry: CollectorRegistry
+    api: tuple[PublicApi, Any], registry: CollectorRegistry
 ) -> None:
     resource, key = api
     ok, _ = call(resource, {"Action": "ListRoles", "Version": "2010-05-08"}, service="iam", key=key)
@@ -372,7 +370,7 @@ def test_the_api_counts_a_served_action_by_name_and_an_invented_one_as_unknown(
 
 
 def test_the_api_counts_credentials_an_sts_call_issued(
-    api: tuple[ApiResource, Any], registry: CollectorRegistry
+    api: tuple[PublicApi, Any], registry: CollectorRegistry
 ) -> None:
     resource, key = api
     status, _ = call(
@@ -396,9 +394,11 @@ class Page:
     text: str
 
 
-def get(root: Resource, path: str) -> Page:
+def get(root: Resource, path: str, accept: str | None = None) -> Page:
     request = DummyRequest(path.lstrip("/").encode().split(b"/"))
     request.method = b"GET"
+    if accept is not None:
+        request.requestHeaders.setRawHeaders(b"accept", [accept.encode()])
     resource = getChildForRequest(root, request)
     body = resource.render(request)
     if not isinstance(body, bytes):  # NOT_DONE_YET: written to the request instead
@@ -423,6 +423,17 @@ def test_metrics_page_is_the_registrys_exposition(
     issued = families["rolecall_credentials_issued"]
     assert issued.type == "counter"
     assert any(s.labels == {"kind": "session"} and s.value == 1 for s in issued.samples)
+
+
+def test_metrics_page_speaks_openmetrics_to_a_scraper_that_asks_for_it(
+    registry: CollectorRegistry, metrics: ControllerMetrics, key_ring: Any
+) -> None:
+    metrics.credentials_issued("session")
+    root = health_resource(registry, FakeStore(), lambda: key_ring)
+    page = get(root, "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert page.content_type.startswith("application/openmetrics-text")
+    assert page.text.endswith("# EOF\n")
+    assert 'rolecall_credentials_issued_total{kind="session"} 1.0' in page.text
 
 
 def test_healthz_answers_ok_even_when_the_store_fails(

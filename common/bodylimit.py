@@ -1,4 +1,4 @@
-"""A request body limit for the controller's twisted.web listeners.
+"""A request body limit for the daemons' twisted.web listeners (the node API, metrics and health).
 
 `twisted.web.http.Request` keeps a body of any announced length, spilling to a temporary file
 past 100 kB: a client announcing gigabytes fills the disk. `BodyLimit` refuses a body over
