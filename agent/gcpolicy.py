@@ -62,12 +62,12 @@ class FreezeAfterChanges(Service):
 
     def startService(self) -> None:
         """The first full pass runs now, before any instance is served: no guest waits on it."""
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.refreeze(full=True)
         self._loop.start(CHECK_SECONDS, now=False)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._loop.running:
             self._loop.stop()
 

@@ -30,7 +30,7 @@ class BodyLimit(http.Request):
         if length is not None and length > self.max_body:
             self._refuse()
             length = None
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.refused:
@@ -38,7 +38,7 @@ class BodyLimit(http.Request):
         if self.content is not None and self.content.tell() + len(data) > self.max_body:
             self._refuse()
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
     def _refuse(self) -> None:
         self.refused = True

@@ -37,7 +37,7 @@ class HealthResource(Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._registry = registry
         self._readiness = readiness
 
@@ -79,4 +79,4 @@ class _Site(server.Site):
 
 def health_site(registry: CollectorRegistry, readiness: Readiness) -> server.Site:
     """The listener's site: `registry` on /metrics, `readiness` on /readyz."""
-    return _Site(HealthResource(registry, readiness))
+    return _Site(HealthResource(registry, readiness))  # type: ignore[no-untyped-call]

@@ -309,7 +309,7 @@ class Http11Protocol(Protocol):
             if isinstance(error, httptools.HttpParserCallbackError) and cause is not None:
                 log.failure(
                     "cannot parse a request",
-                    Failure(cause, type(cause), cause.__traceback__),  # type: ignore[no-untyped-call]
+                    Failure(cause, type(cause), cause.__traceback__),
                 )
                 self._close(short_answer(500))
             else:
@@ -531,5 +531,5 @@ class HttpDates:
     def now(self) -> list[bytes]:
         second = int(self._clock.seconds())
         if second != self._second:
-            self._second, self._value = second, [datetimeToString(second)]  # type: ignore[no-untyped-call]
+            self._second, self._value = second, [datetimeToString(second)]
         return self._value

@@ -43,7 +43,7 @@ class ListeningService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         endpoint: Any
         if self._tls is not None:
-            endpoint = SSL4ServerEndpoint(  # type: ignore[no-untyped-call]
+            endpoint = SSL4ServerEndpoint(
                 self._reactor, self._port_number, self._tls, interface=self._host
             )
         else:

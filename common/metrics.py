@@ -17,6 +17,6 @@ def register_standard_collectors(registry: CollectorRegistry) -> None:
     ``_created`` (each counter's creation time) doubles the series of every counter and no rule
     reads it; prometheus_client 0.26 can switch it off only for the whole process, which is
     one daemon."""
-    disable_created_metrics()  # type: ignore[no-untyped-call]
+    disable_created_metrics()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

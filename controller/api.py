@@ -436,13 +436,13 @@ class ApiSite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: server.Request) -> None:  # type: ignore[override]
         pass
 
 
 def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Site:
-    site = ApiSite(resource)
-    site.requestFactory = type("ApiRequest", (BoundedRequest,), {"max_body": max_body})
+    site = ApiSite(resource)  # type: ignore[no-untyped-call]
+    site.requestFactory = type("ApiRequest", (BoundedRequest,), {"max_body": max_body})  # type: ignore[assignment]
     # The API parses its own form bodies (request_params); Twisted's parser (through the email
     # package) cost a quarter of every request's time. Twisted 25 and later read this flag.
     site._parsePOSTFormSubmission = False
