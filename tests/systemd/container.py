@@ -77,6 +77,8 @@ def cached_tree(
         return final, False
     CACHE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=CACHE_DIR))
+    # mkdtemp's 0700 would be the container's "/": no service user could reach anything.
+    building.chmod(0o755)
     try:
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
@@ -267,15 +269,20 @@ class Container:
         deadline = time.monotonic() + timeout
         self.leader = self._wait_for_leader(deadline)
         while True:
+            remaining = max(1, round(deadline - time.monotonic()))
             result = self.run(
-                ["systemctl", "is-system-running", "--wait"], check=False, timeout=timeout
+                ["timeout", str(remaining), "systemctl", "is-system-running", "--wait"],
+                check=False,
+                timeout=remaining + 10,
             )
             state = result.stdout.strip()
             if state in ("running", "degraded"):
                 return state
             if time.monotonic() > deadline:
+                jobs = self.run(["systemctl", "list-jobs"], check=False, timeout=10).stdout
                 raise ContainerError(
-                    f"systemd did not finish booting ({state or result.stderr.strip()}):\n"
+                    f"systemd did not finish booting in {timeout} s"
+                    f" ({state or result.stderr.strip()}); its jobs:\n{jobs}\n"
                     + self.console_tail()
                 )
             time.sleep(0.2)
