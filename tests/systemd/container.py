@@ -402,7 +402,7 @@ class Container:
             found.append(f"its systemd (pid {self.leader})")
         found += [f"the control group {group}" for group in self._cgroups if group.exists()]
         found += [
-            f"process {process.pid} ({' '.join(process.args[-3:])})"  # type: ignore[index]
+            f"process {process.pid} ({str(process.args)[-80:]})"
             for process in self._background
             if process.poll() is None
         ]

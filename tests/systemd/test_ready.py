@@ -30,10 +30,9 @@ def test_the_agent_is_ready_serving_its_instances_with_one_stored_socket_each(
 
     def counted() -> bool:
         seen.append(restored.unit(AGENT))
-        found = re.fullmatch(
-            r"serving (\d+) instances?(, (\d+) not served)?", seen[-1]["StatusText"]
-        )
-        return bool(found) and int(found.group(1)) == len(live) and not found.group(2)
+        status = seen[-1]["StatusText"]
+        found = re.fullmatch(r"serving (\d+) instances?(, (\d+) not served)?", status)
+        return found is not None and int(found.group(1)) == len(live) and not found.group(2)
 
     wait_until(counted, 15, lambda: f"STATUS= to say {len(live)} instances ({seen[-1]})")
     state = seen[-1]

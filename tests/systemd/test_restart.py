@@ -34,8 +34,9 @@ def test_agent_restarts_under_guest_requests_refuse_fail_and_invalidate_nothing(
     after = restored.unit(AGENT)
 
     assert len(set(processes)) == RESTARTS + 1, f"not restarted each time: {processes}"
-    during = [record for record in loop.records if any(s <= record[0] <= e for s, e in windows)]
-    assert len(during) >= RESTARTS, f"the guest asked nothing during the restarts: {windows}"
+    for start, end in windows:
+        during = [record for record in loop.records if start <= record[0] <= end]
+        assert len(during) >= 5, f"the guest asked too little during a restart: {during}"
     assert loop.errors() == [], loop.summary()
     old_token = loop.statuses("get-old-token")
     assert old_token == {200: sum(old_token.values())}, (
