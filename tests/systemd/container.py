@@ -364,7 +364,7 @@ class Container:
         self._background.append(process)
         return process
 
-    def close(self, timeout: float = 30) -> None:
+    def close(self, timeout: float = 15) -> None:
         """Stop the container and remove everything it made on the host, whatever state it is
         in: SIGTERM to nspawn (systemd powers off), then SIGKILL to nspawn and the container's
         PID 1 (which takes every process of its PID namespace with it)."""
