@@ -376,6 +376,13 @@ class GuestLoop:
                 counted[status] = counted.get(status, 0) + 1
         return counted
 
+    def in_flight(self, start: float, end: float) -> list[tuple[Any, ...]]:
+        """Requests under way at some moment from `start` to `end` (Unix time). The guest asks
+        one request after another, so an empty list means it had stopped asking."""
+        return [
+            record for record in self.records if record[0] <= end and record[0] + record[3] >= start
+        ]
+
     def slowest(self) -> float:
         return max((record[3] for record in self.records), default=0.0)
 
