@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench bench-imds clean
+.PHONY: install demo test test-systemd lint typecheck bench bench-imds clean
 
 # npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
@@ -41,6 +41,17 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test` (root; CI runs it after): the units under systemd itself, Debian 12's
+# systemd 252 as PID 1 in a systemd-nspawn container, with RoleCall installed as
+# docs/operations.md says (tests/systemd). Its minimal Debian tree is made by debootstrap once
+# and kept in /var/cache/rolecall-tests; each run boots a fresh copy.
+test-systemd: $(STAMP)
+	command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null && \
+	  test -f /usr/share/keyrings/debian-archive-keyring.gpg || \
+	  (apt-get update && apt-get install -y --no-install-recommends \
+	     systemd-container debootstrap debian-archive-keyring)
+	$(BIN)/python -m pytest -q tests/systemd
 
 # Not part of `make test`: STS capacity next to moto's server, and policy evaluations/s.
 bench: $(STAMP)
