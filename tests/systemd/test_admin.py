@@ -53,3 +53,16 @@ def test_an_admin_command_run_as_root_refuses_in_one_line_and_the_controller_kee
     assert restored.systemctl("restart", CONTROLLER).returncode == 0
     restored.wait_active(CONTROLLER)
     assert ROLE in restored.tool(["iam-rolegetattributes", "-r", ROLE])
+
+
+def test_the_documented_command_runs_as_written(restored: Deployment) -> None:
+    """docs/operations.md and the refusal above say `runuser -u rolecall -- rolecall-controller
+    ...`: after the documented install (which links the commands into /usr/local/bin) that is a
+    command runuser finds, and it works."""
+    result = restored.container.run(
+        ["runuser", "-u", "rolecall", "--", "rolecall-controller", "--state-dir", STATE_DIR,
+         "nodes"],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "compute1" in result.stdout
