@@ -1,36 +1,23 @@
-"""Every API call is authorized here: the caller's policies, evaluated by the policy engine.
+"""Every API call is authorized here: read what the decision needs, then decide.
 
-The account's root may do everything in its account. Other callers need an Allow from their
-identity policies (a user's, an assumed role's) and, for temporary credentials with a session
-policy, from that too. Federated and GetSessionToken credentials are further limited as in AWS.
+`gather_caller` is the one read of a caller's policies and tags (`CallerFacts`); the decision
+itself is `controller.permissions.decide`, pure. `authorize` joins them for the actions the API
+authorizes before they run; AssumeRole gathers its own facts (`controller.sts`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 
-from controller.actions import PRINCIPAL_TYPES, Caller, Context, RequestFacts
-from controller.errors import AccessDenied
+from controller.actions import Caller, Context
+from controller.permissions import CallerFacts, Policies, decide, denial, settled
 from controller.policy.document import PolicyDocument, PolicyKind, parse_policy
-from controller.policy.evaluate import (
-    Decision,
-    RequestContext,
-    evaluate,
-    evaluate_with_session,
-    time_keys,
-)
 from controller.store.base import Transaction
+from controller.store.records import RolePolicy, UserPolicy
 
 ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
-
-_ALLOW = Decision("Allow")  # frozen: one serves every caller the answer needs no statement for
-
-#: What temporary credentials without an IAM identity of their own may call in IAM and STS.
-_FEDERATED_STS = frozenset({"sts:getcalleridentity"})
-_SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole", "sts:setsourceidentity"})
 
 
 class ParsedDocuments:
@@ -77,115 +64,46 @@ class ParsedDocuments:
 #: Every stored document, parsed once.
 parsed = ParsedDocuments()
 
+#: The root's (and its sessions') one policy: everything in its account.
+_ROOT_POLICIES: Policies = (("root", parse_policy(ALLOW_ALL, PolicyKind.IDENTITY)),)
 
-def identity_policies(tx: Transaction, caller: Caller) -> list[tuple[str, PolicyDocument]]:
-    """The identity-based policies behind a caller, read now (a deleted policy stops at once)."""
+
+def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) -> CallerFacts:
+    """What deciding for ``caller`` needs, read now: its identity policies (a deleted policy
+    stops at once), its tags and its session policy. Nothing is read when ``action`` alone
+    settles the decision (the root, GetCallerIdentity, a kind of credentials that may not call
+    it): `controller.permissions.decide` then looks at no fact."""
+    if action is not None and settled(caller, action) is not None:
+        return CallerFacts(caller)
+    session_policies: Policies | None = None
+    if caller.session_policy is not None:
+        session_policies = (("session policy", parsed(caller.session_policy)),)
+    elif caller.kind == "federated-user":
+        session_policies = ()  # a federation without a session policy is allowed nothing
+    policies: Policies = ()
     if caller.kind == "assumed-role":
-        if caller.role_id is None or tx.get_role_by_id(caller.role_id) is None:
-            return []
-        return [(p.name, parsed(p.document)) for p in tx.list_role_policies(caller.role_id)]
+        if caller.role_id is None:
+            return CallerFacts(caller, policies, session_policies, {})
+        if tx.get_role_by_id(caller.role_id) is not None:
+            policies = _named(tx.list_role_policies(caller.role_id))
+        return CallerFacts(caller, policies, session_policies, _tags(tx, caller.role_id))
     if caller.user_name is None:  # the root, or a session or federation the root started
-        return [("root", parsed(ALLOW_ALL))]
+        return CallerFacts(caller, _ROOT_POLICIES, session_policies, {})
     user = tx.get_user(caller.account_id, caller.user_name)
-    if user is None or (
-        caller.issuer_user_id is not None and user.user_id != caller.issuer_user_id
-    ):
-        return []  # the user was deleted (maybe re-created): its sessions lose everything
-    return [(p.name, parsed(p.document)) for p in tx.list_user_policies(user.user_id)]
+    # A deleted user (maybe re-created under its name) leaves its sessions no policy at all.
+    if user is not None and caller.issuer_user_id in (None, user.user_id):
+        policies = _named(tx.list_user_policies(user.user_id))
+    # Only a user's own keys carry its tags; its sessions and federations do not.
+    tags = _tags(tx, user.user_id) if caller.kind == "user" and user is not None else {}
+    return CallerFacts(caller, policies, session_policies, tags)
 
 
-def principal_tags(tx: Transaction, caller: Caller) -> dict[str, str]:
-    if caller.kind == "assumed-role" and caller.role_id is not None:
-        return {tag.key: tag.value for tag in tx.get_tags(caller.role_id)}
-    if caller.kind == "user" and caller.user_name is not None:
-        user = tx.get_user(caller.account_id, caller.user_name)
-        if user is not None:
-            return {tag.key: tag.value for tag in tx.get_tags(user.user_id)}
-    return {}
+def _named(policies: Iterable[RolePolicy | UserPolicy]) -> Policies:
+    return tuple((policy.name, parsed(policy.document)) for policy in policies)
 
 
-def context_keys(
-    caller: Caller, facts: RequestFacts, now: datetime, tags: Mapping[str, str]
-) -> dict[str, tuple[str, ...]]:
-    """The global condition keys of a request."""
-    keys: dict[str, tuple[str, ...]] = time_keys(now)  # a new dict, ours to fill
-    keys["aws:SourceIp"] = (facts.source_ip,)
-    keys["aws:SecureTransport"] = ("true" if facts.secure_transport else "false",)
-    keys["aws:PrincipalArn"] = (caller.arn,)
-    keys["aws:PrincipalAccount"] = (caller.account_id,)
-    keys["aws:PrincipalType"] = (PRINCIPAL_TYPES[caller.kind],)
-    keys["aws:userid"] = (caller.user_id,)
-    keys["aws:RequestedRegion"] = (facts.region,)
-    if caller.kind == "user" and caller.user_name is not None:
-        keys["aws:username"] = (caller.user_name,)
-    if caller.temporary:
-        keys["aws:MultiFactorAuthPresent"] = ("false",)
-        if caller.issued is not None:
-            keys["aws:TokenIssueTime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
-    if caller.source_instance_arn is not None:
-        keys["ec2:SourceInstanceARN"] = (caller.source_instance_arn,)
-    if caller.source_identity is not None:
-        keys["aws:SourceIdentity"] = (caller.source_identity,)
-    for key, value in tags.items():
-        keys[f"aws:PrincipalTag/{key}"] = (value,)
-    return keys
-
-
-def kind_may_call(caller: Caller, action: str) -> bool:
-    """Whether credentials of this kind may call the action at all, whatever the policies say:
-    federated credentials call no IAM action and only GetCallerIdentity in STS; GetSessionToken
-    credentials no IAM action and only AssumeRole and GetCallerIdentity in STS."""
-    if caller.kind not in ("federated-user", "session"):
-        return True
-    lowered = action.lower()
-    service = lowered.partition(":")[0]
-    allowed_sts = _FEDERATED_STS if caller.kind == "federated-user" else _SESSION_STS
-    return not (service == "iam" or (service == "sts" and lowered not in allowed_sts))
-
-
-def decide(
-    context: Context,
-    action: str,
-    resource: str,
-    extra_keys: Mapping[str, tuple[str, ...]] | None = None,
-) -> Decision:
-    """The policy decision for the caller of ``context`` doing ``action`` on ``resource``."""
-    caller, tx = context.caller, context.tx
-    if caller.kind == "root" or action.lower() == "sts:getcalleridentity":
-        return _ALLOW
-    if not kind_may_call(caller, action):
-        return Decision("ImplicitDeny")
-    keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
-    if extra_keys:
-        keys.update(extra_keys)
-    request = RequestContext(action, resource, caller.arn, caller.account_id, keys)
-    policies = identity_policies(tx, caller)
-    if caller.kind == "federated-user" or caller.session_policy is not None:
-        session: Sequence[tuple[str, PolicyDocument]] = (
-            [("session policy", parsed(caller.session_policy))]
-            if caller.session_policy is not None
-            else []
-        )
-        return evaluate_with_session(policies, session, request)
-    return evaluate(policies, request)
-
-
-def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:
-    """AWS's AccessDenied: who, what, on which resource, and why."""
-    if decision.effect == "Deny":
-        reason = f"with an explicit deny in {decision.policy_name!r}"
-    elif caller.kind == "federated-user" and action.lower().startswith(("iam:", "sts:")):
-        reason = "because federated users can call no IAM action and only GetCallerIdentity in STS"
-    elif caller.kind == "session" and action.lower().startswith(("iam:", "sts:")):
-        reason = "because GetSessionToken credentials cannot call IAM, nor STS but AssumeRole"
-    elif caller.session_policy is not None or caller.kind == "federated-user":
-        reason = f"because no identity-based policy and session policy both allow {action}"
-    else:
-        reason = f"because no identity-based policy allows the {action} action"
-    return AccessDenied(
-        f"User: {caller.arn} is not authorized to perform: {action}"
-        f" on resource: {resource} {reason}"
-    )
+def _tags(tx: Transaction, entity_id: str) -> dict[str, str]:
+    return {tag.key: tag.value for tag in tx.get_tags(entity_id)}
 
 
 def authorize(
@@ -195,6 +113,7 @@ def authorize(
     extra_keys: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
     """Raise AccessDenied unless the caller may do ``action`` on ``resource``."""
-    decision = decide(context, action, resource, extra_keys)
+    facts = gather_caller(context.tx, context.caller, action)
+    decision = decide(facts, context.facts, context.now, action, resource, extra_keys)
     if not decision.allowed:
         raise denial(context.caller, action, resource, decision)

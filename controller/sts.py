@@ -7,30 +7,19 @@ do is decided at each request from the policies as they are then.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from controller import assume
 from controller.actions import Caller, Context, Registry, Result
-from controller.authorize import (
-    context_keys,
-    decide,
-    denial,
-    kind_may_call,
-    parsed,
-    principal_tags,
-)
-from controller.errors import AccessDenied, InvalidInput, PackedPolicyTooLarge, validation_error
-from controller.policy.document import PolicyKind, Principal, Statement, parse_policy
-from controller.policy.evaluate import (
-    Decision,
-    RequestContext,
-    evaluate_trust,
-    principal_matches,
-    reads_context_keys,
-)
+from controller.assume import AssumeRoleFacts, AssumeRoleRequest
+from controller.assume import refuse_unsupported as _refuse_unsupported
+from controller.assume import session_policy as _session_policy
+from controller.authorize import authorize, gather_caller, parsed
+from controller.errors import AccessDenied, PackedPolicyTooLarge
+from controller.policy.document import PolicyKind
 from controller.query import Field, Int, ListOf, Str, Struct
+from controller.store.base import Transaction
 from controller.tokens import SessionClaims, new_credentials_ids, packed_size_percent
 
 registry = Registry()
@@ -39,54 +28,19 @@ SESSION_NAME_PATTERN = r"[\w+=,.@-]*"
 POLICY_TEXT = r"[\u0009\u000A\u000D\u0020-\u00FF]+"
 FEDERATED_NAME = Str(2, 32, SESSION_NAME_PATTERN)
 ROLE_SESSION_NAME = Str(2, 64, SESSION_NAME_PATTERN)
-#: "The plaintext that you use for both inline and managed session policies can't exceed 2,048
-#: characters" (STS); GetFederationToken's model says so, AssumeRole's is checked by the handler.
-SESSION_POLICY_MAX = 2048
-SESSION_POLICY = Str(1, SESSION_POLICY_MAX, POLICY_TEXT)
+SESSION_POLICY = Str(1, assume.SESSION_POLICY_MAX, POLICY_TEXT)
 ROLE_SESSION_POLICY = Str(1, None, POLICY_TEXT)
 LONG_DURATION = Int(900, 129600)
 ROLE_DURATION = Int(900, 43200)
 EXTERNAL_ID = Str(2, 1224, r"[\w+=,.@:\/-]*")
 SOURCE_IDENTITY = Str(2, 256, SESSION_NAME_PATTERN)
 ROLE_ARN = Str(20, 2048)
-#: Managed-policy ARNs and session tags: accepted by the model, refused by RoleCall (see below).
+#: Managed-policy ARNs and session tags: accepted by the model, refused by RoleCall
+#: (controller.assume.refuse_unsupported).
 UNSUPPORTED = ListOf(Struct((Field("arn", Str()),)))
 
 ROOT_MAX_SECONDS = 3600
-CHAINED_MAX_SECONDS = 3600
 DEFAULT_LONG_SECONDS = 43200
-DEFAULT_ROLE_SECONDS = 3600
-
-_ROLE_ARN = re.compile(
-    r"arn:aws:iam::([0-9]{12}):role(/(?:[\x21-\x7e]*/)?)([\w+=,.@-]{1,64})", re.ASCII
-)
-
-
-def _refuse_unsupported(params: dict[str, Any]) -> None:
-    # Ignoring these would hand out other permissions or tags than the caller asked for.
-    for name in ("PolicyArns", "Tags", "TransitiveTagKeys", "SerialNumber", "TokenCode"):
-        if params.get(name):
-            raise InvalidInput(f"{name} is not supported by RoleCall.")
-
-
-def _session_policy(params: dict[str, Any]) -> str | None:
-    """The request's session policy, checked: its size first, then its syntax. It is parsed
-    outside the cache of stored documents, so a refused request leaves nothing behind."""
-    policy: str | None = params.get("Policy")
-    if policy is None:
-        return None
-    if len(policy) > SESSION_POLICY_MAX:
-        raise validation_error(
-            [
-                (
-                    f"[{len(policy)} characters]",
-                    "policy",
-                    f"Member must have length less than or equal to {SESSION_POLICY_MAX}",
-                )
-            ]
-        )
-    parse_policy(policy, PolicyKind.IDENTITY)  # MalformedPolicyDocument if it is not one
-    return policy
 
 
 def _credentials(context: Context, claims: SessionClaims, kind: str) -> dict[str, Any]:
@@ -189,9 +143,7 @@ def _federated_user_arn(context: Context, params: dict[str, Any]) -> str:
 def get_federation_token(context: Context, params: dict[str, Any]) -> Result:
     _long_term_only(context, "GetFederationToken")
     resource = _federated_user_arn(context, params)
-    decision = decide(context, "sts:GetFederationToken", resource)
-    if not decision.allowed:
-        raise denial(context.caller, "sts:GetFederationToken", resource, decision)
+    authorize(context, "sts:GetFederationToken", resource)
     _refuse_unsupported(params)
     name = params["Name"]
     claims = _claims(
@@ -228,49 +180,20 @@ def get_session_token(context: Context, params: dict[str, Any]) -> Result:
     return {"Credentials": _credentials(context, claims, "session")}
 
 
-@dataclass(frozen=True)
-class _RoleArn:
-    account_id: str
-    path: str
-    name: str
-
-
-def _parse_role_arn(text: str) -> _RoleArn:
-    match = _ROLE_ARN.fullmatch(text)
-    if match is None:
-        raise validation_error([(text, "roleArn", "Member must be the ARN of an IAM role")])
-    return _RoleArn(match.group(1), match.group(2), match.group(3))
-
-
-def _names_caller_explicitly(statement: Statement | None, caller: Caller) -> bool:
-    """Whether a trust statement names this very principal (not its account): then, within one
-    account, the trust policy alone is enough, as in IAM."""
-    if statement is None or statement.principal is None:
-        return False
-    for kind, values in statement.principal.entries:
-        if kind != "AWS":
-            continue
-        for value in values:
-            if value == "*" or value.isdigit() or value.endswith(":root"):
-                continue
-            single = Principal(entries=(("AWS", (value,)),))
-            if principal_matches(single, principal_arn=caller.arn, account_id=caller.account_id):
-                return True
-    return False
-
-
-def _source_identity(caller: Caller, params: dict[str, Any]) -> str | None:
-    """The source identity of the new session: once set in a chain it is kept, and a request
-    that names another one is refused (AWS: it cannot be changed during the role session)."""
-    requested: str | None = params.get("SourceIdentity")
-    if caller.source_identity is None:
-        return requested
-    if requested is not None and requested != caller.source_identity:
-        raise AccessDenied(
-            f"User: {caller.arn} is not authorized to perform: sts:SetSourceIdentity: the"
-            f" session's source identity is {caller.source_identity!r} and cannot be changed"
-        )
-    return caller.source_identity
+def gather_assume_role(
+    tx: Transaction, caller: Caller, request: AssumeRoleRequest
+) -> AssumeRoleFacts:
+    """The one read of an AssumeRole: the role the request names and its trust policy, and the
+    caller's policies and tags (`gather_caller`). The decision is `controller.assume.decide`."""
+    role = tx.get_role(request.target.account_id, request.target.name)
+    return AssumeRoleFacts(
+        request=request,
+        caller=gather_caller(tx, caller),
+        role=role,
+        trust_policy=(
+            parsed(role.assume_role_policy, PolicyKind.TRUST) if role is not None else None
+        ),
+    )
 
 
 @registry.action(
@@ -291,84 +214,24 @@ def _source_identity(caller: Caller, params: dict[str, Any]) -> str | None:
             Field("SourceIdentity", SOURCE_IDENTITY),
         )
     ),
-    resource=None,  # the trust policy and the caller's policies are checked below
+    resource=None,  # the trust policy and the caller's policies: controller.assume.decide
 )
 def assume_role(context: Context, params: dict[str, Any]) -> Result:
-    caller, tx = context.caller, context.tx
-    role_arn = params["RoleArn"]
-    if not kind_may_call(caller, "sts:AssumeRole"):
-        raise denial(caller, "sts:AssumeRole", role_arn, Decision("ImplicitDeny"))
-    target = _parse_role_arn(role_arn)
-    _refuse_unsupported(params)
-    session_policy = _session_policy(params)
-    session_name = params["RoleSessionName"]
-    source_identity = _source_identity(caller, params)
-    role = tx.get_role(target.account_id, target.name)
-    not_allowed = (
-        f"User: {caller.arn} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
-    )
-    if role is None or role.arn != role_arn:
-        # As IAM: a missing role is not told apart from a refused one.
-        raise AccessDenied(not_allowed)
-    trust_policy = parsed(role.assume_role_policy, PolicyKind.TRUST)
-    keys: dict[str, tuple[str, ...]] = {}
-    if reads_context_keys(trust_policy):  # most trust policies name principals, no conditions
-        keys = context_keys(caller, context.facts, context.now, principal_tags(tx, caller))
-        if "ExternalId" in params:
-            keys["sts:ExternalId"] = (params["ExternalId"],)
-        if source_identity is not None:
-            keys["sts:SourceIdentity"] = (source_identity,)
-    same_account = target.account_id == caller.account_id
-    # A session that carries a source identity, set now or kept from the chain, sets it on the
-    # role: its trust policy must allow sts:SetSourceIdentity as well, as in AWS.
-    actions = ["sts:AssumeRole"] + (["sts:SetSourceIdentity"] if source_identity else [])
-    for action in actions:
-        trust = evaluate_trust(
-            trust_policy, RequestContext(action, role.arn, caller.arn, caller.account_id, keys)
-        )
-        if not trust.allowed:
-            raise AccessDenied(
-                f"User: {caller.arn} is not authorized to perform: {action} on resource:"
-                f" {role_arn} (the role's trust policy does not allow it)"
-            )
-        identity = decide(context, action, role.arn)
-        if identity.effect == "Deny" or not (
-            identity.allowed or (same_account and _names_caller_explicitly(trust.statement, caller))
-        ):
-            raise denial(caller, action, role.arn, identity)
-    seconds: int = params.get("DurationSeconds", DEFAULT_ROLE_SECONDS)
-    if caller.temporary and seconds > CHAINED_MAX_SECONDS:
-        raise validation_error(
-            [
-                (
-                    seconds,
-                    "durationSeconds",
-                    "The requested DurationSeconds exceeds the 1 hour session limit"
-                    " for roles assumed by role chaining.",
-                )
-            ]
-        )
-    if seconds > role.max_session_duration:
-        raise validation_error(
-            [
-                (
-                    seconds,
-                    "durationSeconds",
-                    "The requested DurationSeconds exceeds the MaxSessionDuration set for this"
-                    f" role ({role.max_session_duration}).",
-                )
-            ]
-        )
+    caller = context.caller
+    request = assume.read_request(caller, params)  # what the request alone gets wrong, first
+    facts = gather_assume_role(context.tx, caller, request)
+    grant = assume.decide(facts, context.facts, context.now)
+    role = grant.role
     claims = _claims(
         context,
         account_id=role.account_id,
         principal_type="assumed-role",
-        principal_arn=f"arn:aws:sts::{role.account_id}:assumed-role/{role.name}/{session_name}",
-        user_id=f"{role.role_id}:{session_name}",
-        seconds=seconds,
+        principal_arn=grant.principal_arn,
+        user_id=grant.user_id,
+        seconds=grant.seconds,
         role_id=role.role_id,
-        session_policy=session_policy,
-        source_identity=source_identity,
+        session_policy=grant.session_policy,
+        source_identity=grant.source_identity,
     )
     size = _packed_size(claims)
     result: dict[str, Any] = {
@@ -376,6 +239,6 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
         "AssumedRoleUser": {"AssumedRoleId": claims.user_id, "Arn": claims.principal_arn},
         "PackedPolicySize": size,
     }
-    if source_identity is not None:
-        result["SourceIdentity"] = source_identity
+    if grant.source_identity is not None:
+        result["SourceIdentity"] = grant.source_identity
     return result

@@ -1,0 +1,141 @@
+"""What a caller may do, decided from facts read beforehand: pure, no store and no I/O.
+
+`controller.authorize.gather_caller` reads a caller's policies and tags into `CallerFacts` in
+one go; `decide` then answers any number of (action, resource) questions from them. The rules:
+the account's root may do everything in its account; GetCallerIdentity is always allowed; other
+callers need an Allow from their identity policies (a user's, an assumed role's) and, for
+temporary credentials with a session policy, from that too. Federated and GetSessionToken
+credentials are further limited as in AWS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from controller.actions import PRINCIPAL_TYPES, Caller, RequestFacts
+from controller.errors import AccessDenied
+from controller.policy.document import PolicyDocument
+from controller.policy.evaluate import (
+    Decision,
+    RequestContext,
+    evaluate,
+    evaluate_with_session,
+    time_keys,
+)
+
+_ALLOW = Decision("Allow")  # frozen: one serves every caller the answer needs no statement for
+_IMPLICIT_DENY = Decision("ImplicitDeny")
+
+#: What temporary credentials without an IAM identity of their own may call in IAM and STS.
+_FEDERATED_STS = frozenset({"sts:getcalleridentity"})
+_SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole", "sts:setsourceidentity"})
+
+Policies = tuple[tuple[str, PolicyDocument], ...]
+
+
+@dataclass(frozen=True)
+class CallerFacts:
+    """Everything deciding for a caller needs, read at one moment of one transaction."""
+
+    caller: Caller
+    #: The identity-based policies behind the caller, as (name, document); empty when its user
+    #: or role is gone (a deleted policy or identity stops at once).
+    policies: Policies = ()
+    #: The session policies the identity's answer is intersected with: None for credentials
+    #: that have none to apply (evaluate alone), empty for a federation without a policy
+    #: (which then allows nothing).
+    session_policies: Policies | None = None
+    #: aws:PrincipalTag/… : the tags of the caller's user or role.
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def kind_may_call(caller: Caller, action: str) -> bool:
+    """Whether credentials of this kind may call the action at all, whatever the policies say:
+    federated credentials call no IAM action and only GetCallerIdentity in STS; GetSessionToken
+    credentials no IAM action and only AssumeRole and GetCallerIdentity in STS."""
+    if caller.kind not in ("federated-user", "session"):
+        return True
+    lowered = action.lower()
+    service = lowered.partition(":")[0]
+    allowed_sts = _FEDERATED_STS if caller.kind == "federated-user" else _SESSION_STS
+    return not (service == "iam" or (service == "sts" and lowered not in allowed_sts))
+
+
+def settled(caller: Caller, action: str) -> Decision | None:
+    """The decision when the caller's kind or the action alone makes it, or None when the
+    policies must be read: the root and GetCallerIdentity are allowed, and a kind of
+    credentials that may not call the action at all is denied."""
+    if caller.kind == "root" or action.lower() == "sts:getcalleridentity":
+        return _ALLOW
+    if not kind_may_call(caller, action):
+        return _IMPLICIT_DENY
+    return None
+
+
+def context_keys(
+    caller: Caller, facts: RequestFacts, now: datetime, tags: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """The global condition keys of a request."""
+    keys: dict[str, tuple[str, ...]] = time_keys(now)  # a new dict, ours to fill
+    keys["aws:SourceIp"] = (facts.source_ip,)
+    keys["aws:SecureTransport"] = ("true" if facts.secure_transport else "false",)
+    keys["aws:PrincipalArn"] = (caller.arn,)
+    keys["aws:PrincipalAccount"] = (caller.account_id,)
+    keys["aws:PrincipalType"] = (PRINCIPAL_TYPES[caller.kind],)
+    keys["aws:userid"] = (caller.user_id,)
+    keys["aws:RequestedRegion"] = (facts.region,)
+    if caller.kind == "user" and caller.user_name is not None:
+        keys["aws:username"] = (caller.user_name,)
+    if caller.temporary:
+        keys["aws:MultiFactorAuthPresent"] = ("false",)
+        if caller.issued is not None:
+            keys["aws:TokenIssueTime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+    if caller.source_instance_arn is not None:
+        keys["ec2:SourceInstanceARN"] = (caller.source_instance_arn,)
+    if caller.source_identity is not None:
+        keys["aws:SourceIdentity"] = (caller.source_identity,)
+    for key, value in tags.items():
+        keys[f"aws:PrincipalTag/{key}"] = (value,)
+    return keys
+
+
+def decide(
+    facts: CallerFacts,
+    request: RequestFacts,
+    now: datetime,
+    action: str,
+    resource: str,
+    extra_keys: Mapping[str, tuple[str, ...]] | None = None,
+) -> Decision:
+    """The policy decision for the caller of ``facts`` doing ``action`` on ``resource``."""
+    caller = facts.caller
+    decision = settled(caller, action)
+    if decision is not None:
+        return decision
+    keys = context_keys(caller, request, now, facts.tags)
+    if extra_keys:
+        keys.update(extra_keys)
+    context = RequestContext(action, resource, caller.arn, caller.account_id, keys)
+    if facts.session_policies is not None:
+        return evaluate_with_session(facts.policies, facts.session_policies, context)
+    return evaluate(facts.policies, context)
+
+
+def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:
+    """AWS's AccessDenied: who, what, on which resource, and why."""
+    if decision.effect == "Deny":
+        reason = f"with an explicit deny in {decision.policy_name!r}"
+    elif caller.kind == "federated-user" and action.lower().startswith(("iam:", "sts:")):
+        reason = "because federated users can call no IAM action and only GetCallerIdentity in STS"
+    elif caller.kind == "session" and action.lower().startswith(("iam:", "sts:")):
+        reason = "because GetSessionToken credentials cannot call IAM, nor STS but AssumeRole"
+    elif caller.session_policy is not None or caller.kind == "federated-user":
+        reason = f"because no identity-based policy and session policy both allow {action}"
+    else:
+        reason = f"because no identity-based policy allows the {action} action"
+    return AccessDenied(
+        f"User: {caller.arn} is not authorized to perform: {action}"
+        f" on resource: {resource} {reason}"
+    )
