@@ -45,6 +45,9 @@ _ROLE_ARN = re.compile(
     r"arn:aws:iam::([0-9]{12}):role(/(?:[\x21-\x7e]*/)?)([\w+=,.@-]{1,64})", re.ASCII
 )
 _UNSUPPORTED = ("PolicyArns", "Tags", "TransitiveTagKeys", "SerialNumber", "TokenCode")
+#: The actions a new session needs, checked in this order against the trust and the caller.
+_ASSUME_ROLE = ("sts:AssumeRole",)
+_WITH_SOURCE_IDENTITY = ("sts:AssumeRole", "sts:SetSourceIdentity")
 
 
 def refuse_unsupported(params: dict[str, Any]) -> None:
@@ -75,7 +78,7 @@ def session_policy(params: dict[str, Any]) -> str | None:
     return policy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoleArn:
     account_id: str
     path: str
@@ -102,7 +105,7 @@ def source_identity(caller: Caller, requested: str | None) -> str | None:
     return caller.source_identity
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AssumeRoleRequest:
     """An AssumeRole request whose parameters passed every check that needs no stored fact."""
 
@@ -137,7 +140,7 @@ def read_request(caller: Caller, params: dict[str, Any]) -> AssumeRoleRequest:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AssumeRoleFacts:
     """Everything the decision needs, read at one moment of one transaction."""
 
@@ -151,7 +154,7 @@ class AssumeRoleFacts:
     trust_policy: PolicyDocument | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AssumeRoleGrant:
     """What the new session is: the role, for how long, with what policy and source identity."""
 
@@ -182,7 +185,7 @@ def decide(facts: AssumeRoleFacts, request_facts: RequestFacts, now: datetime) -
             f"User: {caller.arn} is not authorized to perform: sts:AssumeRole on resource:"
             f" {request.role_arn}"
         )
-    trust_policy = facts.trust_policy
+    trust_policy = facts.trust_policy  # from here on, role.arn is request.role_arn
     keys: dict[str, tuple[str, ...]] = {}
     if reads_context_keys(trust_policy):  # most trust policies name principals, no conditions
         keys = context_keys(caller, request_facts, now, facts.caller.tags)
@@ -193,21 +196,21 @@ def decide(facts: AssumeRoleFacts, request_facts: RequestFacts, now: datetime) -
     same_account = request.target.account_id == caller.account_id
     # A session that carries a source identity, set now or kept from the chain, sets it on the
     # role: its trust policy must allow sts:SetSourceIdentity as well, as in AWS.
-    actions = ["sts:AssumeRole"] + (["sts:SetSourceIdentity"] if request.source_identity else [])
-    for action in actions:
+    for action in _WITH_SOURCE_IDENTITY if request.source_identity else _ASSUME_ROLE:
         trust = evaluate_trust(
-            trust_policy, RequestContext(action, role.arn, caller.arn, caller.account_id, keys)
+            trust_policy,
+            RequestContext(action, request.role_arn, caller.arn, caller.account_id, keys),
         )
         if not trust.allowed:
             raise AccessDenied(
                 f"User: {caller.arn} is not authorized to perform: {action} on resource:"
                 f" {request.role_arn} (the role's trust policy does not allow it)"
             )
-        identity = permissions.decide(facts.caller, request_facts, now, action, role.arn)
+        identity = permissions.decide(facts.caller, request_facts, now, action, request.role_arn)
         if identity.effect == "Deny" or not (
             identity.allowed or (same_account and _names_caller_explicitly(trust.statement, caller))
         ):
-            raise denial(caller, action, role.arn, identity)
+            raise denial(caller, action, request.role_arn, identity)
     seconds = request.duration_seconds
     if caller.temporary and seconds > CHAINED_MAX_SECONDS:
         raise validation_error(
@@ -232,11 +235,7 @@ def decide(facts: AssumeRoleFacts, request_facts: RequestFacts, now: datetime) -
             ]
         )
     return AssumeRoleGrant(
-        role=role,
-        session_name=request.session_name,
-        seconds=seconds,
-        session_policy=request.session_policy,
-        source_identity=request.source_identity,
+        role, request.session_name, seconds, request.session_policy, request.source_identity
     )
 
 

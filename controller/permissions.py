@@ -35,7 +35,7 @@ _SESSION_STS = frozenset({"sts:getcalleridentity", "sts:assumerole", "sts:setsou
 Policies = tuple[tuple[str, PolicyDocument], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallerFacts:
     """Everything deciding for a caller needs, read at one moment of one transaction."""
 

@@ -186,14 +186,8 @@ def gather_assume_role(
     """The one read of an AssumeRole: the role the request names and its trust policy, and the
     caller's policies and tags (`gather_caller`). The decision is `controller.assume.decide`."""
     role = tx.get_role(request.target.account_id, request.target.name)
-    return AssumeRoleFacts(
-        request=request,
-        caller=gather_caller(tx, caller),
-        role=role,
-        trust_policy=(
-            parsed(role.assume_role_policy, PolicyKind.TRUST) if role is not None else None
-        ),
-    )
+    trust_policy = parsed(role.assume_role_policy, PolicyKind.TRUST) if role is not None else None
+    return AssumeRoleFacts(request, gather_caller(tx, caller), role, trust_policy)
 
 
 @registry.action(
