@@ -25,6 +25,8 @@ PURE_CORES = (
     "controller.policy.evaluate",
     "controller.policy.conditions",
     "controller.policy.match",
+    "controller.permissions",
+    "controller.assume",
     "agent.refresh",
     "agent.reconnect",
     "agent.names",
