@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.query import Struct
 from controller.store.base import Transaction
+from controller.tokens import SessionClaims
+
+if TYPE_CHECKING:  # controller.ec2's handlers import this module
+    from controller.ec2.limits import Ec2Limits
 
 #: The principal types of aws:PrincipalType, by caller kind.
 PRINCIPAL_TYPES = {
@@ -64,6 +68,36 @@ class RequestFacts:
     region: str = "us-east-1"
 
 
+class TokenSealer(Protocol):
+    """Seals a session's claims into its token (`controller.sessions.Sessions`)."""
+
+    def seal(self, claims: SessionClaims) -> str: ...
+
+
+class IssuedCounter(Protocol):
+    """Counts issued credentials by kind (`controller.metrics.ControllerMetrics`)."""
+
+    def credentials_issued(self, kind: str) -> None: ...
+
+
+class AssignmentWaker(Protocol):
+    """Wakes the long polls waiting for a node's assignments (`AssignmentHub`)."""
+
+    def changed(self, node: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """The shared components handlers use; none holds a request's state. A handler that needs
+    one that is absent (a test that did not give it) fails on an assert, never silently."""
+
+    sessions: TokenSealer | None = None
+    metrics: IssuedCounter | None = None
+    assignments: AssignmentWaker | None = None
+    #: None: the defaults (`Ec2Limits()`).
+    ec2_limits: Ec2Limits | None = None
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything a handler may use: one store transaction, the caller, the time, the services."""
@@ -72,8 +106,8 @@ class Context:
     caller: Caller
     now: datetime
     facts: RequestFacts = field(default_factory=RequestFacts)
-    #: Shared components handlers need (the token key ring, settings), by name.
-    services: Mapping[str, Any] = field(default_factory=dict)
+    #: Shared components handlers need (the token sealer, metrics, limits).
+    services: Services = field(default_factory=Services)
     #: Called once the transaction has committed (to wake nodes waiting for assignments).
     on_commit: list[Callable[[], None]] = field(default_factory=list)
 

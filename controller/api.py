@@ -8,7 +8,7 @@ detail, never as a traceback.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from common.bodylimit import BodyLimit
 from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request, Response
 from controller import sigv4, xmlout
-from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result
+from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result, Services
 from controller.authorize import authorize
 from controller.errors import (
     ApiError,
@@ -109,7 +109,7 @@ class PublicApi:
         registry: Registry,
         clock: IReactorTime,
         sessions: Sessions,
-        services: Mapping[str, Any] | None = None,
+        services: Services | None = None,
         metrics: ControllerMetrics | None = None,
         trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
@@ -121,7 +121,7 @@ class PublicApi:
         self._metrics = metrics or ControllerMetrics(
             CollectorRegistry(), ((action.service, action.name) for action in registry)
         )
-        self._services = {"sessions": sessions, "metrics": self._metrics, **(services or {})}
+        self._services = replace(services or Services(), sessions=sessions, metrics=self._metrics)
         self._service_names = frozenset(registry.services())
 
     def answer(self, request: Request) -> Response:

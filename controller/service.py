@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from common.health import health_site
 from common.http11 import ConnectionLimit
 from common.listening import ListeningService
-from controller.actions import Registry
+from controller.actions import Registry, Services
 from controller.api import ApiFactory, PublicApi, make_site
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
@@ -96,7 +96,7 @@ def make_service(
         actions,
         reactor,
         sessions,
-        {"assignments": hub, "ec2_limits": limits},
+        Services(assignments=hub, ec2_limits=limits),
         metrics,
         trusted_proxies=parse_networks(config.trusted_proxies),
     )

@@ -45,8 +45,9 @@ DEFAULT_LONG_SECONDS = 43200
 
 def _credentials(context: Context, claims: SessionClaims, kind: str) -> dict[str, Any]:
     """The Credentials element; counted as issued (metric ``kind``) once the request commits."""
-    token = context.services["sessions"].seal(claims)
-    metrics = context.services["metrics"]
+    sessions, metrics = context.services.sessions, context.services.metrics
+    assert sessions is not None and metrics is not None, "the API gives both"
+    token = sessions.seal(claims)
     context.on_commit.append(lambda: metrics.credentials_issued(kind))
     return {
         "AccessKeyId": claims.access_key_id,

@@ -137,7 +137,7 @@ def describe_iam_instance_profile_associations(context: Context, params: dict[st
             raise InvalidParameterValue(f"The filter '{name}' is invalid")
     limit = params.get("MaxResults", 1000)
     after = decode_marker(params.get("NextToken"))
-    found = []
+    found: list[Instance] = []
     last = after
     more = False
     while True:

@@ -118,7 +118,7 @@ def resolve_profile(context: Context, spec: dict[str, str]) -> tuple[InstancePro
 def assignment_changed(context: Context, node_name: str) -> None:
     """Bump the node's assignment revision and, once committed, wake its waiting long poll."""
     context.tx.bump_node_revision(node_name)
-    assignments = context.services.get("assignments")
+    assignments = context.services.assignments
     if assignments is not None:
         context.on_commit.append(lambda: assignments.changed(node_name))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import groupby
 from typing import Any
@@ -103,7 +104,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     if node_hint is not None:
         _check_may_choose_node(context)
     check_dry_run(params)
-    limits = context.services.get("ec2_limits") or Ec2Limits()
+    limits = context.services.ec2_limits or Ec2Limits()
     count = instances_allowed(
         context.tx.account_instance_count(context.account_id),
         params["MinCount"],
@@ -194,7 +195,8 @@ def _instance_tags(params: dict[str, Any]) -> list[Tag]:
     return tags
 
 
-_FILTERS = {
+#: A filter's values for one instance.
+_FILTERS: dict[str, Callable[[Context, Instance], list[str]]] = {
     "instance-state-name": lambda context, instance: [instance.state],
     "instance-id": lambda context, instance: [instance.instance_id],
     "iam-instance-profile.arn": lambda context, instance: [

@@ -83,7 +83,7 @@ def place(
             f" {min_count}.{hint}"
         )
     heapq.heapify(heap)
-    chosen = []
+    chosen: list[str] = []
     while heap and len(chosen) < max_count:
         count, name, capacity = heapq.heappop(heap)
         chosen.append(name)

@@ -14,7 +14,7 @@ import pytest
 
 from controller import sts
 from controller.accounts import ensure_first_account
-from controller.actions import Caller, Context
+from controller.actions import Caller, Context, Services
 from controller.authorize import authorize
 from controller.errors import ApiError
 from controller.store.base import Transaction
@@ -140,7 +140,7 @@ def run(
     """The reads of ``work`` and the code of the error it answered (None: it succeeded)."""
     with store.transaction() as tx:
         counting = CountingTransaction(tx)
-        services = {"sessions": _Sessions(), "metrics": _Metrics()}
+        services = Services(sessions=_Sessions(), metrics=_Metrics())
         context = Context(counting, caller, NOW, services=services)  # type: ignore[arg-type]
         try:
             work(context)

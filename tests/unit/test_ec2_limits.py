@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller.actions import Caller, Context
+from controller.actions import Caller, Context, Services
 from controller.ec2.instances import run_instances
 from controller.ec2.limits import Ec2Limits, instances_allowed, place
 from controller.errors import (
@@ -75,7 +75,7 @@ def launch(
             tx,
             caller or root(TENANT),
             NOW,
-            services={"ec2_limits": limits or Ec2Limits()},
+            services=Services(ec2_limits=limits or Ec2Limits()),
         )
         result = run_instances(context, request)
     assert result is not None
