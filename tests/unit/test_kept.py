@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from agent import kept
 from agent.imds.credentials import CredentialSet
+from common.nodemessages import InstanceAssignment, InstanceProfile, parse_instance
 
 NOW = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -21,12 +23,15 @@ PROFILE = {
     "id": "AIPAEXAMPLEPROFILE01",
     "role_name": "web",
 }
-ASSIGNMENT: dict[str, Any] = {
-    "instance_id": INSTANCE_ID,
-    "netns": None,
-    "instance_profile": PROFILE,
-    "metadata": {"instance-id": INSTANCE_ID},
-}
+ASSIGNMENT = parse_instance(
+    {
+        "instance_id": INSTANCE_ID,
+        "netns": None,
+        "instance_profile": PROFILE,
+        "metadata": {"instance-id": INSTANCE_ID},
+    }
+)
+OTHER_PROFILE = InstanceProfile("arn:other", PROFILE["id"], "web")
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
 
 
@@ -95,7 +100,8 @@ def test_an_entry_that_cannot_be_used_is_refused_saying_why_never_the_secret(
 
 
 def test_an_entry_over_the_size_limit_is_refused() -> None:
-    assignment = dict(ASSIGNMENT, metadata={"x": "y" * kept.MAX_ENTRY_BYTES})
+    metadata = replace(ASSIGNMENT.metadata, ami_id="y" * kept.MAX_ENTRY_BYTES)
+    assignment = replace(ASSIGNMENT, metadata=metadata)
     with pytest.raises(kept.EntryError, match="over"):
         kept.encode_entry(INSTANCE_ID, assignment, None)
 
@@ -107,12 +113,12 @@ def test_an_entry_over_the_size_limit_is_refused() -> None:
         (ASSIGNMENT, timedelta(minutes=3), "web", True),
         (ASSIGNMENT, timedelta(minutes=2), "web", False),  # not more than the least left
         (ASSIGNMENT, timedelta(hours=5), "db", False),  # another role
-        (dict(ASSIGNMENT, instance_profile=dict(PROFILE, arn="arn:other")), None, "web", False),
-        (dict(ASSIGNMENT, instance_profile=None), None, "web", False),
+        (replace(ASSIGNMENT, instance_profile=OTHER_PROFILE), None, "web", False),
+        (replace(ASSIGNMENT, instance_profile=None), None, "web", False),
     ],
 )
 def test_a_kept_set_is_used_only_for_its_profile_and_role_with_time_left(
-    assignment: dict[str, Any], left: timedelta | None, role: str, usable: bool
+    assignment: InstanceAssignment, left: timedelta | None, role: str, usable: bool
 ) -> None:
     held = credentials(left or timedelta(hours=5), role)
     entry = kept.Entry(INSTANCE_ID, ASSIGNMENT, held)

@@ -32,6 +32,7 @@ from agent.service import (
     SLICE_SECONDS,
     NodeAgent,
 )
+from common.nodemessages import parse_instance
 
 #: Each namespace takes this long on the slice timer: three fit in a slice.
 PREPARE_SECONDS = SLICE_SECONDS / 2.5
@@ -493,7 +494,8 @@ def kept_entry(number: int, expires: float | None = None) -> kept.Entry:
     if expires is not None:
         issued = datetime.fromtimestamp(0, UTC)  # the fake reactor's start
         held = CredentialSet.from_node_api(credentials_until(expires), issued)
-    return kept.Entry(f"i-{number:08x}", assignment(number, profile=expires is not None), held)
+    entry = parse_instance(assignment(number, profile=expires is not None))
+    return kept.Entry(f"i-{number:08x}", entry, held)
 
 
 def finish(node: Node) -> None:
