@@ -27,7 +27,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from agent import kept, names, netns
 from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError
@@ -40,8 +39,8 @@ from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
 from common.http11 import ConnectionLimit
 from common.nodemessages import (
+    AssignmentsAnswer,
     InstanceAssignment,
-    MessageError,
     RefusedInstance,
     parse_assignments,
 )
@@ -187,7 +186,7 @@ class NodeAgent(Service):
     # lifecycle
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self._ownership is not None:
             self._owned = self._ownership.load()
             self._ownership.save(self._owned)  # the journal folded in
@@ -212,7 +211,7 @@ class NodeAgent(Service):
         """Stop accepting and polling, then give requests already accepted a moment to be
         answered before the process goes. Namespaces, addresses and (with systemd) the listening
         sockets stay, for the next agent to take over without refusing a guest."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         if self._in_flight is not None:
@@ -239,16 +238,13 @@ class NodeAgent(Service):
         wait = poll_wait(self.synced, self.poll_failures, self._config.long_poll_seconds)
         answer = self._client.assignments(self.revision, wait)
         self._in_flight = answer
-        answer.addCallbacks(self._answered, self._poll_failed)
+        # Checked once, as it arrives: from here on every instance is typed. An answer that is
+        # not an assignments answer (MessageError) is a failed poll; an instance in it that is
+        # not an assignment is refused alone (`reconcile`).
+        answer.addCallback(parse_assignments).addCallbacks(self._answered, self._poll_failed)
 
-    def _answered(self, body: object) -> None:
-        # Checked once, here, as it arrives: from here on every instance is typed. A broken
-        # answer is a failed poll; a broken instance in it is refused alone (`reconcile`).
-        try:
-            answer, refused = parse_assignments(body)
-        except MessageError as error:
-            self._poll_failed(Failure(error))
-            return
+    def _answered(self, parsed: tuple[AssignmentsAnswer, tuple[RefusedInstance, ...]]) -> None:
+        answer, refused = parsed
         self._in_flight = None
         if self._failing_since is not None:
             log.info(
