@@ -48,6 +48,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Final, TypeVar
 
 from common.timestamps import format_timestamp, parse_exact_timestamp, parse_timestamp
@@ -90,6 +91,8 @@ def _shown(value: object) -> str:
 
 
 def _object(value: object, what: str = "") -> Mapping[str, object]:
+    if type(value) is dict:  # what json.loads makes: no abstract-class check
+        return value
     if not isinstance(value, Mapping):
         if what:
             problem = f"{what} must be a JSON object (got {type(value).__name__})"
@@ -158,12 +161,19 @@ _E = TypeVar("_E", bound=enum.StrEnum)
 
 def _member(kind: type[_E], key: str, value: object) -> _E:
     """`value` as a member of `kind` (from its string value)."""
+    if type(value) is kind:
+        return value
     if isinstance(value, str):
-        for member in kind:
-            if value == member.value:
-                return member
+        member: _E | None = _members(kind).get(value)
+        if member is not None:
+            return member
     allowed = " or ".join(f'"{member.value}"' for member in kind)
     raise MessageError(key, f"must be {allowed} (got {_shown(value)})")
+
+
+@cache
+def _members(kind: type[_E]) -> dict[str, _E]:
+    return {member.value: member for member in kind}
 
 
 def _hop_limit(value: object) -> int:

@@ -29,9 +29,9 @@ def parse_timestamp(text: str) -> datetime:
     Raises ``ValueError`` for anything else. A time without an offset is taken as UTC.
     """
     try:
-        moment = datetime.strptime(text, TIMESTAMP_FORMAT)
+        moment = datetime.fromisoformat(text)  # C, and ``Z`` is UTC since Python 3.11
     except ValueError:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.strptime(text, TIMESTAMP_FORMAT)  # also unpadded fields
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
@@ -43,6 +43,6 @@ def parse_exact_timestamp(text: str) -> datetime:
     if not _EXACT.fullmatch(text):
         raise ValueError(f"must be YYYY-MM-DDTHH:MM:SSZ (got {text!r})")
     try:
-        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        return datetime.fromisoformat(text)  # the shape is checked: this is UTC, whole seconds
     except ValueError:
         raise ValueError(f"not a date and time (got {text!r})") from None
