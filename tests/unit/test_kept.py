@@ -59,6 +59,12 @@ def test_an_entry_comes_back_as_it_was_kept() -> None:
     assert entry.credentials.last_updated == NOW - timedelta(hours=1)
 
 
+def test_an_entry_keeps_the_assignment_as_the_node_api_sent_it() -> None:
+    value = json.loads(kept.encode_entry(INSTANCE_ID, ASSIGNMENT, None))
+    assert value["assignment"] == ASSIGNMENT.to_wire()
+    assert parse_instance(value["assignment"]) == ASSIGNMENT
+
+
 def test_an_instance_without_credentials_is_kept_with_none() -> None:
     entry = kept.decode_entry(kept.encode_entry(INSTANCE_ID, ASSIGNMENT, None))
     assert entry.credentials is None
@@ -83,6 +89,15 @@ def entry_text(**changes: Any) -> str:
         (entry_text(instance_id="../../etc/passwd"), "is not i- and 8 or 17"),
         (entry_text(assignment={"instance_id": "i-00000000"}), "not this instance's"),
         (entry_text(assignment=[1]), "not this instance's"),
+        (
+            entry_text(
+                assignment={
+                    "instance_id": INSTANCE_ID,
+                    "metadata": {"instance-id": INSTANCE_ID, "ami-id": 1.5},
+                }
+            ),
+            f"{INSTANCE_ID}: assignment.metadata.ami-id: must be a string (got 1.5)",
+        ),
         (entry_text(credentials=[]), "no LastUpdated"),
         (entry_text(credentials_LastUpdated=None), "no LastUpdated"),
         (entry_text(credentials_Expiration="tomorrow"), "Expiration: must be"),
