@@ -29,10 +29,13 @@ Evolution (docs/decisions.md, "Typed node-API messages"):
   In an assignments answer such an error refuses that one instance (`RefusedInstance`), not
   the answer.
 - **The writer always writes every field** it knows, optional ones included (``null`` for none),
-  except metadata items it does not know (left out).
-- So a controller may add a field, an optional field or a metadata item at any time. Removing or
-  renaming a required field, changing a field's type or meaning, or a new enumeration value is
-  incompatible: it needs agents that read it deployed first, or a new path.
+  except metadata items without a value (left out: an item not sent is not served).
+- So a controller may add a field or a metadata item, or stop sending an optional field (agents
+  take its default), at any time. Removing or renaming a required field, changing a field's type
+  or meaning, or a new enumeration value is incompatible: it needs agents that read it deployed
+  first, or a new path.
+- The other direction carries no body: the agent sends only ``since`` and ``wait``, which the
+  controller checks (a 400 naming the argument).
 - **No version field.** The path carries the version (``/v1/``): the additive changes above
   need none, and an incompatible one is a ``/v2/`` that the controller serves beside ``/v1/``
   while agents are upgraded. A version inside the body would reach the agent only in a message
