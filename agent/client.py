@@ -41,9 +41,7 @@ class NodeTLSPolicy:
 
     def __init__(self, ca_pem: str, certificate_pem: str, key_pem: str) -> None:
         self._authority = Certificate.loadPEM(ca_pem.encode("ascii"))  # PEM is ASCII
-        self._identity = PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
-            certificate_pem + key_pem
-        )
+        self._identity = PrivateCertificate.loadPEM(certificate_pem + key_pem)
         #: One set of TLS options (one OpenSSL context) per controller address, made once:
         #: making a context costs more than a handshake on a reused one.
         self._creators: dict[tuple[bytes, int], IOpenSSLClientConnectionCreator] = {}
@@ -76,12 +74,10 @@ class NodeApiClient:
             raise ValueError("at least one controller URL is needed")
         self._urls = [url.rstrip("/") for url in urls]
         self._reactor = reactor
-        pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         pool.retryAutomatically = False
-        self._agent = Agent(  # type: ignore[no-untyped-call]
-            reactor, contextFactory=policy, pool=pool, connectTimeout=timeout
-        )
+        self._agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=timeout)
         self._pool = pool
         self._timeout = timeout
         #: Told of each call: its endpoint ("assignments", "credentials") and how long it took.
@@ -146,7 +142,7 @@ class NodeApiClient:
         raise ControllerUnreachable("; ".join(problems) or "no controller URL")
 
     def close(self) -> Deferred[None]:
-        return self._pool.closeCachedConnections()  # type: ignore[no-untyped-call,no-any-return]
+        return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
 
 
 def _error_message(body: bytes) -> str:

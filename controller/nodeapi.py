@@ -126,7 +126,7 @@ class NodeApiResource(Resource):
         settings: NodeApiSettings | None = None,
         metrics: ControllerMetrics | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._store = store
         self._hub = hub
         self._sessions = sessions
@@ -257,7 +257,7 @@ class NodeApiResource(Resource):
 
         def not_written(failure: Failure) -> None:
             self._metrics.audit_log_write_failed()
-            if failure.check(OSError):
+            if isinstance(failure.value, OSError):
                 log.error("cannot write the audit log: {error}", error=failure.value.strerror)
             else:
                 log.failure("cannot write the audit log", failure)
