@@ -18,6 +18,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from agent.diagnosis import describe_failure
+from common.nodemessages import parse_error
 
 log = Logger(namespace="rolecall.agent.client")
 
@@ -39,7 +40,7 @@ class NodeTLSPolicy:
     """Trust only the node CA, and present the node certificate."""
 
     def __init__(self, ca_pem: str, certificate_pem: str, key_pem: str) -> None:
-        self._authority = Certificate.loadPEM(ca_pem)
+        self._authority = Certificate.loadPEM(ca_pem.encode("ascii"))  # PEM is ASCII
         self._identity = PrivateCertificate.loadPEM(certificate_pem + key_pem)
         #: One set of TLS options (one OpenSSL context) per controller address, made once:
         #: making a context costs more than a handshake on a reused one.
@@ -135,13 +136,18 @@ class NodeApiClient:
                 self._urls.remove(url)
                 self._urls.insert(0, url)
             if response.code != 200:
-                try:
-                    message = json.loads(body).get("message", "")
-                except ValueError:
-                    message = body[:200].decode("utf-8", "replace")
-                raise NodeApiError(response.code, message)
+                raise NodeApiError(response.code, _error_message(body))
+            # Checked by the caller, once: `parse_assignments`, `CredentialSet.from_node_api`.
             return json.loads(body)
         raise ControllerUnreachable("; ".join(problems) or "no controller URL")
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
+
+
+def _error_message(body: bytes) -> str:
+    """The message of the controller's error answer, or the start of what it sent instead."""
+    try:
+        return parse_error(json.loads(body)).message
+    except ValueError:  # not JSON, or not an error answer (MessageError)
+        return body[:200].decode("utf-8", "replace")

@@ -25,12 +25,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from agent.imds.credentials import (
-    CredentialSet,
-    MalformedCredentials,
-    format_timestamp,
-    parse_expiration,
-)
+from agent.imds.credentials import CredentialSet, MalformedCredentials, parse_expiration
 from agent.refresh import (
     RandomSource,
     RefreshPolicy,
@@ -41,6 +36,7 @@ from agent.refresh import (
     servable,
     usable_on_arrival,
 )
+from common.timestamps import format_timestamp
 
 log = Logger(namespace="rolecall.agent.credentials")
 

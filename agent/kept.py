@@ -10,7 +10,9 @@ instance from its entry until the controller answers. The directory is root's, 0
 nothing of it reaches a disk, and a reboot, which ends every guest too, clears it
 (docs/security.md, "What the agent keeps").
 
-The pure part (`encode_entry`, `decode_entry`) says what an entry is; `InstanceFiles` (root
+The pure part (`encode_entry`, `decode_entry`) says what an entry is: the assignment and the
+set as the node API carries them (`common.nodemessages`, its serializers and parsers), so an
+entry is checked as an answer from the controller is; `InstanceFiles` (root
 only) keeps them, bounded in number and size since the serving process is not trusted.
 """
 
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from agent.imds.credentials import CredentialSet, format_timestamp, parse_timestamp
+from agent.imds.credentials import CredentialSet
 from agent.names import InvalidName, check_instance_id
+from common.nodemessages import InstanceAssignment, MessageError, parse_instance
+from common.timestamps import format_timestamp, parse_timestamp
 
 #: The directory, beside the ownership record.
 DIRECTORY_NAME = "instances"
@@ -48,33 +51,27 @@ class Entry:
     """One instance as it was served before the restart."""
 
     instance_id: str
-    assignment: Mapping[str, Any]
+    assignment: InstanceAssignment
     credentials: CredentialSet | None
 
 
-def _credentials_to_wire(credentials: CredentialSet) -> dict[str, str]:
+def _credentials_to_wire(credentials: CredentialSet) -> dict[str, object]:
+    """The credentials answer the set came in, and when it came (``LastUpdated``)."""
     return {
-        "AccessKeyId": credentials.access_key_id,
-        "SecretAccessKey": credentials.secret_access_key,
-        "Token": credentials.token,
-        "Expiration": format_timestamp(credentials.expiration),
+        **credentials.answer().to_wire(),
         "LastUpdated": format_timestamp(credentials.last_updated),
-        "RoleArn": credentials.role_arn,
-        "InstanceProfileArn": credentials.instance_profile_arn,
-        "InstanceProfileId": credentials.instance_profile_id,
-        "AccountId": credentials.account_id,
     }
 
 
 def encode_entry(
-    instance_id: str, assignment: Mapping[str, Any], credentials: CredentialSet | None
+    instance_id: str, assignment: InstanceAssignment, credentials: CredentialSet | None
 ) -> str:
     """The entry's text (JSON); EntryError if it would be over `MAX_ENTRY_BYTES`."""
     text = json.dumps(
         {
             "version": VERSION,
             "instance_id": instance_id,
-            "assignment": assignment,
+            "assignment": assignment.to_wire(),
             "credentials": None if credentials is None else _credentials_to_wire(credentials),
         },
         separators=(",", ":"),
@@ -96,31 +93,35 @@ def decode_entry(text: str) -> Entry:
         instance_id = check_instance_id(value.get("instance_id"))
     except InvalidName as error:
         raise EntryError(str(error)) from None
-    assignment = value.get("assignment")
-    if not isinstance(assignment, dict) or assignment.get("instance_id") != instance_id:
+    wire = value.get("assignment")
+    if not isinstance(wire, dict) or wire.get("instance_id") != instance_id:
         raise EntryError(f"{instance_id}: the assignment is not this instance's")
+    try:
+        assignment = parse_instance(wire)
+    except MessageError as error:
+        raise EntryError(f"{instance_id}: {error.within('assignment')}") from None
     credentials = None
-    wire = value.get("credentials")
-    if wire is not None:
-        if not isinstance(wire, dict) or not isinstance(wire.get("LastUpdated"), str):
+    held = value.get("credentials")
+    if held is not None:
+        if not isinstance(held, dict) or not isinstance(held.get("LastUpdated"), str):
             raise EntryError(f"{instance_id}: the credentials have no LastUpdated")
         try:
-            credentials = CredentialSet.from_node_api(wire, parse_timestamp(wire["LastUpdated"]))
-        except ValueError as error:  # MalformedCredentials names the field, never its value
+            credentials = CredentialSet.from_node_api(held, parse_timestamp(held["LastUpdated"]))
+        except ValueError as error:  # MessageError names the field, never a secret
             raise EntryError(f"{instance_id}: {error}") from None
     return Entry(instance_id, assignment, credentials)
 
 
 def usable_credentials(
-    entry: Entry, assignment: Mapping[str, Any], now: datetime, least_seconds: float
+    entry: Entry, assignment: InstanceAssignment, now: datetime, least_seconds: float
 ) -> CredentialSet | None:
     """The entry's credential set if it belongs to `assignment`'s profile and role and has more
     than `least_seconds` left at `now`; else None (the agent fetches a new one)."""
     held = entry.credentials
-    profile = assignment.get("instance_profile") or {}
-    if held is None or held.instance_profile_arn != profile.get("arn"):
+    profile = assignment.instance_profile
+    if held is None or profile is None or held.instance_profile_arn != profile.arn:
         return None
-    if held.role_name != profile.get("role_name"):
+    if held.role_name != profile.role_name:
         return None
     if (held.expiration - now).total_seconds() <= least_seconds:
         return None

@@ -16,7 +16,7 @@ import resource
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from hashlib import blake2b
 from random import SystemRandom
@@ -38,6 +38,12 @@ from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
 from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
 from common.http11 import ConnectionLimit
+from common.nodemessages import (
+    AssignmentsAnswer,
+    InstanceAssignment,
+    RefusedInstance,
+    parse_assignments,
+)
 from common.notify import Notifier
 
 log = Logger(namespace="rolecall.agent")
@@ -58,7 +64,8 @@ _NAMED_IN_READYZ = 5
 #: longer is due within this many seconds (spread over them).
 RECOVERY_SPREAD_SECONDS = 5.0
 #: Why an assignments poll failed: no controller URL answered, the controller refused (an HTTP
-#: error status), its answer was not JSON, or anything else. A fixed set: metric label values.
+#: error status), its answer was not JSON or not an assignments answer, or anything else. A
+#: fixed set: metric label values.
 POLL_FAILURE_REASONS = ("unreachable", "refused", "malformed", "other")
 
 
@@ -77,7 +84,7 @@ def poll_failure_reason(failure: Any) -> str:
         return "unreachable"
     if failure.check(NodeApiError):
         return "refused"
-    if failure.check(ValueError):  # json.loads: the controller's answer was not JSON
+    if failure.check(ValueError):  # not JSON (json.loads), or not the shape (MessageError)
         return "malformed"
     return "other"
 
@@ -161,7 +168,7 @@ class NodeAgent(Service):
         self.last_poll_success: float | None = None
         self._owned: dict[str, netns.Ownership] = {}
         #: The latest assignments answer, by instance id, and what is left to do for it.
-        self._desired: dict[str, Mapping[str, Any]] = {}
+        self._desired: dict[str, InstanceAssignment] = {}
         self._to_remove: deque[str] = deque()
         self._to_add: deque[str] = deque()
         self._timer = timer
@@ -179,7 +186,7 @@ class NodeAgent(Service):
     # lifecycle
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self._ownership is not None:
             self._owned = self._ownership.load()
             self._ownership.save(self._owned)  # the journal folded in
@@ -204,7 +211,7 @@ class NodeAgent(Service):
         """Stop accepting and polling, then give requests already accepted a moment to be
         answered before the process goes. Namespaces, addresses and (with systemd) the listening
         sockets stay, for the next agent to take over without refusing a guest."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         if self._in_flight is not None:
@@ -231,9 +238,13 @@ class NodeAgent(Service):
         wait = poll_wait(self.synced, self.poll_failures, self._config.long_poll_seconds)
         answer = self._client.assignments(self.revision, wait)
         self._in_flight = answer
-        answer.addCallbacks(self._answered, self._poll_failed)
+        # Checked once, as it arrives: from here on every instance is typed. An answer that is
+        # not an assignments answer (MessageError) is a failed poll; an instance in it that is
+        # not an assignment is refused alone (`reconcile`).
+        answer.addCallback(parse_assignments).addCallbacks(self._answered, self._poll_failed)
 
-    def _answered(self, body: Mapping[str, Any]) -> None:
+    def _answered(self, parsed: tuple[AssignmentsAnswer, tuple[RefusedInstance, ...]]) -> None:
+        answer, refused = parsed
         self._in_flight = None
         if self._failing_since is not None:
             log.info(
@@ -246,13 +257,13 @@ class NodeAgent(Service):
         self._failing_since = None
         self.last_poll_success = self._reactor.seconds()
         try:
-            revision = int(body["revision"])
+            revision = answer.revision
             # A long poll that ran out answers the same revision: the same assignments, unless
             # an instance failed to be set up (retried on every answer) or work is still queued.
             if not (
                 self.synced and revision == self.revision and not self.failed and self._work is None
             ):
-                self.reconcile(body["instances"])
+                self.reconcile(answer.instances, refused=refused)
             self.revision = revision
             self.synced = True
         except Exception:
@@ -289,7 +300,11 @@ class NodeAgent(Service):
     # reconciling
 
     def reconcile(
-        self, instances: Sequence[Mapping[str, Any]], *, authoritative: bool = True
+        self,
+        instances: Sequence[InstanceAssignment],
+        *,
+        authoritative: bool = True,
+        refused: Sequence[RefusedInstance] = (),
     ) -> None:
         """Make the served instances exactly the assigned ones.
 
@@ -297,16 +312,28 @@ class NodeAgent(Service):
         worked through a slice at a time (`_reconciling`). A newer answer replaces the queues,
         so an instance no longer wanted is not set up, and none is set up twice. `ready()` is
         false until the queues are empty. Assignments that are not `authoritative` (kept across
-        a restart) set instances up but never make the agent remove anything."""
-        desired = {str(entry["instance_id"]): entry for entry in instances}
+        a restart) set instances up but never make the agent remove anything.
+
+        A `refused` instance (not an assignment the agent can read) is not served and makes the
+        agent not ready, said once; one already served keeps its last good assignment."""
+        desired = {entry.instance_id: entry for entry in instances}
+        refusals = {refusal.key: refusal.reason for refusal in refused}
+        for instance_id in refusals:
+            slot = self.slots.get(instance_id)
+            if slot is not None and instance_id not in desired:
+                desired[instance_id] = slot.assignment
         self._desired = desired
         self._authoritative = authoritative
         for instance_id, slot in self.slots.items():
             if instance_id in desired:
                 self._update(slot, desired[instance_id])
         for instance_id in list(self.failed):
-            if instance_id not in desired:
+            if instance_id in refusals:
+                continue
+            if instance_id not in desired or instance_id in self.slots:  # gone, or served again
                 del self.failed[instance_id]
+        for instance_id, reason in refusals.items():
+            self._refuse(instance_id, reason)
         self._to_remove = deque(i for i in self.slots if authoritative and i not in desired)
         self._to_add = deque(i for i in desired if i not in self.slots)  # failed ones again too
         if self._work is not None:
@@ -400,20 +427,24 @@ class NodeAgent(Service):
             except Exception as error:
                 log.warn("cannot remove namespace {netns}: {error}", netns=name, error=str(error))
 
-    def _namespace_name(self, instance_id: str, entry: Mapping[str, Any]) -> str:
-        return str(entry.get("netns") or f"{self._config.namespace_prefix}{instance_id}")
+    def _namespace_name(self, instance_id: str, entry: InstanceAssignment) -> str:
+        return entry.netns or f"{self._config.namespace_prefix}{instance_id}"
 
-    def _add(self, instance_id: str, entry: Mapping[str, Any]) -> None:
+    def _refuse(self, instance_id: str, reason: str) -> None:
+        """Not serving an instance for `reason`: said once, not on every assignments answer;
+        the other instances are served."""
+        if self.failed.get(instance_id) != reason:
+            log.error("refusing an assignment: {error}", error=reason)
+        self.failed[instance_id] = reason
+
+    def _add(self, instance_id: str, entry: InstanceAssignment) -> None:
         name = self._namespace_name(instance_id, entry)
         try:
             names.check_instance_id(instance_id)
             names.check_namespace(name)
         except names.InvalidName as error:
-            # Both become paths (the node API's URL, /run/netns): never used as they are. Said
-            # once, not on every assignments answer; the other instances are served.
-            if self.failed.get(instance_id) != str(error):
-                log.error("refusing an assignment: {error}", error=str(error))
-            self.failed[instance_id] = str(error)
+            # Both become paths (the node API's URL, /run/netns): never used as they are.
+            self._refuse(instance_id, str(error))
             return
         try:
             ownership = self._namespaces.prepare(name)
@@ -501,7 +532,7 @@ class NodeAgent(Service):
                 self._notifier.remove_fds(name)
         self._inherited.clear()
 
-    def _update(self, slot: Slot, entry: Mapping[str, Any]) -> None:
+    def _update(self, slot: Slot, entry: InstanceAssignment) -> None:
         if entry == slot.assignment:
             return
         changed_profile = profile_key(entry) != profile_key(slot.assignment)

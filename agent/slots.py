@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
 
 from agent.credentials import InstanceCredentials
 from agent.imds.credentials import CredentialSet
 from agent.imds.ratelimit import TokenBucket
-from agent.imds.rules import InstanceView, MetadataOptions
+from agent.imds.rules import InstanceView
 from agent.imds.tokens import TokenMinter
 from agent.imds.tree import CredentialsUnavailable, ImdsTree
 from agent.netns import Ownership
 from agent.refresh import Verdict
 from common.http11 import ConnectionLimit
+from common.nodemessages import InstanceAssignment
 
 
-def profile_key(assignment: Mapping[str, Any]) -> tuple[str, str] | None:
+def profile_key(assignment: InstanceAssignment) -> tuple[str, str] | None:
     """What decides which credentials an instance gets: its profile and role."""
-    profile = assignment.get("instance_profile")
-    if not profile or not profile.get("role_name"):
+    profile = assignment.instance_profile
+    if profile is None or profile.role_name is None:
         return None
-    return (str(profile.get("arn")), str(profile.get("role_name")))
+    return (profile.arn, profile.role_name)
 
 
 @dataclass
@@ -34,7 +33,8 @@ class Slot:
     """An instance the agent serves. Its view is rebuilt only when what it shows changes."""
 
     instance_id: str
-    assignment: Mapping[str, Any]
+    #: Checked when it arrived; replaced (never changed) when the controller changes it.
+    assignment: InstanceAssignment
     ownership: Ownership
     #: Accepting connections; None while a socket taken back after a restart is held.
     port: IListeningPort | None
@@ -90,8 +90,8 @@ class Slot:
         if cached is None or key != self._cache_key:
             cached = InstanceView(
                 instance_id=self.instance_id,
-                options=MetadataOptions.from_assignment(self.assignment.get("metadata_options")),
-                tree=ImdsTree.from_assignment(self.assignment, state),
+                options=self.assignment.metadata_options,
+                tree=ImdsTree.for_instance(self.assignment, state),
                 minter=self.minter,
                 strict_proxy=self.strict_proxy,
             )

@@ -5,7 +5,8 @@
 - ``POST /v1/instances/{id}/credentials``: fresh role credentials for an instance on that node.
 
 The node is the certificate's subject; its serial must be the one recorded at enrollment (a
-re-enrolled or retired node's old certificate is refused). JSON in and out. See DESIGN.md.
+re-enrolled or retired node's old certificate is refused). JSON in and out, each message built
+as its `common.nodemessages` type and written by its serializer. See DESIGN.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from common.nodemessages import (
+    MAX_REVISION,
+    AssignmentsAnswer,
+    CredentialsAnswer,
+    ErrorAnswer,
+    HttpEndpoint,
+    HttpTokens,
+    InstanceAssignment,
+    InstanceMetadata,
+    InstanceProfile,
+    MetadataOptions,
+)
+from common.timestamps import parse_timestamp
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.authorize import parsed
@@ -40,10 +54,9 @@ from controller.xmlout import format_time
 log = Logger(namespace="rolecall.nodeapi")
 
 MAX_WAIT_SECONDS = 300.0
-#: Revisions are SQL BIGINTs.
-MAX_REVISION = 2**63 - 1
 DEFAULT_CREDENTIAL_SECONDS = 6 * 3600
-AUDIT_UNAVAILABLE = {"error": "AuditUnavailable", "message": "credentials cannot be audited now"}
+AUDIT_UNAVAILABLE = ErrorAnswer("AuditUnavailable", "credentials cannot be audited now")
+STORE_UNAVAILABLE = ErrorAnswer("StoreUnavailable", "try again")
 
 
 class NodeApiError(Exception):
@@ -59,44 +72,45 @@ class NodeApiSettings:
     credential_seconds: int = DEFAULT_CREDENTIAL_SECONDS
 
 
-def instance_metadata(instance: Instance) -> dict[str, str]:
+def instance_metadata(instance: Instance) -> InstanceMetadata:
     """The standard metadata items the agent serves for an instance."""
     hostname = f"ip-{instance.private_ip.replace('.', '-')}.ec2.internal"
-    return {
-        "instance-id": instance.instance_id,
-        "ami-id": instance.image_id,
-        "ami-launch-index": str(instance.launch_index),
-        "instance-type": instance.instance_type,
-        "reservation-id": instance.reservation_id,
-        "placement/availability-zone": f"{REGION}a",
-        "placement/region": REGION,
-        "local-ipv4": instance.private_ip,
-        "local-hostname": hostname,
-        "hostname": hostname,
-        "launch-time": instance.launched,
-        "account-id": instance.account_id,
-    }
+    return InstanceMetadata(
+        instance_id=instance.instance_id,
+        ami_id=instance.image_id,
+        ami_launch_index=str(instance.launch_index),
+        instance_type=instance.instance_type,
+        reservation_id=instance.reservation_id,
+        availability_zone=f"{REGION}a",
+        region=REGION,
+        local_ipv4=instance.private_ip,
+        local_hostname=hostname,
+        hostname=hostname,
+        launch_time=parse_timestamp(instance.launched),
+        account_id=instance.account_id,
+    )
 
 
-def assignment(tx: Transaction, instance: Instance) -> dict[str, Any]:
+def assignment(tx: Transaction, instance: Instance) -> InstanceAssignment:
+    """What the instance's node is told of it."""
     profile = tx.get_instance_profile_by_id(instance.profile_id) if instance.profile_id else None
     role = tx.get_role_by_id(profile.role_id) if profile and profile.role_id else None
-    return {
-        "instance_id": instance.instance_id,
-        "account_id": instance.account_id,
-        "netns": instance.netns,
-        "instance_profile": (
-            {"arn": profile.arn, "id": profile.profile_id, "role_name": role.name if role else None}
+    return InstanceAssignment(
+        instance_id=instance.instance_id,
+        account_id=instance.account_id,
+        netns=instance.netns,
+        instance_profile=(
+            InstanceProfile(profile.arn, profile.profile_id, role.name if role else None)
             if profile is not None
             else None
         ),
-        "metadata_options": {
-            "http_tokens": instance.http_tokens,
-            "http_put_response_hop_limit": instance.hop_limit,
-            "http_endpoint": instance.http_endpoint,
-        },
-        "metadata": instance_metadata(instance),
-    }
+        metadata_options=MetadataOptions(
+            HttpTokens(instance.http_tokens),
+            instance.hop_limit,
+            HttpEndpoint(instance.http_endpoint),
+        ),
+        metadata=instance_metadata(instance),
+    )
 
 
 class NodeApiResource(Resource):
@@ -112,7 +126,7 @@ class NodeApiResource(Resource):
         settings: NodeApiSettings | None = None,
         metrics: ControllerMetrics | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._store = store
         self._hub = hub
         self._sessions = sessions
@@ -150,10 +164,10 @@ class NodeApiResource(Resource):
                 return self._issue(request, node, parts[2])
             raise NodeApiError(404, "NotFound", "no such node API endpoint")
         except NodeApiError as error:
-            return _json(request, error.status, {"error": error.code, "message": error.message})
+            return _json(request, error.status, ErrorAnswer(error.code, error.message))
         except StoreError as error:
             log.error("node API store failure: {error}", error=str(error))
-            return _json(request, 503, {"error": "StoreUnavailable", "message": "try again"})
+            return _json(request, 503, STORE_UNAVAILABLE)
 
     def _node(self, request: server.Request) -> Node:
         certificate = _peer_certificate(request)
@@ -189,8 +203,7 @@ class NodeApiResource(Resource):
                 body = self._snapshot(node.name)
             except StoreError as error:
                 log.error("node API store failure: {error}", error=str(error))
-                request.setResponseCode(503)
-                request.write(b'{"error": "StoreUnavailable", "message": "try again"}')
+                request.write(_json(request, 503, STORE_UNAVAILABLE))
             else:
                 request.write(_json(request, 200, body))
             request.finish()
@@ -201,14 +214,14 @@ class NodeApiResource(Resource):
         waiting.addCallbacks(answer, gone)
         return server.NOT_DONE_YET
 
-    def _snapshot(self, node_name: str) -> dict[str, Any]:
+    def _snapshot(self, node_name: str) -> AssignmentsAnswer:
         with self._store.transaction() as tx:
             node = tx.get_node(node_name)
             instances = tx.list_node_instances(node_name)
-            answer = {
-                "revision": node.revision if node else 0,
-                "instances": [assignment(tx, instance) for instance in instances],
-            }
+            answer = AssignmentsAnswer(
+                node.revision if node else 0,
+                tuple(assignment(tx, instance) for instance in instances),
+            )
             for instance in instances:
                 if instance.state == "pending":  # its node knows it now: the VM can start
                     tx.update_instance(replace(instance, state="running"))
@@ -226,7 +239,7 @@ class NodeApiResource(Resource):
             nonlocal hung_up
             hung_up = True
 
-        def answer(status: int, answer_body: Mapping[str, Any]) -> None:
+        def answer(status: int, answer_body: CredentialsAnswer | ErrorAnswer) -> None:
             if not hung_up:
                 request.write(_json(request, status, answer_body))
                 request.finish()
@@ -235,16 +248,16 @@ class NodeApiResource(Resource):
             self._metrics.credentials_issued("instance")
             log.info(
                 "issued {access_key_id} for {instance} on {node} as {role}",
-                access_key_id=body["AccessKeyId"],
+                access_key_id=body.access_key_id,
                 instance=instance_id,
                 node=node.name,
-                role=body["RoleArn"],
+                role=body.role_arn,
             )
             answer(200, body)
 
         def not_written(failure: Failure) -> None:
             self._metrics.audit_log_write_failed()
-            if failure.check(OSError):
+            if isinstance(failure.value, OSError):
                 log.error("cannot write the audit log: {error}", error=failure.value.strerror)
             else:
                 log.failure("cannot write the audit log", failure)
@@ -258,7 +271,7 @@ class NodeApiResource(Resource):
 
     def _credentials(
         self, node: Node, instance_id: str
-    ) -> tuple[Mapping[str, Any], Mapping[str, object]]:
+    ) -> tuple[CredentialsAnswer, Mapping[str, object]]:
         """Fresh credentials for `instance_id` if it may have them, and their audit record."""
         now = self._now()
         with self._store.transaction() as tx:
@@ -323,16 +336,16 @@ class NodeApiResource(Resource):
             "access_key_id": access_key_id,
             "expiration": format_time(claims.expires),
         }
-        body = {
-            "AccessKeyId": access_key_id,
-            "SecretAccessKey": secret,
-            "Token": token,
-            "Expiration": format_time(claims.expires),
-            "RoleArn": role.arn,
-            "InstanceProfileArn": profile.arn,
-            "InstanceProfileId": profile.profile_id,
-            "AccountId": role.account_id,
-        }
+        body = CredentialsAnswer(
+            access_key_id=access_key_id,
+            secret_access_key=secret,
+            token=token,
+            expiration=claims.expires,
+            role_arn=role.arn,
+            instance_profile_arn=profile.arn,
+            instance_profile_id=profile.profile_id,
+            account_id=role.account_id,
+        )
         return body, record
 
 
@@ -361,8 +374,12 @@ def _int_arg(request: server.Request, name: bytes, default: int, minimum: int, m
     return int(raw)
 
 
-def _json(request: server.Request, status: int, body: Mapping[str, Any]) -> bytes:
+def _json(
+    request: server.Request,
+    status: int,
+    body: AssignmentsAnswer | CredentialsAnswer | ErrorAnswer,
+) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body).encode("utf-8")
+    return json.dumps(body.to_wire()).encode("utf-8")

@@ -1,73 +1,38 @@
-"""One set of instance role credentials, as the controller issues it and the IMDS serves it.
+"""One set of instance role credentials, as the agent holds it and the IMDS serves it.
 
-The controller's node API answers ``POST /v1/instances/{id}/credentials`` with
-``AccessKeyId``, ``SecretAccessKey``, ``Token``, ``Expiration``, ``RoleArn``,
-``InstanceProfileArn``, ``InstanceProfileId`` and ``AccountId`` (DESIGN.md, "Contracts").
-:meth:`CredentialSet.from_node_api` checks that shape; the agent adds ``LastUpdated``, the moment
-it received the set. Timestamps on the wire are exactly ``YYYY-MM-DDTHH:MM:SSZ`` (spec/imds.md
-line 21): :func:`format_timestamp` is the only way this package writes one.
+The controller's node API answers ``POST /v1/instances/{id}/credentials`` with a
+`common.nodemessages.CredentialsAnswer` (DESIGN.md, "Contracts"), checked once on arrival by
+its parser. :class:`CredentialSet` is that answer plus ``LastUpdated``, the moment the agent
+received it: the agent's own record, not the controller's word, so it is a type of its own
+that the wire message converts into (:meth:`CredentialSet.from_answer`). Timestamps are exactly
+``YYYY-MM-DDTHH:MM:SSZ`` (spec/imds.md line 21): :func:`common.timestamps.format_timestamp` is
+the only way the agent writes one.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
 
-TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
-"""The one timestamp layout SDKs parse (botocore uses exactly this ``strptime`` format)."""
+from common.nodemessages import (
+    ROLE_ARN,
+    CredentialsAnswer,
+    MessageError,
+    parse_credentials,
+)
+from common.timestamps import parse_exact_timestamp
 
-
-def format_timestamp(moment: datetime) -> str:
-    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SSZ``, fractions dropped (naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-def parse_timestamp(text: str) -> datetime:
-    """An aware UTC datetime from ``YYYY-MM-DDTHH:MM:SSZ`` or another ISO 8601 form.
-
-    Raises ``ValueError`` for anything else. A time without an offset is taken as UTC.
-    """
-    try:
-        moment = datetime.strptime(text, TIMESTAMP_FORMAT)
-    except ValueError:
-        moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-_EXPIRATION_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_ROLE_ARN = re.compile(r"arn:[^:]+:iam::[^:]*:role/(?:[^:]*/)?(?P<name>[^/:]+)")
-
-
-class MalformedCredentials(ValueError):
-    """The controller's credentials answer is not the node API's shape; says which field."""
-
-
-def _text(body: Mapping[str, object], key: str) -> str:
-    if key not in body:
-        raise MalformedCredentials(f"{key}: missing from the controller's answer")
-    value = body[key]
-    if not isinstance(value, str) or not value:
-        raise MalformedCredentials(
-            f"{key}: must be a non-empty string (got {type(value).__name__})"
-        )
-    return value
+MalformedCredentials = MessageError
+"""The controller's credentials answer is not the node API's shape; says which field. The node
+API's one error type, under the name the agent's credential machine gives the failure."""
 
 
 def parse_expiration(text: str) -> datetime:
     """An ``Expiration`` as the node API sends it: exactly ``YYYY-MM-DDTHH:MM:SSZ``, UTC."""
-    if not _EXPIRATION_SHAPE.fullmatch(text):
-        raise MalformedCredentials(f"Expiration: must be YYYY-MM-DDTHH:MM:SSZ (got {text!r})")
     try:
-        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        return parse_exact_timestamp(text)
     except ValueError as error:
-        raise MalformedCredentials(f"Expiration: not a date and time (got {text!r})") from error
+        raise MalformedCredentials("Expiration", str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -94,35 +59,49 @@ class CredentialSet:
     @property
     def role_name(self) -> str:
         """The role's name, the last segment of its ARN (the IMDS credential path uses it)."""
-        match = _ROLE_ARN.fullmatch(self.role_arn)
+        match = ROLE_ARN.fullmatch(self.role_arn)
         return match["name"] if match else self.role_arn.rsplit("/", 1)[-1]
 
     @classmethod
+    def from_answer(cls, answer: CredentialsAnswer, now: datetime) -> CredentialSet:
+        """The set of a credentials answer received at `now` (timezone-aware)."""
+        if now.utcoffset() is None:
+            raise ValueError(f"now must be timezone-aware (got {now!r})")
+        return cls(
+            access_key_id=answer.access_key_id,
+            secret_access_key=answer.secret_access_key,
+            token=answer.token,
+            expiration=answer.expiration,
+            last_updated=now.astimezone(UTC).replace(microsecond=0),
+            role_arn=answer.role_arn,
+            instance_profile_arn=answer.instance_profile_arn,
+            instance_profile_id=answer.instance_profile_id,
+            account_id=answer.account_id,
+        )
+
+    @classmethod
     def from_node_api(cls, body: object, now: datetime) -> CredentialSet:
-        """The set in a node API answer (``POST /v1/instances/ID/credentials``), obtained at `now`.
+        """The set in a node API answer (``POST /v1/instances/ID/credentials``, as JSON
+        decoded), obtained at `now`: `parse_credentials`, then `from_answer`.
 
         Unknown fields are ignored; a missing or malformed one raises `MalformedCredentials`
         naming it. ``Expiration`` must be exactly ``YYYY-MM-DDTHH:MM:SSZ`` (spec line 21).
         """
         if now.utcoffset() is None:
             raise ValueError(f"now must be timezone-aware (got {now!r})")
-        if not isinstance(body, Mapping):
-            raise MalformedCredentials(
-                f"the controller's answer must be a JSON object (got {type(body).__name__})"
-            )
-        role_arn = _text(body, "RoleArn")
-        if not _ROLE_ARN.fullmatch(role_arn):
-            raise MalformedCredentials(f"RoleArn: not a role ARN (got {role_arn!r})")
-        return cls(
-            access_key_id=_text(body, "AccessKeyId"),
-            secret_access_key=_text(body, "SecretAccessKey"),
-            token=_text(body, "Token"),
-            expiration=parse_expiration(_text(body, "Expiration")),
-            last_updated=now.astimezone(UTC).replace(microsecond=0),
-            role_arn=role_arn,
-            instance_profile_arn=_text(body, "InstanceProfileArn"),
-            instance_profile_id=_text(body, "InstanceProfileId"),
-            account_id=_text(body, "AccountId"),
+        return cls.from_answer(parse_credentials(body), now)
+
+    def answer(self) -> CredentialsAnswer:
+        """The set as the controller sent it (``LastUpdated`` is not part of it)."""
+        return CredentialsAnswer(
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            token=self.token,
+            expiration=self.expiration,
+            role_arn=self.role_arn,
+            instance_profile_arn=self.instance_profile_arn,
+            instance_profile_id=self.instance_profile_id,
+            account_id=self.account_id,
         )
 
     def expired_at(self, now: float) -> bool:

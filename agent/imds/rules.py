@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final
 
 from agent.imds.tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS, TokenMinter
 from agent.imds.tree import TEXT_PLAIN, Directory, Found, ImdsTree
+from common.nodemessages import HttpEndpoint, HttpTokens, MetadataOptions
 
 TOKEN_PATH: Final = "/latest/api/token"  # noqa: S105 - a URL path, not a secret
 TTL_HEADER: Final = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -76,68 +77,6 @@ MEMO_ANSWERS: Final = 256
 _TTL_VALUE: Final = re.compile(r"[0-9]{1,5}", re.ASCII)
 _ABSOLUTE_FORM: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", re.ASCII)
 _OWS: Final = " \t"
-
-
-# -- options -----------------------------------------------------------------------------------
-
-
-class HttpTokens(enum.StrEnum):
-    OPTIONAL = "optional"
-    REQUIRED = "required"
-
-
-class HttpEndpoint(enum.StrEnum):
-    ENABLED = "enabled"
-    DISABLED = "disabled"
-
-
-MIN_HOP_LIMIT: Final = 1
-MAX_HOP_LIMIT: Final = 64
-
-
-@dataclass(frozen=True)
-class MetadataOptions:
-    """An instance's ``metadata_options``. The defaults are the controller's for a new instance:
-    IMDSv2 only (``required``), so an assignment that leaves ``http_tokens`` out never opens the
-    token-less v1 path that SSRF uses."""
-
-    http_tokens: HttpTokens = HttpTokens.REQUIRED
-    http_put_response_hop_limit: int = 1
-    http_endpoint: HttpEndpoint = HttpEndpoint.ENABLED
-
-    def __post_init__(self) -> None:
-        hop_limit = self.http_put_response_hop_limit
-        if isinstance(hop_limit, bool) or not MIN_HOP_LIMIT <= hop_limit <= MAX_HOP_LIMIT:
-            raise ValueError(
-                f"http_put_response_hop_limit must be {MIN_HOP_LIMIT}..{MAX_HOP_LIMIT}, "
-                f"not {hop_limit!r}"
-            )
-
-    @classmethod
-    def from_assignment(cls, body: object) -> MetadataOptions:
-        """The assignment's ``metadata_options`` (absent keys take the defaults).
-
-        Raises ``ValueError`` naming the key.
-        """
-        if body is None:
-            return cls()
-        if not isinstance(body, Mapping):
-            raise ValueError("metadata_options must be an object")
-        defaults = cls()
-        tokens = body.get("http_tokens", defaults.http_tokens.value)
-        endpoint = body.get("http_endpoint", defaults.http_endpoint.value)
-        hop_limit = body.get("http_put_response_hop_limit", defaults.http_put_response_hop_limit)
-        try:
-            http_tokens = HttpTokens(tokens)
-        except ValueError:
-            raise ValueError(f"metadata_options.http_tokens is not valid: {tokens!r}") from None
-        try:
-            http_endpoint = HttpEndpoint(endpoint)
-        except ValueError:
-            raise ValueError(f"metadata_options.http_endpoint is not valid: {endpoint!r}") from None
-        if not isinstance(hop_limit, int):
-            raise ValueError(f"metadata_options.http_put_response_hop_limit: {hop_limit!r}")
-        return cls(http_tokens, hop_limit, http_endpoint)
 
 
 # -- requests and responses --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The metadata tree of one instance, as data: which paths exist and the exact bytes they hold.
 
-An :class:`ImdsTree` is built from the instance's assignment (its metadata and instance profile)
-and its current credentials state, and answers :meth:`ImdsTree.lookup` with :class:`Found`,
+An :class:`ImdsTree` is built from the instance's assignment (a
+`common.nodemessages.InstanceAssignment`, checked when it arrived: its metadata and instance
+profile) and its current credentials state, and answers :meth:`ImdsTree.lookup` with :class:`Found`,
 :class:`Directory` or :data:`NOT_FOUND`. It knows nothing of HTTP methods, tokens or headers
 (that is :mod:`agent.imds.rules`). Build a new tree when the assignment or the credentials change;
 a tree never changes.
@@ -31,12 +32,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final
 from urllib.parse import unquote
 
-from agent.imds.credentials import CredentialSet, format_timestamp, parse_timestamp
+from agent.imds.credentials import CredentialSet
+from common.nodemessages import InstanceAssignment, InstanceMetadata, InstanceProfile
+from common.timestamps import format_timestamp
 
 TEXT_PLAIN: Final = "text/plain"
 
@@ -97,92 +100,6 @@ Lookup = Found | Directory | NotFound
 
 
 @dataclass(frozen=True)
-class InstanceProfile:
-    """The instance profile attached to an instance; ``role_name`` is ``None`` without a role."""
-
-    arn: str
-    id: str
-    role_name: str | None
-
-    @classmethod
-    def from_assignment(cls, body: object) -> InstanceProfile | None:
-        """The assignment's ``instance_profile`` object (or ``null``). Raises ``ValueError``."""
-        if body is None:
-            return None
-        if not isinstance(body, Mapping):
-            raise ValueError("instance_profile must be an object or null")
-        arn, profile_id, role_name = body.get("arn"), body.get("id"), body.get("role_name")
-        if not isinstance(arn, str) or not isinstance(profile_id, str):
-            raise ValueError("instance_profile needs string 'arn' and 'id'")
-        if role_name is not None and not isinstance(role_name, str):
-            raise ValueError("instance_profile.role_name must be a string or null")
-        return cls(arn=arn, id=profile_id, role_name=role_name or None)
-
-
-@dataclass(frozen=True)
-class InstanceMetadata:
-    """The instance's own items. ``None`` means unknown: the item is simply not in the tree."""
-
-    instance_id: str
-    account_id: str | None = None
-    ami_id: str | None = None
-    ami_launch_index: str | None = None
-    instance_type: str | None = None
-    reservation_id: str | None = None
-    availability_zone: str | None = None
-    region: str | None = None
-    local_ipv4: str | None = None
-    local_hostname: str | None = None
-    hostname: str | None = None
-    launch_time: datetime | None = None
-
-    @classmethod
-    def from_assignment(
-        cls, metadata: Mapping[str, object], account_id: str | None = None
-    ) -> InstanceMetadata:
-        """The assignment's ``metadata`` object, keyed by IMDS item names.
-
-        ``instance-id`` is required; every other item is optional. Raises ``ValueError`` naming
-        the key for a value of the wrong type or an unreadable ``launch-time``.
-        """
-
-        def item(key: str) -> str | None:
-            value = metadata.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ValueError(f"metadata item {key!r} must be a string")
-            return str(value)
-
-        instance_id = item("instance-id")
-        if not instance_id:
-            raise ValueError("metadata item 'instance-id' is required")
-        launch_text = item("launch-time")
-        launch_time = None
-        if launch_text is not None:
-            try:
-                launch_time = parse_timestamp(launch_text)
-            except ValueError:
-                raise ValueError(
-                    f"metadata item 'launch-time' is not a timestamp: {launch_text!r}"
-                ) from None
-        return cls(
-            instance_id=instance_id,
-            account_id=item("account-id") or account_id,
-            ami_id=item("ami-id"),
-            ami_launch_index=item("ami-launch-index"),
-            instance_type=item("instance-type"),
-            reservation_id=item("reservation-id"),
-            availability_zone=item("placement/availability-zone"),
-            region=item("placement/region"),
-            local_ipv4=item("local-ipv4"),
-            local_hostname=item("local-hostname"),
-            hostname=item("hostname"),
-            launch_time=launch_time,
-        )
-
-
-@dataclass(frozen=True)
 class CredentialsUnavailable:
     """Why there are no credentials to serve; ``code`` and ``message`` go into ``iam/info``."""
 
@@ -238,21 +155,15 @@ class ImdsTree:
         self._expired: ImdsTree | None = None
 
     @classmethod
-    def from_assignment(
-        cls, assignment: Mapping[str, object], credentials: CredentialsState = None
+    def for_instance(
+        cls, assignment: InstanceAssignment, credentials: CredentialsState = None
     ) -> ImdsTree:
-        """A tree from one instance object of the node API's assignments. Raises ``ValueError``."""
-        metadata = assignment.get("metadata")
-        if not isinstance(metadata, Mapping):
-            raise ValueError("assignment 'metadata' must be an object")
-        account_id = assignment.get("account_id")
-        return cls(
-            InstanceMetadata.from_assignment(
-                metadata, account_id if isinstance(account_id, str) else None
-            ),
-            InstanceProfile.from_assignment(assignment.get("instance_profile")),
-            credentials,
-        )
+        """The tree of an assigned instance. Its metadata without an ``account-id`` takes the
+        assignment's ``account_id``."""
+        metadata = assignment.metadata
+        if metadata.account_id is None and assignment.account_id is not None:
+            metadata = replace(metadata, account_id=assignment.account_id)
+        return cls(metadata, assignment.instance_profile, credentials)
 
     @property
     def role_name(self) -> str | None:

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,16 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from agent.imds.credentials import CredentialSet
+from common.nodemessages import (
+    HttpEndpoint,
+    HttpTokens,
+    InstanceProfile,
+    MetadataOptions,
+    parse_assignments,
+    parse_credentials,
+    parse_error,
+)
 from tests.e2e.conftest import ACCOUNT_ID, BIN, Controller, start_controller, stop_controller
 
 EC2_TRUST = json.dumps(
@@ -127,6 +138,14 @@ def test_assignments_list_the_nodes_instances_with_profile_and_metadata(
     assert entry["metadata"]["instance-id"] == instance_id
     assert entry["metadata"]["placement/region"] == "us-east-1"
     assert answer["revision"] >= 1
+    # The agent's parser takes the controller's real answer whole, and writes it back as sent.
+    parsed, refused = parse_assignments(answer)
+    assert refused == ()
+    assert parsed.to_wire() == answer
+    typed = next(i for i in parsed.instances if i.instance_id == instance_id)
+    assert typed.instance_profile == InstanceProfile(arn, entry["instance_profile"]["id"], name)
+    assert typed.metadata_options == MetadataOptions(HttpTokens.REQUIRED, 1, HttpEndpoint.ENABLED)
+    assert typed.metadata.instance_id == instance_id and typed.metadata.launch_time is not None
 
 
 def test_an_instance_becomes_running_once_its_node_has_it(
@@ -211,6 +230,9 @@ def test_instance_credentials_act_as_the_role_of_the_instance(
     assert issued["InstanceProfileArn"] == arn
     assert issued["AccountId"] == ACCOUNT_ID
     assert issued["Expiration"].endswith("Z") and len(issued["Expiration"]) == 20
+    # The agent's parser takes the real answer, and writes it back as sent.
+    assert parse_credentials(issued).to_wire() == issued
+    assert CredentialSet.from_node_api(issued, datetime.now(UTC)).role_name == name
     session = boto3.Session(
         aws_access_key_id=issued["AccessKeyId"],
         aws_secret_access_key=issued["SecretAccessKey"],
@@ -267,6 +289,7 @@ def test_credentials_for_a_role_that_does_not_trust_ec2_are_409(
     response = node.credentials(instance_id)
     assert response.status_code == 409
     assert "ec2.amazonaws.com" in response.json()["message"]
+    assert parse_error(response.json()).error == "RoleNotTrusted"
 
 
 def test_a_connection_without_a_client_certificate_is_refused(

@@ -29,8 +29,8 @@ from botocore.utils import (
     parse_timestamp,
 )
 
-from agent.imds.credentials import format_timestamp
 from agent.imds.rules import ImdsRequest, InstanceView, respond
+from common.timestamps import format_timestamp
 from tests.unit.test_imds_rules import make_instance
 from tests.unit.test_imds_tree import (
     ACCESS_KEY_ID,

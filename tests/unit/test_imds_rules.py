@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,16 +28,21 @@ from agent.imds.rules import (
     MEMO_ANSWERS,
     NOT_FOUND_PAGE,
     TOKEN_HEADER,
-    HttpEndpoint,
-    HttpTokens,
     ImdsRequest,
     ImdsResponse,
     InstanceView,
-    MetadataOptions,
     respond,
 )
 from agent.imds.tokens import TokenMinter
 from agent.imds.tree import CredentialsState, ImdsTree
+from common.nodemessages import (
+    HttpEndpoint,
+    HttpTokens,
+    MessageError,
+    MetadataOptions,
+    parse_instance,
+    parse_metadata_options,
+)
 from tests.unit.test_imds_tree import (
     ACCOUNT_ID,
     EXPECTED_CREDENTIALS,
@@ -84,10 +90,11 @@ def make_instance(
         **changes,
     )
     served = credential_set() if credentials is _DEFAULT else credentials
+    parsed = parse_instance(body)
     return InstanceView(
         instance_id=instance_id,
-        options=MetadataOptions.from_assignment(body["metadata_options"]),
-        tree=ImdsTree.from_assignment(body, served),
+        options=parsed.metadata_options,
+        tree=ImdsTree.for_instance(parsed, served),
         minter=minter,
         strict_proxy=strict_proxy,
     )
@@ -521,25 +528,25 @@ def test_every_response_names_the_server_as_ec2ws() -> None:
 
 def test_metadata_options_default_to_imdsv2_only_as_the_controller_does() -> None:
     expected = MetadataOptions(HttpTokens.REQUIRED, 1, HttpEndpoint.ENABLED)
-    assert MetadataOptions.from_assignment(None) == expected
-    assert MetadataOptions.from_assignment({}) == expected
-    assert MetadataOptions.from_assignment({"http_endpoint": "enabled"}) == expected
+    assert parse_metadata_options(None) == expected
+    assert parse_metadata_options({}) == expected
+    assert parse_metadata_options({"http_endpoint": "enabled"}) == expected
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "path"),
     [
-        ({"http_tokens": "sometimes"}, "http_tokens"),
-        ({"http_endpoint": "on"}, "http_endpoint"),
-        ({"http_put_response_hop_limit": "2"}, "hop_limit"),
-        ({"http_put_response_hop_limit": True}, "hop_limit"),
-        ({"http_put_response_hop_limit": 65}, "hop_limit"),
+        ({"http_tokens": "sometimes"}, "metadata_options.http_tokens"),
+        ({"http_endpoint": "on"}, "metadata_options.http_endpoint"),
+        ({"http_put_response_hop_limit": "2"}, "metadata_options.http_put_response_hop_limit"),
+        ({"http_put_response_hop_limit": True}, "metadata_options.http_put_response_hop_limit"),
+        ({"http_put_response_hop_limit": 65}, "metadata_options.http_put_response_hop_limit"),
         ([], "metadata_options"),
     ],
 )
-def test_malformed_metadata_options_are_refused_naming_the_key(body: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        MetadataOptions.from_assignment(body)
+def test_malformed_metadata_options_are_refused_naming_the_key(body: object, path: str) -> None:
+    with pytest.raises(MessageError, match=rf"^{re.escape(path)}: "):
+        parse_instance(assignment(metadata_options=body))
 
 
 # -- properties --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.imds.credentials import CredentialSet, format_timestamp, parse_timestamp
+from agent.imds.credentials import CredentialSet
 from agent.imds.tree import (
     CREDENTIALS_EXPIRED,
     CREDENTIALS_EXPIRING,
@@ -25,10 +25,15 @@ from agent.imds.tree import (
     Directory,
     Found,
     ImdsTree,
-    InstanceMetadata,
-    InstanceProfile,
     aws_json,
 )
+from common.nodemessages import (
+    InstanceMetadata,
+    InstanceProfile,
+    MessageError,
+    parse_instance,
+)
+from common.timestamps import format_timestamp, parse_timestamp
 
 # -- shared sample data ------------------------------------------------------------------------
 
@@ -102,7 +107,7 @@ def credential_set(**changes: str) -> CredentialSet:
 def make_tree(credentials: CredentialsState | str = "default", **changes: Any) -> ImdsTree:
     served = credential_set() if credentials == "default" else credentials
     assert not isinstance(served, str)
-    return ImdsTree.from_assignment(assignment(**changes), served)
+    return ImdsTree.for_instance(parse_instance(assignment(**changes)), served)
 
 
 def body_of(tree: ImdsTree, path: str) -> bytes:
@@ -514,11 +519,11 @@ def test_the_account_falls_back_to_the_assignments_account_id() -> None:
 def test_a_malformed_assignment_is_refused_naming_the_key(
     changes: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        ImdsTree.from_assignment(assignment(**changes))
+    with pytest.raises(MessageError, match=message):
+        parse_instance(assignment(**changes))
 
 
-def test_from_assignment_reads_every_contract_field() -> None:
+def test_the_tree_reads_every_contract_field() -> None:
     tree = make_tree()
     assert tree.profile == InstanceProfile(PROFILE_ARN, PROFILE_ID, ROLE)
     assert tree.metadata == InstanceMetadata(

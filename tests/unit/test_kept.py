@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from agent import kept
 from agent.imds.credentials import CredentialSet
+from common.nodemessages import InstanceAssignment, InstanceProfile, parse_instance
 
 NOW = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -21,12 +23,15 @@ PROFILE = {
     "id": "AIPAEXAMPLEPROFILE01",
     "role_name": "web",
 }
-ASSIGNMENT: dict[str, Any] = {
-    "instance_id": INSTANCE_ID,
-    "netns": None,
-    "instance_profile": PROFILE,
-    "metadata": {"instance-id": INSTANCE_ID},
-}
+ASSIGNMENT = parse_instance(
+    {
+        "instance_id": INSTANCE_ID,
+        "netns": None,
+        "instance_profile": PROFILE,
+        "metadata": {"instance-id": INSTANCE_ID},
+    }
+)
+OTHER_PROFILE = InstanceProfile("arn:other", PROFILE["id"], "web")
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
 
 
@@ -54,6 +59,12 @@ def test_an_entry_comes_back_as_it_was_kept() -> None:
     assert entry.credentials.last_updated == NOW - timedelta(hours=1)
 
 
+def test_an_entry_keeps_the_assignment_as_the_node_api_sent_it() -> None:
+    value = json.loads(kept.encode_entry(INSTANCE_ID, ASSIGNMENT, None))
+    assert value["assignment"] == ASSIGNMENT.to_wire()
+    assert parse_instance(value["assignment"]) == ASSIGNMENT
+
+
 def test_an_instance_without_credentials_is_kept_with_none() -> None:
     entry = kept.decode_entry(kept.encode_entry(INSTANCE_ID, ASSIGNMENT, None))
     assert entry.credentials is None
@@ -78,6 +89,15 @@ def entry_text(**changes: Any) -> str:
         (entry_text(instance_id="../../etc/passwd"), "is not i- and 8 or 17"),
         (entry_text(assignment={"instance_id": "i-00000000"}), "not this instance's"),
         (entry_text(assignment=[1]), "not this instance's"),
+        (
+            entry_text(
+                assignment={
+                    "instance_id": INSTANCE_ID,
+                    "metadata": {"instance-id": INSTANCE_ID, "ami-id": 1.5},
+                }
+            ),
+            f"{INSTANCE_ID}: assignment.metadata.ami-id: must be a string (got 1.5)",
+        ),
         (entry_text(credentials=[]), "no LastUpdated"),
         (entry_text(credentials_LastUpdated=None), "no LastUpdated"),
         (entry_text(credentials_Expiration="tomorrow"), "Expiration: must be"),
@@ -95,7 +115,8 @@ def test_an_entry_that_cannot_be_used_is_refused_saying_why_never_the_secret(
 
 
 def test_an_entry_over_the_size_limit_is_refused() -> None:
-    assignment = dict(ASSIGNMENT, metadata={"x": "y" * kept.MAX_ENTRY_BYTES})
+    metadata = replace(ASSIGNMENT.metadata, ami_id="y" * kept.MAX_ENTRY_BYTES)
+    assignment = replace(ASSIGNMENT, metadata=metadata)
     with pytest.raises(kept.EntryError, match="over"):
         kept.encode_entry(INSTANCE_ID, assignment, None)
 
@@ -107,12 +128,12 @@ def test_an_entry_over_the_size_limit_is_refused() -> None:
         (ASSIGNMENT, timedelta(minutes=3), "web", True),
         (ASSIGNMENT, timedelta(minutes=2), "web", False),  # not more than the least left
         (ASSIGNMENT, timedelta(hours=5), "db", False),  # another role
-        (dict(ASSIGNMENT, instance_profile=dict(PROFILE, arn="arn:other")), None, "web", False),
-        (dict(ASSIGNMENT, instance_profile=None), None, "web", False),
+        (replace(ASSIGNMENT, instance_profile=OTHER_PROFILE), None, "web", False),
+        (replace(ASSIGNMENT, instance_profile=None), None, "web", False),
     ],
 )
 def test_a_kept_set_is_used_only_for_its_profile_and_role_with_time_left(
-    assignment: dict[str, Any], left: timedelta | None, role: str, usable: bool
+    assignment: InstanceAssignment, left: timedelta | None, role: str, usable: bool
 ) -> None:
     held = credentials(left or timedelta(hours=5), role)
     entry = kept.Entry(INSTANCE_ID, ASSIGNMENT, held)

@@ -35,6 +35,8 @@ PURE_CORES = (
     "agent.imds.tokens",
     "agent.imds.credentials",
     "agent.imds.ratelimit",
+    "common.nodemessages",
+    "common.timestamps",
 )
 #: What a pure core must not reach: the reactor, sockets, netlink, the database.
 IMPURE = ("twisted", "pyroute2", "sqlite3", "socket")

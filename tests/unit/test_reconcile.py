@@ -25,6 +25,7 @@ from agent.config import AgentConfig
 from agent.imds.credentials import CredentialSet
 from agent.imds.tokens import TokenMinter, new_key
 from agent.netns import NamespaceError, Ownership, OwnershipRecord
+from agent.reconnect import ReconnectPolicy
 from agent.service import (
     DRAIN_SECONDS,
     RECOVERY_SPREAD_SECONDS,
@@ -32,6 +33,7 @@ from agent.service import (
     SLICE_SECONDS,
     NodeAgent,
 )
+from common.nodemessages import parse_instance
 
 #: Each namespace takes this long on the slice timer: three fit in a slice.
 PREPARE_SECONDS = SLICE_SECONDS / 2.5
@@ -474,6 +476,68 @@ def test_an_assignment_with_a_bad_name_is_refused_once_and_the_others_served(
     assert not ready and "1 instance(s) not served" in reason
 
 
+def test_an_instance_that_is_not_an_assignment_is_refused_once_naming_the_field(
+    node: Node,
+) -> None:
+    bad = assignment(7, profile=True)
+    bad["metadata_options"] = {"http_tokens": 7}
+    with capturedLogs() as events:
+        node.answer(assignment(0), bad, assignment(1))
+        node.turn()
+        node.answer(assignment(0), bad, assignment(1))  # asked again: said once only
+        node.turn()
+    assert node.served() == ids(0, 1)
+    assert node.client.fetched == []  # nothing asked of the controller for it
+    refusals = [event["error"] for event in events if "refusing" in event["log_format"]]
+    assert refusals == [
+        'instances[1].metadata_options.http_tokens: must be "optional" or "required" (got 7)'
+    ]
+    assert set(node.agent.failed) == ids(7)
+    ready, reason = node.agent.ready()
+    assert not ready and "1 instance(s) not served, e.g. i-00000007" in reason
+
+
+def test_a_served_instance_whose_new_assignment_is_broken_keeps_its_last_good_one(
+    node: Node,
+) -> None:
+    node.answer(assignment(0), assignment(1))
+    node.turn()
+    served = node.agent.slots["i-00000001"].assignment
+    broken = assignment(1)
+    broken["metadata"] = {"instance-id": "i-00000001", "launch-time": "soon"}
+    node.answer(assignment(0), broken, revision=2)
+    node.turn()
+    assert node.served() == ids(0, 1)
+    assert node.agent.slots["i-00000001"].assignment is served  # not torn down, not changed
+    assert node.namespaces.released == []
+    assert node.agent.failed["i-00000001"].startswith("instances[1].metadata.launch-time: ")
+    assert not node.agent.ready()[0]
+    fixed = assignment(1)
+    fixed["metadata_options"] = {"http_tokens": "required"}
+    node.answer(assignment(0), fixed, revision=3)
+    node.turn()
+    assert node.agent.failed == {}
+    assert node.agent.ready() == (True, "ready")
+    assert node.agent.slots["i-00000001"].view(0.0).options.http_tokens == "required"
+
+
+def test_an_answer_that_is_not_an_assignments_answer_is_a_failed_poll(node: Node) -> None:
+    with capturedLogs() as events:
+        node.client.polls[-1].callback({"revision": 1, "instances": "all of them"})
+    assert node.agent.poll_failures_by_reason["malformed"] == 1
+    assert node.agent.poll_problem == "instances: must be a list (got 'all of them')"
+    assert [event["error"] for event in events if "error" in event] == [node.agent.poll_problem]
+    assert not node.agent.synced and node.agent.slots == {}
+    polls = len(node.client.polls)
+    node.reactor.advance(0.1)
+    assert len(node.client.polls) == polls  # not asked again at once, in a loop
+    node.reactor.advance(ReconnectPolicy().probe_seconds)
+    assert len(node.client.polls) == polls + 1
+    node.answer(assignment(0))
+    node.turn()
+    assert node.served() == ids(0) and node.agent.poll_problem is None
+
+
 def test_a_valid_seventeen_digit_id_and_a_hypervisors_own_namespace_name_are_served(
     node: Node,
 ) -> None:
@@ -493,7 +557,8 @@ def kept_entry(number: int, expires: float | None = None) -> kept.Entry:
     if expires is not None:
         issued = datetime.fromtimestamp(0, UTC)  # the fake reactor's start
         held = CredentialSet.from_node_api(credentials_until(expires), issued)
-    return kept.Entry(f"i-{number:08x}", assignment(number, profile=expires is not None), held)
+    entry = parse_instance(assignment(number, profile=expires is not None))
+    return kept.Entry(f"i-{number:08x}", entry, held)
 
 
 def finish(node: Node) -> None:
