@@ -11,12 +11,12 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from agent.credentials import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from agent.imds.rules import ImdsResponse
+from agent.rotation import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from common.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
-    from agent.service import NodeAgent
+    from agent.reconcile import NodeAgent
 
 PROXY_REASONS = frozenset({"proxy-header", "absolute-target", "bad-host"})
 

@@ -223,8 +223,8 @@ def run(end: socket.socket) -> int:
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from agent.daemon import make_agent_service
-    from agent.service import NodeAgent
+    from agent.compose import make_agent_service
+    from agent.reconcile import NodeAgent
     from common.listening import ListeningService
     from common.logs import start_logging
     from common.notify import ReadyGate, instances_status

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IListeningPort
 
-from agent.credentials import InstanceCredentials
 from agent.imds.credentials import CredentialSet
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import InstanceView
@@ -16,6 +15,7 @@ from agent.imds.tokens import TokenMinter
 from agent.imds.tree import CredentialsUnavailable, ImdsTree
 from agent.netns import Ownership
 from agent.refresh import Verdict
+from agent.rotation import InstanceCredentials
 from common.http11 import ConnectionLimit
 from common.nodemessages import InstanceAssignment
 

@@ -17,10 +17,8 @@ from twisted import copyright
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.web import http, server
-from twisted.web.resource import Resource
+from twisted.web import http
 
-from common.bodylimit import BodyLimit
 from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request, Response
 from controller import sigv4, xmlout
 from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result, Services
@@ -415,38 +413,6 @@ def body_refusal(max_body: int) -> bytes:
         "Connection: close\r\n\r\n"
     ).encode("ascii")
     return head + body
-
-
-class _BodyLimit(BodyLimit):
-    """Refuses a body over ``max_body`` bytes with the API's 413 error XML, then hangs up."""
-
-    max_body = DEFAULT_MAX_BODY
-
-    def refusal(self) -> bytes:
-        return body_refusal(self.max_body)
-
-
-class BoundedRequest(_BodyLimit, server.Request):
-    """A twisted.web request with the body limit (the node API and the metrics listener)."""
-
-
-class ApiSite(server.Site):
-    """A Site whose access log is the API's own structured line, not Apache's combined format."""
-
-    displayTracebacks = False
-    noisy = False
-
-    def log(self, request: server.Request) -> None:  # type: ignore[override]
-        pass
-
-
-def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Site:
-    site = ApiSite(resource)  # type: ignore[no-untyped-call]
-    site.requestFactory = type("ApiRequest", (BoundedRequest,), {"max_body": max_body})  # type: ignore[assignment]
-    # The API parses its own form bodies (request_params); Twisted's parser (through the email
-    # package) cost a quarter of every request's time. Twisted 25 and later read this flag.
-    site._parsePOSTFormSubmission = False
-    return site
 
 
 # -- the public port: httptools' parser (controller/http11.py), each request straight to the API --

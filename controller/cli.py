@@ -740,7 +740,7 @@ def serve(config: ControllerConfig) -> int:
     from common.logs import start_logging
     from common.notify import Notifier, ReadyGate, listening_status
     from common.runner import DaemonReactor, run_daemon
-    from controller.service import make_service
+    from controller.compose import make_service
 
     check_state_directory(config.state_dir)
     store = _open_store(config)

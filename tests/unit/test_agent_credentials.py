@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.task import Clock
 
-from agent.credentials import (
+from agent.refresh import RefreshPolicy, Verdict, retry_ceiling
+from agent.rotation import (
     EXPIRING_ON_ARRIVAL,
     MALFORMED,
     TRANSITIONS,
@@ -31,7 +32,6 @@ from agent.credentials import (
     State,
     TransitionError,
 )
-from agent.refresh import RefreshPolicy, Verdict, retry_ceiling
 
 START = 1_795_000_000.0  # 2026-11-18, a whole second
 HOUR = 3600.0

@@ -14,10 +14,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from agent.client import ControllerUnreachable
-from agent.credentials import CredentialCache, State
 from agent.imds.rules import ImdsResponse
 from agent.metrics import LATENCY_BUCKETS, AgentMetrics
-from agent.service import POLL_FAILURE_REASONS
+from agent.reconcile import POLL_FAILURE_REASONS
+from agent.rotation import CredentialCache, State
 
 
 class Keeper:

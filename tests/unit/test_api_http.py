@@ -28,9 +28,9 @@ from common import http11
 from controller import sigv4
 from controller.accounts import ensure_first_account
 from controller.api import ApiFactory, PublicApi
+from controller.compose import api_registry
 from controller.keyring import KeyRingFile, ensure_key_ring
 from controller.metrics import ControllerMetrics
-from controller.service import api_registry
 from controller.sessions import Sessions
 from controller.store.sqlite import SQLiteStore
 

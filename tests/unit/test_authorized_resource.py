@@ -18,8 +18,8 @@ import pytest
 from controller.accounts import ensure_first_account
 from controller.actions import Action, Caller, Context
 from controller.authorize import authorize
+from controller.compose import api_registry
 from controller.errors import AccessDenied
-from controller.service import api_registry
 from controller.store.records import InstanceProfile, Role, User, UserPolicy
 from controller.store.sqlite import SQLiteStore
 

@@ -489,7 +489,7 @@ def test_a_running_controller_reports_an_unreadable_ring_once_and_keeps_its_keys
     from twisted.internet.task import Clock
     from twisted.logger import globalLogPublisher
 
-    from controller.service import KeyRingRefresh
+    from controller.compose import KeyRingRefresh
     from controller.sessions import Sessions
 
     ensure_key_ring(path, NOW)

@@ -106,7 +106,7 @@ def reachable(module: str) -> Iterator[tuple[str, tuple[str, ...]]]:
 
 
 def test_the_checker_sees_the_project() -> None:
-    assert {"agent.service", "controller.api", "common.http11", "demo.guest"} <= set(modules())
+    assert {"agent.reconcile", "controller.api", "common.http11", "demo.guest"} <= set(modules())
     assert "common.http11" in project_imports("agent.server")
     assert "twisted" in {name.split(".")[0] for name, _ in reachable("agent.server")}
 

@@ -24,10 +24,10 @@ from controller import sigv4
 from controller.accounts import ensure_first_account
 from controller.api import PublicApi
 from controller.assignments import AssignmentHub
+from controller.compose import api_registry
 from controller.health import health_resource
 from controller.keyring import KeyRingFile, ensure_key_ring
 from controller.metrics import ControllerMetrics
-from controller.service import api_registry
 from controller.sessions import Sessions
 from controller.store.base import StoreError
 from controller.store.records import Node

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from twisted.python.failure import Failure
 
 from agent.client import ControllerUnreachable, NodeApiError
-from agent.credentials import failure_reason
 from agent.metrics import PROXY_REASONS, AgentMetrics
-from agent.service import POLL_FAILURE_REASONS
+from agent.reconcile import POLL_FAILURE_REASONS
+from agent.rotation import failure_reason
 from controller.metrics import ControllerMetrics, NodeContactCollector
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "prometheus"

@@ -25,14 +25,14 @@ from agent.config import AgentConfig
 from agent.imds.credentials import CredentialSet
 from agent.imds.tokens import TokenMinter, new_key
 from agent.netns import NamespaceError, Ownership, OwnershipRecord
-from agent.reconnect import ReconnectPolicy
-from agent.service import (
+from agent.reconcile import (
     DRAIN_SECONDS,
     RECOVERY_SPREAD_SECONDS,
     SLICE_GAP_SECONDS,
     SLICE_SECONDS,
     NodeAgent,
 )
+from agent.reconnect import ReconnectPolicy
 from common.nodemessages import parse_instance
 
 #: Each namespace takes this long on the slice timer: three fit in a slice.

@@ -16,9 +16,9 @@ from twisted.logger import capturedLogs, formatEvent
 from agent.client import ControllerUnreachable, NodeApiError
 from agent.config import AgentConfig
 from agent.imds.tokens import TokenMinter, new_key
+from agent.reconcile import DRAIN_SECONDS, NodeAgent
 from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait, probe_delay
 from agent.refresh import RefreshPolicy
-from agent.service import DRAIN_SECONDS, NodeAgent
 
 #: The bound this design promises: a controller that is back is asked within this long.
 RECOVERY_SECONDS = 5.0

@@ -31,10 +31,10 @@ from twisted.logger import Logger
 from agent import kept, names, netns
 from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError
 from agent.config import AgentConfig
-from agent.credentials import CredentialCache, Input, State
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.tokens import TokenMinter
 from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
+from agent.rotation import CredentialCache, Input, State
 from agent.server import Observer, make_factory
 from agent.slots import Slot, profile_key
 from common.http11 import ConnectionLimit

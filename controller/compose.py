@@ -15,7 +15,7 @@ from common.health import health_site
 from common.http11 import ConnectionLimit
 from common.listening import ListeningService
 from controller.actions import Registry, Services
-from controller.api import ApiFactory, PublicApi, make_site
+from controller.api import ApiFactory, PublicApi
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.config import ControllerConfig
@@ -26,7 +26,7 @@ from controller.health import readiness
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
-from controller.nodeapi import NodeApiResource, NodeApiSettings
+from controller.nodeapi import NodeApiResource, NodeApiSettings, make_site
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
 from controller.sts import registry as sts_registry

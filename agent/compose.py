@@ -14,8 +14,8 @@ from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.kept import Entry
 from agent.metrics import AgentMetrics
+from agent.reconcile import Keeper, NodeAgent
 from agent.server import ConnectionLimitsCollector
-from agent.service import Keeper, NodeAgent
 from common.health import health_site
 from common.listening import ListeningService
 from common.notify import Notifier
