@@ -264,7 +264,12 @@ def run(end: socket.socket) -> int:
 
     ready = ReadyGate(notifier, ("metrics listener", "instances"), status_line)
     agent.on_change = lambda: ready.met("instances")
-    reactor.callLater(STARTUP_SECONDS, lambda: ready.ready or ready.met("instances"))
+
+    def started_anyway() -> None:
+        if not ready.ready:
+            ready.met("instances")
+
+    reactor.callLater(STARTUP_SECONDS, started_anyway)
     health = cast(ListeningService, service.getServiceNamed("health"))
     return run_daemon(
         cast(DaemonReactor, reactor), service, notifier, ready, {"metrics listener": health}
