@@ -272,7 +272,13 @@ def run(end: socket.socket) -> int:
     reactor.callLater(STARTUP_SECONDS, started_anyway)
     health = cast(ListeningService, service.getServiceNamed("health"))
     return run_daemon(
-        cast(DaemonReactor, reactor), service, notifier, ready, {"metrics listener": health}
+        cast(DaemonReactor, reactor),
+        service,
+        notifier,
+        ready,
+        {"metrics listener": health},
+        # The root process passes SIGTERM on, and a group signal reaches this process too.
+        stop_once=True,
     )
 
 

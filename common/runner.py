@@ -45,9 +45,13 @@ def run_daemon(
     notifier: Notifier,
     ready: ReadyGate,
     listeners: Mapping[str, ListeningService],
+    *,
+    stop_once: bool = False,
 ) -> int:
     """Run `service` until the reactor stops; the exit status (1 if a listener failed).
-    Each of `listeners` meets the `ready` condition of its name once it listens."""
+    Each of `listeners` meets the `ready` condition of its name once it listens. With
+    `stop_once`, SIGTERM and SIGINT stop it once (`stop_once_on_signals`); else Twisted's own
+    handlers do."""
     status = 0
 
     def failed(failure: object) -> None:
@@ -58,8 +62,10 @@ def run_daemon(
 
     for name, listener in listeners.items():
         listener.listening.addCallbacks(lambda _port, name=name: ready.met(name), failed)
+    if stop_once:
+        # First: once a listener listens (and says so), a signal must already find them.
+        reactor.callWhenRunning(stop_once_on_signals, reactor)
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(stop_once_on_signals, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -105,7 +105,7 @@ def run(*outcomes: Exception | None) -> tuple[int, FakeReactor, Heard, list[List
     service.stopService = lambda: started.append("stopped")  # type: ignore[method-assign]
     names = {f"listener {index}": each for index, each in enumerate(listeners)}
     ready = ReadyGate(notifier, names, lambda: "all listen")
-    code = run_daemon(reactor, service, notifier, ready, names)
+    code = run_daemon(reactor, service, notifier, ready, names, stop_once=True)
     assert started[-1] == "stopped"
     return code, reactor, notifier, listeners
 
