@@ -1,12 +1,21 @@
 """The default run (``make test``, bare ``pytest``) leaves tests/systemd out: those tests boot a
 container with systemd as PID 1 and have their own target, ``make test-systemd``. Naming the
-directory (``pytest tests/systemd``) runs them."""
+directory (``pytest tests/systemd``) runs them.
+
+A suite started in the background by a shell without job control (``sh -c 'make test &'``)
+inherits SIGINT ignored, and so would every daemon it starts: Twisted then leaves SIGINT ignored,
+and the tests that stop a daemon or the demo with SIGINT would wait for nothing. The session
+puts the default back first."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SYSTEMD_TESTS = Path(__file__).parent / "systemd"
 
