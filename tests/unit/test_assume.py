@@ -20,30 +20,15 @@ from controller.errors import ApiError
 from controller.permissions import CallerFacts, Policies
 from controller.policy.document import PolicyKind, parse_policy
 from controller.store.records import Role
+from tests.unit.callers import root, user
 
 ACCOUNT = "123456789012"
 OTHER = "210987654321"
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/app"
-ROOT = Caller(ACCOUNT, f"arn:aws:iam::{ACCOUNT}:root", "AKIAROOT", ACCOUNT, "root")
-ALICE = Caller(
-    ACCOUNT,
-    f"arn:aws:iam::{ACCOUNT}:user/alice",
-    "AKIAALICE",
-    "AIDAALICE",
-    "user",
-    user_name="alice",
-    issuer_user_id="AIDAALICE",
-)
-STRANGER = Caller(
-    OTHER,
-    f"arn:aws:iam::{OTHER}:user/mallory",
-    "AKIAMALLORY",
-    "AIDAMALLORY",
-    "user",
-    user_name="mallory",
-    issuer_user_id="AIDAMALLORY",
-)
+ROOT = root(ACCOUNT)
+ALICE = user(ACCOUNT, "alice")
+STRANGER = user(OTHER, "mallory")
 CHAINED = Caller(
     ACCOUNT,
     f"arn:aws:sts::{ACCOUNT}:assumed-role/first/s",

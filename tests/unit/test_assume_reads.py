@@ -20,22 +20,14 @@ from controller.errors import ApiError
 from controller.store.base import Transaction
 from controller.store.records import Role, RolePolicy, Tag, User, UserPolicy
 from controller.store.sqlite import SQLiteStore
+from tests.unit.callers import root, user
 
 ACCOUNT = "111122223333"
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
 CREATED = "2024-05-01T00:00:00Z"
 ROOT_ARN = f"arn:aws:iam::{ACCOUNT}:root"
-ROOT = Caller(ACCOUNT, ROOT_ARN, "AKIAROOT", ACCOUNT, "root", issuer_arn=ROOT_ARN)
-ALICE = Caller(
-    ACCOUNT,
-    f"arn:aws:iam::{ACCOUNT}:user/alice",
-    "AKIAALICE",
-    "AIDAALICE",
-    "user",
-    user_name="alice",
-    issuer_user_id="AIDAALICE",
-    issuer_arn=f"arn:aws:iam::{ACCOUNT}:user/alice",
-)
+ROOT = root(ACCOUNT, issuer_arn=ROOT_ARN)
+ALICE = user(ACCOUNT, "alice", issuer_arn=f"arn:aws:iam::{ACCOUNT}:user/alice")
 CHAINED = Caller(
     ACCOUNT,
     f"arn:aws:sts::{ACCOUNT}:assumed-role/first/s",

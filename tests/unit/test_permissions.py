@@ -18,20 +18,13 @@ from controller.permissions import (
     settled,
 )
 from controller.policy.document import PolicyKind, parse_policy
+from tests.unit.callers import root, user
 
 ACCOUNT = "123456789012"
 NOW = datetime(2024, 5, 1, 12, tzinfo=UTC)
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/app"
-ROOT = Caller(ACCOUNT, f"arn:aws:iam::{ACCOUNT}:root", "AKIAROOT", ACCOUNT, "root")
-USER = Caller(
-    ACCOUNT,
-    f"arn:aws:iam::{ACCOUNT}:user/alice",
-    "AKIAALICE",
-    "AIDAALICE",
-    "user",
-    user_name="alice",
-    issuer_user_id="AIDAALICE",
-)
+ROOT = root(ACCOUNT)
+USER = user(ACCOUNT, "alice")
 ROLE_SESSION = Caller(
     ACCOUNT,
     f"arn:aws:sts::{ACCOUNT}:assumed-role/app/s",
