@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from agent import kept
+from agent import reconcile as reconcile_module
 from agent.client import ControllerUnreachable, NodeApiError
 from agent.config import AgentConfig
 from agent.imds.credentials import CredentialSet
@@ -33,7 +34,7 @@ from agent.reconcile import (
     NodeAgent,
 )
 from agent.reconnect import ReconnectPolicy
-from common.nodemessages import parse_instance
+from common.nodemessages import parse_assignments, parse_instance
 
 #: Each namespace takes this long on the slice timer: three fit in a slice.
 PREPARE_SECONDS = SLICE_SECONDS / 2.5
@@ -352,6 +353,29 @@ def test_a_long_poll_that_ran_out_with_the_same_revision_changes_nothing(node: N
     node.answer(assignment(1), revision=2)  # a new revision is applied
     node.turn()
     assert (node.changes, node.served()) == (2, ids(1))
+
+
+def test_an_answer_that_only_repeats_the_applied_revision_is_not_parsed_again(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[object] = []
+
+    def counted(body: object) -> Any:
+        parsed.append(body)
+        return parse_assignments(body)
+
+    monkeypatch.setattr(reconcile_module, "parse_assignments", counted)
+    node.answer(assignment(1), assignment(2))
+    node.turn()
+    assert len(parsed) == 1
+    node.answer(assignment(1), assignment(2))  # the long poll ran out: the same revision
+    node.turn()
+    assert len(parsed) == 1
+    assert node.served() == ids(1, 2)
+    node.answer(assignment(1), revision=2)
+    assert len(parsed) == 2
+    node.turn()
+    assert node.served() == ids(1)
 
 
 def test_a_failed_instance_is_retried_even_when_the_revision_is_the_same(node: Node) -> None:
