@@ -59,6 +59,7 @@ from demo.guest import (
     unique,
 )
 from tests.e2e.conftest import ACCOUNT_ID, BIN
+from tests.waiting import wait_until
 
 __all__ = [
     "ACCOUNT_ID",
@@ -152,20 +153,6 @@ def free_ports(count: int) -> list[int]:
         for each in sockets:
             each.bind(("127.0.0.1", 0))
         return [each.getsockname()[1] for each in sockets]
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Poll `condition` until it returns something true, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- processes -----------------------------------------------------------------------------------

@@ -17,13 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.systemd.container import Container, ContainerError
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where the host puts what the install needs, inside the container.
@@ -67,27 +68,6 @@ TOOLS_ENV = {
     "AWS_PROFILE": "rolecall",
     "AWS_ENDPOINT_URL": API_URL,
 }
-
-T = TypeVar("T")
-
-
-def wait_until(
-    condition: Callable[[], T | None],
-    timeout: float,
-    what: str | Callable[[], str],
-    interval: float = 0.2,
-) -> T:
-    """Poll `condition` until it returns something true, at most `timeout` seconds. `what`
-    names what is awaited; a function for it is called on failure (to say what was seen last)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            described = what if isinstance(what, str) else what()
-            raise AssertionError(f"timed out after {timeout} s waiting for {described}")
-        time.sleep(interval)
 
 
 def build_wheels(destination: Path) -> None:
