@@ -3,7 +3,8 @@ writes and the agent reads.
 
 - ``GET /v1/assignments`` answers an :class:`AssignmentsAnswer`: a revision and an
   :class:`InstanceAssignment` per instance (its id, account, namespace, :class:`InstanceProfile`,
-  :class:`MetadataOptions` and :class:`InstanceMetadata`).
+  :class:`MetadataOptions`, :class:`InstanceMetadata`, and its user data, public keys
+  (:class:`PublicKey`), :class:`NetworkInterface`, tags and :class:`InstanceIdentity`).
 - ``POST /v1/instances/{id}/credentials`` answers a :class:`CredentialsAnswer`.
 - Any other status answers an :class:`ErrorAnswer`.
 
@@ -23,7 +24,10 @@ Evolution (docs/decisions.md, "Typed node-API messages"):
   with its ``instance-id``, an instance profile's ``arn`` and ``id``, and every field of the
   credentials answer. Optional: an instance's ``account_id``, ``netns``, ``instance_profile``
   (absent or ``null``: none), ``metadata_options`` (and each of its fields: IMDSv2 only, hop
-  limit 1, enabled), the other metadata items, and a profile's ``role_name``.
+  limit 1, enabled), the other metadata items, a profile's ``role_name``, and what the guest
+  boots from (issue 12): ``user_data`` (base64), ``public_keys``, ``network`` (its ``mac``
+  required), ``tags`` (``null``: not in metadata) and ``identity`` (its ``document``
+  required). An agent older than these fields ignores them and serves none of those items.
 - **A field of the wrong type, or an enumeration value the reader does not know, is an error**,
   never a guess: an unknown ``http_tokens`` taken as ``optional`` would open IMDSv1 to a guest.
   In an assignments answer such an error refuses that one instance (`RefusedInstance`), not
@@ -46,6 +50,8 @@ Pure: no Twisted, no I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 from collections.abc import Callable, Mapping
@@ -301,6 +307,7 @@ class InstanceMetadata:
     instance_type: str | None = None
     reservation_id: str | None = None
     availability_zone: str | None = None
+    availability_zone_id: str | None = None
     region: str | None = None
     local_ipv4: str | None = None
     local_hostname: str | None = None
@@ -326,6 +333,7 @@ METADATA_ITEMS: Final = (
     ("instance-type", "instance_type"),
     ("reservation-id", "reservation_id"),
     ("placement/availability-zone", "availability_zone"),
+    ("placement/availability-zone-id", "availability_zone_id"),
     ("placement/region", "region"),
     ("local-ipv4", "local_ipv4"),
     ("local-hostname", "local_hostname"),
@@ -369,12 +377,166 @@ def parse_instance_metadata(value: object) -> InstanceMetadata:
         instance_type=item("instance-type"),
         reservation_id=item("reservation-id"),
         availability_zone=item("placement/availability-zone"),
+        availability_zone_id=item("placement/availability-zone-id"),
         region=item("placement/region"),
         local_ipv4=item("local-ipv4"),
         local_hostname=item("local-hostname"),
         hostname=item("hostname"),
         launch_time=launch_time,
     )
+
+
+# -- what the guest boots from: user data, keys, its interface, tags, its signed identity -------
+
+#: The most user data RunInstances takes (decoded), as EC2.
+MAX_USER_DATA_BYTES: Final = 16 * 1024
+#: EC2's limit of tags per resource.
+MAX_TAGS: Final = 50
+MAC_ADDRESS: Final = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A key pair the instance was launched with: its name and OpenSSH public key line."""
+
+    name: str
+    openssh_key: str
+
+    def to_wire(self) -> dict[str, object]:
+        return {"name": self.name, "openssh_key": self.openssh_key}
+
+
+def _public_key(value: object) -> PublicKey:
+    body = _object(value)
+    return PublicKey(_text(body, "name"), _text(body, "openssh_key"))
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInterface:
+    """The instance's primary network interface (device number 0). The hypervisor gives the
+    VM this MAC; cloud-init matches the guest's interface by it."""
+
+    mac: str
+    interface_id: str | None = None
+    #: The CIDR its private address comes from.
+    subnet_cidr: str | None = None
+    security_groups: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "mac": self.mac,
+            "interface_id": self.interface_id,
+            "subnet_cidr": self.subnet_cidr,
+            "security_groups": list(self.security_groups),
+        }
+
+
+def parse_network(value: object) -> NetworkInterface | None:
+    """An instance's ``network``; ``null`` means none (an instance from before MACs)."""
+    if value is None:
+        return None
+    body = _object(value)
+    mac = _text(body, "mac")
+    if not MAC_ADDRESS.fullmatch(mac):
+        raise MessageError("mac", f"must be a lower-case MAC address (got {_shown(mac)})")
+    return NetworkInterface(
+        mac=mac,
+        interface_id=_optional_text(body, "interface_id"),
+        subnet_cidr=_optional_text(body, "subnet_cidr"),
+        security_groups=_texts(body, "security_groups"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceIdentity:
+    """The signed instance identity document: its exact text, and what the metadata service
+    serves at ``signature``, ``pkcs7`` and ``rsa2048`` (``None``: not signed)."""
+
+    document: str
+    signature: str | None = None
+    pkcs7: str | None = None
+    rsa2048: str | None = None
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "document": self.document,
+            "signature": self.signature,
+            "pkcs7": self.pkcs7,
+            "rsa2048": self.rsa2048,
+        }
+
+
+def parse_identity(value: object) -> InstanceIdentity | None:
+    if value is None:
+        return None
+    body = _object(value)
+    return InstanceIdentity(
+        document=_text(body, "document"),
+        signature=_optional_text(body, "signature"),
+        pkcs7=_optional_text(body, "pkcs7"),
+        rsa2048=_optional_text(body, "rsa2048"),
+    )
+
+
+def _texts(body: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = body.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise MessageError(key, f"must be a list (got {_shown(value)})")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise MessageError(f"{key}[{index}]", f"must be a string (got {_shown(item)})")
+    return tuple(value)
+
+
+def _list(
+    body: Mapping[str, object], key: str, parse: Callable[[object], _T], most: int | None = None
+) -> tuple[_T, ...]:
+    value = body.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise MessageError(key, f"must be a list (got {_shown(value)})")
+    if most is not None and len(value) > most:
+        raise MessageError(key, f"must have at most {most} items (got {len(value)})")
+    items = []
+    for index, item in enumerate(value):
+        try:
+            items.append(parse(item))
+        except MessageError as error:
+            raise error.within(f"{key}[{index}]") from None
+    return tuple(items)
+
+
+def _tag(value: object) -> tuple[str, str]:
+    body = _object(value)
+    key = _text(body, "key")
+    if not key:
+        raise MessageError("key", "must not be empty")
+    return key, _text(body, "value")
+
+
+def _tags(body: Mapping[str, object]) -> tuple[tuple[str, str], ...] | None:
+    """``tags``: ``null`` when the instance's tags are not in its metadata."""
+    if body.get("tags") is None:
+        return None
+    return _list(body, "tags", _tag, MAX_TAGS)
+
+
+def _user_data(body: Mapping[str, object]) -> bytes | None:
+    text = _optional_text(body, "user_data")
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError("user_data", "must be base64") from None
+    if len(data) > MAX_USER_DATA_BYTES:
+        raise MessageError(
+            "user_data", f"must be at most {MAX_USER_DATA_BYTES} bytes (got {len(data)})"
+        )
+    return data
 
 
 # -- one instance's assignment -------------------------------------------------------------------
@@ -391,13 +553,20 @@ class InstanceAssignment:
     instance_profile: InstanceProfile | None = None
     metadata_options: MetadataOptions = DEFAULT_METADATA_OPTIONS
     metadata: InstanceMetadata
+    #: RunInstances' user data, decoded; ``None``: none (``user-data`` is a 404).
+    user_data: bytes | None = field(default=None, repr=False)
+    public_keys: tuple[PublicKey, ...] = ()
+    network: NetworkInterface | None = None
+    #: The instance's tags when they are in its metadata (``InstanceMetadataTags``), else None.
+    tags: tuple[tuple[str, str], ...] | None = None
+    identity: InstanceIdentity | None = None
 
     def __post_init__(self) -> None:
         if not self.netns:
             object.__setattr__(self, "netns", None)
 
     def to_wire(self) -> dict[str, object]:
-        profile = self.instance_profile
+        profile, network, identity = self.instance_profile, self.network, self.identity
         return {
             "instance_id": self.instance_id,
             "account_id": self.account_id,
@@ -405,6 +574,19 @@ class InstanceAssignment:
             "instance_profile": profile.to_wire() if profile is not None else None,
             "metadata_options": self.metadata_options.to_wire(),
             "metadata": self.metadata.to_wire(),
+            "user_data": (
+                base64.b64encode(self.user_data).decode("ascii")
+                if self.user_data is not None
+                else None
+            ),
+            "public_keys": [key.to_wire() for key in self.public_keys],
+            "network": network.to_wire() if network is not None else None,
+            "tags": (
+                [{"key": key, "value": value} for key, value in self.tags]
+                if self.tags is not None
+                else None
+            ),
+            "identity": identity.to_wire() if identity is not None else None,
         }
 
 
@@ -418,6 +600,11 @@ def parse_instance(value: object) -> InstanceAssignment:
         instance_profile=_nested(body, "instance_profile", parse_instance_profile),
         metadata_options=_nested(body, "metadata_options", parse_metadata_options),
         metadata=_nested(body, "metadata", parse_instance_metadata, required=True),
+        user_data=_user_data(body),
+        public_keys=_list(body, "public_keys", _public_key),
+        network=_nested(body, "network", parse_network),
+        tags=_tags(body),
+        identity=_nested(body, "identity", parse_identity),
     )
 
 

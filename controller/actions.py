@@ -12,6 +12,7 @@ from controller.store.base import Transaction
 from controller.tokens import SessionClaims
 
 if TYPE_CHECKING:  # controller.ec2's handlers import this module
+    from controller.ec2.guest import DocumentSigner
     from controller.ec2.limits import Ec2Limits
 
 #: The principal types of aws:PrincipalType, by caller kind.
@@ -96,6 +97,8 @@ class Services:
     assignments: AssignmentWaker | None = None
     #: None: the defaults (`Ec2Limits()`).
     ec2_limits: Ec2Limits | None = None
+    #: Signs instance identity documents at launch; None: they are served unsigned.
+    identity_signer: DocumentSigner | None = None
 
 
 @dataclass(frozen=True)

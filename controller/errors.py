@@ -237,3 +237,31 @@ class TagLimitExceeded(ApiError):
 class DryRunOperation(ApiError):
     code = "DryRunOperation"
     status = 412
+
+
+class InsufficientFreeAddressesInSubnet(ApiError):
+    """The instance's subnet has no free address left (the node's, or ``ec2.subnet``)."""
+
+    code = "InsufficientFreeAddressesInSubnet"
+    status = 400
+
+
+class UnsupportedOperation(ApiError):
+    """A parameter EC2 knows that RoleCall does not honour: refused, never silently dropped."""
+
+    code = "UnsupportedOperation"
+    status = 400
+
+
+class UnknownParameter(ApiError):
+    """A parameter the action does not have, as EC2 answers it."""
+
+    code = "UnknownParameter"
+    status = 400
+
+
+class IdempotentParameterMismatch(ApiError):
+    """A ClientToken used again with other arguments."""
+
+    code = "IdempotentParameterMismatch"
+    status = 400

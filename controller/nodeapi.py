@@ -32,24 +32,18 @@ from common.nodemessages import (
     AssignmentsAnswer,
     CredentialsAnswer,
     ErrorAnswer,
-    HttpEndpoint,
-    HttpTokens,
-    InstanceAssignment,
-    InstanceMetadata,
-    InstanceProfile,
-    MetadataOptions,
 )
-from common.timestamps import parse_timestamp
 from controller.api import DEFAULT_MAX_BODY, body_refusal
 from controller.assignments import AssignmentHub
 from controller.audit import AuditLog
 from controller.authorize import parsed
+from controller.ec2.guest import assignment
 from controller.metrics import ControllerMetrics
 from controller.policy.document import PolicyKind
 from controller.policy.evaluate import RequestContext, evaluate_trust, time_keys
 from controller.sessions import Sessions
-from controller.store.base import Store, StoreError, Transaction
-from controller.store.records import REGION, Instance, Node
+from controller.store.base import Store, StoreError
+from controller.store.records import REGION, Node
 from controller.tokens import SessionClaims, new_credentials_ids
 from controller.xmlout import format_time
 
@@ -72,47 +66,6 @@ class NodeApiError(Exception):
 @dataclass(frozen=True)
 class NodeApiSettings:
     credential_seconds: int = DEFAULT_CREDENTIAL_SECONDS
-
-
-def instance_metadata(instance: Instance) -> InstanceMetadata:
-    """The standard metadata items the agent serves for an instance."""
-    hostname = f"ip-{instance.private_ip.replace('.', '-')}.ec2.internal"
-    return InstanceMetadata(
-        instance_id=instance.instance_id,
-        ami_id=instance.image_id,
-        ami_launch_index=str(instance.launch_index),
-        instance_type=instance.instance_type,
-        reservation_id=instance.reservation_id,
-        availability_zone=f"{REGION}a",
-        region=REGION,
-        local_ipv4=instance.private_ip,
-        local_hostname=hostname,
-        hostname=hostname,
-        launch_time=parse_timestamp(instance.launched),
-        account_id=instance.account_id,
-    )
-
-
-def assignment(tx: Transaction, instance: Instance) -> InstanceAssignment:
-    """What the instance's node is told of it."""
-    profile = tx.get_instance_profile_by_id(instance.profile_id) if instance.profile_id else None
-    role = tx.get_role_by_id(profile.role_id) if profile and profile.role_id else None
-    return InstanceAssignment(
-        instance_id=instance.instance_id,
-        account_id=instance.account_id,
-        netns=instance.netns,
-        instance_profile=(
-            InstanceProfile(profile.arn, profile.profile_id, role.name if role else None)
-            if profile is not None
-            else None
-        ),
-        metadata_options=MetadataOptions(
-            HttpTokens(instance.http_tokens),
-            instance.hop_limit,
-            HttpEndpoint(instance.http_endpoint),
-        ),
-        metadata=instance_metadata(instance),
-    )
 
 
 class NodeApiResource(Resource):

@@ -18,6 +18,8 @@ from controller.errors import (
     InvalidInput,
     InvalidParameterValue,
     MissingParameter,
+    UnknownParameter,
+    UnsupportedOperation,
     shown_value,
     validation_error,
 )
@@ -104,6 +106,43 @@ class Field:
 @dataclass(frozen=True)
 class Struct:
     fields: tuple[Field, ...] = field(default_factory=tuple)
+    #: An action's input only: the parameters the AWS action has that RoleCall refuses, each
+    #: with why (UnsupportedOperation). With it, the input is closed: a parameter that is
+    #: neither a field nor refused is UnknownParameter, so nothing is accepted and dropped.
+    refused: Mapping[str, str] | None = None
+
+
+#: Parameters of every request that belong to the protocol, not to the action.
+_PROTOCOL_PARAMETERS = frozenset(
+    {
+        "Action",
+        "Version",
+        "AWSAccessKeyId",
+        "Signature",
+        "SignatureMethod",
+        "SignatureVersion",
+        "Timestamp",
+        "Expires",
+        "SecurityToken",
+    }
+)
+
+
+def check_closed(params: Mapping[str, str], struct: Struct) -> None:
+    """For an input with `Struct.refused`: UnsupportedOperation for a refused parameter,
+    UnknownParameter for one the action does not have (the first, in the request's order)."""
+    refused = struct.refused
+    if refused is None:
+        return
+    known = {item.wire_name or item.name for item in struct.fields}
+    for key in params:
+        name = key.split(".", 1)[0]
+        if name in known or name in _PROTOCOL_PARAMETERS or name.startswith("X-Amz-"):
+            continue
+        why = refused.get(name)
+        if why is not None:
+            raise UnsupportedOperation(f"The parameter {name} is not supported: {why}")
+        raise UnknownParameter(f"The parameter {name} is not recognized")
 
 
 Shape = Str | Int | Bool | ListOf | Struct
@@ -199,6 +238,7 @@ def parse_input(
     EC2 answers its own MissingParameter or InvalidParameterValue naming the first parameter.
     The work is linear in the size of ``params``, which is read once.
     """
+    check_closed(params, struct)
     problems = _Problems()
     result = _parse_struct(_Node.of(params), "", "", struct, problems, flattened_lists)
     if problems.items:

@@ -7,30 +7,39 @@ profile) and its current credentials state, and answers :meth:`ImdsTree.lookup` 
 (that is :mod:`agent.imds.rules`). Build a new tree when the assignment or the credentials change;
 a tree never changes.
 
-Choices (spec/imds.md lines 15-24):
+Choices (spec/imds.md lines 15-24, issue 12):
 
-- ``/`` lists the one supported version, ``latest`` (bare, as AWS lists versions); every other
-  listing is sorted, one entry a line, LF-separated, no trailing newline, directories end in ``/``.
-- ``/latest/`` lists ``dynamic/`` and ``meta-data/``; there is no ``user-data`` (cloud-init reads
-  the 404 as "none").
+- ``/`` lists the dated versions AWS lists and ``latest`` (bare, as AWS lists versions); every
+  dated version serves the same tree as ``latest``. Every other listing is sorted, one entry a
+  line, LF-separated, no trailing newline, directories end in ``/``.
+- ``/latest/`` lists ``dynamic/``, ``meta-data/`` and, when the instance has user data,
+  ``user-data`` (its exact bytes, ``application/octet-stream``; a 404 without, which cloud-init
+  reads as "none").
 - ``iam/`` exists only when the profile names a role. When the credentials are unavailable
   (never fetched, too close to expiry by the caller's decision, or expired by the clock) the
   credential paths, listings included, are 404 and ``iam/info`` says why in ``Code`` and
   ``Message``; ``iam/`` then lists ``info`` alone.
 - ``iam/security-credentials-extended/`` and ``…/ROLE`` are served but not listed in ``iam/``
   (as AWS does): the same answers with ``AccountId`` added last; 404 if the account is unknown.
-- JSON bodies are laid out as AWS lays them out: ``{``, then ``  "Key" : "value"`` lines joined by
-  ``,`` LF, then ``}``, no trailing newline, every value a string. The identity document keeps
-  that layout with its keys sorted, and leaves out AWS's ``null`` fields.
+- ``public-keys/`` lists ``0=NAME`` (as AWS, and as cloud-init parses it); ``public-keys/0/``
+  lists ``openssh-key``, the key line with the key pair's name as its comment and a final LF.
+- ``mac``, ``network/interfaces/macs/MAC/…`` and ``security-groups`` come from the instance's
+  interface; there is no ``vpc-id`` or ``subnet-id`` (RoleCall has no VPC objects), no
+  ``security-group-ids`` (groups are names only) and no ``public-*`` item (no public addresses).
+- ``tags/instance/`` exists only when the instance's tags are in its metadata, empty without
+  tags.
+- ``dynamic/instance-identity/document`` is the controller's signed text when there is one
+  (with ``signature``, ``pkcs7`` and ``rsa2048``), else the agent renders the document itself
+  (`common.identitydoc`), unsigned.
+- JSON bodies are laid out as AWS lays them out (`common.identitydoc.aws_json`).
 - A leaf also answers with one trailing slash (botocore asks for
-  ``placement/availability-zone/``). Segments are percent-decoded; an empty segment (``//``),
-  anything after a second trailing slash, ``.`` and ``..`` are simply not found: no
-  normalisation, never a redirect.
+  ``placement/availability-zone/``). Consecutive slashes count as one (``ec2-metadata`` asks for
+  ``/latest//meta-data/``). Segments are percent-decoded; ``.`` and ``..`` are simply not
+  found: no normalisation, never a redirect.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -38,10 +47,19 @@ from typing import Final
 from urllib.parse import unquote
 
 from agent.imds.credentials import CredentialSet
-from common.nodemessages import InstanceAssignment, InstanceMetadata, InstanceProfile
+from common.identitydoc import aws_json, identity_document
+from common.nodemessages import (
+    InstanceAssignment,
+    InstanceIdentity,
+    InstanceMetadata,
+    InstanceProfile,
+    NetworkInterface,
+    PublicKey,
+)
 from common.timestamps import format_timestamp
 
 TEXT_PLAIN: Final = "text/plain"
+OCTET_STREAM: Final = "application/octet-stream"
 
 SUCCESS: Final = "Success"
 NO_CREDENTIALS: Final = "NoCredentials"
@@ -55,12 +73,43 @@ DEFAULT_MESSAGES: Final[Mapping[str, str]] = {
     CREDENTIALS_EXPIRED: "The credentials have expired and could not be renewed.",
 }
 
-IDENTITY_DOCUMENT_VERSION: Final = "2017-09-30"
-ARCHITECTURE: Final = "x86_64"
 SERVICES_DOMAIN: Final = "amazonaws.com"
 SERVICES_PARTITION: Final = "aws"
+#: What ``block-device-mapping/ami`` and ``root`` name: a KVM guest's first virtio disk.
+ROOT_DEVICE: Final = "/dev/vda"
 
-VERSIONS: Final = ("latest",)
+#: The versions ``/`` lists, oldest first, as AWS lists them; each serves ``latest``'s tree.
+DATED_VERSIONS: Final = (
+    "1.0",
+    "2007-01-19",
+    "2007-03-01",
+    "2007-08-29",
+    "2007-10-10",
+    "2007-12-15",
+    "2008-02-01",
+    "2008-09-01",
+    "2009-04-04",
+    "2011-01-01",
+    "2011-05-01",
+    "2012-01-12",
+    "2014-02-25",
+    "2014-11-05",
+    "2015-10-20",
+    "2016-04-19",
+    "2016-06-30",
+    "2016-09-02",
+    "2018-03-28",
+    "2018-08-17",
+    "2018-09-24",
+    "2019-10-01",
+    "2020-10-27",
+    "2021-01-03",
+    "2021-03-23",
+    "2021-07-15",
+    "2022-09-24",
+)
+VERSIONS: Final = (*DATED_VERSIONS, "latest")
+_DATED: Final = frozenset(DATED_VERSIONS)
 
 
 # -- what a lookup answers ---------------------------------------------------------------------
@@ -116,15 +165,6 @@ CredentialsState = CredentialSet | CredentialsUnavailable | None
 """What the caller knows: a set to serve, why there is none, or ``None`` (never fetched)."""
 
 
-# -- the exact bytes ---------------------------------------------------------------------------
-
-
-def aws_json(pairs: Iterable[tuple[str, str]]) -> bytes:
-    """Pretty JSON laid out as IMDS does: 2-space indent, ``"Key" : "value"``, no final LF."""
-    lines = [f"  {json.dumps(key)} : {json.dumps(value)}" for key, value in pairs]
-    return ("{\n" + ",\n".join(lines) + "\n}").encode("ascii")
-
-
 # -- the tree ----------------------------------------------------------------------------------
 
 Path = tuple[str, ...]
@@ -134,6 +174,23 @@ _META: Final = (_LATEST, "meta-data")
 _IAM: Final = (*_META, "iam")
 _UNLISTED: Final = frozenset({(*_IAM, "security-credentials-extended")})
 """Directories served but left out of their parent's listing (AWS does not list these)."""
+_USER_DATA: Final = (_LATEST, "user-data")
+_IDENTITY: Final = (_LATEST, "dynamic", "instance-identity")
+
+
+@dataclass(frozen=True)
+class GuestData:
+    """What the instance boots from besides its metadata items (its assignment's)."""
+
+    user_data: bytes | None = None
+    public_keys: tuple[PublicKey, ...] = ()
+    network: NetworkInterface | None = None
+    #: None: the instance's tags are not in its metadata.
+    tags: tuple[tuple[str, str], ...] | None = None
+    identity: InstanceIdentity | None = None
+
+
+NO_GUEST_DATA: Final = GuestData()
 
 
 class ImdsTree:
@@ -144,14 +201,27 @@ class ImdsTree:
         metadata: InstanceMetadata,
         profile: InstanceProfile | None,
         credentials: CredentialsState = None,
+        *,
+        guest: GuestData = NO_GUEST_DATA,
     ) -> None:
         self.metadata = metadata
         self.profile = profile
+        self.guest = guest
         self.credentials: CredentialSet | CredentialsUnavailable = (
             CredentialsUnavailable() if credentials is None else credentials
         )
         self._leaves: dict[Path, bytes] = dict(self._items())
         self._directories = _directories(self._leaves)
+        if guest.public_keys:
+            self._directories[(*_META, "public-keys")] = tuple(
+                f"{index}={key.name}" for index, key in enumerate(guest.public_keys)
+            )
+        if guest.tags is not None:
+            self._directories.setdefault((*_META, "tags", "instance"), ())
+            self._directories.setdefault((*_META, "tags"), ("instance/",))
+            meta = self._directories[_META]
+            if "tags/" not in meta:
+                self._directories[_META] = tuple(sorted((*meta, "tags/")))
         self._expired: ImdsTree | None = None
 
     @classmethod
@@ -163,7 +233,16 @@ class ImdsTree:
         metadata = assignment.metadata
         if metadata.account_id is None and assignment.account_id is not None:
             metadata = replace(metadata, account_id=assignment.account_id)
-        return cls(metadata, assignment.instance_profile, credentials)
+        guest = GuestData(
+            user_data=assignment.user_data,
+            public_keys=assignment.public_keys,
+            network=assignment.network,
+            tags=assignment.tags,
+            identity=assignment.identity,
+        )
+        if guest == NO_GUEST_DATA:
+            guest = NO_GUEST_DATA
+        return cls(metadata, assignment.instance_profile, credentials, guest=guest)
 
     @property
     def role_name(self) -> str | None:
@@ -187,6 +266,7 @@ class ImdsTree:
                 self.metadata,
                 self.profile,
                 CredentialsUnavailable(CREDENTIALS_EXPIRED, last_updated=served.last_updated),
+                guest=self.guest,
             )
         return self._expired
 
@@ -195,9 +275,11 @@ class ImdsTree:
         segments = _segments(path)
         if segments is None:
             return NOT_FOUND
+        if segments and segments[0] in _DATED:
+            segments = (_LATEST, *segments[1:])
         leaf = self._leaves.get(segments)
         if leaf is not None:
-            return Found(leaf)
+            return Found(leaf, OCTET_STREAM if segments == _USER_DATA else TEXT_PLAIN)
         entries = self._directories.get(segments)
         if entries is not None:
             return Directory(entries)
@@ -228,26 +310,54 @@ class ImdsTree:
         for name, value in plain.items():
             if value is not None:
                 yield (*_META, *name.split("/")), value.encode("utf-8")
-        yield (_LATEST, "dynamic", "instance-identity", "document"), self._identity_document()
+        yield from self._guest_items()
         yield from self._iam_items()
 
-    def _identity_document(self) -> bytes:
-        metadata = self.metadata
-        fields: dict[str, str | None] = {
-            "accountId": metadata.account_id,
-            "architecture": ARCHITECTURE,
-            "availabilityZone": metadata.availability_zone,
-            "imageId": metadata.ami_id,
-            "instanceId": metadata.instance_id,
-            "instanceType": metadata.instance_type,
-            "pendingTime": (
-                format_timestamp(metadata.launch_time) if metadata.launch_time else None
-            ),
-            "privateIp": metadata.local_ipv4,
-            "region": metadata.region,
-            "version": IDENTITY_DOCUMENT_VERSION,
-        }
-        return aws_json((key, value) for key, value in fields.items() if value is not None)
+    def _guest_items(self) -> Iterable[tuple[Path, bytes]]:
+        guest, metadata = self.guest, self.metadata
+        zone_id = metadata.availability_zone_id
+        if zone_id is not None:
+            yield (*_META, "placement", "availability-zone-id"), zone_id.encode()
+        yield (*_META, "block-device-mapping", "ami"), ROOT_DEVICE.encode()
+        yield (*_META, "block-device-mapping", "root"), ROOT_DEVICE.encode()
+        if guest.user_data is not None:
+            yield _USER_DATA, guest.user_data
+        for index, key in enumerate(guest.public_keys):
+            line = " ".join([*key.openssh_key.split()[:2], key.name])
+            yield (*_META, "public-keys", str(index), "openssh-key"), (line + "\n").encode()
+        network = guest.network
+        if network is not None:
+            yield (*_META, "mac"), network.mac.encode()
+            groups = "\n".join(network.security_groups).encode()
+            if network.security_groups:
+                yield (*_META, "security-groups"), groups
+            interface = (*_META, "network", "interfaces", "macs", network.mac)
+            items = {
+                "device-number": "0",
+                "interface-id": network.interface_id,
+                "local-hostname": metadata.local_hostname,
+                "local-ipv4s": metadata.local_ipv4,
+                "mac": network.mac,
+                "owner-id": metadata.account_id,
+                "subnet-ipv4-cidr-block": network.subnet_cidr,
+            }
+            for name, value in items.items():
+                if value is not None:
+                    yield (*interface, name), value.encode()
+            if network.security_groups:
+                yield (*interface, "security-groups"), groups
+        for key, value in guest.tags or ():
+            if "/" not in key and key not in (".", ".."):
+                yield (*_META, "tags", "instance", key), value.encode()
+        identity = guest.identity
+        if identity is None:
+            yield (*_IDENTITY, "document"), identity_document(metadata)
+            return
+        yield (*_IDENTITY, "document"), identity.document.encode()
+        for name in ("signature", "pkcs7", "rsa2048"):
+            signed: str | None = getattr(identity, name)
+            if signed is not None:
+                yield (*_IDENTITY, name), signed.encode()
 
     def _iam_items(self) -> Iterable[tuple[Path, bytes]]:
         profile, role_name = self.profile, self.role_name
@@ -309,13 +419,11 @@ def _directories(leaves: Iterable[Path]) -> dict[Path, tuple[str, ...]]:
 
 
 def _segments(path: str) -> Path | None:
-    """``/a/b/`` → ``("a", "b")``; ``None`` for a path that cannot name anything."""
+    """``/a//b/`` → ``("a", "b")``; ``None`` for a path that cannot name anything."""
     if not path.startswith("/"):
         return None
-    parts = path[1:].split("/")
-    if parts[-1] == "":
-        parts.pop()  # one trailing slash: a directory (or a leaf) answers the same
-    segments = tuple(unquote(part) for part in parts)
+    # Consecutive slashes are one; a trailing one: a directory (or a leaf) answers the same.
+    segments = tuple(unquote(part) for part in path.split("/") if part)
     if any(segment in ("", ".", "..") for segment in segments):
         return None
     return segments

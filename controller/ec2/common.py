@@ -35,6 +35,7 @@ FILTERS = ListOf(Struct((Field("Name", Str()), Field("Values", ListOf(Str()), wi
 HTTP_TOKENS = Str(enum=("optional", "required"))
 HTTP_ENDPOINT = Str(enum=("disabled", "enabled"))
 HOP_LIMIT = Int(1, 64)
+METADATA_TAGS = Str(enum=("disabled", "enabled"))
 DRY_RUN = Field("DryRun", Str(enum=("true", "false")))
 
 
@@ -142,6 +143,42 @@ def metadata_options_shape(instance: Instance) -> dict[str, Any]:
         "httpTokens": instance.http_tokens,
         "httpPutResponseHopLimit": instance.hop_limit,
         "httpEndpoint": instance.http_endpoint,
+        "httpProtocolIpv6": "disabled",
+        "instanceMetadataTags": instance.metadata_tags or "disabled",
+    }
+
+
+def group_shape(name: str) -> dict[str, str]:
+    """A security group: a name only in RoleCall (no id; nothing filters traffic)."""
+    return {"groupName": name}
+
+
+def interface_shape(instance: Instance) -> dict[str, Any]:
+    """The instance's primary network interface, as DescribeInstances shows it."""
+    return {
+        "networkInterfaceId": instance.interface_id,
+        "subnetId": None,
+        "vpcId": None,
+        "description": "Primary network interface",
+        "ownerId": instance.account_id,
+        "status": "in-use",
+        "macAddress": instance.mac,
+        "privateIpAddress": instance.private_ip,
+        "privateDnsName": hostname(instance),
+        "sourceDestCheck": True,
+        "groupSet": [group_shape(name) for name in instance.group_names] or None,
+        "attachment": {
+            "deviceIndex": 0,
+            "status": "attached",
+            "deleteOnTermination": True,
+        },
+        "privateIpAddressesSet": [
+            {
+                "privateIpAddress": instance.private_ip,
+                "privateDnsName": hostname(instance),
+                "primary": True,
+            }
+        ],
     }
 
 
@@ -168,6 +205,8 @@ def instance_shape(context: Context, instance: Instance) -> dict[str, Any]:
         "virtualizationType": "hvm",
         "hypervisor": "xen",
         "tagSet": [{"key": tag.key, "value": tag.value} for tag in tags] or None,
+        "groupSet": [group_shape(name) for name in instance.group_names] or None,
+        "networkInterfaceSet": [interface_shape(instance)] if instance.mac else None,
         "iamInstanceProfile": profile_shape(context, instance),
         "metadataOptions": metadata_options_shape(instance),
     }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from itertools import groupby
 from typing import Any
 
+from common.nodemessages import MAX_USER_DATA_BYTES
 from controller.actions import Context, Result
 from controller.ec2 import registry
 from controller.ec2.common import (
@@ -16,9 +20,11 @@ from controller.ec2.common import (
     HOP_LIMIT,
     HTTP_ENDPOINT,
     HTTP_TOKENS,
+    METADATA_TAGS,
     PROFILE_SPEC,
     assignment_changed,
     check_dry_run,
+    group_shape,
     instance_resource,
     instance_shape,
     instances_resource,
@@ -30,13 +36,24 @@ from controller.ec2.common import (
     resolve_profile,
     state_shape,
 )
+from controller.ec2.guest import identity_of
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
-from controller.errors import IncorrectInstanceState, InvalidParameterValue, UnauthorizedOperation
+from controller.ec2.network import AddressPool, new_mac
+from controller.errors import (
+    IdempotentParameterMismatch,
+    IncorrectInstanceState,
+    InvalidParameterValue,
+    UnauthorizedOperation,
+    UnsupportedOperation,
+)
 from controller.iam.common import decode_marker, encode_marker
 from controller.query import Field, Int, ListOf, Str, Struct
 from controller.store.records import Instance, Node, Tag
 
 MAX_LAUNCH = 100
+#: UserData is base64: 16 KiB decoded is at most this many characters (and a little slack for
+#: line breaks, which base64 decoders skip).
+MAX_USER_DATA_TEXT = 4 * MAX_USER_DATA_BYTES // 3 + 1024
 DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
 
 TAG_SPECIFICATIONS = ListOf(
@@ -56,14 +73,50 @@ METADATA_OPTIONS = Struct(
         Field("HttpTokens", HTTP_TOKENS),
         Field("HttpPutResponseHopLimit", HOP_LIMIT),
         Field("HttpEndpoint", HTTP_ENDPOINT),
+        Field("InstanceMetadataTags", METADATA_TAGS),
+        Field("HttpProtocolIpv6", Str(enum=("disabled", "enabled"))),
     )
 )
+#: A security group name, as EC2 allows it.
+GROUP_NAME = Str(1, 255)
 
-
-def private_ip(instance_id: str) -> str:
-    """A link-local address for the instance's metadata (RoleCall does not run its network)."""
-    digest = hashlib.sha256(instance_id.encode()).digest()
-    return f"169.254.{1 + digest[0] % 168}.{1 + digest[1] % 254}"
+_NOT_THE_NETWORK = "RoleCall does not run the cloud's network; the node's subnet applies"
+_NO_STORAGE = "RoleCall does not manage block storage"
+_NO_BILLING = "RoleCall has no purchasing or billing options"
+_NO_HARDWARE = "RoleCall does not choose the VM's hardware; the hypervisor does"
+#: RunInstances' other parameters (the botocore model's), each refused with why.
+RUN_INSTANCES_REFUSED = {
+    "AdditionalInfo": "it is reserved by EC2",
+    "BlockDeviceMapping": _NO_STORAGE,
+    "CapacityReservationSpecification": _NO_BILLING,
+    "CpuOptions": _NO_HARDWARE,
+    "CreditSpecification": _NO_BILLING,
+    "DisableApiStop": "instances have no stopped state",
+    "DisableApiTermination": "termination protection is not implemented",
+    "EbsOptimized": _NO_STORAGE,
+    "ElasticGpuSpecification": _NO_HARDWARE,
+    "ElasticInferenceAccelerator": _NO_HARDWARE,
+    "EnablePrimaryIpv6": "IPv6 is not supported yet",
+    "EnclaveOptions": _NO_HARDWARE,
+    "HibernationOptions": "instances have no stopped state",
+    "InstanceInitiatedShutdownBehavior": "instances have no stopped state",
+    "InstanceMarketOptions": _NO_BILLING,
+    "Ipv6Address": "IPv6 is not supported yet",
+    "Ipv6AddressCount": "IPv6 is not supported yet",
+    "KernelId": "images are the hypervisor's",
+    "LaunchTemplate": "launch templates are not implemented",
+    "LicenseSpecification": _NO_BILLING,
+    "MaintenanceOptions": "maintenance events are the hypervisor's",
+    "Monitoring": "RoleCall has no CloudWatch",
+    "NetworkInterface": _NOT_THE_NETWORK,
+    "NetworkPerformanceOptions": _NO_HARDWARE,
+    "Operator": "managed instances are not implemented",
+    "PrivateDnsNameOptions": _NOT_THE_NETWORK,
+    "PrivateIpAddress": _NOT_THE_NETWORK,
+    "RamdiskId": "images are the hypervisor's",
+    "SecurityGroupId": "security groups are names only in RoleCall; use SecurityGroup",
+    "SubnetId": _NOT_THE_NETWORK,
+}
 
 
 @registry.action(
@@ -82,12 +135,28 @@ def private_ip(instance_id: str) -> str:
                 "Placement",
                 Struct((Field("HostId", Str(1, 128)), Field("AvailabilityZone", Str()))),
             ),
+            Field("UserData", Str(0, MAX_USER_DATA_TEXT)),
+            Field("ClientToken", Str(1, 64)),
+            Field("SecurityGroups", ListOf(GROUP_NAME), wire_name="SecurityGroup"),
             DRY_RUN,
-        )
+        ),
+        refused=RUN_INSTANCES_REFUSED,
     ),
     resource=instance_resource,
 )
 def run_instances(context: Context, params: dict[str, Any]) -> Result:
+    token = params.get("ClientToken")
+    digest = _request_digest(params)
+    if token is not None:
+        earlier = context.tx.instances_by_client_token(context.account_id, token)
+        if earlier:
+            if earlier[0].request_digest != digest:
+                raise IdempotentParameterMismatch(
+                    "Arguments on this idempotent request are inconsistent with arguments used"
+                    " in previous request(s)."
+                )
+            check_dry_run(params)
+            return _reservation(context, earlier)
     if params["MinCount"] > params["MaxCount"]:
         raise InvalidParameterValue(
             f"Value ({params['MinCount']}) for parameter MinCount is invalid."
@@ -100,6 +169,13 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     tags = _instance_tags(params)
     check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
+    if options.get("HttpProtocolIpv6") == "enabled":
+        raise UnsupportedOperation(
+            "The parameter MetadataOptions.HttpProtocolIpv6 is not supported with the value"
+            " enabled: the metadata service is IPv4 only (fd00:ec2::254 is not served yet)."
+        )
+    user_data = check_user_data(params.get("UserData"))
+    groups = _group_names(params.get("SecurityGroups", []))
     node_hint = params.get("Placement", {}).get("HostId")
     if node_hint is not None:
         _check_may_choose_node(context)
@@ -120,8 +196,15 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     )
     reservation_id = new_hex_id("r-")
     launched = []
+    pools: dict[str, AddressPool] = {}
+    subnets = {node.name: node.subnet for node in context.tx.list_nodes()}
+    macs: set[str] = set()
     for index, node in enumerate(nodes):
         instance_id = new_hex_id("i-")
+        subnet = subnets.get(node) or limits.subnet
+        pool = pools.get(subnet)
+        if pool is None:
+            pool = pools[subnet] = AddressPool(subnet, context.tx.live_addresses(subnet))
         instance = Instance(
             instance_id=instance_id,
             account_id=context.account_id,
@@ -133,7 +216,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             state="pending",
             launched=now_text(context),
             terminated=None,
-            private_ip=private_ip(instance_id),
+            private_ip=pool.take(),
             http_tokens=options.get("HttpTokens", DEFAULT_HTTP_TOKENS),
             hop_limit=options.get("HttpPutResponseHopLimit", 1),
             http_endpoint=options.get("HttpEndpoint", "enabled"),
@@ -141,18 +224,59 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             association_state="associated" if profile_id else None,
             profile_id=profile_id,
             launch_index=index,
+            user_data=user_data,
+            mac=new_mac(context.tx.mac_in_use, macs),
+            interface_id=new_hex_id("eni-"),
+            subnet=subnet,
+            security_groups=json.dumps(groups),
+            metadata_tags=options.get("InstanceMetadataTags", "disabled"),
+            client_token=token,
+            request_digest=digest,
         )
+        instance = identity_of(instance, context.services.identity_signer)
         context.tx.insert_instance(instance)
         if tags:
             context.tx.put_tags(instance_id, tags)
         assignment_changed(context, node)
         launched.append(instance)
+    return _reservation(context, launched)
+
+
+def _reservation(context: Context, instances: list[Instance]) -> dict[str, Any]:
+    first = instances[0]
     return {
-        "reservationId": reservation_id,
+        "reservationId": first.reservation_id,
         "ownerId": context.account_id,
-        "groupSet": [],
-        "instancesSet": [instance_shape(context, instance) for instance in launched],
+        "groupSet": [group_shape(name) for name in first.group_names],
+        "instancesSet": [instance_shape(context, instance) for instance in instances],
     }
+
+
+def _request_digest(params: dict[str, Any]) -> str:
+    """What a repeated ClientToken must repeat: the request but for the token and DryRun."""
+    rest = {key: value for key, value in params.items() if key not in ("ClientToken", "DryRun")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def check_user_data(text: str | None) -> str | None:
+    """RunInstances' UserData as stored (base64, as given), or EC2's error."""
+    if text is None:
+        return None
+    try:
+        text = "".join(text.split())
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameterValue("Invalid BASE64 encoding of user data.") from None
+    if len(decoded) > MAX_USER_DATA_BYTES:
+        raise InvalidParameterValue(
+            f"User data is limited to {MAX_USER_DATA_BYTES} bytes (got {len(decoded)})."
+        )
+    return text
+
+
+def _group_names(names: list[str]) -> list[str]:
+    """Security group names as given, each once, in order."""
+    return list(dict.fromkeys(names))
 
 
 def _check_may_choose_node(context: Context) -> None:

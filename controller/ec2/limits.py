@@ -10,6 +10,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.ec2.network import DEFAULT_SUBNET
 from controller.errors import (
     InstanceLimitExceeded,
     InsufficientInstanceCapacity,
@@ -23,12 +24,14 @@ MAX_TAGS_PER_RESOURCE = 50
 
 @dataclass(frozen=True)
 class Ec2Limits:
-    """The operator's numbers (``ec2.*`` in the configuration)."""
+    """The operator's numbers (``ec2.*`` in the configuration), and the default subnet."""
 
     #: Instances not terminated an account may have.
     max_instances_per_account: int = 1000
     #: Instances not terminated a node may run when it was enrolled without its own capacity.
     node_capacity: int = 1000
+    #: Where instances' addresses come from unless their node has its own subnet.
+    subnet: str = DEFAULT_SUBNET
 
 
 def check_tag_count(count: int) -> None:

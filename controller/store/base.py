@@ -155,6 +155,19 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def update_instance(self, instance: Instance) -> None: ...
     @abc.abstractmethod
+    def instances_by_client_token(self, account_id: str, token: str) -> list[Instance]:
+        """The instances one RunInstances with this ClientToken launched, in launch order."""
+
+    @abc.abstractmethod
+    def live_addresses(self, subnet: str) -> set[str]:
+        """The private addresses of the instances not terminated that were given one from
+        `subnet` (a CIDR)."""
+
+    @abc.abstractmethod
+    def mac_in_use(self, mac: str) -> bool:
+        """Whether an instance not terminated has that MAC address."""
+
+    @abc.abstractmethod
     def count_instances_with_profile(self, profile_id: str) -> int:
         """How many instances that are not terminated carry this instance profile."""
 

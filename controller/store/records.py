@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -98,6 +99,8 @@ class Node:
     revision: int
     #: The most instances (not terminated) it may run; None: the controller's default.
     capacity: int | None = None
+    #: The CIDR its instances' addresses come from; None: the controller's ``ec2.subnet``.
+    subnet: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,41 @@ class Instance:
     association_state: str | None
     profile_id: str | None
     launch_index: int
+    # What the metadata service serves beyond IAM (schema version 5); None for an instance
+    # launched before it, whose metadata service leaves those items out.
+    #: RunInstances' UserData, base64 as given.
+    user_data: str | None = None
+    mac: str | None = None
+    interface_id: str | None = None
+    #: The CIDR ``private_ip`` was taken from.
+    subnet: str | None = None
+    #: A JSON list of security group names (`group_names`).
+    security_groups: str | None = None
+    #: ``InstanceMetadataTags``: ``enabled`` or ``disabled`` (None: disabled).
+    metadata_tags: str | None = None
+    #: The instance identity document's exact text, and its signatures as served.
+    identity_document: str | None = None
+    identity_signature: str | None = None
+    identity_pkcs7: str | None = None
+    identity_rsa2048: str | None = None
+    #: RunInstances' ClientToken, and a digest of the request it came with.
+    client_token: str | None = None
+    request_digest: str | None = None
 
     @property
     def arn(self) -> str:
         return f"arn:aws:ec2:{REGION}:{self.account_id}:instance/{self.instance_id}"
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The security group names it was launched with."""
+        if not self.security_groups:
+            return ()
+        return tuple(str(name) for name in json.loads(self.security_groups))
+
+    @property
+    def tags_in_metadata(self) -> bool:
+        return self.metadata_tags == "enabled"
 
 
 #: RoleCall is one region; ARNs and metadata name it.

@@ -32,11 +32,15 @@ _ROLE_COLUMNS = (
 _PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
 _KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
 _USER_COLUMNS = "user_id, account_id, name, path, created"
-_NODE_COLUMNS = "name, certificate_serial, enrolled, retired, last_contact, revision, capacity"
+_NODE_COLUMNS = (
+    "name, certificate_serial, enrolled, retired, last_contact, revision, capacity, subnet"
+)
 _INSTANCE_COLUMNS = (
     "instance_id, account_id, reservation_id, image_id, instance_type, node_name, netns, state,"
     " launched, terminated, private_ip, http_tokens, hop_limit, http_endpoint, association_id,"
-    " association_state, profile_id, launch_index"
+    " association_state, profile_id, launch_index, user_data, mac, interface_id, subnet,"
+    " security_groups, metadata_tags, identity_document, identity_signature, identity_pkcs7,"
+    " identity_rsa2048, client_token, request_digest"
 )
 
 
@@ -356,7 +360,7 @@ class SqlTransaction(Transaction):
     # nodes and instances
     def insert_node(self, node: Node) -> None:
         self._run(
-            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 node.name,
                 node.certificate_serial,
@@ -365,6 +369,7 @@ class SqlTransaction(Transaction):
                 node.last_contact,
                 node.revision,
                 node.capacity,
+                node.subnet,
             ),
         )
 
@@ -380,13 +385,14 @@ class SqlTransaction(Transaction):
     def update_node(self, node: Node) -> None:
         self._run(
             "UPDATE nodes SET certificate_serial = ?, retired = ?, last_contact = ?, revision = ?,"
-            " capacity = ? WHERE name = ?",
+            " capacity = ?, subnet = ? WHERE name = ?",
             (
                 node.certificate_serial,
                 node.retired,
                 node.last_contact,
                 node.revision,
                 node.capacity,
+                node.subnet,
                 node.name,
             ),
         )
@@ -449,6 +455,25 @@ class SqlTransaction(Transaction):
         assignments = ", ".join(f"{name} = ?" for name in names)
         values = [getattr(instance, name) for name in names] + [instance.instance_id]
         self._run(f"UPDATE instances SET {assignments} WHERE instance_id = ?", values)
+
+    def instances_by_client_token(self, account_id: str, token: str) -> list[Instance]:
+        rows = self._rows(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE account_id = ? AND client_token = ?"
+            " ORDER BY launch_index",
+            (account_id, token),
+        )
+        return [Instance(*row) for row in rows]
+
+    def live_addresses(self, subnet: str) -> set[str]:
+        rows = self._rows(
+            "SELECT private_ip FROM instances WHERE subnet = ? AND state != 'terminated'",
+            (subnet,),
+        )
+        return {str(row[0]) for row in rows}
+
+    def mac_in_use(self, mac: str) -> bool:
+        row = self._row("SELECT 1 FROM instances WHERE mac = ? AND state != 'terminated'", (mac,))
+        return row is not None
 
     def count_instances_with_profile(self, profile_id: str) -> int:
         row = self._row(

@@ -241,7 +241,9 @@ ROWS = [
     Row(11, "leaf-with-slash", get(META + "placement/availability-zone/"), 200, OK),
     # 12. Unknown paths → 404.
     Row(12, "unknown-item", get(META + "nope"), 404, NOT_FOUND),
-    Row(12, "unknown-version", get("/2009-04-04/meta-data/"), 404, NOT_FOUND),
+    Row(12, "unknown-version", get("/2009-04-05/meta-data/"), 404, NOT_FOUND),
+    Row(15, "dated-version", get("/2009-04-04/meta-data/"), 200, OK),
+    Row(15, "double-slash", get("/latest//meta-data/instance-id"), 200, OK),
     Row(12, "user-data", get("/latest/user-data"), 404, NOT_FOUND),
     Row(12, "token-path-prefix", get("/latest/api/"), 404, NOT_FOUND),
     Row(12, "empty-target", get(""), 404, NOT_FOUND),
@@ -274,7 +276,8 @@ ROWS = [
     # 15. latest everywhere; / lists the versions.
     Row(15, "root", get("/"), 200, OK),
     Row(15, "latest", get("/latest"), 200, OK),
-    Row(15, "dated-version", get("/2021-07-15/meta-data/instance-id"), 404, NOT_FOUND),
+    Row(15, "dated-version", get("/2021-07-15/meta-data/instance-id"), 200, OK),
+    Row(15, "undated-version", get("/2021-07-16/meta-data/instance-id"), 404, NOT_FOUND),
     # 16-24 through respond (bodies below and in test_imds_tree.py).
     Row(16, "meta-data", get(META), 200, OK),
     Row(17, "iam", get(META + "iam/"), 200, OK),
@@ -458,8 +461,10 @@ def test_line_14_a_503_says_when_to_retry() -> None:
     assert (response.status, response.header("Retry-After")) == (503, "1")
 
 
-def test_line_15_root_lists_latest() -> None:
-    assert respond(get("/"), make_instance(), NOW).body == b"latest"
+def test_line_15_root_lists_the_dated_versions_then_latest() -> None:
+    listed = respond(get("/"), make_instance(), NOW).body.split(b"\n")
+    assert listed[0] == b"1.0" and listed[-1] == b"latest"
+    assert {b"2009-04-04", b"2016-09-02", b"2018-09-24", b"2021-03-23"} <= set(listed)
 
 
 # -- 16-24 through respond ---------------------------------------------------------------------

@@ -24,9 +24,10 @@ from agent.imds.tree import (
     CredentialsUnavailable,
     Directory,
     Found,
+    VERSIONS,
     ImdsTree,
-    aws_json,
 )
+from common.identitydoc import aws_json
 from common.nodemessages import (
     InstanceMetadata,
     InstanceProfile,
@@ -233,7 +234,34 @@ def test_parse_timestamp_reads_the_wire_layout_and_iso_forms_as_utc() -> None:
 
 
 def test_line_15_root_lists_the_supported_versions() -> None:
-    assert body_of(make_tree(), "/") == b"latest"
+    assert body_of(make_tree(), "/") == "\n".join(VERSIONS).encode()
+    assert VERSIONS[-1] == "latest" and list(VERSIONS[:-1]) == sorted(VERSIONS[:-1])
+
+
+@pytest.mark.parametrize("version", ["1.0", "2009-04-04", "2016-09-02", "2021-03-23"])
+def test_every_dated_version_serves_the_tree_of_latest(version: str) -> None:
+    tree = make_tree()
+    for path in tree.paths():
+        dated = path.replace("/latest/", f"/{version}/", 1)
+        assert tree.lookup(dated) == tree.lookup(path)
+    assert tree.lookup(f"/{version}/meta-data/") == tree.lookup("/latest/meta-data/")
+    assert tree.lookup(f"/{version}/") == tree.lookup("/latest/")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//latest/meta-data/",
+        "/latest//meta-data/",
+        "/latest/meta-data//",
+        "/latest///meta-data/",
+        "/latest/meta-data//instance-id//",
+    ],
+)
+def test_consecutive_slashes_count_as_one(path: str) -> None:
+    tree = make_tree()
+    wanted = "/latest/meta-data/instance-id" if "instance-id" in path else "/latest/meta-data/"
+    assert tree.lookup(path) == tree.lookup(wanted) != NOT_FOUND
 
 
 def test_latest_lists_dynamic_and_meta_data_without_user_data() -> None:
@@ -243,8 +271,8 @@ def test_latest_lists_dynamic_and_meta_data_without_user_data() -> None:
 
 def test_line_16_meta_data_lists_items_one_per_line_directories_with_a_slash() -> None:
     assert body_of(make_tree(), "/latest/meta-data/") == (
-        b"ami-id\nami-launch-index\nhostname\niam/\ninstance-id\ninstance-type\n"
-        b"local-hostname\nlocal-ipv4\nplacement/\nreservation-id\nservices/"
+        b"ami-id\nami-launch-index\nblock-device-mapping/\nhostname\niam/\ninstance-id\n"
+        b"instance-type\nlocal-hostname\nlocal-ipv4\nplacement/\nreservation-id\nservices/"
     )
 
 
@@ -299,14 +327,11 @@ def test_a_leaf_also_answers_with_one_trailing_slash() -> None:
     [
         "",
         "latest/meta-data/",
-        "//latest/meta-data/",
-        "/latest//meta-data/",
-        "/latest/meta-data//",
         "/latest/./meta-data/",
         "/latest/meta-data/../meta-data/",
         "/latest/meta-data/instance-id/x",
         "/LATEST/meta-data/",
-        "/2021-03-23/meta-data/",
+        "/2021-03-24/meta-data/",
         "/latest/meta-data/instance-id%2F",
     ],
 )

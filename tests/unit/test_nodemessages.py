@@ -31,6 +31,9 @@ from common.nodemessages import (
     InstanceProfile,
     MessageError,
     MetadataOptions,
+    NetworkInterface,
+    PublicKey,
+    InstanceIdentity,
     RefusedInstance,
     parse_assignments,
     parse_credentials,
@@ -74,6 +77,16 @@ def controller_instance(instance_id: str = INSTANCE_ID) -> dict[str, Any]:
             "launch-time": "2026-11-27T22:18:19Z",
             "account-id": ACCOUNT_ID,
         },
+        "user_data": "I2Nsb3VkLWNvbmZpZwo=",
+        "public_keys": [{"name": "ops", "openssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ops"}],
+        "network": {
+            "mac": "0e:49:61:0f:c3:11",
+            "interface_id": "eni-0f1e2d3c4b5a69788",
+            "subnet_cidr": "169.254.0.0/16",
+            "security_groups": ["default", "web"],
+        },
+        "tags": [{"key": "Name", "value": "web-1"}],
+        "identity": {"document": "{}", "signature": "c2ln", "pkcs7": "cGtjczc=", "rsa2048": None},
     }
 
 
@@ -134,6 +147,16 @@ def test_the_controllers_assignments_are_read_into_every_field() -> None:
                     hostname="ip-169-254-165-98.ec2.internal",
                     launch_time=datetime(2026, 11, 27, 22, 18, 19, tzinfo=UTC),
                 ),
+                user_data=b"#cloud-config\n",
+                public_keys=(PublicKey("ops", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ops"),),
+                network=NetworkInterface(
+                    "0e:49:61:0f:c3:11",
+                    "eni-0f1e2d3c4b5a69788",
+                    "169.254.0.0/16",
+                    ("default", "web"),
+                ),
+                tags=(("Name", "web-1"),),
+                identity=InstanceIdentity("{}", "c2ln", "cGtjczc=", None),
             ),
         ),
     )
@@ -180,6 +203,7 @@ METADATA = st.builds(
     instance_type=OPTIONAL_TEXT,
     reservation_id=OPTIONAL_TEXT,
     availability_zone=OPTIONAL_TEXT,
+    availability_zone_id=OPTIONAL_TEXT,
     region=OPTIONAL_TEXT,
     local_ipv4=OPTIONAL_TEXT,
     local_hostname=OPTIONAL_TEXT,
@@ -194,6 +218,26 @@ INSTANCES = st.builds(
     instance_profile=st.none() | PROFILES,
     metadata_options=OPTIONS,
     metadata=METADATA,
+    user_data=st.none() | st.binary(max_size=64),
+    public_keys=st.lists(st.builds(PublicKey, name=TEXT, openssh_key=TEXT), max_size=2).map(tuple),
+    network=st.none()
+    | st.builds(
+        NetworkInterface,
+        mac=st.from_regex(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", fullmatch=True),
+        interface_id=OPTIONAL_TEXT,
+        subnet_cidr=OPTIONAL_TEXT,
+        security_groups=st.lists(TEXT, max_size=3).map(tuple),
+    ),
+    tags=st.none()
+    | st.lists(st.tuples(st.text(min_size=1, max_size=12), TEXT), max_size=3).map(tuple),
+    identity=st.none()
+    | st.builds(
+        InstanceIdentity,
+        document=TEXT,
+        signature=OPTIONAL_TEXT,
+        pkcs7=OPTIONAL_TEXT,
+        rsa2048=OPTIONAL_TEXT,
+    ),
 )
 ANSWERS = st.builds(
     AssignmentsAnswer,
@@ -293,6 +337,13 @@ def test_an_unknown_field_in_a_credentials_or_error_answer_is_ignored() -> None:
         (("metadata", "ami-id"), {"ami_id": None}),
         (("metadata", "launch-time"), {"launch_time": None}),
         (("metadata", "account-id"), {"metadata_account_id": None}),
+        (("user_data",), {"user_data": None}),
+        (("public_keys",), {"public_keys": ()}),
+        (("network",), {"network": None}),
+        (("network", "security_groups"), {"security_groups": ()}),
+        (("tags",), {"tags": None}),
+        (("identity",), {"identity": None}),
+        (("identity", "rsa2048"), {"rsa2048": None}),
     ],
 )
 def test_a_missing_optional_field_takes_its_default(
@@ -320,6 +371,13 @@ def test_a_missing_optional_field_takes_its_default(
         "ami_id": parsed.metadata.ami_id,
         "launch_time": parsed.metadata.launch_time,
         "metadata_account_id": parsed.metadata.account_id,
+        "user_data": parsed.user_data,
+        "public_keys": parsed.public_keys,
+        "network": parsed.network,
+        "security_groups": parsed.network.security_groups if parsed.network else "(none)",
+        "tags": parsed.tags,
+        "identity": parsed.identity,
+        "rsa2048": parsed.identity.rsa2048 if parsed.identity else "(none)",
     }
     assert {key: found[key] for key in expected} == expected
 
@@ -414,6 +472,33 @@ INSTANCE_ERRORS = [
         replaced(controller_instance(), "", "metadata", "instance-id"),
         "metadata.instance-id: must not be empty",
     ),
+    (without(controller_instance(), "network", "mac"), "network.mac: missing"),
+    (
+        replaced(controller_instance(), "0E:49:61:0F:C3:11", "network", "mac"),
+        "network.mac: must be a lower-case MAC address",
+    ),
+    (
+        replaced(controller_instance(), ["default", 3], "network", "security_groups"),
+        "network.security_groups[1]: must be a string (got 3)",
+    ),
+    (replaced(controller_instance(), "#!/bin/sh", "user_data"), "user_data: must be base64"),
+    (
+        replaced(controller_instance(), "A" * 21848, "user_data"),
+        "user_data: must be at most 16384 bytes (got 16386)",
+    ),
+    (
+        replaced(controller_instance(), [{"name": "ops"}], "public_keys"),
+        "public_keys[0].openssh_key: missing",
+    ),
+    (
+        replaced(controller_instance(), [{"key": "", "value": "x"}], "tags"),
+        "tags[0].key: must not be empty",
+    ),
+    (
+        replaced(controller_instance(), [{"key": "k", "value": ""}] * 51, "tags"),
+        "tags: must have at most 50 items (got 51)",
+    ),
+    (without(controller_instance(), "identity", "document"), "identity.document: missing"),
     ("i-0123", "must be an object (got 'i-0123')"),
 ]
 
@@ -577,7 +662,7 @@ def test_a_field_replaced_by_any_json_is_read_or_refused_naming_that_field(
     try:
         parsed = parse_instance(wire)
     except MessageError as error:
-        assert error.field == key or error.field.startswith(f"{key}.")
+        assert error.field == key or error.field.startswith((f"{key}.", f"{key}["))
     else:
         assert parsed.to_wire().keys() == controller_instance().keys()
 

@@ -1,0 +1,91 @@
+"""An instance's network identity: its MAC address, private IPv4 address and interface id.
+
+RoleCall does not run the cloud's network; it hands out the identity the hypervisor gives the VM
+(the MAC, in the node API's assignment) and the metadata service reports (``mac``,
+``local-ipv4``, ``network/interfaces/macs/…``), so cloud-init configures the interface it finds
+by that MAC. The addresses come from a subnet: the node's own (``enroll-node --subnet``), else
+the controller's ``ec2.subnet``. See docs/decisions.md, "Instance network identity".
+
+Pure apart from the two store reads the caller passes in as functions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from controller.errors import InsufficientFreeAddressesInSubnet
+
+#: The default subnet: link-local, as RoleCall's addresses were before subnets.
+DEFAULT_SUBNET: Final = "169.254.0.0/16"
+#: As a VPC subnet: from /16 to /28.
+SHORTEST_PREFIX: Final = 16
+LONGEST_PREFIX: Final = 28
+#: Never handed out: the metadata service's own block (169.254.169.254, .253 DNS, .123 NTP),
+#: and link-local's first and last /24, which RFC 3927 reserves.
+_NEVER: Final = (
+    ipaddress.IPv4Network("169.254.169.0/24"),
+    ipaddress.IPv4Network("169.254.0.0/24"),
+    ipaddress.IPv4Network("169.254.255.0/24"),
+)
+#: Tries before a random MAC is given up on (a collision is one in 2**46 per live instance).
+_MAC_TRIES: Final = 8
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    """A subnet CIDR, or ValueError saying what is wrong with it."""
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not a CIDR block: {error}") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(f"{text!r} is not an IPv4 CIDR block (IPv6 is not supported yet)")
+    if not SHORTEST_PREFIX <= network.prefixlen <= LONGEST_PREFIX:
+        raise ValueError(
+            f"{text!r} must be a /{SHORTEST_PREFIX} to a /{LONGEST_PREFIX}, as a VPC subnet"
+        )
+    return network
+
+
+def candidates(network: ipaddress.IPv4Network) -> Iterator[str]:
+    """The addresses of `network` an instance may get, lowest first: as in a VPC subnet, not
+    the first four (network, router, DNS, reserved) nor the last (broadcast), and never one
+    the metadata service or link-local reserves."""
+    first, last = int(network.network_address) + 4, int(network.broadcast_address) - 1
+    for number in range(first, last + 1):
+        address = ipaddress.IPv4Address(number)
+        if not any(address in never for never in _NEVER):
+            yield str(address)
+
+
+class AddressPool:
+    """The free addresses of one subnet during one RunInstances, taken lowest first."""
+
+    def __init__(self, subnet: str, used: set[str]) -> None:
+        self.subnet = subnet
+        self._used = used
+        self._free = candidates(parse_subnet(subnet))
+
+    def take(self) -> str:
+        for address in self._free:
+            if address not in self._used:
+                self._used.add(address)
+                return address
+        raise InsufficientFreeAddressesInSubnet(
+            f"There are not enough free addresses in subnet '{self.subnet}' to satisfy the"
+            " requested number of instances."
+        )
+
+
+def new_mac(in_use: Callable[[str], bool], taken: set[str]) -> str:
+    """A random locally administered unicast MAC address that no live instance has."""
+    for _ in range(_MAC_TRIES):
+        octets = bytearray(secrets.token_bytes(6))
+        octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
+        mac = ":".join(f"{octet:02x}" for octet in octets)
+        if mac not in taken and not in_use(mac):
+            taken.add(mac)
+            return mac
+    raise InsufficientFreeAddressesInSubnet("No free MAC address could be found; try again.")
