@@ -21,6 +21,7 @@ from controller.accounts import (
     new_account_id,
 )
 from controller.config import MAX_NODE_CAPACITY, ConfigError, ControllerConfig, load_config
+from controller.ec2.network import parse_subnet
 from controller.keyring import (
     KeyRingError,
     StateDirectoryError,
@@ -141,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the most instances the node may run (default: ec2.node_capacity of the"
         " configuration); with --force, changes it",
     )
+    enroll.add_argument(
+        "--subnet",
+        type=_subnet,
+        metavar="CIDR",
+        help="the IPv4 block its instances' private addresses come from (default: ec2.subnet"
+        " of the configuration); with --force, changes it for instances launched from then on",
+    )
     retire = commands.add_parser(
         "retire-node", help="refuse a node on the node API and place no instances on it"
     )
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rotate-token-key":
             return rotate_token_key(config, revoke=args.revoke_previous)
         if args.command == "enroll-node":
-            return enroll_node(config, args.name, args.out, args.force, args.capacity)
+            return enroll_node(config, args.name, args.out, args.force, args.capacity, args.subnet)
         if args.command == "retire-node":
             return retire_node(config, args.name)
         if args.command == "nodes":
@@ -559,8 +567,20 @@ def _capacity(text: str) -> int:
     return value
 
 
+def _subnet(text: str) -> str:
+    try:
+        return str(parse_subnet(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def enroll_node(
-    config: ControllerConfig, name: str, out: Path, force: bool, capacity: int | None = None
+    config: ControllerConfig,
+    name: str,
+    out: Path,
+    force: bool,
+    capacity: int | None = None,
+    subnet: str | None = None,
 ) -> int:
     """Issue ``name`` a client certificate, write it with its key and the CA to ``out``, and
     record its serial: the node API accepts only the certificate recorded last. ``capacity``:
@@ -612,13 +632,19 @@ def enroll_node(
                         last_contact=None,
                         revision=0,
                         capacity=capacity,
+                        subnet=subnet,
                     )
                 )
             else:
                 # The revision never goes back: the node's agent may be polling with it.
-                chosen = existing.capacity if capacity is None else capacity
                 tx.update_node(
-                    replace(existing, certificate_serial=serial, retired=None, capacity=chosen)
+                    replace(
+                        existing,
+                        certificate_serial=serial,
+                        retired=None,
+                        capacity=existing.capacity if capacity is None else capacity,
+                        subnet=existing.subnet if subnet is None else subnet,
+                    )
                 )
     except Conflict as error:
         raise CommandError(f"node {name} was enrolled meanwhile; nothing was recorded") from error
@@ -689,7 +715,7 @@ def list_nodes(config: ControllerConfig) -> int:
         print("No node is enrolled; enroll one with:")
         print(f"  rolecall-controller --state-dir {config.state_dir} enroll-node NAME --out DIR")
         return 0
-    rows = [("NAME", "STATE", "INSTANCES", "CAPACITY", "LAST CONTACT", "ENROLLED")]
+    rows = [("NAME", "STATE", "INSTANCES", "CAPACITY", "SUBNET", "LAST CONTACT", "ENROLLED")]
     for node in nodes:
         rows.append(
             (
@@ -697,6 +723,7 @@ def list_nodes(config: ControllerConfig) -> int:
                 "active" if node.retired is None else "retired",
                 str(counts.get(node.name, 0)),
                 str(node.capacity or config.node_capacity),
+                node.subnet or config.subnet,
                 node.last_contact or "never",
                 node.enrolled,
             )

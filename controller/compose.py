@@ -90,7 +90,7 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
-    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity)
+    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity, config.subnet)
     resource = PublicApi(
         store,
         actions,

@@ -20,6 +20,7 @@ from common.tomlconfig import (
     read_config_text,
     values_from_string,
 )
+from controller.ec2.network import DEFAULT_SUBNET, parse_subnet
 from controller.forwarded import parse_networks
 
 __all__ = ["ConfigError", "ControllerConfig", "config_from_string", "load_config"]
@@ -58,6 +59,8 @@ class ControllerConfig:
     max_instances_per_account: int = 1000
     #: Instances (not terminated) a node may run unless enrolled with its own ``--capacity``.
     node_capacity: int = 1000
+    #: Where instances' private addresses come from unless their node has its own ``--subnet``.
+    subnet: str = DEFAULT_SUBNET
 
     def api_connection_limit(self, descriptors: int) -> int:
         """The public port's connection limit when the process may open ``descriptors``."""
@@ -127,6 +130,17 @@ def _networks(key: str, value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _subnet(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f'{key}: must be an IPv4 CIDR block such as "10.0.0.0/16" (got {value!r})'
+        )
+    try:
+        return str(parse_subnet(value))
+    except ValueError as error:
+        raise ConfigError(f"{key}: {error}") from None
+
+
 def _backend(key: str, value: object) -> str:
     if value != "sqlite":
         raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
@@ -160,6 +174,7 @@ _KEYS: Keys = {
     "metrics.port": ("metrics_port", port),
     "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),
     "ec2.node_capacity": ("node_capacity", _count(MAX_NODE_CAPACITY)),
+    "ec2.subnet": ("subnet", _subnet),
 }
 
 

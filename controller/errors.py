@@ -265,3 +265,10 @@ class IdempotentParameterMismatch(ApiError):
 
     code = "IdempotentParameterMismatch"
     status = 400
+
+
+class InvalidID(ApiError):
+    """A resource id of a kind the action does not take."""
+
+    code = "InvalidID"
+    status = 400

@@ -4,4 +4,4 @@ from controller.actions import Registry
 
 registry = Registry()
 
-from controller.ec2 import associations, instances  # noqa: E402,F401  (they register)
+from controller.ec2 import associations, attributes, instances  # noqa: E402,F401  (they register)

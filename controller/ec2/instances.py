@@ -169,11 +169,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     tags = _instance_tags(params)
     check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
-    if options.get("HttpProtocolIpv6") == "enabled":
-        raise UnsupportedOperation(
-            "The parameter MetadataOptions.HttpProtocolIpv6 is not supported with the value"
-            " enabled: the metadata service is IPv4 only (fd00:ec2::254 is not served yet)."
-        )
+    _check_ipv6(options)
     user_data = check_user_data(params.get("UserData"))
     groups = _group_names(params.get("SecurityGroups", []))
     node_hint = params.get("Placement", {}).get("HostId")
@@ -256,6 +252,14 @@ def _request_digest(params: dict[str, Any]) -> str:
     """What a repeated ClientToken must repeat: the request but for the token and DryRun."""
     rest = {key: value for key, value in params.items() if key not in ("ClientToken", "DryRun")}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _check_ipv6(options: dict[str, Any]) -> None:
+    if options.get("HttpProtocolIpv6") == "enabled":
+        raise UnsupportedOperation(
+            "HttpProtocolIpv6 is not supported with the value enabled: the metadata service"
+            " is IPv4 only (fd00:ec2::254 is not served yet)."
+        )
 
 
 def check_user_data(text: str | None) -> str | None:
@@ -436,6 +440,8 @@ def terminate_instances(context: Context, params: dict[str, Any]) -> Result:
             Field("HttpTokens", HTTP_TOKENS),
             Field("HttpPutResponseHopLimit", HOP_LIMIT),
             Field("HttpEndpoint", HTTP_ENDPOINT),
+            Field("InstanceMetadataTags", METADATA_TAGS),
+            Field("HttpProtocolIpv6", Str(enum=("disabled", "enabled"))),
             DRY_RUN,
         )
     ),
@@ -443,6 +449,7 @@ def terminate_instances(context: Context, params: dict[str, Any]) -> Result:
 )
 def modify_instance_metadata_options(context: Context, params: dict[str, Any]) -> Result:
     instance = require_instance(context, params["InstanceId"])
+    _check_ipv6(params)
     check_dry_run(params)
     if instance.state == "terminated":
         raise IncorrectInstanceState(
@@ -454,6 +461,7 @@ def modify_instance_metadata_options(context: Context, params: dict[str, Any]) -
         http_tokens=params.get("HttpTokens", instance.http_tokens),
         hop_limit=params.get("HttpPutResponseHopLimit", instance.hop_limit),
         http_endpoint=params.get("HttpEndpoint", instance.http_endpoint),
+        metadata_tags=params.get("InstanceMetadataTags", instance.metadata_tags),
     )
     context.tx.update_instance(updated)
     assignment_changed(context, instance.node_name)

@@ -330,6 +330,16 @@ def test_nodes_lists_state_instance_counts_and_last_contact(
     enroll(state, "hv1", tmp_path / "one")
     enroll(state, "hv2", tmp_path / "two")
     enroll(state, "hv3", tmp_path / "three")
+    run(
+        state,
+        "enroll-node",
+        "hv3",
+        "--out",
+        str(tmp_path / "three"),
+        "--force",
+        "--subnet",
+        "10.3.0.0/24",
+    )
     place(state, "i-00000000000000001", "hv1", "running")
     place(state, "i-00000000000000002", "hv1", "pending")
     place(state, "i-00000000000000003", "hv1", "terminated")
@@ -347,17 +357,27 @@ def test_nodes_lists_state_instance_counts_and_last_contact(
     assert run(state, "nodes") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
-        "NAME", "STATE", "INSTANCES", "CAPACITY", "LAST", "CONTACT", "ENROLLED"
+        "NAME", "STATE", "INSTANCES", "CAPACITY", "SUBNET", "LAST", "CONTACT", "ENROLLED"
     ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["hv1"][1:5] == ["active", "2", "1000", "never"]
-    assert rows["hv2"][1:5] == ["active", "0", "1000", "2025-03-02T08:30:00Z"]
-    assert rows["hv3"][1:5] == ["retired", "0", "1000", "never"]
+    assert rows["hv1"][1:6] == ["active", "2", "1000", "169.254.0.0/16", "never"]
+    assert rows["hv2"][1:6] == ["active", "0", "1000", "169.254.0.0/16", "2025-03-02T08:30:00Z"]
+    assert rows["hv3"][1:6] == ["retired", "0", "1000", "10.3.0.0/24", "never"]
     enrolled = stored_node(state, "hv1")
-    assert enrolled is not None and rows["hv1"][5] == enrolled.enrolled
+    assert enrolled is not None and rows["hv1"][6] == enrolled.enrolled
     # The columns line up under their headings.
     assert lines[1].index("active") == lines[0].index("STATE")
     assert lines[1].index("never") == lines[0].index("LAST CONTACT")
+
+
+def test_a_subnet_that_is_not_an_ipv4_block_names_the_flag(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("10.0.0.0/8", "10.0.0.1/24", "fd00::/64", "ten"):
+        with pytest.raises(SystemExit):
+            run(state, "enroll-node", "hv9", "--out", str(tmp_path / "x"), "--subnet", bad)
+        assert "--subnet" in capsys.readouterr().err
+    assert stored_node(state, "hv9") is None
 
 
 def test_nodes_with_none_enrolled_says_how_to_enroll_one(
