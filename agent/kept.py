@@ -34,8 +34,10 @@ from common.timestamps import format_timestamp, parse_timestamp
 DIRECTORY_NAME = "instances"
 #: The format of an entry; another version is not read (served afresh from the controller).
 VERSION = 1
-#: An entry's largest size: an assignment and a credential set are a few KiB.
-MAX_ENTRY_BYTES = 64 * 1024
+#: An entry's largest size. An assignment and a credential set are a few KiB; the most an
+#: assignment can carry is some 160 KiB (16 KiB of user data in base64, 50 tags of 256
+#: characters escaped as JSON, keys and a signed identity document).
+MAX_ENTRY_BYTES = 256 * 1024
 #: How many entries and bytes the root process keeps at most (a serving process gone wrong must
 #: not fill /run): far above any node's instances (the agent's descriptor limit is 65,536).
 MAX_ENTRIES = 65536
