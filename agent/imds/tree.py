@@ -322,8 +322,8 @@ class ImdsTree:
         yield (*_META, "block-device-mapping", "root"), ROOT_DEVICE.encode()
         if guest.user_data is not None:
             yield _USER_DATA, guest.user_data
-        for index, key in enumerate(guest.public_keys):
-            line = " ".join([*key.openssh_key.split()[:2], key.name])
+        for index, public_key in enumerate(guest.public_keys):
+            line = " ".join([*public_key.openssh_key.split()[:2], public_key.name])
             yield (*_META, "public-keys", str(index), "openssh-key"), (line + "\n").encode()
         network = guest.network
         if network is not None:
@@ -346,9 +346,9 @@ class ImdsTree:
                     yield (*interface, name), value.encode()
             if network.security_groups:
                 yield (*interface, "security-groups"), groups
-        for key, value in guest.tags or ():
-            if "/" not in key and key not in (".", ".."):
-                yield (*_META, "tags", "instance", key), value.encode()
+        for tag_key, tag_value in guest.tags or ():
+            if "/" not in tag_key and tag_key not in (".", ".."):
+                yield (*_META, "tags", "instance", tag_key), tag_value.encode()
         identity = guest.identity
         if identity is None:
             yield (*_IDENTITY, "document"), identity_document(metadata)

@@ -6,6 +6,7 @@ and credentials here are shared with test_imds_rules.py and test_imds_botocore.p
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -20,11 +21,11 @@ from agent.imds.tree import (
     CREDENTIALS_EXPIRING,
     NO_CREDENTIALS,
     NOT_FOUND,
+    VERSIONS,
     CredentialsState,
     CredentialsUnavailable,
     Directory,
     Found,
-    VERSIONS,
     ImdsTree,
 )
 from common.identitydoc import aws_json
@@ -619,3 +620,143 @@ def test_paths_lists_every_leaf() -> None:
     assert f"/latest/meta-data/iam/security-credentials/{ROLE}" in paths
     assert "/latest/dynamic/instance-identity/document" in paths
     assert all(isinstance(make_tree().lookup(path), Found) for path in paths)
+
+
+# -- issue 12: what a guest boots from ---------------------------------------------------------
+
+MAC = "0e:49:61:0f:c3:11"
+OPENSSH = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3Qta2V5LW1hdGVyaWFsLTAxMjM0NTY3 me@laptop"
+GUEST = {
+    "user_data": base64.b64encode(b"#cloud-config\nhostname: web-1\n\x00\xff").decode(),
+    "public_keys": [{"name": "ops", "openssh_key": OPENSSH}],
+    "network": {
+        "mac": MAC,
+        "interface_id": "eni-0f1e2d3c4b5a69788",
+        "subnet_cidr": "10.1.0.0/16",
+        "security_groups": ["default", "web"],
+    },
+    "tags": [{"key": "Name", "value": "web-1"}, {"key": "team/owner", "value": "x"}],
+    "identity": {
+        "document": '{\n  "instanceId" : "i-0123456789abcdef0"\n}',
+        "signature": "c2lnbmF0dXJl",
+        "pkcs7": "cGtjczc=",
+        "rsa2048": "cnNhMjA0OA==",
+    },
+}
+
+
+def guest_tree(**changes: Any) -> ImdsTree:
+    return make_tree(**{**GUEST, **changes})
+
+
+def test_user_data_is_served_as_given_as_octets() -> None:
+    found = guest_tree().lookup("/latest/user-data")
+    assert found == Found(b"#cloud-config\nhostname: web-1\n\x00\xff", "application/octet-stream")
+    assert body_of(guest_tree(), "/latest/") == b"dynamic/\nmeta-data/\nuser-data"
+    assert guest_tree().lookup("/2009-04-04/user-data") == found
+
+
+def test_no_user_data_is_a_404_and_empty_user_data_is_served_empty() -> None:
+    assert guest_tree(user_data=None).lookup("/latest/user-data") is NOT_FOUND
+    assert guest_tree(user_data="").lookup("/latest/user-data") == Found(
+        b"", "application/octet-stream"
+    )
+
+
+def test_public_keys_are_listed_as_aws_lists_them() -> None:
+    tree = guest_tree()
+    assert body_of(tree, "/latest/meta-data/public-keys/") == b"0=ops"
+    assert body_of(tree, "/latest/meta-data/public-keys") == b"0=ops"
+    assert body_of(tree, "/latest/meta-data/public-keys/0/") == b"openssh-key"
+    key, material, _comment = OPENSSH.split()
+    assert body_of(tree, "/latest/meta-data/public-keys/0/openssh-key") == (
+        f"{key} {material} ops\n".encode()
+    )
+    assert b"public-keys/" in body_of(tree, "/latest/meta-data/").split(b"\n")
+
+
+def test_without_a_key_there_is_no_public_keys() -> None:
+    tree = guest_tree(public_keys=[])
+    assert tree.lookup("/latest/meta-data/public-keys/") is NOT_FOUND
+    assert b"public-keys/" not in body_of(tree, "/latest/meta-data/").split(b"\n")
+
+
+def test_the_interface_is_served_under_its_mac() -> None:
+    tree = guest_tree()
+    base = f"/latest/meta-data/network/interfaces/macs/{MAC}/"
+    assert body_of(tree, "/latest/meta-data/mac") == MAC.encode()
+    assert body_of(tree, "/latest/meta-data/network/interfaces/macs/") == f"{MAC}/".encode()
+    assert body_of(tree, base) == (
+        b"device-number\ninterface-id\nlocal-hostname\nlocal-ipv4s\nmac\nowner-id\n"
+        b"security-groups\nsubnet-ipv4-cidr-block"
+    )
+    assert body_of(tree, base + "device-number") == b"0"
+    assert body_of(tree, base + "interface-id") == b"eni-0f1e2d3c4b5a69788"
+    assert body_of(tree, base + "local-ipv4s") == b"10.1.2.3"
+    assert body_of(tree, base + "owner-id") == ACCOUNT_ID.encode()
+    assert body_of(tree, base + "subnet-ipv4-cidr-block") == b"10.1.0.0/16"
+    assert body_of(tree, base + "security-groups") == b"default\nweb"
+    assert body_of(tree, "/latest/meta-data/security-groups") == b"default\nweb"
+    # No VPC objects, no public addresses: not served rather than made up.
+    for absent in ("vpc-id", "subnet-id", "security-group-ids"):
+        assert tree.lookup(base + absent) is NOT_FOUND
+    for absent in ("public-ipv4", "public-hostname"):
+        assert tree.lookup("/latest/meta-data/" + absent) is NOT_FOUND
+
+
+def test_an_instance_from_before_macs_has_no_network_items() -> None:
+    tree = guest_tree(network=None)
+    assert tree.lookup("/latest/meta-data/mac") is NOT_FOUND
+    assert tree.lookup("/latest/meta-data/network/") is NOT_FOUND
+
+
+def test_block_device_mapping_and_the_zone_id() -> None:
+    metadata = {**assignment()["metadata"], "placement/availability-zone-id": "use1-az1"}
+    tree = guest_tree(metadata=metadata)
+    assert body_of(tree, "/latest/meta-data/block-device-mapping/") == b"ami\nroot"
+    assert body_of(tree, "/latest/meta-data/block-device-mapping/root") == b"/dev/vda"
+    assert body_of(tree, "/latest/meta-data/placement/availability-zone-id") == b"use1-az1"
+
+
+def test_tags_in_metadata_list_the_keys_aws_allows_there() -> None:
+    tree = guest_tree()
+    assert body_of(tree, "/latest/meta-data/tags/instance/") == b"Name"
+    assert body_of(tree, "/latest/meta-data/tags/instance/Name") == b"web-1"
+    assert tree.lookup("/latest/meta-data/tags/instance/team/owner") is NOT_FOUND
+    assert tree.lookup("/latest/meta-data/tags/instance/team%2Fowner") is NOT_FOUND
+
+
+def test_tags_enabled_without_tags_is_an_empty_listing_and_disabled_is_none() -> None:
+    empty = guest_tree(tags=[])
+    assert empty.lookup("/latest/meta-data/tags/instance/") == Directory(())
+    assert body_of(empty, "/latest/meta-data/tags/") == b"instance/"
+    assert b"tags/" in body_of(empty, "/latest/meta-data/").split(b"\n")
+    disabled = guest_tree(tags=None)
+    assert disabled.lookup("/latest/meta-data/tags/") is NOT_FOUND
+    assert b"tags/" not in body_of(disabled, "/latest/meta-data/").split(b"\n")
+
+
+def test_the_signed_document_is_served_as_the_controller_made_it() -> None:
+    tree = guest_tree()
+    identity = "/latest/dynamic/instance-identity/"
+    assert body_of(tree, identity + "document") == GUEST["identity"]["document"].encode()
+    assert body_of(tree, identity + "signature") == b"c2lnbmF0dXJl"
+    assert body_of(tree, identity + "pkcs7") == b"cGtjczc="
+    assert body_of(tree, identity + "rsa2048") == b"cnNhMjA0OA=="
+    assert body_of(tree, identity) == b"document\npkcs7\nrsa2048\nsignature"
+
+
+def test_an_unsigned_instance_has_the_agents_document_and_no_signatures() -> None:
+    tree = guest_tree(identity=None)
+    identity = "/latest/dynamic/instance-identity/"
+    assert json.loads(body_of(tree, identity + "document"))["instanceId"] == INSTANCE_ID
+    assert body_of(tree, identity) == b"document"
+    unsigned = guest_tree(identity={"document": "{}"})
+    assert body_of(unsigned, identity) == b"document"
+    assert body_of(unsigned, identity + "document") == b"{}"
+
+
+def test_guest_data_survives_expired_credentials() -> None:
+    tree = guest_tree().as_of(EXPIRATION.timestamp() + 1)
+    assert body_of(tree, "/latest/meta-data/mac") == MAC.encode()
+    assert tree.lookup("/latest/user-data") != NOT_FOUND

@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from agent import kept
+from agent.channel import MAX_REQUEST_BYTES
 from agent.imds.credentials import CredentialSet
-from common.nodemessages import InstanceAssignment, InstanceProfile, parse_instance
+from common.nodemessages import (
+    InstanceAssignment,
+    InstanceIdentity,
+    InstanceProfile,
+    NetworkInterface,
+    PublicKey,
+    parse_instance,
+)
 
 NOW = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -112,6 +120,25 @@ def test_an_entry_that_cannot_be_used_is_refused_saying_why_never_the_secret(
         kept.decode_entry(text)
     assert reason in str(refused.value)
     assert SECRET not in str(refused.value)
+
+
+def test_the_largest_assignment_the_controller_can_send_is_kept() -> None:
+    """16 KiB of user data, 50 tags of 256 characters that JSON escapes most, keys and a signed
+    document: the entry and the channel request that carries it stay under their limits."""
+    largest = replace(
+        ASSIGNMENT,
+        user_data=bytes(range(256)) * 64,
+        public_keys=tuple(
+            PublicKey(f"key-{n}", "ssh-rsa " + "A" * 2800 + " comment") for n in range(2)
+        ),
+        network=NetworkInterface("0e:00:00:00:00:01", "eni-0", "10.0.0.0/16", ("g" * 255,) * 5),
+        tags=tuple((f"key-{n:03}" + "k" * 120, "\U0001f600\x01" * 128) for n in range(50)),
+        identity=InstanceIdentity("{" + "d" * 600 + "}", "s" * 400, "p" * 2400, "r" * 2400),
+    )
+    text = kept.encode_entry(INSTANCE_ID, largest, credentials())
+    assert len(text.encode()) <= kept.MAX_ENTRY_BYTES
+    assert len(json.dumps({"op": "keep", "entry": text}).encode()) <= MAX_REQUEST_BYTES
+    assert kept.decode_entry(text).assignment == largest
 
 
 def test_an_entry_over_the_size_limit_is_refused() -> None:
