@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # ruby, shellcheck: `ruby -c`, `shellcheck` check vagrant/. prometheus (with promtool): checks
 # docs/prometheus and runs in tests/e2e as the test's own process; a service the package started
 # is stopped and disabled.
-$(STAMP): setup.cfg pyproject.toml tests/netns/js/package-lock.json
+$(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "RoleCall needs Python 3.11 or newer (found $(PYTHON))" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ $(STAMP): setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	  (apt-get update && apt-get install -y --no-install-recommends python3.11)
 	command -v ruby >/dev/null && command -v shellcheck >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends ruby shellcheck)
+	# cloud-init, cloud-guest-utils: a guest's own clients of the metadata service (its EC2
+	# datasource, ec2metadata) in tests/netns, the demo and bench/cloud_init.py. Installed here,
+	# cloud-init is kept from running at this machine's own boot (cloud-init.disabled).
+	test -d /usr/lib/python3/dist-packages/cloudinit && command -v ec2metadata >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends cloud-init cloud-guest-utils \
+	   && touch /etc/cloud/cloud-init.disabled)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })
@@ -59,10 +65,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/sts.py
 
 # Not part of `make test` either (root: it makes network namespaces): the agent's credential GET
-# next to a bare twisted.web server, and reconcile time and RSS with 500 and 1,000 instances.
+# next to a bare twisted.web server, reconcile time and RSS with 500 and 1,000 instances, and
+# cloud-init's whole crawl of one instance's metadata over IMDSv2.
 bench-imds: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/imds.py
+	$(BIN)/python bench/cloud_init.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

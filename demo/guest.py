@@ -120,14 +120,16 @@ def _next_subnet() -> int:
         return next(_SUBNETS)
 
 
-def link(left: str, right: str) -> tuple[str, str]:
+def link(left: str, right: str, left_mac: str | None = None) -> tuple[str, str]:
     """A veth pair between namespaces `left` and `right` (created in place, never in the root
-    namespace), addressed 169.254.N.2/30 on the left and .1 on the right; the two addresses."""
+    namespace), addressed 169.254.N.2/30 on the left and .1 on the right; the two addresses.
+    `left_mac`: the left end's MAC address (a VM's, from its assignment)."""
     subnet = _next_subnet()
     name = unique(VETH_PREFIX, 8)  # 11 characters, +1 for the side: within IFNAMSIZ (15)
     left_end, right_end = f"{name}l", f"{name}r"
     left_address, right_address = f"169.254.{subnet}.2", f"169.254.{subnet}.1"
-    ip("link", "add", left_end, "netns", left, "type", "veth",
+    address = ["address", left_mac] if left_mac else []
+    ip("link", "add", left_end, *address, "netns", left, "type", "veth",
        "peer", "name", right_end, "netns", right)  # fmt: skip
     ip("-n", left, "addr", "add", f"{left_address}/30", "dev", left_end)
     ip("-n", right, "addr", "add", f"{right_address}/30", "dev", right_end)
@@ -196,8 +198,11 @@ class Guest:
         return (int(status) if result.returncode == 0 else 0), body
 
 
-def make_guest(instance_namespace: str, workdir: Path, name: str | None = None) -> Guest:
-    """A guest one link away from the instance's namespace (as a VM's tap device would be).
+def make_guest(
+    instance_namespace: str, workdir: Path, name: str | None = None, mac: str | None = None
+) -> Guest:
+    """A guest one link away from the instance's namespace (as a VM's tap device would be),
+    its end of the link with MAC address `mac` when given (the instance's, as a VM has).
 
     Give `name` to know it before anything is made (to clean up after an interruption); a
     failure on the way removes what was made.
@@ -205,7 +210,7 @@ def make_guest(instance_namespace: str, workdir: Path, name: str | None = None) 
     name = name or unique(GUEST_PREFIX)
     add_namespace(name)
     try:
-        guest_address, instance_side = link(name, instance_namespace)
+        guest_address, instance_side = link(name, instance_namespace, mac)
         ip("-n", name, "route", "add", f"{METADATA_ADDRESS}/32", "via", instance_side)
         home = workdir / name
         home.mkdir()

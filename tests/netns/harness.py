@@ -370,11 +370,11 @@ def add_namespace(name: str) -> str:
     return guest.add_namespace(name)
 
 
-def make_guest(instance_namespace: str, workdir: Path) -> Guest:
+def make_guest(instance_namespace: str, workdir: Path, mac: str | None = None) -> Guest:
     """A guest one link away from the instance's namespace (as a VM's tap device would be)."""
     name = unique(GUEST_PREFIX)
     MADE.namespaces.add(name)
-    return guest.make_guest(instance_namespace, workdir, name=name)
+    return guest.make_guest(instance_namespace, workdir, name=name, mac=mac)
 
 
 def make_routed_guest(instance_namespace: str, workdir: Path) -> Guest:
@@ -493,9 +493,10 @@ class Cloud:
         self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
         return name, f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/{name}"
 
-    def launch(self, profile: str | None = None) -> str:
-        """Run an instance on this node; its namespace is removed at teardown."""
-        extra: dict[str, Any] = {"Placement": {"HostId": self.node}}
+    def launch(self, profile: str | None = None, **more: Any) -> str:
+        """Run an instance on this node (`more`: other RunInstances parameters); its namespace
+        is removed at teardown."""
+        extra: dict[str, Any] = {"Placement": {"HostId": self.node}, **more}
         if profile is not None:
             extra["IamInstanceProfile"] = {"Name": profile}
         answer = self.ec2.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1, **extra)
@@ -516,11 +517,14 @@ class Cloud:
 
     # the data plane
 
-    def guest(self, instance_id: str, routed: bool = False) -> Guest:
-        """A guest linked to the served instance's namespace, one link or two routed hops away."""
+    def guest(self, instance_id: str, routed: bool = False, mac: str | None = None) -> Guest:
+        """A guest linked to the served instance's namespace, one link or two routed hops away;
+        `mac`: its interface's MAC address (one link only)."""
         namespace = self.wait_served(instance_id)
-        make = make_routed_guest if routed else make_guest
-        guest = make(namespace, self.workdir)
+        if routed:
+            guest = make_routed_guest(namespace, self.workdir)
+        else:
+            guest = make_guest(namespace, self.workdir, mac)
         self._cleanup.callback(remove_guest, guest)
         return guest
 

@@ -1,0 +1,136 @@
+"""cloud-init's EC2 datasource and ec2metadata, Debian's packages, in a guest namespace: what a
+real guest reads while it boots (issue 12's acceptance).
+
+Both ways cloud-init 22.4 talks to the metadata service are run:
+- IMDSv2, on a VM that cloud-init identifies as AWS: ``/sys/hypervisor/uuid`` starting with
+  ``ec2``, as Xen-based EC2 instances have. The namespace test has no VM, so that file is put in
+  the guest's own mount namespace (a tmpfs over ``/sys`` with the real ``/sys/class/net`` and
+  ``/sys/devices`` bound back in): the identification code itself is cloud-init's, unchanged.
+- IMDSv1 on a dated version, on any other VM, with ``HttpTokens`` optional.
+
+The guest's interface has the instance's MAC address, as the hypervisor gives a VM, so
+cloud-init's network configuration matches it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns.harness import Cloud, Guest, wait_until
+
+PROBE = Path(__file__).parent / "clients" / "cloudinit_probe.py"
+DEBIAN_PYTHON = "/usr/bin/python3"
+USER_DATA = b"#cloud-config\nhostname: web-1\nruncmd:\n  - [touch, /tmp/booted]\n\xff\x00"
+PUBLIC_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhxgwpoP9hMr57Gbs8sWtOPsKFcpsJ9hUWYrwQF8ZYZ"
+)
+#: A system UUID of the form EC2 gives, as /sys/hypervisor/uuid shows it.
+EC2_UUID = "ec2e1916-9099-7caf-fd21-01234abcdef0"
+AS_AWS = (
+    "set -e; real=$(mktemp -d); mount --rbind /sys \"$real\"; mount -t tmpfs none /sys;"
+    " mkdir -p /sys/hypervisor /sys/class/net /sys/devices;"
+    f" echo {EC2_UUID} > /sys/hypervisor/uuid;"
+    " mount --rbind \"$real/class/net\" /sys/class/net;"
+    " mount --rbind \"$real/devices\" /sys/devices;"
+    " exec \"$@\""
+)
+
+
+def launch_booting_guest(cloud: Cloud, http_tokens: str) -> tuple[str, dict[str, Any], Guest]:
+    """An instance launched with user data, a key pair and security groups, and its guest."""
+    key_name = f"ops-{http_tokens}"
+    cloud.ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=PUBLIC_KEY.encode())
+    profile, _ = cloud.profile()
+    instance_id = cloud.launch(
+        profile,
+        UserData=USER_DATA,  # boto3 encodes it in base64 itself
+        KeyName=key_name,
+        SecurityGroups=["default", "web"],
+        MetadataOptions={"HttpTokens": http_tokens},
+    )
+    described = cloud.ec2.describe_instances(InstanceIds=[instance_id])
+    instance = described["Reservations"][0]["Instances"][0]
+    mac = instance["NetworkInterfaces"][0]["MacAddress"]
+    return instance_id, instance, cloud.guest(instance_id, mac=mac)
+
+
+def probe(guest: Guest, as_aws: bool) -> dict[str, Any]:
+    command = [DEBIAN_PYTHON, str(PROBE)]
+    if as_aws:
+        command = ["unshare", "--mount", "sh", "-c", AS_AWS, "as-aws", *command]
+    result = guest.run(command, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    answer: dict[str, Any] = json.loads(result.stdout)
+    assert answer["found"], result.stderr[-4000:]
+    return answer
+
+
+def interface_of(guest: Guest, mac: str) -> str:
+    listing = guest.run(["ip", "-o", "link", "show"]).stdout
+    for line in listing.splitlines():
+        if f"link/ether {mac}" in line:
+            return line.split(":")[1].strip().split("@")[0]
+    raise AssertionError(f"no interface with {mac} in the guest:\n{listing}")
+
+
+@pytest.mark.parametrize(
+    ("http_tokens", "as_aws"), [("required", True), ("optional", False)], ids=["v2-aws", "v1"]
+)
+def test_cloud_init_reads_everything_a_guest_boots_from(
+    cloud: Cloud, http_tokens: str, as_aws: bool
+) -> None:
+    instance_id, instance, guest = launch_booting_guest(cloud, http_tokens)
+    mac = instance["NetworkInterfaces"][0]["MacAddress"]
+    found = probe(guest, as_aws)
+    assert found["cloud_name"] == ("aws" if as_aws else "unknown")
+    assert found["token_used"] is as_aws  # IMDSv2 on AWS, IMDSv1 elsewhere
+    assert found["api_version"] == "2021-03-23"  # its newest: the dated versions are served
+    assert found["instance_id"] == instance_id
+    assert base64.b64decode(found["user_data"]) == USER_DATA
+    assert found["public_keys"] == [f"{PUBLIC_KEY} ops-{http_tokens}"]
+    name = interface_of(guest, mac)
+    assert found["network_config"] == {
+        "version": 2,
+        "ethernets": {
+            name: {"dhcp4": True, "dhcp6": False, "match": {"macaddress": mac}, "set-name": name}
+        },
+    }
+    assert found["availability_zone"] == "us-east-1a"
+    assert found["region"] == "us-east-1"
+    assert found["local_hostname"] == instance["PrivateDnsName"].split(".")[0]
+    assert {"instance-id", "local-ipv4", "mac", "network", "public-keys"} <= set(
+        found["meta_data_keys"]
+    )
+    if as_aws:  # cloud-init reads the identity document on AWS only
+        assert found["identity"]["instanceId"] == instance_id
+        assert found["identity"]["privateIp"] == instance["PrivateIpAddress"]
+
+
+def test_ec2metadata_reads_the_2009_version(cloud: Cloud) -> None:
+    instance_id, instance, guest = launch_booting_guest(cloud, "optional")
+    fields = {
+        "--instance-id": instance_id,
+        "--local-ipv4": instance["PrivateIpAddress"],
+        "--availability-zone": "us-east-1a",
+        "--ami-id": "emi-1",
+        "--security-groups": "default\nweb",
+    }
+    for flag, expected in fields.items():
+        result = guest.run(["ec2metadata", flag])
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, flag
+
+
+def test_the_guest_sees_its_user_data_change(cloud: Cloud) -> None:
+    instance_id, _instance, guest = launch_booting_guest(cloud, "optional")
+    cloud.ec2.modify_instance_attribute(InstanceId=instance_id, UserData={"Value": b"#!/bin/sh\n"})
+    wait_until(
+        lambda: guest.get("/latest/user-data") == (200, "#!/bin/sh\n"),
+        10,
+        "the new user data to be served",
+    )
