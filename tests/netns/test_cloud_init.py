@@ -134,3 +134,18 @@ def test_the_guest_sees_its_user_data_change(cloud: Cloud) -> None:
         10,
         "the new user data to be served",
     )
+
+
+def test_a_guest_reads_its_own_user_data_never_anothers(cloud: Cloud) -> None:
+    """docs/security.md: user data is served only in its own instance's namespace."""
+    first = cloud.launch(UserData=b"secret-of-first", MetadataOptions={"HttpTokens": "optional"})
+    second = cloud.launch(UserData=b"secret-of-second", MetadataOptions={"HttpTokens": "optional"})
+    for instance_id, mine, theirs in (
+        (first, "secret-of-first", "secret-of-second"),
+        (second, "secret-of-second", "secret-of-first"),
+    ):
+        guest = cloud.guest(instance_id)
+        status, body = guest.get("/latest/user-data")
+        assert (status, body) == (200, mine)
+        for path in ("/latest/user-data", "/2009-04-04/user-data", "/latest//user-data"):
+            assert theirs not in guest.get(path)[1]
