@@ -25,12 +25,16 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	  (apt-get update && apt-get install -y --no-install-recommends python3.11)
 	command -v ruby >/dev/null && command -v shellcheck >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends ruby shellcheck)
-	# cloud-init, cloud-guest-utils: a guest's own clients of the metadata service (its EC2
-	# datasource, ec2metadata) in tests/netns, the demo and bench/cloud_init.py. Installed here,
-	# cloud-init is kept from running at this machine's own boot (cloud-init.disabled).
-	test -d /usr/lib/python3/dist-packages/cloudinit && command -v ec2metadata >/dev/null || \
-	  (apt-get update && apt-get install -y --no-install-recommends cloud-init cloud-guest-utils \
+	# cloud-init, cloud-guest-utils, amazon-ec2-utils: a guest's own clients of the metadata
+	# service (its EC2 datasource, ec2metadata, ec2-metadata) in tests/netns, the demo and
+	# bench/cloud_init.py. Installed here, cloud-init is kept from running at this machine's own
+	# boot (cloud-init.disabled).
+	test -d /usr/lib/python3/dist-packages/cloudinit || \
+	  (apt-get update && apt-get install -y --no-install-recommends cloud-init \
 	   && touch /etc/cloud/cloud-init.disabled)
+	command -v ec2metadata >/dev/null && command -v ec2-metadata >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends cloud-guest-utils \
+	     amazon-ec2-utils)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })

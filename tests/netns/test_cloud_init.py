@@ -26,18 +26,16 @@ from tests.netns.harness import Cloud, Guest, wait_until
 PROBE = Path(__file__).parent / "clients" / "cloudinit_probe.py"
 DEBIAN_PYTHON = "/usr/bin/python3"
 USER_DATA = b"#cloud-config\nhostname: web-1\nruncmd:\n  - [touch, /tmp/booted]\n\xff\x00"
-PUBLIC_KEY = (
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhxgwpoP9hMr57Gbs8sWtOPsKFcpsJ9hUWYrwQF8ZYZ"
-)
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhxgwpoP9hMr57Gbs8sWtOPsKFcpsJ9hUWYrwQF8ZYZ"
 #: A system UUID of the form EC2 gives, as /sys/hypervisor/uuid shows it.
 EC2_UUID = "ec2e1916-9099-7caf-fd21-01234abcdef0"
 AS_AWS = (
-    "set -e; real=$(mktemp -d); mount --rbind /sys \"$real\"; mount -t tmpfs none /sys;"
+    'set -e; real=$(mktemp -d); mount --rbind /sys "$real"; mount -t tmpfs none /sys;'
     " mkdir -p /sys/hypervisor /sys/class/net /sys/devices;"
     f" echo {EC2_UUID} > /sys/hypervisor/uuid;"
-    " mount --rbind \"$real/class/net\" /sys/class/net;"
-    " mount --rbind \"$real/devices\" /sys/devices;"
-    " exec \"$@\""
+    ' mount --rbind "$real/class/net" /sys/class/net;'
+    ' mount --rbind "$real/devices" /sys/devices;'
+    ' exec "$@"'
 )
 
 
@@ -54,7 +52,8 @@ def launch_booting_guest(cloud: Cloud, http_tokens: str) -> tuple[str, dict[str,
         MetadataOptions={"HttpTokens": http_tokens},
     )
     described = cloud.ec2.describe_instances(InstanceIds=[instance_id])
-    instance = described["Reservations"][0]["Instances"][0]
+    reservation = described["Reservations"][0]
+    instance = {**reservation["Instances"][0], "ReservationId": reservation["ReservationId"]}
     mac = instance["NetworkInterfaces"][0]["MacAddress"]
     return instance_id, instance, cloud.guest(instance_id, mac=mac)
 
@@ -149,3 +148,30 @@ def test_a_guest_reads_its_own_user_data_never_anothers(cloud: Cloud) -> None:
         assert (status, body) == (200, mine)
         for path in ("/latest/user-data", "/2009-04-04/user-data", "/latest//user-data"):
             assert theirs not in guest.get(path)[1]
+
+
+def test_ec2_metadata_reads_every_field_over_imdsv2(cloud: Cloud) -> None:
+    """amazon-ec2-utils' ec2-metadata: tokens, and ``/latest//meta-data/…`` for some fields."""
+    instance_id, instance, guest = launch_booting_guest(cloud, "required")
+    cloud.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": "Name", "Value": "web-1"}])
+    cloud.ec2.modify_instance_metadata_options(
+        InstanceId=instance_id, InstanceMetadataTags="enabled"
+    )
+    wait_until(lambda: "Name: web-1" in guest.run(["ec2-metadata", "--tags"]).stdout, 10, "tags")
+    result = guest.run(["ec2-metadata", "--all"])
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for line in (
+        "ami-id: emi-1",
+        "ami-launch-index: 0",
+        f"instance-id: {instance_id}",
+        f"local-ipv4: {instance['PrivateIpAddress']}",
+        "placement: us-east-1a",
+        f"reservation-id: {instance['ReservationId']}",
+        "security-groups: default",
+        f"{PUBLIC_KEY} ops-required",
+        "root: /dev/vda",
+        "Name: web-1",
+    ):
+        assert line in text, (line, text)
+    assert "reservation-id: not available" not in text  # asked for as /latest//meta-data/
