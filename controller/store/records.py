@@ -120,10 +120,37 @@ class Instance:
     association_state: str | None
     profile_id: str | None
     launch_index: int
+    #: The key pair named at launch (RunInstances KeyName), None without one.
+    key_name: str | None = None
+    #: That key pair's OpenSSH public-key line as it was at launch: the metadata service serves
+    #: it even after the key pair is deleted, as EC2 does.
+    public_key: str | None = None
 
     @property
     def arn(self) -> str:
         return f"arn:aws:ec2:{REGION}:{self.account_id}:instance/{self.instance_id}"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An EC2 key pair: its public half only. The private key CreateKeyPair makes is returned
+    once and never stored."""
+
+    key_pair_id: str
+    account_id: str
+    #: Case-sensitive, unique in its account.
+    name: str
+    #: rsa | ed25519
+    key_type: str
+    #: As EC2 shows it (see controller/ec2/sshkeys.py for which digest of what).
+    fingerprint: str
+    #: The OpenSSH public-key line, ``TYPE BASE64 NAME``, as authorized_keys takes it.
+    public_key: str
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:ec2:{REGION}:{self.account_id}:key-pair/{self.name}"
 
 
 #: RoleCall is one region; ARNs and metadata name it.
