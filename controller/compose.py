@@ -90,7 +90,9 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
-    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity)
+    limits = Ec2Limits(
+        config.max_instances_per_account, config.node_capacity, config.max_key_pairs_per_account
+    )
     resource = PublicApi(
         store,
         actions,

@@ -28,6 +28,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
 #: Upper ends of the EC2 limits an operator may configure (bounded so a typo cannot unbound them).
 MAX_ACCOUNT_INSTANCES = 1_000_000
 MAX_NODE_CAPACITY = 100_000
+MAX_ACCOUNT_KEY_PAIRS = 1_000_000
 MAX_API_CONNECTIONS = 1_000_000
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
 
@@ -58,6 +59,8 @@ class ControllerConfig:
     max_instances_per_account: int = 1000
     #: Instances (not terminated) a node may run unless enrolled with its own ``--capacity``.
     node_capacity: int = 1000
+    #: Key pairs an account may hold: ImportKeyPair or CreateKeyPair beyond is KeyPairLimitExceeded.
+    max_key_pairs_per_account: int = 5000
 
     def api_connection_limit(self, descriptors: int) -> int:
         """The public port's connection limit when the process may open ``descriptors``."""
@@ -160,6 +163,10 @@ _KEYS: Keys = {
     "metrics.port": ("metrics_port", port),
     "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),
     "ec2.node_capacity": ("node_capacity", _count(MAX_NODE_CAPACITY)),
+    "ec2.max_key_pairs_per_account": (
+        "max_key_pairs_per_account",
+        _count(MAX_ACCOUNT_KEY_PAIRS),
+    ),
 }
 
 

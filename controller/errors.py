@@ -237,3 +237,23 @@ class TagLimitExceeded(ApiError):
 class DryRunOperation(ApiError):
     code = "DryRunOperation"
     status = 412
+
+
+class InvalidKeyPairNotFound(ApiError):
+    code = "InvalidKeyPair.NotFound"
+    status = 400
+
+
+class InvalidKeyPairDuplicate(ApiError):
+    code = "InvalidKeyPair.Duplicate"
+    status = 400
+
+
+class InvalidKeyPairFormat(ApiError):
+    code = "InvalidKeyPair.Format"
+    status = 400
+
+
+class KeyPairLimitExceeded(ApiError):
+    code = "KeyPairLimitExceeded"
+    status = 400

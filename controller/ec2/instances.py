@@ -17,6 +17,7 @@ from controller.ec2.common import (
     HTTP_ENDPOINT,
     HTTP_TOKENS,
     PROFILE_SPEC,
+    TAG_SPECIFICATIONS,
     assignment_changed,
     check_dry_run,
     instance_resource,
@@ -29,28 +30,17 @@ from controller.ec2.common import (
     require_instance,
     resolve_profile,
     state_shape,
+    tag_specification_tags,
 )
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
 from controller.errors import IncorrectInstanceState, InvalidParameterValue, UnauthorizedOperation
 from controller.iam.common import decode_marker, encode_marker
 from controller.query import Field, Int, ListOf, Str, Struct
-from controller.store.records import Instance, Node, Tag
+from controller.store.records import Instance, Node
 
 MAX_LAUNCH = 100
 DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
 
-TAG_SPECIFICATIONS = ListOf(
-    Struct(
-        (
-            Field("ResourceType", Str()),
-            Field(
-                "Tags",
-                ListOf(Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))))),
-                wire_name="Tag",
-            ),
-        )
-    )
-)
 METADATA_OPTIONS = Struct(
     (
         Field("HttpTokens", HTTP_TOKENS),
@@ -97,7 +87,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     if "IamInstanceProfile" in params:
         profile, _role = resolve_profile(context, params["IamInstanceProfile"])
         profile_id = profile.profile_id
-    tags = _instance_tags(params)
+    tags = tag_specification_tags(params, "instance")
     check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
     node_hint = params.get("Placement", {}).get("HostId")
@@ -181,18 +171,6 @@ def _candidate_nodes(context: Context, node_name: str | None) -> list[Node]:
             " No enrolled node has that name."
         )
     return [node]
-
-
-def _instance_tags(params: dict[str, Any]) -> list[Tag]:
-    tags = []
-    for spec in params.get("TagSpecifications", []):
-        if spec.get("ResourceType") != "instance":
-            raise InvalidParameterValue(
-                f"Value ({spec.get('ResourceType')}) for parameter TagSpecification.ResourceType"
-                " is invalid. RoleCall tags instances only."
-            )
-        tags += [Tag(tag["Key"], tag.get("Value", "")) for tag in spec.get("Tags", [])]
-    return tags
 
 
 #: A filter's values for one instance.
