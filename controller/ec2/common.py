@@ -179,6 +179,7 @@ def instance_shape(context: Context, instance: Instance) -> dict[str, Any]:
         "instanceState": state_shape(instance.state),
         "privateDnsName": hostname(instance),
         "dnsName": "",
+        "keyName": instance.key_name,
         "amiLaunchIndex": instance.launch_index,
         "instanceType": instance.instance_type,
         "launchTime": instance.launched,

@@ -9,6 +9,7 @@ from itertools import groupby
 from typing import Any
 
 from controller.actions import Context, Result
+from controller.authorize import authorize
 from controller.ec2 import registry
 from controller.ec2.common import (
     DRY_RUN,
@@ -32,6 +33,7 @@ from controller.ec2.common import (
     state_shape,
     tag_specification_tags,
 )
+from controller.ec2.keypairs import require_key_pair
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
 from controller.errors import IncorrectInstanceState, InvalidParameterValue, UnauthorizedOperation
 from controller.iam.common import decode_marker, encode_marker
@@ -65,6 +67,7 @@ def private_ip(instance_id: str) -> str:
             Field("MinCount", Int(1, MAX_LAUNCH), required=True),
             Field("MaxCount", Int(1, MAX_LAUNCH), required=True),
             Field("InstanceType", Str(1, 64)),
+            Field("KeyName", Str()),
             Field("IamInstanceProfile", PROFILE_SPEC),
             Field("MetadataOptions", METADATA_OPTIONS),
             Field("TagSpecifications", TAG_SPECIFICATIONS, wire_name="TagSpecification"),
@@ -87,6 +90,11 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     if "IamInstanceProfile" in params:
         profile, _role = resolve_profile(context, params["IamInstanceProfile"])
         profile_id = profile.profile_id
+    key_pair = None
+    if "KeyName" in params:
+        key_pair = require_key_pair(context, params["KeyName"])
+        # As EC2: launching with a key pair is RunInstances on the key pair's resource too.
+        authorize(context, "ec2:RunInstances", key_pair.arn)
     tags = tag_specification_tags(params, "instance")
     check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
@@ -131,6 +139,8 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             association_state="associated" if profile_id else None,
             profile_id=profile_id,
             launch_index=index,
+            key_name=key_pair.name if key_pair is not None else None,
+            public_key=key_pair.public_key if key_pair is not None else None,
         )
         context.tx.insert_instance(instance)
         if tags:
@@ -182,6 +192,7 @@ _FILTERS: dict[str, Callable[[Context, Instance], list[str]]] = {
     ],
     "image-id": lambda context, instance: [instance.image_id],
     "instance-type": lambda context, instance: [instance.instance_type],
+    "key-name": lambda context, instance: [instance.key_name] if instance.key_name else [],
 }
 
 

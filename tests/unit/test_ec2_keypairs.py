@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from controller.actions import Caller, Context, Result, Services
 from controller.compose import api_registry
-from controller.ec2 import keypairs, sshkeys
+from controller.ec2 import instances, keypairs, sshkeys
 from controller.ec2.limits import Ec2Limits
 from controller.errors import (
     ApiError,
@@ -469,6 +469,68 @@ def test_delete_by_id_authorizes_the_key_pair_by_its_stored_name(api: Api) -> No
 
 def test_describe_authorizes_every_key_pair_as_ec2_describe_actions_do(api: Api) -> None:
     assert resource_of(api, "DescribeKeyPairs") == "*"
+
+
+# RunInstances' KeyName
+
+
+def launch(api: Api, **params: Any) -> dict[str, Any]:
+    result = api(instances.run_instances, ImageId="emi-1", MinCount=1, MaxCount=1, **params)
+    instance: dict[str, Any] = result["instancesSet"][0]
+    return instance
+
+
+def test_run_instances_with_a_key_name_keeps_the_name_and_a_copy_of_the_key(api: Api) -> None:
+    api.import_key("deploy")
+    launched = launch(api, KeyName="deploy")
+    assert launched["keyName"] == "deploy"
+    with api.store.transaction() as tx:
+        key_pair = tx.get_key_pair(ACCOUNT, "deploy")
+        instance = tx.get_instance(launched["instanceId"])
+    assert key_pair is not None and instance is not None
+    assert (instance.key_name, instance.public_key) == ("deploy", key_pair.public_key)
+
+
+def test_an_instance_keeps_its_key_after_the_key_pair_is_deleted(api: Api) -> None:
+    api.import_key("deploy")
+    launched = launch(api, KeyName="deploy")
+    api(keypairs.delete_key_pair, KeyName="deploy")
+    described = api(instances.describe_instances, InstanceIds=[launched["instanceId"]])
+    assert described["reservationSet"][0]["instancesSet"][0]["keyName"] == "deploy"
+    with api.store.transaction() as tx:
+        instance = tx.get_instance(launched["instanceId"])
+    assert instance is not None and instance.public_key is not None
+
+
+def test_run_instances_with_an_unknown_key_is_invalid_key_pair_not_found(api: Api) -> None:
+    with pytest.raises(InvalidKeyPairNotFound) as raised:
+        launch(api, KeyName="nosuch")
+    assert raised.value.message == "The key pair 'nosuch' does not exist"
+    with api.store.transaction() as tx:
+        assert tx.account_instance_count(ACCOUNT) == 0
+
+
+def test_run_instances_cannot_use_another_accounts_key_pair(api: Api, other: Api) -> None:
+    other.import_key("theirs")
+    with pytest.raises(InvalidKeyPairNotFound):
+        launch(api, KeyName="theirs")
+
+
+def test_without_a_key_name_an_instance_has_no_key(api: Api) -> None:
+    launched = launch(api)
+    assert launched.get("keyName") is None
+    with api.store.transaction() as tx:
+        instance = tx.get_instance(launched["instanceId"])
+    assert instance is not None and (instance.key_name, instance.public_key) == (None, None)
+
+
+def test_describe_instances_filters_by_key_name(api: Api) -> None:
+    api.import_key("deploy")
+    with_key = launch(api, KeyName="deploy")["instanceId"]
+    launch(api)
+    found = api(instances.describe_instances, Filters=[{"Name": "key-name", "Values": ["deploy"]}])
+    ids = [i["instanceId"] for r in found["reservationSet"] for i in r["instancesSet"]]
+    assert ids == [with_key]
 
 
 def test_every_key_pair_error_is_an_ec2_error_of_status_400() -> None:
