@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 
 # npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
-# ruby, shellcheck: `ruby -c`, `shellcheck` check vagrant/. prometheus (with promtool): checks
+# ruby, shellcheck: `ruby -c`, `shellcheck` check vagrant/. openssh-client: ssh-keygen, which
+# the key pair tests hold RoleCall's fingerprints against. prometheus (with promtool): checks
 # docs/prometheus and runs in tests/e2e as the test's own process; a service the package started
 # is stopped and disabled.
 $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
@@ -35,6 +36,8 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	command -v ec2metadata >/dev/null && command -v ec2-metadata >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends cloud-guest-utils \
 	     amazon-ec2-utils)
+	command -v ssh-keygen >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends openssh-client)
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })

@@ -90,7 +90,12 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
-    limits = Ec2Limits(config.max_instances_per_account, config.node_capacity, config.subnet)
+    limits = Ec2Limits(
+        max_instances_per_account=config.max_instances_per_account,
+        node_capacity=config.node_capacity,
+        subnet=config.subnet,
+        max_key_pairs_per_account=config.max_key_pairs_per_account,
+    )
     resource = PublicApi(
         store,
         actions,

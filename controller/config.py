@@ -29,6 +29,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/rolecall/controller.toml")
 #: Upper ends of the EC2 limits an operator may configure (bounded so a typo cannot unbound them).
 MAX_ACCOUNT_INSTANCES = 1_000_000
 MAX_NODE_CAPACITY = 100_000
+MAX_ACCOUNT_KEY_PAIRS = 1_000_000
 MAX_API_CONNECTIONS = 1_000_000
 DEFAULT_STATE_DIR = Path("/var/lib/rolecall")
 
@@ -61,6 +62,8 @@ class ControllerConfig:
     node_capacity: int = 1000
     #: Where instances' private addresses come from unless their node has its own ``--subnet``.
     subnet: str = DEFAULT_SUBNET
+    #: Key pairs an account may hold: ImportKeyPair or CreateKeyPair beyond is KeyPairLimitExceeded.
+    max_key_pairs_per_account: int = 5000
 
     def api_connection_limit(self, descriptors: int) -> int:
         """The public port's connection limit when the process may open ``descriptors``."""
@@ -175,6 +178,10 @@ _KEYS: Keys = {
     "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),
     "ec2.node_capacity": ("node_capacity", _count(MAX_NODE_CAPACITY)),
     "ec2.subnet": ("subnet", _subnet),
+    "ec2.max_key_pairs_per_account": (
+        "max_key_pairs_per_account",
+        _count(MAX_ACCOUNT_KEY_PAIRS),
+    ),
 }
 
 

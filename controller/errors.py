@@ -272,3 +272,23 @@ class InvalidID(ApiError):
 
     code = "InvalidID"
     status = 400
+
+
+class InvalidKeyPairNotFound(ApiError):
+    code = "InvalidKeyPair.NotFound"
+    status = 400
+
+
+class InvalidKeyPairDuplicate(ApiError):
+    code = "InvalidKeyPair.Duplicate"
+    status = 400
+
+
+class InvalidKeyPairFormat(ApiError):
+    code = "InvalidKeyPair.Format"
+    status = 400
+
+
+class KeyPairLimitExceeded(ApiError):
+    code = "KeyPairLimitExceeded"
+    status = 400

@@ -1,7 +1,7 @@
-"""EC2 (2016-11-15): instances with instance profiles, placed on enrolled nodes."""
+"""EC2 (2016-11-15): instances with instance profiles, placed on enrolled nodes; key pairs."""
 
 from controller.actions import Registry
 
 registry = Registry()
 
-from controller.ec2 import associations, attributes, instances  # noqa: E402,F401  (they register)
+from controller.ec2 import associations, attributes, instances, keypairs  # noqa: E402,F401

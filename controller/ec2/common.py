@@ -16,7 +16,7 @@ from controller.errors import (
     InvalidParameterValue,
 )
 from controller.query import Field, Int, ListOf, Str, Struct
-from controller.store.records import REGION, Instance, InstanceProfile, Role
+from controller.store.records import REGION, Instance, InstanceProfile, Role, Tag
 from controller.xmlout import format_time
 
 AVAILABILITY_ZONE = f"{REGION}a"
@@ -37,6 +37,18 @@ HTTP_ENDPOINT = Str(enum=("disabled", "enabled"))
 HOP_LIMIT = Int(1, 64)
 METADATA_TAGS = Str(enum=("disabled", "enabled"))
 DRY_RUN = Field("DryRun", Str(enum=("true", "false")))
+TAG_SPECIFICATIONS = ListOf(
+    Struct(
+        (
+            Field("ResourceType", Str()),
+            Field(
+                "Tags",
+                ListOf(Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))))),
+                wire_name="Tag",
+            ),
+        )
+    )
+)
 
 
 def new_hex_id(prefix: str) -> str:
@@ -182,6 +194,20 @@ def interface_shape(instance: Instance) -> dict[str, Any]:
     }
 
 
+def tag_specification_tags(params: dict[str, Any], resource_type: str) -> list[Tag]:
+    """The tags a request's TagSpecification gives the new ``resource_type`` (``instance``,
+    ``key-pair``); a specification for any other type is refused rather than ignored."""
+    tags = []
+    for spec in params.get("TagSpecifications", []):
+        if spec.get("ResourceType") != resource_type:
+            raise InvalidParameterValue(
+                f"Value ({spec.get('ResourceType')}) for parameter TagSpecification.ResourceType"
+                f" is invalid. It must be {resource_type}."
+            )
+        tags += [Tag(tag["Key"], tag.get("Value", "")) for tag in spec.get("Tags", [])]
+    return tags
+
+
 def instance_shape(context: Context, instance: Instance) -> dict[str, Any]:
     tags = context.tx.get_tags(instance.instance_id)
     return {
@@ -190,6 +216,7 @@ def instance_shape(context: Context, instance: Instance) -> dict[str, Any]:
         "instanceState": state_shape(instance.state),
         "privateDnsName": hostname(instance),
         "dnsName": "",
+        "keyName": instance.key_name,
         "amiLaunchIndex": instance.launch_index,
         "instanceType": instance.instance_type,
         "launchTime": instance.launched,

@@ -96,8 +96,7 @@ def assignment(tx: Transaction, instance: Instance) -> InstanceAssignment:
     """What the instance's node is told of it."""
     profile = tx.get_instance_profile_by_id(instance.profile_id) if instance.profile_id else None
     role = tx.get_role_by_id(profile.role_id) if profile and profile.role_id else None
-    key_name = getattr(instance, "key_name", None)
-    public_key = getattr(instance, "public_key", None)
+    key_name, public_key = instance.key_name, instance.public_key
     return InstanceAssignment(
         instance_id=instance.instance_id,
         account_id=instance.account_id,

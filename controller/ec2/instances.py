@@ -13,6 +13,7 @@ from typing import Any
 
 from common.nodemessages import MAX_USER_DATA_BYTES
 from controller.actions import Context, Result
+from controller.authorize import authorize
 from controller.ec2 import registry
 from controller.ec2.common import (
     DRY_RUN,
@@ -22,6 +23,7 @@ from controller.ec2.common import (
     HTTP_TOKENS,
     METADATA_TAGS,
     PROFILE_SPEC,
+    TAG_SPECIFICATIONS,
     assignment_changed,
     check_dry_run,
     group_shape,
@@ -35,8 +37,10 @@ from controller.ec2.common import (
     require_instance,
     resolve_profile,
     state_shape,
+    tag_specification_tags,
 )
 from controller.ec2.guest import identity_of
+from controller.ec2.keypairs import require_key_pair
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
 from controller.ec2.network import AddressPool, new_mac
 from controller.errors import (
@@ -48,7 +52,7 @@ from controller.errors import (
 )
 from controller.iam.common import decode_marker, encode_marker
 from controller.query import Field, Int, ListOf, Str, Struct
-from controller.store.records import Instance, Node, Tag
+from controller.store.records import Instance, Node
 
 MAX_LAUNCH = 100
 #: UserData is base64: 16 KiB decoded is at most this many characters (and a little slack for
@@ -56,18 +60,6 @@ MAX_LAUNCH = 100
 MAX_USER_DATA_TEXT = 4 * MAX_USER_DATA_BYTES // 3 + 1024
 DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
 
-TAG_SPECIFICATIONS = ListOf(
-    Struct(
-        (
-            Field("ResourceType", Str()),
-            Field(
-                "Tags",
-                ListOf(Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))))),
-                wire_name="Tag",
-            ),
-        )
-    )
-)
 METADATA_OPTIONS = Struct(
     (
         Field("HttpTokens", HTTP_TOKENS),
@@ -128,6 +120,7 @@ RUN_INSTANCES_REFUSED = {
             Field("MinCount", Int(1, MAX_LAUNCH), required=True),
             Field("MaxCount", Int(1, MAX_LAUNCH), required=True),
             Field("InstanceType", Str(1, 64)),
+            Field("KeyName", Str()),
             Field("IamInstanceProfile", PROFILE_SPEC),
             Field("MetadataOptions", METADATA_OPTIONS),
             Field("TagSpecifications", TAG_SPECIFICATIONS, wire_name="TagSpecification"),
@@ -166,7 +159,12 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     if "IamInstanceProfile" in params:
         profile, _role = resolve_profile(context, params["IamInstanceProfile"])
         profile_id = profile.profile_id
-    tags = _instance_tags(params)
+    key_pair = None
+    if "KeyName" in params:
+        key_pair = require_key_pair(context, params["KeyName"])
+        # As EC2: launching with a key pair is RunInstances on the key pair's resource too.
+        authorize(context, "ec2:RunInstances", key_pair.arn)
+    tags = tag_specification_tags(params, "instance")
     check_tag_count(len(tags))
     options = params.get("MetadataOptions", {})
     _check_ipv6(options)
@@ -228,6 +226,8 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             metadata_tags=options.get("InstanceMetadataTags", "disabled"),
             client_token=token,
             request_digest=digest,
+            key_name=key_pair.name if key_pair is not None else None,
+            public_key=key_pair.public_key if key_pair is not None else None,
         )
         instance = identity_of(instance, context.services.identity_signer)
         context.tx.insert_instance(instance)
@@ -311,18 +311,6 @@ def _candidate_nodes(context: Context, node_name: str | None) -> list[Node]:
     return [node]
 
 
-def _instance_tags(params: dict[str, Any]) -> list[Tag]:
-    tags = []
-    for spec in params.get("TagSpecifications", []):
-        if spec.get("ResourceType") != "instance":
-            raise InvalidParameterValue(
-                f"Value ({spec.get('ResourceType')}) for parameter TagSpecification.ResourceType"
-                " is invalid. RoleCall tags instances only."
-            )
-        tags += [Tag(tag["Key"], tag.get("Value", "")) for tag in spec.get("Tags", [])]
-    return tags
-
-
 #: A filter's values for one instance.
 _FILTERS: dict[str, Callable[[Context, Instance], list[str]]] = {
     "instance-state-name": lambda context, instance: [instance.state],
@@ -332,6 +320,7 @@ _FILTERS: dict[str, Callable[[Context, Instance], list[str]]] = {
     ],
     "image-id": lambda context, instance: [instance.image_id],
     "instance-type": lambda context, instance: [instance.instance_type],
+    "key-name": lambda context, instance: [instance.key_name] if instance.key_name else [],
 }
 
 

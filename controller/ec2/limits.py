@@ -1,4 +1,4 @@
-"""EC2's limits on RunInstances: tags per instance, the account's quota, nodes' capacity.
+"""EC2's limits: tags per resource, quotas of instances and key pairs, nodes' capacity.
 
 Pure: counts in, a decision or an EC2 error out (issue 16, item 10). The store reads and the
 writes stay in ``instances.py``; the numbers come from the controller's configuration.
@@ -14,6 +14,7 @@ from controller.ec2.network import DEFAULT_SUBNET
 from controller.errors import (
     InstanceLimitExceeded,
     InsufficientInstanceCapacity,
+    KeyPairLimitExceeded,
     TagLimitExceeded,
 )
 from controller.store.records import Node
@@ -32,14 +33,26 @@ class Ec2Limits:
     node_capacity: int = 1000
     #: Where instances' addresses come from unless their node has its own subnet.
     subnet: str = DEFAULT_SUBNET
+    #: Key pairs an account may hold (EC2's quota: 5,000 per region).
+    max_key_pairs_per_account: int = 5000
 
 
-def check_tag_count(count: int) -> None:
-    """More than 50 tags for one instance is TagLimitExceeded, as EC2 answers."""
+def check_tag_count(count: int, resource: str = "instance") -> None:
+    """More than 50 tags for one resource is TagLimitExceeded, as EC2 answers."""
     if count > MAX_TAGS_PER_RESOURCE:
         raise TagLimitExceeded(
             f"The maximum number of tags per resource is {MAX_TAGS_PER_RESOURCE};"
-            f" the request gives each instance {count}."
+            f" the request gives each {resource} {count}."
+        )
+
+
+def check_key_pair_count(held: int, limit: int) -> None:
+    """One more key pair for an account holding ``held`` must stay within ``limit``."""
+    if held >= limit:
+        raise KeyPairLimitExceeded(
+            f"You have reached the limit of {limit} key pairs for this account. Delete key"
+            " pairs you no longer use, or ask the operator to raise"
+            " ec2.max_key_pairs_per_account."
         )
 
 

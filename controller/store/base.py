@@ -17,6 +17,7 @@ from controller.store.records import (
     Account,
     Instance,
     InstanceProfile,
+    KeyPair,
     Node,
     Role,
     RolePolicy,
@@ -170,6 +171,25 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def count_instances_with_profile(self, profile_id: str) -> int:
         """How many instances that are not terminated carry this instance profile."""
+
+    # EC2 key pairs (names are case-sensitive, unlike IAM's)
+    @abc.abstractmethod
+    def insert_key_pair(self, key_pair: KeyPair) -> None: ...
+    @abc.abstractmethod
+    def get_key_pair(self, account_id: str, name: str) -> KeyPair | None:
+        """The account's key pair of exactly this name (EC2 compares names case-sensitively)."""
+
+    @abc.abstractmethod
+    def get_key_pair_by_id(self, key_pair_id: str) -> KeyPair | None: ...
+    @abc.abstractmethod
+    def list_key_pairs(self, account_id: str) -> list[KeyPair]:
+        """Every key pair of the account (EC2's quota keeps that to thousands), by name."""
+
+    @abc.abstractmethod
+    def count_key_pairs(self, account_id: str) -> int: ...
+    @abc.abstractmethod
+    def delete_key_pair(self, key_pair_id: str) -> None:
+        """Delete the key pair and its tags; instances launched with it keep their copy."""
 
     # tags of any entity, in the order they were first added
     @abc.abstractmethod

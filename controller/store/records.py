@@ -143,6 +143,11 @@ class Instance:
     #: RunInstances' ClientToken, and a digest of the request it came with.
     client_token: str | None = None
     request_digest: str | None = None
+    #: The key pair named at launch (RunInstances KeyName), None without one.
+    key_name: str | None = None
+    #: That key pair's OpenSSH public-key line as it was at launch: the metadata service serves
+    #: it even after the key pair is deleted, as EC2 does.
+    public_key: str | None = None
 
     @property
     def arn(self) -> str:
@@ -158,6 +163,28 @@ class Instance:
     @property
     def tags_in_metadata(self) -> bool:
         return self.metadata_tags == "enabled"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An EC2 key pair: its public half only. The private key CreateKeyPair makes is returned
+    once and never stored."""
+
+    key_pair_id: str
+    account_id: str
+    #: Case-sensitive, unique in its account.
+    name: str
+    #: rsa | ed25519
+    key_type: str
+    #: As EC2 shows it (see controller/ec2/sshkeys.py for which digest of what).
+    fingerprint: str
+    #: The OpenSSH public-key line, ``TYPE BASE64 NAME``, as authorized_keys takes it.
+    public_key: str
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:ec2:{REGION}:{self.account_id}:key-pair/{self.name}"
 
 
 #: RoleCall is one region; ARNs and metadata name it.

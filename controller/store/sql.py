@@ -17,6 +17,7 @@ from controller.store.records import (
     Account,
     Instance,
     InstanceProfile,
+    KeyPair,
     Node,
     Role,
     RolePolicy,
@@ -40,8 +41,9 @@ _INSTANCE_COLUMNS = (
     " launched, terminated, private_ip, http_tokens, hop_limit, http_endpoint, association_id,"
     " association_state, profile_id, launch_index, user_data, mac, interface_id, subnet,"
     " security_groups, metadata_tags, identity_document, identity_signature, identity_pkcs7,"
-    " identity_rsa2048, client_token, request_digest"
+    " identity_rsa2048, client_token, request_digest, key_name, public_key"
 )
+_KEY_PAIR_COLUMNS = "key_pair_id, account_id, name, key_type, fingerprint, public_key, created"
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -481,6 +483,50 @@ class SqlTransaction(Transaction):
             (profile_id,),
         )
         return int(row[0]) if row else 0
+
+    # key pairs
+    def insert_key_pair(self, key_pair: KeyPair) -> None:
+        self._run(
+            f"INSERT INTO key_pairs ({_KEY_PAIR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key_pair.key_pair_id,
+                key_pair.account_id,
+                key_pair.name,
+                key_pair.key_type,
+                key_pair.fingerprint,
+                key_pair.public_key,
+                key_pair.created,
+            ),
+        )
+
+    def get_key_pair(self, account_id: str, name: str) -> KeyPair | None:
+        row = self._row(
+            f"SELECT {_KEY_PAIR_COLUMNS} FROM key_pairs WHERE account_id = ? AND name = ?",
+            (account_id, name),
+        )
+        return KeyPair(*row) if row else None
+
+    def get_key_pair_by_id(self, key_pair_id: str) -> KeyPair | None:
+        row = self._row(
+            f"SELECT {_KEY_PAIR_COLUMNS} FROM key_pairs WHERE key_pair_id = ?", (key_pair_id,)
+        )
+        return KeyPair(*row) if row else None
+
+    def list_key_pairs(self, account_id: str) -> list[KeyPair]:
+        rows = self._rows(
+            f"SELECT {_KEY_PAIR_COLUMNS} FROM key_pairs WHERE account_id = ?", (account_id,)
+        )
+        # Ordered here, by code point: database collations differ (PostgreSQL's follows the
+        # locale), and an account holds a few thousand key pairs at most.
+        return sorted((KeyPair(*row) for row in rows), key=lambda key_pair: key_pair.name)
+
+    def count_key_pairs(self, account_id: str) -> int:
+        row = self._row("SELECT COUNT(*) FROM key_pairs WHERE account_id = ?", (account_id,))
+        return int(row[0]) if row else 0
+
+    def delete_key_pair(self, key_pair_id: str) -> None:
+        self._run("DELETE FROM tags WHERE entity_id = ?", (key_pair_id,))
+        self._run("DELETE FROM key_pairs WHERE key_pair_id = ?", (key_pair_id,))
 
     # tags
     def get_tags(self, entity_id: str) -> list[Tag]:

@@ -42,6 +42,7 @@ MASK = "****"
 
 #: Parameter, element and JSON key names whose values --debug never shows.
 SECRET_NAMES = (
+    "KeyMaterial",  # CreateKeyPair's private key
     "SecretAccessKey",
     "SessionToken",
     "SecurityToken",

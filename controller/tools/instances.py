@@ -153,6 +153,8 @@ def run_instances_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     params = [("ImageId", args.image), ("MinCount", str(minimum)), ("MaxCount", str(maximum))]
     if args.instance_type:
         params.append(("InstanceType", args.instance_type))
+    if args.key:
+        params.append(("KeyName", args.key))
     if args.iam_profile:
         member = "Arn" if args.iam_profile.startswith("arn:") else "Name"
         params.append((f"IamInstanceProfile.{member}", args.iam_profile))
@@ -175,6 +177,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="how many instances: N, or MIN-MAX to accept fewer (default: 1)",
     )
     parser.add_argument("-t", "--instance-type", metavar="TYPE", help="e.g. m1.small")
+    parser.add_argument(
+        "-k",
+        "--key",
+        metavar="KEYPAIR",
+        help="key pair whose public key the instances' metadata offers (public-keys/0)",
+    )
     parser.add_argument(
         "-p",
         "--iam-profile",
@@ -214,19 +222,25 @@ def filter_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def describe_instances_params(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """DescribeInstances parameters: the ids, and the filters with values of one name merged
-    (EC2 matches any of a filter's values, and all of the filters)."""
-    params = [(f"InstanceId.{index}", value) for index, value in enumerate(args.instances, 1)]
+def filter_params(filters: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``-F NAME=VALUE`` pairs as EC2's Filter parameters, the values of one name merged (EC2
+    matches any of a filter's values, and all of the filters)."""
     grouped: dict[str, list[str]] = {}
-    for name, value in args.filters:
+    for name, value in filters:
         grouped.setdefault(name, []).append(value)
+    params = []
     for index, (name, values) in enumerate(grouped.items(), 1):
         params.append((f"Filter.{index}.Name", name))
         params += [
             (f"Filter.{index}.Value.{number}", value) for number, value in enumerate(values, 1)
         ]
     return params
+
+
+def describe_instances_params(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """DescribeInstances parameters: the ids, and the filters."""
+    params = [(f"InstanceId.{index}", value) for index, value in enumerate(args.instances, 1)]
+    return params + filter_params(args.filters)
 
 
 def _describe_arguments(parser: argparse.ArgumentParser) -> None:

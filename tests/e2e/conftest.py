@@ -20,6 +20,7 @@ import pytest
 from botocore.config import Config
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"
 LISTENING = re.compile(r"public API listening on (http://\S+)")
 NODE_API_LISTENING = re.compile(r"node API listening on (https://\S+)")
@@ -37,6 +38,9 @@ class Controller:
     output: list[str] = field(default_factory=list)
     node_api_urls: list[str] = field(default_factory=list)
     metrics_urls: list[str] = field(default_factory=list)
+    #: Stand-ins for console scripts setup.cfg declares that the virtualenv lacks (see
+    #: `missing_console_scripts`); None when every one is installed.
+    scripts: Path | None = None
 
     @property
     def node_api_url(self) -> str:
@@ -72,9 +76,49 @@ class Controller:
             AWS_CONFIG_FILE=str(self.state_dir / "no-such-config"),
             AWS_PROFILE="rolecall",
             AWS_DEFAULT_REGION="us-east-1",
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            PATH=os.pathsep.join(
+                [*([str(self.scripts)] if self.scripts else []), str(BIN), env.get("PATH", "")]
+            ),
         )
         return env
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.cfg's console scripts: name -> ``module:function``."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    declared = config["options.entry_points"]["console_scripts"]
+    pairs = (line.split("=", 1) for line in declared.strip().splitlines())
+    return {name.strip(): target.strip() for name, target in pairs}
+
+
+def missing_console_scripts(directory: Path) -> Path | None:
+    """Scripts for the console scripts setup.cfg declares but the virtualenv's bin lacks, made
+    in ``directory``; None when there are none.
+
+    A checkout whose setup.cfg gained a tool since the virtualenv was installed (a branch's
+    worktree sharing another checkout's environment) would otherwise run its tests against
+    nothing. Each stand-in runs this interpreter on this checkout's code, as the installed
+    script would; `make install` replaces the need for them.
+    """
+    missing = {
+        name: target for name, target in console_scripts().items() if not (BIN / name).exists()
+    }
+    if not missing:
+        return None
+    directory.mkdir(exist_ok=True)
+    for name, target in missing.items():
+        module, function = target.split(":")
+        script = directory / name
+        script.write_text(
+            f"#!{sys.executable}\n"
+            "import sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            f"from {module} import {function}\n"
+            f"sys.exit({function}())\n"
+        )
+        script.chmod(0o755)
+    return directory
 
 
 def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
@@ -138,6 +182,7 @@ def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
         process.wait()
         raise AssertionError("controller did not start:\n" + "".join(output))
     return Controller(
+        scripts=missing_console_scripts(state_dir.parent / f"{state_dir.name}-scripts"),
         url=url,
         state_dir=state_dir,
         credentials_file=state_dir / "root-credentials",

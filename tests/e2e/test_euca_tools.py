@@ -1,8 +1,9 @@
-"""euca-run-instances, euca-describe-instances and euca-terminate-instances against a real
-controller, after the original three lines, as an operator types them."""
+"""euca-run-instances, euca-describe-instances and euca-terminate-instances, and the key pair
+tools, against a real controller, after the original three lines, as an operator types them."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 
@@ -62,3 +63,70 @@ def test_an_unknown_profile_is_one_line_with_ec2s_code(
 ) -> None:
     line = failed(controller, "euca-run-instances emi-12345678 -p no-such-profile")
     assert "InvalidParameterValue" in line and "no-such-profile" in line
+
+
+# Key pairs (issue 12)
+
+
+def test_create_keypair_writes_a_key_ssh_keygen_reads_and_launches_with_it(
+    controller: Controller, enrolled: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "eucakey.pem"
+    line = ok(controller, f"euca-create-keypair eucakey -t ed25519 -f {path}")
+    kind, name, fingerprint = line.rstrip("\n").split("\t")
+    assert (kind, name) == ("KEYPAIR", "eucakey")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    shown = subprocess.run(
+        ["ssh-keygen", "-l", "-f", path], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
+    assert fingerprint.rstrip("=") == shown.removeprefix("SHA256:")
+    assert ok(controller, "euca-describe-keypairs eucakey") == line
+    instance = instance_lines(ok(controller, "euca-run-instances emi-12345678 -k eucakey"))[0]
+    assert instance[6] == "eucakey"  # euca2ools' key name column
+    described = instance_lines(ok(controller, f"euca-describe-instances {instance[1]}"))
+    assert described[0][6] == "eucakey"
+    assert ok(controller, "euca-delete-keypair eucakey") == "KEYPAIR\teucakey\n"
+    gone = failed(controller, "euca-describe-keypairs eucakey")
+    assert gone == (
+        "euca-describe-keypairs: InvalidKeyPair.NotFound: The key pair 'eucakey' does not exist\n"
+    )
+
+
+def test_create_keypair_without_a_file_prints_the_private_key(controller: Controller) -> None:
+    output = ok(controller, "euca-create-keypair eucaprinted")
+    header, *key = output.splitlines()
+    assert header.startswith("KEYPAIR\teucaprinted\t")
+    assert key[0] == "-----BEGIN RSA PRIVATE KEY-----"
+    assert key[-1] == "-----END RSA PRIVATE KEY-----"
+    ok(controller, "euca-delete-keypair eucaprinted")
+
+
+def test_import_keypair_takes_an_ssh_keygen_public_key(
+    controller: Controller, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, timeout=30
+    )
+    output = ok(controller, f"euca-import-keypair eucaimported --public-key-file {key}.pub")
+    shown = subprocess.run(
+        ["ssh-keygen", "-l", "-f", f"{key}.pub"], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
+    kind, name, fingerprint = output.rstrip("\n").split("\t")
+    assert (kind, name) == ("KEYPAIR", "eucaimported")
+    assert fingerprint.rstrip("=") == shown.removeprefix("SHA256:")
+    listed = ok(controller, "euca-describe-keypairs -F key-type=ed25519")
+    assert output in listed
+    duplicate = failed(controller, f"euca-import-keypair eucaimported -f {key}.pub")
+    assert "InvalidKeyPair.Duplicate" in duplicate and duplicate.count("\n") == 1
+    bad_flag = failed(controller, f"euca-import-keypair other --public-key {key}.pub")
+    assert "--public-key" in bad_flag and bad_flag.count("\n") == 1
+
+
+def test_run_instances_with_an_unknown_key_is_one_line_with_ec2s_code(
+    controller: Controller, enrolled: str
+) -> None:
+    line = failed(controller, "euca-run-instances emi-12345678 -k no-such-key")
+    assert line == (
+        "euca-run-instances: InvalidKeyPair.NotFound: The key pair 'no-such-key' does not exist\n"
+    )

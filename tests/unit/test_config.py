@@ -198,9 +198,16 @@ def test_ec2_limits_are_read_from_the_ec2_table() -> None:
     assert (parsed.max_instances_per_account, parsed.node_capacity) == (20, 7)
 
 
+def test_the_key_pair_quota_defaults_to_ec2s_5000_and_is_read_from_the_ec2_table() -> None:
+    assert config_from_string("").max_key_pairs_per_account == 5000
+    parsed = config_from_string("[ec2]\nmax_key_pairs_per_account = 3\n")
+    assert parsed.max_key_pairs_per_account == 3
+
+
 @pytest.mark.parametrize(
     "text",
     [
+        "[ec2]\nmax_key_pairs_per_account = 0",
         "[ec2]\nmax_instances_per_account = 0",
         "[ec2]\nmax_instances_per_account = true",
         "[ec2]\nnode_capacity = -1",

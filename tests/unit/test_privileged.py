@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent import channel
-from agent.kept import InstanceFiles
+from agent.kept import MAX_ENTRY_BYTES, InstanceFiles
 from agent.netns import Ownership, OwnershipRecord
 from agent.privileged import Broker
 from common.notify import Notifier
@@ -95,7 +95,10 @@ REFUSED = [
     ({"op": "keep", "instance": "../../etc/cron.d/x", "entry": "{}"}, "instance id"),
     ({"op": "keep", "instance": ".i-01234567.tmp", "entry": "{}"}, "instance id"),
     ({"op": "keep", "instance": "i-01234567", "entry": 7}, "entry must be str"),
-    ({"op": "keep", "instance": "i-01234567", "entry": "x" * 70000}, "at most 65536 bytes"),
+    (
+        {"op": "keep", "instance": "i-01234567", "entry": "x" * (MAX_ENTRY_BYTES + 1)},
+        f"at most {MAX_ENTRY_BYTES} bytes",
+    ),
     ({"op": "forget", "instance": "/etc/passwd"}, "instance id"),
     ({"op": "remove_orphan", "netns": "vm-7"}, "not an orphan of this agent's"),
     ({"op": "remove_orphan", "netns": "../rc-x"}, "namespace name"),

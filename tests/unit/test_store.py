@@ -24,6 +24,7 @@ from controller.store.records import (
     Account,
     Instance,
     InstanceProfile,
+    KeyPair,
     Node,
     Role,
     RolePolicy,
@@ -876,3 +877,137 @@ def instance(instance_id: str, account_id: str, state: str) -> Instance:
         profile_id=None,
         launch_index=0,
     )
+
+
+# EC2 key pairs (issue 12)
+
+PUBLIC_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def key_pair(name: str, account_id: str = ACCOUNT, key_pair_id: str | None = None) -> KeyPair:
+    return KeyPair(
+        key_pair_id=key_pair_id or f"key-{next(_serial):017x}",
+        account_id=account_id,
+        name=name,
+        key_type="ed25519",
+        fingerprint="kq7JbGw0rYQJ0j0DKX3Y2s1wGkZl5m1Yc1oZ6xXjvYg=",
+        public_key=f"{PUBLIC_LINE} {name}",
+        created=CREATED,
+    )
+
+
+def test_a_key_pair_is_stored_as_given_and_found_by_name_and_by_id(store: Store) -> None:
+    stored = key_pair("deploy")
+    with store.transaction() as tx:
+        tx.insert_key_pair(stored)
+    with store.transaction() as tx:
+        assert tx.get_key_pair(ACCOUNT, "deploy") == stored
+        assert tx.get_key_pair_by_id(stored.key_pair_id) == stored
+        assert tx.get_key_pair(OTHER_ACCOUNT, "deploy") is None
+        assert tx.get_key_pair_by_id("key-00000000000000000") is None
+
+
+def test_key_pair_names_are_case_sensitive_as_in_ec2(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_key_pair(key_pair("Deploy"))
+        tx.insert_key_pair(key_pair("deploy"))
+    with store.transaction() as tx:
+        assert tx.get_key_pair(ACCOUNT, "DEPLOY") is None
+        found = tx.get_key_pair(ACCOUNT, "Deploy")
+        assert found is not None and found.name == "Deploy"
+        assert tx.count_key_pairs(ACCOUNT) == 2
+
+
+def test_a_key_pair_name_taken_in_the_account_is_a_conflict(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_key_pair(key_pair("deploy"))
+        tx.insert_key_pair(key_pair("deploy", OTHER_ACCOUNT))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.insert_key_pair(key_pair("deploy"))
+
+
+def test_key_pairs_are_listed_for_their_account_by_name_in_code_point_order(
+    store: Store,
+) -> None:
+    with store.transaction() as tx:
+        for name in ("web", "Zeta", "alpha", "b"):
+            tx.insert_key_pair(key_pair(name))
+        tx.insert_key_pair(key_pair("other", OTHER_ACCOUNT))
+    with store.transaction() as tx:
+        assert [k.name for k in tx.list_key_pairs(ACCOUNT)] == ["Zeta", "alpha", "b", "web"]
+        assert tx.count_key_pairs(ACCOUNT) == 4
+        assert tx.count_key_pairs(OTHER_ACCOUNT) == 1
+
+
+def test_deleting_a_key_pair_deletes_its_tags_and_nothing_else(store: Store) -> None:
+    gone, kept = key_pair("gone"), key_pair("kept")
+    with store.transaction() as tx:
+        tx.insert_key_pair(gone)
+        tx.insert_key_pair(kept)
+        tx.put_tags(gone.key_pair_id, [Tag("team", "web")])
+        tx.put_tags(kept.key_pair_id, [Tag("team", "db")])
+        tx.delete_key_pair(gone.key_pair_id)
+    with store.transaction() as tx:
+        assert tx.get_key_pair_by_id(gone.key_pair_id) is None
+        assert tx.get_tags(gone.key_pair_id) == []
+        assert tx.list_key_pairs(ACCOUNT) == [kept]
+        assert tx.get_tags(kept.key_pair_id) == [Tag("team", "db")]
+
+
+def test_an_instance_keeps_the_key_it_was_launched_with_after_the_key_pair_goes(
+    store: Store,
+) -> None:
+    deploy = key_pair("deploy")
+    launched = replace(
+        instance("i-00000000000000001", ACCOUNT, "pending"),
+        key_name="deploy",
+        public_key=deploy.public_key,
+    )
+    with store.transaction() as tx:
+        tx.insert_node(Node("hv1", "00", CREATED, None, None, 0))
+        tx.insert_key_pair(deploy)
+        tx.insert_instance(launched)
+        tx.insert_instance(instance("i-00000000000000002", ACCOUNT, "pending"))
+        tx.delete_key_pair(deploy.key_pair_id)
+    with store.transaction() as tx:
+        assert tx.get_instance("i-00000000000000001") == launched
+        keyless = tx.get_instance("i-00000000000000002")
+        assert keyless is not None and (keyless.key_name, keyless.public_key) == (None, None)
+        tx.update_instance(replace(launched, state="running"))
+        running = tx.get_instance("i-00000000000000001")
+        assert running is not None and running.public_key == deploy.public_key
+
+
+def test_a_version_four_database_gets_key_pairs_and_keeps_its_instances(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    connection = sqlite3.connect(path)
+    for version, script in migrations():
+        if version <= 4:
+            for statement in split_statements(script):
+                connection.execute(statement)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (4)")
+    connection.execute("INSERT INTO accounts VALUES (?, 'old', 'then')", (ACCOUNT,))
+    connection.execute("INSERT INTO nodes VALUES ('hv1', '00', 'then', NULL, NULL, 0, NULL)")
+    connection.execute(
+        "INSERT INTO instances VALUES ('i-00000000000000001', ?, 'r-1', 'emi-1', 'm1.small',"
+        " 'hv1', 'rc-i', 'running', 'then', NULL, '169.254.1.1', 'required', 1, 'enabled',"
+        " NULL, NULL, NULL, 0)",
+        (ACCOUNT,),
+    )
+    connection.commit()
+    connection.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.schema_version() >= 5
+        with store.transaction() as tx:
+            old = tx.get_instance("i-00000000000000001")
+            assert old is not None and (old.state, old.key_name, old.public_key) == (
+                "running",
+                None,
+                None,
+            )
+            tx.insert_key_pair(key_pair("deploy"))
+            assert tx.count_key_pairs(ACCOUNT) == 1
+    finally:
+        store.close()
