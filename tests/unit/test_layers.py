@@ -27,6 +27,7 @@ PURE_CORES = (
     "controller.policy.match",
     "controller.permissions",
     "controller.assume",
+    "controller.identity",
     "agent.refresh",
     "agent.reconnect",
     "agent.names",
