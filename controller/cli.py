@@ -22,6 +22,8 @@ from controller.accounts import (
 )
 from controller.config import MAX_NODE_CAPACITY, ConfigError, ControllerConfig, load_config
 from controller.ec2.network import parse_subnet
+from controller.identity import IdentityError, create_identity_key
+from controller.identityfiles import load_identity_signer
 from controller.keyring import (
     KeyRingError,
     StateDirectoryError,
@@ -45,7 +47,7 @@ from controller.nodeca import (
     server_certificate_names,
 )
 from controller.store.base import Conflict, StoreError
-from controller.store.records import Node
+from controller.store.records import REGION, Node
 from controller.store.sqlite import SQLiteStore
 from controller.xmlout import format_time
 
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyRingError,
         StateDirectoryError,
         NodeCAError,
+        IdentityError,
     ) as error:
         print(f"rolecall-controller: {error}", file=sys.stderr)
         return 1
@@ -282,6 +285,8 @@ def init(
         added.append("the node CA")
     if _ensure_node_api_certificate(config, names, now):
         added.append("the node API certificate")
+    if _ensure_identity_key(config, now):
+        added.append("the instance identity key")
     server_names = server_certificate_names(
         _read(config.node_api_cert_path, "the node API certificate")
     )
@@ -304,6 +309,10 @@ def init(
         print(f"  token key   {ring.active_id}, in {config.token_keys_path}")
         print(f"  node CA     in {config.ca_cert_path} (its key in {config.ca_key_path})")
         print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
+        print(
+            f"  identity    certificate in {config.identity_cert_path}"
+            f" (its key in {config.identity_key_path})"
+        )
     else:
         if added:
             what = " and ".join(added)
@@ -314,6 +323,7 @@ def init(
         print(f"  root key    in {credentials}")
         print(f"  node CA     in {config.ca_cert_path}")
         print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
+        print(f"  identity    certificate in {config.identity_cert_path}")
     print("Start the controller:")
     print(f"  rolecall-controller --state-dir {state_dir} serve")
     print("Enroll each hypervisor for the node API:")
@@ -494,6 +504,18 @@ def _ensure_node_api_certificate(config: ControllerConfig, names: list[str], now
         return False
     ca_key_pem, ca_cert_pem = _read_node_ca(config)
     key_pem, cert_pem = create_server_certificate(ca_key_pem, ca_cert_pem, now, names)
+    _write_new(key_path, key_pem, 0o600)
+    _write_new(cert_path, cert_pem, 0o644)
+    return True
+
+
+def _ensure_identity_key(config: ControllerConfig, now: datetime) -> bool:
+    """Create the instance identity key and certificate unless they exist; whether they were
+    created. Never replaces one: verifiers have pinned its certificate."""
+    key_path, cert_path = config.identity_key_path, config.identity_cert_path
+    if not _ensure_pair(key_path, cert_path, "the instance identity"):
+        return False
+    key_pem, cert_pem = create_identity_key(now, REGION)
     _write_new(key_path, key_pem, 0o600)
     _write_new(cert_path, cert_pem, 0o644)
     return True
@@ -737,7 +759,8 @@ def list_nodes(config: ControllerConfig) -> int:
 
 def check_config(config: ControllerConfig) -> int:
     """What serve needs, checked without serving: the state directory (owner, mode), the store,
-    the token key ring and the node API's certificate and CA. Reads; writes nothing."""
+    the token key ring, the node API's certificate and CA, and the instance identity key (when
+    there is one). Reads; writes nothing."""
     check_state_directory(config.state_dir)
     if not config.database_path.exists():
         raise CommandError(
@@ -751,12 +774,19 @@ def check_config(config: ControllerConfig) -> int:
             f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
+    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
     print(
         f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
         f" {config.metrics_host}:{config.metrics_port}"
     )
+    if signer is None:
+        print(
+            f"rolecall-controller: no instance identity key ({config.identity_key_path}):"
+            " serve starts, but instances get no signed identity documents until init makes"
+            " one"
+        )
     return 0
 
 
