@@ -160,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser(
+        "identity-certificate",
+        help="print the certificate that verifies instances' signed identity documents (PEM),"
+        " for Vault, SPIRE or openssl",
+    )
+    commands.add_parser(
         "check-config",
         help="check the configuration and the state directory as serve would, then exit"
         " (0: serve would start)",
@@ -210,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_nodes(config)
         if args.command == "check-config":
             return check_config(config)
+        if args.command == "identity-certificate":
+            return identity_certificate(config)
         for flag, port in (
             ("--port", args.port),
             ("--node-api-port", args.node_api_port),
@@ -328,6 +335,8 @@ def init(
     print(f"  rolecall-controller --state-dir {state_dir} serve")
     print("Enroll each hypervisor for the node API:")
     print(f"  rolecall-controller --state-dir {state_dir} enroll-node NAME --out DIR")
+    print("Give verifiers of instance identity documents (Vault, SPIRE) the certificate from:")
+    print(f"  rolecall-controller --state-dir {state_dir} identity-certificate")
     print("Then use it with the AWS CLI:")
     print(
         f"  AWS_SHARED_CREDENTIALS_FILE={credentials} aws --profile {profile} --region us-east-1"
@@ -519,6 +528,19 @@ def _ensure_identity_key(config: ControllerConfig, now: datetime) -> bool:
     _write_new(key_path, key_pem, 0o600)
     _write_new(cert_path, cert_pem, 0o644)
     return True
+
+
+def identity_certificate(config: ControllerConfig) -> int:
+    """Print the instance identity certificate (PEM), checked to be the key's: what an operator
+    gives Vault, SPIRE or openssl to verify identity documents with. Never the key."""
+    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    if signer is None:
+        raise CommandError(
+            f"{config.state_dir} has no instance identity key ({config.identity_key_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    sys.stdout.write(signer.certificate_pem.decode("ascii"))
+    return 0
 
 
 def _read_node_ca(config: ControllerConfig) -> tuple[bytes, bytes]:

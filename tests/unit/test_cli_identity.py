@@ -1,13 +1,18 @@
 """The instance identity key in the state directory: ``init`` makes it once and never replaces
-it, and ``load_identity_signer`` reads it as ``serve`` and ``check-config`` do."""
+it, ``identity-certificate`` prints the certificate that verifies what it signs (never the key),
+and ``load_identity_signer`` reads it as ``serve`` and ``check-config`` do."""
 
 from __future__ import annotations
 
+import base64
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from controller.cli import main
 from controller.identity import IdentityError, IdentitySigner
@@ -48,7 +53,7 @@ def test_init_creates_a_private_identity_key_and_its_certificate_for_the_region(
     state = tmp_path / "state"
     assert run(state, "init") == 0
     out = capsys.readouterr().out
-    assert str(state / CERTIFICATE) in out
+    assert str(state / CERTIFICATE) in out and "identity-certificate" in out
     assert mode(state / KEY) == 0o600
     assert mode(state / CERTIFICATE) & 0o022 == 0
     certificate = x509.load_pem_x509_certificate((state / CERTIFICATE).read_bytes())
@@ -92,6 +97,70 @@ def test_init_refuses_half_an_identity_and_keeps_the_half_there_is(
     assert f"{kept} exists but" in err and f"{lost} does not" in err
     assert (state / kept).read_bytes() == data
     assert not (state / lost).exists()
+
+
+# --- identity-certificate ---------------------------------------------------------------------
+
+
+def test_identity_certificate_prints_the_certificate_that_verifies_the_signatures(
+    state: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(state, "identity-certificate") == 0
+    printed = capsys.readouterr().out
+    assert printed == (state / CERTIFICATE).read_text()
+    signatures = IdentitySigner(
+        (state / KEY).read_bytes(), (state / CERTIFICATE).read_bytes()
+    ).sign(DOCUMENT)
+    public_key = x509.load_pem_x509_certificate(printed.encode()).public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    signature = base64.b64decode(signatures.signature.replace("\n", ""))
+    public_key.verify(signature, DOCUMENT, padding.PKCS1v15(), hashes.SHA256())
+    # And with openssl, from what was printed, as a verifier's operator would.
+    (tmp_path / "printed.pem").write_text(printed)
+    (tmp_path / "signed.der").write_bytes(base64.b64decode(signatures.pkcs7.replace("\n", "")))
+    verified = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "DER", "-in", tmp_path / "signed.der",
+         "-certfile", tmp_path / "printed.pem", "-CAfile", tmp_path / "printed.pem", "-binary"],
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout == DOCUMENT
+
+
+def test_identity_certificate_never_prints_the_key(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(state, "identity-certificate") == 0
+    shown = capsys.readouterr()
+    key_lines = (state / KEY).read_text().splitlines()
+    assert "PRIVATE KEY" not in shown.out + shown.err
+    assert not any(line in shown.out + shown.err for line in key_lines[1:-1])
+
+
+def test_identity_certificate_without_an_identity_key_says_to_run_init(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (state / KEY).unlink()
+    (state / CERTIFICATE).unlink()
+    assert run(state, "identity-certificate") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "has no instance identity key" in captured.err and "init" in captured.err
+
+
+def test_identity_certificate_refuses_a_certificate_that_is_not_the_keys(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other"
+    assert run(other, "init") == 0
+    (state / CERTIFICATE).write_bytes((other / CERTIFICATE).read_bytes())
+    capsys.readouterr()
+    assert run(state, "identity-certificate") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "does not belong to the identity certificate" in captured.err
+    assert str(state / KEY) in captured.err
+    assert len(captured.err.splitlines()) == 1
 
 
 # --- check-config -----------------------------------------------------------------------------
