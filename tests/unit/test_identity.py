@@ -307,7 +307,7 @@ def test_the_signed_attributes_are_awss_three() -> None:
 
 
 def test_the_signing_time_lies_within_the_certificates_validity() -> None:
-    # Go's pkcs7 (Vault, SPIRE) refuses a signing time outside the certificate's validity.
+    # go.mozilla.org/pkcs7 refuses a signing time outside the certificate's validity.
     text = signed_data(SIGNATURES.pkcs7).attributes[SIGNING_TIME].decode()
     signed_at = datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=UTC)
     assert CERTIFICATE.not_valid_before_utc <= signed_at <= CERTIFICATE.not_valid_after_utc
