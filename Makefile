@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 
 # npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
+# openssl: tests/unit/test_identity.py verifies the signed identity documents with it, as AWS's
+# guide and the verifiers' operators do.
 # ruby, shellcheck: `ruby -c`, `shellcheck` check vagrant/. openssh-client: ssh-keygen, which
 # the key pair tests hold RoleCall's fingerprints against. prometheus (with promtool): checks
 # docs/prometheus and runs in tests/e2e as the test's own process; a service the package started
@@ -24,6 +26,8 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	# reach (pyenv under /root), the tests and the demo run it with Debian's python3.11.
 	test -x /usr/bin/python3.11 || \
 	  (apt-get update && apt-get install -y --no-install-recommends python3.11)
+	command -v openssl >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends openssl)
 	command -v ruby >/dev/null && command -v shellcheck >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends ruby shellcheck)
 	# cloud-init, cloud-guest-utils, amazon-ec2-utils: a guest's own clients of the metadata

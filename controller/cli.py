@@ -22,6 +22,8 @@ from controller.accounts import (
 )
 from controller.config import MAX_NODE_CAPACITY, ConfigError, ControllerConfig, load_config
 from controller.ec2.network import parse_subnet
+from controller.identity import IdentityError, create_identity_key
+from controller.identityfiles import load_identity_signer
 from controller.keyring import (
     KeyRingError,
     StateDirectoryError,
@@ -45,7 +47,7 @@ from controller.nodeca import (
     server_certificate_names,
 )
 from controller.store.base import Conflict, StoreError
-from controller.store.records import Node
+from controller.store.records import REGION, Node
 from controller.store.sqlite import SQLiteStore
 from controller.xmlout import format_time
 
@@ -158,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser(
+        "identity-certificate",
+        help="print the certificate that verifies instances' signed identity documents (PEM),"
+        " for Vault, SPIRE or openssl",
+    )
+    commands.add_parser(
         "check-config",
         help="check the configuration and the state directory as serve would, then exit"
         " (0: serve would start)",
@@ -208,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_nodes(config)
         if args.command == "check-config":
             return check_config(config)
+        if args.command == "identity-certificate":
+            return identity_certificate(config)
         for flag, port in (
             ("--port", args.port),
             ("--node-api-port", args.node_api_port),
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyRingError,
         StateDirectoryError,
         NodeCAError,
+        IdentityError,
     ) as error:
         print(f"rolecall-controller: {error}", file=sys.stderr)
         return 1
@@ -282,6 +292,8 @@ def init(
         added.append("the node CA")
     if _ensure_node_api_certificate(config, names, now):
         added.append("the node API certificate")
+    if _ensure_identity_key(config, now):
+        added.append("the instance identity key")
     server_names = server_certificate_names(
         _read(config.node_api_cert_path, "the node API certificate")
     )
@@ -304,6 +316,10 @@ def init(
         print(f"  token key   {ring.active_id}, in {config.token_keys_path}")
         print(f"  node CA     in {config.ca_cert_path} (its key in {config.ca_key_path})")
         print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
+        print(
+            f"  identity    certificate in {config.identity_cert_path}"
+            f" (its key in {config.identity_key_path})"
+        )
     else:
         if added:
             what = " and ".join(added)
@@ -314,10 +330,13 @@ def init(
         print(f"  root key    in {credentials}")
         print(f"  node CA     in {config.ca_cert_path}")
         print(f"  node API    certificate for {shown_names}, in {config.node_api_cert_path}")
+        print(f"  identity    certificate in {config.identity_cert_path}")
     print("Start the controller:")
     print(f"  rolecall-controller --state-dir {state_dir} serve")
     print("Enroll each hypervisor for the node API:")
     print(f"  rolecall-controller --state-dir {state_dir} enroll-node NAME --out DIR")
+    print("Give verifiers of instance identity documents (Vault, SPIRE) the certificate from:")
+    print(f"  rolecall-controller --state-dir {state_dir} identity-certificate")
     print("Then use it with the AWS CLI:")
     print(
         f"  AWS_SHARED_CREDENTIALS_FILE={credentials} aws --profile {profile} --region us-east-1"
@@ -497,6 +516,31 @@ def _ensure_node_api_certificate(config: ControllerConfig, names: list[str], now
     _write_new(key_path, key_pem, 0o600)
     _write_new(cert_path, cert_pem, 0o644)
     return True
+
+
+def _ensure_identity_key(config: ControllerConfig, now: datetime) -> bool:
+    """Create the instance identity key and certificate unless they exist; whether they were
+    created. Never replaces one: verifiers have pinned its certificate."""
+    key_path, cert_path = config.identity_key_path, config.identity_cert_path
+    if not _ensure_pair(key_path, cert_path, "the instance identity"):
+        return False
+    key_pem, cert_pem = create_identity_key(now, REGION)
+    _write_new(key_path, key_pem, 0o600)
+    _write_new(cert_path, cert_pem, 0o644)
+    return True
+
+
+def identity_certificate(config: ControllerConfig) -> int:
+    """Print the instance identity certificate (PEM), checked to be the key's: what an operator
+    gives Vault, SPIRE or openssl to verify identity documents with. Never the key."""
+    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    if signer is None:
+        raise CommandError(
+            f"{config.state_dir} has no instance identity key ({config.identity_key_path.name});"
+            f" run: rolecall-controller --state-dir {config.state_dir} init"
+        )
+    sys.stdout.write(signer.certificate_pem.decode("ascii"))
+    return 0
 
 
 def _read_node_ca(config: ControllerConfig) -> tuple[bytes, bytes]:
@@ -737,7 +781,8 @@ def list_nodes(config: ControllerConfig) -> int:
 
 def check_config(config: ControllerConfig) -> int:
     """What serve needs, checked without serving: the state directory (owner, mode), the store,
-    the token key ring and the node API's certificate and CA. Reads; writes nothing."""
+    the token key ring, the node API's certificate and CA, and the instance identity key (when
+    there is one). Reads; writes nothing."""
     check_state_directory(config.state_dir)
     if not config.database_path.exists():
         raise CommandError(
@@ -751,12 +796,19 @@ def check_config(config: ControllerConfig) -> int:
             f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
+    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
     print(
         f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
         f" {config.metrics_host}:{config.metrics_port}"
     )
+    if signer is None:
+        print(
+            f"rolecall-controller: no instance identity key ({config.identity_key_path}):"
+            " serve starts, but instances get no signed identity documents until init makes"
+            " one"
+        )
     return 0
 
 

@@ -24,6 +24,7 @@ from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
 from controller.health import readiness
 from controller.iam import registry as iam_registry
+from controller.identityfiles import load_identity_signer
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
 from controller.nodeapi import NodeApiResource, NodeApiSettings, make_site
@@ -96,12 +97,19 @@ def make_service(
         subnet=config.subnet,
         max_key_pairs_per_account=config.max_key_pairs_per_account,
     )
+    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    if signer is None:
+        log.warn(
+            "no instance identity key ({path}): instances get no signed identity documents"
+            " until rolecall-controller init makes one",
+            path=str(config.identity_key_path),
+        )
     resource = PublicApi(
         store,
         actions,
         reactor,
         sessions,
-        Services(assignments=hub, ec2_limits=limits),
+        Services(assignments=hub, ec2_limits=limits, identity_signer=signer),
         metrics,
         trusted_proxies=parse_networks(config.trusted_proxies),
     )

@@ -104,6 +104,16 @@ class ControllerConfig:
         return self.state_dir / "node-ca.pem"
 
     @property
+    def identity_key_path(self) -> Path:
+        """The instance identity key (mode 0600): it signs instances' identity documents."""
+        return self.state_dir / "instance-identity.key"
+
+    @property
+    def identity_cert_path(self) -> Path:
+        """The instance identity certificate: verifiers (Vault, SPIRE) check signatures with it."""
+        return self.state_dir / "instance-identity.pem"
+
+    @property
     def node_api_key_path(self) -> Path:
         """The node API server's TLS key (mode 0600)."""
         return self.state_dir / "node-api.key"

@@ -39,9 +39,12 @@ _NOT_TAG_KEYS: Final = frozenset({".", "..", "_index"})
 class Signatures(Protocol):
     """The three signed forms the metadata service serves (`controller.identity`)."""
 
-    signature: str
-    pkcs7: str
-    rsa2048: str
+    @property
+    def signature(self) -> str: ...
+    @property
+    def pkcs7(self) -> str: ...
+    @property
+    def rsa2048(self) -> str: ...
 
 
 class DocumentSigner(Protocol):

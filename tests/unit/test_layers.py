@@ -28,6 +28,7 @@ PURE_CORES = (
     "controller.permissions",
     "controller.assume",
     "controller.ec2.sshkeys",
+    "controller.identity",
     "agent.refresh",
     "agent.reconnect",
     "agent.names",
