@@ -39,14 +39,16 @@ AS_AWS = (
 )
 
 
-def launch_booting_guest(cloud: Cloud, http_tokens: str) -> tuple[str, dict[str, Any], Guest]:
+def launch_booting_guest(
+    cloud: Cloud, http_tokens: str, user_data: bytes = USER_DATA
+) -> tuple[str, dict[str, Any], Guest]:
     """An instance launched with user data, a key pair and security groups, and its guest."""
     key_name = f"ops-{http_tokens}"
     cloud.ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=PUBLIC_KEY.encode())
     profile, _ = cloud.profile()
     instance_id = cloud.launch(
         profile,
-        UserData=USER_DATA,  # boto3 encodes it in base64 itself
+        UserData=user_data,  # boto3 encodes it in base64 itself
         KeyName=key_name,
         SecurityGroups=["default", "web"],
         MetadataOptions={"HttpTokens": http_tokens},
@@ -152,7 +154,7 @@ def test_a_guest_reads_its_own_user_data_never_anothers(cloud: Cloud) -> None:
 
 def test_ec2_metadata_reads_every_field_over_imdsv2(cloud: Cloud) -> None:
     """amazon-ec2-utils' ec2-metadata: tokens, and ``/latest//meta-data/…`` for some fields."""
-    instance_id, instance, guest = launch_booting_guest(cloud, "required")
+    instance_id, instance, guest = launch_booting_guest(cloud, "required", b"#!/bin/sh\n")
     cloud.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": "Name", "Value": "web-1"}])
     cloud.ec2.modify_instance_metadata_options(
         InstanceId=instance_id, InstanceMetadataTags="enabled"
@@ -172,6 +174,7 @@ def test_ec2_metadata_reads_every_field_over_imdsv2(cloud: Cloud) -> None:
         f"{PUBLIC_KEY} ops-required",
         "root: /dev/vda",
         "Name: web-1",
+        "user-data: #!/bin/sh",
     ):
         assert line in text, (line, text)
     assert "reservation-id: not available" not in text  # asked for as /latest//meta-data/
