@@ -925,7 +925,7 @@ class Results:
 
 def agent_config(work: Path, controller: Controller) -> Path:
     """The agent's configuration: the controller, and a per-instance rate limit high enough
-    that it never answers 503 under saturation (the default is 50/s, burst 100)."""
+    that it never answers 503 under saturation (the default is 50/s, burst 200)."""
     path = work / "agent.toml"
     path.write_text(
         'user = "nobody"\n'

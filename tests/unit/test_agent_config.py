@@ -29,7 +29,7 @@ def test_only_the_controller_urls_are_required_everything_else_has_a_default() -
         max_concurrent_fetches=8,
         strict_proxy=True,
         rate_per_second=50.0,
-        burst=100,
+        burst=200,
         imds_port=80,
         namespace_prefix="rc-",
     )
