@@ -9,11 +9,14 @@ columns keep working; blank where EC2 gave nothing), then a ``TAG`` line per tag
 from __future__ import annotations
 
 import argparse
+import base64
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from common.nodemessages import MAX_USER_DATA_BYTES
 from controller.tools.client import Client
 from controller.tools.command import Tool, entry_point
+from controller.tools.errors import ToolError
 from controller.tools.xmldata import members
 
 #: The RunInstances parameter ``--placement NODE`` fills: the node (hypervisor host) to run on.
@@ -155,6 +158,11 @@ def run_instances_params(args: argparse.Namespace) -> list[tuple[str, str]]:
         params.append(("InstanceType", args.instance_type))
     if args.key:
         params.append(("KeyName", args.key))
+    user_data = _user_data(args)
+    if user_data is not None:
+        params.append(("UserData", base64.b64encode(user_data).decode("ascii")))
+    for number, group in enumerate(args.group or [], start=1):
+        params.append((f"SecurityGroup.{number}", group))
     if args.iam_profile:
         member = "Arn" if args.iam_profile.startswith("arn:") else "Name"
         params.append((f"IamInstanceProfile.{member}", args.iam_profile))
@@ -163,6 +171,28 @@ def run_instances_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.placement:
         params.append((PLACEMENT_NODE_PARAMETER, args.placement))
     return params
+
+
+def _user_data(args: argparse.Namespace) -> bytes | None:
+    """-d's text or -f's file, as bytes; a ToolError naming the flag if it cannot be used."""
+    if args.user_data is not None and args.user_data_file is not None:
+        raise ToolError("-d/--user-data and -f/--user-data-file cannot be used together")
+    if args.user_data is not None:
+        data: bytes = args.user_data.encode("utf-8")
+    elif args.user_data_file is not None:
+        try:
+            with open(args.user_data_file, "rb") as stream:
+                data = stream.read(MAX_USER_DATA_BYTES + 1)
+        except OSError as error:
+            raise ToolError(
+                f"-f/--user-data-file: cannot read {args.user_data_file}: {error.strerror}"
+            ) from None
+    else:
+        return None
+    if len(data) > MAX_USER_DATA_BYTES:
+        flag = "-d/--user-data" if args.user_data is not None else "-f/--user-data-file"
+        raise ToolError(f"{flag}: user data is limited to {MAX_USER_DATA_BYTES} bytes")
+    return data
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +218,19 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "--iam-profile",
         metavar="ARN|NAME",
         help="instance profile to give the instances, by ARN or by name",
+    )
+    parser.add_argument(
+        "-d", "--user-data", metavar="DATA", help="user data for the instances (user-data)"
+    )
+    parser.add_argument(
+        "-f", "--user-data-file", metavar="FILE", help="user data for the instances, from FILE"
+    )
+    parser.add_argument(
+        "-g",
+        "--group",
+        action="append",
+        metavar="GROUP",
+        help="security group name (repeat for more); names only in RoleCall",
     )
     parser.add_argument(
         "--placement", metavar="NODE", help="run on this node (default: the least loaded)"

@@ -4,8 +4,10 @@ botocore's own EC2 parser reading them as we do)."""
 
 from __future__ import annotations
 
+import base64
 import xml.etree.ElementTree as ElementTree
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -488,3 +490,35 @@ def test_euca_tools_sign_for_ec2_and_use_the_ec2_endpoint_variable() -> None:
     sent = outcome.service.sent[0]
     assert sent.url == "http://ec2.test:2/"
     assert "/us-east-1/ec2/aws4_request" in sent.headers["Authorization"]
+
+
+def test_run_instances_sends_user_data_in_base64_from_d_or_f(tmp_path: Path) -> None:
+    params = sent_params(ok(instances.RUN_INSTANCES, ["emi-1", "-d", "#!/bin/sh\necho hi"], RUN))
+    assert base64.b64decode(params["UserData"]) == b"#!/bin/sh\necho hi"
+    data = tmp_path / "user-data"
+    data.write_bytes(b"#cloud-config\n\xff\x00")
+    params = sent_params(ok(instances.RUN_INSTANCES, ["emi-1", "-f", str(data)], RUN))
+    assert base64.b64decode(params["UserData"]) == b"#cloud-config\n\xff\x00"
+
+
+def test_run_instances_sends_each_group_and_the_key() -> None:
+    argv = ["emi-1", "-g", "default", "--group", "web", "-k", "ops"]
+    params = sent_params(ok(instances.RUN_INSTANCES, argv, RUN))
+    assert (params["SecurityGroup.1"], params["SecurityGroup.2"]) == ("default", "web")
+    assert params["KeyName"] == "ops"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-f", "/nonexistent/user-data"], "-f/--user-data-file: cannot read /nonexistent"),
+        (["-d", "x", "-f", "/etc/hostname"], "-d/--user-data and -f/--user-data-file cannot"),
+        (["-d", "x" * 16385], "-d/--user-data: user data is limited to 16384 bytes"),
+    ],
+)
+def test_run_instances_refuses_user_data_it_cannot_send_naming_the_flag(
+    argv: list[str], message: str
+) -> None:
+    outcome = run_tool(instances.RUN_INSTANCES, ["emi-1", *argv])
+    assert outcome.code != 0 and outcome.service.sent == []
+    assert message in outcome.stderr and outcome.stderr.count("\n") == 1
