@@ -4,7 +4,7 @@ guest reads from RoleCall's metadata service: its whole crawl over IMDSv2.
 A benchmark, never a test; it needs root (it makes network namespaces). One run starts a
 controller and an agent (tests/netns/harness.py's small cloud), launches one instance with user
 data, a key pair, security groups and tags in its metadata, links a guest namespace to it with
-the instance's MAC, and runs cloud-init's probe (tests/netns/clients/cloudinit_probe.py) in the
+the instance's MAC, and runs cloud-init's probe (demo/cloudinit_probe.py) in the
 guest as on AWS, ``--runs`` times. Each run is a new process, as at boot: a new token, the
 version probe, user data, the whole ``meta-data/`` tree and the identity document. The table
 gives the crawl (``get_data``, as cloud-init logs "Crawl of metadata service") and the whole
@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from demo.guest import cloud_init_command
 from tests.netns.harness import cloud_in
-from tests.netns.test_cloud_init import AS_AWS, DEBIAN_PYTHON, PROBE, PUBLIC_KEY
+from tests.netns.test_cloud_init import PUBLIC_KEY
 
 TARGET_SECONDS = 2.0
 REFILL_SECONDS = 2.5
@@ -71,7 +72,7 @@ def main() -> int:
         described = cloud.ec2.describe_instances(InstanceIds=[instance_id])
         mac = described["Reservations"][0]["Instances"][0]["NetworkInterfaces"][0]["MacAddress"]
         guest = cloud.guest(instance_id, mac=mac)
-        command = ["unshare", "--mount", "sh", "-c", AS_AWS, "as-aws", DEBIAN_PYTHON, str(PROBE)]
+        command = cloud_init_command(as_aws=True)
         crawls, wholes, requests, refused = [], [], [], []
         for _ in range(args.runs):
             # A boot crawls once: let the instance's rate limit (50/s) fill again.

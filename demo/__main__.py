@@ -11,6 +11,7 @@ namespaces and links are removed on success, on failure, on Ctrl-C and on SIGTER
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import json
 import os
@@ -37,6 +38,7 @@ from demo.guest import (
     TTL_HEADER,
     Guest,
     Relay,
+    cloud_init_command,
     delete_namespace,
     imds,
     make_guest,
@@ -56,7 +58,13 @@ ORIGINAL_LINES = (
 )
 #: One more policy, so that the instance has an IAM call it may make.
 READ_ROLE_LINE = r"iam-roleaddpolicy -r s3access -e Allow -a iam:GetRole -c \* -p readrole -o"
-RUN_LINE = "euca-run-instances emi-12345678 -p s3access"
+#: The guest's key pair (its private key goes to a file in the demo's directory) and user data.
+KEY_LINE = "euca-create-keypair demo -t ed25519 -f {directory}/demo.pem"
+USER_DATA = "#cloud-config\nhostname: demo-web\n"
+RUN_LINE = (
+    "euca-run-instances emi-12345678 -p s3access -k demo -g default -f {directory}/user-data.yaml"
+)
+
 IMDS = "http://169.254.169.254"
 SERVE_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
@@ -251,6 +259,7 @@ class Demo:
         self.relay: Relay | None = None
         self.relay_url = ""
         self.summary: dict[str, str] = {}
+        self.mac = ""
 
     # helpers
 
@@ -299,6 +308,7 @@ class Demo:
         self.launch()
         self.wait_served()
         self.make_guest()
+        self.cloud_init()
         self.metadata_with_curl()
         self.aws_cli()
         self.boto3()
@@ -329,6 +339,7 @@ class Demo:
             AWS_PROFILE="rolecall",
             AWS_ENDPOINT_URL=self.api_url,
             AWS_CONFIG_FILE=os.devnull,
+            AWS_DEFAULT_REGION="us-east-1",
         )
 
     def start_agent(self) -> None:
@@ -373,15 +384,20 @@ class Demo:
         self.shell(READ_ROLE_LINE)
 
     def launch(self) -> None:
-        step("an instance with the instance profile, placed on this node")
+        step("a key pair for the guest: the private key is shown once, here written to a file")
+        self.shell(KEY_LINE.format(directory=self.workdir))
+        (self.workdir / "user-data.yaml").write_text(USER_DATA, "utf-8")
+        step("an instance with the instance profile, the key pair and user data, on this node")
         self.launched = True
-        output = self.shell(RUN_LINE)
-        for line in output.splitlines():
-            fields = line.split("\t")
+        line = RUN_LINE.format(directory=self.workdir)
+        self.shell(f"cat {self.workdir}/user-data.yaml")
+        output = self.shell(line)
+        for row in output.splitlines():
+            fields = row.split("\t")
             if fields[0] == "INSTANCE" and len(fields) > 1:
                 self.instance_ids.append(fields[1])
         if not self.instance_ids:
-            raise Failed(f"`{RUN_LINE}` printed no INSTANCE line")
+            raise Failed(f"`{line}` printed no INSTANCE line")
 
     @property
     def instance_namespace(self) -> str:
@@ -417,14 +433,48 @@ class Demo:
     def make_guest(self) -> None:
         self.guest_name = unique(GUEST_PREFIX)
         step(f"a guest: namespace {self.guest_name}, a stand-in for the instance's VM")
-        self.guest = make_guest(self.instance_namespace, self.workdir, name=self.guest_name)
+        self.mac = self.shell(
+            f"aws ec2 describe-instances --instance-ids {self.instance_ids[0]}"
+            " --query 'Reservations[0].Instances[0].NetworkInterfaces[0].MacAddress'"
+            " --output text"
+        ).strip()
+        self.guest = make_guest(
+            self.instance_namespace, self.workdir, name=self.guest_name, mac=self.mac
+        )
         self.relay = Relay(self.guest_name, self.api_port)
         self.relay_url = self.relay.url
         say(
-            f"a veth pair to {self.instance_namespace}: the guest is {self.guest.address}/30,"
-            " and its one route beyond that link goes to 169.254.169.254"
+            f"a veth pair to {self.instance_namespace}: the guest is {self.guest.address}/30"
+            f" with the instance's MAC {self.mac}, as a VM has it, and its one route beyond that"
+            " link goes to 169.254.169.254"
         )
         say(f"the controller's public API is relayed to the guest's {self.relay_url}")
+
+    def cloud_init(self) -> None:
+        step("inside the guest: what cloud-init's EC2 datasource (Debian's package) boots with")
+        say("(cloud-init speaks IMDSv2 on a VM it identifies as AWS: here the guest's own")
+        say(" /sys/hypervisor/uuid says so, in a mount namespace of its own)")
+        assert self.guest is not None, "no guest yet"
+        result = self.guest.run(cloud_init_command(as_aws=True), timeout=120)
+        try:
+            found = json.loads(result.stdout)
+        except ValueError:
+            found = {}
+        if result.returncode != 0 or not found.get("found"):
+            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise Failed(f"cloud-init found no metadata in the guest: {tail}")
+        user_data = base64.b64decode(found["user_data"]).decode("utf-8", "replace")
+        say(f"instance id     {found['instance_id']} (API version {found['api_version']},"
+            f" IMDSv2 token: {'yes' if found['token_used'] else 'no'})")  # fmt: skip
+        say(f"user data       {user_data!r}")
+        for key in found["public_keys"]:
+            say(f"ssh key         {key}")
+        for name, interface in found["network_config"]["ethernets"].items():
+            say(f"network         {name}: DHCP, matched by MAC {interface['match']['macaddress']}")
+        say(f"crawl           {found['crawl_seconds']:.2f} s")
+        if user_data != USER_DATA or found["instance_id"] != self.instance_ids[0]:
+            raise Failed("cloud-init read another instance's data")
+        self.summary["cloud-init"] = "read its user data, key and network"
 
     def metadata_with_curl(self) -> None:
         step("inside the guest: curl the metadata service (IMDSv2)")

@@ -398,3 +398,32 @@ class Relay(Forwarder):
         upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
         upstream.settimeout(None)
         return upstream, b""
+
+
+# -- cloud-init in a guest -----------------------------------------------------------------------
+
+#: cloud-init's EC2 datasource, run in a guest by Debian's Python (demo/cloudinit_probe.py).
+CLOUD_INIT_PROBE = Path(__file__).resolve().parent / "cloudinit_probe.py"
+DEBIAN_PYTHON = "/usr/bin/python3"
+#: A system UUID of the form EC2 gives, as /sys/hypervisor/uuid shows it.
+EC2_UUID = "ec2e1916-9099-7caf-fd21-01234abcdef0"
+#: Runs its arguments where cloud-init identifies the platform as AWS: a tmpfs over /sys in a
+#: mount namespace of the command's own, with /sys/hypervisor/uuid saying ``ec2…`` (as on
+#: Xen-based EC2) and the real /sys/class/net and /sys/devices bound back in for the interfaces.
+AS_AWS = (
+    'set -e; real=$(mktemp -d); mount --rbind /sys "$real"; mount -t tmpfs none /sys;'
+    " mkdir -p /sys/hypervisor /sys/class/net /sys/devices;"
+    f" echo {EC2_UUID} > /sys/hypervisor/uuid;"
+    ' mount --rbind "$real/class/net" /sys/class/net;'
+    ' mount --rbind "$real/devices" /sys/devices;'
+    ' exec "$@"'
+)
+
+
+def cloud_init_command(as_aws: bool) -> list[str]:
+    """The command that runs cloud-init's EC2 datasource in a guest and prints what it found
+    (JSON): over IMDSv2 as on AWS, or as on any other VM (IMDSv1 on a dated version)."""
+    command = [DEBIAN_PYTHON, str(CLOUD_INIT_PROBE)]
+    if as_aws:
+        command = ["unshare", "--mount", "sh", "-c", AS_AWS, "as-aws", *command]
+    return command

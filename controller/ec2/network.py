@@ -51,10 +51,13 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
 
 def candidates(network: ipaddress.IPv4Network) -> Iterator[str]:
     """The addresses of `network` an instance may get, lowest first: as in a VPC subnet, not
-    the first four (network, router, DNS, reserved) nor the last (broadcast), and never one
-    the metadata service or link-local reserves."""
+    the first four (network, router, DNS, reserved) nor the last (broadcast), never one the
+    metadata service or link-local reserves, and none ending in .0 or .255 (legal inside a
+    larger block, but some guests' tools take them for a network or a broadcast)."""
     first, last = int(network.network_address) + 4, int(network.broadcast_address) - 1
     for number in range(first, last + 1):
+        if number & 0xFF in (0, 0xFF):
+            continue
         address = ipaddress.IPv4Address(number)
         if not any(address in never for never in _NEVER):
             yield str(address)

@@ -16,27 +16,15 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from demo.guest import cloud_init_command
 from tests.netns.harness import Cloud, Guest, wait_until
 
-PROBE = Path(__file__).parent / "clients" / "cloudinit_probe.py"
-DEBIAN_PYTHON = "/usr/bin/python3"
 USER_DATA = b"#cloud-config\nhostname: web-1\nruncmd:\n  - [touch, /tmp/booted]\n\xff\x00"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhxgwpoP9hMr57Gbs8sWtOPsKFcpsJ9hUWYrwQF8ZYZ"
-#: A system UUID of the form EC2 gives, as /sys/hypervisor/uuid shows it.
-EC2_UUID = "ec2e1916-9099-7caf-fd21-01234abcdef0"
-AS_AWS = (
-    'set -e; real=$(mktemp -d); mount --rbind /sys "$real"; mount -t tmpfs none /sys;'
-    " mkdir -p /sys/hypervisor /sys/class/net /sys/devices;"
-    f" echo {EC2_UUID} > /sys/hypervisor/uuid;"
-    ' mount --rbind "$real/class/net" /sys/class/net;'
-    ' mount --rbind "$real/devices" /sys/devices;'
-    ' exec "$@"'
-)
 
 
 def launch_booting_guest(
@@ -61,10 +49,7 @@ def launch_booting_guest(
 
 
 def probe(guest: Guest, as_aws: bool) -> dict[str, Any]:
-    command = [DEBIAN_PYTHON, str(PROBE)]
-    if as_aws:
-        command = ["unshare", "--mount", "sh", "-c", AS_AWS, "as-aws", *command]
-    result = guest.run(command, timeout=120)
+    result = guest.run(cloud_init_command(as_aws), timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     answer: dict[str, Any] = json.loads(result.stdout)
     assert answer["found"], result.stderr[-4000:]

@@ -56,6 +56,11 @@ def test_the_demo_runs_the_original_lines_and_a_guest_gets_the_roles_credentials
     assert re.search(r"assumed-role/s3access/i-[0-9a-f]+", output), output
     assert re.search(r"create_role\(intruder\): AccessDenied - .*iam:CreateRole", output), output
     assert "get_role(s3access): arn:aws:iam::" in output
+    # cloud-init's view: the user data given, the key pair made, an interface matched by MAC.
+    assert "user data       '#cloud-config\\nhostname: demo-web\\n'" in output, output
+    assert re.search(r"^    ssh key         ssh-ed25519 \S+ demo$", output, re.M), output
+    assert re.search(r"IMDSv2 token: yes", output), output
+    assert re.search(r"DHCP, matched by MAC ([0-9a-f]{2}:){5}[0-9a-f]{2}$", output, re.M), output
     # Secrets are shown as their first four characters only.
     assert re.search(r'"SecretAccessKey" : "[^"]{4}…"', output), output
     assert re.search(r'"Token" : "[^"]{4}…"', output), output
