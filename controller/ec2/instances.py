@@ -263,11 +263,17 @@ def _check_ipv6(options: dict[str, Any]) -> None:
 
 
 def check_user_data(text: str | None) -> str | None:
-    """RunInstances' UserData as stored (base64, as given), or EC2's error."""
+    """RunInstances' UserData as stored (base64, as given, without whitespace), or EC2's error.
+
+    Empty user data is none: DescribeInstanceAttribute shows none and the metadata service's
+    ``user-data`` is a 404, as after ModifyInstanceAttribute with an empty value.
+    """
     if text is None:
         return None
+    text = "".join(text.split())
+    if not text:
+        return None
     try:
-        text = "".join(text.split())
         decoded = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidParameterValue("Invalid BASE64 encoding of user data.") from None
