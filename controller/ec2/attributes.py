@@ -126,6 +126,7 @@ VALUE = Struct((Field("Value", Str(0, 1 << 20)),))
                 "DisableApiTermination",
                 "EbsOptimized",
                 "EnaSupport",
+                "EnclaveOptions",
                 "GroupId",
                 "InstanceInitiatedShutdownBehavior",
                 "InstanceType",

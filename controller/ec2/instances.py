@@ -107,6 +107,7 @@ RUN_INSTANCES_REFUSED = {
     "PrivateIpAddress": _NOT_THE_NETWORK,
     "RamdiskId": "images are the hypervisor's",
     "SecurityGroupId": "security groups are names only in RoleCall; use SecurityGroup",
+    "SecondaryInterface": _NOT_THE_NETWORK,
     "SubnetId": _NOT_THE_NETWORK,
 }
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import botocore.session
 import pytest
 
 from common.nodemessages import parse_assignments
+from controller.ec2 import registry
 from controller.ec2.instances import RUN_INSTANCES_REFUSED
 from tests.e2e.conftest import ACCOUNT_ID, Controller, start_controller, stop_controller
 from tests.e2e.test_aws_cli import aws, aws_json
@@ -390,11 +392,64 @@ REFUSED_BY_BOTO3: dict[str, dict[str, Any]] = {
     "PrivateIpAddress": {"PrivateIpAddress": "10.0.0.9"},
     "RamdiskId": {"RamdiskId": "ari-12345678"},
     "SecurityGroupId": {"SecurityGroupIds": ["sg-12345678"]},
+    "SecondaryInterface": {"SecondaryInterfaces": [{"DeviceIndex": 1, "SecondarySubnetId": "x"}]},
     "SubnetId": {"SubnetId": "subnet-12345678"},
 }
 
 
-def test_each_refused_parameter_has_a_real_value_to_send() -> None:
+#: RunInstances' parameters RoleCall honours, by their names on the wire.
+HONOURED = {
+    "ImageId",
+    "MinCount",
+    "MaxCount",
+    "InstanceType",
+    "KeyName",
+    "IamInstanceProfile",
+    "MetadataOptions",
+    "TagSpecification",
+    "Placement",
+    "UserData",
+    "ClientToken",
+    "SecurityGroup",
+    "DryRun",
+}
+
+
+def botocore_parameters(action: str) -> set[str]:
+    """An EC2 action's top-level parameters as botocore's EC2 Query serializer names them on
+    the wire (``queryName``, else ``locationName`` capitalised, else the member's name)."""
+    model = botocore.session.get_session().get_service_model("ec2")
+    names = set()
+    for member, shape in model.operation_model(action).input_shape.members.items():
+        query_name = shape.serialization.get("queryName")
+        location = shape.serialization.get("name")
+        names.add(query_name or (location[0].upper() + location[1:] if location else member))
+    return names
+
+
+CLOSED_ACTIONS = sorted(action.name for action in registry if action.input.refused is not None)
+
+
+def test_run_and_modify_instance_attribute_are_closed() -> None:
+    assert {"RunInstances", "ModifyInstanceAttribute"} <= set(CLOSED_ACTIONS)
+
+
+@pytest.mark.parametrize("action", CLOSED_ACTIONS)
+def test_every_parameter_of_a_closed_action_is_honoured_or_refused(action: str) -> None:
+    """No parameter is accepted and dropped, nor answered as unknown although EC2 has it: each
+    one of botocore's model is a field of the action or refused (issue 12, item 8)."""
+    shape = registry.get("ec2", action)
+    assert shape is not None and shape.input.refused is not None
+    honoured = {field.wire_name or field.name for field in shape.input.fields}
+    parameters = botocore_parameters(action)
+    assert honoured <= parameters, "a field EC2 does not have"
+    assert parameters - honoured == set(shape.input.refused)
+
+
+def test_run_instances_honours_these_and_refuses_the_rest() -> None:
+    action = registry.get("ec2", "RunInstances")
+    assert action is not None
+    assert {field.wire_name or field.name for field in action.input.fields} == HONOURED
     assert set(REFUSED_BY_BOTO3) == set(RUN_INSTANCES_REFUSED)
 
 
