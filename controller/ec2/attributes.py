@@ -104,7 +104,7 @@ def describe_instance_attribute(context: Context, params: dict[str, Any]) -> Res
     return {"instanceId": instance.instance_id, **attribute_shape(instance, attribute)}
 
 
-VALUE = Struct((Field("Value", Str(0, 1 << 20)),))
+VALUE = Struct((Field("Value", Str(0, 1 << 20)),), refused={})
 
 
 @registry.action(

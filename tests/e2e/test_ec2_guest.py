@@ -20,7 +20,8 @@ import pytest
 
 from common.nodemessages import parse_assignments
 from controller.ec2 import registry
-from controller.ec2.instances import RUN_INSTANCES_REFUSED
+from controller.ec2.instances import PLACEMENT, RUN_INSTANCES_REFUSED
+from controller.query import ListOf, Struct
 from tests.e2e.conftest import ACCOUNT_ID, Controller, start_controller, stop_controller
 from tests.e2e.test_aws_cli import aws, aws_json
 from tests.e2e.test_ec2 import error_of
@@ -415,35 +416,65 @@ HONOURED = {
 }
 
 
-def botocore_parameters(action: str) -> set[str]:
-    """An EC2 action's top-level parameters as botocore's EC2 Query serializer names them on
-    the wire (``queryName``, else ``locationName`` capitalised, else the member's name)."""
-    model = botocore.session.get_session().get_service_model("ec2")
-    names = set()
-    for member, shape in model.operation_model(action).input_shape.members.items():
-        query_name = shape.serialization.get("queryName")
-        location = shape.serialization.get("name")
-        names.add(query_name or (location[0].upper() + location[1:] if location else member))
-    return names
+def wire_members(shape: Any) -> dict[str, Any]:
+    """A botocore structure's members by the names botocore's EC2 Query serializer gives them
+    on the wire (``queryName``, else ``locationName`` capitalised, else the member's name)."""
+    members = {}
+    for member, member_shape in shape.members.items():
+        query_name = member_shape.serialization.get("queryName")
+        location = member_shape.serialization.get("name")
+        wire = query_name or (location[0].upper() + location[1:] if location else member)
+        members[wire] = member_shape
+    return members
+
+
+def closed_structures(ours: Any, theirs: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """(path, our Struct, botocore's structure) for each closed structure of an input."""
+    if isinstance(ours, ListOf):
+        yield from closed_structures(ours.member, theirs.member, path)
+    elif isinstance(ours, Struct) and ours.refused is not None:
+        yield path, ours, theirs
+        members = wire_members(theirs)
+        for item in ours.fields:
+            wire = item.wire_name or item.name
+            if wire in members:
+                inner = f"{path}.{wire}" if path else wire
+                yield from closed_structures(item.shape, members[wire], inner)
 
 
 CLOSED_ACTIONS = sorted(action.name for action in registry if action.input.refused is not None)
 
 
-def test_run_and_modify_instance_attribute_are_closed() -> None:
+def closed_shapes(action: str) -> list[tuple[str, Any, Any]]:
+    ours = registry.get("ec2", action)
+    assert ours is not None
+    model = botocore.session.get_session().get_service_model("ec2")
+    theirs = model.operation_model(action).input_shape
+    return list(closed_structures(ours.input, theirs, ""))
+
+
+def test_run_instances_and_the_structures_in_it_are_closed() -> None:
     assert {"RunInstances", "ModifyInstanceAttribute"} <= set(CLOSED_ACTIONS)
+    assert [path for path, _, _ in closed_shapes("RunInstances")] == [
+        "",
+        "IamInstanceProfile",
+        "MetadataOptions",
+        "TagSpecification",
+        "TagSpecification.Tag",
+        "Placement",
+    ]
 
 
 @pytest.mark.parametrize("action", CLOSED_ACTIONS)
 def test_every_parameter_of_a_closed_action_is_honoured_or_refused(action: str) -> None:
     """No parameter is accepted and dropped, nor answered as unknown although EC2 has it: each
-    one of botocore's model is a field of the action or refused (issue 12, item 8)."""
-    shape = registry.get("ec2", action)
-    assert shape is not None and shape.input.refused is not None
-    honoured = {field.wire_name or field.name for field in shape.input.fields}
-    parameters = botocore_parameters(action)
-    assert honoured <= parameters, "a field EC2 does not have"
-    assert parameters - honoured == set(shape.input.refused)
+    member of botocore's model of a closed structure is a field of it or refused (issue 12,
+    item 8)."""
+    for path, ours, theirs in closed_shapes(action):
+        honoured = {item.wire_name or item.name for item in ours.fields}
+        members = set(wire_members(theirs))
+        assert honoured <= members, f"{action} {path}: a field EC2 does not have"
+        assert members - honoured == set(ours.refused), f"{action} {path}"
 
 
 def test_run_instances_honours_these_and_refuses_the_rest() -> None:
@@ -487,6 +518,89 @@ def test_a_refused_parameter_in_a_raw_request_is_unsupported_operation(
     status, code, message = raw_run(controller, **{name: "1", "Placement.HostId": "guest-hv"})
     assert (status, code) == (400, "UnsupportedOperation")
     assert f"The parameter {name} is not supported" in message
+    assert instance_count(ec2) == before
+
+
+@pytest.mark.parametrize("name", sorted(PLACEMENT.refused or {}))
+def test_a_refused_placement_member_is_unsupported_operation_naming_it(
+    controller: Controller, node: NodeClient, name: str
+) -> None:
+    ec2 = controller.client("ec2")
+    values = {
+        "Affinity": "host",
+        "GroupId": "pg-0123456789abcdef0",
+        "GroupName": "cluster",
+        "HostResourceGroupArn": f"arn:aws:resource-groups:us-east-1:{ACCOUNT_ID}:group/hosts",
+        "PartitionNumber": 1,
+        "SpreadDomain": "rack",
+    }
+    before = instance_count(ec2)
+    code, status, message = error_of(
+        ec2.run_instances,
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"HostId": "guest-hv", name: values[name]},
+    )
+    assert (code, status) == ("UnsupportedOperation", 400)
+    assert message.startswith(f"The parameter Placement.{name} is not supported: ")
+    assert instance_count(ec2) == before
+
+
+def test_placement_takes_only_the_one_zone_and_default_tenancy(ec2: Any, node: NodeClient) -> None:
+    before = instance_count(ec2)
+    for placement, named in (
+        ({"AvailabilityZone": "us-east-1b"}, "Placement.AvailabilityZone"),
+        ({"AvailabilityZoneId": "use1-az2"}, "Placement.AvailabilityZoneId"),
+        ({"Tenancy": "dedicated"}, "Placement.Tenancy"),
+    ):
+        code, _, message = error_of(
+            ec2.run_instances,
+            ImageId="emi-1",
+            MinCount=1,
+            MaxCount=1,
+            Placement={"HostId": "guest-hv", **placement},
+        )
+        assert code == "InvalidParameterValue", placement
+        assert named in message, message
+    assert instance_count(ec2) == before
+    placed = ec2.run_instances(
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=1,
+        Placement={
+            "HostId": "guest-hv",
+            "AvailabilityZone": "us-east-1a",
+            "AvailabilityZoneId": "use1-az1",
+            "Tenancy": "default",
+        },
+    )["Instances"]
+    assert placed[0]["Placement"]["AvailabilityZone"] == "us-east-1a"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Placement.Colour",
+        "MetadataOptions.HttpTokenz",
+        "IamInstanceProfile.Id",
+        "TagSpecification.1.Colour",
+        "TagSpecification.1.Tag.1.Colour",
+    ],
+)
+def test_a_member_a_closed_structure_lacks_is_unknown_parameter(
+    controller: Controller, ec2: Any, node: NodeClient, name: str
+) -> None:
+    before = instance_count(ec2)
+    params = {
+        name: "x",
+        "Placement.HostId": "guest-hv",
+        "TagSpecification.1.ResourceType": "instance",
+        "TagSpecification.1.Tag.1.Key": "k",
+    }
+    status, code, message = raw_run(controller, **params)
+    assert (status, code) == (400, "UnknownParameter")
+    assert message == f"The parameter {name} is not recognized"
     assert instance_count(ec2) == before
 
 
