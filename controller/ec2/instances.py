@@ -406,7 +406,8 @@ def describe_instances(context: Context, params: dict[str, Any]) -> Result:
             {
                 "reservationId": reservation_id,
                 "ownerId": context.account_id,
-                "groupSet": [],
+                # One RunInstances: its instances have the same groups, shown as it showed them.
+                "groupSet": [group_shape(name) for name in instances[0].group_names],
                 "instancesSet": [instance_shape(context, instance) for instance in instances],
             }
         )

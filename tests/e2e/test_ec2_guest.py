@@ -840,10 +840,20 @@ def test_the_configured_subnet_applies_to_nodes_without_their_own(
 
 
 def test_security_group_names_are_shown_and_assigned(ec2: Any, node: NodeClient) -> None:
-    launched = launch(ec2, "guest-hv", SecurityGroups=["web", "ssh", "web"])
+    reservation = ec2.run_instances(
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"HostId": "guest-hv"},
+        SecurityGroups=["web", "ssh", "web"],
+    )
+    launched = reservation["Instances"]
     instance_id = launched[0]["InstanceId"]
     expected = [{"GroupName": "web"}, {"GroupName": "ssh"}]
     assert launched[0]["SecurityGroups"] == expected
+    assert reservation["Groups"] == expected
+    [described_reservation] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    assert described_reservation["Groups"] == expected  # as RunInstances showed the reservation
     shown = described(ec2, instance_id)
     assert shown["SecurityGroups"] == expected
     assert shown["NetworkInterfaces"][0]["Groups"] == expected
