@@ -93,8 +93,9 @@ PLACEMENT = Struct(
         "SpreadDomain": _NO_PLACEMENT_GROUPS,
     },
 )
-#: A security group name, as EC2 allows it.
-GROUP_NAME = Str(1, 255)
+#: A security group name, as EC2 allows it in a VPC. The metadata service lists the names one a
+#: line (``security-groups``): a line break would make one name two.
+GROUP_NAME = Str(1, 255, pattern=r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]+")
 
 _NOT_THE_NETWORK = "RoleCall does not run the cloud's network; the node's subnet applies"
 _NO_STORAGE = "RoleCall does not manage block storage"

@@ -864,6 +864,25 @@ def test_security_group_names_are_shown_and_assigned(ec2: Any, node: NodeClient)
     assert assignment(node, plain)[1]["network"]["security_groups"] == []
 
 
+def test_a_security_group_name_ec2_would_not_allow_is_refused(ec2: Any, node: NodeClient) -> None:
+    before = instance_count(ec2)
+    for bad in ("web\nadmin", "tab\there", "caf\u00e9", "x" * 256):
+        code, _, message = error_of(
+            ec2.run_instances,
+            ImageId="emi-1",
+            MinCount=1,
+            MaxCount=1,
+            Placement={"HostId": "guest-hv"},
+            SecurityGroups=["ok", bad],
+        )
+        assert code == "InvalidParameterValue", repr(bad)
+        assert "SecurityGroup.2" in message
+    assert instance_count(ec2) == before
+    allowed = "Web Tier._-:/()#,@[]+=&;{}!$*09"
+    instance_id = launch_one(ec2, SecurityGroups=[allowed])
+    assert assignment(node, instance_id)[1]["network"]["security_groups"] == [allowed]
+
+
 # --- tags ---------------------------------------------------------------------------------------
 
 
