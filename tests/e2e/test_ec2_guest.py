@@ -811,6 +811,22 @@ def test_a_slash_28_takes_eleven_instances_and_refuses_the_twelfth(
     assert launch(ec2, "tiny-hv")[0]["PrivateIpAddress"] == "10.99.0.30"
 
 
+def test_a_node_re_enrolled_with_a_wider_subnet_keeps_its_live_addresses_unique(
+    controller: Controller, ec2: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    enrolled(controller, tmp_path_factory, "grow-hv", "10.60.0.0/28")
+    first = launch(ec2, "grow-hv", count=2)
+    assert [i["PrivateIpAddress"] for i in first] == ["10.60.0.4", "10.60.0.5"]
+    out = tmp_path_factory.mktemp("grow-again")
+    enroll(controller, "grow-hv", out, "--force", "--subnet", "10.60.0.0/24")
+    wider = launch(ec2, "grow-hv", count=2)
+    assert [i["PrivateIpAddress"] for i in wider] == ["10.60.0.6", "10.60.0.7"]
+    node = NodeClient(controller, out)
+    entries = {e["instance_id"]: e for e in node.assignments()["instances"]}
+    assert entries[first[0]["InstanceId"]]["network"]["subnet_cidr"] == "10.60.0.0/28"
+    assert entries[wider[0]["InstanceId"]]["network"]["subnet_cidr"] == "10.60.0.0/24"
+
+
 @pytest.fixture
 def configured(tmp_path: Path) -> Iterator[Controller]:
     """A controller whose configuration sets ``[ec2] subnet``."""
