@@ -951,6 +951,12 @@ def test_create_delete_and_describe_tags(ec2: Any, node: NodeClient) -> None:
     ec2.delete_tags(Resources=[first, second], Tags=[{"Key": "team"}])
     assert tags_of(ec2, first) == {"env": "staging"}
     assert tags_of(ec2, second) == {"env": "prod"}
+    # An empty value deletes only a tag whose value is empty.
+    ec2.create_tags(Resources=[second], Tags=[{"Key": "blank", "Value": ""}])
+    ec2.delete_tags(Resources=[second], Tags=[{"Key": "env", "Value": ""}])
+    assert tags_of(ec2, second) == {"env": "prod", "blank": ""}
+    ec2.delete_tags(Resources=[second], Tags=[{"Key": "blank", "Value": ""}])
+    assert tags_of(ec2, second) == {"env": "prod"}
     # Without tags: all of them.
     ec2.delete_tags(Resources=[second])
     assert tags_of(ec2, second) == {}
