@@ -106,9 +106,10 @@ class Field:
 @dataclass(frozen=True)
 class Struct:
     fields: tuple[Field, ...] = field(default_factory=tuple)
-    #: An action's input only: the parameters the AWS action has that RoleCall refuses, each
-    #: with why (UnsupportedOperation). With it, the input is closed: a parameter that is
-    #: neither a field nor refused is UnknownParameter, so nothing is accepted and dropped.
+    #: The members the AWS shape has that RoleCall refuses, each with why (UnsupportedOperation).
+    #: With it (``{}`` too), the structure is closed: a member that is neither a field nor
+    #: refused is UnknownParameter, so nothing is accepted and dropped. An action's input may be
+    #: closed, and then so may the structures among its fields (`check_closed`).
     refused: Mapping[str, str] | None = None
 
 
@@ -130,19 +131,71 @@ _PROTOCOL_PARAMETERS = frozenset(
 
 def check_closed(params: Mapping[str, str], struct: Struct) -> None:
     """For an input with `Struct.refused`: UnsupportedOperation for a refused parameter,
-    UnknownParameter for one the action does not have (the first, in the request's order)."""
-    refused = struct.refused
-    if refused is None:
+    UnknownParameter for one the action does not have (the first, in the request's order).
+
+    A closed input's fields that are closed structures (or lists of them) are checked the same
+    way, member by member (``Placement.Tenancy``); an open structure's members are not. The work
+    is linear in the number of parameters.
+    """
+    if struct.refused is None:
         return
-    known = {item.wire_name or item.name for item in struct.fields}
+    members: dict[int, dict[str, list[Field]]] = {}
     for key in params:
-        name = key.split(".", 1)[0]
-        if name in known or name in _PROTOCOL_PARAMETERS or name.startswith("X-Amz-"):
+        parts = key.split(".")
+        if parts[0] in _PROTOCOL_PARAMETERS or parts[0].startswith("X-Amz-"):
             continue
-        why = refused.get(name)
-        if why is not None:
-            raise UnsupportedOperation(f"The parameter {name} is not supported: {why}")
-        raise UnknownParameter(f"The parameter {name} is not recognized")
+        _check_closed_path(parts, struct, members)
+
+
+def _check_closed_path(
+    parts: list[str], struct: Struct, members: dict[int, dict[str, list[Field]]]
+) -> None:
+    """Raise for the first part of one parameter's name that a closed structure lacks."""
+    shape: Shape = struct
+    index = 0
+    while index < len(parts):
+        if isinstance(shape, Struct):
+            refused = shape.refused
+            if refused is None:
+                return
+            by_first = members.get(id(shape))
+            if by_first is None:
+                by_first = members[id(shape)] = {}
+                for item in shape.fields:
+                    wire = item.wire_name or item.name
+                    by_first.setdefault(wire.split(".", 1)[0], []).append(item)
+            found, length, common = None, 0, 0
+            for item in by_first.get(parts[index], ()):
+                wire_parts = (item.wire_name or item.name).split(".")
+                if parts[index : index + len(wire_parts)] == wire_parts:
+                    found, length = item, len(wire_parts)
+                    break
+                # A dotted wire name (``Outer.Inner``) that only begins alike: name up to where
+                # they part.
+                shared = 0
+                for wanted, given in zip(wire_parts, parts[index:], strict=False):
+                    if wanted != given:
+                        break
+                    shared += 1
+                common = max(common, shared)
+            if found is None:
+                name = ".".join(parts[: index + common + 1])
+                why = refused.get(parts[index])
+                if why is not None:
+                    raise UnsupportedOperation(f"The parameter {name} is not supported: {why}")
+                raise UnknownParameter(f"The parameter {name} is not recognized")
+            shape = found.shape
+            index += length
+        elif isinstance(shape, ListOf):
+            # ``Name.N`` (EC2's flattened lists) or ``Name.member.N``; the parser checks the rest.
+            if parts[index] == "member":
+                index += 1
+            if index >= len(parts) or not parts[index].isdigit():
+                return
+            shape = shape.member
+            index += 1
+        else:
+            return
 
 
 Shape = Str | Int | Bool | ListOf | Struct

@@ -104,7 +104,7 @@ def describe_instance_attribute(context: Context, params: dict[str, Any]) -> Res
     return {"instanceId": instance.instance_id, **attribute_shape(instance, attribute)}
 
 
-VALUE = Struct((Field("Value", Str(0, 1 << 20)),))
+VALUE = Struct((Field("Value", Str(0, 1 << 20)),), refused={})
 
 
 @registry.action(
@@ -126,6 +126,7 @@ VALUE = Struct((Field("Value", Str(0, 1 << 20)),))
                 "DisableApiTermination",
                 "EbsOptimized",
                 "EnaSupport",
+                "EnclaveOptions",
                 "GroupId",
                 "InstanceInitiatedShutdownBehavior",
                 "InstanceType",
@@ -157,7 +158,7 @@ def modify_instance_attribute(context: Context, params: dict[str, Any]) -> Resul
             f"The instance '{instance.instance_id}' is not in a state from which it can be"
             " modified."
         )
-    user_data = check_user_data(text) if text else None
+    user_data = check_user_data(text)
     context.tx.update_instance(_with_user_data(instance, user_data))
     assignment_changed(context, instance.node_name)
     return {"return": True}

@@ -30,23 +30,28 @@ STATE_CODES = {
 }
 INSTANCE_ID = re.compile(r"i-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 
-PROFILE_SPEC = Struct((Field("Arn", Str(1, 2048)), Field("Name", Str(1, 128))))
+#: Closed (`Struct.refused`): checked member by member where the action's input is closed.
+PROFILE_SPEC = Struct((Field("Arn", Str(1, 2048)), Field("Name", Str(1, 128))), refused={})
 FILTERS = ListOf(Struct((Field("Name", Str()), Field("Values", ListOf(Str()), wire_name="Value"))))
 HTTP_TOKENS = Str(enum=("optional", "required"))
 HTTP_ENDPOINT = Str(enum=("disabled", "enabled"))
 HOP_LIMIT = Int(1, 64)
 METADATA_TAGS = Str(enum=("disabled", "enabled"))
 DRY_RUN = Field("DryRun", Str(enum=("true", "false")))
+#: Closed (`Struct.refused`): checked member by member where the action's input is closed.
 TAG_SPECIFICATIONS = ListOf(
     Struct(
         (
             Field("ResourceType", Str()),
             Field(
                 "Tags",
-                ListOf(Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))))),
+                ListOf(
+                    Struct((Field("Key", Str(1, 128)), Field("Value", Str(0, 256))), refused={})
+                ),
                 wire_name="Tag",
             ),
-        )
+        ),
+        refused={},
     )
 )
 

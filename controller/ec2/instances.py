@@ -16,6 +16,7 @@ from controller.actions import Context, Result
 from controller.authorize import authorize
 from controller.ec2 import registry
 from controller.ec2.common import (
+    AVAILABILITY_ZONE,
     DRY_RUN,
     FILTERS,
     HOP_LIMIT,
@@ -39,7 +40,7 @@ from controller.ec2.common import (
     state_shape,
     tag_specification_tags,
 )
-from controller.ec2.guest import identity_of
+from controller.ec2.guest import AVAILABILITY_ZONE_ID, identity_of
 from controller.ec2.keypairs import require_key_pair
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
 from controller.ec2.network import AddressPool, new_mac
@@ -60,6 +61,9 @@ MAX_LAUNCH = 100
 MAX_USER_DATA_TEXT = 4 * MAX_USER_DATA_BYTES // 3 + 1024
 DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
 
+# RunInstances' input is closed (`Struct.refused`), and so are the structures in it
+# (TAG_SPECIFICATIONS, PROFILE_SPEC too): a member EC2 has that RoleCall does not honour is
+# refused, never accepted and dropped.
 METADATA_OPTIONS = Struct(
     (
         Field("HttpTokens", HTTP_TOKENS),
@@ -67,10 +71,31 @@ METADATA_OPTIONS = Struct(
         Field("HttpEndpoint", HTTP_ENDPOINT),
         Field("InstanceMetadataTags", METADATA_TAGS),
         Field("HttpProtocolIpv6", Str(enum=("disabled", "enabled"))),
-    )
+    ),
+    refused={},
 )
-#: A security group name, as EC2 allows it.
-GROUP_NAME = Str(1, 255)
+_NO_PLACEMENT_GROUPS = "placement groups are not implemented"
+_NO_DEDICATED_HOSTS = "dedicated hosts are not implemented; HostId names a node"
+#: Placement: the node (HostId, the operator's), and RoleCall's one zone and tenancy.
+PLACEMENT = Struct(
+    (
+        Field("HostId", Str(1, 128)),
+        Field("AvailabilityZone", Str(enum=(AVAILABILITY_ZONE,))),
+        Field("AvailabilityZoneId", Str(enum=(AVAILABILITY_ZONE_ID,))),
+        Field("Tenancy", Str(enum=("default",))),
+    ),
+    refused={
+        "Affinity": _NO_DEDICATED_HOSTS,
+        "GroupId": _NO_PLACEMENT_GROUPS,
+        "GroupName": _NO_PLACEMENT_GROUPS,
+        "HostResourceGroupArn": _NO_DEDICATED_HOSTS,
+        "PartitionNumber": _NO_PLACEMENT_GROUPS,
+        "SpreadDomain": _NO_PLACEMENT_GROUPS,
+    },
+)
+#: A security group name, as EC2 allows it in a VPC. The metadata service lists the names one a
+#: line (``security-groups``): a line break would make one name two.
+GROUP_NAME = Str(1, 255, pattern=r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]+")
 
 _NOT_THE_NETWORK = "RoleCall does not run the cloud's network; the node's subnet applies"
 _NO_STORAGE = "RoleCall does not manage block storage"
@@ -107,6 +132,7 @@ RUN_INSTANCES_REFUSED = {
     "PrivateIpAddress": _NOT_THE_NETWORK,
     "RamdiskId": "images are the hypervisor's",
     "SecurityGroupId": "security groups are names only in RoleCall; use SecurityGroup",
+    "SecondaryInterface": _NOT_THE_NETWORK,
     "SubnetId": _NOT_THE_NETWORK,
 }
 
@@ -124,10 +150,7 @@ RUN_INSTANCES_REFUSED = {
             Field("IamInstanceProfile", PROFILE_SPEC),
             Field("MetadataOptions", METADATA_OPTIONS),
             Field("TagSpecifications", TAG_SPECIFICATIONS, wire_name="TagSpecification"),
-            Field(
-                "Placement",
-                Struct((Field("HostId", Str(1, 128)), Field("AvailabilityZone", Str()))),
-            ),
+            Field("Placement", PLACEMENT),
             Field("UserData", Str(0, MAX_USER_DATA_TEXT)),
             Field("ClientToken", Str(1, 64)),
             Field("SecurityGroups", ListOf(GROUP_NAME), wire_name="SecurityGroup"),
@@ -263,11 +286,17 @@ def _check_ipv6(options: dict[str, Any]) -> None:
 
 
 def check_user_data(text: str | None) -> str | None:
-    """RunInstances' UserData as stored (base64, as given), or EC2's error."""
+    """RunInstances' UserData as stored (base64, as given, without whitespace), or EC2's error.
+
+    Empty user data is none: DescribeInstanceAttribute shows none and the metadata service's
+    ``user-data`` is a 404, as after ModifyInstanceAttribute with an empty value.
+    """
     if text is None:
         return None
+    text = "".join(text.split())
+    if not text:
+        return None
     try:
-        text = "".join(text.split())
         decoded = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidParameterValue("Invalid BASE64 encoding of user data.") from None
@@ -378,7 +407,8 @@ def describe_instances(context: Context, params: dict[str, Any]) -> Result:
             {
                 "reservationId": reservation_id,
                 "ownerId": context.account_id,
-                "groupSet": [],
+                # One RunInstances: its instances have the same groups, shown as it showed them.
+                "groupSet": [group_shape(name) for name in instances[0].group_names],
                 "instancesSet": [instance_shape(context, instance) for instance in instances],
             }
         )

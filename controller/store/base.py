@@ -161,8 +161,10 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def live_addresses(self, subnet: str) -> set[str]:
-        """The private addresses of the instances not terminated that were given one from
-        `subnet` (a CIDR)."""
+        """The private addresses inside `subnet` (a CIDR) of the instances not terminated,
+        whichever subnet each was given its address from: `subnet` itself, one overlapping it
+        (a node re-enrolled with a wider ``--subnet``, or another node's), or none (an instance
+        from before subnets, with a hashed link-local address)."""
 
     @abc.abstractmethod
     def mac_in_use(self, mac: str) -> bool:

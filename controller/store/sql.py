@@ -6,6 +6,7 @@ passes ``placeholder="%s"``. Migrations are the numbered files in ``migrations/`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -467,11 +468,26 @@ class SqlTransaction(Transaction):
         return [Instance(*row) for row in rows]
 
     def live_addresses(self, subnet: str) -> set[str]:
-        rows = self._rows(
-            "SELECT private_ip FROM instances WHERE subnet = ? AND state != 'terminated'",
-            (subnet,),
-        )
-        return {str(row[0]) for row in rows}
+        network = ipaddress.ip_network(subnet, strict=False)
+        given_from = self._rows("SELECT DISTINCT subnet FROM instances WHERE state != 'terminated'")
+        found: set[str] = set()
+        for (other,) in given_from:
+            if other is None:  # from before subnets: a hashed link-local address
+                rows = self._rows(
+                    "SELECT private_ip FROM instances WHERE subnet IS NULL"
+                    " AND state != 'terminated'"
+                )
+            elif ipaddress.ip_network(other, strict=False).overlaps(network):
+                rows = self._rows(
+                    "SELECT private_ip FROM instances WHERE subnet = ? AND state != 'terminated'",
+                    (other,),
+                )
+            else:
+                continue
+            found.update(
+                str(address) for (address,) in rows if ipaddress.ip_address(address) in network
+            )
+        return found
 
     def mac_in_use(self, mac: str) -> bool:
         row = self._row("SELECT 1 FROM instances WHERE mac = ? AND state != 'terminated'", (mac,))

@@ -620,3 +620,89 @@ def test_parse_form_agrees_with_parse_qsl_on_any_text(text: str) -> None:
             parse_form(text)
         return
     assert parse_form(text) == expected
+
+
+# --- closed inputs: nothing accepted and dropped -------------------------------------------------
+
+CLOSED = Struct(
+    (
+        Field("Name", Str()),
+        Field("Options", Struct((Field("Mode", Str()),), refused={"Speed": "not honoured"})),
+        Field(
+            "Items",
+            ListOf(Struct((Field("Key", Str()),), refused={})),
+            wire_name="Item",
+        ),
+        Field("Open", Struct((Field("Known", Str()),))),
+        Field("Deep", Str(), wire_name="Outer.Inner"),
+        Field("Members", ListOf(Struct((Field("Key", Str()),), refused={}))),
+    ),
+    refused={"Colour": "not honoured"},
+)
+
+
+def refusal(params: Mapping[str, str], flattened: bool = True) -> tuple[str, str]:
+    with pytest.raises(ApiError) as raised:
+        parse_input(params, CLOSED, flattened_lists=flattened)
+    return raised.value.code, raised.value.message
+
+
+REFUSED = "UnsupportedOperation"
+UNKNOWN = "UnknownParameter"
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "named"),
+    [
+        ({"Colour": "red"}, REFUSED, "Colour"),
+        ({"Shade": "red"}, UNKNOWN, "Shade"),
+        ({"Options.Speed": "9"}, REFUSED, "Options.Speed"),
+        ({"Options.Pace": "9"}, UNKNOWN, "Options.Pace"),
+        ({"Item.1.Key": "k", "Item.2.Value": "v"}, UNKNOWN, "Item.2.Value"),
+        ({"Outer.Other": "x"}, UNKNOWN, "Outer.Other"),
+        # The first in the request's order.
+        ({"Name": "n", "Shade": "x", "Colour": "y"}, UNKNOWN, "Shade"),
+    ],
+)
+def test_a_closed_input_refuses_what_it_lacks_at_any_depth(
+    params: Mapping[str, str], code: str, named: str
+) -> None:
+    why = "is not supported: not honoured" if code == REFUSED else "is not recognized"
+    assert refusal(params) == (code, f"The parameter {named} {why}")
+
+
+def test_list_members_are_checked_in_the_member_form_too() -> None:
+    params = {"Members.member.1.Key": "k", "Members.member.2.Colour": "c"}
+    assert refusal(params, flattened=False) == (
+        "UnknownParameter",
+        "The parameter Members.member.2.Colour is not recognized",
+    )
+
+
+def test_what_a_closed_input_has_is_parsed_and_an_open_structure_is_not_checked() -> None:
+    params = {
+        "Action": "Run",
+        "Version": "2016-11-15",
+        "X-Amz-Date": "20260101T000000Z",
+        "Name": "n",
+        "Options.Mode": "fast",
+        "Item.1.Key": "a",
+        "Item.2.Key": "b",
+        "Open.Known": "k",
+        "Open.Whatever": "dropped",  # an open structure keeps its old behaviour
+        "Outer.Inner": "deep",
+    }
+    assert parse_input(params, CLOSED, flattened_lists=True) == {
+        "Name": "n",
+        "Options": {"Mode": "fast"},
+        "Items": [{"Key": "a"}, {"Key": "b"}],
+        "Open": {"Known": "k"},
+        "Deep": "deep",
+    }
+
+
+def test_an_open_input_is_not_checked() -> None:
+    open_input = Struct(CLOSED.fields)
+    assert parse_input({"Name": "n", "Colour": "red"}, open_input, flattened_lists=True) == {
+        "Name": "n"
+    }

@@ -1011,3 +1011,37 @@ def test_a_version_four_database_gets_key_pairs_and_keeps_its_instances(tmp_path
             assert tx.count_key_pairs(ACCOUNT) == 1
     finally:
         store.close()
+
+
+def test_live_addresses_are_those_inside_the_subnet_whichever_subnet_gave_them(
+    store: Store,
+) -> None:
+    """A pool must not hand out an address a live instance has: one given from the same subnet,
+    from an overlapping one (a node re-enrolled with a wider subnet), or from before subnets."""
+    given = [
+        ("10.0.0.4", "10.0.0.0/24", "running"),
+        ("10.0.0.5", "10.0.0.0/24", "terminated"),
+        ("10.0.1.4", "10.0.0.0/16", "pending"),
+        ("10.0.0.6", "10.0.0.0/28", "running"),
+        ("10.1.0.4", "10.1.0.0/24", "running"),
+        ("169.254.7.9", None, "running"),
+        ("169.254.7.10", None, "terminated"),
+        ("169.254.1.4", "169.254.0.0/16", "running"),
+    ]
+    with store.transaction() as tx:
+        tx.insert_node(Node("hv1", "00", CREATED, None, None, 0))
+        for number, (address, subnet, state) in enumerate(given):
+            tx.insert_instance(
+                replace(
+                    instance(f"i-{number:017d}", ACCOUNT, state),
+                    private_ip=address,
+                    subnet=subnet,
+                )
+            )
+    with store.transaction() as tx:
+        assert tx.live_addresses("10.0.0.0/24") == {"10.0.0.4", "10.0.0.6"}
+        assert tx.live_addresses("10.0.0.0/16") == {"10.0.0.4", "10.0.0.6", "10.0.1.4"}
+        assert tx.live_addresses("10.0.1.0/24") == {"10.0.1.4"}
+        assert tx.live_addresses("10.1.0.0/16") == {"10.1.0.4"}
+        assert tx.live_addresses("10.2.0.0/16") == set()
+        assert tx.live_addresses("169.254.0.0/16") == {"169.254.7.9", "169.254.1.4"}
