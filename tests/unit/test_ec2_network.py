@@ -29,9 +29,11 @@ def test_a_slash_28_offers_eleven_addresses_without_the_first_four_and_the_last(
     assert list(candidates(parse_subnet("10.1.2.0/28"))) == addresses("10.1.2.4", "10.1.2.14")
 
 
-def test_a_slash_16_offers_all_but_five_lowest_first() -> None:
+def test_a_slash_16_offers_all_but_the_reserved_and_those_ending_0_or_255_lowest_first() -> None:
     offered = list(candidates(parse_subnet("10.7.0.0/16")))
-    assert len(offered) == 65536 - 5
+    # 256 end in .0 and 256 in .255 (the network and broadcast among them), and .1 to .3.
+    assert len(offered) == 65536 - 2 * 256 - 3
+    assert not [text for text in offered if text.endswith((".0", ".255"))]
     assert offered[:2] == ["10.7.0.4", "10.7.0.5"]
     assert offered[-1] == "10.7.255.254"
     assert offered == sorted(offered, key=lambda text: int(ipaddress.IPv4Address(text)))
@@ -40,16 +42,16 @@ def test_a_slash_16_offers_all_but_five_lowest_first() -> None:
 
 def test_link_local_skips_the_metadata_block_and_its_first_and_last_slash_24() -> None:
     offered = list(candidates(parse_subnet("169.254.0.0/16")))
-    assert len(offered) == 65536 - 3 * 256
-    assert offered[0] == "169.254.1.0"
-    assert offered[-1] == "169.254.254.255"
+    assert len(offered) == 65536 - 3 * 256 - 2 * 253
+    assert offered[0] == "169.254.1.1"
+    assert offered[-1] == "169.254.254.254"
     reserved = [
         ipaddress.IPv4Network(block)
         for block in ("169.254.0.0/24", "169.254.169.0/24", "169.254.255.0/24")
     ]
     assert not [text for text in offered if any(ipaddress.IPv4Address(text) in r for r in reserved)]
     # Around the metadata service's block: right up to it, and right after it.
-    assert "169.254.168.255" in offered and "169.254.170.0" in offered
+    assert "169.254.168.254" in offered and "169.254.170.1" in offered
     for never in ("169.254.169.254", "169.254.169.253", "169.254.169.123"):
         assert never not in offered
 
