@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from demo.guest import cloud_init_command
-from tests.netns.harness import Cloud, Guest, wait_until
+from tests.netns.harness import BIN, Cloud, Guest, wait_until
 
 USER_DATA = b"#cloud-config\nhostname: web-1\nruncmd:\n  - [touch, /tmp/booted]\n\xff\x00"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhxgwpoP9hMr57Gbs8sWtOPsKFcpsJ9hUWYrwQF8ZYZ"
@@ -163,3 +165,37 @@ def test_ec2_metadata_reads_every_field_over_imdsv2(cloud: Cloud) -> None:
     ):
         assert line in text, (line, text)
     assert "reservation-id: not available" not in text  # asked for as /latest//meta-data/
+
+
+def test_the_identity_document_a_guest_reads_verifies_with_the_published_certificate(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    """What Vault's ec2 login or any attestor does: the guest's document and its PKCS #7
+    signature, read over IMDSv2, verified by openssl against the certificate the operator
+    publishes (``rolecall-controller identity-certificate``); a changed document fails."""
+    instance_id, instance, guest = launch_booting_guest(cloud, "required", b"")
+    status, token = guest.token()
+    assert status == 200
+    base = "/latest/dynamic/instance-identity/"
+    status, document = guest.get(base + "document", token)
+    assert status == 200 and json.loads(document)["instanceId"] == instance_id
+    assert json.loads(document)["privateIp"] == instance["PrivateIpAddress"]
+    certificate = subprocess.run(
+        [str(BIN / "rolecall-controller"), "--state-dir", str(cloud.controller.state_dir),
+         "identity-certificate"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(certificate)
+    for name in ("pkcs7", "rsa2048"):
+        status, signed = guest.get(base + name, token)
+        assert status == 200
+        (tmp_path / name).write_text(f"-----BEGIN PKCS7-----\n{signed}\n-----END PKCS7-----\n")
+        for content, verified in ((document, True), (document.replace("x86_64", "arm64"), False)):
+            (tmp_path / "document").write_text(content)
+            result = subprocess.run(
+                ["openssl", "smime", "-verify", "-in", str(tmp_path / name), "-inform", "PEM",
+                 "-content", str(tmp_path / "document"), "-certfile", str(tmp_path / "cert.pem"),
+                 "-noverify", "-binary"],
+                capture_output=True, timeout=60,
+            )  # fmt: skip
+            assert (result.returncode == 0) is verified, (name, result.stderr)
