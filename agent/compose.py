@@ -16,7 +16,7 @@ from agent.kept import Entry
 from agent.metrics import AgentMetrics
 from agent.reconcile import Keeper, NodeAgent
 from agent.server import ConnectionLimitsCollector
-from common.health import health_site
+from common.health import health_factory
 from common.listening import ListeningService
 from common.notify import Notifier
 
@@ -73,7 +73,7 @@ def make_agent_service(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        health_site(registry, agent.ready),
+        health_factory(registry, agent.ready, reactor),
         "agent metrics",
         log_namespace="rolecall.agent",
     )

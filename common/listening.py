@@ -24,7 +24,7 @@ class ListeningService(Service):
         reactor: Any,
         host: str,
         port: int,
-        site: ServerFactory,
+        factory: ServerFactory,
         label: str,
         tls: CertificateOptions | None = None,
         log_namespace: str = "rolecall.controller",
@@ -33,7 +33,7 @@ class ListeningService(Service):
         self._reactor = reactor
         self._host = host
         self._port_number = port
-        self._site = site
+        self._factory = factory
         self._label = label
         self._tls = tls
         self.port: IListeningPort | None = None
@@ -49,7 +49,7 @@ class ListeningService(Service):
         else:
             endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
             endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
-        endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
+        endpoint.listen(self._factory).addCallbacks(self._listened, self._failed)
 
     def address(self) -> IPv4Address | IPv6Address:
         """Where it listens (only once `listening` has fired)."""

@@ -11,7 +11,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 
-from common.health import health_site
+from common.health import health_factory
 from common.http11 import ConnectionLimit
 from common.listening import ListeningService
 from controller.actions import Registry, Services
@@ -26,7 +26,7 @@ from controller.health import readiness
 from controller.iam import registry as iam_registry
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
-from controller.nodeapi import NodeApiResource, NodeApiSettings, make_site
+from controller.nodeapi import NodeApi, NodeApiSettings, node_api_factory
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
 from controller.sts import registry as sts_registry
@@ -119,8 +119,8 @@ def make_service(
         reactor,
         config.node_api_host,
         config.node_api_port,
-        make_site(
-            NodeApiResource(
+        node_api_factory(
+            NodeApi(
                 store,
                 hub,
                 sessions,
@@ -128,7 +128,8 @@ def make_service(
                 reactor,
                 NodeApiSettings(config.instance_credential_seconds),
                 metrics,
-            )
+            ),
+            reactor,
         ),
         "node API",
         tls=node_api_tls(config),
@@ -139,7 +140,7 @@ def make_service(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        health_site(metrics.registry, readiness(store, lambda: keys.ring)),
+        health_factory(metrics.registry, readiness(store, lambda: keys.ring), reactor),
         "metrics",
     )
     health.setName("metrics")
