@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from subprocess import SubprocessError
+from typing import Any
 
 from agent.checks import check_configuration, check_files
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_agent_config
@@ -106,8 +107,9 @@ def _config_file(given: Path | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def _override(config: AgentConfig, **flags: object) -> AgentConfig:
-    """Flags given on the command line win over the file."""
+def _override(config: AgentConfig, **flags: Any) -> AgentConfig:
+    """Flags given on the command line win over the file (argparse's values, as it types them:
+    `dataclasses.replace` checks the names, the configuration's checks the values)."""
     return replace(config, **{name: value for name, value in flags.items() if value is not None})
 
 

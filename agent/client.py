@@ -9,7 +9,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -57,12 +62,17 @@ class NodeTLSPolicy:
         return creator
 
 
+class IClientReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
+    """What the client uses of the reactor: timers for its timeouts, and what twisted.web's
+    `Agent` needs to connect (TCP, names resolved: `HostnameEndpoint`'s reactor)."""
+
+
 class NodeApiClient:
     """Calls the node API, trying each controller URL in turn; the last good one goes first."""
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         urls: Sequence[str],
         policy: IPolicyForHTTPS,
         *,
@@ -142,7 +152,8 @@ class NodeApiClient:
         raise ControllerUnreachable("; ".join(problems) or "no controller URL")
 
     def close(self) -> Deferred[None]:
-        return self._pool.closeCachedConnections()  # type: ignore[no-any-return]
+        closed: Deferred[None] = self._pool.closeCachedConnections()  # not annotated in Twisted
+        return closed
 
 
 def _error_message(body: bytes) -> str:

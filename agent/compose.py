@@ -8,22 +8,28 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 
-from agent.client import NodeApiClient, NodeTLSPolicy
+from agent.client import IClientReactor, NodeApiClient, NodeTLSPolicy
 from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.kept import Entry
 from agent.metrics import AgentMetrics
-from agent.reconcile import Keeper, NodeAgent
+from agent.reconcile import IAgentReactor, Keeper, NodeAgent
 from agent.server import ConnectionLimitsCollector
-from common.health import health_site
+from common.health import health_factory
 from common.listening import ListeningService
 from common.notify import Notifier
+from common.runner import add_service
+
+
+class IServingReactor(IClientReactor, IAgentReactor):
+    """What the serving process's services use of the reactor: the node API client's, the
+    instances' (timers, adopted sockets) and TCP for the metrics listener (the client's too)."""
 
 
 def make_agent_service(
     config: AgentConfig,
-    reactor: Any,
+    reactor: IServingReactor,
     *,
     tls: tuple[str, str, str],
     namespaces: Any,
@@ -67,19 +73,15 @@ def make_agent_service(
         seconds
     )
     root = MultiService()
-    agent.setName("agent")
-    agent.setServiceParent(root)
+    add_service(root, "agent", agent)
     health = ListeningService(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        health_site(registry, agent.ready),
+        health_factory(registry, agent.ready, reactor),
         "agent metrics",
         log_namespace="rolecall.agent",
     )
-    health.setName("health")
-    health.setServiceParent(root)
-    collector = FreezeAfterChanges(agent, reactor)
-    collector.setName("gc")
-    collector.setServiceParent(root)
+    add_service(root, "health", health)
+    add_service(root, "gc", FreezeAfterChanges(agent, reactor))
     return root

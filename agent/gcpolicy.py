@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -48,7 +49,9 @@ class FreezeAfterChanges(Service):
     """Freezes after each applied change of assignments; thaws, collects and freezes at the
     first and then every `refreeze` seconds."""
 
-    def __init__(self, agent: Watched, clock: Any, *, refreeze: float = REFREEZE_SECONDS) -> None:
+    def __init__(
+        self, agent: Watched, clock: IReactorTime, *, refreeze: float = REFREEZE_SECONDS
+    ) -> None:
         self._agent = agent
         self._clock = clock
         self._refreeze_after = refreeze
@@ -62,12 +65,12 @@ class FreezeAfterChanges(Service):
 
     def startService(self) -> None:
         """The first full pass runs now, before any instance is served: no guest waits on it."""
-        super().startService()  # type: ignore[no-untyped-call]
+        Service.startService(self)
         self.refreeze(full=True)
         self._loop.start(CHECK_SECONDS, now=False)
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        Service.stopService(self)
         if self._loop.running:
             self._loop.stop()
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTime
 from twisted.internet.task import CooperativeTask, Cooperator, TaskStopped, deferLater
 from twisted.logger import Logger
 
@@ -89,6 +89,11 @@ def poll_failure_reason(failure: Any) -> str:
     return "other"
 
 
+class IAgentReactor(IReactorTime, IReactorSocket):
+    """What the agent's instances use of the reactor: timers (polls, refreshes, setup slices)
+    and adopting the listening sockets made inside their namespaces."""
+
+
 class NodeAgent(Service):
     """The reconcile loop and every instance slot. Injected: reactor, node API client, token
     minter, namespace functions (the real `agent.netns` outside unit tests), randomness, and
@@ -97,7 +102,7 @@ class NodeAgent(Service):
     def __init__(
         self,
         config: AgentConfig,
-        reactor: Any,
+        reactor: IAgentReactor,
         client: NodeApiClient,
         minter: TokenMinter,
         *,
@@ -186,7 +191,7 @@ class NodeAgent(Service):
     # lifecycle
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        Service.startService(self)
         if self._ownership is not None:
             self._owned = self._ownership.load()
             self._ownership.save(self._owned)  # the journal folded in
@@ -211,7 +216,7 @@ class NodeAgent(Service):
         """Stop accepting and polling, then give requests already accepted a moment to be
         answered before the process goes. Namespaces, addresses and (with systemd) the listening
         sockets stay, for the next agent to take over without refusing a guest."""
-        super().stopService()  # type: ignore[no-untyped-call]
+        Service.stopService(self)
         if self._poll_call is not None and self._poll_call.active():
             self._poll_call.cancel()
         if self._in_flight is not None:

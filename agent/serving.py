@@ -223,7 +223,7 @@ def run(end: socket.socket) -> int:
     from twisted.internet import reactor
     from twisted.logger import Logger
 
-    from agent.compose import make_agent_service
+    from agent.compose import IServingReactor, make_agent_service
     from agent.reconcile import NodeAgent
     from common.listening import ListeningService
     from common.logs import start_logging
@@ -236,7 +236,9 @@ def run(end: socket.socket) -> int:
     notifier = RelayNotifier(peer)
     service = make_agent_service(
         config,
-        reactor,
+        # The global reactor's static type names only the interfaces every reactor has; the
+        # agent's are among those it provides.
+        cast(IServingReactor, reactor),
         tls=(first["ca_certificate"], first["certificate"], first["key"]),
         imds_key=bytes.fromhex(first["imds_token_key"]),
         namespaces=PrivilegedNamespaces(peer),

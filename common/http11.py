@@ -1,32 +1,51 @@
-"""The HTTP/1.1 server of both daemons (the public API and the metadata service): a Twisted
-`Protocol` around httptools' parser.
+"""The HTTP/1.1 server of both daemons (the public API, the node API, the metadata service and
+the metrics listeners): a Twisted `Protocol` around httptools' parser.
 
 httptools (MagicStack's bindings to llhttp, Node.js's HTTP parser, as uvicorn uses) parses the
 request line, headers, bodies (by length or chunked) and keep-alive; this module keeps a
 connection's rules: limits on the head (size, header count) and body, ``Expect: 100-continue``,
 the idle timeout, answering pipelined requests in order, and a minimal answer then a hang-up for
 anything that is not a well-formed HTTP/1.x request (a parser error, an upgrade, an oversized
-head). Each request is answered synchronously as soon as its body is in, so answers leave in
-the order requests came and nothing is buffered between reads.
+head).
+
+A handler answers a plain `Request` with a `Response`, at once, or with a ``Deferred`` that
+fires with one later (the node API's long poll). An answer given at once is written at once.
+While one is awaited the connection keeps reading, so a client that hangs up is noticed and the
+awaited answer cancelled; requests pipelined behind it wait, parsed, with reading paused, and
+are answered in order once it is written; the idle and head timeouts wait too.
 
 Why not Twisted's channel (`twisted.web.http.HTTPChannel`): on the public port it parsed line by
 line in Python and built a `Headers` object and a full `http.Request` per request, about 27% of
-an AssumeRole's CPU; see docs/decisions.md, "The public port's HTTP parser". The node API and
-the metrics listener stay on twisted.web.
+an AssumeRole's CPU; see docs/decisions.md, "The public port's HTTP parser".
 """
 
 from __future__ import annotations
 
 import typing
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
-from twisted.internet.protocol import Protocol
+from twisted import copyright
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    ISSLTransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, datetimeToString
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
+    from OpenSSL.crypto import X509
 
 log = Logger(namespace="rolecall.http")
 
@@ -125,16 +144,25 @@ class Response:
         return f"Response({self.status}, {list(self.headers)!r}, {len(self.body)} bytes)"
 
 
-#: What a request handler is: a plain request in, a plain answer out. The protocol is passed too,
-#: for what belongs to the connection (its socket).
-Handler = Callable[[Request, "Http11Protocol"], Response]
+#: What a request handler is: a plain request in, a plain answer out, now or later (a Deferred
+#: that fires with it). The protocol is passed too, for what belongs to the connection (its
+#: socket, the TLS client's certificate).
+Handler = Callable[[Request, "Http11Protocol"], "Response | Deferred[Response]"]
+
+#: What the daemons' HTTP listeners send as ``Server`` unless the handler names itself (the
+#: metadata service does): twisted.web's, which they all once were, kept so answers look the same.
+SERVER = b"TwistedWeb/" + copyright.version.encode("ascii")
 
 
 def status_line(code: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown Status"))
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Unknown Status"
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
 
 
-_STATUS_LINES = {code: status_line(code) for code in RESPONSES}
+_STATUS_LINES = {status.value: status_line(status.value) for status in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: The versions served, as httptools names them and as a request's ``clientproto``.
 _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
@@ -243,7 +271,10 @@ class Http11Protocol(Protocol):
         self._refusal = refusal
         self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
+        #: Nothing more is parsed: the connection closes once what is owed is written.
         self._closing = False
+        #: The transport was told to close (or has closed): nothing more is written.
+        self._hung_up = False
         self._idle: IDelayedCall | None = None
         #: Running while a request head is incomplete after a read (see HEAD_TIMEOUT).
         self._head_deadline: IDelayedCall | None = None
@@ -252,6 +283,16 @@ class Http11Protocol(Protocol):
         self._host: IAddress
         self._secure = False
         self._messages = 0  # begun on this connection
+        #: The answer being awaited (the handler gave a Deferred), and the requests complete
+        #: behind it, each with its keep-alive and version: answered in order once it is written.
+        self._pending: Deferred[Response] | None = None
+        self._queued: deque[tuple[Request, bool, str]] = deque()
+        #: What to send before hanging up once the awaited answers are written (a refusal).
+        self._last_words = b""
+        #: Reading is paused: because requests wait behind an awaited answer (held), because the
+        #: transport's send buffer is full (throttled).
+        self._held = False
+        self._throttled = False
         #: The IP TTL a handler last set on this connection's socket (None: the default).
         self.ttl: int | None = None
         #: The connection limits this connection counts against (set by the factory).
@@ -275,6 +316,13 @@ class Http11Protocol(Protocol):
     def _connection(self) -> _Connection | None:
         """The transport, as the TCP (or TLS) connection it is."""
         return cast("_Connection | None", self.transport)
+
+    def peer_certificate(self) -> Certificate | None:
+        """The certificate the client showed in the TLS handshake: None without TLS, or when it
+        showed none. (Only asked once a request has come, so the handshake is done.)"""
+        get = getattr(self.transport, "getPeerCertificate", None)
+        shown = cast("X509 | None", get() if get is not None else None)
+        return shown.to_cryptography() if shown is not None else None
 
     def connectionMade(self) -> None:
         transport = self._connection
@@ -324,7 +372,8 @@ class Http11Protocol(Protocol):
             self._close(short_answer(400))
             return
         # Only a head left incomplete by a read needs a deadline: most arrive whole in one.
-        if self._head_deadline is None:
+        # (Behind an awaited answer it waits, as the idle timeout does.)
+        if self._head_deadline is None and self._pending is None:
             self._head_deadline = self._clock.callLater(HEAD_TIMEOUT, self._head_timed_out)
         # A header still unfinished after a whole read is kept inside the parser, unseen by
         # on_header: count such reads against the head's limit too.
@@ -334,7 +383,7 @@ class Http11Protocol(Protocol):
                 self._close(short_answer(431))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._closing = True
+        self._closing = self._hung_up = True
         if self._counted:
             self._counted = False
             for limit in self.limits:
@@ -343,12 +392,26 @@ class Http11Protocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._idle = self._abort = self._head_deadline = None
+        self._queued.clear()
+        pending, self._pending = self._pending, None
+        if pending is not None:  # the client hung up on an awaited answer: nobody wants it
+            pending.cancel()
 
     def _close(self, answer: bytes) -> None:
-        """Send ``answer`` (if any), then hang up once it is written; nothing more is read."""
+        """Send ``answer`` (if any), then hang up once it is written; nothing more is read.
+        Behind an awaited answer, both wait until it and those queued behind it are written."""
         if self._closing:
             return
         self._closing = True
+        if self._pending is not None:
+            self._last_words = answer
+        else:
+            self._hang_up(answer)
+
+    def _hang_up(self, answer: bytes) -> None:
+        if self._hung_up:
+            return
+        self._closing = self._hung_up = True
         transport = self._connection
         assert transport is not None
         if answer:
@@ -381,15 +444,25 @@ class Http11Protocol(Protocol):
 
     # IPushProducer, for the transport's send buffer
     def pauseProducing(self) -> None:
-        if (transport := self._connection) is not None:
-            transport.pauseProducing()
+        self._throttled = True
+        self._read_or_not()
 
     def resumeProducing(self) -> None:
-        if (transport := self._connection) is not None and not self._closing:
-            transport.resumeProducing()
+        self._throttled = False
+        self._read_or_not()
 
     def stopProducing(self) -> None:
         pass
+
+    def _read_or_not(self) -> None:
+        """Read while neither the send buffer nor requests waiting behind an answer say not."""
+        transport = self._connection
+        if transport is None or self._hung_up:
+            return
+        if self._held or self._throttled:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
 
     # -- httptools' callbacks ------------------------------------------------------------------
 
@@ -440,7 +513,9 @@ class Http11Protocol(Protocol):
                     raise _Stop
             elif lowered == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = self._version == "1.1"
-        if self._expect_continue:
+        # Not behind an awaited answer: a 100 sent now would be taken for that answer's. The
+        # client sends its body anyway after a moment (RFC 9110, 10.1.1).
+        if self._expect_continue and self._pending is None:
             assert self.transport is not None
             self.transport.write(_CONTINUE)
 
@@ -471,7 +546,20 @@ class Http11Protocol(Protocol):
             self._secure,
         )
         self._reset()
-        self._answer(request, keep_alive, version)
+        if self._pending is not None:
+            # Behind an awaited answer: this one waits its turn, and reading stops until then
+            # (what this read brought is parsed still, and waits too).
+            self._queued.append((request, keep_alive, version))
+            if not self._held:
+                self._held = True
+                self._read_or_not()
+            if not keep_alive:
+                self._closing = True  # its answer closes the connection: read no further
+                raise _Stop
+            return
+        self._respond(request, keep_alive, version)
+        if self._closing:
+            raise _Stop
 
     def _refuse(self, code: int) -> None:
         log.info("refused a request from {peer}: {code}", peer=str(self._peer), code=code)
@@ -480,13 +568,69 @@ class Http11Protocol(Protocol):
 
     # -- the answer ----------------------------------------------------------------------------
 
-    def _answer(self, request: Request, keep_alive: bool, version: str) -> None:
+    def _respond(self, request: Request, keep_alive: bool, version: str) -> None:
+        """Ask the handler, and write its answer now or once it comes."""
         try:
-            response = self._handler(request, self)
+            answer = self._handler(request, self)
         except Exception:  # the handler answers its own errors: this is a last resort
             log.failure("cannot answer a request")
-            self._close(short_answer(500))
-            raise _Stop from None
+            self._hang_up(short_answer(500))
+            return
+        if isinstance(answer, Response):
+            self._write(answer, request.method, keep_alive, version)
+            return
+        # Awaited: no timeout closes the connection meanwhile; reading goes on, so that a
+        # client that hangs up is noticed (connectionLost cancels the answer).
+        self._pending = answer
+        for call in (self._idle, self._head_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._head_deadline = None
+        answer.addBoth(self._answered, answer, request.method, keep_alive, version)
+
+    def _answered(
+        self,
+        outcome: Response | Failure,
+        awaited: Deferred[Response],
+        method: bytes,
+        keep_alive: bool,
+        version: str,
+    ) -> None:
+        if self._pending is not awaited:
+            return None  # the connection was lost and the answer cancelled: nobody to tell
+        self._pending = None
+        if isinstance(outcome, Response):
+            self._write(outcome, method, keep_alive, version)
+        else:
+            if isinstance(outcome, Failure):
+                log.failure("cannot answer a request", outcome)
+            else:
+                log.error("a request handler answered {answer!r}", answer=outcome)
+            self._hang_up(short_answer(500))
+        self._next()
+        return None
+
+    def _next(self) -> None:
+        """Answer the requests that waited behind an answer now written; once none waits, read
+        and time out again (or hang up, if the connection was closing)."""
+        while self._pending is None and self._queued and not self._hung_up:
+            request, keep_alive, version = self._queued.popleft()
+            self._respond(request, keep_alive, version)
+        if self._pending is not None:
+            return
+        self._queued.clear()
+        if self._closing:
+            self._hang_up(self._last_words)
+            return
+        if self._held:
+            self._held = False
+            self._read_or_not()
+        if self._idle is None:
+            self._idle = self._clock.callLater(IDLE_TIMEOUT, self._timed_out)
+        if self._in_head and self._head_deadline is None:
+            self._head_deadline = self._clock.callLater(HEAD_TIMEOUT, self._head_timed_out)
+
+    def _write(self, response: Response, method: bytes, keep_alive: bool, version: str) -> None:
         code, body = response.status, response.body
         lines = []
         length = server = True
@@ -509,15 +653,60 @@ class Http11Protocol(Protocol):
         elif version == "1.0":
             head.append(b"Connection: keep-alive\r\n")
         head.append(b"\r\n")
-        if request.method != b"HEAD":
+        if method != b"HEAD":
             head.append(body)
         answer = b"".join(head)
         if keep_alive:
             assert self.transport is not None
             self.transport.write(answer)
         else:
-            self._close(answer)
-            raise _Stop
+            self._hang_up(answer)
+
+
+@implementer(IProtocolNegotiationFactory)
+class Http11Factory(ServerFactory):
+    """A port whose connections are `Http11Protocol`s answering with ``handler``, and refusing a
+    body over ``max_body`` bytes with ``refusal()``: the node API's and the metrics listener's.
+    (The public API and the metadata service have factories of their own, for their connection
+    limits and last-resort answers.)"""
+
+    noisy = False
+
+    def __init__(
+        self,
+        handler: Handler,
+        clock: IReactorTime,
+        *,
+        refusal: Callable[[], bytes],
+        max_body: int,
+        server: bytes = SERVER,
+    ) -> None:
+        self._handler = handler
+        self._clock = clock
+        self._refusal = refusal
+        self._max_body = max_body
+        self._server = server
+        self._dates = HttpDates(clock)
+
+    def buildProtocol(self, addr: IAddress | None) -> Http11Protocol:
+        protocol = Http11Protocol(
+            self._handler,
+            self._clock,
+            self._date,
+            self._server,
+            self._refusal,
+            self._max_body,
+        )
+        protocol.factory = self
+        return protocol
+
+    def _date(self) -> bytes:
+        return self._dates.now()[0]
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What TLS's ALPN may agree on (Twisted's TLS refuses a client that offers ALPN when
+        the factory names nothing): HTTP/1.1, as twisted.web's Site offers it without h2."""
+        return [b"http/1.1"]
 
 
 class HttpDates:
@@ -531,5 +720,6 @@ class HttpDates:
     def now(self) -> list[bytes]:
         second = int(self._clock.seconds())
         if second != self._second:
-            self._second, self._value = second, [datetimeToString(second)]
+            self._second = second
+            self._value = [formatdate(second, usegmt=True).encode("ascii")]
         return self._value

@@ -4,27 +4,35 @@ daemons compose their listeners from it."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorSSL,
+    IReactorTCP,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 
 class ListeningService(Service):
-    """Listens on one TCP address while running; `listening` fires with the port (or the error)."""
+    """Listens on one TCP address while running; `listening` fires with the port (or the error).
+    With `tls`, the reactor is adapted to `IReactorSSL`, as Twisted's reactors provide where TLS
+    is available."""
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTCP,
         host: str,
         port: int,
-        site: ServerFactory,
+        factory: ServerFactory,
         label: str,
         tls: CertificateOptions | None = None,
         log_namespace: str = "rolecall.controller",
@@ -33,23 +41,24 @@ class ListeningService(Service):
         self._reactor = reactor
         self._host = host
         self._port_number = port
-        self._site = site
+        self._factory = factory
         self._label = label
         self._tls = tls
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        endpoint: Any
+        Service.startService(self)
+        self._endpoint().listen(self._factory).addCallbacks(self._listened, self._failed)
+
+    def _endpoint(self) -> IStreamServerEndpoint:
         if self._tls is not None:
-            endpoint = SSL4ServerEndpoint(
-                self._reactor, self._port_number, self._tls, interface=self._host
+            return SSL4ServerEndpoint(
+                IReactorSSL(self._reactor), self._port_number, self._tls, interface=self._host
             )
-        else:
-            endpoint_type = TCP6ServerEndpoint if ":" in self._host else TCP4ServerEndpoint
-            endpoint = endpoint_type(self._reactor, self._port_number, interface=self._host)
-        endpoint.listen(self._site).addCallbacks(self._listened, self._failed)
+        if ":" in self._host:
+            return TCP6ServerEndpoint(self._reactor, self._port_number, interface=self._host)
+        return TCP4ServerEndpoint(self._reactor, self._port_number, interface=self._host)
 
     def address(self) -> IPv4Address | IPv6Address:
         """Where it listens (only once `listening` has fired)."""
@@ -69,7 +78,7 @@ class ListeningService(Service):
         )
         self.listening.callback(port)
 
-    def _failed(self, failure: Any) -> None:
+    def _failed(self, failure: Failure) -> None:
         self._log.critical(
             "{label} cannot listen on {host}:{port}: {error}",
             label=self._label,
@@ -80,7 +89,7 @@ class ListeningService(Service):
         self.listening.errback(failure)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        Service.stopService(self)
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService, Service
 
 from common.listening import ListeningService
 from common.notify import Notifier, ReadyGate
@@ -37,6 +37,13 @@ class DaemonReactor(typing.Protocol):
     def addSystemEventTrigger(
         self, phase: str, eventType: str, callable: Callable[..., Any], *args: object
     ) -> object: ...
+
+
+def add_service(parent: MultiService, name: str, service: Service) -> None:
+    """Make ``service`` a child of ``parent`` under ``name``: how both daemons compose theirs.
+    (Taken as Twisted's own `Service`, whose methods have no annotations but may be called.)"""
+    service.setName(name)
+    service.setServiceParent(parent)
 
 
 def run_daemon(

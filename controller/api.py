@@ -13,13 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted import copyright
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.web import http
 
-from common.http11 import ConnectionLimit, Http11Protocol, HttpDates, Request, Response
+from common.http11 import (
+    SERVER,
+    ConnectionLimit,
+    Http11Protocol,
+    HttpDates,
+    Request,
+    Response,
+    status_line,
+)
 from controller import sigv4, xmlout
 from controller.actions import Action, Caller, Context, Registry, RequestFacts, Result, Services
 from controller.authorize import authorize
@@ -407,18 +413,12 @@ def body_refusal(max_body: int) -> bytes:
     )
     body = xmlout.query_error(error.code, error.message, True, new_request_id(), "iam")
     head = (
-        f"HTTP/1.1 {error.status} {http.RESPONSES[error.status].decode()}\r\n"
-        "Content-Type: text/xml\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"Content-Type: text/xml\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode("ascii")
-    return head + body
+    return status_line(error.status) + head + body
 
 
-# -- the public port: httptools' parser (controller/http11.py), each request straight to the API --
-
-#: What twisted.web.server.Site sends as ``Server``; kept so answers look as they always did.
-SERVER_HEADER = b"TwistedWeb/" + copyright.version.encode("ascii")
+# -- the public port: httptools' parser (common/http11.py), each request straight to the API --
 
 
 class ApiFactory(ServerFactory):
@@ -452,7 +452,7 @@ class ApiFactory(ServerFactory):
             self._answer,
             self._clock,
             self._date,
-            SERVER_HEADER,
+            SERVER,
             self._refusal,
             self._max_body,
         )

@@ -819,12 +819,14 @@ def serve(config: ControllerConfig) -> int:
     from common.logs import start_logging
     from common.notify import Notifier, ReadyGate, listening_status
     from common.runner import DaemonReactor, run_daemon
-    from controller.compose import make_service
+    from controller.compose import IControllerReactor, make_service
 
     check_state_directory(config.state_dir)
     store = _open_store(config)
     start_logging()
-    service = make_service(config, reactor, store)
+    # The global reactor's static type names only the interfaces every reactor has; the
+    # controller's are among those it provides.
+    service = make_service(config, cast(IControllerReactor, reactor), store)
     # systemd (Type=notify) hears READY=1 once all three listen, STOPPING=1 on shutdown.
     notifier = Notifier.from_environment(os.environ)
     labels = {"api": "API", "node-api": "node API", "metrics": "metrics"}

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import resource as resource_limits
-from typing import Any
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
 
-from common.health import health_site
+from common.health import health_factory
 from common.http11 import ConnectionLimit
 from common.listening import ListeningService
+from common.runner import add_service
 from controller.actions import Registry, Services
 from controller.api import ApiFactory, PublicApi
 from controller.assignments import AssignmentHub
@@ -27,7 +29,7 @@ from controller.iam import registry as iam_registry
 from controller.identityfiles import load_identity_signer
 from controller.keyring import KeyRingError, KeyRingFile
 from controller.metrics import ControllerMetrics
-from controller.nodeapi import NodeApiResource, NodeApiSettings, make_site
+from controller.nodeapi import NodeApi, NodeApiSettings, node_api_factory
 from controller.sessions import Sessions
 from controller.store.base import Store, StoreError
 from controller.sts import registry as sts_registry
@@ -36,11 +38,17 @@ log = Logger(namespace="rolecall.controller")
 KEY_RING_REFRESH_SECONDS = 30.0
 
 
+class IControllerReactor(IReactorTime, IReactorTCP):
+    """What the controller's services use of the reactor: timers (long polls, the key ring's
+    refresh, the node metrics) and TCP listeners. The node API's TLS listener adapts it to
+    `IReactorSSL`, as Twisted's reactors provide where TLS is available."""
+
+
 class KeyRingRefresh(TimerService):
     """Re-reads the token key ring file now and then, so a rotation reaches this process."""
 
-    def __init__(self, sessions: Sessions, interval: float, clock: Any) -> None:
-        super().__init__(interval, self._refresh)
+    def __init__(self, sessions: Sessions, interval: float, clock: IReactorTime) -> None:
+        TimerService.__init__(self, interval, self._refresh)
         self.clock = clock
         self._sessions = sessions
         self._problem: str | None = None
@@ -70,9 +78,20 @@ def api_registry() -> Registry:
     return Registry(iam_registry, sts_registry, ec2_registry)
 
 
+class ReleaseWaiters(Service):
+    """Answers every waiting long poll when the controller stops (with what it has)."""
+
+    def __init__(self, hub: AssignmentHub) -> None:
+        self._hub = hub
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self._hub.stop()
+
+
 def make_service(
     config: ControllerConfig,
-    reactor: Any,
+    reactor: IControllerReactor,
     store: Store,
     registry: CollectorRegistry | None = None,
 ) -> MultiService:
@@ -120,20 +139,24 @@ def make_service(
     metrics.watch_connections(limit)
     factory = ApiFactory(resource, reactor, config.max_body_bytes, limit)
     api = ListeningService(reactor, config.api_host, config.api_port, factory, "public API")
+
     # The node API's TLS handshakes need descriptors too: the public port stops accepting at
     # its limit rather than take them all (issue 10).
-    api.listening.addCallback(lambda port: limit.watch(port) or port)
-    api.setName("api")
-    api.setServiceParent(root)
-    refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
-    refresh.setName("key-ring-refresh")
-    refresh.setServiceParent(root)
+    def watched(port: IListeningPort) -> IListeningPort:
+        limit.watch(port)
+        return port
+
+    api.listening.addCallback(watched)
+    add_service(root, "api", api)
+    add_service(
+        root, "key-ring-refresh", KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
+    )
     node_api = ListeningService(
         reactor,
         config.node_api_host,
         config.node_api_port,
-        make_site(
-            NodeApiResource(
+        node_api_factory(
+            NodeApi(
                 store,
                 hub,
                 sessions,
@@ -141,25 +164,22 @@ def make_service(
                 reactor,
                 NodeApiSettings(config.instance_credential_seconds),
                 metrics,
-            )
+            ),
+            reactor,
         ),
         "node API",
         tls=node_api_tls(config),
     )
-    node_api.setName("node-api")
-    node_api.setServiceParent(root)
+    add_service(root, "node-api", node_api)
     health = ListeningService(
         reactor,
         config.metrics_host,
         config.metrics_port,
-        health_site(metrics.registry, readiness(store, lambda: keys.ring)),
+        health_factory(metrics.registry, readiness(store, lambda: keys.ring), reactor),
         "metrics",
     )
-    health.setName("metrics")
-    health.setServiceParent(root)
-    release = Service()
-    release.stopService = hub.stop  # type: ignore[method-assign]  # waiting polls answer on stop
-    release.setServiceParent(root)
+    add_service(root, "metrics", health)
+    add_service(root, "release-long-polls", ReleaseWaiters(hub))
     return root
 
 
@@ -167,12 +187,13 @@ def node_api_tls(config: ControllerConfig) -> CertificateOptions:
     """The node API's TLS: its own certificate, and client certificates from the node CA only."""
     try:
         identity = PrivateCertificate.loadPEM(
-            config.node_api_cert_path.read_text() + config.node_api_key_path.read_text()
+            config.node_api_cert_path.read_bytes() + config.node_api_key_path.read_bytes()
         )
-        authority = Certificate.loadPEM(config.ca_cert_path.read_text())
+        authority = Certificate.loadPEM(config.ca_cert_path.read_bytes())
     except OSError as error:
         raise StoreError(
             f"cannot read the node API certificates in {config.state_dir}: {error.strerror};"
             " run rolecall-controller init"
         ) from error
-    return identity.options(authority)  # type: ignore[no-any-return]
+    # PrivateCertificate has no annotations: its options are CertificateOptions.
+    return cast(CertificateOptions, identity.options(authority))

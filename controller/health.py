@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
-from twisted.web.resource import Resource
 
-from common.health import HealthResource, Readiness
+from common.health import HealthPages, Readiness
 from controller.store.base import Store, StoreError
 from controller.tokens import KeyRing
 
@@ -41,6 +40,6 @@ def readiness(store: Store, key_ring: KeyRingSource) -> Readiness:
     return ready
 
 
-def health_resource(registry: CollectorRegistry, store: Store, key_ring: KeyRingSource) -> Resource:
-    """The listener's resource with the controller's readiness (`common.health`)."""
-    return HealthResource(registry, readiness(store, key_ring))
+def health_pages(registry: CollectorRegistry, store: Store, key_ring: KeyRingSource) -> HealthPages:
+    """The listener's pages with the controller's readiness (`common.health`)."""
+    return HealthPages(registry, readiness(store, key_ring))

@@ -7,6 +7,10 @@
 The node is the certificate's subject; its serial must be the one recorded at enrollment (a
 re-enrolled or retired node's old certificate is refused). JSON in and out, each message built
 as its `common.nodemessages` type and written by its serializer. See DESIGN.md.
+
+The port is `common.http11`'s protocol: `NodeApi.answer` takes a plain request and gives a
+plain answer, or a Deferred of one (the long poll; credentials once audited), which the
+protocol cancels if the node hangs up first.
 """
 
 from __future__ import annotations
@@ -16,17 +20,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.resource import Resource
 
-from common.bodylimit import BodyLimit
+from common.http11 import Http11Factory, Http11Protocol, Request, Response
 from common.nodemessages import (
     MAX_REVISION,
     AssignmentsAnswer,
@@ -68,8 +71,9 @@ class NodeApiSettings:
     credential_seconds: int = DEFAULT_CREDENTIAL_SECONDS
 
 
-class NodeApiResource(Resource):
-    isLeaf = True
+class NodeApi:
+    """The node API's handler: a request and its connection (whose TLS client certificate names
+    the node) in, an answer out, now or later."""
 
     def __init__(
         self,
@@ -81,7 +85,6 @@ class NodeApiResource(Resource):
         settings: NodeApiSettings | None = None,
         metrics: ControllerMetrics | None = None,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
         self._store = store
         self._hub = hub
         self._sessions = sessions
@@ -93,8 +96,9 @@ class NodeApiResource(Resource):
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.seconds(), UTC).replace(microsecond=0)
 
-    def render(self, request: server.Request) -> bytes | int:
-        parts = request.path.decode("ascii", "replace").strip("/").split("/")
+    def answer(self, request: Request, connection: Http11Protocol) -> Response | Deferred[Response]:
+        path, _, query = request.uri.partition(b"?")
+        parts = path.decode("ascii", "replace").strip("/").split("/")
         if request.method == b"GET" and parts == ["v1", "assignments"]:
             endpoint = "assignments"
         elif (
@@ -106,30 +110,36 @@ class NodeApiResource(Resource):
             endpoint = "credentials"
         else:
             endpoint = "other"
-        # Counted when answered (a long poll, later); a poll the node hangs up on is not.
-        request.notifyFinish().addCallbacks(
-            lambda _: self._metrics.node_api_request(endpoint, request.code),
-            lambda _: None,
-        )
+        answer: Response | Deferred[Response]
         try:
-            node = self._node(request)
+            node = self._node(connection)
             if endpoint == "assignments":
-                return self._assignments(request, node)
-            if endpoint == "credentials":
-                return self._issue(request, node, parts[2])
-            raise NodeApiError(404, "NotFound", "no such node API endpoint")
+                answer = self._assignments(query, node)
+            elif endpoint == "credentials":
+                answer = self._issue(node, parts[2])
+            else:
+                raise NodeApiError(404, "NotFound", "no such node API endpoint")
         except NodeApiError as error:
-            return _json(request, error.status, ErrorAnswer(error.code, error.message))
+            answer = _json(error.status, ErrorAnswer(error.code, error.message))
         except StoreError as error:
             log.error("node API store failure: {error}", error=str(error))
-            return _json(request, 503, STORE_UNAVAILABLE)
+            answer = _json(503, STORE_UNAVAILABLE)
+        # Counted when answered (a long poll, later); a poll the node hangs up on is not.
+        if isinstance(answer, Response):
+            return self._counted(answer, endpoint)
+        return answer.addCallback(self._counted, endpoint)
 
-    def _node(self, request: server.Request) -> Node:
-        certificate = _peer_certificate(request)
+    def _counted(self, answer: Response, endpoint: str) -> Response:
+        self._metrics.node_api_request(endpoint, answer.status)
+        return answer
+
+    def _node(self, connection: Http11Protocol) -> Node:
+        certificate = connection.peer_certificate()
         if certificate is None:
             raise NodeApiError(403, "NoCertificate", "a node certificate is required")
-        name = certificate.get_subject().CN or ""
-        serial = certificate.get_serial_number()
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(names[0].value) if names else ""
+        serial = certificate.serial_number
         with self._store.transaction() as tx:
             node = tx.get_node(name)
             if (
@@ -145,29 +155,25 @@ class NodeApiResource(Resource):
 
     # assignments
 
-    def _assignments(self, request: server.Request, node: Node) -> bytes | int:
-        since = _int_arg(request, b"since", -1, -1, MAX_REVISION)
-        wait = float(_int_arg(request, b"wait", 0, 0, int(MAX_WAIT_SECONDS)))
+    def _assignments(self, query: bytes, node: Node) -> Response | Deferred[Response]:
+        """At once when the node's revision is newer than ``since`` (or ``wait`` is 0), else
+        when it changes or ``wait`` runs out. If the node hangs up first, the protocol cancels
+        the wait (and the hub forgets it)."""
+        arguments = _query_arguments(query)
+        since = _int_arg(arguments, b"since", -1, -1, MAX_REVISION)
+        wait = float(_int_arg(arguments, b"wait", 0, 0, int(MAX_WAIT_SECONDS)))
         if node.revision > since or wait == 0:
-            return _json(request, 200, self._snapshot(node.name))
-        waiting = self._hub.wait(node.name, wait)
-        request.notifyFinish().addErrback(lambda _: waiting.cancel())
+            return _json(200, self._snapshot(node.name))
+        return self._hub.wait(node.name, wait).addCallback(
+            lambda _changed: self._snapshot_answer(node.name)
+        )
 
-        def answer(_: bool) -> None:
-            try:
-                body = self._snapshot(node.name)
-            except StoreError as error:
-                log.error("node API store failure: {error}", error=str(error))
-                request.write(_json(request, 503, STORE_UNAVAILABLE))
-            else:
-                request.write(_json(request, 200, body))
-            request.finish()
-
-        def gone(failure: Failure) -> None:
-            failure.trap(CancelledError)  # the node hung up: nothing to answer
-
-        waiting.addCallbacks(answer, gone)
-        return server.NOT_DONE_YET
+    def _snapshot_answer(self, node_name: str) -> Response:
+        try:
+            return _json(200, self._snapshot(node_name))
+        except StoreError as error:
+            log.error("node API store failure: {error}", error=str(error))
+            return _json(503, STORE_UNAVAILABLE)
 
     def _snapshot(self, node_name: str) -> AssignmentsAnswer:
         with self._store.transaction() as tx:
@@ -184,20 +190,16 @@ class NodeApiResource(Resource):
 
     # credentials
 
-    def _issue(self, request: server.Request, node: Node, instance_id: str) -> int:
+    def _issue(self, node: Node, instance_id: str) -> Deferred[Response]:
         """Answer with fresh credentials once their audit record is on disk (committed with
-        those of concurrent requests: see `AuditLog.append`)."""
+        those of concurrent requests: see `AuditLog.append`). A node that hangs up meanwhile
+        cancels only its answer: the record is still written, and the issuance logged."""
         body, record = self._credentials(node, instance_id)
-        hung_up = False
-
-        def gone(_: object) -> None:
-            nonlocal hung_up
-            hung_up = True
+        answered: Deferred[Response] = Deferred()
 
         def answer(status: int, answer_body: CredentialsAnswer | ErrorAnswer) -> None:
-            if not hung_up:
-                request.write(_json(request, status, answer_body))
-                request.finish()
+            if not answered.called:  # else cancelled: the node hung up
+                answered.callback(_json(status, answer_body))
 
         def written(_: None) -> None:
             self._metrics.credentials_issued("instance")
@@ -218,11 +220,10 @@ class NodeApiResource(Resource):
                 log.failure("cannot write the audit log", failure)
             answer(503, AUDIT_UNAVAILABLE)
 
-        request.notifyFinish().addErrback(gone)
         self._audit.append(record).addCallbacks(written, not_written).addErrback(
             lambda failure: log.failure("answering a credentials request failed", failure)
         )
-        return server.NOT_DONE_YET
+        return answered
 
     def _credentials(
         self, node: Node, instance_id: str
@@ -304,19 +305,29 @@ class NodeApiResource(Resource):
         return body, record
 
 
-def _peer_certificate(request: server.Request) -> Any:
-    transport = getattr(request.channel, "transport", None)
-    get = getattr(transport, "getPeerCertificate", None)
-    return get() if get is not None else None
-
-
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")
 
 
-def _int_arg(request: server.Request, name: bytes, default: int, minimum: int, maximum: int) -> int:
+def _query_arguments(query: bytes) -> dict[bytes, list[bytes]]:
+    """The query's arguments as bytes, read as twisted.web read them for this API before: ``&``
+    or ``;`` between them, ``+`` for a space, percent-escapes undone to bytes (never decoded
+    as text), and a name without ``=`` left out."""
+    arguments: dict[bytes, list[bytes]] = {}
+    for item in re.split(rb"[&;]", query):
+        name, equals, value = item.partition(b"=")
+        if equals:
+            arguments.setdefault(unquote_to_bytes(name.replace(b"+", b" ")), []).append(
+                unquote_to_bytes(value.replace(b"+", b" "))
+            )
+    return arguments
+
+
+def _int_arg(
+    arguments: Mapping[bytes, list[bytes]], name: bytes, default: int, minimum: int, maximum: int
+) -> int:
     """An integer query argument within ``[minimum, maximum]``: anything else is a 400 that
     names the argument and its range (never an exception from ``int``/``float``)."""
-    values = request.args.get(name) if request.args else None
+    values = arguments.get(name)
     if not values:
         return default
     raw = values[0]
@@ -329,48 +340,24 @@ def _int_arg(request: server.Request, name: bytes, default: int, minimum: int, m
     return int(raw)
 
 
-def _json(
-    request: server.Request,
-    status: int,
-    body: AssignmentsAnswer | CredentialsAnswer | ErrorAnswer,
-) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body.to_wire()).encode("utf-8")
+def _json(status: int, body: AssignmentsAnswer | CredentialsAnswer | ErrorAnswer) -> Response:
+    return Response(
+        status,
+        ((b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store")),
+        json.dumps(body.to_wire()).encode("utf-8"),
+    )
 
 
 # -- the node API's listener ----------------------------------------------------------------
 
 
-class _BodyLimit(BodyLimit):
-    """Refuses a body over ``max_body`` bytes with the API's 413 error XML, then hangs up."""
+def node_api_factory(
+    api: NodeApi, clock: IReactorTime, max_body: int = DEFAULT_MAX_BODY
+) -> Http11Factory:
+    """The node API's port (TLS is the listener's): `api` answers; a body over ``max_body`` is
+    refused with the API's 413 error XML, then the connection is closed."""
 
-    max_body = DEFAULT_MAX_BODY
+    def refusal() -> bytes:
+        return body_refusal(max_body)  # each with a RequestId of its own
 
-    def refusal(self) -> bytes:
-        return body_refusal(self.max_body)
-
-
-class BoundedRequest(_BodyLimit, server.Request):
-    """A twisted.web request with the body limit."""
-
-
-class ApiSite(server.Site):
-    """A Site whose access log is the API's own structured line, not Apache's combined format."""
-
-    displayTracebacks = False
-    noisy = False
-
-    def log(self, request: server.Request) -> None:  # type: ignore[override]
-        pass
-
-
-def make_site(resource: Resource, max_body: int = DEFAULT_MAX_BODY) -> server.Site:
-    """The node API's site: `resource` behind the body limit, no access log of Twisted's."""
-    site = ApiSite(resource)  # type: ignore[no-untyped-call]
-    site.requestFactory = type("ApiRequest", (BoundedRequest,), {"max_body": max_body})  # type: ignore[assignment]
-    # The node API reads JSON, never forms: Twisted's form parser (through the email package)
-    # stays out of the way. Twisted 25 and later read this flag.
-    site._parsePOSTFormSubmission = False
-    return site
+    return Http11Factory(api.answer, clock, refusal=refusal, max_body=max_body)

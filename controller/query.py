@@ -36,6 +36,8 @@ class Str:
     check: Callable[[str], bool] | None = None
     check_text: str = ""
     enum: tuple[str, ...] = ()
+    #: ``pattern``, compiled once.
+    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -47,7 +49,7 @@ class Str:
             found.append(f"Member must have length greater than or equal to {self.min_length}")
         if self.max_length is not None and len(value) > self.max_length:
             found.append(f"Member must have length less than or equal to {self.max_length}")
-        if self.pattern is not None and value and not self._regex.fullmatch(value):  # type: ignore[attr-defined]
+        if self._regex is not None and value and not self._regex.fullmatch(value):
             found.append(f"Member must satisfy regular expression pattern: {self.pattern}")
         if self.check is not None and not self.check(value):
             found.append(f"Member must satisfy regular expression pattern: {self.check_text}")

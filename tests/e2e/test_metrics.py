@@ -3,6 +3,8 @@ the Prometheus exposition parser after real AWS SDK calls and real node API call
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -209,6 +211,28 @@ def test_a_waiting_long_poll_is_counted_until_it_answers(
     assert read(scrape(controller), waiting) == 0
     after = scrape(controller)
     assert read(after, "rolecall_node_api_requests_total", endpoint="assignments", status="200")
+
+
+def test_a_long_poll_the_node_hangs_up_on_stops_waiting(
+    controller: Controller, node: NodeClient
+) -> None:
+    """The controller keeps reading a connection whose answer it owes, so it sees the node go."""
+    waiting = "rolecall_node_long_polls_waiting"
+    revision = node.assignments()["revision"]
+    parts = urlsplit(node.url)
+    host, port = parts.hostname or "", parts.port or 0
+    context = ssl.create_default_context(cafile=node.session.verify)
+    context.load_cert_chain(*node.session.cert)
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as connection,
+    ):
+        target = f"/v1/assignments?since={revision}&wait=120"
+        connection.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        eventually(lambda: read(scrape(controller), waiting) == 1, "the long poll was not counted")
+    eventually(
+        lambda: read(scrape(controller), waiting) == 0, "the poll still waits after the hang-up"
+    )
 
 
 def test_an_audit_log_that_cannot_be_written_is_counted(

@@ -1,7 +1,8 @@
 """The layers of the code, checked on its import statements (every one, also those inside
 functions): the agent and the controller never import each other, `common` imports neither,
-nothing in a daemon imports the demo, and the pure cores reach no reactor, socket, netlink or
-database, directly or through the project's own modules."""
+nothing in a daemon imports the demo, the pure cores reach no reactor, socket, netlink or
+database, directly or through the project's own modules, and every listener is on the one HTTP
+protocol (`common.http11`): twisted.web is the agent's HTTP client only."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ PURE_CORES = (
 )
 #: What a pure core must not reach: the reactor, sockets, netlink, the database.
 IMPURE = ("twisted", "pyroute2", "sqlite3", "socket")
+
+#: The only product modules that may import twisted.web: the agent's client of the node API.
+WEB_CLIENTS = ("agent.client",)
 
 #: Who may import whom, by top-level package: a package not listed for another never imports it.
 ALLOWED = {
@@ -134,3 +138,15 @@ def test_a_pure_core_reaches_no_reactor_socket_netlink_or_database(module: str) 
         if name.split(".")[0] in IMPURE
     )
     assert reached == []
+
+
+def test_only_the_agents_node_api_client_imports_twisted_web() -> None:
+    importers = sorted(
+        f"{module} imports {name}"
+        for module in modules()
+        if module not in WEB_CLIENTS
+        for name in imports(module)
+        if name == "twisted.web" or name.startswith("twisted.web.")
+    )
+    assert importers == []
+    assert any(name.startswith("twisted.web") for name in imports("agent.client"))

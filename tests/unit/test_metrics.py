@@ -1,5 +1,5 @@
 """Controller metrics read back through the Prometheus exposition parser, and the health
-listener's /metrics, /healthz and /readyz rendered with twisted.web's test request."""
+listener's /metrics, /healthz and /readyz answered to plain requests and on its protocol."""
 
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ from prometheus_client import REGISTRY, CollectorRegistry, enable_created_metric
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.web.resource import Resource, getChildForRequest
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
+from common.health import HealthPages, health_factory
 from common.http11 import Request
 from controller import sigv4
 from controller.accounts import ensure_first_account
 from controller.api import PublicApi
 from controller.assignments import AssignmentHub
 from controller.compose import api_registry
-from controller.health import health_resource
+from controller.health import health_pages, readiness
 from controller.keyring import KeyRingFile, ensure_key_ring
 from controller.metrics import ControllerMetrics
 from controller.sessions import Sessions
@@ -394,17 +395,23 @@ class Page:
     text: str
 
 
-def get(root: Resource, path: str, accept: str | None = None) -> Page:
-    request = DummyRequest(path.lstrip("/").encode().split(b"/"))
-    request.method = b"GET"
+def get(pages: HealthPages, path: str, accept: str | None = None) -> Page:
+    headers = [(b"Host", b"localhost")]
     if accept is not None:
-        request.requestHeaders.setRawHeaders(b"accept", [accept.encode()])
-    resource = getChildForRequest(root, request)
-    body = resource.render(request)
-    if not isinstance(body, bytes):  # NOT_DONE_YET: written to the request instead
-        body = b"".join(request.written)
-    content_type = request.responseHeaders.getRawHeaders(b"content-type", [b""])[0].decode()
-    return Page(request.responseCode or 200, content_type, body.decode("utf-8"))
+        headers.append((b"Accept", accept.encode()))
+    request = Request(
+        b"GET",
+        path.encode(),
+        b"HTTP/1.1",
+        headers,
+        b"",
+        IPv4Address("TCP", "127.0.0.1", 40000),
+        IPv4Address("TCP", "127.0.0.1", 9773),
+        False,
+    )
+    answer = pages.answer(request)
+    content_type = dict(answer.headers).get(b"Content-Type", b"").decode()
+    return Page(answer.status, content_type, answer.body.decode("utf-8"))
 
 
 @pytest.fixture
@@ -416,7 +423,7 @@ def test_metrics_page_is_the_registrys_exposition(
     registry: CollectorRegistry, metrics: ControllerMetrics, key_ring: Any
 ) -> None:
     metrics.credentials_issued("session")
-    page = get(health_resource(registry, FakeStore(), lambda: key_ring), "/metrics")
+    page = get(health_pages(registry, FakeStore(), lambda: key_ring), "/metrics")
     assert page.status == 200
     assert page.content_type.startswith("text/plain; version=")
     families = {family.name: family for family in text_string_to_metric_families(page.text)}
@@ -429,7 +436,7 @@ def test_metrics_page_speaks_openmetrics_to_a_scraper_that_asks_for_it(
     registry: CollectorRegistry, metrics: ControllerMetrics, key_ring: Any
 ) -> None:
     metrics.credentials_issued("session")
-    root = health_resource(registry, FakeStore(), lambda: key_ring)
+    root = health_pages(registry, FakeStore(), lambda: key_ring)
     page = get(root, "/metrics", accept="application/openmetrics-text; version=1.0.0")
     assert page.content_type.startswith("application/openmetrics-text")
     assert page.text.endswith("# EOF\n")
@@ -440,14 +447,14 @@ def test_healthz_answers_ok_even_when_the_store_fails(
     registry: CollectorRegistry, key_ring: Any
 ) -> None:
     store = FakeStore(failure=StoreError("unavailable"))
-    page = get(health_resource(registry, store, lambda: key_ring), "/healthz")
+    page = get(health_pages(registry, store, lambda: key_ring), "/healthz")
     assert (page.status, page.text) == (200, "ok\n")
 
 
 def test_readyz_answers_200_when_the_store_answers_and_a_key_is_loaded(
     registry: CollectorRegistry, key_ring: Any
 ) -> None:
-    page = get(health_resource(registry, FakeStore(), lambda: key_ring), "/readyz")
+    page = get(health_pages(registry, FakeStore(), lambda: key_ring), "/readyz")
     assert (page.status, page.text) == (200, "ready\n")
 
 
@@ -455,7 +462,7 @@ def test_readyz_answers_503_with_the_reason_when_the_store_raises(
     registry: CollectorRegistry, key_ring: Any
 ) -> None:
     store = FakeStore(failure=StoreError("the SQLite store is unavailable: disk I/O error"))
-    page = get(health_resource(registry, store, lambda: key_ring), "/readyz")
+    page = get(health_pages(registry, store, lambda: key_ring), "/readyz")
     assert page.status == 503
     assert page.text == "store unreachable: the SQLite store is unavailable: disk I/O error\n"
 
@@ -464,19 +471,19 @@ def test_readyz_answers_503_when_the_store_driver_raises_something_else(
     registry: CollectorRegistry, key_ring: Any
 ) -> None:
     store = FakeStore(failure=OSError("connection reset"))
-    page = get(health_resource(registry, store, lambda: key_ring), "/readyz")
+    page = get(health_pages(registry, store, lambda: key_ring), "/readyz")
     assert page.status == 503
     assert page.text.startswith("store unreachable: OSError")
 
 
 def test_readyz_answers_503_when_no_key_ring_is_loaded(registry: CollectorRegistry) -> None:
-    page = get(health_resource(registry, FakeStore(), lambda: None), "/readyz")
+    page = get(health_pages(registry, FakeStore(), lambda: None), "/readyz")
     assert (page.status, page.text) == (503, "no active token key loaded\n")
     assert "\n" not in page.text.rstrip("\n")
 
 
 def test_other_paths_are_404(registry: CollectorRegistry, key_ring: Any) -> None:
-    root = health_resource(registry, FakeStore(), lambda: key_ring)
+    root = health_pages(registry, FakeStore(), lambda: key_ring)
     assert get(root, "/secrets").status == 404
     assert get(root, "/").status == 404
 
@@ -491,3 +498,65 @@ def test_the_registry_shows_the_process_and_python_and_no_created_series() -> No
     assert {"process_cpu_seconds_total", "process_start_time_seconds", "python_info"} <= seen
     assert "process_resident_memory_bytes" in seen
     assert not [name for name in seen if name.endswith("_created")]
+
+
+def test_a_query_string_does_not_change_the_page(
+    registry: CollectorRegistry, key_ring: Any
+) -> None:
+    pages = health_pages(registry, FakeStore(), lambda: key_ring)
+    assert (get(pages, "/healthz?probe=1").status, get(pages, "/healthz/").status) == (200, 404)
+
+
+# --- the health listener on its protocol --------------------------------------------------------
+
+
+def exchange(registry: CollectorRegistry, key_ring: Any, data: bytes) -> tuple[bytes, bool]:
+    """What the listener writes back to ``data`` on one connection, and whether it hung up."""
+    clock = Clock()
+    clock.advance(NOW)
+    factory = health_factory(registry, readiness(FakeStore(), lambda: key_ring), clock)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(transport)
+    try:
+        protocol.dataReceived(data)
+    finally:
+        protocol.connectionLost(Failure(ConnectionError("closed by the test")))
+    assert clock.getDelayedCalls() == []
+    return transport.value(), transport.disconnecting
+
+
+def test_head_gets_the_headers_of_get_without_the_body(
+    registry: CollectorRegistry, key_ring: Any
+) -> None:
+    written, _ = exchange(registry, key_ring, b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = written.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["Content-Length"] == "6"  # "ready\n", as GET would have it
+    assert headers["Server"].startswith("TwistedWeb/") and "Date" in headers
+    assert body == b""
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"OPTIONS"])
+def test_other_methods_are_405_with_allow(
+    registry: CollectorRegistry, key_ring: Any, method: bytes
+) -> None:
+    written, hung_up = exchange(
+        registry, key_ring, method + b" /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert written.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nAllow: GET, HEAD\r\n" in written
+    assert not hung_up
+
+
+def test_a_body_over_a_kib_is_refused_413_before_it_is_sent(
+    registry: CollectorRegistry, key_ring: Any
+) -> None:
+    written, hung_up = exchange(
+        registry, key_ring, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n"
+    )
+    assert written.startswith(b"HTTP/1.1 413 ")
+    assert written.endswith(b"a request body is at most 1024 bytes here\n")
+    assert hung_up
