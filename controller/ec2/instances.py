@@ -47,6 +47,7 @@ from controller.ec2.network import AddressPool, new_mac
 from controller.errors import (
     IdempotentParameterMismatch,
     IncorrectInstanceState,
+    InsufficientFreeAddressesInSubnet,
     InvalidParameterValue,
     UnauthorizedOperation,
     UnsupportedOperation,
@@ -222,6 +223,12 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
         pool = pools.get(subnet)
         if pool is None:
             pool = pools[subnet] = AddressPool(subnet, context.tx.live_addresses(subnet))
+        try:
+            address = pool.take()
+        except InsufficientFreeAddressesInSubnet:
+            if index < params["MinCount"]:
+                raise  # and the transaction takes back what this request launched
+            break  # as many as fit, as for the account's quota and the nodes' capacity
         instance = Instance(
             instance_id=instance_id,
             account_id=context.account_id,
@@ -233,7 +240,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             state="pending",
             launched=now_text(context),
             terminated=None,
-            private_ip=pool.take(),
+            private_ip=address,
             http_tokens=options.get("HttpTokens", DEFAULT_HTTP_TOKENS),
             hop_limit=options.get("HttpPutResponseHopLimit", 1),
             http_endpoint=options.get("HttpEndpoint", "enabled"),

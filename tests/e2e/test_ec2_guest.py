@@ -811,6 +811,22 @@ def test_a_slash_28_takes_eleven_instances_and_refuses_the_twelfth(
     assert launch(ec2, "tiny-hv")[0]["PrivateIpAddress"] == "10.99.0.30"
 
 
+def test_a_launch_that_may_take_fewer_takes_as_many_addresses_as_are_free(
+    controller: Controller, ec2: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """MinCount below MaxCount: as many as fit, as EC2 does for capacity and quotas."""
+    enrolled(controller, tmp_path_factory, "some-hv", "10.98.0.16/28")
+    launch(ec2, "some-hv", count=9)
+    answer = ec2.run_instances(
+        ImageId="emi-1", MinCount=1, MaxCount=5, Placement={"HostId": "some-hv"}
+    )
+    assert [i["PrivateIpAddress"] for i in answer["Instances"]] == ["10.98.0.29", "10.98.0.30"]
+    code, _, _ = error_of(
+        ec2.run_instances, ImageId="emi-1", MinCount=1, MaxCount=5, Placement={"HostId": "some-hv"}
+    )
+    assert code == "InsufficientFreeAddressesInSubnet"
+
+
 def test_a_node_re_enrolled_with_a_wider_subnet_keeps_its_live_addresses_unique(
     controller: Controller, ec2: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
