@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
+from controller.nodeca import signing_only
+
 KEY_SIZE = 2048
 #: AWS's regional certificates are valid for some 180 years: the certificate is pinned by the
 #: verifier, so its expiry would only be a day on which every attestation fails at once (OpenSSL
@@ -104,7 +106,7 @@ def create_identity_key(now: datetime, region: str) -> tuple[bytes, bytes]:
         ]
     )
     start = _utc(now) - BACKDATE
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -112,25 +114,9 @@ def create_identity_key(now: datetime, region: str) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + CERTIFICATE_VALIDITY)
-        # It signs documents, never certificates: no verifier may take it for a CA.
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
+    # It signs documents, never certificates: no verifier may take it for a CA.
+    certificate = signing_only(builder, key.public_key()).sign(key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

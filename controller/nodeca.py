@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: A node name is a host name (a set of labels), lowercase: it is also the certificate's subject.
@@ -126,7 +127,7 @@ def _leaf_builder(
     # A certificate never claims to outlive the CA that vouches for it.
     end = min(_utc(now) + timedelta(days=days), ca_certificate.not_valid_after_utc)
     ca_key_identifier = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_certificate.subject)
@@ -134,7 +135,20 @@ def _leaf_builder(
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    return signing_only(builder, key.public_key()).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_identifier),
+        critical=False,
+    )
+
+
+def signing_only(
+    builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes
+) -> x509.CertificateBuilder:
+    """`builder` with the extensions of a certificate that signs and is no CA: not a CA
+    (critical), digital signature its one key usage (critical), and its key's identifier."""
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -149,11 +163,7 @@ def _leaf_builder(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_identifier),
-            critical=False,
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
 
