@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from controller.nodeca import signing_only
+from controller.nodeca import self_signed, signing_only
 
 KEY_SIZE = 2048
 #: AWS's regional certificates are valid for some 180 years: the certificate is pinned by the
@@ -106,15 +106,7 @@ def create_identity_key(now: datetime, region: str) -> tuple[bytes, bytes]:
         ]
     )
     start = _utc(now) - BACKDATE
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + CERTIFICATE_VALIDITY)
-    )
+    builder = self_signed(name, key.public_key(), start, start + CERTIFICATE_VALIDITY)
     # It signs documents, never certificates: no verifier may take it for a CA.
     certificate = signing_only(builder, key.public_key()).sign(key, hashes.SHA256())
     key_pem = key.private_bytes(

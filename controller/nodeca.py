@@ -142,6 +142,22 @@ def _leaf_builder(
     )
 
 
+def self_signed(
+    name: x509.Name, public_key: CertificatePublicKeyTypes, start: datetime, end: datetime
+) -> x509.CertificateBuilder:
+    """A certificate of `public_key` that names itself as its issuer, valid from `start` to
+    `end`, with a random serial; the caller adds its extensions and signs it."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+    )
+
+
 def signing_only(
     builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes
 ) -> x509.CertificateBuilder:
@@ -179,15 +195,8 @@ def create_ca(now: datetime, *, common_name: str = CA_COMMON_NAME) -> tuple[byte
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
         ]
     )
-    start = _utc(now) - BACKDATE
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(_utc(now) + CA_VALIDITY)
+        self_signed(name, key.public_key(), _utc(now) - BACKDATE, _utc(now) + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -265,6 +265,20 @@ def filter_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def add_filter_argument(parser: argparse.ArgumentParser, what: str, example: str) -> None:
+    """``-F/--filter NAME=VALUE``, repeatable, into ``args.filters`` (`filter_params`)."""
+    parser.add_argument(
+        "-F",
+        "--filter",
+        dest="filters",
+        metavar="NAME=VALUE",
+        type=filter_pair,
+        action="append",
+        default=[],
+        help=f"only {what} that match, e.g. {example}; repeat for more",
+    )
+
+
 def filter_params(filters: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """``-F NAME=VALUE`` pairs as EC2's Filter parameters, the values of one name merged (EC2
     matches any of a filter's values, and all of the filters)."""
@@ -290,16 +304,7 @@ def _describe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "instances", metavar="INSTANCE", nargs="*", help="ids of the instances (default: all)"
     )
-    parser.add_argument(
-        "-F",
-        "--filter",
-        dest="filters",
-        metavar="NAME=VALUE",
-        type=filter_pair,
-        action="append",
-        default=[],
-        help="only instances that match, e.g. instance-state-name=running; repeat for more",
-    )
+    add_filter_argument(parser, "instances", "instance-state-name=running")
 
 
 def _describe(args: argparse.Namespace, client: Client, out: TextIO) -> None:

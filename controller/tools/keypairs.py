@@ -17,7 +17,7 @@ from typing import TextIO
 from controller.tools.client import Client
 from controller.tools.command import Tool, entry_point
 from controller.tools.errors import ToolError
-from controller.tools.instances import filter_pair, filter_params, tabbed, value_at
+from controller.tools.instances import add_filter_argument, filter_params, tabbed, value_at
 from controller.tools.xmldata import members
 
 #: More than any public key file (sshkeys.MAX_MATERIAL_BYTES is the controller's bound).
@@ -167,16 +167,7 @@ def _describe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "names", metavar="KEYPAIR", nargs="*", help="names of the key pairs (default: all)"
     )
-    parser.add_argument(
-        "-F",
-        "--filter",
-        dest="filters",
-        metavar="NAME=VALUE",
-        type=filter_pair,
-        action="append",
-        default=[],
-        help="only key pairs that match, e.g. key-type=ed25519 or fingerprint=…; repeat for more",
-    )
+    add_filter_argument(parser, "key pairs", "key-type=ed25519 or fingerprint=…")
 
 
 def _describe(args: argparse.Namespace, client: Client, out: TextIO) -> None:
