@@ -38,6 +38,7 @@ PURE_CORES = (
     "agent.imds.tokens",
     "agent.imds.credentials",
     "agent.imds.ratelimit",
+    "agent.imds.passthrough",
     "common.nodemessages",
     "common.timestamps",
 )
