@@ -11,6 +11,7 @@ factory's tests drive a guest's connection as tests/unit/test_imds_server.py doe
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -782,3 +783,35 @@ def test_an_instance_without_account_or_address_sends_neither_header(
         assert [name for name, _ in asked.headers] == ["X-Instance-ID", "X-Instance-ID-Signature"]
     finally:
         served.close()
+
+
+# -- the serving process's services ------------------------------------------------------------
+
+
+def test_the_agent_with_an_upstream_serves_it_counts_it_and_closes_it_on_stop(
+    reactor: MemoryReactorClock,
+) -> None:
+    from dataclasses import replace
+
+    from agent.compose import make_agent_service
+    from agent.config import AgentConfig
+    from tests.unit.test_agent_client import tls_files
+
+    plain = AgentConfig(controller_urls=("https://127.0.0.1:8775",))
+    forwarding = replace(plain, upstream_url=URL, upstream_shared_secret_file=Path("/s"))
+    tls = tls_files()
+    registry = CollectorRegistry()
+    root = make_agent_service(
+        forwarding, reactor, tls=tls, namespaces=None, ownership=None, registry=registry,
+        upstream_secret=SECRET,
+    )  # fmt: skip
+    service = root.getServiceNamed("upstream")
+    assert isinstance(service, UpstreamService)
+    assert service.upstream is root.getServiceNamed("agent")._upstream
+    assert "rolecall_agent_imds_upstream_requests_total" in generate_latest(registry).decode()
+    without = make_agent_service(
+        plain, reactor, tls=tls, namespaces=None, ownership=None, registry=CollectorRegistry()
+    )
+    assert "upstream" not in {child.name for child in without}
+    with pytest.raises(ValueError, match="shared secret"):
+        make_agent_service(forwarding, reactor, tls=tls, namespaces=None, ownership=None)
