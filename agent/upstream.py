@@ -260,12 +260,18 @@ class Upstream:
     def _answered(self, upstream: UpstreamAnswer, head: bool) -> ImdsResponse:
         outcome = classify(upstream.status)
         self.outcomes[outcome.label] += 1
+        status = upstream.status
         if outcome in (Outcome.ANSWERED, Outcome.NOT_FOUND):
             self._fine()
-        elif outcome is not Outcome.REFUSED or upstream.status in (400, 401, 403):
-            # 400, 401, 403 to a request the agent signed: the secret or the header names
-            # are not what the upstream service expects.
-            self._trouble(f"it answered {upstream.status}")
+        elif outcome is not Outcome.REFUSED:
+            self._trouble(f"it answered {status}; guests get 502")
+        elif status in (400, 401, 403):
+            # To a request the agent signed: the secret or the header names are not what the
+            # upstream service expects.
+            self._trouble(
+                f"it answered {status} (check the shared secret and the header names); guests"
+                f" get that {status}"
+            )
         return answer(upstream, head)
 
     def _failed(self, reason: Failure, head: bool) -> ImdsResponse | Failure:
@@ -283,17 +289,13 @@ class Upstream:
             log.failure("forwarding a metadata request failed", reason)
             outcome, problem = Outcome.ERROR, f"failed ({type(reason.value).__name__})"
         self.outcomes[outcome.label] += 1
-        self._trouble(problem)
+        self._trouble(f"{problem}; guests get {outcome.status}")
         return failure(outcome, head)
 
     def _trouble(self, problem: str) -> None:
+        """Say ``problem`` (what went wrong and what guests get), unless it was said last."""
         if problem != self.problem:
-            log.warn(
-                "upstream metadata service {url}: {problem}; guests get 502 or 504 for the"
-                " paths it serves",
-                url=self.url,
-                problem=problem,
-            )
+            log.warn("upstream metadata service {url}: {problem}", url=self.url, problem=problem)
         self.problem = problem
 
     def _fine(self) -> None:
