@@ -55,6 +55,14 @@ def check_private_file(path: Path, what: str, *, secret: bool = False) -> None:
         )
 
 
+#: The most a shared secret file may hold (a secret is tens of bytes).
+MAX_SECRET_BYTES = 4096
+#: How errors name the upstream metadata service's secret file.
+UPSTREAM_SHARED_FILE = (
+    "the upstream metadata service's shared secret (imds.upstream.shared_secret_file)"
+)
+
+
 def check_files(config: AgentConfig, config_file: Path | None) -> None:
     """Every file the agent trusts, as `check_private_file` requires."""
     if config_file is not None:
@@ -62,6 +70,25 @@ def check_files(config: AgentConfig, config_file: Path | None) -> None:
     check_private_file(config.certificate, "the node's certificate (controller.certificate)")
     check_private_file(config.ca_certificate, "the controller's CA (controller.ca_certificate)")
     check_private_file(config.key, "the node's key (controller.key)", secret=True)
+    if config.upstream_shared_secret_file is not None:
+        check_private_file(config.upstream_shared_secret_file, UPSTREAM_SHARED_FILE, secret=True)
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    """The secret in ``path``: its bytes without surrounding white space (a final newline, as
+    editors and ``echo`` leave one). ConfigError if it cannot be read, is empty or is larger
+    than a secret; the message never shows any of its bytes."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(f"{what} {path} is over {MAX_SECRET_BYTES} bytes: not a secret")
+    secret = data.strip()
+    if not secret:
+        raise ConfigError(f"{what} {path} is empty")
+    return secret
 
 
 def check_configuration(config: AgentConfig, config_file: Path | None) -> str:
@@ -91,9 +118,13 @@ def check_configuration(config: AgentConfig, config_file: Path | None) -> str:
             f"the node's key {config.key} is not the key of its certificate {config.certificate}"
         )
     serving_user(config.user)
+    upstream = ""
+    if config.upstream_shared_secret_file is not None:
+        read_secret(config.upstream_shared_secret_file, UPSTREAM_SHARED_FILE)
+        upstream = f", metadata pass-through to {config.upstream_url}"
     names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     node = str(names[0].value) if names else certificate.subject.rfc4514_string()
     return (
         f"configuration OK: {len(config.controller_urls)} controller URL(s), node {node},"
-        f" serving user {config.user}"
+        f" serving user {config.user}{upstream}"
     )

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.imds.passthrough import HEADER_NAME, NEUTRON, RESERVED_NAMES, HeaderScheme
 from agent.refresh import RefreshPolicy
 from common.tomlconfig import (
     ConfigError,
+    Converter,
     Keys,
     boolean,
     host,
@@ -77,6 +79,21 @@ class AgentConfig:
     namespace_prefix: str = "rc-"
     #: The unprivileged user the serving process (HTTP, TLS to the controller) runs as.
     user: str = DEFAULT_USER
+    #: The metadata service the paths RoleCall does not serve are forwarded to
+    #: (``[imds.upstream]``, http or https); None: none, they are 404.
+    upstream_url: str | None = None
+    #: The file (root's, 0600) holding the secret that signs the instance id for it.
+    upstream_shared_secret_file: Path | None = None
+    #: Each forwarded request's deadline, from connecting to the answer's last byte.
+    upstream_timeout_seconds: float = 2.0
+    #: The largest body taken from it; a larger one is a 502.
+    upstream_max_body_bytes: int = 1024 * 1024
+    #: The trusted headers' names: Neutron's by default; "" leaves that header out (the
+    #: account and the address only).
+    upstream_instance_id_header: str = NEUTRON.instance_id
+    upstream_account_id_header: str = NEUTRON.account_id or ""
+    upstream_signature_header: str = NEUTRON.signature
+    upstream_forwarded_for_header: str = NEUTRON.forwarded_for or ""
 
     def connection_limit(self, descriptors: int, instances: int = 1000) -> int:
         """All instances' connections together, when the process may open ``descriptors``:
@@ -85,6 +102,15 @@ class AgentConfig:
         if self.max_connections is not None:
             return self.max_connections
         return max(16, descriptors - instances - 256)
+
+    def upstream_scheme(self) -> HeaderScheme:
+        """The trusted headers sent to the upstream metadata service, as configured."""
+        return HeaderScheme(
+            instance_id=self.upstream_instance_id_header,
+            account_id=self.upstream_account_id_header or None,
+            signature=self.upstream_signature_header,
+            forwarded_for=self.upstream_forwarded_for_header or None,
+        )
 
     def refresh_policy(self) -> RefreshPolicy:
         """The credential schedule this configuration asks for."""
@@ -112,6 +138,55 @@ def _https_url(key: str, value: object) -> str:
     ):
         raise ConfigError(f"{key}: each must be {what} (got {value!r})")
     return value.rstrip("/")
+
+
+def _upstream_url(key: str, value: object) -> str:
+    what = "an http or https URL with a host and no user, query or fragment"
+    if not isinstance(value, str) or not value or not value.isascii():
+        raise ConfigError(f"{key}: must be {what} (got {value!r})")
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise ConfigError(f"{key}: must be {what} (got {value!r})")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as error:
+        raise ConfigError(f"{key}: must be {what} (got {value!r})") from error
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+        or "?" in value
+        or "#" in value
+    ):
+        raise ConfigError(f"{key}: must be {what} (got {value!r})")
+    return value.rstrip("/")
+
+
+def _header_name(optional: bool) -> Converter:
+    """A trusted header's name: an HTTP token, not one the agent or the guest already sends;
+    with ``optional``, "" leaves the header out."""
+    what = "an HTTP header name (up to 64 letters, digits and !#$%&'*+-.^_`|~)"
+    if optional:
+        what += ', or "" to leave it out'
+
+    def convert(key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be {what} (got {value!r})")
+        if optional and value == "":
+            return value
+        if HEADER_NAME.fullmatch(value) is None:
+            raise ConfigError(f"{key}: must be {what} (got {value!r})")
+        if value.lower() in RESERVED_NAMES:
+            raise ConfigError(
+                f"{key}: {value!r} is a header the agent or the guest sends itself; choose"
+                f" another name (reserved: {', '.join(sorted(RESERVED_NAMES))})"
+            )
+        return value
+
+    return convert
 
 
 def _urls(key: str, value: object) -> tuple[str, ...]:
@@ -166,13 +241,65 @@ _KEYS: Keys = {
     "imds.max_connections": ("max_connections", integer(16, 10_000_000)),
     "namespaces.prefix": ("namespace_prefix", _namespace_prefix),
     "user": ("user", _user),
+    "imds.upstream.url": ("upstream_url", _upstream_url),
+    "imds.upstream.shared_secret_file": ("upstream_shared_secret_file", path),
+    "imds.upstream.timeout_seconds": ("upstream_timeout_seconds", number(0.1, 60)),
+    "imds.upstream.max_body_bytes": (
+        "upstream_max_body_bytes",
+        integer(1024, 64 * 1024 * 1024, "a number of bytes"),
+    ),
+    "imds.upstream.headers.instance_id": ("upstream_instance_id_header", _header_name(False)),
+    "imds.upstream.headers.account_id": ("upstream_account_id_header", _header_name(True)),
+    "imds.upstream.headers.signature": ("upstream_signature_header", _header_name(False)),
+    "imds.upstream.headers.forwarded_for": ("upstream_forwarded_for_header", _header_name(True)),
+}
+#: The fields of the upstream metadata service's keys, by field (for the checks across them).
+_UPSTREAM_KEYS = {
+    field: key for key, (field, _) in _KEYS.items() if key.startswith("imds.upstream.")
 }
 _REQUIRED = {"controller.urls": 'urls = ["https://controller.example:8775"]'}
 
 
 def agent_config_from_string(text: str, source: str = "<config>") -> AgentConfig:
     """A validated configuration from TOML text; `source` names the file in errors."""
-    return AgentConfig(**values_from_string(text, source, _KEYS, _REQUIRED))
+    values = values_from_string(text, source, _KEYS, _REQUIRED)
+    _check_upstream(values, source)
+    return AgentConfig(**values)
+
+
+def _check_upstream(values: dict[str, Any], source: str) -> None:
+    """``[imds.upstream]`` is whole: a URL with a shared secret, and trusted header names
+    that differ from each other (in any case)."""
+    given = [field for field in values if field in _UPSTREAM_KEYS]
+    if not given:
+        return
+    if "upstream_url" not in values:
+        raise ConfigError(
+            f"{source}: imds.upstream.url: required with {_UPSTREAM_KEYS[given[0]]}"
+            ' (e.g. url = "http://nova-metadata.example:8775")'
+        )
+    if "upstream_shared_secret_file" not in values:
+        raise ConfigError(
+            f"{source}: imds.upstream.shared_secret_file: required with imds.upstream.url (a"
+            " file root alone may read, holding the secret the upstream service checks the"
+            " instance id's signature with)"
+        )
+    seen: dict[str, str] = {}
+    for field in (
+        "upstream_instance_id_header",
+        "upstream_account_id_header",
+        "upstream_signature_header",
+        "upstream_forwarded_for_header",
+    ):
+        name = str(values.get(field, getattr(AgentConfig, field)))
+        if not name:
+            continue
+        if name.lower() in seen:
+            raise ConfigError(
+                f"{source}: {_UPSTREAM_KEYS[field]}: {name!r} is already the name of"
+                f" {seen[name.lower()]}; each trusted header needs its own"
+            )
+        seen[name.lower()] = _UPSTREAM_KEYS[field]
 
 
 def load_agent_config(path: Path | None = None) -> AgentConfig:
@@ -182,15 +309,17 @@ def load_agent_config(path: Path | None = None) -> AgentConfig:
     return agent_config_from_string(read_config_text(path), str(path))
 
 
-#: AgentConfig fields that are paths, and the one that is a tuple, for `config_from_wire`.
-_PATH_FIELDS = ("certificate", "key", "ca_certificate")
+#: AgentConfig fields that are paths (or None), and the one that is a tuple, for
+#: `config_from_wire`.
+_PATH_FIELDS = ("certificate", "key", "ca_certificate", "upstream_shared_secret_file")
 
 
 def config_to_wire(config: AgentConfig) -> dict[str, Any]:
     """The configuration as JSON values, for the serving process (which reads no file)."""
     wire = asdict(config)
     for name in _PATH_FIELDS:
-        wire[name] = str(wire[name])
+        if wire[name] is not None:
+            wire[name] = str(wire[name])
     wire["controller_urls"] = list(config.controller_urls)
     return wire
 
@@ -199,6 +328,7 @@ def config_from_wire(wire: dict[str, Any]) -> AgentConfig:
     """The inverse of `config_to_wire` (the privileged process made it from a valid config)."""
     values = dict(wire)
     for name in _PATH_FIELDS:
-        values[name] = Path(values[name])
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
     values["controller_urls"] = tuple(values["controller_urls"])
     return AgentConfig(**values)

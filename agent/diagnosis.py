@@ -65,5 +65,15 @@ def describe_failure(url: str, error: BaseException, ca_file: str) -> str:
     return f"controller {url}: unreachable ({_text(leaves[0])})"
 
 
+def cause_text(error: BaseException) -> str:
+    """What went wrong at bottom, in a few words: OpenSSL's reasons for a TLS failure, else the
+    innermost error Twisted wrapped (for the upstream metadata service's problems)."""
+    for cause in _causes(error):
+        if isinstance(cause, SSL.Error):
+            return f"TLS handshake failed: {'; '.join(_tls_reasons(cause))}"
+    leaves = [c for c in _causes(error) if not getattr(c, "reasons", None)] or [error]
+    return _text(leaves[0])
+
+
 def _text(error: BaseException) -> str:
     return str(error).strip() or type(error).__name__

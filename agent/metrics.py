@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from agent.imds.passthrough import OUTCOMES
 from agent.imds.rules import ImdsResponse
 from agent.rotation import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from common.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
     from agent.reconcile import NodeAgent
+    from agent.upstream import Upstream
 
 PROXY_REASONS = frozenset({"proxy-header", "absolute-target", "bad-host"})
 
@@ -200,6 +202,28 @@ class _ImdsCollector:
         for freshness, count in metrics.served.items():
             served.add_metric([freshness], count)
         yield served
+
+
+class UpstreamCollector:
+    """Requests forwarded to the upstream metadata service, by how they ended (each outcome
+    present from 0)."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+
+    def collect(self) -> Iterator[Any]:
+        forwarded = CounterMetricFamily(
+            "rolecall_agent_imds_upstream_requests",
+            "Metadata requests forwarded to the upstream metadata service, by outcome"
+            " (answered: a 2xx passed back; not-found; refused: another 4xx passed back;"
+            " redirect, error (5xx), unreachable, too-large: 502; timeout: 504; cancelled:"
+            " the guest hung up first).",
+            labels=["outcome"],
+        )
+        outcomes = self._upstream.outcomes
+        for outcome in OUTCOMES:
+            forwarded.add_metric([outcome], outcomes.get(outcome, 0))
+        yield forwarded
 
 
 class _RefreshCollector:

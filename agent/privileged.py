@@ -34,6 +34,7 @@ from typing import Any
 
 from agent import capabilities, channel, names, netns
 from agent import kept as kept_module
+from agent.checks import UPSTREAM_SHARED_FILE, read_secret
 from agent.config import AgentConfig, ConfigError, config_to_wire
 from agent.imds.tokens import KEY_BYTES as TOKEN_KEY_BYTES
 from agent.imds.tokens import new_key
@@ -359,10 +360,16 @@ def hello(
     config: AgentConfig, owned: Mapping[str, netns.Ownership], imds_key: bytes
 ) -> dict[str, Any]:
     """The serving process's first message: its configuration, the node's TLS files' contents
-    (it reads no file under /etc/rolecall), what the ownership record says was made, and the
-    IMDSv2 token key."""
+    (it reads no file under /etc/rolecall), what the ownership record says was made, the
+    IMDSv2 token key, and the upstream metadata service's shared secret if there is one."""
+    secret_file = config.upstream_shared_secret_file
     return {
         "imds_token_key": imds_key.hex(),
+        "upstream_secret": (
+            read_secret(secret_file, UPSTREAM_SHARED_FILE).hex()
+            if secret_file is not None
+            else None
+        ),
         "config": config_to_wire(config),
         "ca_certificate": config.ca_certificate.read_text(),
         "certificate": config.certificate.read_text(),

@@ -35,7 +35,7 @@ from agent.imds.ratelimit import TokenBucket
 from agent.imds.tokens import TokenMinter
 from agent.reconnect import ReconnectPolicy, next_poll_delay, poll_wait
 from agent.rotation import CredentialCache, Input, State
-from agent.server import Observer, make_factory
+from agent.server import Forwarder, Observer, make_factory
 from agent.slots import Slot, profile_key
 from common.http11 import ConnectionLimit
 from common.nodemessages import (
@@ -116,8 +116,11 @@ class NodeAgent(Service):
         reconnect: ReconnectPolicy | None = None,
         keeper: Keeper | None = None,
         restored: Sequence[kept.Entry] = (),
+        upstream: Forwarder | None = None,
     ) -> None:
         self._config = config
+        #: The upstream metadata service every instance's paths RoleCall does not serve go to.
+        self._upstream = upstream
         self._reactor = reactor
         self._client = client
         self._minter = minter
@@ -510,7 +513,7 @@ class NodeAgent(Service):
             slot.port = self._reactor.adoptStreamPort(
                 listening.fileno(),
                 socket.AF_INET,
-                make_factory(slot, self._reactor, self._observed, slot.limits),
+                make_factory(slot, self._reactor, self._observed, slot.limits, self._upstream),
             )
             for limit in slot.limits:
                 limit.watch(slot.port)

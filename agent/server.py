@@ -12,6 +12,12 @@ token response to the connection's socket (spec line 5: the hop limit), and writ
 the protocol adds ``Date`` and connection handling. The instance's view is swapped whole when
 its assignment or credentials change, so a request always sees one consistent state and never
 waits.
+
+With an upstream metadata service configured (`agent.upstream`, issue 12 item 7), a request the
+rules let through and the tree answered 404 for is offered to it: if it may go
+(`agent.imds.passthrough`), the answer is a Deferred that fires with upstream's, which the
+protocol writes when it comes (and cancels if the guest hangs up). Every other answer is still
+given at once: the one cost on their path is comparing the status with 404.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -58,6 +65,15 @@ class InstanceEndpoint(Protocol):
     def view(self, now: float) -> InstanceView: ...
 
 
+class Forwarder(Protocol):
+    """An upstream metadata service (`agent.upstream.Upstream`): the answer to a request
+    RoleCall's tree does not have, later; or None if the request must not leave RoleCall."""
+
+    def forward(
+        self, request: ImdsRequest, view: InstanceView
+    ) -> Deferred[ImdsResponse] | None: ...
+
+
 #: The answer when answering failed (a bug): no body, never a traceback.
 _UNAVAILABLE = Response(503, ((b"Content-Type", b"text/plain"),))
 
@@ -73,12 +89,15 @@ class MetadataFactory(ServerFactory):
         clock: IReactorTime,
         observe: Observer | None = None,
         limits: tuple[ConnectionLimit, ...] = (),
+        upstream: Forwarder | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.observe = observe
         #: The instance's own connection limit and the one all instances share.
         self.limits = limits
+        #: Where the paths RoleCall does not serve are asked for, if anywhere.
+        self.upstream = upstream
         self._dates = HttpDates(clock)
 
     def buildProtocol(self, addr: Any) -> Http11Protocol | None:
@@ -104,9 +123,14 @@ class MetadataFactory(ServerFactory):
     def _too_large() -> bytes:
         return _TOO_LARGE
 
-    def _answer(self, request: Request, protocol: Http11Protocol) -> Response:
+    def _answer(self, request: Request, protocol: Http11Protocol) -> Response | Deferred[Response]:
         try:
             answer, seconds = self.answer(request, protocol)
+            upstream = self.upstream
+            if upstream is not None and answer.status == 404:
+                forwarded = self._forward(upstream, request)
+                if forwarded is not None:
+                    return forwarded
         except Exception:  # a bug must cost one answer, never the connection
             log.failure("cannot answer a metadata request")
             return _UNAVAILABLE
@@ -114,6 +138,25 @@ class MetadataFactory(ServerFactory):
         if observe is not None:
             observe(self.endpoint.instance_id, _path(request.uri), answer, seconds)
         return Response(answer.status, answer.raw_headers, answer.body)
+
+    def _forward(self, upstream: Forwarder, request: Request) -> Deferred[Response] | None:
+        """Upstream's answer to a request RoleCall's tree answered 404 for (the rules passed
+        it), later; None if it must not leave RoleCall."""
+        clock = self.clock
+        started = clock.seconds()
+        endpoint = self.endpoint
+        forwarded = upstream.forward(_imds_request(request), endpoint.view(started))
+        if forwarded is None:
+            return None
+        path = _path(request.uri)
+
+        def answered(answer: ImdsResponse) -> Response:
+            observe = self.observe
+            if observe is not None:
+                observe(endpoint.instance_id, path, answer, clock.seconds() - started)
+            return Response(answer.status, answer.raw_headers, answer.body)
+
+        return forwarded.addCallback(answered)
 
     def answer(self, request: Request, protocol: Http11Protocol) -> tuple[ImdsResponse, float]:
         """The metadata service's answer to `request`, and the seconds it took."""
@@ -152,6 +195,18 @@ class MetadataFactory(ServerFactory):
             protocol.ttl = ttl
 
 
+def _imds_request(request: Request) -> ImdsRequest:
+    """The request as the rules read it (`MetadataFactory.answer` builds it inline, on the
+    path every request takes): text, decoded as ISO-8859-1, lossless for any byte."""
+    return ImdsRequest(
+        method=request.method.decode("latin-1"),
+        target=request.uri.decode("latin-1"),
+        headers=[
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+        ],
+    )
+
+
 def _path(uri: bytes) -> str:
     return uri.decode("latin-1").partition("?")[0]
 
@@ -161,8 +216,9 @@ def make_factory(
     clock: IReactorTime,
     observe: Observer | None = None,
     limits: tuple[ConnectionLimit, ...] = (),
+    upstream: Forwarder | None = None,
 ) -> MetadataFactory:
-    return MetadataFactory(endpoint, clock, observe, limits)
+    return MetadataFactory(endpoint, clock, observe, limits, upstream)
 
 
 class ConnectionLimitsCollector:

@@ -241,6 +241,9 @@ def run(end: socket.socket) -> int:
         cast(IServingReactor, reactor),
         tls=(first["ca_certificate"], first["certificate"], first["key"]),
         imds_key=bytes.fromhex(first["imds_token_key"]),
+        upstream_secret=(
+            bytes.fromhex(first["upstream_secret"]) if first.get("upstream_secret") else None
+        ),
         namespaces=PrivilegedNamespaces(peer),
         ownership=PrivilegedOwnership(peer, owned),
         notifier=notifier,
@@ -248,7 +251,7 @@ def run(end: socket.socket) -> int:
         keeper=PrivilegedKeeper(peer),
         restored=restored,
     )
-    del first  # the key stays only in the TLS context
+    del first  # the key stays only in the TLS context, the secret only in the forwarder
     start_logging()
     # systemd (Type=notify, through the privileged process) hears READY=1 once the metrics
     # listener listens and the instances are served: as kept across the restart, or as the

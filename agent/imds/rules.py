@@ -32,6 +32,8 @@ Every response carries ``Content-Type``, ``Content-Length`` and ``Server: EC2ws`
 IMDS sends). Refusals (400, 401, 403, 405, 503) have an empty ``text/plain`` body; only the 404
 page is ``text/html``. ``HEAD`` answers the same status and headers with an empty body. No
 status outside 200, 400, 401, 403, 404, 405 and 503 is ever produced, so never a redirect.
+(With an upstream metadata service configured, a 404 of the tree may be replaced by upstream's
+answer: `agent.imds.passthrough` says which, and its statuses.)
 """
 
 from __future__ import annotations

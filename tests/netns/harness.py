@@ -296,13 +296,15 @@ class ControllerProcess:
 class AgentProcess:
     """``rolecall-agent`` serving a node's instances on port 80 inside their namespaces."""
 
-    def __init__(self, controller_url: str, credentials: Path, workdir: Path) -> None:
+    def __init__(
+        self, controller_url: str, credentials: Path, workdir: Path, extra_config: str = ""
+    ) -> None:
         # An explicit (minimal) configuration file: a host's /etc/rolecall/agent.toml must not
-        # leak into the test.
+        # leak into the test. `extra_config`: more TOML tables, appended.
         self.config = workdir / "agent.toml"
         # The serving process runs as nobody (a real node has its own rolecall-agent user).
         self.config.write_text(
-            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n',
+            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n' + extra_config,
             encoding="utf-8",
         )
         self.credentials = credentials
@@ -444,9 +446,10 @@ class ForwardProxy(_Recorded):
 
 class Cloud:
     """A controller, an enrolled node with its agent, and what the test adds (instances, guests,
-    relays, proxies); :meth:`close` removes all of it, whatever state the test left."""
+    relays, proxies); :meth:`close` removes all of it, whatever state the test left.
+    `agent_config`: TOML tables added to the agent's configuration."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, agent_config: str = "") -> None:
         self.workdir = workdir
         self._cleanup = ExitStack()
         self.instances: list[str] = []
@@ -458,7 +461,7 @@ class Cloud:
             credentials = self.controller.enroll(self.node, self._directory("node"))
             self._cleanup.callback(self._remove_instance_namespaces)
             self.agent = AgentProcess(
-                self.controller.node_api_url, credentials, self._directory("agent")
+                self.controller.node_api_url, credentials, self._directory("agent"), agent_config
             )
             self._cleanup.callback(self.agent.stop)
             self.agent.start()
@@ -559,9 +562,9 @@ def namespace_of(instance_id: str) -> str:
 
 
 @contextmanager
-def cloud_in(workdir: Path) -> Iterator[Cloud]:
+def cloud_in(workdir: Path, agent_config: str = "") -> Iterator[Cloud]:
     """A :class:`Cloud` that is closed however the block ends; its daemons must exit cleanly."""
-    cloud = Cloud(workdir)
+    cloud = Cloud(workdir, agent_config)
     try:
         yield cloud
     finally:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks import check_configuration, check_files, check_private_file
+from agent.checks import check_configuration, check_files, check_private_file, read_secret
 from agent.cli import main
 from agent.config import AgentConfig, ConfigError
 from controller.cli import main as controller_main
@@ -142,3 +143,86 @@ def test_a_missing_file_is_named(node: Path) -> None:
     (node / "ca.pem").unlink()
     with pytest.raises(ConfigError, match=r"cannot read the controller's CA .*ca\.pem"):
         check_private_file(node / "ca.pem", "the controller's CA (controller.ca_certificate)")
+
+
+# -- the upstream metadata service's shared secret (imds.upstream.shared_secret_file) ----------
+
+SHARED_SECRET = "a-secret-nova-also-knows"
+
+
+@pytest.fixture
+def with_upstream(node: Path) -> Path:
+    """The node's files with pass-through configured, its secret file 0600 root's."""
+    secret = node / "metadata-proxy.secret"
+    secret.write_text(SHARED_SECRET + "\n")
+    secret.chmod(0o600)
+    config = node / "agent.toml"
+    config.write_text(
+        config.read_text()
+        + f'[imds.upstream]\nurl = "http://127.0.0.1:8775"\nshared_secret_file = "{secret}"\n'
+    )
+    return secret
+
+
+def upstream_config(node: Path, secret: Path) -> AgentConfig:
+    return dataclasses.replace(
+        config_of(node), upstream_url="http://127.0.0.1:8775", upstream_shared_secret_file=secret
+    )
+
+
+def test_the_shared_secret_is_read_without_its_final_newline(with_upstream: Path) -> None:
+    assert read_secret(with_upstream, "the secret") == SHARED_SECRET.encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.chmod(0o640), "can be read by group or others .* chmod 600"),
+        (lambda f: f.chmod(0o604), "can be read by group or others"),
+        (lambda f: os.chown(f, NOBODY, NOBODY), "belongs to nobody"),
+        (lambda f: f.unlink(), "No such file"),
+    ],
+    ids=["group-readable", "world-readable", "nobody's", "missing"],
+)
+def test_a_shared_secret_file_others_could_read_or_change_is_refused(
+    node: Path, with_upstream: Path, change: object, message: str
+) -> None:
+    change(with_upstream)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match=r"imds\.upstream\.shared_secret_file\) .*" + message):
+        check_files(upstream_config(node, with_upstream), node / "agent.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(b"", "is empty"), (b" \n\n", "is empty"), (b"x" * 4097, "over 4096")]
+)
+def test_an_empty_or_huge_secret_is_refused_without_showing_it(
+    with_upstream: Path, content: bytes, message: str
+) -> None:
+    with_upstream.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as raised:
+        read_secret(with_upstream, "the secret")
+    assert "xxxx" not in str(raised.value)
+
+
+def test_check_config_reads_the_secret_and_names_the_upstream_never_the_secret(
+    node: Path, with_upstream: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(node / "agent.toml"), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("metadata pass-through to http://127.0.0.1:8775")
+    assert SHARED_SECRET not in out
+    with_upstream.write_text("\n")
+    assert main(["--config", str(node / "agent.toml"), "--check-config"]) == 1
+    error = capsys.readouterr().err
+    assert "imds.upstream.shared_secret_file" in error and "is empty" in error
+
+
+def test_the_agent_refuses_to_start_with_a_readable_secret_in_one_line(
+    node: Path, with_upstream: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_upstream.chmod(0o644)
+    assert main(["--config", str(node / "agent.toml")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"chmod 600 {with_upstream}" in error
+    assert SHARED_SECRET not in error

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from agent import config
-from agent.config import AgentConfig, ConfigError, agent_config_from_string, load_agent_config
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    agent_config_from_string,
+    config_from_wire,
+    config_to_wire,
+    load_agent_config,
+)
+from agent.imds.passthrough import NEUTRON, HeaderScheme
 from agent.refresh import RefreshPolicy
 
 URLS = '[controller]\nurls = ["https://controller.example:8775"]\n'
@@ -295,3 +304,131 @@ def test_load_agent_config_without_a_path_reads_the_default_file(
     default.write_text(f"{URLS}[metrics]\nport = 9555\n", encoding="utf-8")
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", default)
     assert load_agent_config().metrics_port == 9555
+
+
+# -- [imds.upstream]: pass-through to an upstream metadata service -----------------------------
+
+UPSTREAM = (
+    '[imds.upstream]\nurl = "http://nova-metadata.example:8775"\n'
+    'shared_secret_file = "/etc/rolecall/metadata-proxy.secret"\n'
+)
+
+
+def test_without_imds_upstream_nothing_is_forwarded() -> None:
+    parsed = agent_config_from_string(URLS)
+    assert (parsed.upstream_url, parsed.upstream_shared_secret_file) == (None, None)
+
+
+def test_imds_upstream_defaults_to_neutrons_headers_2_seconds_and_1_mib() -> None:
+    parsed = agent_config_from_string(URLS + UPSTREAM)
+    assert parsed.upstream_url == "http://nova-metadata.example:8775"
+    assert parsed.upstream_shared_secret_file == Path("/etc/rolecall/metadata-proxy.secret")
+    assert (parsed.upstream_timeout_seconds, parsed.upstream_max_body_bytes) == (2.0, 1048576)
+    assert parsed.upstream_scheme() == NEUTRON
+
+
+def test_imds_upstream_takes_https_a_path_and_another_header_scheme() -> None:
+    parsed = agent_config_from_string(
+        URLS + '[imds.upstream]\nurl = "https://meta.example/v1/"\nshared_secret_file = "/s"\n'
+        "timeout_seconds = 0.5\nmax_body_bytes = 65536\n"
+        '[imds.upstream.headers]\ninstance_id = "X-VM-UUID"\naccount_id = ""\n'
+        'signature = "X-VM-UUID-HMAC"\nforwarded_for = "X-Real-IP"\n'
+    )
+    assert parsed.upstream_url == "https://meta.example/v1"
+    assert (parsed.upstream_timeout_seconds, parsed.upstream_max_body_bytes) == (0.5, 65536)
+    assert parsed.upstream_scheme() == HeaderScheme(
+        "X-VM-UUID", None, "X-VM-UUID-HMAC", "X-Real-IP"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "shown"),
+    [
+        ('url = "ftp://meta.example"', "imds.upstream.url", "'ftp://meta.example'"),
+        ('url = "meta.example:8775"', "imds.upstream.url", "'meta.example:8775'"),
+        ('url = "http://"', "imds.upstream.url", "'http://'"),
+        ('url = "http://u:p@meta.example"', "imds.upstream.url", "'http://u:p@meta.example'"),
+        ('url = "http://meta.example/?a=1"', "imds.upstream.url", "'http://meta.example/?a=1'"),
+        ('url = "http://meta.example/#x"', "imds.upstream.url", "'http://meta.example/#x'"),
+        ('url = "http://meta.example:99999"', "imds.upstream.url", "99999"),
+        ('url = "http://meta example"', "imds.upstream.url", "'http://meta example'"),
+        ('url = "http://méta.example"', "imds.upstream.url", "méta"),
+        ("url = 5", "imds.upstream.url", "5"),
+        ('shared_secret_file = ""', "imds.upstream.shared_secret_file", "''"),
+        ("timeout_seconds = 0", "imds.upstream.timeout_seconds", "0"),
+        ("timeout_seconds = 61", "imds.upstream.timeout_seconds", "61"),
+        ('timeout_seconds = "2"', "imds.upstream.timeout_seconds", "'2'"),
+        ("max_body_bytes = 1023", "imds.upstream.max_body_bytes", "1023"),
+        ("max_body_bytes = 67108865", "imds.upstream.max_body_bytes", "67108865"),
+        ("max_body_bytes = 1.5", "imds.upstream.max_body_bytes", "1.5"),
+        ('headers.instance_id = ""', "imds.upstream.headers.instance_id", "''"),
+        ('headers.signature = ""', "imds.upstream.headers.signature", "''"),
+        ('headers.instance_id = "X Instance"', "imds.upstream.headers.instance_id", "X Instance"),
+        ('headers.account_id = "X-Tenant:"', "imds.upstream.headers.account_id", "X-Tenant:"),
+        ("headers.forwarded_for = 5", "imds.upstream.headers.forwarded_for", "5"),
+        ('headers.instance_id = "Host"', "imds.upstream.headers.instance_id", "'Host'"),
+        ('headers.account_id = "user-agent"', "imds.upstream.headers.account_id", "user-agent"),
+        ('headers.signature = "Accept"', "imds.upstream.headers.signature", "'Accept'"),
+        (
+            'headers.forwarded_for = "X-aws-ec2-metadata-token"',
+            "imds.upstream.headers.forwarded_for",
+            "X-aws-ec2-metadata-token",
+        ),
+        ('headers.instance_id = "Content-Length"', "imds.upstream.headers.instance_id", "Content"),
+        (
+            'headers.signature = "x-instance-id"',
+            "imds.upstream.headers.signature",
+            "already the name of imds.upstream.headers.instance_id",
+        ),
+        (
+            'headers.forwarded_for = "X-TENANT-ID"',
+            "imds.upstream.headers.forwarded_for",
+            "'X-TENANT-ID' is already the name of imds.upstream.headers.account_id",
+        ),
+    ],
+)
+def test_a_bad_imds_upstream_value_is_refused_naming_the_key(
+    text: str, key: str, shown: str
+) -> None:
+    complete = 'url = "http://m.example"\nshared_secret_file = "/s"\n'
+    body = text if text.startswith(("url", "shared")) else complete + text
+    if text.startswith("url"):
+        body += '\nshared_secret_file = "/s"'
+    with pytest.raises(ConfigError) as raised:
+        agent_config_from_string(f"{URLS}[imds.upstream]\n{body}\n")
+    assert f"<config>: {key}: " in str(raised.value)
+    assert shown in str(raised.value)
+
+
+def test_a_header_left_out_frees_its_name_for_another() -> None:
+    parsed = agent_config_from_string(
+        URLS
+        + UPSTREAM
+        + '[imds.upstream.headers]\naccount_id = ""\nforwarded_for = "X-Tenant-ID"\n'
+    )
+    assert parsed.upstream_scheme().names() == (
+        "X-Instance-ID",
+        "X-Instance-ID-Signature",
+        "X-Tenant-ID",
+    )
+
+
+def test_an_upstream_url_without_a_secret_file_is_refused_naming_the_missing_key() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^<config>: imds\.upstream\.shared_secret_file: required"
+    ):
+        agent_config_from_string(f'{URLS}[imds.upstream]\nurl = "http://m.example"\n')
+
+
+@pytest.mark.parametrize(
+    "text", ['shared_secret_file = "/s"', "timeout_seconds = 5", 'headers.instance_id = "X-Id"']
+)
+def test_upstream_settings_without_a_url_are_refused_naming_the_url(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^<config>: imds\.upstream\.url: required with imds\."):
+        agent_config_from_string(f"{URLS}[imds.upstream]\n{text}\n")
+
+
+def test_the_upstream_settings_reach_the_serving_process_unchanged() -> None:
+    for text in (URLS, URLS + UPSTREAM):
+        parsed = agent_config_from_string(text)
+        assert config_from_wire(json.loads(json.dumps(config_to_wire(parsed)))) == parsed

@@ -7,7 +7,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
-from agent.diagnosis import describe_failure
+from agent.diagnosis import cause_text, describe_failure
 
 URL = "https://127.0.0.1:8775"
 CA = "/etc/rolecall/ca.pem"
@@ -45,3 +45,9 @@ def test_a_refused_connection_is_unreachable_with_the_reason() -> None:
     line = describe_failure(URL, ConnectionRefusedError("111: Connection refused"), CA)
     assert line.startswith("controller https://127.0.0.1:8775: unreachable (Connection was refused")
     assert "Failure" not in describe_failure(URL, wrapped(ConnectionRefusedError()), CA)
+
+
+def test_the_cause_of_an_upstream_failure_is_openssls_reason_or_the_innermost_error() -> None:
+    tls = wrapped(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+    assert cause_text(tls) == "TLS handshake failed: certificate verify failed"
+    assert cause_text(wrapped(ConnectionRefusedError())) == "Connection was refused by other side."

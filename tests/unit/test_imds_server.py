@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 
 from agent.imds.ratelimit import TokenBucket
 from agent.imds.rules import NOT_FOUND_PAGE, ImdsResponse, InstanceView
-from agent.server import MAX_BODY_BYTES, make_factory
+from agent.server import MAX_BODY_BYTES, Forwarder, make_factory
 from common.http11 import IDLE_TIMEOUT, Http11Protocol
 from tests.unit.test_imds_rules import CREDENTIALS_PATH, MINTER, make_instance
 from tests.unit.test_imds_tree import INSTANCE_ID, NOW, ROLE
@@ -65,10 +65,14 @@ def clock() -> Clock:
 
 
 class Served:
-    def __init__(self, clock: Clock, endpoint: Endpoint | None = None) -> None:
+    def __init__(
+        self, clock: Clock, endpoint: Endpoint | None = None, upstream: Forwarder | None = None
+    ) -> None:
         self.endpoint = endpoint if endpoint is not None else Endpoint()
         self.observed: list[tuple[str, str, ImdsResponse, float]] = []
-        factory = make_factory(self.endpoint, clock, lambda *seen: self.observed.append(seen))
+        factory = make_factory(
+            self.endpoint, clock, lambda *seen: self.observed.append(seen), upstream=upstream
+        )
         self.transport = Socketed()
         self.channel: Http11Protocol = factory.buildProtocol(None)
         self.channel.makeConnection(self.transport)

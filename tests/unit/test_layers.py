@@ -2,7 +2,7 @@
 functions): the agent and the controller never import each other, `common` imports neither,
 nothing in a daemon imports the demo, the pure cores reach no reactor, socket, netlink or
 database, directly or through the project's own modules, and every listener is on the one HTTP
-protocol (`common.http11`): twisted.web is the agent's HTTP client only."""
+protocol (`common.http11`): twisted.web is for the agent's HTTP clients only."""
 
 from __future__ import annotations
 
@@ -38,14 +38,17 @@ PURE_CORES = (
     "agent.imds.tokens",
     "agent.imds.credentials",
     "agent.imds.ratelimit",
+    "agent.imds.passthrough",
     "common.nodemessages",
     "common.timestamps",
 )
 #: What a pure core must not reach: the reactor, sockets, netlink, the database.
 IMPURE = ("twisted", "pyroute2", "sqlite3", "socket")
 
-#: The only product modules that may import twisted.web: the agent's client of the node API.
-WEB_CLIENTS = ("agent.client",)
+#: The only product modules that may import twisted.web: the agent's HTTP clients, of the node
+#: API and of an upstream metadata service (Twisted's own client, with TLS, a connection pool,
+#: timeouts and cancellation, rather than one written here).
+WEB_CLIENTS = ("agent.client", "agent.upstream")
 
 #: Who may import whom, by top-level package: a package not listed for another never imports it.
 ALLOWED = {
@@ -140,7 +143,7 @@ def test_a_pure_core_reaches_no_reactor_socket_netlink_or_database(module: str) 
     assert reached == []
 
 
-def test_only_the_agents_node_api_client_imports_twisted_web() -> None:
+def test_only_the_agents_http_clients_import_twisted_web() -> None:
     importers = sorted(
         f"{module} imports {name}"
         for module in modules()
@@ -149,4 +152,5 @@ def test_only_the_agents_node_api_client_imports_twisted_web() -> None:
         if name == "twisted.web" or name.startswith("twisted.web.")
     )
     assert importers == []
-    assert any(name.startswith("twisted.web") for name in imports("agent.client"))
+    for client in WEB_CLIENTS:
+        assert any(name.startswith("twisted.web") for name in imports(client))

@@ -287,3 +287,35 @@ def test_a_token_key_file_that_is_not_the_agents_is_replaced(tmp_path: Path, spo
     assert second != first and len(second) == 32
     status = path.stat()
     assert (status.st_uid, stat.S_IMODE(status.st_mode)) == (os.geteuid(), 0o600)
+
+
+# -- the hello: what the serving process is given --------------------------------------------
+
+
+def test_the_hello_carries_the_upstream_secret_read_by_root_and_none_without_one(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from agent.config import AgentConfig, config_from_wire
+    from agent.privileged import hello
+
+    for name in ("ca.pem", "node.pem", "node.key"):
+        (tmp_path / name).write_text(f"{name}\n")
+    plain = AgentConfig(
+        controller_urls=("https://127.0.0.1:8775",),
+        certificate=tmp_path / "node.pem",
+        key=tmp_path / "node.key",
+        ca_certificate=tmp_path / "ca.pem",
+    )
+    assert hello(plain, {}, b"k" * 32)["upstream_secret"] is None
+    secret = tmp_path / "metadata-proxy.secret"
+    secret.write_bytes(b"n0va-s3cret\n")
+    secret.chmod(0o600)
+    forwarding = replace(
+        plain, upstream_url="http://127.0.0.1:8775", upstream_shared_secret_file=secret
+    )
+    first = json.loads(json.dumps(hello(forwarding, {}, b"k" * 32)))
+    assert bytes.fromhex(first["upstream_secret"]) == b"n0va-s3cret"
+    assert config_from_wire(first["config"]) == forwarding
+    assert "n0va-s3cret" not in json.dumps(first["config"])  # the file's name only

@@ -154,6 +154,7 @@ class Node:
         record: OwnershipRecord | None = None,
         keeper: FakeKeeper | None = None,
         restored: Sequence[kept.Entry] = (),
+        upstream: Any = None,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.timer = Timer()
@@ -169,6 +170,7 @@ class Node:
             timer=self.timer,
             keeper=keeper,
             restored=restored,
+            upstream=upstream,
         )
         self.changes = 0
         self.agent.on_change = self.count_change
@@ -211,6 +213,18 @@ def test_instances_are_served_a_slice_at_a_time_not_all_in_one_callback(node: No
     assert progress == [3, 6, 9, 10]
     assert node.served() == ids(*range(10))
     assert len(node.reactor.adoptedPorts) == 10
+
+
+def test_every_instance_is_served_with_the_agents_upstream_metadata_service() -> None:
+    upstream = object()  # what the factories are given; forwarding itself: test_upstream_client
+    node = Node(upstream=upstream)
+    node.agent.startService()
+    node.answer(assignment(1), assignment(2))
+    while node.agent._work is not None:
+        node.turn()
+    assert [factory.upstream for _, _, factory in node.reactor.adoptedPorts] == [upstream] * 2
+    node.stop()
+    assert Node().agent._upstream is None
 
 
 def test_each_instances_credential_fetch_starts_as_soon_as_it_is_served(node: Node) -> None:
