@@ -470,11 +470,14 @@ def parse_identity(value: object) -> InstanceIdentity | None:
     if value is None:
         return None
     body = _object(value)
+    pkcs7, rsa2048 = _optional_text(body, "pkcs7"), _optional_text(body, "rsa2048")
     return InstanceIdentity(
         document=_text(body, "document"),
         signature=_optional_text(body, "signature"),
-        pkcs7=_optional_text(body, "pkcs7"),
-        rsa2048=_optional_text(body, "rsa2048"),
+        pkcs7=pkcs7,
+        # RoleCall's controller signs once for both: one string held, not two (some 2 KiB an
+        # instance, on every node).
+        rsa2048=pkcs7 if rsa2048 == pkcs7 else rsa2048,
     )
 
 

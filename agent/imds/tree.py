@@ -354,10 +354,12 @@ class ImdsTree:
             yield (*_IDENTITY, "document"), identity_document(metadata)
             return
         yield (*_IDENTITY, "document"), identity.document.encode()
+        encoded: dict[str, bytes] = {}  # pkcs7 and rsa2048 are often one text: one copy
         for name in ("signature", "pkcs7", "rsa2048"):
             signed: str | None = getattr(identity, name)
             if signed is not None:
-                yield (*_IDENTITY, name), signed.encode()
+                body = encoded.setdefault(signed, signed.encode())
+                yield (*_IDENTITY, name), body
 
     def _iam_items(self) -> Iterable[tuple[Path, bytes]]:
         profile, role_name = self.profile, self.role_name
