@@ -81,6 +81,24 @@ def described(ec2: Any, instance_id: str) -> dict[str, Any]:
     return instance
 
 
+def refused_launch(
+    ec2: Any, placement: dict[str, str] | None = None, **extra: Any
+) -> tuple[str, int, str]:
+    """RunInstances of one instance on guest-hv (with `placement` added) that must be refused:
+    EC2's (code, status, message), after checking that nothing was launched."""
+    before = instance_count(ec2)
+    refused = error_of(
+        ec2.run_instances,
+        ImageId="emi-1",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"HostId": "guest-hv", **(placement or {})},
+        **extra,
+    )
+    assert instance_count(ec2) == before, "a refused RunInstances launched instances"
+    return refused
+
+
 def instance_count(ec2: Any) -> int:
     """Every instance the account has, in any state."""
     return sum(
@@ -178,18 +196,9 @@ def test_user_data_round_trips_to_the_attribute_and_the_assignment(
 
 def test_the_exact_limit_is_16384_bytes(ec2: Any, node: NodeClient) -> None:
     assert len(bytes(range(256)) * 64) == 16384  # the parametrized case above is the limit
-    before = instance_count(ec2)
-    code, status, message = error_of(
-        ec2.run_instances,
-        ImageId="emi-1",
-        MinCount=1,
-        MaxCount=1,
-        Placement={"HostId": "guest-hv"},
-        UserData=b"x" * 16385,
-    )
+    code, status, message = refused_launch(ec2, UserData=b"x" * 16385)
     assert (code, status) == ("InvalidParameterValue", 400)
     assert "16384" in message and "16385" in message
-    assert instance_count(ec2) == before
 
 
 def test_without_user_data_there_is_none(ec2: Any, node: NodeClient) -> None:
@@ -494,20 +503,11 @@ def test_a_refused_parameter_from_boto3_is_unsupported_operation_naming_it(
         "before-send.ec2.RunInstances",
         lambda request, **_: sent.append(parse_qs(body_text(request))),
     )
-    before = instance_count(ec2)
-    code, status, message = error_of(
-        ec2.run_instances,
-        ImageId="emi-1",
-        MinCount=1,
-        MaxCount=1,
-        Placement={"HostId": "guest-hv"},
-        **REFUSED_BY_BOTO3[name],
-    )
+    code, status, message = refused_launch(ec2, **REFUSED_BY_BOTO3[name])
     [params] = sent
     assert any(key.split(".")[0] == name for key in params), f"boto3 did not send {name}"
     assert (code, status) == ("UnsupportedOperation", 400)
     assert message.startswith(f"The parameter {name} is not supported: ")
-    assert instance_count(ec2) == before
 
 
 @pytest.mark.parametrize("name", sorted(RUN_INSTANCES_REFUSED))
@@ -534,36 +534,20 @@ def test_a_refused_placement_member_is_unsupported_operation_naming_it(
         "PartitionNumber": 1,
         "SpreadDomain": "rack",
     }
-    before = instance_count(ec2)
-    code, status, message = error_of(
-        ec2.run_instances,
-        ImageId="emi-1",
-        MinCount=1,
-        MaxCount=1,
-        Placement={"HostId": "guest-hv", name: values[name]},
-    )
+    code, status, message = refused_launch(ec2, {name: values[name]})
     assert (code, status) == ("UnsupportedOperation", 400)
     assert message.startswith(f"The parameter Placement.{name} is not supported: ")
-    assert instance_count(ec2) == before
 
 
 def test_placement_takes_only_the_one_zone_and_default_tenancy(ec2: Any, node: NodeClient) -> None:
-    before = instance_count(ec2)
     for placement, named in (
         ({"AvailabilityZone": "us-east-1b"}, "Placement.AvailabilityZone"),
         ({"AvailabilityZoneId": "use1-az2"}, "Placement.AvailabilityZoneId"),
         ({"Tenancy": "dedicated"}, "Placement.Tenancy"),
     ):
-        code, _, message = error_of(
-            ec2.run_instances,
-            ImageId="emi-1",
-            MinCount=1,
-            MaxCount=1,
-            Placement={"HostId": "guest-hv", **placement},
-        )
+        code, _, message = refused_launch(ec2, placement)
         assert code == "InvalidParameterValue", placement
         assert named in message, message
-    assert instance_count(ec2) == before
     placed = ec2.run_instances(
         ImageId="emi-1",
         MinCount=1,
@@ -618,18 +602,9 @@ def test_a_parameter_ec2_does_not_have_is_unknown_parameter(
 def test_http_protocol_ipv6_enabled_is_refused_and_disabled_accepted(
     ec2: Any, node: NodeClient
 ) -> None:
-    before = instance_count(ec2)
-    code, status, message = error_of(
-        ec2.run_instances,
-        ImageId="emi-1",
-        MinCount=1,
-        MaxCount=1,
-        Placement={"HostId": "guest-hv"},
-        MetadataOptions={"HttpProtocolIpv6": "enabled"},
-    )
+    code, status, message = refused_launch(ec2, MetadataOptions={"HttpProtocolIpv6": "enabled"})
     assert (code, status) == ("UnsupportedOperation", 400)
     assert "HttpProtocolIpv6" in message
-    assert instance_count(ec2) == before
     instance_id = launch_one(ec2, MetadataOptions={"HttpProtocolIpv6": "disabled"})
     assert described(ec2, instance_id)["MetadataOptions"]["HttpProtocolIpv6"] == "disabled"
     code, _, _ = error_of(
@@ -897,19 +872,10 @@ def test_security_group_names_are_shown_and_assigned(ec2: Any, node: NodeClient)
 
 
 def test_a_security_group_name_ec2_would_not_allow_is_refused(ec2: Any, node: NodeClient) -> None:
-    before = instance_count(ec2)
     for bad in ("web\nadmin", "tab\there", "caf\u00e9", "x" * 256):
-        code, _, message = error_of(
-            ec2.run_instances,
-            ImageId="emi-1",
-            MinCount=1,
-            MaxCount=1,
-            Placement={"HostId": "guest-hv"},
-            SecurityGroups=["ok", bad],
-        )
+        code, _, message = refused_launch(ec2, SecurityGroups=["ok", bad])
         assert code == "InvalidParameterValue", repr(bad)
         assert "SecurityGroup.2" in message
-    assert instance_count(ec2) == before
     allowed = "Web Tier._-:/()#,@[]+=&;{}!$*09"
     instance_id = launch_one(ec2, SecurityGroups=[allowed])
     assert assignment(node, instance_id)[1]["network"]["security_groups"] == [allowed]
