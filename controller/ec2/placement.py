@@ -6,8 +6,11 @@ assignment revisions move, so the source's long poll answers without the instanc
 releases it) and the destination's with it (its agent prepares the namespace and fetches the
 credentials). The instance keeps everything else: its address (a live-migrated VM keeps it, so
 the destination node's subnet must be able to hold it), MAC, interface, and its identity
-document, which names the region and zone but no node, so its signature still holds. See
-docs/decisions.md, "Moving an instance (issue 13)".
+document, which names the region and zone but no node, so its signature still holds.
+
+Only the operator (the bootstrap account's root) may move an instance, as only it may name a
+node at launch; and it may move any account's instance, since live migration is the cloud's
+business, not the tenant's. See docs/decisions.md, "Moving an instance: ModifyInstancePlacement".
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ MODIFY_PLACEMENT_REFUSED = {
     resource=instance_resource,
 )
 def modify_instance_placement(context: Context, params: dict[str, Any]) -> Result:
-    instance = require_instance(context, params["InstanceId"])
     check_may_choose_node(context, "HostId")
+    # The operator moves the cloud's VMs, most of them tenants': any account's instance.
+    instance = require_instance(context, params["InstanceId"], any_account=True)
     if instance.state == "terminated":
         raise IncorrectInstanceState(
             f"The instance '{instance.instance_id}' is not in a state from which it can be"

@@ -3,7 +3,11 @@ nodes' node API over real TLS: what a live migration asks of the controller."""
 
 from __future__ import annotations
 
+import configparser
+import re
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.conftest import ACCOUNT_ID, Controller
+from tests.e2e.conftest import ACCOUNT_ID, BIN, Controller
+from tests.e2e.principals import Keys
 from tests.e2e.test_ec2 import ec2_user, error_of
 from tests.e2e.test_node_api import (
     NodeClient,
@@ -36,6 +41,43 @@ def destination(controller: Controller, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def ec2(controller: Controller, source: NodeClient, destination: NodeClient) -> Any:
     return controller.client("ec2")
+
+
+@pytest.fixture
+def extra_node(controller: Controller, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Enrolls a node for one test (``extra_node(*enroll_flags)``, its name) and retires it
+    after, so that launches without a node in later tests never land on it."""
+    names: list[str] = []
+
+    def enrolled(*flags: str) -> str:
+        name = unique("mv-extra")
+        enroll(controller, name, tmp_path / name, *flags)
+        names.append(name)
+        return name
+
+    yield enrolled
+    for name in names:
+        subprocess.run(
+            [BIN / "rolecall-controller", "--state-dir", controller.state_dir, "retire-node",
+             name],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tenant(controller: Controller) -> Keys:
+    """A second account's root keys, made with the CLI next to the running controller."""
+    created = subprocess.run(
+        [BIN / "rolecall-controller", "--state-dir", controller.state_dir, "account", "create",
+         "mv-tenant"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    match = re.search(r"root key\s+in (\S+) \(profile rolecall\)", created.stdout)
+    assert match is not None, created.stdout
+    credentials = configparser.ConfigParser()
+    credentials.read(match.group(1))
+    section = credentials["rolecall"]
+    return Keys(section["aws_access_key_id"], section["aws_secret_access_key"])
 
 
 def listed(node: NodeClient) -> set[str]:
@@ -110,7 +152,7 @@ def test_credentials_follow_the_instance_and_the_guests_keep_working(
     iam: Any,
     source: NodeClient,
     destination: NodeClient,
-    tmp_path: Path,
+    extra_node: Callable[..., str],
 ) -> None:
     """The guest carries the credentials its source node served across the migration: they
     keep working; the source gets no new ones, the destination does. A second move leaves only
@@ -124,8 +166,7 @@ def test_credentials_follow_the_instance_and_the_guests_keep_working(
     assert source.credentials(instance_id).status_code == 403
     fresh = destination.credentials(instance_id)
     assert fresh.status_code == 200, fresh.text
-    third_name = unique("mv-third")
-    enroll(controller, third_name, tmp_path / "third")
+    third_name = extra_node()
     move(ec2, instance_id, third_name)
     assert sts_with(controller, fresh.json()).get_caller_identity()["Arn"] == arn
     with pytest.raises(ClientError) as raised:
@@ -176,10 +217,9 @@ def test_an_unknown_node_is_invalid_parameter_value(controller: Controller, ec2:
 
 
 def test_a_full_node_is_insufficient_instance_capacity(
-    controller: Controller, ec2: Any, tmp_path: Path
+    controller: Controller, ec2: Any, extra_node: Callable[..., str]
 ) -> None:
-    full = unique("mv-full")
-    enroll(controller, full, tmp_path / "full", "--capacity", "1")
+    full = extra_node("--capacity", "1")
     launch(controller, full)
     instance_id = launch(controller, "mv-src")
     code, status, _ = error_of(ec2.modify_instance_placement, InstanceId=instance_id, HostId=full)
@@ -188,10 +228,9 @@ def test_a_full_node_is_insufficient_instance_capacity(
 
 
 def test_a_node_whose_subnet_cannot_hold_the_address_is_refused(
-    controller: Controller, ec2: Any, tmp_path: Path
+    controller: Controller, ec2: Any, extra_node: Callable[..., str]
 ) -> None:
-    elsewhere = unique("mv-net")
-    enroll(controller, elsewhere, tmp_path / "net", "--subnet", "10.99.0.0/24")
+    elsewhere = extra_node("--subnet", "10.99.0.0/24")
     instance_id = launch(controller, "mv-src")
     code, status, message = error_of(
         ec2.modify_instance_placement, InstanceId=instance_id, HostId=elsewhere
@@ -269,3 +308,23 @@ def test_the_move_is_logged_with_both_nodes(controller: Controller, ec2: Any) ->
     while line not in "".join(controller.output) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert line in "".join(controller.output)
+
+
+def test_the_operator_moves_a_tenants_instance(
+    controller: Controller, ec2: Any, tenant: Keys, destination: NodeClient
+) -> None:
+    """Live migration is the cloud's business: the operator moves any account's instance."""
+    tenant_ec2 = tenant.client(controller, "ec2")
+    instance_id = tenant_ec2.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+    before = described(tenant_ec2, instance_id)["Placement"]["HostId"]
+    target = "mv-src" if before != "mv-src" else "mv-dst"
+    assert move(ec2, instance_id, target) == {"Return": True}
+    assert described(tenant_ec2, instance_id)["Placement"]["HostId"] == target
+    code, status, message = error_of(
+        tenant_ec2.modify_instance_placement, InstanceId=instance_id, HostId=before
+    )
+    assert (code, status) == ("UnauthorizedOperation", 403)
+    assert "HostId chooses the node" in message
+    assert described(tenant_ec2, instance_id)["Placement"]["HostId"] == target

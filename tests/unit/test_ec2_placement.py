@@ -282,12 +282,22 @@ def test_only_the_operators_root_may_choose_the_node(store: SQLiteStore, caller:
     assert current(store, instance.instance_id).node_name == "hv1"
 
 
-def test_another_accounts_instance_is_not_found(store: SQLiteStore) -> None:
+def test_the_operator_moves_a_tenants_instance(store: SQLiteStore) -> None:
     enroll(store, "hv1")
     enroll(store, "hv2")
     instance = launch(store, None, caller=root(TENANT))
-    with pytest.raises(InvalidInstanceIDNotFound):
-        move(store, instance.instance_id, "hv2")
+    assert move(store, instance.instance_id, "hv2") == {"return": True}
+    after = current(store, instance.instance_id)
+    assert (after.node_name, after.account_id) == ("hv2", TENANT)
+
+
+def test_a_tenant_may_not_move_the_operators_instance(store: SQLiteStore) -> None:
+    enroll(store, "hv1")
+    enroll(store, "hv2")
+    instance = launch(store, "hv1")
+    with pytest.raises(UnauthorizedOperation):
+        move(store, instance.instance_id, "hv2", caller=root(TENANT))
+    assert current(store, instance.instance_id).node_name == "hv1"
 
 
 def test_moving_back_remembers_the_node_last_left(store: SQLiteStore) -> None:
