@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from tests.e2e.conftest import ACCOUNT_ID, BIN, Controller
 from tests.e2e.principals import Keys
+from tests.e2e.test_aws_cli import aws_json
 from tests.e2e.test_ec2 import ec2_user, error_of
 from tests.e2e.test_node_api import (
     NodeClient,
@@ -328,3 +329,21 @@ def test_the_operator_moves_a_tenants_instance(
     assert (code, status) == ("UnauthorizedOperation", 403)
     assert "HostId chooses the node" in message
     assert described(tenant_ec2, instance_id)["Placement"]["HostId"] == target
+
+
+def test_the_aws_cli_moves_an_instance_as_operations_md_shows(
+    controller: Controller, ec2: Any, destination: NodeClient
+) -> None:
+    instance_id = launch(controller, "mv-src")
+    answer = aws_json(
+        controller,
+        "ec2",
+        "modify-instance-placement",
+        "--instance-id",
+        instance_id,
+        "--host-id",
+        "mv-dst",
+    )
+    assert answer == {"Return": True}
+    assert described(ec2, instance_id)["Placement"]["HostId"] == "mv-dst"
+    assert instance_id in listed(destination)
