@@ -303,8 +303,10 @@ class PublicApi:
 def instance_session_revoked(tx: Transaction, claims: SessionClaims) -> str | None:
     """Why an instance's role credentials no longer stand, or None while they do: the instance
     must not be terminated, its current profile must still hold the session's role, and the node
-    they were issued to must still be enrolled and still run it. Checked at every request, so
-    each of these revokes the credentials at once, not when they expire."""
+    they were issued to must still be enrolled and still run it, or be the node it was just
+    moved from (a live-migrated guest carries its credentials along; that node may not get new
+    ones). Checked at every request, so each of these revokes the credentials at once, not when
+    they expire."""
     instance_id, node_name = claims.extra.get("instance_id"), claims.extra.get("node")
     instance = tx.get_instance(instance_id) if instance_id else None
     if instance is None or instance.account_id != claims.account_id:
@@ -319,7 +321,11 @@ def instance_session_revoked(tx: Transaction, claims: SessionClaims) -> str | No
     if profile is None or profile.role_id != claims.role_id:
         return f"instance {instance_id} no longer has an instance profile with this role"
     node = tx.get_node(node_name) if node_name else None
-    if node is None or node.retired is not None or instance.node_name != node.name:
+    if (
+        node is None
+        or node.retired is not None
+        or node.name not in (instance.node_name, instance.previous_node)
+    ):
         return f"node {node_name} is retired or no longer runs instance {instance_id}"
     return None
 

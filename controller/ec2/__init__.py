@@ -4,4 +4,10 @@ from controller.actions import Registry
 
 registry = Registry()
 
-from controller.ec2 import associations, attributes, instances, keypairs  # noqa: E402,F401
+from controller.ec2 import (  # noqa: E402,F401
+    associations,
+    attributes,
+    instances,
+    keypairs,
+    placement,
+)

@@ -80,11 +80,13 @@ def instances_resource(context: Context, params: dict[str, Any]) -> tuple[str, .
     return tuple(dict.fromkeys(prefix + instance_id for instance_id in params["InstanceIds"]))
 
 
-def require_instance(context: Context, instance_id: str) -> Instance:
+def require_instance(context: Context, instance_id: str, *, any_account: bool = False) -> Instance:
+    """The caller's account's instance of that id (of any account with ``any_account``: only
+    for what the operator alone may do), or EC2's error."""
     if not INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInstanceIDMalformed(f'Invalid id: "{instance_id}"')
     instance = context.tx.get_instance(instance_id)
-    if instance is None or instance.account_id != context.account_id:
+    if instance is None or (not any_account and instance.account_id != context.account_id):
         raise InvalidInstanceIDNotFound(f"The instance ID '{instance_id}' does not exist")
     return instance
 

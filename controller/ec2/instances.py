@@ -196,7 +196,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
     groups = _group_names(params.get("SecurityGroups", []))
     node_hint = params.get("Placement", {}).get("HostId")
     if node_hint is not None:
-        _check_may_choose_node(context)
+        check_may_choose_node(context, "Placement.HostId")
     check_dry_run(params)
     limits = context.services.ec2_limits or Ec2Limits()
     count = instances_allowed(
@@ -206,7 +206,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
         limits.max_instances_per_account,
     )
     nodes = place(
-        _candidate_nodes(context, node_hint),
+        candidate_nodes(context, node_hint, "placement.hostId"),
         context.tx.active_instance_counts(),
         limits.node_capacity,
         params["MinCount"],
@@ -319,8 +319,9 @@ def _group_names(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _check_may_choose_node(context: Context) -> None:
-    """Placement.HostId is the operator's: only the bootstrap account's root may name a node.
+def check_may_choose_node(context: Context, parameter: str) -> None:
+    """Naming a node (RunInstances' Placement.HostId, ModifyInstancePlacement's HostId) is the
+    operator's: only the bootstrap account's root may do it.
 
     Nodes are shared by every account; a tenant choosing one could crowd it or learn which
     nodes exist. See docs/decisions.md (issue 16, item 10).
@@ -329,19 +330,20 @@ def _check_may_choose_node(context: Context) -> None:
     operator = accounts[0].account_id if accounts else None
     if context.caller.kind != "root" or context.account_id != operator:
         raise UnauthorizedOperation(
-            "You are not authorized to perform this operation. Placement.HostId chooses the"
+            f"You are not authorized to perform this operation. {parameter} chooses the"
             " node, which only the operator (the bootstrap account's root) may do."
         )
 
 
-def _candidate_nodes(context: Context, node_name: str | None) -> list[Node]:
-    """The nodes that may take new instances: the one named, else every enrolled node."""
+def candidate_nodes(context: Context, node_name: str | None, parameter: str) -> list[Node]:
+    """The nodes that may take new instances: the one named (by `parameter`, as EC2's error
+    spells it), else every enrolled node."""
     if node_name is None:
         return [node for node in context.tx.list_nodes() if node.retired is None]
     node = context.tx.get_node(node_name)
     if node is None or node.retired is not None:
         raise InvalidParameterValue(
-            f"Value ({node_name}) for parameter placement.hostId is invalid."
+            f"Value ({node_name}) for parameter {parameter} is invalid."
             " No enrolled node has that name."
         )
     return [node]

@@ -56,11 +56,28 @@ def candidates(network: ipaddress.IPv4Network) -> Iterator[str]:
     larger block, but some guests' tools take them for a network or a broadcast)."""
     first, last = int(network.network_address) + 4, int(network.broadcast_address) - 1
     for number in range(first, last + 1):
-        if number & 0xFF in (0, 0xFF):
-            continue
         address = ipaddress.IPv4Address(number)
-        if not any(address in never for never in _NEVER):
+        if _allowed(network, address):
             yield str(address)
+
+
+def may_hold(subnet: str, address: str) -> bool:
+    """Whether `subnet` could have given `address` (one of its `candidates`): what an instance
+    that moves to a node of that subnet needs, since a live-migrated VM keeps its address."""
+    try:
+        parsed = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return _allowed(parse_subnet(subnet), parsed)
+
+
+def _allowed(network: ipaddress.IPv4Network, address: ipaddress.IPv4Address) -> bool:
+    number = int(address)
+    return (
+        int(network.network_address) + 4 <= number < int(network.broadcast_address)
+        and number & 0xFF not in (0, 0xFF)
+        and not any(address in never for never in _NEVER)
+    )
 
 
 class AddressPool:

@@ -148,6 +148,9 @@ class Instance:
     #: That key pair's OpenSSH public-key line as it was at launch: the metadata service serves
     #: it even after the key pair is deleted, as EC2 does.
     public_key: str | None = None
+    #: The node it was last moved from (ModifyInstancePlacement), None if never moved: role
+    #: credentials that node issued before the move still stand (the guest carries them).
+    previous_node: str | None = None
 
     @property
     def arn(self) -> str:

@@ -42,7 +42,7 @@ _INSTANCE_COLUMNS = (
     " launched, terminated, private_ip, http_tokens, hop_limit, http_endpoint, association_id,"
     " association_state, profile_id, launch_index, user_data, mac, interface_id, subnet,"
     " security_groups, metadata_tags, identity_document, identity_signature, identity_pkcs7,"
-    " identity_rsa2048, client_token, request_digest, key_name, public_key"
+    " identity_rsa2048, client_token, request_digest, key_name, public_key, previous_node"
 )
 _KEY_PAIR_COLUMNS = "key_pair_id, account_id, name, key_type, fingerprint, public_key, created"
 

@@ -1,5 +1,6 @@
 """``euca-run-instances``, ``euca-describe-instances``, ``euca-terminate-instances``: EC2
-instances, launched with an instance profile, printed as euca2ools prints them.
+instances, launched with an instance profile, printed as euca2ools prints them; and
+``euca-modify-instance-placement``, which moves one to another node (live migration).
 
 Output is tab-separated lines: ``RESERVATION id owner groups``, then for each instance an
 ``INSTANCE`` line whose columns are :data:`INSTANCE_COLUMNS` (euca2ools' order, so scripts that cut
@@ -368,8 +369,40 @@ TERMINATE_INSTANCES = Tool(
 )
 
 
-TOOLS = (RUN_INSTANCES, DESCRIBE_INSTANCES, TERMINATE_INSTANCES)
+# euca-modify-instance-placement
+
+
+def _placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instance", metavar="INSTANCE", help="id of the instance to move")
+    parser.add_argument(
+        "--host-id",
+        required=True,
+        metavar="NODE",
+        help="the node it runs on from now (before virsh migrate --live; operator only)",
+    )
+
+
+def _modify_placement(args: argparse.Namespace, client: Client, out: TextIO) -> None:
+    client.call(
+        "ModifyInstancePlacement", [("InstanceId", args.instance), ("HostId", args.host_id)]
+    )
+    print(tabbed("INSTANCE", args.instance, args.host_id), file=out)
+
+
+MODIFY_INSTANCE_PLACEMENT = Tool(
+    name="euca-modify-instance-placement",
+    service="ec2",
+    summary="Move an instance to another node: its metadata service follows it there.",
+    add_arguments=_placement_arguments,
+    run=_modify_placement,
+    example="  $ euca-modify-instance-placement i-0123456789abcdef0 --host-id compute2\n"
+    "  INSTANCE\ti-0123456789abcdef0\tcompute2",
+)
+
+
+TOOLS = (RUN_INSTANCES, DESCRIBE_INSTANCES, TERMINATE_INSTANCES, MODIFY_INSTANCE_PLACEMENT)
 
 run_instances = entry_point(RUN_INSTANCES)
 describe_instances = entry_point(DESCRIBE_INSTANCES)
 terminate_instances = entry_point(TERMINATE_INSTANCES)
+modify_instance_placement = entry_point(MODIFY_INSTANCE_PLACEMENT)

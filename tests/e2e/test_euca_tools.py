@@ -130,3 +130,29 @@ def test_run_instances_with_an_unknown_key_is_one_line_with_ec2s_code(
     assert line == (
         "euca-run-instances: InvalidKeyPair.NotFound: The key pair 'no-such-key' does not exist\n"
     )
+
+
+# Moving an instance (issue 13)
+
+
+def test_modify_instance_placement_moves_an_instance_and_names_a_bad_node(
+    controller: Controller, enrolled: str, tmp_path: Path
+) -> None:
+    subprocess.run(
+        [BIN / "rolecall-controller", "--state-dir", controller.state_dir, "enroll-node",
+         "hv-euca-2", "--out", tmp_path],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    instance_id = instance_lines(
+        ok(controller, f"euca-run-instances emi-12345678 --placement {enrolled}")
+    )[0][1]
+    moved = ok(controller, f"euca-modify-instance-placement {instance_id} --host-id hv-euca-2")
+    assert moved == f"INSTANCE\t{instance_id}\thv-euca-2\n"
+    ec2 = controller.client("ec2")
+    described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+    assert described["Instances"][0]["Placement"]["HostId"] == "hv-euca-2"
+    line = failed(controller, f"euca-modify-instance-placement {instance_id} --host-id nowhere")
+    assert line == (
+        "euca-modify-instance-placement: InvalidParameterValue: Value (nowhere) for parameter"
+        " hostId is invalid. No enrolled node has that name.\n"
+    )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.ec2 import network
-from controller.ec2.network import AddressPool, candidates, new_mac, parse_subnet
+from controller.ec2.network import AddressPool, candidates, may_hold, new_mac, parse_subnet
 from controller.errors import InsufficientFreeAddressesInSubnet
 
 MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
@@ -58,6 +58,21 @@ def test_link_local_skips_the_metadata_block_and_its_first_and_last_slash_24() -
 
 def test_a_subnet_inside_the_metadata_block_offers_nothing() -> None:
     assert list(candidates(parse_subnet("169.254.169.0/28"))) == []
+
+
+@pytest.mark.parametrize("subnet", ["10.1.2.0/28", "10.7.0.0/22", "169.254.160.0/19"])
+def test_may_hold_is_true_exactly_for_the_candidates(subnet: str) -> None:
+    network = parse_subnet(subnet)
+    offered = set(candidates(network))
+    around = addresses(str(network.network_address - 2), str(network.broadcast_address + 2))
+    assert [text for text in around if may_hold(subnet, text)] == [
+        text for text in around if text in offered
+    ]
+
+
+@pytest.mark.parametrize("address", ["", "10.1.2.5/32", "fd00::5", "10.1.2", "a.b.c.d"])
+def test_may_hold_is_false_for_what_is_no_ipv4_address(address: str) -> None:
+    assert not may_hold("10.1.2.0/24", address)
 
 
 # --- the pool -----------------------------------------------------------------------------------

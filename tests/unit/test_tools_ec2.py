@@ -138,10 +138,12 @@ TERMINATE = ec2_reply(
     )
     + "</instancesSet>",
 )
+MOVED = ec2_reply("ModifyInstancePlacement", "<return>true</return>")
 CANNED = {
     "RunInstances": [RUN],
     "DescribeInstances": [DESCRIBE_PAGE_1, DESCRIBE_PAGE_2, DESCRIBE_EMPTY],
     "TerminateInstances": [TERMINATE],
+    "ModifyInstancePlacement": [MOVED],
 }
 
 
@@ -305,13 +307,15 @@ SERIALIZER_CASES = [
     ),
     (instances.DESCRIBE_INSTANCES, [], DESCRIBE_EMPTY, {}),
     (instances.TERMINATE_INSTANCES, ["i-1", "i-2"], TERMINATE, {"InstanceIds": ["i-1", "i-2"]}),
+    (instances.MODIFY_INSTANCE_PLACEMENT, ["i-1", "--host-id", "node2"], MOVED,
+     {"InstanceId": "i-1", "HostId": "node2"}),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("tool", "argv", "reply", "arguments"),
     SERIALIZER_CASES,
-    ids=["run-by-arn", "run-by-name", "describe-filtered", "describe-all", "terminate"],
+    ids=["run-by-arn", "run-by-name", "describe-filtered", "describe-all", "terminate", "move"],
 )
 def test_our_requests_are_the_ones_botocore_serializes_for_the_same_call(
     tool: Tool, argv: list[str], reply: bytes, arguments: dict[str, Any]
@@ -476,6 +480,46 @@ def test_terminate_instances_reports_an_unknown_instance_as_ec2_says() -> None:
     assert outcome.stderr == (
         "euca-terminate-instances: InvalidInstanceID.NotFound: "
         "The instance ID 'i-0000000000000000f' does not exist\n"
+    )
+
+
+# euca-modify-instance-placement
+
+
+def test_modify_instance_placement_sends_the_node_and_prints_where_it_is_now() -> None:
+    outcome = ok(
+        instances.MODIFY_INSTANCE_PLACEMENT, ["i-0a1b2c3d4e5f60718", "--host-id", "node2"], MOVED
+    )
+    assert outcome.stdout == "INSTANCE\ti-0a1b2c3d4e5f60718\tnode2\n"
+    assert sent_params(outcome) == {
+        "Action": "ModifyInstancePlacement",
+        "Version": "2016-11-15",
+        "InstanceId": "i-0a1b2c3d4e5f60718",
+        "HostId": "node2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [(["i-1"], "--host-id"), (["--host-id", "node2"], "INSTANCE")],
+    ids=["no-node", "no-instance"],
+)
+def test_modify_instance_placement_names_what_is_missing(argv: list[str], missing: str) -> None:
+    outcome = run_tool(instances.MODIFY_INSTANCE_PLACEMENT, argv)
+    assert outcome.code == 2 and outcome.service.sent == []
+    assert missing in outcome.stderr and outcome.stderr.count("\n") == 1
+
+
+def test_modify_instance_placement_reports_an_unknown_node_as_ec2_says() -> None:
+    outcome = run_tool(
+        instances.MODIFY_INSTANCE_PLACEMENT,
+        ["i-0a1b2c3d4e5f60718", "--host-id", "node2"],
+        ec2_error("InvalidParameterValue", "Value (node2) for parameter hostId is invalid.", 400),
+    )
+    assert (outcome.code, outcome.stdout) == (1, "")
+    assert outcome.stderr == (
+        "euca-modify-instance-placement: InvalidParameterValue: "
+        "Value (node2) for parameter hostId is invalid.\n"
     )
 
 

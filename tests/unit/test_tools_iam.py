@@ -535,6 +535,7 @@ def test_every_tool_refuses_an_unknown_flag_with_one_line(tool: Tool) -> None:
     valid = {case_tool.name: argv for case_tool, argv in SERIALIZER_CASES}
     valid.update({"euca-run-instances": ["emi-1"], "euca-describe-instances": []})
     valid["euca-terminate-instances"] = ["i-1"]
+    valid["euca-modify-instance-placement"] = ["i-1", "--host-id", "node2"]
     outcome = run_tool(tool, [*valid[tool.name], "--no-such-flag"])
     assert outcome.code == 2
     assert outcome.stderr == (
