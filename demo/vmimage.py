@@ -47,6 +47,7 @@ __all__ = [
     "guest_image",
     "initramfs",
     "load_order",
+    "packages_from",
     "resolve_packages",
 ]
 
@@ -118,9 +119,23 @@ def _stanzas(text: str) -> list[dict[str, str]]:
     return found
 
 
+def packages_from(shown: str) -> tuple[Package, Package]:
+    """(kernel, busybox) from ``apt-cache show --no-all-versions`` of both: the versioned kernel
+    package that ``linux-image-amd64`` depends on, pinned as it pins it. LookupError if the
+    text lacks either."""
+    stanzas = {fields.get("Package"): fields for fields in _stanzas(shown)}
+    kernel = re.match(
+        r"(linux-image-\S+) \(= (\S+)\)", stanzas.get(KERNEL_METAPACKAGE, {}).get("Depends", "")
+    )
+    busybox = stanzas.get(BUSYBOX_PACKAGE, {}).get("Version")
+    if kernel is None or busybox is None:
+        raise LookupError(f"apt's lists name no {KERNEL_METAPACKAGE} or {BUSYBOX_PACKAGE}")
+    return Package(kernel.group(1), kernel.group(2)), Package(BUSYBOX_PACKAGE, busybox)
+
+
 def resolve_packages() -> tuple[Package, Package]:
-    """(kernel, busybox) as apt's lists name them now: the versioned kernel package that
-    ``linux-image-amd64`` depends on, pinned as it pins it. LookupError if the lists lack them."""
+    """(kernel, busybox) as apt's lists name them now (:func:`packages_from`); LookupError if
+    the lists lack them."""
     try:
         shown = _run(
             ["apt-cache", "show", "--no-all-versions", KERNEL_METAPACKAGE, BUSYBOX_PACKAGE],
@@ -130,14 +145,7 @@ def resolve_packages() -> tuple[Package, Package]:
         if shutil.which("apt-cache") is None:
             raise
         raise LookupError(str(error)) from None
-    stanzas = {fields.get("Package"): fields for fields in _stanzas(shown)}
-    kernel = re.match(
-        r"(linux-image-\S+) \(= (\S+)\)", stanzas.get(KERNEL_METAPACKAGE, {}).get("Depends", "")
-    )
-    busybox = stanzas.get(BUSYBOX_PACKAGE, {}).get("Version")
-    if kernel is None or busybox is None:
-        raise LookupError(f"apt's lists name no {KERNEL_METAPACKAGE} or {BUSYBOX_PACKAGE}")
-    return Package(kernel.group(1), kernel.group(2)), Package(BUSYBOX_PACKAGE, busybox)
+    return packages_from(shown)
 
 
 def _apt_update() -> None:
