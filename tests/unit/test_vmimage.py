@@ -8,6 +8,8 @@ import gzip
 import lzma
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,38 @@ def test_shellcheck_finds_nothing_in_the_guests_scripts(script: str) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_concurrent_runs_build_a_cache_entry_once_and_all_get_it(tmp_path: Path) -> None:
+    builds: list[Path] = []
+    results: list[Path] = []
+    start = threading.Barrier(3)
+
+    def build(into: Path) -> None:
+        builds.append(into)
+        (into / "made").write_text("once")
+        time.sleep(0.3)  # the others reach the lock meanwhile
+
+    def run() -> None:
+        start.wait()
+        results.append(vmimage._cached(tmp_path / "parts-x", build))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(builds) == 1
+    assert results == [tmp_path / "parts-x"] * 3
+    assert (tmp_path / "parts-x" / "made").read_text() == "once"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock", "parts-x"]
+
+
+def test_a_failed_build_leaves_no_entry_and_no_half_of_one(tmp_path: Path) -> None:
+    def build(into: Path) -> None:
+        (into / "half").write_text("")
+        raise GuestImageError("the download failed")
+
+    with pytest.raises(GuestImageError, match="the download failed"):
+        vmimage._cached(tmp_path / "parts-x", build)
+    assert [path.name for path in tmp_path.iterdir()] == [".lock"]
