@@ -18,6 +18,7 @@ import argparse
 import base64
 import ctypes
 import io
+import ipaddress
 import math
 import re
 import secrets
@@ -128,9 +129,30 @@ class Nic:
     mac: str = field(default_factory=random_mac)
     address: str | None = None
 
+    def __post_init__(self) -> None:
+        # Each goes into QEMU's comma-separated options or the kernel's space-separated line.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", self.tap):
+            raise ValueError(f"not a tap name: {self.tap!r}")
+        if not re.fullmatch(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}", self.mac):
+            raise ValueError(f"not a MAC address (lower-case aa:bb:cc:dd:ee:ff): {self.mac!r}")
+        if int(self.mac[:2], 16) & 1:
+            raise ValueError(f"a multicast MAC address: {self.mac!r}")
+        if self.address is not None:
+            _check_interface(self.address)
+
     @property
     def ip(self) -> str | None:
         return self.address.split("/")[0] if self.address else None
+
+
+def _check_interface(text: str) -> None:
+    """`text` is A.B.C.D/N, or ValueError says it is not."""
+    try:
+        if "/" not in text:
+            raise ValueError(text)
+        ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise ValueError(f"not an IPv4 address with its prefix (A.B.C.D/N): {text!r}") from None
 
 
 def qemu_problem() -> str | None:
@@ -179,6 +201,14 @@ class VmGuest:
         memory: int = 128,
         kernel_arguments: Sequence[str] = (),
     ) -> None:
+        if gateway is not None:
+            try:
+                ipaddress.IPv4Address(gateway)
+            except ValueError:
+                raise ValueError(f"not an IPv4 address: gateway {gateway!r}") from None
+        for argument in kernel_arguments:
+            if not argument or any(character.isspace() for character in argument):
+                raise ValueError(f"not one kernel argument: {argument!r}")
         self.image = image
         self.nics = tuple(nics)
         self.gateway = gateway

@@ -250,3 +250,28 @@ def test_a_failed_build_leaves_no_entry_and_no_half_of_one(tmp_path: Path) -> No
     with pytest.raises(GuestImageError, match="the download failed"):
         vmimage._cached(tmp_path / "parts-x", build)
     assert [path.name for path in tmp_path.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize(
+    ("nic", "error"),
+    [
+        ({"tap": "tap,script=/x"}, "not a tap name"),
+        ({"tap": "t", "mac": "52:54:00:00:00:0G"}, "not a MAC address"),
+        ({"tap": "t", "mac": "53:54:00:00:00:01"}, "multicast"),
+        ({"tap": "t", "address": "169.254.77.2"}, "with its prefix"),
+        ({"tap": "t", "address": "169.254.77.2/24 init=/bin/sh"}, "with its prefix"),
+    ],
+)
+def test_a_nic_that_would_change_qemus_options_or_the_kernels_line_is_refused(
+    nic: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        Nic(**nic)
+
+
+def test_a_gateway_or_kernel_argument_that_is_not_one_word_is_refused() -> None:
+    image = GuestImage(Path("/k"), Path("/i"), {}, "bzImage")
+    with pytest.raises(ValueError, match="gateway"):
+        VmGuest(image, gateway="169.254.1.1 init=/bin/sh")
+    with pytest.raises(ValueError, match="not one kernel argument"):
+        VmGuest(image, kernel_arguments=["loglevel=7 init=/bin/sh"])
