@@ -118,7 +118,7 @@ def test_otherwise_qemu_boots_the_bzimage_as_it_is(payload: bytes, config: str) 
 def read_newc(data: bytes) -> list[tuple[str, int, bytes, tuple[int, int]]]:
     """(name, mode, body, (rdev major, minor)) of each entry of a newc archive, checking the
     layout the kernel expects: magic, 4-byte alignment, a trailer at the end."""
-    entries = []
+    entries: list[tuple[str, int, bytes, tuple[int, int]]] = []
     offset = 0
     while True:
         assert data[offset : offset + 6] == b"070701", offset
