@@ -430,7 +430,8 @@ class VmGuest:
             raise VmError(f"/bin/http said {output!r}") from None
 
     def imds_token(self, ttl: int = 21600) -> tuple[int, str]:
-        """PUT /latest/api/token on 169.254.169.254 from the guest: (status, token)."""
+        """PUT /latest/api/token on 169.254.169.254 from the guest: (status, token). The guest
+        reaches that address on-link (a NIC in 169.254.0.0/16) or through its gateway."""
         return self.http(
             "PUT", METADATA_ADDRESS, 80, "/latest/api/token",
             [f"X-aws-ec2-metadata-token-ttl-seconds: {ttl}"],
