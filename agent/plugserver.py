@@ -4,7 +4,6 @@ from root only, within `agent.plug.IDLE_SECONDS`; each request forwarded to the 
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from collections.abc import Callable
@@ -13,13 +12,15 @@ from typing import Any, cast
 from twisted.application.service import Service
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IListeningPort,
+    IReactorFDSet,
     IReactorSocket,
     IReactorTime,
+    IReadDescriptor,
 )
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
 from agent.plug import (
     IDLE_SECONDS,
@@ -114,8 +115,44 @@ class PlugFactory(ServerFactory):
         return PlugProtocol(self)
 
 
-class IPlugReactor(IReactorSocket, IReactorTime):
-    """Adopting the plug socket, and timing out idle clients."""
+class IPlugReactor(IReactorSocket, IReactorTime, IReactorFDSet):
+    """Watching the plug socket, adopting each connection, timing out idle clients."""
+
+
+@implementer(IReadDescriptor)
+class _Acceptor:
+    """Accepts on the plug socket and hands each connection to the reactor. (Not the reactor's
+    adoptStreamPort: a Unix port chmods its path when it starts listening, 0666 by default, and
+    the socket is root's, 0600, on purpose.)"""
+
+    def __init__(self, reactor: IPlugReactor, listening: socket.socket, factory: PlugFactory):
+        self._reactor = reactor
+        self._listening = listening
+        self._factory = factory
+
+    def fileno(self) -> int:
+        return self._listening.fileno()
+
+    def doRead(self) -> None:
+        for _ in range(16):  # a few per turn; the rest on the next
+            try:
+                client, _ = self._listening.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                log.warn("cannot accept on the plug socket: {error}", error=str(error))
+                return
+            try:
+                client.setblocking(False)
+                self._reactor.adoptStreamConnection(client.fileno(), socket.AF_UNIX, self._factory)
+            finally:
+                client.close()  # the reactor has its own copy
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "plug socket"
 
 
 class PlugService(Service):
@@ -123,26 +160,19 @@ class PlugService(Service):
 
     def __init__(self, reactor: IPlugReactor, descriptor: int, handle: Handler) -> None:
         self._reactor = reactor
-        self._descriptor = descriptor
-        self._handle = handle
-        self._port: IListeningPort | None = None
+        self._listening = socket.socket(fileno=descriptor)
+        self._listening.setblocking(False)
+        self._acceptor = _Acceptor(reactor, self._listening, PlugFactory(handle, reactor))
 
     def startService(self) -> None:
         Service.startService(self)
-        try:
-            self._port = self._reactor.adoptStreamPort(
-                self._descriptor, socket.AF_UNIX, PlugFactory(self._handle, self._reactor)
-            )
-        finally:
-            os.close(self._descriptor)  # the reactor holds its own copy
+        self._reactor.addReader(self._acceptor)
         log.info("hypervisor plug socket served")
 
-    def stopService(self) -> Any:
+    def stopService(self) -> None:
         Service.stopService(self)
-        if self._port is not None:
-            port, self._port = self._port, None
-            return port.stopListening()
-        return None
+        self._reactor.removeReader(self._acceptor)
+        self._listening.close()
 
 
 def forwarding_handler(
