@@ -195,7 +195,7 @@ def served(cloud: Cloud, network: Network) -> tuple[Cloud, Network, str, str, St
 def test_a_vm_on_the_bridge_gets_its_instances_role_through_the_steering(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
-    cloud, network, instance_id, arn, vm = served
+    cloud, _network, instance_id, arn, vm = served
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     assert cloud_answers(vm)
     namespace = namespace_of(instance_id)
@@ -254,9 +254,10 @@ class Tricks:
         raw = self._socket()
         try:
             mine = _mac(self.vm.mac)
+            sender = socket.inet_aton(self.vm.guest.address)
             request = (
                 b"\xff" * 6 + mine + b"\x08\x06"
-                + b"\x00\x01\x08\x00\x06\x04\x00\x01" + mine + socket.inet_aton(self.vm.guest.address)
+                + b"\x00\x01\x08\x00\x06\x04\x00\x01" + mine + sender
                 + b"\x00" * 6 + socket.inet_aton("169.254.169.254")
             )  # fmt: skip
             for _ in range(20):
@@ -281,8 +282,9 @@ class Tricks:
         mine = _mac(self.vm.mac)
         spoofed = _mac(first.mac)
         frames = []
+        sources = ((mine, self.vm.guest.address), (spoofed, first.guest.address))
         for destination in (imds0, veth):
-            for source, source_ip in ((mine, self.vm.guest.address), (spoofed, first.guest.address)):
+            for source, source_ip in sources:
                 for target_ip in ("169.254.169.254", f"{SUBNET}.99"):
                     frames.append(destination + source + b"\x08\x00" + _udp(source_ip, target_ip))
                 frames.append(destination + source + b"\x88\xb5" + b"\x00" * 46)  # no IP at all
@@ -339,7 +341,7 @@ def test_a_plug_before_the_assignment_is_pending_and_steered_once_it_comes(
 def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
-    cloud, network, instance_id, arn, vm = served
+    cloud, _network, instance_id, arn, vm = served
     namespace = namespace_of(instance_id)
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     veth = json.loads(ip("-j", "link", "show", steer.host_end(namespace)).stdout)[0]["ifindex"]
@@ -359,7 +361,7 @@ def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
 def test_unplug_removes_the_table_and_the_veth_and_the_vm_keeps_its_network(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
-    cloud, network, instance_id, arn, vm = served
+    cloud, _network, instance_id, arn, vm = served
     namespace = namespace_of(instance_id)
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     result = cloud.agent.command("unplug", instance_id, vm.tap)
@@ -374,7 +376,7 @@ def test_unplug_removes_the_table_and_the_veth_and_the_vm_keeps_its_network(
 def test_terminating_the_instance_leaves_no_table_no_veth_and_no_namespace(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
-    cloud, network, instance_id, arn, vm = served
+    cloud, _network, instance_id, arn, vm = served
     namespace = namespace_of(instance_id)
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     cloud.ec2.terminate_instances(InstanceIds=[instance_id])
@@ -387,7 +389,7 @@ def test_terminating_the_instance_leaves_no_table_no_veth_and_no_namespace(
 def test_deleting_the_namespace_never_cuts_the_vms_network_and_it_is_steered_again(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
-    cloud, network, instance_id, arn, vm = served
+    cloud, _network, instance_id, arn, vm = served
     namespace = namespace_of(instance_id)
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     ip("netns", "delete", namespace)  # unnamed; it lives while the agent's socket holds it
@@ -407,7 +409,7 @@ def test_the_hop_limit_holds_behind_the_vm(
 ) -> None:
     """A container behind the VM (its own namespace, NATed by the VM as Docker's bridge does)
     gets no IMDSv2 token at hop limit 1: the VM's forwarding takes the answer's TTL to 0."""
-    cloud, network, instance_id, arn, vm = served
+    _cloud, network, _instance_id, arn, vm = served
     assert wait_until(lambda: role_of(vm), 10, "the VM's role") == arn
     behind = add_namespace(unique("rcg-"))
     try:
@@ -465,9 +467,7 @@ def test_a_namespace_holding_a_tap_stays_until_the_tap_is_gone(
             ip("-n", namespace, "link", "delete", tap, check=False)
 
 
-def test_the_hook_plugs_at_started_and_unplugs_at_release(
-    cloud: Cloud, network: Network
-) -> None:
+def test_the_hook_plugs_at_started_and_unplugs_at_release(cloud: Cloud, network: Network) -> None:
     name, arn = cloud.profile()
     instance_id = cloud.launch(name)
     namespace = cloud.wait_served(instance_id)

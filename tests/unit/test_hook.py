@@ -4,7 +4,10 @@ operation does, and that nothing makes it fail a VM's start or hang."""
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +162,22 @@ def test_a_hook_that_would_hang_is_cut_off() -> None:
 
     assert bounded(1, hang, stderr) == 0  # 1 had it run to the end
     assert "gave up after 1 s" in stderr.getvalue()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_domain_example_names_its_instance_and_tap() -> None:
+    text = (ROOT / "libvirt" / "domain-example.xml").read_text()
+    assert parse_domain(text, "anything") == HookTarget("i-0123456789abcdef0", "tap-0abcdef0")
+
+
+def test_the_shipped_hook_script_hands_everything_to_rolecall_agent_hook() -> None:
+    script = ROOT / "libvirt" / "qemu.d" / "rolecall"
+    lines = [line for line in script.read_text().splitlines() if not line.startswith("#")]
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert lines == ['exec rolecall-agent hook "$@"']
+    assert script.stat().st_mode & 0o111 == 0o111
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout

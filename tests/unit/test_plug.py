@@ -194,3 +194,47 @@ def test_the_client_says_clearly_when_no_agent_answers(directory: Path) -> None:
             plug.ask(directory / "mute.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
     finally:
         server.close()
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def test_plug_without_its_arguments_names_what_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["plug", INSTANCE])
+    assert exited.value.code == 2
+    assert "TAP" in capsys.readouterr().err
+
+
+def test_plug_says_in_one_line_when_no_agent_listens(
+    directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    assert main(["plug", "--socket", str(directory / "none.sock"), INSTANCE, "vnet0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rolecall-agent plug: no agent socket at") and err.count("\n") == 1
+
+
+def test_a_hook_operation_the_agent_ignores_exits_at_once(
+    directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    assert (
+        main(["hook", "--socket", str(directory / "none.sock"), "vm", "prepare", "begin", "-"]) == 0
+    )
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_daemons_own_flags_still_parse_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "--ownership-file" in capsys.readouterr().out
