@@ -169,13 +169,12 @@ class Broker:
         self._record.unplug(name)
         say("INFO", f"{plug.tap} of namespace {name} is gone: steering removed, plug forgotten")
 
-    def _check_taps(self) -> dict[str, Any]:
+    def _check_taps(self) -> dict[str, int]:
         """Plugs whose tap vanished or is now another device (another index) are dropped, and
         their steering removed. The host namespace's links, by name."""
-        present: dict[str, Any] = self._steering.links()
+        present: dict[str, int] = self._steering.links()
         for name, plug in list(self.plugs.items()):
-            found = present.get(plug.tap)
-            if found is None or found.index != plug.tap_index:
+            if present.get(plug.tap) != plug.tap_index:
                 try:
                     self._tap_gone(name, plug)
                 except NamespaceError as error:
@@ -188,23 +187,21 @@ class Broker:
             steer.check_tap(tap)
         except steer.InvalidTap as error:
             raise channel.Refused(f"plug: {error}") from None
-        found = self._check_taps().get(tap)
-        if found is None:
+        index = self._check_taps().get(tap)
+        if index is None:
             raise channel.Refused(f"plug: there is no link {tap} in the host's namespace")
-        if found.kind == "veth" and steer.HOST_END.fullmatch(tap):
-            raise channel.Refused(f"plug: {tap} is one of the agent's own veth ends")
         for other, plug in self.plugs.items():
             if other != name and plug.tap == tap:
                 raise channel.Refused(
                     f"plug: {tap} is plugged for namespace {other} already (unplug that first)"
                 )
-        plugged = Plug(name, tap, found.index)
+        plugged = Plug(name, tap, index)
         previous = self.plugs.get(name)
         if previous != plugged:
             if previous is not None:
                 self._unsteer(name)
             self._record.plug(plugged)
-            say("INFO", f"plugged {tap} (index {found.index}) for namespace {name}")
+            say("INFO", f"plugged {tap} (index {index}) for namespace {name}")
         elif name in self._steered:
             return {"ok": True, "state": "steered"}, []
         return {"ok": True, "state": self._steer(name)}, []

@@ -171,10 +171,10 @@ def _rtnetlink() -> Rtnetlink:
     return Rtnetlink()
 
 
-def links() -> dict[str, Link]:
-    """The host namespace's links, by name."""
+def links() -> dict[str, int]:
+    """The host namespace's links: name -> index."""
     with _rtnetlink() as rtnetlink:
-        return rtnetlink.link_table()
+        return rtnetlink.link_indexes()
 
 
 def link_index(name: str) -> int | None:

@@ -61,8 +61,8 @@ class FakeSteering:
         self.installed: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
 
-    def links(self) -> dict[str, FakeLink]:
-        return dict(self.host_links)
+    def links(self) -> dict[str, int]:
+        return {name: link.index for name, link in self.host_links.items()}
 
     def link_index(self, name: str) -> int | None:
         found = self.host_links.get(name)
@@ -409,6 +409,7 @@ def test_a_tap_plugged_for_one_namespace_is_refused_for_another(broker: Broker) 
 
 
 def test_an_agent_veth_end_is_refused_as_a_tap_even_if_it_exists(broker: Broker) -> None:
+    # (refused by its name's form, which no VM's tap has, whatever the link is)
     steering(broker).host_links["rcv0123456789ab"] = FakeLink(30, "veth")
     answer = ask(broker, {**PLUG, "tap": "rcv0123456789ab"})
     assert answer["ok"] is False and "agent's own" in answer["error"]
