@@ -90,6 +90,8 @@ class Broker:
         #: The namespaces this process steered (after a restart, each is steered again once,
         #: when it is prepared: installing replaces the table the last process left).
         self._steered: set[str] = set()
+        #: Whether the steering left by the last agent was looked for (at the first compact).
+        self._swept_steering = False
 
     @property
     def plugs(self) -> dict[str, Plug]:
@@ -134,14 +136,15 @@ class Broker:
         return {"ok": True, **fields}, []
 
     def _steer_prepared(self, name: str) -> None:
-        """Steer `name`'s plugged tap into it, now that it is prepared (after a restart too: the
-        table is replaced, never doubled), unless that tap is gone. Never fails the prepare: the
+        """Steer `name`'s plugged tap into it, now that it is prepared (after a restart, or into
+        a namespace made again, too: the table is replaced, never doubled, and a whole veth
+        kept), unless that tap is gone. Never fails the prepare: the
         namespace is still served to what reaches it otherwise."""
         plug = self.plugs[name]
         try:
             if self._steering.link_index(plug.tap) != plug.tap_index:
                 self._tap_gone(name, plug)
-            elif name not in self._steered:
+            else:  # the namespace may be new (deleted and made again): installed whole
                 self._steer(name)
         except NamespaceError as error:
             say("WARN", f"cannot steer {plug.tap} into {name}: {error}")
@@ -342,8 +345,13 @@ class Broker:
 
     def _compact(self) -> Answer:
         """At the end of every reconcile: forget the plugs whose tap is gone, remove what was
-        left in place once it can go and steering left behind, and compact the record."""
-        for step in (self._check_taps, self._remove_released, self._remove_leftover_steering):
+        left in place once it can go (and, the first time, steering the last agent left behind
+        for nothing), and compact the record."""
+        steps: list[Callable[[], object]] = [self._check_taps, self._remove_released]
+        if not self._swept_steering:  # once: listing nft's tables costs ~1 ms a table
+            self._swept_steering = True
+            steps.append(self._remove_leftover_steering)
+        for step in steps:
             try:
                 step()
             except NamespaceError as error:

@@ -387,7 +387,7 @@ def test_a_plug_before_the_namespace_is_prepared_is_pending_then_steered_at_prep
     assert steering(broker).installed == {}
     assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
     assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
-    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}
+    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}  # the same plug: nothing to do
     assert steering(broker).calls.count(("install", "rc-i-01234567")) == 1
 
 
