@@ -92,6 +92,8 @@ class Broker:
         self._steered: set[str] = set()
         #: Whether the steering left by the last agent was looked for (at the first compact).
         self._swept_steering = False
+        #: The steering tables present when this process first looked, not yet adopted.
+        self._found_tables: set[str] | None = None
 
     @property
     def plugs(self) -> dict[str, Plug]:
@@ -144,10 +146,26 @@ class Broker:
         try:
             if self._steering.link_index(plug.tap) != plug.tap_index:
                 self._tap_gone(name, plug)
-            else:  # the namespace may be new (deleted and made again): installed whole
+            elif self._left_by_last_agent(name) and not self._steering.ensure_veth(name):
+                # The last agent's table for this very plug (same tap, same index), with its
+                # veth whole: adopted as it is. Installing it again would cost an nft run, which
+                # grows with the node's tables (bench/steer.py), for each instance at a restart.
+                self._steered.add(name)
+                say("INFO", f"adopted the steering of {plug.tap} into namespace {name}")
+            else:  # new, or the namespace was made again: installed whole
                 self._steer(name)
         except NamespaceError as error:
             say("WARN", f"cannot steer {plug.tap} into {name}: {error}")
+
+    def _left_by_last_agent(self, name: str) -> bool:
+        """Whether `name`'s steering table was there when this process first looked (once, at
+        the first preparation of a plugged namespace); true once per namespace."""
+        if self._found_tables is None:
+            self._found_tables = set(self._steering.tables())
+        if name in self._found_tables:
+            self._found_tables.discard(name)
+            return True
+        return False
 
     def _steer(self, name: str) -> str:
         """Steer `name`'s plugged tap into it if it is prepared ("steered"), else "pending"."""

@@ -352,6 +352,7 @@ def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     assert wait_until(lambda: role_of(vm), 15, "the VM's role after the restart") == arn
     assert tables().count(namespace) == 1
     assert rules_of(namespace) == 3
+    assert f"adopted the steering of {vm.tap} into namespace {namespace}" in cloud.agent.output
     found = json.loads(ip("-j", "link", "show", steer.host_end(namespace)).stdout)
     assert [link["ifindex"] for link in found] == [veth]  # the same veth, kept
     shown = ip("-n", namespace, "-o", "link").stdout

@@ -72,6 +72,10 @@ class FakeSteering:
         self.calls.append(("install", namespace))
         self.installed[namespace] = tap
 
+    def ensure_veth(self, namespace: str) -> bool:
+        self.calls.append(("ensure_veth", namespace))
+        return namespace not in self.installed  # made now unless its steering is there
+
     def remove(self, namespace: str) -> None:
         self.calls.append(("remove", namespace))
         self.installed.pop(namespace, None)
@@ -472,6 +476,23 @@ def test_leftover_steering_of_the_prefix_is_removed_at_compact_but_not_one_to_ad
     # Its own plugged namespace is kept for the prepare to replace; another agent's (another
     # prefix, not in its record) is not its to remove.
     assert fake.installed == {"rc-i-01234567": "vnet0", "other-ns": "vnet6"}
+
+
+def test_after_a_restart_the_last_agents_steering_is_adopted_without_nft(tmp_path: Path) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    record.plug(Plug("rc-i-01234567", "vnet0", 10))
+    record.save({"rc-i-01234567": Ownership("rc-i-01234567", True, True)})
+    fake = FakeSteering()
+    fake.installed = {"rc-i-01234567": "vnet0"}
+    broker = Broker(80, record, Notifier(None), FakeNamespaces(), steering=fake)
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert ("install", "rc-i-01234567") not in fake.calls
+    assert ("ensure_veth", "rc-i-01234567") in fake.calls
+    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}
+    # Prepared again (the namespace made again meanwhile): installed whole this time.
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert fake.calls.count(("install", "rc-i-01234567")) == 1
 
 
 class HoldingNamespaces(FakeNamespaces):
