@@ -127,9 +127,23 @@ def hypervisor_main(argv: list[str]) -> int:
     """``rolecall-agent plug|unplug|hook ...``: 0 when the agent took it (a hook: always)."""
     from agent import hook, plug
 
-    args = _hypervisor_parser().parse_args(argv)
+    parser = _hypervisor_parser()
+    args = parser.parse_args(argv)
     if args.command == "hook" and args.operation not in hook.ACTIONS:
         return 0  # at once: nothing read, nothing said
+    if args.command != "hook":
+        from agent.names import InvalidName, check_instance_id
+        from agent.steer import InvalidTap, check_tap
+
+        try:
+            check_instance_id(args.instance)
+        except InvalidName as error:
+            parser.error(f"argument INSTANCE: {error}")
+        if args.tap or args.command == "plug":
+            try:
+                check_tap(args.tap)
+            except InvalidTap as error:
+                parser.error(f"argument TAP: {error}")
     try:
         path = _plug_socket(args.config, args.socket)
     except (ConfigError, OSError) as error:

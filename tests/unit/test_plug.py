@@ -210,6 +210,25 @@ def test_plug_without_its_arguments_names_what_is_missing(
     assert "TAP" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["plug", "i-XYZ", "vnet0"], "argument INSTANCE: instance id 'i-XYZ'"),
+        (["plug", INSTANCE, "lo"], "argument TAP: tap lo"),
+        (["unplug", INSTANCE, "a/b"], "argument TAP: tap 'a/b'"),
+    ],
+)
+def test_a_bad_instance_or_tap_is_refused_naming_the_argument(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 def test_plug_says_in_one_line_when_no_agent_listens(
     directory: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
