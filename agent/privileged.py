@@ -211,6 +211,12 @@ class Broker:
         index = self._check_taps().get(tap)
         if index is None:
             raise channel.Refused(f"plug: there is no link {tap} in the host's namespace")
+        kind = self._steering.link_kind(tap)
+        if kind not in steer.TAP_KINDS:
+            raise channel.Refused(
+                f"plug: {tap} is {('a ' + kind) if kind else 'a physical'} device, not a VM's"
+                " tap (a tap, veth or macvtap)"
+            )
         for other, plug in self.plugs.items():
             if other != name and plug.tap == tap:
                 raise channel.Refused(

@@ -177,6 +177,20 @@ def links() -> dict[str, int]:
         return rtnetlink.link_indexes()
 
 
+#: The kinds of link a VM's tap may be: a tap (the kernel's "tun" driver: QEMU, libvirt), a veth
+#: (containers, the tests' stand-ins) or a macvtap. Never a physical NIC, a bridge, a bond or a
+#: VLAN: steering one would divert the host's own traffic for 169.254.169.254.
+TAP_KINDS = frozenset({"tun", "veth", "macvtap"})
+
+
+def link_kind(name: str) -> str | None:
+    """The kind of the host namespace's link `name` ("tun", "veth", "bridge"...; "" for a
+    physical device or the loopback), or None if there is none."""
+    with _rtnetlink() as rtnetlink:
+        found = rtnetlink.link(name)
+    return found.kind if found is not None else None
+
+
 def link_index(name: str) -> int | None:
     """The index of the host namespace's link `name`, or None if there is none."""
     with _rtnetlink() as rtnetlink:

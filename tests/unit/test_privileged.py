@@ -64,6 +64,10 @@ class FakeSteering:
     def links(self) -> dict[str, int]:
         return {name: link.index for name, link in self.host_links.items()}
 
+    def link_kind(self, name: str) -> str | None:
+        found = self.host_links.get(name)
+        return found.kind if found is not None else None
+
     def link_index(self, name: str) -> int | None:
         found = self.host_links.get(name)
         return found.index if found is not None else None
@@ -410,6 +414,16 @@ def test_a_tap_plugged_for_one_namespace_is_refused_for_another(broker: Broker) 
     assert ask(broker, PLUG)["ok"]
     answer = ask(broker, {**PLUG, "netns": "rc-i-89abcdef"})
     assert answer["ok"] is False and "plugged for namespace rc-i-01234567" in answer["error"]
+
+
+@pytest.mark.parametrize(("kind", "said"), [("", "a physical"), ("bridge", "a bridge")])
+def test_a_link_that_is_no_tap_veth_or_macvtap_is_refused(
+    broker: Broker, kind: str, said: str
+) -> None:
+    steering(broker).host_links["eth0"] = FakeLink(2, kind)
+    answer = ask(broker, {**PLUG, "tap": "eth0"})
+    assert answer["ok"] is False and f"eth0 is {said} device" in answer["error"]
+    assert steering(broker).installed == {} and broker.plugs == {}
 
 
 def test_an_agent_veth_end_is_refused_as_a_tap_even_if_it_exists(broker: Broker) -> None:
