@@ -38,7 +38,7 @@ import boto3
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import netns
+from agent import netns, steer
 from agent.privileged import serving_python_environment
 from demo import guest
 from demo.guest import (
@@ -506,7 +506,13 @@ class Cloud:
         self._cleanup.close()
 
     def _remove_instance_namespaces(self) -> None:
+        """The instances' namespaces, and their steering: a steering table outlives its tap
+        (the kernel keeps a netdev chain by its device's name), and the agent, stopped, will not
+        see the tap gone."""
+        steered = set(steer.tables()) if self.instances else set()
         for instance_id in self.instances:
+            if namespace_of(instance_id) in steered:
+                steer.remove(namespace_of(instance_id))
             delete_namespace(namespace_of(instance_id))
 
     # the control plane

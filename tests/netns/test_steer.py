@@ -338,6 +338,22 @@ def test_a_plug_before_the_assignment_is_pending_and_steered_once_it_comes(
     assert wait_until(lambda: role_of(vm), 20, "the VM's role once assigned") == arn
 
 
+def test_a_vm_migrated_in_is_pending_until_its_instance_is_moved_here(
+    cloud: Cloud, network: Network
+) -> None:
+    """A live migration's destination: the hook plugs when the VM runs here, whichever comes
+    first of that and ModifyInstancePlacement."""
+    name, arn = cloud.profile()
+    source = unique("hv-")
+    cloud.controller.enroll(source, cloud.workdir / "source-node")
+    instance_id = cloud.launch(name, Placement={"HostId": source})
+    vm = network.vm()
+    assert "pending" in plug(cloud, instance_id, vm.tap)
+    assert role_of(vm) == ""
+    cloud.ec2.modify_instance_placement(InstanceId=instance_id, HostId=cloud.node)
+    assert wait_until(lambda: role_of(vm), 15, "the VM's role once moved here") == arn
+
+
 def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     served: tuple[Cloud, Network, str, str, StandIn],
 ) -> None:
