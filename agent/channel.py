@@ -47,6 +47,10 @@ OPERATIONS: dict[str, dict[str, type]] = {
     "remove_orphan": {"netns": str},
     "keep": {"instance": str, "entry": str},
     "forget": {"instance": str},
+    # A VM's tap for the instance served in a namespace (`agent.steer`); unplug's tap: "" for
+    # whichever is plugged, else only that one.
+    "plug": {"netns": str, "tap": str},
+    "unplug": {"netns": str, "tap": str},
 }
 #: A STATUS= line for systemd: printable ASCII, short.
 MAX_STATUS_CHARS = 200

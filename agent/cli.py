@@ -1,4 +1,5 @@
-"""``rolecall-agent``: the node agent daemon."""
+"""``rolecall-agent``: the node agent daemon; ``rolecall-agent plug|unplug|hook``: what the
+hypervisor runs to wire a VM's tap to its instance's metadata service (`agent.plug`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from subprocess import SubprocessError
 from typing import Any
 
 from agent.checks import check_configuration, check_files
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_agent_config
+from agent.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_PLUG_SOCKET,
+    AgentConfig,
+    ConfigError,
+    load_agent_config,
+)
 
 DEFAULT_OWNERSHIP = Path("/run/rolecall-agent/namespaces.json")
 
@@ -62,7 +69,112 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The commands the hypervisor runs (the daemon is ``rolecall-agent`` with flags only).
+HYPERVISOR_COMMANDS = ("plug", "unplug", "hook")
+
+
+def _hypervisor_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolecall-agent",
+        description="Tell the running agent which tap is a VM's (docs/operations.md, 'Wiring a"
+        " VM to its metadata service'). Run as root.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        help=f"the agent's TOML configuration, for [hypervisor] plug_socket (default"
+        f" {DEFAULT_CONFIG_PATH} if it exists)",
+    )
+    common.add_argument(
+        "--socket", type=Path, help=f"the agent's plug socket (default {DEFAULT_PLUG_SOCKET})"
+    )
+    plug = commands.add_parser(
+        "plug", parents=[common], help="steer the instance's metadata service to the VM's tap"
+    )
+    plug.add_argument("instance", metavar="INSTANCE", help="the instance id (i-...)")
+    plug.add_argument("tap", metavar="TAP", help="the VM's tap device in the host namespace")
+    unplug = commands.add_parser(
+        "unplug", parents=[common], help="stop steering the instance's metadata service"
+    )
+    unplug.add_argument("instance", metavar="INSTANCE", help="the instance id (i-...)")
+    unplug.add_argument(
+        "tap", metavar="TAP", nargs="?", default="", help="only if this tap is the one plugged"
+    )
+    hook = commands.add_parser(
+        "hook",
+        parents=[common],
+        help="the libvirt qemu hook (domain XML on standard input)",
+    )
+    hook.add_argument("guest", metavar="GUEST", help="the domain's name")
+    hook.add_argument("operation", metavar="OP", help="started, stopped, release, ...")
+    hook.add_argument("suboperation", metavar="SUBOP", help="begin or end")
+    hook.add_argument("extra", metavar="EXTRA", nargs="*", help="libvirt's extra arguments")
+    return parser
+
+
+def _plug_socket(config: Path | None, given: Path | None) -> Path:
+    """The plug socket: --socket, else the configuration's, else the default."""
+    if given is not None:
+        return given
+    if config is None and not DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_PLUG_SOCKET
+    return load_agent_config(config).plug_socket
+
+
+def hypervisor_main(argv: list[str]) -> int:
+    """``rolecall-agent plug|unplug|hook ...``: 0 when the agent took it (a hook: always)."""
+    from agent import hook, plug
+
+    parser = _hypervisor_parser()
+    args = parser.parse_args(argv)
+    if args.command == "hook" and args.operation not in hook.ACTIONS:
+        return 0  # at once: nothing read, nothing said
+    if args.command != "hook":
+        from agent.names import InvalidName, check_instance_id
+        from agent.steer import InvalidTap, check_tap
+
+        try:
+            check_instance_id(args.instance)
+        except InvalidName as error:
+            parser.error(f"argument INSTANCE: {error}")
+        if args.tap or args.command == "plug":
+            try:
+                check_tap(args.tap)
+            except InvalidTap as error:
+                parser.error(f"argument TAP: {error}")
+    try:
+        path = _plug_socket(args.config, args.socket)
+    except (ConfigError, OSError) as error:
+        print(f"rolecall-agent {args.command}: {error}", file=sys.stderr)
+        return 0 if args.command == "hook" else 1
+    if args.command == "hook":
+        return hook.main_hook(
+            args.guest,
+            args.operation,
+            lambda op, instance, tap, timeout: plug.ask(path, op, instance, tap, timeout),
+        )
+    try:
+        answer = plug.ask(path, args.command, args.instance, args.tap)
+    except plug.PlugSocketError as error:
+        print(f"rolecall-agent {args.command}: {error}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"rolecall-agent {args.command}: {answer.get('error', 'refused')}", file=sys.stderr)
+        return 1
+    tap = args.tap or "-"
+    print(
+        f"{args.command} {args.instance} {tap}: {answer.get('state', '')}"
+        f" (namespace {answer.get('namespace', '?')})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in HYPERVISOR_COMMANDS:
+        return hypervisor_main(arguments)
     parser = _parser()
     args = parser.parse_args(argv)
     for flag, port in (("--metrics-port", args.metrics_port), ("--imds-port", args.imds_port)):

@@ -35,6 +35,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/rolecall/agent.toml")
 DEFAULT_CERTIFICATE = Path("/etc/rolecall/node.pem")
 DEFAULT_KEY = Path("/etc/rolecall/node.key")
 DEFAULT_CA_CERTIFICATE = Path("/etc/rolecall/ca.pem")
+#: Where the hypervisor's ``rolecall-agent plug``/``unplug``/``hook`` reach the agent.
+DEFAULT_PLUG_SOCKET = Path("/run/rolecall-agent/plug.sock")
 
 _NAMESPACE_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 #: A system user name as useradd and systemd-sysusers accept it.
@@ -94,6 +96,8 @@ class AgentConfig:
     upstream_account_id_header: str = NEUTRON.account_id or ""
     upstream_signature_header: str = NEUTRON.signature
     upstream_forwarded_for_header: str = NEUTRON.forwarded_for or ""
+    #: The Unix socket (root's, 0600) the hypervisor names each VM's tap on (`agent.steer`).
+    plug_socket: Path = DEFAULT_PLUG_SOCKET
 
     def connection_limit(self, descriptors: int, instances: int = 1000) -> int:
         """All instances' connections together, when the process may open ``descriptors``:
@@ -216,6 +220,16 @@ def _user(key: str, value: object) -> str:
     return value
 
 
+def _socket_path(key: str, value: object) -> Path:
+    """An absolute path short enough for a Unix socket's address (107 bytes)."""
+    what = "an absolute path of at most 107 bytes"
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(f"{key}: must be {what} (got {value!r})")
+    if len(value.encode("utf-8")) > 107:
+        raise ConfigError(f"{key}: must be {what} (got {len(value.encode())} bytes)")
+    return Path(value)
+
+
 # TOML key -> (field name, converter)
 _KEYS: Keys = {
     "controller.urls": ("controller_urls", _urls),
@@ -252,6 +266,7 @@ _KEYS: Keys = {
     "imds.upstream.headers.account_id": ("upstream_account_id_header", _header_name(True)),
     "imds.upstream.headers.signature": ("upstream_signature_header", _header_name(False)),
     "imds.upstream.headers.forwarded_for": ("upstream_forwarded_for_header", _header_name(True)),
+    "hypervisor.plug_socket": ("plug_socket", _socket_path),
 }
 #: The fields of the upstream metadata service's keys, by field (for the checks across them).
 _UPSTREAM_KEYS = {
@@ -311,7 +326,13 @@ def load_agent_config(path: Path | None = None) -> AgentConfig:
 
 #: AgentConfig fields that are paths (or None), and the one that is a tuple, for
 #: `config_from_wire`.
-_PATH_FIELDS = ("certificate", "key", "ca_certificate", "upstream_shared_secret_file")
+_PATH_FIELDS = (
+    "certificate",
+    "key",
+    "ca_certificate",
+    "upstream_shared_secret_file",
+    "plug_socket",
+)
 
 
 def config_to_wire(config: AgentConfig) -> dict[str, Any]:

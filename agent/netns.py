@@ -42,6 +42,21 @@ class Ownership:
     namespace: str
     created_namespace: bool
     added_address: bool
+    #: Its instance ended or moved away, but the namespace was left in place because it held a
+    #: link that is not the agent's (a VM's tap): removed once it holds none (never served).
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class Plug:
+    """A VM's tap, named by the hypervisor for the instance served in `namespace`
+    (``rolecall-agent plug``): steered there while the namespace is prepared."""
+
+    namespace: str
+    tap: str
+    #: The tap's interface index when it was plugged: a device that later takes the same name
+    #: (another index) is another VM's, never steered.
+    tap_index: int
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -297,25 +312,54 @@ def listen(
 _ALREADY_GONE = {errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT, errno.ENXIO, errno.ESRCH}
 
 
-def release(ownership: Ownership) -> None:
-    """Remove what the agent added: the address, and the namespace if the agent created it."""
+#: The links of a namespace that are the agent's own: its loopback and its steering veth's end.
+OWN_LINKS = frozenset({"lo", "imds0"})
+
+
+def foreign_link(name: str) -> str | None:
+    """The name of a link in namespace `name` that is not the agent's own (`OWN_LINKS`), or
+    None."""
+    try:
+        with inside(name), _rtnetlink() as rtnetlink:
+            found = rtnetlink.links()
+    except OSError as error:
+        raise NamespaceError(f"cannot look into namespace {name}: {error}") from error
+    for _, link in found:
+        if link not in OWN_LINKS:
+            return link
+    return None
+
+
+def release(ownership: Ownership) -> str | None:
+    """Remove what the agent added: the address, and the namespace if the agent created it and
+    it holds no link but the agent's own. The foreign link a namespace the agent made still
+    holds (a VM's tap, moved in: removing the namespace would destroy it), which leaves it in
+    place without the address; None otherwise."""
     if not exists(ownership.namespace):
-        return
+        return None
     if ownership.created_namespace:
-        _remove_namespace(ownership.namespace)
-        return
+        held = foreign_link(ownership.namespace)
+        if held is None:
+            _remove_namespace(ownership.namespace)
+            return None
+        _remove_address(ownership.namespace)
+        return held
     if ownership.added_address:
-        try:
-            with inside(ownership.namespace), _rtnetlink() as rtnetlink:
-                rtnetlink.remove_from_loopback(METADATA_ADDRESS)
-        except NamespaceError:
-            if exists(ownership.namespace):
-                raise
-        except OSError as error:
-            if error.errno not in _ALREADY_GONE:  # else the hypervisor removed it already
-                raise NamespaceError(
-                    f"cannot clean namespace {ownership.namespace}: {error}"
-                ) from error
+        _remove_address(ownership.namespace)
+    return None
+
+
+def _remove_address(namespace: str) -> None:
+    """Take the metadata address off `namespace`'s loopback (nothing if it is gone already)."""
+    try:
+        with inside(namespace), _rtnetlink() as rtnetlink:
+            rtnetlink.remove_from_loopback(METADATA_ADDRESS)
+    except NamespaceError:
+        if exists(namespace):
+            raise
+    except OSError as error:
+        if error.errno not in _ALREADY_GONE:  # else the hypervisor removed it already
+            raise NamespaceError(f"cannot clean namespace {namespace}: {error}") from error
 
 
 #: What a namespace the agent made holds: its loopback and these addresses on it.
@@ -333,11 +377,12 @@ def foreign_contents(name: str, listening_is_foreign: bool = True) -> str | None
         links = rtnetlink.links()
         addresses = rtnetlink.addresses()
         listening = _listening_tcp()
-    others = [link for index, link in links if index != 1]
+    others = [link for index, link in links if link not in OWN_LINKS]
     if others:
         return f"link {others[0]}"
+    own = {index for index, link in links if link in OWN_LINKS}
     for index, address in addresses:
-        if index != 1 or address not in _OWN_ADDRESSES:
+        if index not in own or address not in _OWN_ADDRESSES:
             return f"address {address}"
     if listening and listening_is_foreign:
         return f"{listening} listening TCP socket(s)"
@@ -423,14 +468,18 @@ def _remove_namespace(name: str) -> None:
 
 
 class OwnershipRecord:
-    """Which namespaces and addresses the agent made, kept across agent restarts (in /run).
+    """Which namespaces and addresses the agent made, and which taps were plugged for which
+    namespace, kept across agent restarts (in /run).
 
-    Two files. PATH is a JSON list of every `Ownership`, written whole by `save` (to a temporary
-    file, then renamed over). PATH.journal has one JSON line per change since then, appended by
-    `remember` and `forget` as each change is made, so a change costs one small append however
-    many instances the node has. `load` replays the journal over the list (and only reads, so
-    other tools may call it); the agent saves what it loaded when it starts, which empties the
-    journal (a line torn by a crash included), and once at the end of every reconcile.
+    Three files. PATH is a JSON list of every `Ownership` (``released`` only where true, so
+    that the list reads as it always did), and PATH's sibling ``….plugs.json`` a JSON list of
+    every `Plug`, both written whole by `save` (to a temporary file, then renamed over).
+    PATH.journal has one JSON line per change since then, appended by `remember`, `forget`,
+    `plug` and `unplug` as each change is made, so a change costs one small append however many
+    instances the node has. `load` replays the journal over the lists (and only reads, so other
+    tools may call it); the agent saves what it loaded when it starts, which empties the
+    journal (a line torn by a crash included), and once at the end of every reconcile. The
+    plugs are kept here, in `plugs`, and saved with whatever `save` is given.
 
     Crash safety: an agent that dies mid-reconcile has appended a line for every namespace it
     made, so the next one knows them all (and removes them when their instances are gone).
@@ -444,10 +493,14 @@ class OwnershipRecord:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.journal = path.with_name(path.name + ".journal")
+        self.plugs_path = path.with_name(path.stem + ".plugs.json")
         self._changes = 0
+        #: The taps plugged, by namespace, as `load` found them and changed since.
+        self.plugs: dict[str, Plug] = {}
 
     def load(self) -> dict[str, Ownership]:
-        """What the record says the agent made: the list, with the journal replayed."""
+        """What the record says the agent made: the list, with the journal replayed (the plugs
+        into `plugs`)."""
         try:
             entries = json.loads(self.path.read_text(encoding="utf-8"))
             owned = {entry["namespace"]: Ownership(**entry) for entry in entries}
@@ -455,6 +508,14 @@ class OwnershipRecord:
             owned = {}
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise NamespaceError(f"cannot read {self.path}: {error}") from error
+        try:
+            entries = json.loads(self.plugs_path.read_text(encoding="utf-8"))
+            plugs = {entry["namespace"]: Plug(**entry) for entry in entries}
+        except FileNotFoundError:
+            plugs = {}
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise NamespaceError(f"cannot read {self.plugs_path}: {error}") from error
+        self.plugs = plugs
         try:
             text = self.journal.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -467,6 +528,11 @@ class OwnershipRecord:
                 change = json.loads(line)
                 if "forget" in change:
                     owned.pop(str(change["forget"]), None)
+                elif "unplug" in change:
+                    plugs.pop(str(change["unplug"]), None)
+                elif "plug" in change:
+                    plug = Plug(**change["plug"])
+                    plugs[plug.namespace] = plug
                 else:
                     entry = Ownership(**change["remember"])
                     owned[entry.namespace] = entry
@@ -476,11 +542,21 @@ class OwnershipRecord:
 
     def remember(self, ownership: Ownership) -> None:
         """Record what the agent made for one namespace (replacing what was recorded)."""
-        self._append({"remember": asdict(ownership)})
+        self._append({"remember": _entry(ownership)})
 
     def forget(self, name: str) -> None:
         """Record that the agent removed (or no longer owns) what it made in namespace `name`."""
         self._append({"forget": name})
+
+    def plug(self, plug: Plug) -> None:
+        """Record the tap plugged for a namespace (replacing the one recorded)."""
+        self.plugs[plug.namespace] = plug
+        self._append({"plug": asdict(plug)})
+
+    def unplug(self, name: str) -> None:
+        """Record that no tap is plugged for namespace `name` any more."""
+        if self.plugs.pop(name, None) is not None:
+            self._append({"unplug": name})
 
     def compact(self, owned: dict[str, Ownership]) -> None:
         """`save`, if anything was appended since the last save."""
@@ -488,13 +564,11 @@ class OwnershipRecord:
             self.save(owned)
 
     def save(self, owned: dict[str, Ownership]) -> None:
-        """Write the whole record as `owned`, and empty the journal."""
+        """Write the whole record as `owned` and `plugs`, and empty the journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(
-            json.dumps([asdict(entry) for entry in owned.values()]), encoding="utf-8"
-        )
-        os.replace(temporary, self.path)
+        if self.plugs or self.plugs_path.exists():
+            _write_whole(self.plugs_path, [asdict(plug) for plug in self.plugs.values()])
+        _write_whole(self.path, [_entry(ownership) for ownership in owned.values()])
         self.journal.unlink(missing_ok=True)
         self._changes = 0
 
@@ -509,3 +583,18 @@ class OwnershipRecord:
         finally:
             os.close(descriptor)
         self._changes += 1
+
+
+def _entry(ownership: Ownership) -> dict[str, object]:
+    """An `Ownership` as the record writes it: ``released`` only when true."""
+    entry = asdict(ownership)
+    if not ownership.released:
+        del entry["released"]
+    return entry
+
+
+def _write_whole(path: Path, entries: list[dict[str, object]]) -> None:
+    """`entries` as a JSON list in `path`, replacing it at once (a temporary file renamed)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(entries), encoding="utf-8")
+    os.replace(temporary, path)

@@ -26,18 +26,20 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import capabilities, channel, names, netns
+from agent import capabilities, channel, names, netns, steer
 from agent import kept as kept_module
+from agent import plug as plug_module
 from agent.checks import UPSTREAM_SHARED_FILE, read_secret
 from agent.config import AgentConfig, ConfigError, config_to_wire
 from agent.imds.tokens import KEY_BYTES as TOKEN_KEY_BYTES
 from agent.imds.tokens import new_key
+from agent.netns import NamespaceError, Plug
 from common.notify import Notifier, listen_fds
 
 #: What the privileged process keeps once the serving process runs: namespaces (setns, mount,
@@ -73,6 +75,7 @@ class Broker:
         *,
         kept: kept_module.InstanceFiles | None = None,
         prefix: str = "rc-",
+        steering: Any = steer,
     ) -> None:
         self._imds_port = imds_port
         self._record = record
@@ -80,8 +83,26 @@ class Broker:
         self._namespaces = namespaces
         self._kept = kept
         self._prefix = prefix
+        #: `agent.steer`: the veth pairs and nftables tables that steer VMs' taps.
+        self._steering = steering
         self.owned = record.load()
         record.save(self.owned)  # the journal folded in
+        #: The namespaces this process steered (after a restart, each is steered again once,
+        #: when it is prepared: installing replaces the table the last process left).
+        self._steered: set[str] = set()
+        #: Whether the steering left by the last agent was looked for (at the first compact).
+        self._swept_steering = False
+        #: The steering tables present when this process first looked, not yet adopted.
+        self._found_tables: set[str] | None = None
+
+    @property
+    def plugs(self) -> dict[str, Plug]:
+        """The taps plugged, by namespace (kept in the ownership record)."""
+        return self._record.plugs
+
+    def serving_owned(self) -> dict[str, netns.Ownership]:
+        """What the serving process is told was made: every namespace not released."""
+        return {name: made for name, made in self.owned.items() if not made.released}
 
     def handle(self, data: bytes, truncated: bool) -> Answer:
         """The answer to one message, and the sockets to send with it (closed once sent)."""
@@ -109,15 +130,134 @@ class Broker:
         if previous != made:
             self.owned[name] = made
             self._record.remember(made)
+        if name in self.plugs:
+            self._steer_prepared(name)
         fields = asdict(made)
         del fields["namespace"]
+        del fields["released"]
         return {"ok": True, **fields}, []
+
+    def _steer_prepared(self, name: str) -> None:
+        """Steer `name`'s plugged tap into it, now that it is prepared (after a restart, or into
+        a namespace made again, too: the table is replaced, never doubled, and a whole veth
+        kept), unless that tap is gone. Never fails the prepare: the
+        namespace is still served to what reaches it otherwise."""
+        plug = self.plugs[name]
+        try:
+            if self._steering.link_index(plug.tap) != plug.tap_index:
+                self._tap_gone(name, plug)
+            elif self._left_by_last_agent(name) and not self._steering.ensure_veth(name):
+                # The last agent's table for this very plug (same tap, same index), with its
+                # veth whole: adopted as it is. Installing it again would cost an nft run, which
+                # grows with the node's tables (bench/steer.py), for each instance at a restart.
+                self._steered.add(name)
+                say("INFO", f"adopted the steering of {plug.tap} into namespace {name}")
+            else:  # new, or the namespace was made again: installed whole
+                self._steer(name)
+        except NamespaceError as error:
+            say("WARN", f"cannot steer {plug.tap} into {name}: {error}")
+
+    def _left_by_last_agent(self, name: str) -> bool:
+        """Whether `name`'s steering table was there when this process first looked (once, at
+        the first preparation of a plugged namespace); true once per namespace."""
+        if self._found_tables is None:
+            self._found_tables = set(self._steering.tables())
+        if name in self._found_tables:
+            self._found_tables.discard(name)
+            return True
+        return False
+
+    def _steer(self, name: str) -> str:
+        """Steer `name`'s plugged tap into it if it is prepared ("steered"), else "pending"."""
+        made = self.owned.get(name)
+        plug = self.plugs[name]
+        if made is None or made.released:
+            return "pending"
+        self._steering.install(name, plug.tap)
+        self._steered.add(name)
+        say("INFO", f"steered {plug.tap} into namespace {name}")
+        return "steered"
+
+    def _unsteer(self, name: str) -> None:
+        """Remove `name`'s steering (its table and veth pair), whatever this process did."""
+        self._steering.remove(name)
+        if name in self._steered:
+            self._steered.discard(name)
+            say("INFO", f"removed the steering into namespace {name}")
+
+    def _tap_gone(self, name: str, plug: Plug) -> None:
+        self._unsteer(name)
+        self._record.unplug(name)
+        say("INFO", f"{plug.tap} of namespace {name} is gone: steering removed, plug forgotten")
+
+    def _check_taps(self) -> dict[str, int]:
+        """Plugs whose tap vanished or is now another device (another index) are dropped, and
+        their steering removed. The host namespace's links, by name."""
+        present: dict[str, int] = self._steering.links()
+        for name, plug in list(self.plugs.items()):
+            if present.get(plug.tap) != plug.tap_index:
+                try:
+                    self._tap_gone(name, plug)
+                except NamespaceError as error:
+                    say("WARN", f"cannot remove the steering into {name}: {error}")
+        return present
+
+    def _plug(self, netns: str, tap: str) -> Answer:
+        name = names.check_namespace(netns)
+        try:
+            steer.check_tap(tap)
+        except steer.InvalidTap as error:
+            raise channel.Refused(f"plug: {error}") from None
+        index = self._check_taps().get(tap)
+        if index is None:
+            raise channel.Refused(f"plug: there is no link {tap} in the host's namespace")
+        kind = self._steering.link_kind(tap)
+        if kind not in steer.TAP_KINDS:
+            raise channel.Refused(
+                f"plug: {tap} is {('a ' + kind) if kind else 'a physical'} device, not a VM's"
+                " tap (a tap, veth or macvtap)"
+            )
+        for other, plug in self.plugs.items():
+            if other != name and plug.tap == tap:
+                raise channel.Refused(
+                    f"plug: {tap} is plugged for namespace {other} already (unplug that first)"
+                )
+        plugged = Plug(name, tap, index)
+        previous = self.plugs.get(name)
+        if previous != plugged:
+            if previous is not None:
+                self._unsteer(name)
+            self._record.plug(plugged)
+            say("INFO", f"plugged {tap} (index {index}) for namespace {name}")
+        elif name in self._steered:
+            return {"ok": True, "state": "steered"}, []
+        return {"ok": True, "state": self._steer(name)}, []
+
+    def _unplug(self, netns: str, tap: str) -> Answer:
+        name = names.check_namespace(netns)
+        if tap:
+            try:
+                steer.check_tap(tap)
+            except steer.InvalidTap as error:
+                raise channel.Refused(f"unplug: {error}") from None
+        self._check_taps()
+        plug = self.plugs.get(name)
+        if plug is None:
+            return {"ok": True, "state": "unplugged"}, []
+        if tap and plug.tap != tap:
+            say("INFO", f"not unplugging {name}: it is plugged to {plug.tap}, not {tap}")
+            state = "steered" if name in self._steered else "pending"
+            return {"ok": True, "state": state}, []
+        self._unsteer(name)
+        self._record.unplug(name)
+        say("INFO", f"unplugged {plug.tap} from namespace {name}")
+        return {"ok": True, "state": "unplugged"}, []
 
     def _listen(self, netns: str, port: int) -> Answer:
         name = names.check_namespace(netns)
         if port != self._imds_port:
             raise channel.Refused(f"listen: only port {self._imds_port}, not {port}")
-        if name not in self.owned:
+        if name not in self.owned or self.owned[name].released:
             raise channel.Refused(f"listen: namespace {name} was not prepared")
         listening = self._namespaces.listen(name, port)
         # Kept by systemd for the next agent process (FileDescriptorStoreMax=).
@@ -127,8 +267,16 @@ class Broker:
     def _release(self, netns: str) -> Answer:
         name = names.check_namespace(netns)
         made = self.owned.get(name)
-        if made is not None:  # else nothing of it is ours to remove
-            self._namespaces.release(made)
+        if made is not None and not made.released:  # else nothing of it is ours to remove
+            if name in self.plugs or name in self._steered:
+                try:
+                    self._unsteer(name)  # the plug is kept: steered again if it comes back
+                except NamespaceError as error:
+                    say("WARN", f"cannot remove the steering into {name}: {error}")
+            held = self._namespaces.release(made)
+            if held is not None:
+                self._leave_in_place(made, held)
+                return {"ok": True}, []
             del self.owned[name]
             self._record.forget(name)
             if not made.created_namespace and name.startswith(self._prefix):
@@ -137,6 +285,47 @@ class Broker:
                 # agent served it on may not be closed yet.)
                 self._remove_if_empty(name, listening_is_foreign=False)
         return {"ok": True}, []
+
+    def _leave_in_place(self, made: netns.Ownership, held: str) -> None:
+        """A namespace the agent made holds `held`, a link not its own: removing it would
+        destroy that link (a VM's tap). Kept as released, removed once it holds none."""
+        say("INFO", f"left namespace {made.namespace} in place: it holds link {held}")
+        released = replace(made, released=True)
+        if released != made:
+            self.owned[made.namespace] = released
+            self._record.remember(released)
+
+    def _remove_released(self) -> None:
+        """Namespaces left in place at their release: removed once they hold no foreign link."""
+        for name, made in list(self.owned.items()):
+            if not made.released:
+                continue
+            try:
+                held = self._namespaces.release(replace(made, released=False))
+            except NamespaceError as error:
+                say("WARN", f"cannot remove namespace {name}: {error}")
+                continue
+            if held is None:
+                del self.owned[name]
+                self._record.forget(name)
+                say("INFO", f"removed namespace {name}, left in place until it held no link")
+
+    def _remove_leftover_steering(self) -> None:
+        """Steering tables of namespaces this agent neither steers nor is about to steer again
+        (plugged and prepared, after a restart): those of its prefix or of its record."""
+        for name in self._steering.tables():
+            if name in self._steered:
+                continue
+            made = self.owned.get(name)
+            if name in self.plugs and made is not None and not made.released:
+                continue  # steered by the last process: replaced when it is prepared
+            if name.startswith(self._prefix) or name in self.owned or name in self.plugs:
+                try:
+                    self._steering.remove(name)
+                except NamespaceError as error:
+                    say("WARN", f"cannot remove the steering into {name}: {error}")
+                    continue
+                say("INFO", f"removed leftover steering into namespace {name}")
 
     def _orphans(self) -> Answer:
         """Namespaces with the agent's prefix that its record does not name."""
@@ -179,6 +368,18 @@ class Broker:
         return {"ok": True}, []
 
     def _compact(self) -> Answer:
+        """At the end of every reconcile: forget the plugs whose tap is gone, remove what was
+        left in place once it can go (and, the first time, steering the last agent left behind
+        for nothing), and compact the record."""
+        steps: list[Callable[[], object]] = [self._check_taps, self._remove_released]
+        if not self._swept_steering:  # once: listing nft's tables costs ~1 ms a table
+            self._swept_steering = True
+            steps.append(self._remove_leftover_steering)
+        for step in steps:
+            try:
+                step()
+            except NamespaceError as error:
+                say("WARN", f"cleaning up: {error}")
         self._record.compact(self.owned)
         return {"ok": True}, []
 
@@ -381,6 +582,32 @@ def hello(
     }
 
 
+def make_plug_socket(path: Path) -> socket.socket | None:
+    """The hypervisor's plug socket (`agent.plug`), or None, said in one line, if it cannot be
+    made (the instances are served all the same; only plugging waits for a restart)."""
+    try:
+        made = plug_module.bind(path)
+    except plug_module.PlugSocketError as error:
+        say("WARN", f"{error}; VMs' taps cannot be plugged")
+        return None
+    say("INFO", f"hypervisor plug socket at {path}")
+    return made
+
+
+def send_plug_socket(peer: socket.socket, plug_socket: socket.socket | None) -> None:
+    """The plug socket for the serving process to answer on (none: an empty message); closed
+    here once sent."""
+    try:
+        channel.send(
+            peer,
+            {"plug_socket": plug_socket is not None},
+            [plug_socket.fileno()] if plug_socket else [],
+        )
+    finally:
+        if plug_socket is not None:
+            plug_socket.close()
+
+
 def send_kept_sockets(peer: socket.socket, kept: Mapping[str, list[int]]) -> None:
     """The sockets systemd kept, by namespace name, in batches the kernel takes; then closed
     here (systemd still keeps its own copies)."""
@@ -432,7 +659,7 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     broker = Broker(
         config.imds_port, record, notifier, netns, kept=files, prefix=config.namespace_prefix
     )
-    first = hello(config, broker.owned, token_key(ownership_file.parent / IMDS_KEY_FILE))
+    first = hello(config, broker.serving_owned(), token_key(ownership_file.parent / IMDS_KEY_FILE))
     privileged_end, serving_end = channel.pair()
     child = spawn_serving(serving_end, uid, gid, os.environ)
     serving_end.close()
@@ -448,8 +675,10 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        plug_socket = make_plug_socket(config.plug_socket)
         capabilities.keep_only(KEPT_CAPABILITIES)
         channel.send(privileged_end, first)
+        send_plug_socket(privileged_end, plug_socket)
         send_kept_sockets(privileged_end, kept)
         send_kept_entries(privileged_end, entries)
         del entries

@@ -448,6 +448,17 @@ class NodeAgent(Service):
             except Exception as error:
                 log.warn("cannot remove namespace {netns}: {error}", netns=name, error=str(error))
 
+    def namespace_of(self, instance_id: str) -> str:
+        """The namespace `instance_id` is (or will be) served in: its assignment's, or, before
+        one names it (a VM started ahead of its assignment, a live migration's destination),
+        the prefix and the id."""
+        entry = self._desired.get(instance_id)
+        if entry is None and instance_id in self.slots:
+            entry = self.slots[instance_id].assignment
+        if entry is not None:
+            return self._namespace_name(instance_id, entry)
+        return f"{self._config.namespace_prefix}{instance_id}"
+
     def _namespace_name(self, instance_id: str, entry: InstanceAssignment) -> str:
         return entry.netns or f"{self._config.namespace_prefix}{instance_id}"
 

@@ -168,13 +168,16 @@ class RelayNotifier(Notifier):
 
 def receive_start(
     end: socket.socket,
-) -> tuple[dict[str, Any], dict[str, list[int]], list[str]]:
-    """The privileged process's first message, the kept sockets by namespace name, and the
-    instances kept across the restart (`agent.kept` entries, not yet checked)."""
+) -> tuple[dict[str, Any], int | None, dict[str, list[int]], list[str]]:
+    """The privileged process's first message, the plug socket (a descriptor, or None if it
+    could not be made), the kept sockets by namespace name, and the instances kept across the
+    restart (`agent.kept` entries, not yet checked)."""
     data, truncated, _ = channel.receive(end, channel.MAX_HELLO_BYTES, 0)
     if truncated or not data:
         raise channel.ChannelError("no start message from the privileged process")
     first = json.loads(data)
+    _, _, plug_fds = channel.receive(end, channel.MAX_HELLO_BYTES, 1)
+    plug_socket = plug_fds[0] if plug_fds else None
     kept_sockets: dict[str, list[int]] = {}
     while True:
         data, _, fds = channel.receive(end, channel.MAX_HELLO_BYTES, channel.MAX_FDS_PER_MESSAGE)
@@ -188,7 +191,7 @@ def receive_start(
         data, _, _ = channel.receive(end, channel.MAX_HELLO_BYTES, 0)
         texts = json.loads(data)["entries"]
         if not texts:
-            return first, kept_sockets, entries
+            return first, plug_socket, kept_sockets, entries
         entries.extend(str(text) for text in texts)
 
 
@@ -213,7 +216,7 @@ def check_unprivileged() -> None:
 def run(end: socket.socket) -> int:
     """The serving process's whole life: the exit status."""
     check_unprivileged()
-    first, kept_sockets, kept_texts = receive_start(end)
+    first, plug_socket, kept_sockets, kept_texts = receive_start(end)
     config: AgentConfig = config_from_wire(first["config"])
     owned = {
         name: Ownership(name, bool(created), bool(added)) for name, created, added in first["owned"]
@@ -267,6 +270,20 @@ def run(end: socket.socket) -> int:
             text += "; not yet synced with the controller" + (f": {problem}" if problem else "")
         return text
 
+    if plug_socket is not None:
+        from agent.plugserver import PlugService, forwarding_handler
+        from common.runner import add_service
+
+        def ask_root(op: str, **fields: Any) -> dict[str, Any]:
+            return peer.request(op, **fields)[0]
+
+        add_service(
+            service,
+            "plugs",
+            PlugService(
+                cast(Any, reactor), plug_socket, forwarding_handler(agent.namespace_of, ask_root)
+            ),
+        )
     ready = ReadyGate(notifier, ("metrics listener", "instances"), status_line)
     agent.on_change = lambda: ready.met("instances")
 

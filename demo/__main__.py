@@ -359,7 +359,9 @@ class Demo:
             f"urls = [{json.dumps(self.node_api_url)}]\n"
             f"certificate = {json.dumps(str(node_dir / 'node.pem'))}\n"
             f"key = {json.dumps(str(node_dir / 'node.key'))}\n"
-            f"ca_certificate = {json.dumps(str(node_dir / 'ca.pem'))}\n",
+            f"ca_certificate = {json.dumps(str(node_dir / 'ca.pem'))}\n"
+            # Its own plug socket, never a host agent's.
+            f"[hypervisor]\nplug_socket = {json.dumps(str(self.workdir / 'plug.sock'))}\n",
             "utf-8",
         )
         argv = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import netns
+from agent import netns, steer
 from tests.netns import harness
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +46,7 @@ def nothing_left_behind() -> Iterator[None]:
         ],
         "child processes": harness.children(),
         "threads": [thread.name for thread in harness.MADE.threads if thread.is_alive()],
+        "steering tables": sorted(harness.MADE.namespaces & set(steer.tables())),
     }
     assert not any(left.values()), f"left behind: { {k: v for k, v in left.items() if v} }"
 

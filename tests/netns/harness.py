@@ -21,9 +21,11 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +38,7 @@ import boto3
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import netns
+from agent import netns, steer
 from agent.privileged import serving_python_environment
 from demo import guest
 from demo.guest import (
@@ -302,9 +304,13 @@ class AgentProcess:
         # An explicit (minimal) configuration file: a host's /etc/rolecall/agent.toml must not
         # leak into the test. `extra_config`: more TOML tables, appended.
         self.config = workdir / "agent.toml"
+        # The hypervisor's plug socket: one per agent, under /tmp (a socket's path is short).
+        self.plug_directory = Path(tempfile.mkdtemp(prefix="rcplug-", dir="/tmp"))
+        self.plug_socket = self.plug_directory / "plug.sock"
         # The serving process runs as nobody (a real node has its own rolecall-agent user).
         self.config.write_text(
-            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n' + extra_config,
+            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n'
+            f'[hypervisor]\nplug_socket = "{self.plug_socket}"\n' + extra_config,
             encoding="utf-8",
         )
         self.credentials = credentials
@@ -336,6 +342,23 @@ class AgentProcess:
     @property
     def output(self) -> str:
         return self.process.output if self.process is not None else ""
+
+    def command_argv(self, command: str) -> list[str]:
+        """``rolecall-agent COMMAND --socket`` this agent's plug socket (plug, unplug, hook)."""
+        return [str(BIN / "rolecall-agent"), command, "--socket", str(self.plug_socket)]
+
+    def command(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``rolecall-agent ARGV`` (plug, unplug, hook) on this agent's plug socket."""
+        return subprocess.run(
+            [*self.command_argv(argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=daemon_env(),
+        )
+
+    def remove_plug_directory(self) -> None:
+        shutil.rmtree(self.plug_directory, ignore_errors=True)
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, keyed ``name`` or ``name{label="value",...}``."""
@@ -463,6 +486,7 @@ class Cloud:
             self.agent = AgentProcess(
                 self.controller.node_api_url, credentials, self._directory("agent"), agent_config
             )
+            self._cleanup.callback(self.agent.remove_plug_directory)
             self._cleanup.callback(self.agent.stop)
             self.agent.start()
             self.iam = self.controller.client("iam")
@@ -482,7 +506,13 @@ class Cloud:
         self._cleanup.close()
 
     def _remove_instance_namespaces(self) -> None:
+        """The instances' namespaces, and their steering: a steering table outlives its tap
+        (the kernel keeps a netdev chain by its device's name), and the agent, stopped, will not
+        see the tap gone."""
+        steered = set(steer.tables()) if self.instances else set()
         for instance_id in self.instances:
+            if namespace_of(instance_id) in steered:
+                steer.remove(namespace_of(instance_id))
             delete_namespace(namespace_of(instance_id))
 
     # the control plane

@@ -25,6 +25,7 @@ from tests.netns.harness import (
     loopback_addresses,
     namespace_of,
     namespaces,
+    remove_guest,
     unique,
     wait_until,
 )
@@ -52,11 +53,36 @@ def test_terminating_an_instance_removes_the_namespace_the_agent_made(cloud: Clo
     guest = cloud.guest(instance_id)
     assert guest.token()[0] == 200
     assert owned(cloud)[namespace]["created_namespace"] is True
+    remove_guest(guest)  # its veth's end is in the namespace: see the next test
 
     cloud.ec2.terminate_instances(InstanceIds=[instance_id])
     wait_until(lambda: namespace not in namespaces(), 10, f"{namespace} to be removed")
-    assert guest.token(max_time=1)[0] == 0  # nothing answers: the guest's link went with it
     assert cloud.agent.metrics()["rolecall_agent_instances"] == 0
+    assert namespace not in owned(cloud)
+
+
+def test_a_namespace_the_agent_made_is_left_in_place_while_it_holds_a_guests_link(
+    cloud: Cloud,
+) -> None:
+    """Issue 13, item 3: removing it would destroy the link (a VM's tap, here a guest's veth
+    end). It stays, without the address, recorded as released, and goes at the first
+    reconcile once the link is gone."""
+    instance_id = cloud.launch()
+    namespace = namespace_of(instance_id)
+    guest = cloud.guest(instance_id)
+    assert guest.token()[0] == 200
+
+    cloud.ec2.terminate_instances(InstanceIds=[instance_id])
+    assert cloud.agent.process is not None
+    cloud.agent.process.wait_for(f"left namespace {namespace} in place: it holds link rcv", 10)
+    assert netns.exists(namespace)
+    assert guest.token(max_time=1)[0] == 0  # nothing answers: no address, no socket
+    assert METADATA_ADDRESS not in loopback_addresses(namespace)
+    assert netns.OwnershipRecord(cloud.agent.ownership_file).load()[namespace].released
+
+    remove_guest(guest)
+    cloud.wait_served(cloud.launch())  # a reconcile
+    wait_until(lambda: namespace not in namespaces(), 10, f"{namespace} to be removed")
     assert namespace not in owned(cloud)
 
 
@@ -78,6 +104,7 @@ def test_a_restarted_agent_adopts_its_namespace_and_still_removes_it_on_terminat
     assert guest.get(INSTANCE_ID_PATH, token) == (200, instance_id)
     assert loopback_addresses(namespace).count(METADATA_ADDRESS) == 1
 
+    remove_guest(guest)
     cloud.ec2.terminate_instances(InstanceIds=[instance_id])
     # The ownership file says the agent made it, so it goes even though this agent adopted it.
     wait_until(lambda: namespace not in namespaces(), 10, f"{namespace} to be removed")

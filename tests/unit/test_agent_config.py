@@ -432,3 +432,21 @@ def test_the_upstream_settings_reach_the_serving_process_unchanged() -> None:
     for text in (URLS, URLS + UPSTREAM):
         parsed = agent_config_from_string(text)
         assert config_from_wire(json.loads(json.dumps(config_to_wire(parsed)))) == parsed
+
+
+def test_the_plug_socket_defaults_to_the_runtime_directory_and_can_be_moved() -> None:
+    assert agent_config_from_string(URLS).plug_socket == Path("/run/rolecall-agent/plug.sock")
+    moved = agent_config_from_string(URLS + '[hypervisor]\nplug_socket = "/run/x/p.sock"\n')
+    assert moved.plug_socket == Path("/run/x/p.sock")
+    assert config_from_wire(json.loads(json.dumps(config_to_wire(moved)))) == moved
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [('"relative.sock"', "relative.sock"), ('"/' + "a" * 107 + '"', "108 bytes"), ("7", "7")],
+)
+def test_a_plug_socket_that_cannot_be_a_socket_path_is_refused_naming_the_key(
+    value: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"hypervisor\.plug_socket: .*" + re.escape(shown)):
+        agent_config_from_string(URLS + f"[hypervisor]\nplug_socket = {value}\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.netns import NamespaceError, Ownership, OwnershipRecord
+from agent.netns import NamespaceError, Ownership, OwnershipRecord, Plug
 
 MADE = Ownership("rc-i-1", created_namespace=True, added_address=True)
 ADOPTED = Ownership("rc-i-2", created_namespace=False, added_address=True)
@@ -107,3 +107,36 @@ def test_a_damaged_line_before_the_last_is_an_error_naming_the_file(tmp_path: Pa
     record.remember(ADOPTED)
     with pytest.raises(NamespaceError, match=r"namespaces\.json\.journal:2"):
         OwnershipRecord(record.path).load()
+
+
+def test_plugs_and_released_namespaces_survive_a_restart_and_the_list_reads_as_before(
+    tmp_path: Path,
+) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    released = Ownership("rc-i-4", created_namespace=True, added_address=True, released=True)
+    record.remember(released)
+    record.plug(Plug("rc-i-4", "vnet4", 14))
+    record.plug(Plug("rc-i-5", "vnet5", 15))
+    record.unplug("rc-i-5")
+    restarted = OwnershipRecord(record.path)  # from the journal
+    assert restarted.load() == {"rc-i-4": released}
+    assert restarted.plugs == {"rc-i-4": Plug("rc-i-4", "vnet4", 14)}
+    restarted.save({"rc-i-4": released, MADE.namespace: MADE})
+    again = OwnershipRecord(record.path)  # from the saved lists
+    assert again.load() == {"rc-i-4": released, MADE.namespace: MADE}
+    assert again.plugs == {"rc-i-4": Plug("rc-i-4", "vnet4", 14)}
+    # An entry that is not released reads exactly as before the field existed.
+    assert {"namespace": MADE.namespace, "created_namespace": True, "added_address": True} in (
+        listed(record.path)
+    )
+
+
+def test_a_record_written_before_plugs_existed_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "namespaces.json"
+    path.write_text(
+        json.dumps([{"namespace": "rc-i-1", "created_namespace": True, "added_address": True}])
+    )
+    record = OwnershipRecord(path)
+    assert record.load() == {MADE.namespace: MADE}
+    assert record.plugs == {}

@@ -11,6 +11,7 @@ import socket
 import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from agent import channel
 from agent.kept import MAX_ENTRY_BYTES, InstanceFiles
-from agent.netns import Ownership, OwnershipRecord
+from agent.netns import Ownership, OwnershipRecord, Plug
 from agent.privileged import Broker
 from common.notify import Notifier
 
@@ -46,6 +47,47 @@ class FakeNamespaces:
         return "link tap7" if name == "rc-i-00000002" else None
 
 
+@dataclass(frozen=True)
+class FakeLink:
+    index: int
+    kind: str = "tun"
+
+
+class FakeSteering:
+    """The host's links and the steering tables, in memory."""
+
+    def __init__(self) -> None:
+        self.host_links: dict[str, FakeLink] = {"lo": FakeLink(1, ""), "vnet0": FakeLink(10)}
+        self.installed: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def links(self) -> dict[str, int]:
+        return {name: link.index for name, link in self.host_links.items()}
+
+    def link_kind(self, name: str) -> str | None:
+        found = self.host_links.get(name)
+        return found.kind if found is not None else None
+
+    def link_index(self, name: str) -> int | None:
+        found = self.host_links.get(name)
+        return found.index if found is not None else None
+
+    def install(self, namespace: str, tap: str) -> None:
+        self.calls.append(("install", namespace))
+        self.installed[namespace] = tap
+
+    def ensure_veth(self, namespace: str) -> bool:
+        self.calls.append(("ensure_veth", namespace))
+        return namespace not in self.installed  # made now unless its steering is there
+
+    def remove(self, namespace: str) -> None:
+        self.calls.append(("remove", namespace))
+        self.installed.pop(namespace, None)
+
+    def tables(self) -> list[str]:
+        return sorted(self.installed)
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Broker:
     return Broker(
@@ -54,6 +96,7 @@ def broker(tmp_path: Path) -> Broker:
         Notifier(None),
         FakeNamespaces(),
         kept=InstanceFiles(tmp_path / "instances", print),
+        steering=FakeSteering(),
     )
 
 
@@ -72,6 +115,7 @@ VALID = [
     {"op": "notify", "ready": True, "status": "serving 3 instances", "stopping": False},
     {"op": "keep", "instance": "i-0123456789abcdef0", "entry": "{}"},
     {"op": "forget", "instance": "i-01234567"},
+    {"op": "unplug", "netns": "rc-i-01234567", "tap": ""},
 ]
 REFUSED = [
     ({"op": "prepare", "netns": "../../etc/nologin"}, "namespace name"),
@@ -104,6 +148,17 @@ REFUSED = [
     ({"op": "remove_orphan", "netns": "../rc-x"}, "namespace name"),
     ({"op": "unlink", "path": "/etc/nologin"}, "unknown operation"),
     ({"netns": "rc-x"}, "unknown operation"),
+    ({"op": "plug", "netns": "rc-x", "tap": "lo"}, "loopback"),
+    ({"op": "plug", "netns": "rc-x", "tap": "rcv0123456789ab"}, "agent's own veth"),
+    ({"op": "plug", "netns": "rc-x", "tap": "imds0"}, "agent's own veth"),
+    ({"op": "plug", "netns": "rc-x", "tap": "a/b"}, "not an interface name"),
+    ({"op": "plug", "netns": "rc-x", "tap": "x" * 16}, "not an interface name"),
+    ({"op": "plug", "netns": "rc-x", "tap": 'v"; flush ruleset'}, "not an interface name"),
+    ({"op": "plug", "netns": "rc-x", "tap": ""}, "not an interface name"),
+    ({"op": "plug", "netns": "rc-x", "tap": "vnet9"}, "no link vnet9"),
+    ({"op": "plug", "netns": "../x", "tap": "vnet0"}, "namespace name"),
+    ({"op": "plug", "netns": "rc-x"}, "exactly the fields"),
+    ({"op": "unplug", "netns": "rc-x", "tap": "a b"}, "not an interface name"),
     (["prepare", "rc-x"], "not a JSON object"),
 ]
 
@@ -116,6 +171,8 @@ def test_a_well_formed_request_is_answered_ok(broker: Broker, message: dict[str,
 def ask_fields(message: dict[str, Any]) -> dict[str, Any]:
     if message["op"] == "prepare":
         return {"created_namespace": True, "added_address": True}
+    if message["op"] == "unplug":
+        return {"state": "unplugged"}
     return {}
 
 
@@ -319,3 +376,171 @@ def test_the_hello_carries_the_upstream_secret_read_by_root_and_none_without_one
     assert bytes.fromhex(first["upstream_secret"]) == b"n0va-s3cret"
     assert config_from_wire(first["config"]) == forwarding
     assert "n0va-s3cret" not in json.dumps(first["config"])  # the file's name only
+
+
+# -- plugs: a VM's tap steered into its instance's namespace -----------------------------------
+
+
+def steering(broker: Broker) -> FakeSteering:
+    return broker._steering  # type: ignore[no-any-return]
+
+
+PLUG = {"op": "plug", "netns": "rc-i-01234567", "tap": "vnet0"}
+
+
+def test_a_plug_before_the_namespace_is_prepared_is_pending_then_steered_at_prepare(
+    broker: Broker,
+) -> None:
+    assert ask(broker, PLUG) == {"ok": True, "state": "pending"}
+    assert steering(broker).installed == {}
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
+    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}  # the same plug: nothing to do
+    assert steering(broker).calls.count(("install", "rc-i-01234567")) == 1
+
+
+def test_a_plug_after_prepare_steers_at_once_and_is_recorded(
+    broker: Broker, tmp_path: Path
+) -> None:
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    assert record.plugs["rc-i-01234567"].tap == "vnet0"
+    assert record.plugs["rc-i-01234567"].tap_index == 10
+
+
+def test_a_tap_plugged_for_one_namespace_is_refused_for_another(broker: Broker) -> None:
+    assert ask(broker, PLUG)["ok"]
+    answer = ask(broker, {**PLUG, "netns": "rc-i-89abcdef"})
+    assert answer["ok"] is False and "plugged for namespace rc-i-01234567" in answer["error"]
+
+
+@pytest.mark.parametrize(("kind", "said"), [("", "a physical"), ("bridge", "a bridge")])
+def test_a_link_that_is_no_tap_veth_or_macvtap_is_refused(
+    broker: Broker, kind: str, said: str
+) -> None:
+    steering(broker).host_links["eth0"] = FakeLink(2, kind)
+    answer = ask(broker, {**PLUG, "tap": "eth0"})
+    assert answer["ok"] is False and f"eth0 is {said} device" in answer["error"]
+    assert steering(broker).installed == {} and broker.plugs == {}
+
+
+def test_an_agent_veth_end_is_refused_as_a_tap_even_if_it_exists(broker: Broker) -> None:
+    # (refused by its name's form, which no VM's tap has, whatever the link is)
+    steering(broker).host_links["rcv0123456789ab"] = FakeLink(30, "veth")
+    answer = ask(broker, {**PLUG, "tap": "rcv0123456789ab"})
+    assert answer["ok"] is False and "agent's own" in answer["error"]
+
+
+def test_unplug_and_release_remove_the_steering_and_release_keeps_the_plug(
+    broker: Broker, tmp_path: Path
+) -> None:
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    ask(broker, PLUG)
+    assert ask(broker, {"op": "release", "netns": "rc-i-01234567"}) == {"ok": True}
+    assert steering(broker).installed == {}
+    assert "rc-i-01234567" in broker.plugs  # steered again if the instance comes back
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
+    assert ask(broker, {"op": "unplug", "netns": "rc-i-01234567", "tap": "vnet0"}) == {
+        "ok": True,
+        "state": "unplugged",
+    }
+    assert steering(broker).installed == {} and broker.plugs == {}
+
+
+def test_an_unplug_naming_another_tap_leaves_the_plug(broker: Broker) -> None:
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    ask(broker, PLUG)
+    steering(broker).host_links["vnet1"] = FakeLink(11)
+    answer = ask(broker, {"op": "unplug", "netns": "rc-i-01234567", "tap": "vnet1"})
+    assert answer == {"ok": True, "state": "steered"}
+    assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
+
+
+def test_a_tap_that_vanished_or_was_replaced_is_unsteered_and_forgotten_at_compact(
+    broker: Broker,
+) -> None:
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    ask(broker, PLUG)
+    steering(broker).host_links["vnet0"] = FakeLink(99)  # same name, another device
+    assert ask(broker, {"op": "compact"}) == {"ok": True}
+    assert steering(broker).installed == {} and broker.plugs == {}
+
+
+def test_a_replaced_tap_is_not_steered_again_at_prepare(broker: Broker) -> None:
+    ask(broker, PLUG)
+    del steering(broker).host_links["vnet0"]
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    assert steering(broker).installed == {} and broker.plugs == {}
+
+
+def test_leftover_steering_of_the_prefix_is_removed_at_compact_but_not_one_to_adopt(
+    tmp_path: Path,
+) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    record.plug(Plug("rc-i-01234567", "vnet0", 10))
+    record.save({"rc-i-01234567": Ownership("rc-i-01234567", True, True)})
+    fake = FakeSteering()
+    fake.installed = {"rc-i-01234567": "vnet0", "rc-i-0000dead": "vnet5", "other-ns": "vnet6"}
+    broker = Broker(80, record, Notifier(None), FakeNamespaces(), steering=fake)
+    assert ask(broker, {"op": "compact"}) == {"ok": True}
+    # Its own plugged namespace is kept for the prepare to replace; another agent's (another
+    # prefix, not in its record) is not its to remove.
+    assert fake.installed == {"rc-i-01234567": "vnet0", "other-ns": "vnet6"}
+
+
+def test_after_a_restart_the_last_agents_steering_is_adopted_without_nft(tmp_path: Path) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    record.plug(Plug("rc-i-01234567", "vnet0", 10))
+    record.save({"rc-i-01234567": Ownership("rc-i-01234567", True, True)})
+    fake = FakeSteering()
+    fake.installed = {"rc-i-01234567": "vnet0"}
+    broker = Broker(80, record, Notifier(None), FakeNamespaces(), steering=fake)
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert ("install", "rc-i-01234567") not in fake.calls
+    assert ("ensure_veth", "rc-i-01234567") in fake.calls
+    assert ask(broker, PLUG) == {"ok": True, "state": "steered"}
+    # Prepared again (the namespace made again meanwhile): installed whole this time.
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert fake.calls.count(("install", "rc-i-01234567")) == 1
+
+
+class HoldingNamespaces(FakeNamespaces):
+    """A namespace that holds a VM's tap until the test removes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding: str | None = "tap-vm"
+        self.removed: list[str] = []
+
+    def release(self, ownership: Ownership) -> str | None:
+        self.calls.append(("release", ownership.namespace))
+        if self.holding is not None:
+            return self.holding
+        self.removed.append(ownership.namespace)
+        return None
+
+
+def test_a_namespace_holding_a_foreign_link_is_left_released_and_removed_once_empty(
+    tmp_path: Path,
+) -> None:
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    namespaces = HoldingNamespaces()
+    broker = Broker(80, record, Notifier(None), namespaces, steering=FakeSteering())
+    ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})
+    assert ask(broker, {"op": "release", "netns": "rc-i-01234567"}) == {"ok": True}
+    assert broker.owned["rc-i-01234567"].released
+    assert broker.serving_owned() == {}
+    assert ask(broker, {"op": "listen", "netns": "rc-i-01234567", "port": 80})["ok"] is False
+    ask(broker, {"op": "compact"})
+    assert namespaces.removed == [] and "rc-i-01234567" in broker.owned
+    # Kept across a restart as released.
+    assert OwnershipRecord(record.path).load()["rc-i-01234567"].released
+    namespaces.holding = None
+    ask(broker, {"op": "compact"})
+    assert namespaces.removed == ["rc-i-01234567"] and broker.owned == {}
+    assert OwnershipRecord(record.path).load() == {}

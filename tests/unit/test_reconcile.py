@@ -586,6 +586,15 @@ def test_a_valid_seventeen_digit_id_and_a_hypervisors_own_namespace_name_are_ser
     assert node.namespaces.prepared == ["tap_ns.vm-7"]
 
 
+def test_a_plug_names_the_assignments_namespace_or_the_prefix_and_id_before_one_comes(
+    node: Node,
+) -> None:
+    assert node.agent.namespace_of("i-0123456789abcdef0") == "rc-i-0123456789abcdef0"
+    node.answer(dict(assignment(0), instance_id="i-0123456789abcdef0", netns="tap_ns.vm-7"))
+    node.turn()
+    assert node.agent.namespace_of("i-0123456789abcdef0") == "tap_ns.vm-7"
+
+
 # -- what the agent keeps across its restart, and what it finds when it starts ---------------
 
 

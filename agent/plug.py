@@ -1,0 +1,176 @@
+"""The plug socket: where the hypervisor names each VM's tap (``rolecall-agent plug``,
+``unplug`` and ``hook``), and the agent answers whether its metadata service is steered there.
+
+One JSON line asks, one JSON line answers, then the agent closes the connection:
+``{"op": "plug"|"unplug", "instance": "i-…", "tap": "vnet0"}`` (``"tap": ""`` in an unplug: whatever
+is plugged) → ``{"ok": true, "state": "steered"|"pending"|"unplugged", "namespace": "rc-i-…"}``
+or ``{"ok": false, "error": "…"}``. "pending": recorded, steered once the instance's namespace
+is prepared (its assignment may come later, as on a live migration's destination).
+
+The root process binds the socket (`bind`, 0600, root's) and hands it to the serving process,
+which answers on it (`agent.plugserver`) and forwards each request to the root process (the
+broker checks everything again). `decode_request` is pure; `ask` is the client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.names import InvalidName, check_instance_id
+from agent.steer import InvalidTap, check_tap
+
+#: The longest request line taken (a request is well under 200 bytes).
+MAX_LINE_BYTES = 1024
+#: How long the agent waits for a connected client's request.
+IDLE_SECONDS = 5.0
+#: How long a client waits for the whole exchange (a libvirt hook must never hang).
+CLIENT_TIMEOUT_SECONDS = 4.0
+OPERATIONS = ("plug", "unplug")
+
+
+class PlugRefused(ValueError):
+    """A request the agent does not take; the message says why."""
+
+
+class PlugSocketError(Exception):
+    """The plug socket cannot be made or reached; the message names it."""
+
+
+@dataclass(frozen=True)
+class PlugRequest:
+    op: str
+    instance_id: str
+    #: The tap; "" in an unplug for whichever is plugged.
+    tap: str
+
+
+def decode_request(line: bytes) -> PlugRequest:
+    """The request in one line, or PlugRefused saying why."""
+    if len(line) > MAX_LINE_BYTES:
+        raise PlugRefused(f"request over {MAX_LINE_BYTES} bytes")
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise PlugRefused("request is not a JSON line") from None
+    if not isinstance(message, dict) or set(message) != {"op", "instance", "tap"}:
+        raise PlugRefused('request must be {"op": ..., "instance": ..., "tap": ...}')
+    op, instance, tap = message["op"], message["instance"], message["tap"]
+    if op not in OPERATIONS:
+        raise PlugRefused(f"op must be plug or unplug (got {str(op)[:20]!r})")
+    try:
+        check_instance_id(instance)
+        if not (op == "unplug" and tap == ""):
+            check_tap(tap)
+    except (InvalidName, InvalidTap) as error:
+        raise PlugRefused(str(error)) from None
+    return PlugRequest(op, instance, tap)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+# -- the root process: make the socket -----------------------------------------------------------
+
+
+def bind(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, 0600 and root's (the caller is root), its directory
+    made 0755 if missing. A socket file left by a dead agent is replaced; one a live agent
+    listens on is not (PlugSocketError: two agents would steal each other's hypervisor)."""
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(found.st_mode):
+                raise PlugSocketError(f"{path} exists and is not a socket; not replacing it")
+            if _answers(path):
+                raise PlugSocketError(f"another process listens on {path} (another agent?)")
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            previous = os.umask(0o177)  # made 0600 from the start, never wider
+            try:
+                server.bind(str(path))
+            finally:
+                os.umask(previous)
+            os.chmod(path, 0o600)
+            server.listen(64)
+        except BaseException:
+            server.close()
+            raise
+    except OSError as error:
+        raise PlugSocketError(f"cannot make the plug socket {path}: {error}") from error
+    return server
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+# -- the hypervisor's side: ask ------------------------------------------------------------------
+
+
+def ask(
+    path: Path, op: str, instance_id: str, tap: str, timeout: float = CLIENT_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """Send one request to the agent at `path` and return its answer (a dict with "ok"); the
+    whole exchange bounded by `timeout`. PlugSocketError when the agent cannot be reached or
+    does not answer in time."""
+    deadline = time.monotonic() + timeout
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        client.settimeout(timeout)
+        try:
+            client.connect(str(path))
+            client.sendall(encode({"op": op, "instance": instance_id, "tap": tap}))
+            received = b""
+            while not received.endswith(b"\n") and len(received) <= MAX_LINE_BYTES * 4:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                client.settimeout(left)
+                data = client.recv(4096)
+                if not data:
+                    break
+                received += data
+        except FileNotFoundError:
+            raise PlugSocketError(
+                f"no agent socket at {path} (is rolecall-agent running?)"
+            ) from None
+        except ConnectionRefusedError:
+            raise PlugSocketError(
+                f"nothing listens on {path} (is rolecall-agent running?)"
+            ) from None
+        except PermissionError:
+            raise PlugSocketError(f"{path}: permission denied (run as root)") from None
+        except TimeoutError:
+            raise PlugSocketError(f"the agent did not answer on {path} in {timeout:g} s") from None
+        except OSError as error:
+            raise PlugSocketError(f"cannot talk to the agent on {path}: {error}") from None
+    finally:
+        client.close()
+    try:
+        answer = json.loads(received.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise PlugSocketError(f"the agent's answer on {path} is not JSON") from None
+    if not isinstance(answer, dict) or "ok" not in answer:
+        raise PlugSocketError(f"the agent's answer on {path} is not an answer")
+    return answer
