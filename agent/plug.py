@@ -40,7 +40,12 @@ class PlugRefused(ValueError):
 
 
 class PlugSocketError(Exception):
-    """The plug socket cannot be made or reached; the message names it."""
+    """The plug socket cannot be made or reached; the message names it. `unreachable`: no agent
+    listens there (no socket, or refused), as opposed to one that failed to answer."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ def _connected(path: Path, deadline: float, timeout: float) -> socket.socket:
             raise PlugSocketError(f"cannot talk to the agent on {path}: {error}") from None
         client.close()
         if time.monotonic() + RETRY_SECONDS >= deadline:
-            raise PlugSocketError(f"{problem}; tried for {timeout:g} s")
+            raise PlugSocketError(f"{problem}; tried for {timeout:g} s", unreachable=True)
         time.sleep(RETRY_SECONDS)
 
 
@@ -194,3 +199,78 @@ def ask(
     if not isinstance(answer, dict) or "ok" not in answer:
         raise PlugSocketError(f"the agent's answer on {path} is not an answer")
     return answer
+
+
+# -- while no agent runs: the spool --------------------------------------------------------------
+
+#: The longest spooled request read back (one request line).
+MAX_SPOOLED_BYTES = MAX_LINE_BYTES
+
+
+def spool_directory(socket_path: Path) -> Path:
+    """Where requests wait while no agent listens: beside the plug socket, root's (0700)."""
+    return socket_path.parent / "plugs.pending"
+
+
+def spool(socket_path: Path, op: str, instance_id: str, tap: str) -> Path:
+    """Keep the request for the agent to take when it starts (`take_spooled`): one file per
+    instance, the last request for it replacing the one before (a plug then an unplug made
+    while the agent was down leave the unplug). Written whole (a temporary file renamed)."""
+    request = decode_request(encode({"op": op, "instance": instance_id, "tap": tap}))
+    directory = spool_directory(socket_path)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = directory / request.instance_id
+        temporary = directory / f".{request.instance_id}.{os.getpid()}"
+        temporary.write_bytes(encode({"op": op, "instance": instance_id, "tap": tap}))
+        os.replace(temporary, target)
+    except OSError as error:
+        raise PlugSocketError(f"cannot keep the request in {directory}: {error}") from error
+    return target
+
+
+def ask_or_spool(
+    path: Path, op: str, instance_id: str, tap: str, timeout: float = CLIENT_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """`ask`; when no agent listens at `path` (stopped, or down for longer than `timeout`), the
+    request is spooled for the agent to take at its start: {"ok": True, "state": "spooled"}."""
+    try:
+        return ask(path, op, instance_id, tap, timeout)
+    except PlugSocketError as error:
+        if not error.unreachable:
+            raise
+        spool(path, op, instance_id, tap)
+        return {"ok": True, "state": "spooled", "why": str(error)}
+
+
+def take_spooled(socket_path: Path) -> tuple[list[PlugRequest], list[str]]:
+    """The requests spooled while no agent ran, oldest first, each file removed as it is read;
+    and one line for each file that was no request (removed too)."""
+    directory = spool_directory(socket_path)
+    try:
+        entries = [entry for entry in os.scandir(directory) if not entry.name.startswith(".")]
+    except FileNotFoundError:
+        return [], []
+    except OSError as error:
+        return [], [f"cannot read {directory}: {error}"]
+    requests: list[PlugRequest] = []
+    problems: list[str] = []
+    for entry in sorted(entries, key=lambda each: each.stat(follow_symlinks=False).st_mtime_ns):
+        try:
+            descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                text = os.read(descriptor, MAX_SPOOLED_BYTES + 1)
+            finally:
+                os.close(descriptor)
+            request = decode_request(text.rstrip(b"\n"))
+            if request.instance_id != entry.name:
+                raise PlugRefused(f"it names {request.instance_id}")
+            requests.append(request)
+        except (OSError, PlugRefused) as error:
+            problems.append(f"ignored spooled request {entry.path}: {error}")
+        finally:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+    return requests, problems

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent import channel
+from agent import plug as plug_module
 from agent.kept import MAX_ENTRY_BYTES, InstanceFiles
 from agent.netns import Ownership, OwnershipRecord, Plug
 from agent.privileged import Broker
@@ -565,3 +566,31 @@ def test_a_namespace_holding_a_foreign_link_is_left_released_and_removed_once_em
     ask(broker, {"op": "compact"})
     assert namespaces.removed == ["rc-i-01234567"] and broker.owned == {}
     assert OwnershipRecord(record.path).load() == {}
+
+
+def test_plugs_spooled_while_no_agent_ran_are_taken_at_start(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The hypervisor's hook ran while the agent was down: its requests were spooled beside the
+    socket. The starting agent takes them (oldest first, the files removed): the plug is known
+    and steered once the namespace is prepared; one naming no link is refused and said."""
+    socket_path = tmp_path / "run" / "plug.sock"
+    plug_module.spool(socket_path, "plug", "i-01234567", "vnet0")
+    plug_module.spool(socket_path, "plug", "i-0000dead", "vnet9")  # no such link
+    broker.take_spooled(socket_path)
+    assert [(plug.namespace, plug.tap) for plug in broker.plugs.values()] == [
+        ("rc-i-01234567", "vnet0")
+    ]
+    assert list(plug_module.spool_directory(socket_path).iterdir()) == []
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
+
+
+def test_a_spooled_unplug_after_a_plug_leaves_nothing_plugged(
+    broker: Broker, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "run" / "plug.sock"
+    assert ask(broker, PLUG)["ok"]
+    plug_module.spool(socket_path, "unplug", "i-01234567", "vnet0")
+    broker.take_spooled(socket_path)
+    assert broker.plugs == {}
