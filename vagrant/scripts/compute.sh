@@ -109,7 +109,8 @@ fi
 # (demo/ is in the project, not in the installed package).
 (cd "$SOURCE" && python3 -m demo.vmguest fetch)
 install -m 0755 "$SOURCE/vagrant/scripts/guest.sh" /usr/local/sbin/rolecall-guest
-if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1; then
+if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1 &&
+    runuser -u libvirt-qemu -- sh -c 'test -r /dev/kvm && test -w /dev/kvm'; then
     echo "Guests on ${name} run with KVM (nested virtualization): sudo rolecall-guest ..."
 else
     echo "Guests on ${name} run with QEMU's TCG (no nested virtualization): sudo rolecall-guest ..."

@@ -22,7 +22,7 @@
 #   ROLECALL_BRIDGE      the guests' bridge (default rcbr0, made by compute.sh)
 set -euo pipefail
 
-readonly SOURCE=/vagrant
+readonly SOURCE=${ROLECALL_SOURCE:-/vagrant}
 readonly BRIDGE=${ROLECALL_BRIDGE:-rcbr0}
 readonly LOGS=/var/log/libvirt/qemu
 # The boot under TCG in a VM without nested virtualization takes tens of seconds.
@@ -56,9 +56,19 @@ if ((EUID != 0)); then
     exit 1
 fi
 
+# KVM works where /dev/kvm exists, libvirt's QEMU offers it, and the user libvirt runs QEMU as
+# (Debian: libvirt-qemu, in group kvm) may open it.
+kvm_usable() {
+    [[ -c /dev/kvm ]] || return 1
+    virsh domcapabilities --virttype kvm >/dev/null 2>&1 || return 1
+    if id libvirt-qemu >/dev/null 2>&1; then
+        runuser -u libvirt-qemu -- sh -c 'test -r /dev/kvm && test -w /dev/kvm' || return 1
+    fi
+}
+
 type=${ROLECALL_GUEST_TYPE:-}
 if [[ -z $type ]]; then
-    if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1; then
+    if kvm_usable; then
         type=kvm
     else
         type=qemu
@@ -87,7 +97,7 @@ fi
 kernel=${image[0]}
 initrd=${image[1]}
 
-if ! ip netns list | grep -qw "rc-$instance"; then
+if [[ ! -e /run/netns/rc-$instance ]]; then
     echo "Note: no namespace rc-$instance here yet: is $instance placed on $(hostname)?" >&2
     echo "The hook plugs the VM anyway; it is steered once the agent serves the instance." >&2
 fi
@@ -175,3 +185,8 @@ fi
 echo "Inside the guest, at boot (from $console_log):"
 sed -n '/@@rc-run-begin/,/@@rc-run-end/p' "$console_log" | tr -d '\r'
 echo "Its console: virsh console $instance (Ctrl-] leaves); stop it: virsh destroy $instance"
+if ! grep -q '@@rc-run-end 0' "$console_log"; then
+    echo "$0: the guest got no credentials: is $instance placed here, and served by the agent" \
+        "(ip netns list; journalctl -u rolecall-agent | grep plug)?" >&2
+    exit 1
+fi
