@@ -93,6 +93,9 @@ VM_TAP_PREFIX = "rcdt-"
 SERVE_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: How long the agent may take to steer or unplug after the hook returned: the hook gives up
+#: after 5 s (libvirt waits for it), the agent goes on (nft takes seconds on a busy machine).
+STEER_TIMEOUT = 30.0
 BOTO3_SCRIPT = """\
 import sys
 
@@ -619,6 +622,24 @@ class Demo:
         self.shell(f"ip link add {bridge} type bridge && ip link set {bridge} up")
         self.shell(f"ip tuntap add dev {tap} mode tap && ip link set {tap} master {bridge} up")
 
+    def _wait_steering(self, namespace: str, steered: bool) -> bool:
+        """Whether `namespace`'s steering (its table and veth) is there (`steered`) or gone,
+        waiting up to STEER_TIMEOUT for it; says so when the agent finished after the hook."""
+        started = time.monotonic()
+
+        def done() -> bool:
+            table = namespace in self._steered()
+            veth = link_exists(steer.host_end(namespace))
+            return (table and veth) if steered else not (table or veth)
+
+        while not done():
+            if time.monotonic() - started > STEER_TIMEOUT:
+                return False
+            time.sleep(0.1)
+        if time.monotonic() - started > 0.5:
+            say(f"(the agent finished {time.monotonic() - started:.1f} s after the hook returned)")
+        return True
+
     @property
     def vm_tap(self) -> str:
         return self.vm_links[0]
@@ -685,7 +706,7 @@ class Demo:
     def show_steering(self) -> None:
         namespace = self.instance_namespace
         table = steer.table_name(namespace)
-        if namespace not in steer.tables():
+        if not self._wait_steering(namespace, steered=True):
             raise Failed(f"the hook did not steer {namespace}: no table {table}")
         say(f"169.254.169.254 and ARP for it, from {self.vm_tap}, go to {namespace} by the veth")
         say(f"{steer.host_end(namespace)} (its other end {steer.INSIDE} inside), and back:")
@@ -781,7 +802,7 @@ class Demo:
         self.vm_hook("release", "end")
         self.vm_plugged = False
         namespace = self.instance_namespace
-        if namespace in steer.tables() or link_exists(steer.host_end(namespace)):
+        if not self._wait_steering(namespace, steered=False):
             raise Failed(f"the steering of {namespace} is still there after `release`")
         say(f"no table {steer.table_name(namespace)}, no veth {steer.host_end(namespace)}:")
         say(f"{namespace} still serves, for the next VM of this instance")
