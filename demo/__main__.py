@@ -667,10 +667,12 @@ class Demo:
         if operation == "started":
             self.write_domain()
             step(f"libvirt's qemu hook `{operation}`: {HOOK.relative_to(REPOSITORY)}")
-            say(f"(on standard input: {DOMAIN_EXAMPLE.relative_to(REPOSITORY)} with this")
-            say(" instance's id, MAC, bridge and tap. libvirt runs it once QEMU has started;")
-            say(" here just before the boot. The demo's agent has its own plug socket: the")
-            say(" hook's `rolecall-agent` is a wrapper that names it)")
+            say(
+                f"(on standard input: {DOMAIN_EXAMPLE.relative_to(REPOSITORY)} with this instance's"
+            )
+            say(" id, MAC, bridge and tap. libvirt runs the hook once QEMU has started; here just")
+            say(" before the boot. The demo's agent has its own plug socket: the hook's")
+            say(" `rolecall-agent` is a wrapper that names it)")
         say(f"$ {HOOK.relative_to(REPOSITORY)} {instance_id} {operation} {suboperation} -"
             f" < {self.vm_domain}")  # fmt: skip
         environment = dict(os.environ)
