@@ -45,9 +45,9 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })
-	# qemu-system-x86: tests/vm boot a real guest with TCG (no KVM needed); without its
-	# recommends (GUI, OVMF, block plugins), about 85 MB. nftables: the agent steers a VM's
-	# metadata traffic into its instance's namespace with nft (docs/decisions.md, issue 13).
+	# qemu-system-x86: tests/vm and `make demo` boot a real guest with TCG (no KVM needed);
+	# without its recommends (GUI, OVMF, block plugins), about 85 MB. nftables: the agent steers
+	# a VM's metadata traffic into its instance's namespace with nft (docs/decisions.md, issue 13).
 	command -v qemu-system-x86_64 >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends qemu-system-x86)
 	command -v nft >/dev/null || \
@@ -60,6 +60,7 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 
 install: $(STAMP)
 
+# A real VM included (the guest built above): skipped, saying why, where QEMU cannot run.
 demo: $(STAMP)
 	$(BIN)/python -m demo
 

@@ -4,8 +4,11 @@ In a temporary directory: a controller on its embedded SQLite store and free loo
 enrolled node and its agent serving instance metadata on port 80 inside each instance's
 namespace; the original design's command lines, verbatim; an instance with the instance
 profile; and a guest namespace linked to the instance's (``agent/guest.py``), inside which curl,
-the aws CLI and boto3 get the role's credentials from 169.254.169.254 alone. Processes,
-namespaces and links are removed on success, on failure, on Ctrl-C and on SIGTERM.
+the aws CLI and boto3 get the role's credentials from 169.254.169.254 alone. Then a real VM
+(`demo.vmguest`: Debian's kernel and busybox under QEMU with TCG) on a tap on a bridge, wired by
+RoleCall's libvirt hook run as libvirt runs it, reads the same; skipped, saying why, where QEMU
+cannot run. Processes, namespaces, links and steering tables are removed on success, on failure,
+on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from xml.etree import ElementTree
 
-from agent import netns
+from agent import netns, steer
+from agent.hook import METADATA_NAMESPACE
 from agent.privileged import serving_python_environment
 from demo.guest import (
     GUEST_PREFIX,
@@ -46,6 +52,17 @@ from demo.guest import (
     serves_tokens,
     unique,
 )
+from demo.vmguest import (
+    GuestImage,
+    Nic,
+    VmError,
+    VmGuest,
+    delete_link,
+    guest_image,
+    link_exists,
+    qemu_problem,
+)
+from demo.vmimage import CACHE_DIR, GuestImageError
 
 BIN = Path(sys.executable).parent
 NODE = "demo-node"
@@ -66,9 +83,19 @@ RUN_LINE = (
 )
 
 IMDS = "http://169.254.169.254"
+REPOSITORY = Path(__file__).resolve().parents[1]
+#: RoleCall's libvirt qemu hook and domain example, as shipped.
+HOOK = REPOSITORY / "libvirt" / "qemu.d" / "rolecall"
+DOMAIN_EXAMPLE = REPOSITORY / "libvirt" / "domain-example.xml"
+#: The demo's bridge and tap (unique names: a test run may run beside another).
+VM_BRIDGE_PREFIX = "rcdb-"
+VM_TAP_PREFIX = "rcdt-"
 SERVE_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: How long the agent may take to steer or unplug after the hook returned: the hook gives up
+#: after 5 s (libvirt waits for it), the agent goes on (nft takes seconds on a busy machine).
+STEER_TIMEOUT = 30.0
 BOTO3_SCRIPT = """\
 import sys
 
@@ -260,6 +287,12 @@ class Demo:
         self.relay_url = ""
         self.summary: dict[str, str] = {}
         self.mac = ""
+        self.private_ip = ""
+        # The real VM's step: what it made, for clean_up.
+        self.vm_links: list[str] = []  # the tap, then the bridge
+        self.vm: VmGuest | None = None
+        self.vm_plugged = False
+        self.vm_domain = workdir / "domain.xml"
 
     # helpers
 
@@ -312,6 +345,7 @@ class Demo:
         self.metadata_with_curl()
         self.aws_cli()
         self.boto3()
+        self.real_vm()
 
     def start_controller(self) -> None:
         step("rolecall-controller init: a temporary state directory, SQLite store, account, key")
@@ -435,11 +469,14 @@ class Demo:
     def make_guest(self) -> None:
         self.guest_name = unique(GUEST_PREFIX)
         step(f"a guest: namespace {self.guest_name}, a stand-in for the instance's VM")
-        self.mac = self.shell(
+        described = self.shell(
             f"aws ec2 describe-instances --instance-ids {self.instance_ids[0]}"
-            " --query 'Reservations[0].Instances[0].NetworkInterfaces[0].MacAddress'"
-            " --output text"
-        ).strip()
+            " --query 'Reservations[0].Instances[0].NetworkInterfaces[0].[MacAddress,"
+            "PrivateIpAddress]' --output text"
+        ).split()
+        if len(described) != 2:
+            raise Failed(f"describe-instances gave no MAC and address: {described}")
+        self.mac, self.private_ip = described
         self.guest = make_guest(
             self.instance_namespace, self.workdir, name=self.guest_name, mac=self.mac
         )
@@ -527,6 +564,253 @@ class Demo:
         if "AccessDenied" not in output:
             raise Failed("create_role was not denied with AccessDenied")
 
+    # the real VM
+
+    def real_vm(self) -> None:
+        """The same instance as a real VM: a bridge and a tap, the libvirt hook's ``started``,
+        QEMU, the credentials read inside it, then ``stopped`` and ``release``."""
+        problem = self._vm_problem()
+        if problem is not None:
+            step("a real VM: skipped, this machine cannot run one")
+            say(problem)
+            self.summary["vm"] = f"the real VM was skipped: {problem}"
+            return
+        self.drop_stand_in()
+        image = self.vm_image()
+        self.vm_network()
+        self.vm_hook("started", "begin")
+        self.show_steering()
+        self.boot_vm(image)
+        credentials = self.vm_metadata()
+        self.vm_caller_identity(credentials)
+        self.stop_vm()
+
+    @staticmethod
+    def _vm_problem() -> str | None:
+        try:
+            return qemu_problem()
+        except VmError as error:  # no QEMU at all (`make install` installs it)
+            return str(error)
+
+    def drop_stand_in(self) -> None:
+        step("the stand-in guest goes: a real VM takes its place")
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        if self.guest_name and netns.exists(self.guest_name):
+            delete_namespace(self.guest_name)
+            say(f"removed the guest's namespace {self.guest_name} (and its veth pair)")
+
+    def vm_image(self) -> GuestImage:
+        step(f"a real VM's image: Debian's kernel and busybox, cached in {CACHE_DIR}")
+        started = time.monotonic()
+        try:
+            image = guest_image(log=lambda message: say(f"({message})"))
+        except GuestImageError as error:
+            raise Failed(f"the VM's image could not be made: {error}") from None
+        versions = ", ".join(f"{name} {version}" for name, version in image.packages.items())
+        say(f"{versions}; kernel {image.kernel_kind} ({time.monotonic() - started:.1f} s)")
+        return image
+
+    def vm_network(self) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        bridge, tap = f"{VM_BRIDGE_PREFIX}{suffix}", f"{VM_TAP_PREFIX}{suffix}"
+        step(f"the cloud's network: bridge {bridge}, and the VM's tap {tap} on it")
+        say("(as libvirt makes them for <interface type='bridge'>; the tap stays on the bridge)")
+        # Recorded before they exist: clean_up removes whichever were made.
+        self.vm_links += [tap, bridge]
+        self.shell(f"ip link add {bridge} type bridge && ip link set {bridge} up")
+        self.shell(f"ip tuntap add dev {tap} mode tap && ip link set {tap} master {bridge} up")
+
+    def _wait_steering(self, namespace: str, steered: bool) -> bool:
+        """Whether `namespace`'s steering (its table and veth) is there (`steered`) or gone,
+        waiting up to STEER_TIMEOUT for it; says so when the agent finished after the hook."""
+        started = time.monotonic()
+
+        def done() -> bool:
+            table = namespace in self._steered()
+            veth = link_exists(steer.host_end(namespace))
+            return (table and veth) if steered else not (table or veth)
+
+        while not done():
+            if time.monotonic() - started > STEER_TIMEOUT:
+                return False
+            time.sleep(0.1)
+        if time.monotonic() - started > 0.5:
+            say(f"(the agent finished {time.monotonic() - started:.1f} s after the hook returned)")
+        return True
+
+    @property
+    def vm_tap(self) -> str:
+        return self.vm_links[0]
+
+    def write_domain(self) -> None:
+        """libvirt/domain-example.xml with this instance's id, MAC, bridge and tap."""
+        ElementTree.register_namespace("rolecall", METADATA_NAMESPACE)
+        domain = ElementTree.parse(DOMAIN_EXAMPLE).getroot()  # noqa: S314 - the shipped file
+        instance_id = self.instance_ids[0]
+        domain.set("type", "qemu")  # TCG, as booted below
+        _element(domain, "name").text = instance_id
+        metadata = _element(domain, f"metadata/{{{METADATA_NAMESPACE}}}instance")
+        metadata.set("id", instance_id)
+        metadata.set("mac", self.mac)
+        interface = _element(domain, "devices/interface")
+        _element(interface, "mac").set("address", self.mac)
+        _element(interface, "source").set("bridge", self.vm_links[1])
+        _element(interface, "target").set("dev", self.vm_tap)
+        ElementTree.ElementTree(domain).write(self.vm_domain, encoding="unicode")
+
+    def vm_hook(self, operation: str, suboperation: str) -> str:
+        """RoleCall's libvirt hook, run as libvirt runs it (the domain's XML on standard input);
+        its standard error (what it did)."""
+        instance_id = self.instance_ids[0]
+        if operation == "started":
+            self.write_domain()
+            step(f"libvirt's qemu hook `{operation}`: {HOOK.relative_to(REPOSITORY)}")
+            say(
+                f"(on standard input: {DOMAIN_EXAMPLE.relative_to(REPOSITORY)} with this instance's"
+            )
+            say(" id, MAC, bridge and tap. libvirt runs the hook once QEMU has started; here just")
+            say(" before the boot. The demo's agent has its own plug socket: the hook's")
+            say(" `rolecall-agent` is a wrapper that names it)")
+        say(f"$ {HOOK.relative_to(REPOSITORY)} {instance_id} {operation} {suboperation} -"
+            f" < {self.vm_domain}")  # fmt: skip
+        environment = dict(os.environ)
+        environment["PATH"] = f"{self._hook_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
+        with self.vm_domain.open("rb") as domain:
+            result = subprocess.run(
+                [str(HOOK), instance_id, operation, suboperation, "-"],
+                stdin=domain, capture_output=True, text=True, timeout=30, env=environment,
+            )  # fmt: skip
+        say(result.stdout + result.stderr)
+        if operation == "started":
+            self.vm_plugged = True
+        if result.returncode != 0:
+            raise Failed(f"the hook `{operation}` exited {result.returncode}")
+        return result.stderr
+
+    def _hook_bin(self) -> Path:
+        """A directory whose ``rolecall-agent`` is the real one with the demo's plug socket."""
+        directory = self.workdir / "hook-bin"
+        wrapper = directory / "rolecall-agent"
+        if not wrapper.exists():
+            directory.mkdir(exist_ok=True)
+            socket = shlex.quote(str(self.workdir / "plug.sock"))
+            wrapper.write_text(
+                "#!/bin/sh\n# The demo's agent: its own plug socket, never a host agent's.\n"
+                f"command=$1\nshift\nexec {shlex.quote(str(BIN / 'rolecall-agent'))}"
+                f' "$command" --socket {socket} "$@"\n',
+                "utf-8",
+            )
+            wrapper.chmod(0o755)
+        return directory
+
+    def show_steering(self) -> None:
+        namespace = self.instance_namespace
+        table = steer.table_name(namespace)
+        if not self._wait_steering(namespace, steered=True):
+            raise Failed(f"the hook did not steer {namespace}: no table {table}")
+        say(f"169.254.169.254 and ARP for it, from {self.vm_tap}, go to {namespace} by the veth")
+        say(f"{steer.host_end(namespace)} (its other end {steer.INSIDE} inside), and back:")
+        self.shell(f"nft list table netdev {table}")
+
+    def boot_vm(self, image: GuestImage) -> None:
+        address = f"{self.private_ip}/16"
+        step(f"the VM boots: QEMU with TCG (no KVM needed), on {self.vm_tap}, MAC {self.mac}")
+        say(f"(its /init sets {address}, the instance's private address, on the NIC with that MAC)")
+        vm = VmGuest(image, [Nic(self.vm_tap, mac=self.mac, address=address)])
+        self.vm = vm
+        try:
+            vm.boot()
+        except VmError as error:
+            first, _, rest = str(error).partition("\n")
+            say(rest)
+            raise Failed(first) from None
+        status, shown = vm.run("ip -o -4 addr show eth0; ip route")
+        say(f"booted in {vm.boot_seconds:.1f} s; inside:")
+        # ip -o ends each address with "\ valid_lft …": only what comes before.
+        say("\n".join(" ".join(line.split("\\")[0].split()) for line in shown.splitlines()))
+        if status != 0:
+            raise Failed(f"the VM could not show its address (exit {status})")
+
+    def _vm_imds(self, shown: str, command: str, show: Callable[[str], str] = str) -> str:
+        """`command` (the guest's /bin/imds) in the VM, printed as `shown`; its body."""
+        assert self.vm is not None, "no VM yet"
+        say(f"$ {shown}")
+        status, output = self.vm.run(command, timeout=15)
+        code, _, body = output.partition("\n")
+        say(f"{code}\n{show(body)}")
+        if status != 0 or code != "200":
+            raise Failed(f"`{shown}` in the VM answered {code or 'nothing'} (exit {status})")
+        return body
+
+    def vm_metadata(self) -> dict[str, str]:
+        step("inside the VM: IMDSv2 with busybox (the guest's /bin/imds, one request with nc)")
+        token = self._vm_imds("imds token 21600", "imds token 21600", mask).strip()
+        say("(kept as $TOKEN)")
+        base = "/latest/meta-data/iam"
+        quoted = shlex.quote(token)
+        info = json.loads(self._vm_imds(f"imds get {base}/info $TOKEN",
+                                        f"imds get {base}/info {quoted}"))  # fmt: skip
+        if info.get("Code") != "Success" or not info.get("InstanceProfileArn"):
+            raise Failed("iam/info did not name the instance profile in the VM")
+        path = f"{base}/security-credentials/{ROLE}"
+        credentials = json.loads(
+            self._vm_imds(f"imds get {path} $TOKEN", f"imds get {path} {quoted}", mask_credentials)
+        )
+        if credentials.get("Code") != "Success":
+            raise Failed(f"no credentials for {ROLE} in the VM: {credentials.get('Code')}")
+        return {str(key): str(value) for key, value in credentials.items()}
+
+    def vm_caller_identity(self, credentials: dict[str, str]) -> None:
+        step("on this host: whose credentials the VM read (STS, with them alone)")
+        environment = {key: value for key, value in self.tools_env.items() if key[:4] != "AWS_"}
+        environment.update(
+            AWS_ACCESS_KEY_ID=credentials["AccessKeyId"],
+            AWS_SECRET_ACCESS_KEY=credentials["SecretAccessKey"],
+            AWS_SESSION_TOKEN=credentials["Token"],
+            AWS_ENDPOINT_URL=self.api_url,
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        say(
+            f"$ AWS_ACCESS_KEY_ID={credentials['AccessKeyId']}"
+            f" AWS_SECRET_ACCESS_KEY={mask(credentials['SecretAccessKey'])}"
+            f" AWS_SESSION_TOKEN={mask(credentials['Token'])} aws sts get-caller-identity"
+        )
+        result = subprocess.run(
+            ["aws", "sts", "get-caller-identity"],
+            env=environment, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        say(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise Failed(
+                f"sts get-caller-identity with the VM's credentials failed: {result.returncode}"
+            )
+        arn = str(json.loads(result.stdout).get("Arn", ""))
+        if not arn.endswith(f":assumed-role/{ROLE}/{self.instance_ids[0]}"):
+            raise Failed(f"the VM's credentials are {arn!r}, not the instance's session")
+        self.summary["vm"] = (
+            f"a real VM (QEMU) on tap {self.vm_tap}, wired by the libvirt hook, read them too"
+        )
+
+    def stop_vm(self) -> None:
+        step("the VM stops: libvirt's hooks `stopped` and `release` unplug it")
+        assert self.vm is not None, "no VM yet"
+        self.vm.close()
+        say(f"QEMU stopped (exit status {self.vm.process.returncode if self.vm.process else '?'})")
+        self.vm_hook("stopped", "end")
+        self.vm_hook("release", "end")
+        self.vm_plugged = False
+        namespace = self.instance_namespace
+        if not self._wait_steering(namespace, steered=False):
+            raise Failed(f"the steering of {namespace} is still there after `release`")
+        say(f"no table {steer.table_name(namespace)}, no veth {steer.host_end(namespace)}:")
+        say(f"{namespace} still serves, for the next VM of this instance")
+        tap, bridge = self.vm_links
+        self.shell(f"ip link del {tap} && ip link del {bridge}")
+
     # cleaning up
 
     def clean_up(self, failed: bool) -> list[str]:
@@ -545,6 +829,14 @@ class Demo:
         if self.guest_name and netns.exists(self.guest_name):
             attempt("removing the guest", functools.partial(delete_namespace, self.guest_name))
             say(f"removed the guest's namespace {self.guest_name} (and its veth pair)")
+        if self.vm is not None and self.vm.process is not None:
+            attempt("stopping the VM", self._stop_vm)
+        if self.vm_plugged and self.agent is not None and self.agent.running:
+            attempt("the hook's release", functools.partial(self.vm_hook, "release", "end"))
+        for link in self.vm_links:
+            if link_exists(link):
+                attempt(f"removing {link}", functools.partial(delete_link, link))
+                say(f"removed {link}")
         if self.launched and self.controller is not None and self.controller.running:
             attempt("terminating the instances", self._terminate)
         for name, daemon in (("agent", self.agent), ("controller", self.controller)):
@@ -562,12 +854,41 @@ class Demo:
         left = sorted(leftovers & namespaces())
         if left:
             problems.append(f"namespaces left: {', '.join(left)}")
+        steered = {f"rc-{instance_id}" for instance_id in self.instance_ids} | leftovers
+        for name in sorted(steered):  # the agent removes them; were it killed, they would stay
+            if name in self._steered() or link_exists(steer.host_end(name)):
+                attempt(f"removing the steering of {name}", functools.partial(steer.remove, name))
+                say(f"removed the steering of {name}, which was left")
+        left = sorted(
+            name for name in steered
+            if name in self._steered() or link_exists(steer.host_end(name))
+        )  # fmt: skip
+        if left:
+            problems.append(f"steering left: {', '.join(left)}")
+        for link in self.vm_links:
+            if link_exists(link):
+                problems.append(f"link left: {link}")
         if failed:
             for daemon in (self.controller, self.agent):
                 if daemon is not None and daemon.lines:
                     say(f"the last lines of {daemon.log_path}:")
                     say("\n".join(f"  {line}" for line in daemon.tail()))
         return problems
+
+    def _stop_vm(self) -> None:
+        assert self.vm is not None and self.vm.process is not None
+        if self.vm.running:
+            self.vm.close()
+            say(f"stopped the VM (QEMU, pid {self.vm.pid})")
+        else:
+            self.vm.close()  # reaped, its console's reader joined
+
+    @staticmethod
+    def _steered() -> list[str]:
+        try:
+            return steer.tables()
+        except steer.SteerError:
+            return []
 
     @staticmethod
     def _stop(name: str, daemon: Daemon, problems: list[str]) -> None:
@@ -607,6 +928,13 @@ class Demo:
             return set(netns.OwnershipRecord(self.ownership_file).load())
         except netns.NamespaceError:
             return set()
+
+
+def _element(parent: ElementTree.Element, path: str) -> ElementTree.Element:
+    found = parent.find(path)
+    if found is None:
+        raise Failed(f"{DOMAIN_EXAMPLE.name} has no {path}")
+    return found
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -682,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{demo.summary['profile']} gave instance {demo.instance_ids[0]} the credentials of"
         f" {demo.summary['arn']}: iam:GetRole allowed, iam:CreateRole denied"
     )
+    if "vm" in demo.summary:
+        say(demo.summary["vm"])
     logs = "kept" if args.keep else "removed with it; --keep keeps them"
     say(f"logs: {workdir}/controller.log and agent.log ({logs})")
     say("processes, namespaces and links: all stopped and removed")

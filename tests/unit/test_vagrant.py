@@ -1,10 +1,12 @@
 """vagrant/: the Vagrantfile parses (``ruby -c``) and, evaluated against a recording stand-in for
 Vagrant, describes one controller and two compute hosts for libvirt and VirtualBox; the
 provisioning scripts pass ``bash -n`` and ``shellcheck``, and the configuration files they write
-are accepted by RoleCall's own configuration parsers."""
+are accepted by RoleCall's own configuration parsers; the domain guest.sh writes is one
+RoleCall's libvirt hook plugs. (Nothing here runs Vagrant, libvirt or the scripts' effects.)"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -14,6 +16,7 @@ from functools import cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -24,6 +27,8 @@ from agent.config import (
     DEFAULT_KEY,
     agent_config_from_string,
 )
+from agent.hook import HookTarget, parse_domain
+from agent.steer import check_tap
 from controller.config import config_from_string
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +116,9 @@ def tool(name: str) -> str:
     return executable
 
 
-def evaluate(share_type: str | None = None) -> subprocess.CompletedProcess[str]:
+def evaluate(
+    share_type: str | None = None, nested: str | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {
         key: value
         for key, value in os.environ.items()
@@ -119,6 +126,8 @@ def evaluate(share_type: str | None = None) -> subprocess.CompletedProcess[str]:
     }
     if share_type is not None:
         environment["ROLECALL_SHARE_TYPE"] = share_type
+    if nested is not None:
+        environment["ROLECALL_NESTED"] = nested
     return subprocess.run(
         [tool("ruby"), "-e", RECORDER, str(VAGRANT)],
         capture_output=True,
@@ -129,14 +138,14 @@ def evaluate(share_type: str | None = None) -> subprocess.CompletedProcess[str]:
 
 
 @cache
-def recorded(share_type: str | None = None) -> dict[str, Any]:
-    result = evaluate(share_type)
+def recorded(share_type: str | None = None, nested: str | None = None) -> dict[str, Any]:
+    result = evaluate(share_type, nested)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def configuration(share_type: str | None = None) -> dict[str, Any]:
-    configurations = recorded(share_type)["configurations"]
+def configuration(share_type: str | None = None, nested: str | None = None) -> dict[str, Any]:
+    configurations = recorded(share_type, nested)["configurations"]
     assert len(configurations) == 1
     return configurations[0]  # type: ignore[no-any-return]
 
@@ -152,9 +161,10 @@ def libvirt(share_type: str | None = None) -> dict[str, Any]:
     return block  # type: ignore[no-any-return]
 
 
-def machines() -> dict[str, dict[str, Any]]:
+def machines(nested: str | None = None) -> dict[str, dict[str, Any]]:
     """Each defined machine's recorded block, by name."""
-    return {call["args"][0]: call for call in calls(configuration()["children"]["vm"], "define")}
+    defined = calls(configuration(nested=nested)["children"]["vm"], "define")
+    return {call["args"][0]: call for call in defined}
 
 
 def vm(machine: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +201,12 @@ def test_ruby_parses_the_vagrantfile() -> None:
 
 
 def test_there_are_provisioning_scripts() -> None:
-    assert {script.name for script in SCRIPTS} == {"common.sh", "controller.sh", "compute.sh"}
+    assert {script.name for script in SCRIPTS} == {
+        "common.sh",
+        "controller.sh",
+        "compute.sh",
+        "guest.sh",
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda script: script.name)
@@ -387,5 +402,184 @@ def test_the_readme_walks_through_the_original_example() -> None:
         "euca-run-instances emi-12345678 -p s3access",
         "X-aws-ec2-metadata-token-ttl-seconds",
         "http://169.254.169.254/latest/meta-data/iam/security-credentials/s3access",
+    ):
+        assert line in text, line
+
+
+# -- libvirt and a real guest on the compute hosts -----------------------------------------------
+
+COMPUTE = VAGRANT / "scripts" / "compute.sh"
+GUEST = VAGRANT / "scripts" / "guest.sh"
+INSTANCE = "i-d3983fbe4c67ce517"
+MAC = "d2:4f:9a:10:77:c3"
+#: The kernel's command line is at most this long on x86 (COMMAND_LINE_SIZE).
+COMMAND_LINE_SIZE = 2048
+
+
+def provider_block(machine: dict[str, Any], name: str) -> dict[str, Any]:
+    (block,) = [call["block"] for call in calls(vm(machine), "provider") if call["args"] == [name]]
+    return block  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("nested", "on"), [(None, True), ("yes", True), ("no", False)])
+def test_the_compute_hosts_ask_for_nested_virtualization_unless_told_not_to(
+    nested: str | None, on: bool
+) -> None:
+    defined = machines(nested)
+    for name in ("compute1", "compute2"):
+        assert provider_block(defined[name], "libvirt")["set"]["nested"] is on
+        (customize,) = calls(provider_block(defined[name], "virtualbox"), "customize")
+        assert customize["args"] == [["modifyvm", "id", "--nested-hw-virt", "on" if on else "off"]]
+    assert not calls(vm(defined["controller"]), "provider"), "the controller runs no guests"
+
+
+def test_an_unknown_nested_value_stops_vagrant_with_a_message() -> None:
+    result = evaluate(nested="maybe")
+    assert result.returncode != 0
+    assert "ROLECALL_NESTED must be yes or no" in result.stderr
+
+
+def _apt_lines(script: str) -> str:
+    """The script's apt-get install commands, continuation lines joined."""
+    joined = script.replace("\\\n", " ")
+    return "\n".join(line for line in joined.splitlines() if "apt-get install" in line)
+
+
+def test_the_compute_hosts_install_libvirt_qemu_and_nftables_without_recommends() -> None:
+    installs = _apt_lines(COMPUTE.read_text(encoding="utf-8"))
+    for package in ("libvirt-daemon-system", "qemu-system-x86", "nftables"):
+        line = next((line for line in installs.splitlines() if package in line.split()), "")
+        assert "--no-install-recommends" in line, f"{package}: {installs}"
+
+
+def test_the_hook_is_installed_where_libvirt_looks_and_libvirtd_restarted_after() -> None:
+    script = COMPUTE.read_text(encoding="utf-8")
+    install = '"$SOURCE/libvirt/qemu.d/rolecall" /etc/libvirt/hooks/qemu.d/rolecall'
+    assert f"install -D -m 0755 {install}" in script
+    assert script.index(install) < script.index("systemctl restart libvirtd.service")
+    # After the agent: the hook of a domain started at once finds its socket.
+    assert script.index("systemctl restart rolecall-agent") < script.index(install)
+
+
+def test_the_guests_bridge_is_a_libvirt_network_with_the_bridge_guest_sh_uses() -> None:
+    text = heredoc(COMPUTE, "NETWORK_XML", {"NETWORK": "rolecall-guests", "BRIDGE": "rcbr0"})
+    network = ElementTree.fromstring(text)
+    bridge = network.find("bridge")
+    assert bridge is not None and bridge.get("name") == "rcbr0"
+    assert network.find("ip") is None and network.find("forward") is None, "no addresses, no NAT"
+    assert "readonly BRIDGE=rcbr0" in COMPUTE.read_text(encoding="utf-8")
+    assert "BRIDGE=${ROLECALL_BRIDGE:-rcbr0}" in GUEST.read_text(encoding="utf-8")
+
+
+def test_the_compute_hosts_build_the_guest_and_install_guest_sh() -> None:
+    script = COMPUTE.read_text(encoding="utf-8")
+    assert '(cd "$SOURCE" && python3 -m demo.vmguest fetch)' in script
+    assert 'install -m 0755 "$SOURCE/vagrant/scripts/guest.sh" /usr/local/sbin/rolecall-guest' in (
+        script
+    )
+
+
+def boot_script() -> str:
+    lines = GUEST.read_text(encoding="utf-8").splitlines()
+    start = next(n for n, line in enumerate(lines) if line.endswith("<<'BOOT_SCRIPT'"))
+    return "\n".join(lines[start + 1 : lines.index("BOOT_SCRIPT", start)]) + "\n"
+
+
+def guest_domain(kind: str) -> str:
+    """The domain XML guest.sh writes for INSTANCE, with the values it computes."""
+    script = base64.b64encode(boot_script().encode()).decode()
+    cpu = {"kvm": "<cpu mode='host-passthrough'/>", "qemu": "<cpu mode='maximum'/>"}[kind]
+    assert f'{kind}) cpu="{cpu}" ;;' in GUEST.read_text(encoding="utf-8")
+    return heredoc(
+        GUEST,
+        "DOMAIN_XML",
+        {
+            "type": kind,
+            "instance": INSTANCE,
+            "mac": MAC,
+            "address": "169.254.1.213",
+            "kernel": "/var/cache/rolecall/vm-guest/parts-0123456789abcdef/kernel",
+            "initrd": "/var/cache/rolecall/vm-guest/image-0123456789abcdef/initrd.gz",
+            "boot_script": script,
+            "cpu": cpu,
+            "BRIDGE": "rcbr0",
+            "tap": f"tap{INSTANCE[2:13]}",
+            "console_log": f"/var/log/libvirt/qemu/{INSTANCE}-console.log",
+        },
+    )
+
+
+@pytest.mark.parametrize("kind", ["kvm", "qemu"])
+def test_the_domain_guest_sh_writes_is_one_the_hook_plugs(kind: str) -> None:
+    text = guest_domain(kind)
+    domain = ElementTree.fromstring(text)
+    assert domain.get("type") == kind
+    assert domain.findtext("name") == INSTANCE
+    # What RoleCall's hook reads from it (libvirt hands it the same XML, with the tap named).
+    tap = f"tap{INSTANCE[2:13]}"
+    assert parse_domain(text, INSTANCE) == HookTarget(INSTANCE, tap)
+    assert check_tap(tap) == tap and len(tap) <= 15
+    (interface,) = domain.findall("devices/interface")
+    assert interface.get("type") == "bridge"
+    source, model = interface.find("source"), interface.find("model")
+    assert source is not None and source.get("bridge") == "rcbr0"
+    assert model is not None and model.get("type") == "virtio"
+    # Kernel and initramfs booted directly, the guest set up from the command line.
+    assert domain.findtext("os/kernel", "").endswith("/kernel")
+    assert domain.findtext("os/initrd", "").endswith("/initrd.gz")
+    command_line = domain.findtext("os/cmdline", "")
+    assert len(command_line.encode()) < COMMAND_LINE_SIZE
+    words = command_line.split()
+    assert "console=ttyS0" in words and "rolecall.console=shell" in words
+    assert f"rolecall.nic={MAC},169.254.1.213/16" in words
+    assert f"rolecall.hostname={INSTANCE}" in words
+    (run,) = [word for word in words if word.startswith("rolecall.run=")]
+    assert base64.b64decode(run.split("=", 1)[1]).decode() == boot_script()
+    serial = domain.find("devices/serial/log")
+    assert (
+        serial is not None and serial.get("file") == f"/var/log/libvirt/qemu/{INSTANCE}-console.log"
+    )
+
+
+def test_the_guests_boot_script_is_posix_sh_that_shellcheck_accepts(tmp_path: Path) -> None:
+    script = tmp_path / "boot.sh"
+    script.write_text(boot_script())
+    checks: list[list[str]] = [
+        ["sh", "-n", str(script)],
+        [tool("shellcheck"), "--shell=sh", "--severity=style", str(script)],
+    ]
+    for argv in checks:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "usage:"),
+        (["vm-1", MAC, "169.254.1.213"], "INSTANCE must be an instance id"),
+        ([INSTANCE, "d2:4f:9a:10:77", "169.254.1.213"], "MAC must be a MAC address"),
+        ([INSTANCE, MAC, "169.254.1"], "ADDRESS must be an IPv4 address"),
+        ([INSTANCE, MAC, "169.254.1.213; reboot"], "ADDRESS must be an IPv4 address"),
+    ],
+)
+def test_guest_sh_refuses_bad_arguments_naming_them(argv: list[str], message: str) -> None:
+    result = subprocess.run(
+        [tool("bash"), GUEST, *argv], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_readme_boots_a_vm_for_the_instance_and_stops_it() -> None:
+    text = README.read_text(encoding="utf-8")
+    for line in (
+        "aws ec2 describe-instances --instance-ids",
+        "NetworkInterfaces[0].MacAddress",
+        "sudo rolecall-guest i-d3983fbe4c67ce517 d2:4f:9a:10:77:c3 169.254.1.213",
+        "sudo virsh console i-d3983fbe4c67ce517",
+        "sudo virsh destroy i-d3983fbe4c67ce517",
+        "euca-terminate-instances i-d3983fbe4c67ce517",
     ):
         assert line in text, line

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provisioning of a compute host (a hypervisor): its node certificate, key and the controller's
 # CA in /etc/rolecall (taken from the shared folder, where the controller's provisioning put
-# them), /etc/rolecall/agent.toml, and the running agent. Safe to run again.
+# them), /etc/rolecall/agent.toml, and the running agent; then libvirt and QEMU with RoleCall's
+# qemu hook, a bridge for the guests, the tiny test guest's image, and rolecall-guest
+# (guest.sh), which boots that guest as a libvirt domain for an instance. Safe to run again.
 #
 # Usage: compute.sh NAME ADDRESS CONTROLLER_ADDRESS
 #   NAME                the name this host was enrolled with
@@ -9,8 +11,12 @@
 #   CONTROLLER_ADDRESS  the controller's address on the private network
 set -euo pipefail
 
+readonly SOURCE=/vagrant
 readonly SHARED=/rolecall-shared
 readonly CONFIG=/etc/rolecall
+# The guests' bridge, made by a libvirt network without addresses (the cloud's bridge here).
+readonly NETWORK=rolecall-guests
+readonly BRIDGE=rcbr0
 # The controller machine is provisioned first; this is only a margin for a slow shared folder.
 readonly WAIT_SECONDS=120
 
@@ -63,6 +69,13 @@ port = 9774
 AGENT_TOML
 chmod 0644 "$CONFIG/agent.toml"
 
+# nftables: the agent steers each VM's metadata traffic with nft (docs/operations.md, "Wiring a
+# VM to its metadata service"). libvirt and QEMU for the guests, without their recommends (no
+# dnsmasq, no GUI, no firmware beyond SeaBIOS).
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq --no-install-recommends \
+    nftables libvirt-daemon-system qemu-system-x86 >/dev/null
+
 systemctl enable --quiet rolecall-agent.service
 # Type=notify: returns once the agent has its assignments from the controller.
 systemctl restart rolecall-agent.service
@@ -70,3 +83,35 @@ curl --fail --silent --show-error --retry 10 --retry-connrefused --retry-delay 1
     "http://${address}:9774/readyz"
 
 echo "Agent on ${name} ready: metrics http://${address}:9774/metrics"
+
+# RoleCall's qemu hook: libvirt runs it at each domain's start and stop (started: plug the VM's
+# tap; stopped, release: unplug it). libvirtd looks for hooks when it starts.
+install -D -m 0755 "$SOURCE/libvirt/qemu.d/rolecall" /etc/libvirt/hooks/qemu.d/rolecall
+systemctl restart libvirtd.service
+
+if ! virsh net-info "$NETWORK" >/dev/null 2>&1; then
+    network_xml=$(mktemp --suffix=.xml)
+    cat >"$network_xml" <<NETWORK_XML
+<network>
+  <name>${NETWORK}</name>
+  <bridge name='${BRIDGE}' stp='off' delay='0'/>
+</network>
+NETWORK_XML
+    virsh net-define "$network_xml" >/dev/null
+    rm -f "$network_xml"
+fi
+virsh net-autostart "$NETWORK" >/dev/null
+if ! virsh net-info "$NETWORK" | grep -Eq '^Active:[[:space:]]+yes'; then
+    virsh net-start "$NETWORK" >/dev/null
+fi
+
+# The guest: Debian's kernel and busybox, fetched and built into /var/cache/rolecall/vm-guest
+# (demo/ is in the project, not in the installed package).
+(cd "$SOURCE" && python3 -m demo.vmguest fetch)
+install -m 0755 "$SOURCE/vagrant/scripts/guest.sh" /usr/local/sbin/rolecall-guest
+if [[ -c /dev/kvm ]] && virsh domcapabilities --virttype kvm >/dev/null 2>&1 &&
+    runuser -u libvirt-qemu -- sh -c 'test -r /dev/kvm && test -w /dev/kvm'; then
+    echo "Guests on ${name} run with KVM (nested virtualization): sudo rolecall-guest ..."
+else
+    echo "Guests on ${name} run with QEMU's TCG (no nested virtualization): sudo rolecall-guest ..."
+fi

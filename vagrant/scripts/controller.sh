@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Provisioning of the controller machine: /etc/rolecall/controller.toml, the state (account,
 # root key, node CA) made by `rolecall-controller init`, a certificate for each compute host put
-# in the shared folder, the running service, AWS credentials for the vagrant user, and a
-# Prometheus with docs/prometheus/ scraping the controller and the agents. Safe to run again.
+# in the shared folder, the running service, AWS credentials for the vagrant user and the aws
+# CLI, and a Prometheus with docs/prometheus/ scraping the controller and the agents. Safe to
+# run again.
 #
 # Usage: controller.sh ADDRESS NODE...
 #   ADDRESS  this machine's address on the private network (the node API's certificate names it)
@@ -83,6 +84,11 @@ region = us-east-1
 endpoint_url = http://127.0.0.1:8773
 AWS_CONFIG
 fi
+
+# The aws CLI, beside the euca-* tools: `aws ec2 describe-instances` shows an instance's MAC
+# address, which the compute host's guest is booted with (README.md, the example).
+/opt/rolecall/venv/bin/python -m pip install --quiet awscli
+ln -sfn /opt/rolecall/venv/bin/aws /usr/local/bin/aws
 
 # Prometheus (Debian's package) with the scrape configuration and alerting rules of
 # docs/prometheus, whose targets are this example's addresses: http://${address}:9090
