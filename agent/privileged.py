@@ -148,8 +148,8 @@ class Broker:
                 self._tap_gone(name, plug)
             elif self._left_by_last_agent(name) and not self._steering.ensure_veth(name):
                 # The last agent's table for this very plug (same tap, same index), with its
-                # veth whole: adopted as it is. Installing it again would cost an nft run, which
-                # grows with the node's tables (bench/steer.py), for each instance at a restart.
+                # veth whole: adopted as it is, rather than replaced by the same table (a
+                # netlink batch and a new chain hooked on the tap, for each instance at a restart).
                 self._steered.add(name)
                 say("INFO", f"adopted the steering of {plug.tap} into namespace {name}")
             else:  # new, or the namespace was made again: installed whole
@@ -173,7 +173,7 @@ class Broker:
         plug = self.plugs[name]
         if made is None or made.released:
             return "pending"
-        self._steering.install(name, plug.tap)
+        self._steering.install(name, plug.tap, plug.tap_index)
         self._steered.add(name)
         say("INFO", f"steered {plug.tap} into namespace {name}")
         return "steered"
@@ -372,7 +372,7 @@ class Broker:
         left in place once it can go (and, the first time, steering the last agent left behind
         for nothing), and compact the record."""
         steps: list[Callable[[], object]] = [self._check_taps, self._remove_released]
-        if not self._swept_steering:  # once: listing nft's tables costs ~1 ms a table
+        if not self._swept_steering:  # once: what the last process left is there at start
             self._swept_steering = True
             steps.append(self._remove_leftover_steering)
         for step in steps:

@@ -72,8 +72,9 @@ class FakeSteering:
         found = self.host_links.get(name)
         return found.index if found is not None else None
 
-    def install(self, namespace: str, tap: str) -> None:
+    def install(self, namespace: str, tap: str, tap_index: int | None = None) -> None:
         self.calls.append(("install", namespace))
+        assert tap_index == self.link_index(tap)  # the broker names the device it plugged
         self.installed[namespace] = tap
 
     def ensure_veth(self, namespace: str) -> bool:
@@ -492,7 +493,9 @@ def test_leftover_steering_of_the_prefix_is_removed_at_compact_but_not_one_to_ad
     assert fake.installed == {"rc-i-01234567": "vnet0", "other-ns": "vnet6"}
 
 
-def test_after_a_restart_the_last_agents_steering_is_adopted_without_nft(tmp_path: Path) -> None:
+def test_after_a_restart_the_last_agents_steering_is_adopted_not_installed_again(
+    tmp_path: Path,
+) -> None:
     record = OwnershipRecord(tmp_path / "namespaces.json")
     record.load()
     record.plug(Plug("rc-i-01234567", "vnet0", 10))
