@@ -356,6 +356,11 @@ class Nftables:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (after a batch that deleted a table this waits for the kernel to
+        free it: keep one socket open rather than one per batch)."""
         self._socket.close()
 
     def _receive(self) -> list[tuple[int, int, int, bytes]]:

@@ -195,12 +195,40 @@ def steered_namespaces(names: list[str]) -> list[str]:
 # -- applying it (root) --------------------------------------------------------------------------
 
 
+#: The root process's nf_tables socket and the network namespace it is in (the inode of the
+#: thread's namespace), opened at the first use and kept: closing an nfnetlink socket after a
+#: batch that deleted a table waits for the kernel to free it (an RCU grace period, 14 ms
+#: here), which every plug and unplug would pay. The root process runs no threads.
+_nftables: tuple[int, nf.Nftables] | None = None
+
+
+def _namespace_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def _nftables_socket() -> nf.Nftables:
+    global _nftables
+    here = _namespace_inode()
+    if _nftables is not None and _nftables[0] != here:
+        _close_nftables()
+    if _nftables is None:
+        _nftables = (here, nf.Nftables())
+    return _nftables[1]
+
+
+def _close_nftables() -> None:
+    global _nftables
+    if _nftables is not None:
+        _nftables[1].close()
+        _nftables = None
+
+
 def _commit(messages: list[nf.Message], what: str) -> None:
     """Send `messages` in one batch; SteerError saying `what` failed and what the kernel said."""
     try:
-        with nf.Nftables() as nftables:
-            nftables.commit(messages)
+        _nftables_socket().commit(messages)
     except OSError as error:
+        _close_nftables()  # a new socket next time: no late answer can be taken for another's
         raise SteerError(f"cannot {what}: {error.strerror or error}") from error
 
 
@@ -339,8 +367,8 @@ def remove(namespace: str) -> None:
 def tables() -> list[str]:
     """The namespaces that have a steering table on this host (``rolecall-`` netdev tables)."""
     try:
-        with nf.Nftables() as nftables:
-            names = nftables.table_names(nf.NETDEV)
+        names = _nftables_socket().table_names(nf.NETDEV)
     except OSError as error:
+        _close_nftables()
         raise SteerError(f"cannot list the steering tables: {error.strerror or error}") from error
     return steered_namespaces(names)
