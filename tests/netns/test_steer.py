@@ -370,7 +370,8 @@ def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     assert wait_until(lambda: role_of(vm), 15, "the VM's role after the restart") == arn
     assert tables().count(namespace) == 1
     assert rules_of(namespace) == 3
-    assert f"adopted the steering of {vm.tap} into namespace {namespace}" in cloud.agent.output
+    adopted = f"adopted the steering of {vm.tap} into namespace {namespace}"
+    assert adopted in cloud.agent.output, cloud.agent.output
     found = json.loads(ip("-j", "link", "show", steer.host_end(namespace)).stdout)
     assert [link["ifindex"] for link in found] == [veth]  # the same veth, kept
     shown = ip("-n", namespace, "-o", "link").stdout
@@ -549,7 +550,7 @@ def nft(*arguments: str, text: str | None = None) -> str:
     return result.stdout
 
 
-def kernel_view(namespace: str) -> tuple[list[object], str]:
+def kernel_view(namespace: str) -> tuple[list[dict[str, object]], str]:
     """What the kernel holds for `namespace`'s table: nft's JSON listing without handles, and
     the rules' expressions as nft prints them from the kernel (``--debug=netlink``)."""
     table = steer.table_name(namespace)
