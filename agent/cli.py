@@ -153,10 +153,12 @@ def hypervisor_main(argv: list[str]) -> int:
         return hook.main_hook(
             args.guest,
             args.operation,
-            lambda op, instance, tap, timeout: plug.ask(path, op, instance, tap, timeout),
+            lambda op, instance, tap, timeout: plug.ask_or_spool(path, op, instance, tap, timeout),
         )
     try:
-        answer = plug.ask(path, args.command, args.instance, args.tap)
+        answer = plug.ask_or_spool(
+            path, args.command, args.instance, args.tap, plug.CLIENT_TIMEOUT_SECONDS
+        )
     except plug.PlugSocketError as error:
         print(f"rolecall-agent {args.command}: {error}", file=sys.stderr)
         return 1
@@ -164,6 +166,12 @@ def hypervisor_main(argv: list[str]) -> int:
         print(f"rolecall-agent {args.command}: {answer.get('error', 'refused')}", file=sys.stderr)
         return 1
     tap = args.tap or "-"
+    if answer.get("state") == "spooled":
+        print(
+            f"{args.command} {args.instance} {tap}: spooled ({answer.get('why')}): done when the"
+            " agent starts"
+        )
+        return 0
     print(
         f"{args.command} {args.instance} {tap}: {answer.get('state', '')}"
         f" (namespace {answer.get('namespace', '?')})"

@@ -40,7 +40,12 @@ class PlugRefused(ValueError):
 
 
 class PlugSocketError(Exception):
-    """The plug socket cannot be made or reached; the message names it."""
+    """The plug socket cannot be made or reached; the message names it. `unreachable`: no agent
+    listens there (no socket, or refused), as opposed to one that failed to answer."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,38 @@ def _answers(path: Path) -> bool:
 
 # -- the hypervisor's side: ask ------------------------------------------------------------------
 
+#: How often a client tries again while the agent's socket is missing or refuses (the agent
+#: restarting: its root process binds the socket again within about two seconds).
+RETRY_SECONDS = 0.1
+
+
+def _connected(path: Path, deadline: float, timeout: float) -> socket.socket:
+    """A client socket connected to `path`, tried again every RETRY_SECONDS while the socket is
+    missing or nothing listens on it, until `deadline`. PlugSocketError saying which, after."""
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        client.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            client.connect(str(path))
+            return client
+        except FileNotFoundError:
+            problem = f"no agent socket at {path} (is rolecall-agent running?)"
+        except ConnectionRefusedError:
+            problem = f"nothing listens on {path} (is rolecall-agent running?)"
+        except PermissionError:
+            client.close()
+            raise PlugSocketError(f"{path}: permission denied (run as root)") from None
+        except TimeoutError:
+            client.close()
+            raise PlugSocketError(f"the agent did not answer on {path} in {timeout:g} s") from None
+        except OSError as error:
+            client.close()
+            raise PlugSocketError(f"cannot talk to the agent on {path}: {error}") from None
+        client.close()
+        if time.monotonic() + RETRY_SECONDS >= deadline:
+            raise PlugSocketError(f"{problem}; tried for {timeout:g} s", unreachable=True)
+        time.sleep(RETRY_SECONDS)
+
 
 def ask(
     path: Path, op: str, instance_id: str, tap: str, timeout: float = CLIENT_TIMEOUT_SECONDS
@@ -135,11 +172,9 @@ def ask(
     whole exchange bounded by `timeout`. PlugSocketError when the agent cannot be reached or
     does not answer in time."""
     deadline = time.monotonic() + timeout
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    client = _connected(path, deadline, timeout)
     try:
-        client.settimeout(timeout)
         try:
-            client.connect(str(path))
             client.sendall(encode({"op": op, "instance": instance_id, "tap": tap}))
             received = b""
             while not received.endswith(b"\n") and len(received) <= MAX_LINE_BYTES * 4:
@@ -151,16 +186,6 @@ def ask(
                 if not data:
                     break
                 received += data
-        except FileNotFoundError:
-            raise PlugSocketError(
-                f"no agent socket at {path} (is rolecall-agent running?)"
-            ) from None
-        except ConnectionRefusedError:
-            raise PlugSocketError(
-                f"nothing listens on {path} (is rolecall-agent running?)"
-            ) from None
-        except PermissionError:
-            raise PlugSocketError(f"{path}: permission denied (run as root)") from None
         except TimeoutError:
             raise PlugSocketError(f"the agent did not answer on {path} in {timeout:g} s") from None
         except OSError as error:
@@ -174,3 +199,78 @@ def ask(
     if not isinstance(answer, dict) or "ok" not in answer:
         raise PlugSocketError(f"the agent's answer on {path} is not an answer")
     return answer
+
+
+# -- while no agent runs: the spool --------------------------------------------------------------
+
+#: The longest spooled request read back (one request line).
+MAX_SPOOLED_BYTES = MAX_LINE_BYTES
+
+
+def spool_directory(socket_path: Path) -> Path:
+    """Where requests wait while no agent listens: beside the plug socket, root's (0700)."""
+    return socket_path.parent / "plugs.pending"
+
+
+def spool(socket_path: Path, op: str, instance_id: str, tap: str) -> Path:
+    """Keep the request for the agent to take when it starts (`take_spooled`): one file per
+    instance, the last request for it replacing the one before (a plug then an unplug made
+    while the agent was down leave the unplug). Written whole (a temporary file renamed)."""
+    request = decode_request(encode({"op": op, "instance": instance_id, "tap": tap}))
+    directory = spool_directory(socket_path)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = directory / request.instance_id
+        temporary = directory / f".{request.instance_id}.{os.getpid()}"
+        temporary.write_bytes(encode({"op": op, "instance": instance_id, "tap": tap}))
+        os.replace(temporary, target)
+    except OSError as error:
+        raise PlugSocketError(f"cannot keep the request in {directory}: {error}") from error
+    return target
+
+
+def ask_or_spool(
+    path: Path, op: str, instance_id: str, tap: str, timeout: float = CLIENT_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """`ask`; when no agent listens at `path` (stopped, or down for longer than `timeout`), the
+    request is spooled for the agent to take at its start: {"ok": True, "state": "spooled"}."""
+    try:
+        return ask(path, op, instance_id, tap, timeout)
+    except PlugSocketError as error:
+        if not error.unreachable:
+            raise
+        spool(path, op, instance_id, tap)
+        return {"ok": True, "state": "spooled", "why": str(error)}
+
+
+def take_spooled(socket_path: Path) -> tuple[list[PlugRequest], list[str]]:
+    """The requests spooled while no agent ran, oldest first, each file removed as it is read;
+    and one line for each file that was no request (removed too)."""
+    directory = spool_directory(socket_path)
+    try:
+        entries = [entry for entry in os.scandir(directory) if not entry.name.startswith(".")]
+    except FileNotFoundError:
+        return [], []
+    except OSError as error:
+        return [], [f"cannot read {directory}: {error}"]
+    requests: list[PlugRequest] = []
+    problems: list[str] = []
+    for entry in sorted(entries, key=lambda each: each.stat(follow_symlinks=False).st_mtime_ns):
+        try:
+            descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                text = os.read(descriptor, MAX_SPOOLED_BYTES + 1)
+            finally:
+                os.close(descriptor)
+            request = decode_request(text.rstrip(b"\n"))
+            if request.instance_id != entry.name:
+                raise PlugRefused(f"it names {request.instance_id}")
+            requests.append(request)
+        except (OSError, PlugRefused) as error:
+            problems.append(f"ignored spooled request {entry.path}: {error}")
+        finally:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+    return requests, problems

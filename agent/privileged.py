@@ -213,7 +213,7 @@ class Broker:
                 except NamespaceError as error:
                     say("WARN", f"cannot remove the steering into {name}: {error}")
 
-    def _plug(self, netns: str, tap: str) -> Answer:
+    def _plug(self, netns: str, tap: str, steer_now: bool = True) -> Answer:
         name = names.check_namespace(netns)
         try:
             steer.check_tap(tap)
@@ -242,7 +242,31 @@ class Broker:
             say("INFO", f"plugged {tap} (index {index}) for namespace {name}")
         elif name in self._steered:
             return {"ok": True, "state": "steered"}, []
+        if not steer_now:
+            return {"ok": True, "state": "pending"}, []
         return {"ok": True, "state": self._steer(name)}, []
+
+    def take_spooled(self, socket_path: Path) -> None:
+        """The plugs and unplugs the hypervisor spooled while no agent listened (`agent.plug`),
+        done now, before the serving process asks for any namespace: a VM started while the
+        agent was down is steered once its namespace is prepared. The instance's namespace is
+        the prefix's (as for a plug that comes before its assignment)."""
+        requests, problems = plug_module.take_spooled(socket_path)
+        for problem in problems:
+            say("WARN", problem)
+        for request in requests:
+            name = f"{self._prefix}{request.instance_id}"
+            try:
+                if request.op == "plug":
+                    # Steered when the serving process prepares the namespace (it may be gone
+                    # since the last agent's time: the record is not checked yet).
+                    self._plug(name, request.tap, steer_now=False)
+                else:
+                    self._unplug(name, request.tap)
+            except (channel.Refused, names.InvalidName, netns.NamespaceError, OSError) as error:
+                say("WARN", f"spooled {request.op} of {request.instance_id} refused: {error}")
+                continue
+            say("INFO", f"took the spooled {request.op} of {request.instance_id}")
 
     def _unplug(self, netns: str, tap: str) -> Answer:
         name = names.check_namespace(netns)
@@ -332,7 +356,12 @@ class Broker:
             made = self.owned.get(name)
             if name in self.plugs and made is not None and not made.released:
                 continue  # steered by the last process: replaced when it is prepared
-            if name.startswith(self._prefix) or name in self.owned or name in self.plugs:
+            ours = name in self.owned or name in self.plugs
+            if not ours and self._namespaces.exists(name):
+                # Another agent's (same prefix: a test run beside this one, or an agent that
+                # lost its record, whose namespace the sweep looks at): not this one's to touch.
+                continue
+            if ours or name.startswith(self._prefix):
                 try:
                     self._steering.remove(name)
                 except NamespaceError as error:
@@ -689,6 +718,8 @@ def run(config: AgentConfig, ownership_file: Path) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         plug_socket = make_plug_socket(config.plug_socket)
+        if plug_socket is not None:  # bound first: a hook that runs now connects, never spools
+            broker.take_spooled(config.plug_socket)
         capabilities.keep_only(KEPT_CAPABILITIES)
         channel.send(privileged_end, first)
         send_plug_socket(privileged_end, plug_socket)

@@ -340,6 +340,23 @@ def test_a_plug_before_the_assignment_is_pending_and_steered_once_it_comes(
     assert wait_until(lambda: role_of(vm), 20, "the VM's role once assigned") == arn
 
 
+def test_a_vm_started_while_the_agent_is_down_is_steered_when_it_starts(
+    cloud: Cloud, network: Network
+) -> None:
+    """The hook runs while no agent listens: its plug is spooled, and the agent takes it at
+    start, so the VM gets its metadata service without anyone plugging again."""
+    name, arn = cloud.profile()
+    instance_id = cloud.launch(name)
+    cloud.wait_served(instance_id)
+    cloud.agent.stop()
+    vm = network.vm()
+    result = cloud.agent.command("plug", instance_id, vm.tap)
+    assert result.returncode == 0 and "spooled" in result.stdout, result.stderr
+    cloud.agent.start()
+    assert wait_until(lambda: role_of(vm), 15, "the VM's role once the agent is back") == arn
+    assert f"took the spooled plug of {instance_id}" in cloud.agent.output, cloud.agent.output
+
+
 def test_a_vm_migrated_in_is_pending_until_its_instance_is_moved_here(
     cloud: Cloud, network: Network
 ) -> None:

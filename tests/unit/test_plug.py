@@ -11,6 +11,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,14 +187,45 @@ def test_a_file_that_is_not_a_socket_is_never_replaced(directory: Path) -> None:
 
 
 def test_the_client_says_clearly_when_no_agent_answers(directory: Path) -> None:
-    with pytest.raises(plug.PlugSocketError, match="no agent socket"):
-        plug.ask(directory / "none.sock", "plug", INSTANCE, "vnet0")
+    with pytest.raises(plug.PlugSocketError, match=r"no agent socket.*tried for 0\.3 s"):
+        plug.ask(directory / "none.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
     server = plug.bind(directory / "mute.sock")
     try:  # accepts (the kernel's backlog) but never answers
         with pytest.raises(plug.PlugSocketError, match="did not answer"):
             plug.ask(directory / "mute.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
     finally:
         server.close()
+
+
+def test_a_plug_made_while_the_agent_restarts_lands_once_its_socket_is_back(
+    directory: Path,
+) -> None:
+    """No socket at first (the agent restarting): the client tries again until the agent binds
+    it, within its timeout, and gets the agent's answer."""
+    path = directory / "plug.sock"
+    answered: list[bytes] = []
+
+    def agent_comes_back() -> None:
+        time.sleep(0.5)
+        server = plug.bind(path)
+        try:
+            connection, _ = server.accept()
+            with connection:
+                answered.append(connection.recv(4096))
+                connection.sendall(plug.encode({"ok": True, "state": "pending"}))
+        finally:
+            server.close()
+
+    thread = threading.Thread(target=agent_comes_back)
+    thread.start()
+    try:
+        assert plug.ask(path, "plug", INSTANCE, "vnet0", timeout=3) == {
+            "ok": True,
+            "state": "pending",
+        }
+    finally:
+        thread.join()
+    assert json.loads(answered[0]) == {"op": "plug", "instance": INSTANCE, "tap": "vnet0"}
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -229,14 +261,33 @@ def test_a_bad_instance_or_tap_is_refused_naming_the_argument(
     assert said in capsys.readouterr().err
 
 
-def test_plug_says_in_one_line_when_no_agent_listens(
-    directory: Path, capsys: pytest.CaptureFixture[str]
+def test_plug_says_in_one_line_when_no_agent_listens_and_spools_it(
+    directory: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from agent.cli import main
 
+    monkeypatch.setattr(plug, "CLIENT_TIMEOUT_SECONDS", 0.3)
+    assert main(["plug", "--socket", str(directory / "none.sock"), INSTANCE, "vnet0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"plug {INSTANCE} vnet0: spooled (no agent socket at")
+    assert out.endswith("done when the agent starts\n") and out.count("\n") == 1
+    assert plug.take_spooled(directory / "none.sock")[0] == [
+        plug.PlugRequest("plug", INSTANCE, "vnet0")
+    ]
+
+
+def test_plug_fails_in_one_line_when_the_request_cannot_be_spooled_either(
+    directory: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.cli import main
+
+    monkeypatch.setattr(plug, "CLIENT_TIMEOUT_SECONDS", 0.3)
+    (directory / "plugs.pending").write_text("a file where the spool would be")
     assert main(["plug", "--socket", str(directory / "none.sock"), INSTANCE, "vnet0"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("rolecall-agent plug: no agent socket at") and err.count("\n") == 1
+    assert (
+        err.startswith("rolecall-agent plug: cannot keep the request in") and err.count("\n") == 1
+    )
 
 
 def test_a_hook_operation_the_agent_ignores_exits_at_once(
@@ -257,3 +308,48 @@ def test_the_daemons_own_flags_still_parse_as_before(capsys: pytest.CaptureFixtu
         main(["--help"])
     assert exited.value.code == 0
     assert "--ownership-file" in capsys.readouterr().out
+
+
+def test_with_no_agent_listening_a_request_is_spooled_for_its_start(directory: Path) -> None:
+    """No agent (stopped, or down longer than the client waits): the request is kept beside
+    the socket, 0700 root's, one file per instance, the last request replacing the one before;
+    the agent takes them at start and the files go."""
+    path = directory / "plug.sock"
+    answer = plug.ask_or_spool(path, "plug", INSTANCE, "vnet0", timeout=0.2)
+    assert answer["ok"] and answer["state"] == "spooled"
+    assert "no agent socket" in answer["why"]
+    spooled = plug.spool_directory(path)
+    assert stat.S_IMODE(spooled.stat().st_mode) == 0o700
+    plug.ask_or_spool(path, "unplug", INSTANCE, "", timeout=0.2)
+    requests, problems = plug.take_spooled(path)
+    assert requests == [plug.PlugRequest("unplug", INSTANCE, "")]
+    assert problems == []
+    assert list(spooled.iterdir()) == []
+
+
+def test_spooled_files_that_are_no_request_are_said_and_removed(directory: Path) -> None:
+    path = directory / "plug.sock"
+    spooled = plug.spool_directory(path)
+    spooled.mkdir(mode=0o700)
+    (spooled / INSTANCE).write_text('{"op": "format", "instance": "i-01234567", "tap": "x"}\n')
+    (spooled / "i-0000beef").write_bytes(
+        plug.encode({"op": "plug", "instance": INSTANCE, "tap": "v"})
+    )
+    os.symlink("/etc/passwd", spooled / "i-0000dead")
+    requests, problems = plug.take_spooled(path)
+    assert requests == []
+    assert len(problems) == 3
+    assert any("op must be plug or unplug" in each for each in problems)
+    assert any(f"names {INSTANCE}" in each for each in problems)
+    assert list(spooled.iterdir()) == []
+    assert Path("/etc/passwd").exists()
+
+
+def test_an_agent_that_answers_late_is_no_reason_to_spool(directory: Path) -> None:
+    server = plug.bind(directory / "mute.sock")
+    try:
+        with pytest.raises(plug.PlugSocketError, match="did not answer"):
+            plug.ask_or_spool(directory / "mute.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
+    finally:
+        server.close()
+    assert not plug.spool_directory(directory / "mute.sock").exists()

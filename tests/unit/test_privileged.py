@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent import channel
+from agent import plug as plug_module
 from agent.kept import MAX_ENTRY_BYTES, InstanceFiles
 from agent.netns import Ownership, OwnershipRecord, Plug
 from agent.privileged import Broker
@@ -45,6 +46,12 @@ class FakeNamespaces:
     def remove_if_empty(self, name: str, listening_is_foreign: bool = True) -> str | None:
         self.calls.append(("remove_if_empty", name))
         return "link tap7" if name == "rc-i-00000002" else None
+
+    def exists(self, name: str) -> bool:
+        return name in self.present
+
+    #: Namespaces that exist on the host (for `exists`).
+    present: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -517,6 +524,21 @@ def test_leftover_steering_of_the_prefix_is_removed_at_compact_but_not_one_to_ad
     assert fake.installed == {"rc-i-01234567": "vnet0", "other-ns": "vnet6"}
 
 
+def test_steering_into_a_namespace_that_still_exists_is_left_to_its_agent(tmp_path: Path) -> None:
+    """A table with this agent's prefix, not in its record, whose namespace exists: another
+    agent's with the same prefix (a second test run), or one whose namespace the sweep is about
+    to look at. Not removed; the one whose namespace is gone is."""
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    fake = FakeSteering()
+    fake.installed = {"rc-i-0000beef": "vnet5", "rc-i-0000dead": "vnet6"}
+    namespaces = FakeNamespaces()
+    namespaces.present = frozenset({"rc-i-0000beef"})
+    broker = Broker(80, record, Notifier(None), namespaces, steering=fake)
+    assert ask(broker, {"op": "compact"}) == {"ok": True}
+    assert fake.installed == {"rc-i-0000beef": "vnet5"}
+
+
 def test_after_a_restart_the_last_agents_steering_is_adopted_not_installed_again(
     tmp_path: Path,
 ) -> None:
@@ -571,3 +593,31 @@ def test_a_namespace_holding_a_foreign_link_is_left_released_and_removed_once_em
     ask(broker, {"op": "compact"})
     assert namespaces.removed == ["rc-i-01234567"] and broker.owned == {}
     assert OwnershipRecord(record.path).load() == {}
+
+
+def test_plugs_spooled_while_no_agent_ran_are_taken_at_start(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The hypervisor's hook ran while the agent was down: its requests were spooled beside the
+    socket. The starting agent takes them (oldest first, the files removed): the plug is known
+    and steered once the namespace is prepared; one naming no link is refused and said."""
+    socket_path = tmp_path / "run" / "plug.sock"
+    plug_module.spool(socket_path, "plug", "i-01234567", "vnet0")
+    plug_module.spool(socket_path, "plug", "i-0000dead", "vnet9")  # no such link
+    broker.take_spooled(socket_path)
+    assert [(plug.namespace, plug.tap) for plug in broker.plugs.values()] == [
+        ("rc-i-01234567", "vnet0")
+    ]
+    assert list(plug_module.spool_directory(socket_path).iterdir()) == []
+    assert ask(broker, {"op": "prepare", "netns": "rc-i-01234567"})["ok"]
+    assert steering(broker).installed == {"rc-i-01234567": "vnet0"}
+
+
+def test_a_spooled_unplug_after_a_plug_leaves_nothing_plugged(
+    broker: Broker, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "run" / "plug.sock"
+    assert ask(broker, PLUG)["ok"]
+    plug_module.spool(socket_path, "unplug", "i-01234567", "vnet0")
+    broker.take_spooled(socket_path)
+    assert broker.plugs == {}
