@@ -46,8 +46,8 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })
 	# qemu-system-x86: tests/vm and `make demo` boot a real guest with TCG (no KVM needed);
-	# without its recommends (GUI, OVMF, block plugins), about 85 MB. nftables: the agent steers
-	# a VM's metadata traffic into its instance's namespace with nft (docs/decisions.md, issue 13).
+	# without its recommends (GUI, OVMF, block plugins), about 85 MB. nftables: the tests and the
+	# demo inspect the steering tables with nft (the agent installs them by nf_tables netlink).
 	command -v qemu-system-x86_64 >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends qemu-system-x86)
 	command -v nft >/dev/null || \

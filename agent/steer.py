@@ -10,21 +10,25 @@ guest that routes the address through its gateway still arrives); everything the
 goes to that tap, and nowhere else. ``meta iif`` binds the tap's rules to the device's index, so
 a new device that later takes the same name is never steered.
 
-`ruleset` and `removal` are pure: they build the nft text. `install` and `remove` apply it with
-one ``nft -f -`` transaction each (installing again replaces the table atomically: adoption
-after a restart never duplicates a rule) and make or delete the veth with rtnetlink.
+`ruleset` and `removal` are pure: they build the nft text, the documented form of what is
+installed (what ``nft list table netdev rolecall-…`` shows). `install_batch` and `removal_batch`
+are the same transactions as nf_tables netlink messages, the names of the devices resolved to
+their indexes as nft resolves them. `install` and `remove` send those in one atomic batch each
+(installing again replaces the table: adoption after a restart never duplicates a rule), never
+running nft (`agent.nftables`), and make or delete the veth with rtnetlink.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
+import socket
+import sys
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
 from agent import netns
+from agent import nftables as nf
 from agent.names import check_namespace
 from agent.netns import METADATA_ADDRESS, NamespaceError
 
@@ -41,10 +45,6 @@ HOST_END = re.compile(r"rcv[0-9a-f]{12}")
 #: whitespace), narrowed to characters nft takes in a quoted device name and a log line shows
 #: as they are. libvirt's vnetN, Nova's tapXXXXXXXX-XX, macvtapN all fit.
 TAP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
-#: The nft binary (nftables), found on PATH.
-NFT = "nft"
-#: How long one nft transaction may take (it takes milliseconds).
-NFT_TIMEOUT_SECONDS = 10.0
 #: The netdev ingress priority of both chains: before anything else on these devices.
 PRIORITY = -500
 
@@ -122,47 +122,114 @@ def removal(namespace: str) -> str:
     return f"table netdev {table} {{}}\ndelete table netdev {table}\n"
 
 
-def steered_namespaces(listing: str) -> list[str]:
-    """The namespaces whose steering tables ``nft -j list tables netdev`` lists (its output)."""
-    try:
-        entries = json.loads(listing)["nftables"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise SteerError(f"cannot read nft's list of tables: {error}") from None
-    found = []
-    for entry in entries:
-        table = entry.get("table") if isinstance(entry, dict) else None
-        if not isinstance(table, dict) or table.get("family") != "netdev":
-            continue
-        name = table.get("name")
-        if isinstance(name, str) and name.startswith(TABLE_PREFIX):
-            found.append(name.removeprefix(TABLE_PREFIX))
-    return sorted(found)
+#: What the tap's rules match: ARP (ETH_P_ARP) and IPv4 (ETH_P_IP) as ``meta protocol`` loads
+#: them (network byte order), an Ethernet device (ARPHRD_ETHER, host order) for the MAC rewrite.
+_ARP = b"\x08\x06"
+_IPV4 = b"\x08\x00"
+_ETHERNET = (1).to_bytes(2, sys.byteorder)
+#: Where the addresses are: ARP's target protocol address, IPv4's destination, Ethernet's
+#: destination.
+_ARP_TARGET_OFFSET = 24
+_IPV4_DESTINATION_OFFSET = 16
+
+
+def install_batch(namespace: str, tap: str, tap_index: int, veth_index: int) -> list[nf.Message]:
+    """`ruleset(namespace, tap)` as nf_tables messages, with `tap` and the veth's host end
+    resolved to `tap_index` and `veth_index`, expression for expression as nft 1.0.6 sends it
+    (tests/unit/test_nftables.py, tests/netns/test_steer.py)."""
+    check_namespace(namespace)
+    check_tap(tap)
+    table = table_name(namespace)
+    veth = host_end(namespace)
+    address = socket.inet_aton(METADATA_ADDRESS)
+    mac = bytes.fromhex(inside_address(namespace).replace(":", ""))
+    from_tap = [nf.meta_load(nf.META_IIF), nf.cmp_eq(nf.interface_index(tap_index))]
+    to_veth = [nf.immediate(nf.interface_index(veth_index)), nf.forward()]
+    arp = [
+        nf.meta_load(nf.META_PROTOCOL),
+        nf.cmp_eq(_ARP),
+        nf.payload_load(nf.NETWORK_HEADER, _ARP_TARGET_OFFSET, 4),
+        nf.cmp_eq(address),
+    ]
+    ipv4 = [
+        nf.meta_load(nf.META_PROTOCOL),
+        nf.cmp_eq(_IPV4),
+        nf.payload_load(nf.NETWORK_HEADER, _IPV4_DESTINATION_OFFSET, 4),
+        nf.cmp_eq(address),
+        nf.meta_load(nf.META_IIFTYPE),
+        nf.cmp_eq(_ETHERNET),
+        nf.immediate(mac),
+        nf.payload_write(nf.LINK_HEADER, 0, 6),
+    ]
+    return [
+        *removal_batch(namespace),
+        nf.new_table(nf.NETDEV, table),
+        nf.new_base_chain(nf.NETDEV, table, "tap", nf.NF_NETDEV_INGRESS, PRIORITY, tap),
+        nf.new_base_chain(nf.NETDEV, table, "veth", nf.NF_NETDEV_INGRESS, PRIORITY, veth),
+        nf.new_rule(nf.NETDEV, table, "tap", [*from_tap, *arp, *to_veth], "ARP to the veth"),
+        nf.new_rule(nf.NETDEV, table, "tap", [*from_tap, *ipv4, *to_veth], "IPv4 to the veth"),
+        nf.new_rule(
+            nf.NETDEV,
+            table,
+            "veth",
+            [nf.immediate(nf.interface_index(tap_index)), nf.forward()],
+            "all to the tap",
+        ),
+    ]
+
+
+def removal_batch(namespace: str) -> list[nf.Message]:
+    """`removal(namespace)` as nf_tables messages: the table made if missing, then deleted."""
+    check_namespace(namespace)
+    table = table_name(namespace)
+    return [nf.new_table(nf.NETDEV, table), nf.delete_table(nf.NETDEV, table)]
+
+
+def steered_namespaces(names: list[str]) -> list[str]:
+    """The namespaces whose steering tables are among the netdev tables `names`."""
+    return sorted(
+        name.removeprefix(TABLE_PREFIX) for name in names if name.startswith(TABLE_PREFIX)
+    )
 
 
 # -- applying it (root) --------------------------------------------------------------------------
 
 
-def nft(text: str, *arguments: str) -> str:
-    """Run ``nft ARGUMENTS`` (``-f -`` with `text` on its standard input when given); its
-    output. SteerError naming nft's complaint when it fails."""
-    argv = [NFT, *arguments] if arguments else [NFT, "-f", "-"]
+#: The root process's nf_tables socket and the network namespace it is in (the inode of the
+#: thread's namespace), opened at the first use and kept: closing an nfnetlink socket after a
+#: batch that deleted a table waits for the kernel to free it (an RCU grace period, 14 ms
+#: here), which every plug and unplug would pay. The root process runs no threads.
+_nftables: tuple[int, nf.Nftables] | None = None
+
+
+def _namespace_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def _nftables_socket() -> nf.Nftables:
+    global _nftables
+    here = _namespace_inode()
+    if _nftables is not None and _nftables[0] != here:
+        _close_nftables()
+    if _nftables is None:
+        _nftables = (here, nf.Nftables())
+    return _nftables[1]
+
+
+def _close_nftables() -> None:
+    global _nftables
+    if _nftables is not None:
+        _nftables[1].close()
+        _nftables = None
+
+
+def _commit(messages: list[nf.Message], what: str) -> None:
+    """Send `messages` in one batch; SteerError saying `what` failed and what the kernel said."""
     try:
-        result = subprocess.run(
-            argv,
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=NFT_TIMEOUT_SECONDS,
-            check=True,
-        )
-    except FileNotFoundError:
-        raise SteerError("nft not found: install nftables (the nft command)") from None
-    except subprocess.TimeoutExpired:
-        raise SteerError(f"nft did not answer in {NFT_TIMEOUT_SECONDS:.0f} s") from None
-    except subprocess.CalledProcessError as error:
-        said = " ".join((error.stderr or "").split())[:300]
-        raise SteerError(f"nft refused the steering rules: {said}") from None
-    return result.stdout
+        _nftables_socket().commit(messages)
+    except OSError as error:
+        _close_nftables()  # a new socket next time: no late answer can be taken for another's
+        raise SteerError(f"cannot {what}: {error.strerror or error}") from error
 
 
 def _rtnetlink() -> Rtnetlink:
@@ -258,16 +325,35 @@ def ensure_veth(namespace: str) -> bool:
     return True
 
 
-def install(namespace: str, tap: str) -> None:
+def install(namespace: str, tap: str, tap_index: int | None = None) -> None:
     """Steer `tap`'s metadata frames into `namespace` (which exists): the veth pair made or
-    adopted, then the table installed or replaced in one transaction."""
+    adopted, then the table installed or replaced in one transaction, its rules bound to the
+    indexes the tap and the veth's host end have now. With `tap_index`, only if the tap is still
+    that device (the one that was plugged)."""
+    check_namespace(namespace)
+    check_tap(tap)
+    found = link_index(tap)
+    if found is None:
+        raise SteerError(f"cannot steer {tap} into {namespace}: there is no link {tap}")
+    if tap_index is not None and found != tap_index:
+        raise SteerError(
+            f"cannot steer {tap} into {namespace}: {tap} is another device now"
+            f" (index {found}, plugged as {tap_index})"
+        )
     ensure_veth(namespace)
-    nft(ruleset(namespace, tap))
+    veth = host_end(namespace)
+    veth_index = link_index(veth)
+    if veth_index is None:
+        raise SteerError(f"cannot steer {tap} into {namespace}: {veth} vanished")
+    _commit(
+        install_batch(namespace, tap, found, veth_index),
+        f"install the steering of {tap} into {namespace}",
+    )
 
 
 def remove(namespace: str) -> None:
     """Remove `namespace`'s steering: its table (if any), then the veth pair (if any)."""
-    nft(removal(namespace))
+    _commit(removal_batch(namespace), f"remove the steering table of {namespace}")
     host = host_end(namespace)
     try:
         with _rtnetlink() as root:
@@ -280,4 +366,9 @@ def remove(namespace: str) -> None:
 
 def tables() -> list[str]:
     """The namespaces that have a steering table on this host (``rolecall-`` netdev tables)."""
-    return steered_namespaces(nft("", "-j", "list", "tables", "netdev"))
+    try:
+        names = _nftables_socket().table_names(nf.NETDEV)
+    except OSError as error:
+        _close_nftables()
+        raise SteerError(f"cannot list the steering tables: {error.strerror or error}") from error
+    return steered_namespaces(names)

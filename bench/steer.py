@@ -5,9 +5,9 @@ metadata connection from a stand-in VM.
 Run as root: ``.venv/bin/python bench/steer.py [--instances 500]``. It makes N namespaces as the
 agent does (`agent.netns.prepare`) and N stand-in taps (veth pairs in the host namespace), then
 times `Broker` plug requests for all (each: a link dump to check the taps, the veth pair made by
-rtnetlink, one ``nft -f -`` transaction) and unplug requests for all, and prints a table with
-the nftables rules and the memory each wired instance costs. Everything it makes is removed at
-the end, also on failure and Ctrl-C.
+rtnetlink, one nf_tables netlink batch) and unplug requests for all, and prints a table with
+the nftables rules (counted with ``nft -j list table``, the only nft run) and the memory each
+wired instance costs. Everything it makes is removed at the end, also on failure and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -121,7 +121,12 @@ def plug_all(count: int) -> dict[str, float]:
 
 
 def count_rules(name: str) -> int:
-    listing = json.loads(steer.nft("", "-j", "list", "table", "netdev", steer.table_name(name)))
+    listing = json.loads(
+        subprocess.run(
+            ["nft", "-j", "list", "table", "netdev", steer.table_name(name)],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+    )  # fmt: skip
     return sum(1 for entry in listing["nftables"] if "rule" in entry)
 
 
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     plugged, connected = first_connection()
     figures = plug_all(args.instances)
     count = args.instances
-    print(f"Steering {count} stand-in instances (Linux {os.uname().release}, nft)")
+    print(f"Steering {count} stand-in instances (Linux {os.uname().release}, nf_tables netlink)")
     print()
     print("| figure | value |")
     print("|---|---|")

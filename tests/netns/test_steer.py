@@ -9,7 +9,9 @@ fails (the session's leak check covers the agent's own ``rcv…`` veths).
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import netns, steer
+from agent import netns, nftables, steer
 from tests.netns.harness import (
     MADE,
     Cloud,
@@ -385,7 +387,8 @@ def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     assert wait_until(lambda: role_of(vm), 15, "the VM's role after the restart") == arn
     assert tables().count(namespace) == 1
     assert rules_of(namespace) == 3
-    assert f"adopted the steering of {vm.tap} into namespace {namespace}" in cloud.agent.output
+    adopted = f"adopted the steering of {vm.tap} into namespace {namespace}"
+    assert adopted in cloud.agent.output, cloud.agent.output
     found = json.loads(ip("-j", "link", "show", steer.host_end(namespace)).stdout)
     assert [link["ifindex"] for link in found] == [veth]  # the same veth, kept
     shown = ip("-n", namespace, "-o", "link").stdout
@@ -527,3 +530,121 @@ def test_the_hook_plugs_at_started_and_unplugs_at_release(cloud: Cloud, network:
     released = hook("release")
     assert released.returncode == 0 and "unplugged" in released.stderr, released.stderr
     assert namespace not in tables()
+
+
+# -- the nf_tables batches themselves, against nft (no agent) ------------------------------------
+
+
+@dataclass
+class Wired:
+    """An instance-like namespace and a stand-in tap (a veth pair in the host namespace)."""
+
+    namespace: str
+    tap: str
+
+
+@pytest.fixture
+def wired() -> Iterator[Wired]:
+    namespace = add_namespace(unique("rcg-"))
+    tap = unique("rct")
+    try:
+        ip("link", "add", tap, "type", "veth", "peer", "name", f"rcu{tap[3:]}")
+        ip("link", "set", tap, "up")
+        yield Wired(namespace, tap)
+    finally:
+        try:
+            steer.remove(namespace)
+        finally:
+            ip("link", "delete", tap, check=False)
+            delete_namespace(namespace)
+
+
+def nft(*arguments: str, text: str | None = None) -> str:
+    result = subprocess.run(
+        ["nft", *arguments], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def kernel_view(namespace: str) -> tuple[list[dict[str, object]], str]:
+    """What the kernel holds for `namespace`'s table: nft's JSON listing without handles, and
+    the rules' expressions as nft prints them from the kernel (``--debug=netlink``)."""
+    table = steer.table_name(namespace)
+    entries = json.loads(nft("-j", "list", "table", "netdev", table))["nftables"]
+    for entry in entries:
+        for value in entry.values():
+            if isinstance(value, dict):
+                value.pop("handle", None)
+    listed = nft("--debug=netlink", "list", "table", "netdev", table)
+    # Each rule's head line ends with its handle (and the previous rule's): those go.
+    bytecode = re.sub(rf"^(netdev {table} \w+)( \d+)+$", r"\1", listed, flags=re.MULTILINE)
+    return [entry for entry in entries if "metainfo" not in entry], bytecode
+
+
+def test_netlink_installs_exactly_what_nft_makes_of_the_ruleset_text(wired: Wired) -> None:
+    steer.install(wired.namespace, wired.tap)
+    installed = kernel_view(wired.namespace)
+    assert sum(1 for entry in installed[0] if "rule" in entry) == 3
+    assert "[ fwd sreg_dev 1 ]" in installed[1]
+    # The same table from the documented text, by nft, replacing it whole.
+    nft("-f", "-", text=steer.ruleset(wired.namespace, wired.tap))
+    assert kernel_view(wired.namespace) == installed
+    assert steer.tables().count(wired.namespace) == 1
+    assert f'iif "{wired.tap}" arp daddr ip 169.254.169.254' in nft(
+        "list", "table", "netdev", steer.table_name(wired.namespace)
+    )
+
+
+def test_installing_again_replaces_the_table_and_removal_leaves_none(wired: Wired) -> None:
+    steer.install(wired.namespace, wired.tap)
+    first = kernel_view(wired.namespace)
+    steer.install(wired.namespace, wired.tap)
+    assert kernel_view(wired.namespace) == first
+    assert steer.tables().count(wired.namespace) == 1
+    steer.remove(wired.namespace)
+    assert wired.namespace not in steer.tables()
+    assert root_links(steer.host_end(wired.namespace)) == 0
+    steer.remove(wired.namespace)  # nothing there: still fine
+
+
+def test_a_tap_gone_before_the_install_is_a_clear_error_and_nothing_is_made(
+    wired: Wired,
+) -> None:
+    ip("link", "delete", wired.tap)
+    with pytest.raises(steer.SteerError, match=rf"there is no link {wired.tap}$"):
+        steer.install(wired.namespace, wired.tap)
+    assert wired.namespace not in steer.tables()
+    assert root_links(steer.host_end(wired.namespace)) == 0
+
+
+def test_a_tap_that_is_another_device_now_is_not_steered(wired: Wired) -> None:
+    index = json.loads(ip("-j", "link", "show", wired.tap).stdout)[0]["ifindex"]
+    with pytest.raises(steer.SteerError, match=rf"{wired.tap} is another device now"):
+        steer.install(wired.namespace, wired.tap, index + 1000)
+    assert wired.namespace not in steer.tables()
+    steer.install(wired.namespace, wired.tap, index)
+    assert wired.namespace in steer.tables()
+
+
+def test_a_refused_batch_changes_nothing_and_names_the_refused_request(wired: Wired) -> None:
+    table = steer.table_name(wired.namespace)
+    steer.ensure_veth(wired.namespace)
+    indexes = steer.links()
+    veth = indexes[steer.host_end(wired.namespace)]
+    batch = steer.install_batch(wired.namespace, wired.tap, indexes[wired.tap], veth)
+    refused = nftables.new_rule(nftables.NETDEV, table, "nowhere", [nftables.forward()], "bad")
+    # Nothing installed yet: the table the batch made and filled is gone with it.
+    with nftables.Nftables() as kernel, pytest.raises(nftables.TransactionError) as raised:
+        kernel.commit([*batch, refused])
+    assert raised.value.errno == errno.ENOENT
+    assert f"refused NEWRULE in chain nowhere of table {table} (bad) (request 9 of 9)" in str(
+        raised.value
+    )
+    assert wired.namespace not in steer.tables()
+    # Installed: a refused replacement leaves the installed table exactly as it was.
+    steer.install(wired.namespace, wired.tap)
+    before = kernel_view(wired.namespace)
+    with nftables.Nftables() as kernel, pytest.raises(nftables.TransactionError):
+        kernel.commit([*batch, refused])
+    assert kernel_view(wired.namespace) == before

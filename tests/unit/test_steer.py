@@ -4,7 +4,6 @@ metadata service")."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -106,17 +105,6 @@ def test_a_bad_namespace_name_never_reaches_nft() -> None:
         steer.removal("../x")
 
 
-def test_the_steered_namespaces_are_read_from_nfts_list_of_tables() -> None:
-    listing = json.dumps(
-        {
-            "nftables": [
-                {"metainfo": {"version": "1.0.6"}},
-                {"table": {"family": "netdev", "name": "rolecall-rc-i-01234567", "handle": 3}},
-                {"table": {"family": "netdev", "name": "other", "handle": 4}},
-                {"table": {"family": "inet", "name": "rolecall-rc-i-89abcdef", "handle": 5}},
-            ]
-        }
-    )
-    assert steer.steered_namespaces(listing) == ["rc-i-01234567"]
-    with pytest.raises(steer.SteerError, match="cannot read"):
-        steer.steered_namespaces("not json")
+def test_the_steered_namespaces_are_the_netdev_tables_of_the_prefix() -> None:
+    names = ["rolecall-rc-i-89abcdef", "other", "rolecall-rc-i-01234567", "rolecall"]
+    assert steer.steered_namespaces(names) == ["rc-i-01234567", "rc-i-89abcdef"]
