@@ -127,6 +127,38 @@ def _answers(path: Path) -> bool:
 
 # -- the hypervisor's side: ask ------------------------------------------------------------------
 
+#: How often a client tries again while the agent's socket is missing or refuses (the agent
+#: restarting: its root process binds the socket again within about two seconds).
+RETRY_SECONDS = 0.1
+
+
+def _connected(path: Path, deadline: float, timeout: float) -> socket.socket:
+    """A client socket connected to `path`, tried again every RETRY_SECONDS while the socket is
+    missing or nothing listens on it, until `deadline`. PlugSocketError saying which, after."""
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        client.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            client.connect(str(path))
+            return client
+        except FileNotFoundError:
+            problem = f"no agent socket at {path} (is rolecall-agent running?)"
+        except ConnectionRefusedError:
+            problem = f"nothing listens on {path} (is rolecall-agent running?)"
+        except PermissionError:
+            client.close()
+            raise PlugSocketError(f"{path}: permission denied (run as root)") from None
+        except TimeoutError:
+            client.close()
+            raise PlugSocketError(f"the agent did not answer on {path} in {timeout:g} s") from None
+        except OSError as error:
+            client.close()
+            raise PlugSocketError(f"cannot talk to the agent on {path}: {error}") from None
+        client.close()
+        if time.monotonic() + RETRY_SECONDS >= deadline:
+            raise PlugSocketError(f"{problem}; tried for {timeout:g} s")
+        time.sleep(RETRY_SECONDS)
+
 
 def ask(
     path: Path, op: str, instance_id: str, tap: str, timeout: float = CLIENT_TIMEOUT_SECONDS
@@ -135,11 +167,9 @@ def ask(
     whole exchange bounded by `timeout`. PlugSocketError when the agent cannot be reached or
     does not answer in time."""
     deadline = time.monotonic() + timeout
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    client = _connected(path, deadline, timeout)
     try:
-        client.settimeout(timeout)
         try:
-            client.connect(str(path))
             client.sendall(encode({"op": op, "instance": instance_id, "tap": tap}))
             received = b""
             while not received.endswith(b"\n") and len(received) <= MAX_LINE_BYTES * 4:
@@ -151,16 +181,6 @@ def ask(
                 if not data:
                     break
                 received += data
-        except FileNotFoundError:
-            raise PlugSocketError(
-                f"no agent socket at {path} (is rolecall-agent running?)"
-            ) from None
-        except ConnectionRefusedError:
-            raise PlugSocketError(
-                f"nothing listens on {path} (is rolecall-agent running?)"
-            ) from None
-        except PermissionError:
-            raise PlugSocketError(f"{path}: permission denied (run as root)") from None
         except TimeoutError:
             raise PlugSocketError(f"the agent did not answer on {path} in {timeout:g} s") from None
         except OSError as error:

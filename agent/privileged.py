@@ -319,7 +319,12 @@ class Broker:
             made = self.owned.get(name)
             if name in self.plugs and made is not None and not made.released:
                 continue  # steered by the last process: replaced when it is prepared
-            if name.startswith(self._prefix) or name in self.owned or name in self.plugs:
+            ours = name in self.owned or name in self.plugs
+            if not ours and self._namespaces.exists(name):
+                # Another agent's (same prefix: a test run beside this one, or an agent that
+                # lost its record, whose namespace the sweep looks at): not this one's to touch.
+                continue
+            if ours or name.startswith(self._prefix):
                 try:
                     self._steering.remove(name)
                 except NamespaceError as error:

@@ -11,6 +11,7 @@ import socket
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,14 +187,45 @@ def test_a_file_that_is_not_a_socket_is_never_replaced(directory: Path) -> None:
 
 
 def test_the_client_says_clearly_when_no_agent_answers(directory: Path) -> None:
-    with pytest.raises(plug.PlugSocketError, match="no agent socket"):
-        plug.ask(directory / "none.sock", "plug", INSTANCE, "vnet0")
+    with pytest.raises(plug.PlugSocketError, match=r"no agent socket.*tried for 0\.3 s"):
+        plug.ask(directory / "none.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
     server = plug.bind(directory / "mute.sock")
     try:  # accepts (the kernel's backlog) but never answers
         with pytest.raises(plug.PlugSocketError, match="did not answer"):
             plug.ask(directory / "mute.sock", "plug", INSTANCE, "vnet0", timeout=0.3)
     finally:
         server.close()
+
+
+def test_a_plug_made_while_the_agent_restarts_lands_once_its_socket_is_back(
+    directory: Path,
+) -> None:
+    """No socket at first (the agent restarting): the client tries again until the agent binds
+    it, within its timeout, and gets the agent's answer."""
+    path = directory / "plug.sock"
+    answered: list[bytes] = []
+
+    def agent_comes_back() -> None:
+        time.sleep(0.5)
+        server = plug.bind(path)
+        try:
+            connection, _ = server.accept()
+            with connection:
+                answered.append(connection.recv(4096))
+                connection.sendall(plug.encode({"ok": True, "state": "pending"}))
+        finally:
+            server.close()
+
+    thread = threading.Thread(target=agent_comes_back)
+    thread.start()
+    try:
+        assert plug.ask(path, "plug", INSTANCE, "vnet0", timeout=3) == {
+            "ok": True,
+            "state": "pending",
+        }
+    finally:
+        thread.join()
+    assert json.loads(answered[0]) == {"op": "plug", "instance": INSTANCE, "tap": "vnet0"}
 
 
 # -- the commands ------------------------------------------------------------------------------

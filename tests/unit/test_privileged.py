@@ -46,6 +46,12 @@ class FakeNamespaces:
         self.calls.append(("remove_if_empty", name))
         return "link tap7" if name == "rc-i-00000002" else None
 
+    def exists(self, name: str) -> bool:
+        return name in self.present
+
+    #: Namespaces that exist on the host (for `exists`).
+    present: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True)
 class FakeLink:
@@ -490,6 +496,21 @@ def test_leftover_steering_of_the_prefix_is_removed_at_compact_but_not_one_to_ad
     # Its own plugged namespace is kept for the prepare to replace; another agent's (another
     # prefix, not in its record) is not its to remove.
     assert fake.installed == {"rc-i-01234567": "vnet0", "other-ns": "vnet6"}
+
+
+def test_steering_into_a_namespace_that_still_exists_is_left_to_its_agent(tmp_path: Path) -> None:
+    """A table with this agent's prefix, not in its record, whose namespace exists: another
+    agent's with the same prefix (a second test run), or one whose namespace the sweep is about
+    to look at. Not removed; the one whose namespace is gone is."""
+    record = OwnershipRecord(tmp_path / "namespaces.json")
+    record.load()
+    fake = FakeSteering()
+    fake.installed = {"rc-i-0000beef": "vnet5", "rc-i-0000dead": "vnet6"}
+    namespaces = FakeNamespaces()
+    namespaces.present = frozenset({"rc-i-0000beef"})
+    broker = Broker(80, record, Notifier(None), namespaces, steering=fake)
+    assert ask(broker, {"op": "compact"}) == {"ok": True}
+    assert fake.installed == {"rc-i-0000beef": "vnet5"}
 
 
 def test_after_a_restart_the_last_agents_steering_is_adopted_without_nft(tmp_path: Path) -> None:
