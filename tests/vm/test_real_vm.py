@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import boto3
 import pytest
@@ -35,13 +32,10 @@ from demo.vmguest import Nic, VmGuest, delete_link, link_exists, random_mac
 from demo.vmimage import GuestImage
 from tests.netns.harness import ACCOUNT_ID, Cloud, cloud_in, ip, namespace_of, namespaces
 from tests.vm import network
+from tests.vm.libvirt import Hook, domain_xml
 from tests.vm.network import CloudServer
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-HOOK = ROOT / "libvirt" / "qemu.d" / "rolecall"
-DOMAIN_EXAMPLE = ROOT / "libvirt" / "domain-example.xml"
-METADATA_NAMESPACE = "urn:rolecall:libvirt:1"
 SUBNET = "169.254.77"
 CLOUD_ADDRESS = f"{SUBNET}.1"
 INFO = "/latest/meta-data/iam/info"
@@ -67,28 +61,6 @@ class Vm:
         return namespace_of(self.instance_id)
 
 
-def domain_xml(name: str, instance_id: str, nic: Nic, bridge: str) -> str:
-    """libvirt/domain-example.xml for this VM: its name, the rolecall:instance element, the
-    interface's MAC, bridge and tap (``<target dev>``, as in the live XML at ``started``)."""
-    ElementTree.register_namespace("rolecall", METADATA_NAMESPACE)
-    domain = ElementTree.parse(DOMAIN_EXAMPLE).getroot()
-    domain.findall("name")[0].text = name
-    element = domain.find(f"metadata/{{{METADATA_NAMESPACE}}}instance")
-    assert element is not None, "the example has no rolecall:instance element"
-    element.set("id", instance_id)
-    element.set("mac", nic.mac)
-    interface = domain.findall("devices/interface")[0]
-    for tag, attribute, value in (
-        ("mac", "address", nic.mac),
-        ("source", "bridge", bridge),
-        ("target", "dev", nic.tap),
-    ):
-        found = interface.find(tag)
-        assert found is not None, f"the example's interface has no <{tag}>"
-        found.set(attribute, value)
-    return ElementTree.tostring(domain, encoding="unicode")
-
-
 class Site:
     """The module's cloud (controller and agent), bridge, cloud server and hook."""
 
@@ -96,28 +68,12 @@ class Site:
         self.cloud = cloud
         self.bridge = bridge
         self.server = server
-        # rolecall-agent on the hook's PATH: this checkout's CLI with the agent's configuration.
-        wrappers = workdir / "bin"
-        wrappers.mkdir()
-        wrapper = wrappers / "rolecall-agent"
-        wrapper.write_text(
-            "#!/bin/sh\n"
-            "command=$1\n"
-            "shift\n"
-            f"PYTHONPATH={shlex.quote(str(ROOT))} exec {shlex.quote(sys.executable)}"
-            f' -m agent.cli "$command" --config {shlex.quote(str(cloud.agent.config))} "$@"\n',
-            encoding="utf-8",
-        )
-        wrapper.chmod(0o755)
-        # libvirtd runs hooks with a small environment of its own.
-        self.hook_env = {"PATH": f"{wrappers}:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        self._hook = Hook(cloud.agent.config, workdir)
 
-    def hook(self, vm_name: str, xml: str, operation: str, suboperation: str) -> Any:
-        """The shipped hook script, as libvirtd runs it: ``NAME OP SUBOP -``, the XML on stdin."""
-        return subprocess.run(
-            [str(HOOK), vm_name, operation, suboperation, "-"],
-            input=xml, capture_output=True, text=True, timeout=30, env=self.hook_env,
-        )  # fmt: skip
+    def hook(
+        self, vm_name: str, xml: str, operation: str, suboperation: str
+    ) -> subprocess.CompletedProcess[str]:
+        return self._hook.run(vm_name, xml, operation, suboperation)
 
     def boot(self, image: GuestImage, address: str) -> Vm:
         """An instance with a role of its own, and its VM started as libvirt starts a domain."""
@@ -195,9 +151,7 @@ def second(site: Site, image: GuestImage, first: Vm) -> Iterator[Vm]:
 
 def token_of(vm: Vm, timeout: int = 5) -> str:
     """An IMDSv2 token from inside the guest, "" when none comes in `timeout` seconds."""
-    _, output = vm.guest.run(
-        f"HTTP_TIMEOUT={timeout} imds token 300", timeout + 5
-    )
+    _, output = vm.guest.run(f"HTTP_TIMEOUT={timeout} imds token 300", timeout + 5)
     status, _, token = output.partition("\n")
     return token if status == "200" else ""
 
@@ -275,7 +229,11 @@ def test_the_hook_plugs_the_tap_at_started_and_nothing_before(site: Site, first:
 def test_the_guest_gets_a_token_its_role_and_credentials_of_its_instance(
     site: Site, first: Vm
 ) -> None:
-    info = wait_until(lambda: info_of(first), 10, f"iam/info in {first.name}")
+    info = wait_until(
+        lambda: info_of(first),
+        10,
+        lambda: f"iam/info in {first.name}; the agent said:\n{site.cloud.agent.output}",
+    )
     assert info["Code"] == "Success"
     assert info["InstanceProfileArn"] == first.profile_arn
     role, credentials = credentials_of(first)
@@ -334,7 +292,11 @@ def test_a_second_vm_on_the_bridge_gets_its_own_role_never_the_firsts(
     site: Site, first: Vm, second: Vm
 ) -> None:
     assert "steered" in second.hooks["started"].stderr, second.hooks["started"].stderr
-    info = wait_until(lambda: info_of(second), 10, f"iam/info in {second.name}")
+    info = wait_until(
+        lambda: info_of(second),
+        10,
+        lambda: f"iam/info in {second.name}; the agent said:\n{site.cloud.agent.output}",
+    )
     assert info["InstanceProfileArn"] == second.profile_arn != first.profile_arn
     role, credentials = credentials_of(second)
     assert role == second.role
