@@ -209,18 +209,21 @@ def namespace_loop(bench: Bench, count: int, address: str) -> tuple[float, int]:
     bench.stack.callback(shutil.rmtree, copy, True)
     busybox = str(copy / "busybox")
     shutil.copyfile(bench.image.kernel.parent / "busybox", busybox)
-    os.chmod(busybox, 0o755)
+    os.chmod(busybox, 0o700)
     shell = ["ip", "netns", "exec", name, busybox, "sh", "-c"]
     env = {"PATH": "/usr/bin:/bin", "BB": busybox}
     put_request = (
-        "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: x\\r\\n"
+        "printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\n"
         "X-aws-ec2-metadata-token-ttl-seconds: 300\\r\\nContent-Length: 0\\r\\n"
-        "Connection: close\\r\\n\\r\\n' | $BB nc 169.254.169.254 80 | $BB tail -n 1"
+        "Connection: close\\r\\n\\r\\n' | $BB nc 169.254.169.254 80"
     )
     got = subprocess.run([*shell, put_request], capture_output=True, text=True, env=env)
     if got.returncode != 0:
         raise SystemExit(f"bench/vm.py: no token in the namespace guest: {got.stderr.strip()}")
-    token = got.stdout.strip()
+    status = got.stdout.split("\n", 1)[0]  # text=True: CR LF read as LF
+    if " 200 " not in status:
+        raise SystemExit(f"bench/vm.py: the namespace guest's token PUT: {got.stdout!r}")
+    token = got.stdout.rsplit("\n\n", 1)[-1].strip()
     loop = (
         guest_get_loop(count, bench.role, token)
         .replace("nc ", "$BB nc ")
