@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-systemd lint typecheck bench bench-imds clean
+.PHONY: install demo test test-systemd lint typecheck bench bench-imds bench-vm clean
 
 # npm ci: the AWS SDK for JavaScript, a real client in tests/netns (pinned by its lock file).
 # systemd: systemd-analyze, -sysusers and -tmpfiles check the unit files in systemd/.
@@ -94,6 +94,12 @@ bench-imds: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/imds.py
 	$(BIN)/python bench/cloud_init.py
+
+# Not part of `make test` (root: taps, a bridge, namespaces, nftables): a real QEMU guest wired by
+# the libvirt hook (QEMU start to its first credentials, hook start to the first steered frame,
+# the credential GET from the guest next to a namespace guest), then bench/steer.py's node cost.
+bench-vm: $(STAMP)
+	$(BIN)/python bench/vm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

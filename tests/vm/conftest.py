@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import steer
 from demo import vmguest
 from demo.guest import namespaces
 from demo.vmimage import GuestImage, GuestImageError, guest_image
+from tests.netns import harness
 from tests.vm import network
 
 HERE = Path(__file__).resolve().parent
@@ -54,8 +56,8 @@ def image(qemu: None) -> GuestImage:
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """At the end of the session: no bridge, tap, veth or namespace these tests made, and no
-    QEMU they started, is left."""
+    """At the end of the session: no bridge, tap, veth or namespace these tests made, no
+    steering table, and no QEMU or daemon they started, is left."""
     if os.geteuid() != 0:
         yield
         return
@@ -64,5 +66,13 @@ def nothing_left_behind() -> Iterator[None]:
         "links": sorted(name for name in network.MADE.links if vmguest.link_exists(name)),
         "namespaces": sorted(network.MADE.namespaces & namespaces()),
         "QEMU processes": [vm.pid for vm in network.MADE.guests if vm.running],
+        # The real controller and agent of test_real_vm.py (tests/netns/harness.py).
+        "instance namespaces": sorted(harness.MADE.namespaces & namespaces()),
+        "steering tables": sorted(harness.MADE.namespaces & set(steer.tables())),
+        "daemons": [
+            " ".join(map(str, process.args))
+            for process in harness.MADE.processes
+            if process.poll() is None
+        ],
     }
     assert not any(left.values()), f"left behind: { {k: v for k, v in left.items() if v} }"
