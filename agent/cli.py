@@ -132,8 +132,7 @@ def hypervisor_main(argv: list[str]) -> int:
     if args.command == "hook" and args.operation not in hook.ACTIONS:
         return 0  # at once: nothing read, nothing said
     if args.command != "hook":
-        from agent.names import InvalidName, check_instance_id
-        from agent.steer import InvalidTap, check_tap
+        from agent.names import InvalidName, InvalidTap, check_instance_id, check_tap
 
         try:
             check_instance_id(args.instance)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.imds.passthrough import HEADER_NAME, NEUTRON, RESERVED_NAMES, HeaderScheme
+from agent.imds.headers import HEADER_NAME, NEUTRON, RESERVED_NAMES, HeaderScheme
 from agent.refresh import RefreshPolicy
 from common.tomlconfig import (
     ConfigError,

@@ -25,8 +25,7 @@ from types import FrameType
 from typing import IO, Any
 from xml.etree import ElementTree
 
-from agent.names import INSTANCE_ID, InvalidName, check_instance_id
-from agent.steer import InvalidTap, check_tap
+from agent.names import INSTANCE_ID, InvalidName, InvalidTap, check_instance_id, check_tap
 
 #: The XML namespace of RoleCall's element in a domain's <metadata>.
 METADATA_NAMESPACE = "urn:rolecall:libvirt:1"

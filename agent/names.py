@@ -46,3 +46,33 @@ def _shown(value: object) -> str:
     """The refused value for a log line: quoted, escaped and cut short (it is untrusted)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: The namespace's end of the veth pair.
+INSIDE = "imds0"
+#: The host end of an instance's veth pair: "rcv" and 12 hex digits (15 characters, IFNAMSIZ-1).
+HOST_END = re.compile(r"rcv[0-9a-f]{12}")
+#: What a tap's name may be: a Linux interface name (1 to 15 characters, no "/", ":" or
+#: whitespace), narrowed to characters nft takes in a quoted device name and a log line shows
+#: as they are. libvirt's vnetN, Nova's tapXXXXXXXX-XX, macvtapN all fit.
+TAP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
+
+
+class InvalidTap(ValueError):
+    """A tap name the agent refuses; the message says why."""
+
+
+def check_tap(value: object) -> str:
+    """`value` if it may name a VM's tap: an interface name (`TAP`), not the loopback and not
+    one of the agent's own veth ends."""
+    if not isinstance(value, str) or not TAP.fullmatch(value):
+        shown = repr(value)[:40]
+        raise InvalidTap(
+            f"tap {shown} is not an interface name (1 to 15 letters, digits, '_', '.' or '-',"
+            " not starting with '.' or '-')"
+        )
+    if value == "lo":
+        raise InvalidTap("tap lo: the loopback is no VM's tap")
+    if HOST_END.fullmatch(value) or value == INSIDE:
+        raise InvalidTap(f"tap {value}: that is one of the agent's own veth ends")
+    return value

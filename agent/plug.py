@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.names import InvalidName, check_instance_id
-from agent.steer import InvalidTap, check_tap
+from agent.names import InvalidName, InvalidTap, check_instance_id, check_tap
 
 #: The longest request line taken (a request is well under 200 bytes).
 MAX_LINE_BYTES = 1024

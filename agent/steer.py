@@ -21,7 +21,6 @@ running nft (`agent.nftables`), and make or delete the veth with rtnetlink.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sys
 from hashlib import blake2b
@@ -29,7 +28,12 @@ from typing import TYPE_CHECKING
 
 from agent import netns
 from agent import nftables as nf
+from agent.names import HOST_END as HOST_END
+from agent.names import INSIDE as INSIDE
+from agent.names import TAP as TAP
+from agent.names import InvalidTap as InvalidTap
 from agent.names import check_namespace
+from agent.names import check_tap as check_tap
 from agent.netns import METADATA_ADDRESS, NamespaceError
 
 if TYPE_CHECKING:
@@ -37,24 +41,12 @@ if TYPE_CHECKING:
 
 #: Every steering table's name is this and the namespace's name.
 TABLE_PREFIX = "rolecall-"
-#: The namespace's end of the veth pair.
-INSIDE = "imds0"
-#: The host end of an instance's veth pair: "rcv" and 12 hex digits (15 characters, IFNAMSIZ-1).
-HOST_END = re.compile(r"rcv[0-9a-f]{12}")
-#: What a tap's name may be: a Linux interface name (1 to 15 characters, no "/", ":" or
-#: whitespace), narrowed to characters nft takes in a quoted device name and a log line shows
-#: as they are. libvirt's vnetN, Nova's tapXXXXXXXX-XX, macvtapN all fit.
-TAP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 #: The netdev ingress priority of both chains: before anything else on these devices.
 PRIORITY = -500
 
 
 class SteerError(NamespaceError):
     """Steering could not be installed or removed; the message says what and why."""
-
-
-class InvalidTap(ValueError):
-    """A tap name the agent refuses; the message says why."""
 
 
 def host_end(namespace: str) -> str:
@@ -71,22 +63,6 @@ def inside_address(namespace: str) -> str:
 
 def table_name(namespace: str) -> str:
     return TABLE_PREFIX + namespace
-
-
-def check_tap(value: object) -> str:
-    """`value` if it may name a VM's tap: an interface name (`TAP`), not the loopback and not
-    one of the agent's own veth ends."""
-    if not isinstance(value, str) or not TAP.fullmatch(value):
-        shown = repr(value)[:40]
-        raise InvalidTap(
-            f"tap {shown} is not an interface name (1 to 15 letters, digits, '_', '.' or '-',"
-            " not starting with '.' or '-')"
-        )
-    if value == "lo":
-        raise InvalidTap("tap lo: the loopback is no VM's tap")
-    if HOST_END.fullmatch(value) or value == INSIDE:
-        raise InvalidTap(f"tap {value}: that is one of the agent's own veth ends")
-    return value
 
 
 def ruleset(namespace: str, tap: str) -> str:

@@ -43,62 +43,22 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
+from agent.imds.headers import GUEST_HEADERS as GUEST_HEADERS
+from agent.imds.headers import HEADER_NAME as HEADER_NAME
+from agent.imds.headers import NEUTRON as NEUTRON
+from agent.imds.headers import RESERVED_NAMES as RESERVED_NAMES
+from agent.imds.headers import HeaderScheme as HeaderScheme
 from agent.imds.rules import NOT_FOUND_PAGE, SERVER, TEXT_HTML, ImdsRequest, ImdsResponse
 
-#: The guest's headers that are forwarded; every other one is dropped.
-GUEST_HEADERS: Final = ("Accept", "User-Agent")
-#: Names a trusted header may not have: the guest's allowed headers, the HTTP framing and
-#: hop-by-hop headers (twisted.web's client writes those itself), and IMDSv2's own.
-RESERVED_NAMES: Final = frozenset(
-    {
-        *(name.lower() for name in GUEST_HEADERS),
-        "host",
-        "content-length",
-        "content-type",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "proxy-authorization",
-        "proxy-connection",
-        "x-aws-ec2-metadata-token",
-        "x-aws-ec2-metadata-token-ttl-seconds",
-    }
-)
 OCTET_STREAM: Final = "application/octet-stream"
 #: What an answer's ``Content-Type`` may be to be passed back (printable ASCII, bounded).
 _CONTENT_TYPE: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}", re.ASCII)
-#: A header name: an RFC 9110 token.
-HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", re.ASCII)
 #: RFC 3986's characters of a path (pchar and "/") and of a query, ";" left out of the path.
 _PATH: Final = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,=:@/-]|%[0-9A-Fa-f]{2})*", re.ASCII)
 _QUERY: Final = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*", re.ASCII)
 #: Decoded segments that name RoleCall's own trees: never forwarded, in any case.
 _OWN_SEGMENTS: Final = frozenset({"iam", "api"})
 _OWN_PREFIX: Final = "security-credentials"
-
-
-@dataclass(frozen=True)
-class HeaderScheme:
-    """The names of the headers the agent adds for the upstream service. ``None``: that
-    header is left out (the instance id and its signature are always sent)."""
-
-    instance_id: str = "X-Instance-ID"
-    account_id: str | None = "X-Tenant-ID"
-    signature: str = "X-Instance-ID-Signature"
-    forwarded_for: str | None = "X-Forwarded-For"
-
-    def names(self) -> tuple[str, ...]:
-        """The headers this scheme sends, as configured."""
-        named = (self.instance_id, self.account_id, self.signature, self.forwarded_for)
-        return tuple(name for name in named if name is not None)
-
-
-#: Neutron's metadata agent's headers, as Nova's metadata API reads them.
-NEUTRON: Final = HeaderScheme()
 
 
 def sign(secret: bytes, instance_id: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,19 @@ def test_the_shipped_hook_script_hands_everything_to_rolecall_agent_hook() -> No
     if shutil.which("shellcheck"):
         result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_the_hook_imports_no_more_than_it_needs() -> None:
+    """libvirt runs the hook at every VM start and waits for it: `rolecall-agent hook` and
+    `plug` load the name checks, the plug client and the configuration's parser, never the
+    metadata service, the steering (pyroute2, nf_tables) or Twisted."""
+    code = (
+        "import sys, agent.cli, agent.hook, agent.plug\n"
+        "heavy = ('agent.imds.passthrough', 'agent.imds.tree', 'agent.steer', 'agent.netns',"
+        " 'agent.nftables', 'pyroute2', 'twisted')\n"
+        "print(sorted(name for name in sys.modules if name.startswith(heavy)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
