@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
+
+from agent.netlink import TIMEOUT_SECONDS, NetlinkSocket
 
 NETLINK_NETFILTER = 12
 #: nfnetlink's subsystem of nf_tables (NFNL_SUBSYS_NFTABLES): the high byte of a message type.
@@ -61,7 +61,6 @@ CMP_EQ = 0
 
 _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _ATTRIBUTE = struct.Struct("=HH")  # nlattr: length, type
-_TIMEOUT_SECONDS = 5.0
 #: Attempts at a table dump that the kernel marks interrupted (a change during the dump).
 _DUMP_ATTEMPTS = 5
 
@@ -332,43 +331,20 @@ def error_text(code: int) -> str:
 # -- the socket -----------------------------------------------------------------------------------
 
 
-class Nftables:
-    """A plain nfnetlink socket in the namespace the calling thread is in when it is opened."""
+class Nftables(NetlinkSocket):
+    """A plain nfnetlink socket in the namespace the calling thread is in when it is opened.
+    Closing it after a batch that deleted a table waits for the kernel to free that table (some
+    14 ms): keep one socket open rather than one per batch."""
 
     def __init__(self) -> None:
-        self._socket = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
-        )
-        try:
-            self._socket.bind((0, 0))
-            self._socket.settimeout(_TIMEOUT_SECONDS)  # the kernel answers at once
-        except OSError:
-            self._socket.close()
-            raise
-        self._sequence = 0
-
-    def __enter__(self) -> Nftables:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the socket (after a batch that deleted a table this waits for the kernel to
-        free it: keep one socket open rather than one per batch)."""
-        self._socket.close()
+        super().__init__(NETLINK_NETFILTER)
 
     def _receive(self) -> list[tuple[int, int, int, bytes]]:
         try:
             return messages_in(self._socket.recv(1 << 20))
         except TimeoutError:
             raise TransactionError(
-                errno.ETIMEDOUT, f"nf_tables did not answer in {_TIMEOUT_SECONDS:.0f} s"
+                errno.ETIMEDOUT, f"nf_tables did not answer in {TIMEOUT_SECONDS:.0f} s"
             ) from None
 
     def commit(self, messages: Sequence[Message]) -> None:

@@ -13,7 +13,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
-from types import TracebackType
 from typing import Any
 
 from pyroute2.netlink import (
@@ -42,9 +41,10 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from agent.netlink import NetlinkSocket
+
 #: The kernel gives every namespace's loopback this index (LOOPBACK_IFINDEX).
 LOOPBACK_INDEX = 1
-_NETLINK_TIMEOUT_SECONDS = 5.0
 #: IN6_ADDR_GEN_MODE_NONE: the link gets no IPv6 link-local address (and sends nothing of its own).
 _ADDR_GEN_MODE_NONE = 1
 _RT_TABLE_MAIN = 254
@@ -66,7 +66,7 @@ class Link:
     up: bool
 
 
-class Rtnetlink:
+class Rtnetlink(NetlinkSocket):
     """A plain rtnetlink socket in the namespace the calling thread is in when it is opened (it
     stays in that one), with pyroute2's message classes to encode requests and parse answers.
 
@@ -76,28 +76,8 @@ class Rtnetlink:
     """
 
     def __init__(self) -> None:
-        self._socket = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
-        )
-        try:
-            self._socket.bind((0, 0))
-            self._socket.settimeout(_NETLINK_TIMEOUT_SECONDS)  # the kernel answers at once
-        except OSError:
-            self._socket.close()
-            raise
+        super().__init__(NETLINK_ROUTE)
         self._marshal = MarshalRtnl()
-        self._sequence = 0
-
-    def __enter__(self) -> Rtnetlink:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._socket.close()
 
     def _request(self, encode: Callable[[int], bytes]) -> list[Any]:
         """Send the request `encode(sequence)`; the messages answering it (a dump's), once the
