@@ -26,21 +26,12 @@ from controller.errors import (
 from controller.identity import IdentitySigner, create_identity_key
 from controller.store.records import Account, Instance, Node
 from controller.store.sqlite import SQLiteStore
+from tests.unit.callers import root, user
 
 OPERATOR = "111111111111"
 TENANT = "222222222222"
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SIGNER = IdentitySigner(*create_identity_key(NOW, "us-east-1"))
-
-
-def root(account_id: str) -> Caller:
-    arn = f"arn:aws:iam::{account_id}:root"
-    return Caller(account_id, arn, "AKIAROOT", account_id, "root")
-
-
-def user(account_id: str) -> Caller:
-    arn = f"arn:aws:iam::{account_id}:user/alice"
-    return Caller(account_id, arn, "AKIAUSER", "AIDAALICE", "user", user_name="alice")
 
 
 class Waker:
@@ -268,7 +259,7 @@ def test_a_destination_subnet_holding_the_address_takes_the_instance(store: SQLi
 
 @pytest.mark.parametrize(
     "caller",
-    [user(OPERATOR), root(TENANT), user(TENANT)],
+    [user(OPERATOR, "alice"), root(TENANT), user(TENANT, "alice")],
     ids=["operator-user", "tenant-root", "tenant-user"],
 )
 def test_only_the_operators_root_may_choose_the_node(store: SQLiteStore, caller: Caller) -> None:
