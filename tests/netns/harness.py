@@ -248,7 +248,11 @@ class ControllerProcess:
              "--account-id", ACCOUNT_ID],
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
-        assert "Initialised RoleCall" in init.stdout, init.stdout + init.stderr
+        # Another controller on the same state directory finds it initialised (SQLite takes
+        # several processes on one store).
+        assert "Initialised RoleCall" in init.stdout or "already initialised" in init.stdout, (
+            init.stdout + init.stderr
+        )
         credentials = configparser.ConfigParser()
         credentials.read(state_dir / "root-credentials")
         self.access_key_id = credentials["rolecall"]["aws_access_key_id"]
@@ -299,18 +303,27 @@ class AgentProcess:
     """``rolecall-agent`` serving a node's instances on port 80 inside their namespaces."""
 
     def __init__(
-        self, controller_url: str, credentials: Path, workdir: Path, extra_config: str = ""
+        self,
+        controller_url: str | Sequence[str],
+        credentials: Path,
+        workdir: Path,
+        extra_config: str = "",
+        controller_config: str = "",
     ) -> None:
         # An explicit (minimal) configuration file: a host's /etc/rolecall/agent.toml must not
-        # leak into the test. `extra_config`: more TOML tables, appended.
+        # leak into the test. `extra_config`: more TOML tables, appended; `controller_config`:
+        # more keys of [controller]. Several URLs: the agent fails over between them.
         self.config = workdir / "agent.toml"
         # The hypervisor's plug socket: one per agent, under /tmp (a socket's path is short).
         self.plug_directory = Path(tempfile.mkdtemp(prefix="rcplug-", dir="/tmp"))
         self.plug_socket = self.plug_directory / "plug.sock"
+        urls = [controller_url] if isinstance(controller_url, str) else list(controller_url)
         # The serving process runs as nobody (a real node has its own rolecall-agent user).
         self.config.write_text(
-            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n'
-            f'[hypervisor]\nplug_socket = "{self.plug_socket}"\n' + extra_config,
+            f'user = "{SERVING_USER}"\n[controller]\nurls = {json.dumps(urls)}\n'
+            + controller_config
+            + f'[hypervisor]\nplug_socket = "{self.plug_socket}"\n'
+            + extra_config,
             encoding="utf-8",
         )
         self.credentials = credentials
