@@ -235,7 +235,9 @@ class ControllerProcess:
     """``rolecall-controller serve`` on ports chosen once, so that a restart with the same state
     directory comes back at the same URLs (the agent keeps its ``--controller-url``)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, initialise: bool = True) -> None:
+        """`initialise`: run ``init`` first; False for another controller on a state
+        directory already initialised (SQLite takes several processes on one store)."""
         self.state_dir = state_dir
         self.api_port, self.node_api_port, self.metrics_port = free_ports(3)
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -243,16 +245,13 @@ class ControllerProcess:
         self.process: LoggedProcess | None = None
         #: Exit statuses and output of the processes stopped so far, for the teardown checks.
         self.stopped: list[tuple[int, str]] = []
-        init = subprocess.run(
-            [BIN / "rolecall-controller", "--state-dir", state_dir, "init",
-             "--account-id", ACCOUNT_ID],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        # Another controller on the same state directory finds it initialised (SQLite takes
-        # several processes on one store).
-        assert "Initialised RoleCall" in init.stdout or "already initialised" in init.stdout, (
-            init.stdout + init.stderr
-        )
+        if initialise:
+            init = subprocess.run(
+                [BIN / "rolecall-controller", "--state-dir", state_dir, "init",
+                 "--account-id", ACCOUNT_ID],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            assert "Initialised RoleCall" in init.stdout, init.stdout + init.stderr
         credentials = configparser.ConfigParser()
         credentials.read(state_dir / "root-credentials")
         self.access_key_id = credentials["rolecall"]["aws_access_key_id"]
@@ -260,6 +259,11 @@ class ControllerProcess:
 
     def start(self) -> None:
         """``serve`` (only: the state directory was initialised once), until both APIs listen."""
+        self.spawn()
+        self.wait_listening()
+
+    def spawn(self) -> None:
+        """``serve``, not waiting for it (start several at once, then `wait_listening`)."""
         assert self.process is None, "the controller is running already"
         self.process = LoggedProcess(
             [str(BIN / "rolecall-controller"), "--state-dir", str(self.state_dir), "serve",
@@ -267,6 +271,9 @@ class ControllerProcess:
              "--metrics-port", str(self.metrics_port)],
             env=daemon_env(),
         )  # fmt: skip
+
+    def wait_listening(self) -> None:
+        assert self.process is not None, "the controller was not started"
         self.process.wait_for(r"public API listening on http://")
         self.process.wait_for(r"node API listening on https://")
 

@@ -131,10 +131,13 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    first, second, third = (ControllerProcess(state) for _ in range(3))  # one state, three
-    for controller in (first, second, third):
+    first = ControllerProcess(state)
+    second, third = ControllerProcess(state, False), ControllerProcess(state, False)
+    for controller in (first, second, third):  # three processes, one store
         cleanup.callback(controller.stop)
-        controller.start()
+        controller.spawn()
+    for controller in (first, second, third):
+        controller.wait_listening()
     refusing = RefusingController(state)
     cleanup.callback(refusing.close)
     node = unique("hv-")
