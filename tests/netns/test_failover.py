@@ -3,9 +3,11 @@ and no guest request fails meanwhile.
 
 Real parts: three ``rolecall-controller serve`` processes on ONE state directory (the SQLite
 store takes several processes on one file), the real agent serving instances in their
-namespaces, a guest asking for its credentials in a loop. The fourth URL, listed first, is a
-stand-in that answers every node API call with 503 StoreUnavailable over TLS with the
-controllers' own node API certificate: a controller that lost its database. A real controller
+namespaces, a guest asking for its credentials in a loop. The URL listed first is a stand-in
+that answers every node API call with 503 StoreUnavailable over TLS with the controllers' own
+node API certificate: a controller that lost its database. Another stand-in, listed after the
+first controller, has a certificate from a CA the agent does not trust: the agent moves past it
+and sends it no request. A real controller
 cannot be made to lose an SQLite store the others keep (the file and its locks are shared; root
 ignores file modes), and PostgreSQL is issue 14's other part.
 
@@ -22,10 +24,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,6 +37,7 @@ import pytest
 
 from agent import steer
 from agent.failover import Bounds
+from controller.nodeca import create_ca, create_server_certificate
 from tests.netns.harness import (
     EC2_TRUST,
     MADE,
@@ -59,6 +64,7 @@ class _Refuses(BaseHTTPRequestHandler):
     """Every node API call: 503, as a controller whose store is unavailable answers."""
 
     def _refuse(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
         body = json.dumps({"error": "StoreUnavailable", "message": "try again"}).encode()
         self.send_response(503)
         self.send_header("Content-Type", "application/json")
@@ -73,17 +79,27 @@ class _Refuses(BaseHTTPRequestHandler):
         pass
 
 
-class RefusingController:
-    """A TLS server on 127.0.0.1 with the controllers' node API certificate, answering 503."""
+class _CountingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    connections = 0
+    requests = 0
 
-    def __init__(self, state_dir: Path) -> None:
+    def get_request(self) -> tuple[socket.socket, object]:
+        self.connections += 1  # counted before the TLS handshake, which may fail
+        return super().get_request()
+
+
+class StandIn:
+    """A TLS server on 127.0.0.1 answering every request 503 (`_Refuses`), with the given
+    certificate: the controllers' own node API one, or one from another CA."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(state_dir / "node-api.pem", state_dir / "node-api.key")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuses)
-        self.server.daemon_threads = True
+        context.load_cert_chain(certificate, key)
+        self.server = _CountingServer(("127.0.0.1", 0), _Refuses)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="503 stand-in")
+        self.thread = threading.Thread(target=self.server.serve_forever, name="stand-in")
         MADE.threads.append(self.thread)
         self.thread.start()
 
@@ -91,6 +107,16 @@ class RefusingController:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+def foreign_certificate(directory: Path) -> tuple[Path, Path]:
+    """A node API certificate for 127.0.0.1 from a CA the agent does not trust."""
+    now = datetime.now(UTC)
+    ca_key, ca_certificate = create_ca(now)
+    key, certificate = create_server_certificate(ca_key, ca_certificate, now, ["127.0.0.1"])
+    (directory / "foreign.pem").write_bytes(certificate)
+    (directory / "foreign.key").write_bytes(key)
+    return directory / "foreign.pem", directory / "foreign.key"
 
 
 class Stopped:
@@ -138,8 +164,10 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
         controller.spawn()
     for controller in (first, second, third):
         controller.wait_listening()
-    refusing = RefusingController(state)
+    refusing = StandIn(state / "node-api.pem", state / "node-api.key")
     cleanup.callback(refusing.close)
+    foreign = StandIn(*foreign_certificate(tmp_path))
+    cleanup.callback(foreign.close)
     node = unique("hv-")
     (tmp_path / "node").mkdir()
     credentials = first.enroll(node, tmp_path / "node")
@@ -154,7 +182,8 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
 
     cleanup.callback(remove_instance_namespaces)
     (tmp_path / "agent").mkdir()
-    urls = [refusing.url, first.node_api_url, second.node_api_url, third.node_api_url]
+    # The foreign one is tried (after the first controller dies) and must get no request.
+    urls = [refusing.url, first.node_api_url, foreign.url, second.node_api_url, third.node_api_url]
     agent = AgentProcess(
         urls,
         credentials,
@@ -237,4 +266,7 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
     assert failovers == {"refused": 1.0, "unreachable": 1.0, "timeout": 1.0}, agent.output
     for url in (first.node_api_url, second.node_api_url, third.node_api_url):
         assert f"controller {url} in use from now on, after controller " in agent.output
+    assert f"controller {foreign.url}: its certificate does not verify" in agent.output
+    assert foreign.server.connections >= 1 and foreign.server.requests == 0
+    assert refusing.server.requests >= 1
     assert "Traceback" not in agent.output
