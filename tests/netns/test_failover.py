@@ -18,8 +18,8 @@ controller the agent is expected to use at that point, and the agent's long poll
 
 One test for the three failures, since the cloud it needs takes seconds to build, and the hang
 costs the long poll and its answer bound (1 + 5 s) and the silent port the handshake bound
-(3 s) by design: about 20 s on two cores, worth it
-for the issue's first promise (guests never notice a controller dying or hanging).
+(3 s) by design: about 20 s on two cores, worth it for the issue's first promise (guests never
+notice a controller dying or hanging).
 """
 
 from __future__ import annotations
