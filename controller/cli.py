@@ -46,9 +46,9 @@ from controller.nodeca import (
     load_certificate,
     server_certificate_names,
 )
-from controller.store.base import Conflict, StoreError
+from controller.store.base import Conflict, Store, StoreError
+from controller.store.factory import open_store, store_location
 from controller.store.records import REGION, Node
-from controller.store.sqlite import SQLiteStore
 from controller.xmlout import format_time
 
 DEFAULT_PROFILE = "rolecall"
@@ -270,7 +270,7 @@ def init(
         raise CommandError(
             f"cannot create the state directory {state_dir}: {error.strerror}"
         ) from error
-    store = SQLiteStore(config.database_path)
+    store = open_store(config)
     try:
         with store.transaction() as tx:
             bootstrap = ensure_first_account(
@@ -280,9 +280,15 @@ def init(
     finally:
         store.close()
     account = bootstrap.account
+    # Where the account lives: the state directory's SQLite file, or the shared database.
+    where = (
+        f"the store ({store_location(config)})"
+        if config.store_backend == "postgresql"
+        else str(state_dir)
+    )
     if bootstrap.root_key is None and account_id not in (None, account.account_id):
         raise CommandError(
-            f"{state_dir} is already initialised for account {account.account_id};"
+            f"{where} is already initialised for account {account.account_id};"
             f" it was not changed (asked for {account_id})"
         )
     now = datetime.now(UTC)
@@ -309,7 +315,7 @@ def init(
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
-        print(f"Initialised RoleCall in {state_dir} (store schema version {version}).")
+        print(f"Initialised RoleCall in {where} (store schema version {version}).")
         print(f"  account     {account.account_id} ({account.name})")
         key_id = bootstrap.root_key.access_key_id
         print(f"  root key    {key_id}, in {credentials} (profile {profile})")
@@ -323,9 +329,9 @@ def init(
     else:
         if added:
             what = " and ".join(added)
-            print(f"RoleCall is already initialised in {state_dir}; added {what}.")
+            print(f"RoleCall is already initialised in {where}; added {what}.")
         else:
-            print(f"RoleCall is already initialised in {state_dir}; nothing was changed.")
+            print(f"RoleCall is already initialised in {where}; nothing was changed.")
         print(f"  account     {account.account_id} ({account.name})")
         print(f"  root key    in {credentials}")
         print(f"  node CA     in {config.ca_cert_path}")
@@ -357,13 +363,33 @@ def _credentials_text(bootstrap: Bootstrap, profile: str) -> str:
     )
 
 
-def _open_store(config: ControllerConfig) -> SQLiteStore:
-    if not config.database_path.exists():
+def _open_store(config: ControllerConfig) -> Store:
+    """The configured store, once `init` has made it (CommandError saying to run it if not)."""
+    _check_initialised(config)
+    store = open_store(config)
+    if config.store_backend == "postgresql":
+        try:
+            with store.transaction() as tx:
+                initialised = bool(tx.list_accounts())
+        except BaseException:
+            store.close()
+            raise
+        if not initialised:
+            store.close()
+            raise CommandError(
+                f"the store ({store_location(config)}) is not initialised (no account);"
+                " run: rolecall-controller init"
+            )
+    return store
+
+
+def _check_initialised(config: ControllerConfig) -> None:
+    """An SQLite store must exist already (opening would create an empty one)."""
+    if config.store_backend == "sqlite" and not config.database_path.exists():
         raise CommandError(
             f"{config.state_dir} is not initialised (no {config.database_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
-    return SQLiteStore(config.database_path)
 
 
 def account_create(
@@ -782,13 +808,11 @@ def list_nodes(config: ControllerConfig) -> int:
 def check_config(config: ControllerConfig) -> int:
     """What serve needs, checked without serving: the state directory (owner, mode), the store,
     the token key ring, the node API's certificate and CA, and the instance identity key (when
-    there is one). Reads; writes nothing."""
+    there is one). Reads; writes nothing (a PostgreSQL store is migrated, as serve would)."""
     check_state_directory(config.state_dir)
-    if not config.database_path.exists():
-        raise CommandError(
-            f"{config.state_dir} is not initialised (no {config.database_path.name});"
-            f" run: rolecall-controller --state-dir {config.state_dir} init"
-        )
+    _check_initialised(config)
+    if config.store_backend == "postgresql":
+        _open_store(config).close()  # reachable, at this schema (or migrated), initialised
     ring = load_key_ring(config.token_keys_path)
     _read_node_ca(config)
     if not config.node_api_cert_path.exists():
@@ -798,7 +822,8 @@ def check_config(config: ControllerConfig) -> int:
         )
     signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
     print(
-        f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
+        f"rolecall-controller: configuration OK: state {config.state_dir}, store"
+        f" {store_location(config)}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
         f" {config.metrics_host}:{config.metrics_port}"

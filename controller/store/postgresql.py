@@ -80,6 +80,19 @@ def describe_dsn(dsn: str) -> str:
     return "PostgreSQL " + (" ".join(shown) if shown else "(libpq defaults)")
 
 
+def check_dsn(dsn: str) -> str | None:
+    """What is wrong with a DSN's syntax (without its password), or None."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return "the PostgreSQL store needs psycopg: pip install 'psycopg[binary,pool]'"
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as error:
+        return "not a valid libpq connection string: " + redact(str(error).strip(), dsn)
+    return None
+
+
 def _secrets_of(dsn: str) -> list[str]:
     """The password(s) a DSN spells out, to be cut from any message that quotes the DSN."""
     found = re.findall(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
