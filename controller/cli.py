@@ -46,9 +46,9 @@ from controller.nodeca import (
     load_certificate,
     server_certificate_names,
 )
-from controller.store.base import Conflict, StoreError
+from controller.store.base import Conflict, Store, StoreError
+from controller.store.factory import open_store, store_location
 from controller.store.records import REGION, Node
-from controller.store.sqlite import SQLiteStore
 from controller.xmlout import format_time
 
 DEFAULT_PROFILE = "rolecall"
@@ -169,6 +169,18 @@ def _parser() -> argparse.ArgumentParser:
         help="check the configuration and the state directory as serve would, then exit"
         " (0: serve would start)",
     )
+    migrate = commands.add_parser(
+        "migrate-store",
+        help="copy the SQLite store of the state directory into a PostgreSQL database (run it"
+        " again: it copies only what is new); verified by per-table counts and checksums",
+    )
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="DSN",
+        help="the PostgreSQL database: a libpq connection string or a postgresql:// URI (put a"
+        " password in a passfile, not here)",
+    )
     serve = commands.add_parser("serve", help="run the controller until SIGTERM or SIGINT")
     serve.add_argument("--host", help="address of the public API (default 127.0.0.1)")
     serve.add_argument(
@@ -215,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_nodes(config)
         if args.command == "check-config":
             return check_config(config)
+        if args.command == "migrate-store":
+            return migrate_store(config, args.to)
         if args.command == "identity-certificate":
             return identity_certificate(config)
         for flag, port in (
@@ -270,7 +284,7 @@ def init(
         raise CommandError(
             f"cannot create the state directory {state_dir}: {error.strerror}"
         ) from error
-    store = SQLiteStore(config.database_path)
+    store = open_store(config)
     try:
         with store.transaction() as tx:
             bootstrap = ensure_first_account(
@@ -280,9 +294,15 @@ def init(
     finally:
         store.close()
     account = bootstrap.account
+    # Where the account lives: the state directory's SQLite file, or the shared database.
+    where = (
+        f"the store ({store_location(config)})"
+        if config.store_backend == "postgresql"
+        else str(state_dir)
+    )
     if bootstrap.root_key is None and account_id not in (None, account.account_id):
         raise CommandError(
-            f"{state_dir} is already initialised for account {account.account_id};"
+            f"{where} is already initialised for account {account.account_id};"
             f" it was not changed (asked for {account_id})"
         )
     now = datetime.now(UTC)
@@ -309,7 +329,7 @@ def init(
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
-        print(f"Initialised RoleCall in {state_dir} (store schema version {version}).")
+        print(f"Initialised RoleCall in {where} (store schema version {version}).")
         print(f"  account     {account.account_id} ({account.name})")
         key_id = bootstrap.root_key.access_key_id
         print(f"  root key    {key_id}, in {credentials} (profile {profile})")
@@ -323,9 +343,9 @@ def init(
     else:
         if added:
             what = " and ".join(added)
-            print(f"RoleCall is already initialised in {state_dir}; added {what}.")
+            print(f"RoleCall is already initialised in {where}; added {what}.")
         else:
-            print(f"RoleCall is already initialised in {state_dir}; nothing was changed.")
+            print(f"RoleCall is already initialised in {where}; nothing was changed.")
         print(f"  account     {account.account_id} ({account.name})")
         print(f"  root key    in {credentials}")
         print(f"  node CA     in {config.ca_cert_path}")
@@ -357,13 +377,33 @@ def _credentials_text(bootstrap: Bootstrap, profile: str) -> str:
     )
 
 
-def _open_store(config: ControllerConfig) -> SQLiteStore:
-    if not config.database_path.exists():
+def _open_store(config: ControllerConfig) -> Store:
+    """The configured store, once `init` has made it (CommandError saying to run it if not)."""
+    _check_initialised(config)
+    store = open_store(config)
+    if config.store_backend == "postgresql":
+        try:
+            with store.transaction() as tx:
+                initialised = bool(tx.list_accounts())
+        except BaseException:
+            store.close()
+            raise
+        if not initialised:
+            store.close()
+            raise CommandError(
+                f"the store ({store_location(config)}) is not initialised (no account);"
+                " run: rolecall-controller init"
+            )
+    return store
+
+
+def _check_initialised(config: ControllerConfig) -> None:
+    """An SQLite store must exist already (opening would create an empty one)."""
+    if config.store_backend == "sqlite" and not config.database_path.exists():
         raise CommandError(
             f"{config.state_dir} is not initialised (no {config.database_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
-    return SQLiteStore(config.database_path)
 
 
 def account_create(
@@ -782,13 +822,11 @@ def list_nodes(config: ControllerConfig) -> int:
 def check_config(config: ControllerConfig) -> int:
     """What serve needs, checked without serving: the state directory (owner, mode), the store,
     the token key ring, the node API's certificate and CA, and the instance identity key (when
-    there is one). Reads; writes nothing."""
+    there is one). Reads; writes nothing (a PostgreSQL store is migrated, as serve would)."""
     check_state_directory(config.state_dir)
-    if not config.database_path.exists():
-        raise CommandError(
-            f"{config.state_dir} is not initialised (no {config.database_path.name});"
-            f" run: rolecall-controller --state-dir {config.state_dir} init"
-        )
+    _check_initialised(config)
+    if config.store_backend == "postgresql":
+        _open_store(config).close()  # reachable, at this schema (or migrated), initialised
     ring = load_key_ring(config.token_keys_path)
     _read_node_ca(config)
     if not config.node_api_cert_path.exists():
@@ -798,7 +836,8 @@ def check_config(config: ControllerConfig) -> int:
         )
     signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
     print(
-        f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
+        f"rolecall-controller: configuration OK: state {config.state_dir}, store"
+        f" {store_location(config)}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
         f" {config.metrics_host}:{config.metrics_port}"
@@ -810,6 +849,70 @@ def check_config(config: ControllerConfig) -> int:
             " one"
         )
     return 0
+
+
+def migrate_store(config: ControllerConfig, dsn: str) -> int:
+    """Copy the state directory's SQLite store into PostgreSQL and verify both sides."""
+    from controller.store.migrate import copy_to_postgresql
+    from controller.store.postgresql import check_dsn, describe_dsn
+
+    problem = check_dsn(dsn)
+    if problem is not None:
+        raise CommandError(f"--to: {problem}")
+    _check_initialised(replace(config, store_backend="sqlite"))
+    report = copy_to_postgresql(config.database_path, dsn)
+    where = describe_dsn(dsn)
+    rows = [("table", "rows (SQLite)", "rows (PostgreSQL)", "copied", "sha256 (SQLite)", "")]
+    for source, target in zip(report.source, report.target, strict=True):
+        same = source == target
+        rows.append(
+            (
+                source.table,
+                str(source.rows),
+                str(target.rows),
+                str(report.copied[source.table]),
+                source.checksum[:16],
+                "ok" if same else f"DIFFERS (PostgreSQL {target.checksum[:16]})",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    copied = sum(report.copied.values())
+    if not report.verified:
+        raise CommandError(
+            f"the copy in {where} does not match the SQLite store {config.database_path} (see"
+            " the tables marked DIFFERS): do not switch to it"
+        )
+    if copied:
+        print(f"Copied {copied} rows into {where}; every table's count and checksum match.")
+    else:
+        print(f"Nothing new to copy: {where} holds every row already; counts and checksums match.")
+    print(f"The SQLite store {config.database_path} was not changed.")
+    _migrate_shared_files(config, dsn)
+    print("To switch, set in the controller's configuration, then restart it:")
+    print('  [store]\n  backend = "postgresql"')
+    print(f'  dsn = "{_dsn_without_password(dsn)}"')
+    return 0
+
+
+def _migrate_shared_files(config: ControllerConfig, dsn: str) -> None:
+    """TODO(i14-shared): the token key ring, node CA, instance identity key and certificate,
+    and the audit log move into the database when the controller runs on PostgreSQL; the
+    branch i14-shared owns that, and copies them here. Until then they stay files, to be copied
+    to every controller host's state directory."""
+    print(
+        "The token key ring, node CA, instance identity key and audit log are not copied by"
+        f" this command (yet): copy them from {config.state_dir} to each controller's state"
+        " directory."
+    )
+
+
+def _dsn_without_password(dsn: str) -> str:
+    from controller.store.postgresql import redact
+
+    return redact(dsn, dsn)
 
 
 def serve(config: ControllerConfig) -> int:
