@@ -167,7 +167,8 @@ class ChangeListener(Service):
 
     def _not_opened(self, failure: Failure) -> None:
         self._connecting = False
-        self._retry(f"cannot connect to listen for changes: {_problem(failure.value or Exception())}")
+        problem = _problem(failure.value or Exception())
+        self._retry(f"cannot connect to listen for changes: {problem}")
 
     def _retry(self, problem: str) -> None:
         if not self.running:
