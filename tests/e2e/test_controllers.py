@@ -74,7 +74,10 @@ def serve(config: Path, state_dir: Path, credentials: Path) -> Controller:
         assert process.stdout is not None
         for line in process.stdout:
             output.append(line)
-            for pattern, urls in ((NODE_API_LISTENING, node_api_urls), (METRICS_LISTENING, metrics_urls)):  # fmt: skip
+            for pattern, urls in (
+                (NODE_API_LISTENING, node_api_urls),
+                (METRICS_LISTENING, metrics_urls),
+            ):
                 match = pattern.search(line)
                 if match:
                     urls.append(match.group(1))
@@ -204,7 +207,7 @@ def federation_token(pair: Pair, on: Controller) -> dict[str, str]:
             {
                 "Version": "2012-10-17",
                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-            }  # fmt: skip
+            }
         ),
     )
     return dict(answer["Credentials"])
@@ -353,7 +356,7 @@ def test_another_database_role_cannot_read_the_shared_secrets(
         ) as connection:
             for table in ("shared_state", "audit_log", "access_keys"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    connection.execute(f"SELECT * FROM {table}")
+                    connection.execute(f"SELECT * FROM {table}")  # noqa: S608 (our names)
                 connection.rollback()
     finally:
         pg_cluster._superuser_sql(f"DROP ROLE {intruder}")
