@@ -844,7 +844,7 @@ def check_config(config: ControllerConfig) -> int:
     the token key ring, the node API's certificate and CA, and the instance identity key (when
     there is one). Reads; writes nothing."""
     check_state_directory(config.state_dir)
-    if not config.database_path.exists():
+    if not _shared(config) and not config.database_path.exists():
         raise CommandError(
             f"{config.state_dir} is not initialised (no {config.database_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"

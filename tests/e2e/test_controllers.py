@@ -35,7 +35,7 @@ from tests.e2e.conftest import (
     NODE_API_LISTENING,
     Controller,
 )
-from tests.e2e.test_node_api import NodeClient, launch, profile, unique
+from tests.e2e.test_node_api import EC2_TRUST, NodeClient, launch, profile, unique
 from tests.pg import SUPERUSER, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_init_on_a_second_host_shares_the_database_and_issues_only_its_node_api_
 
 def test_a_role_made_through_one_controller_is_seen_through_the_other(pair: Pair) -> None:
     name = unique("shared")
-    pair.client(pair.a, "iam").create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    pair.client(pair.a, "iam").create_role(RoleName=name, AssumeRolePolicyDocument=EC2_TRUST)
     assert pair.client(pair.b, "iam").get_role(RoleName=name)["Role"]["RoleName"] == name
 
 
