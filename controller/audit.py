@@ -22,7 +22,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from controller.store.base import AuditRow, Store
+from controller.store.base import AuditRow, Store, StoreError
 
 #: Runs a blocking call off the reactor: `twisted.internet.threads.deferToThread` by default.
 RunInThread = Callable[[Callable[[], None]], Deferred[None]]
@@ -113,7 +113,15 @@ class DatabaseAuditLog(_GroupCommit):
         rows: list[AuditRow] = [
             (str(record.get("time", "")), _instance(record), text) for text, record in records
         ]
-        self.store.run(lambda tx: tx.insert_audit_records(rows))
+        try:
+            self.store.run(lambda tx: tx.insert_audit_records(rows))
+        except StoreError:
+            raise
+        except Exception as error:  # the driver's own (a revoked privilege, a full disk): one line
+            lines = str(error).strip().splitlines()
+            raise StoreError(
+                f"cannot insert into audit_log: {lines[0] if lines else type(error).__name__}"
+            ) from None
 
 
 def _instance(record: Mapping[str, object]) -> str | None:
