@@ -34,8 +34,9 @@ def _default_run_in_thread(call: Callable[[], None]) -> Deferred[None]:
     return deferToThread(call)
 
 
-class _GroupCommit:
-    """Records handed to ``_write_records`` in groups, one commit at a time, in a thread."""
+class GroupCommitLog:
+    """An audit log: records handed to ``_write_records`` in groups, one commit at a time, in
+    a thread (a file or the database's table: the subclasses)."""
 
     def __init__(self, run_in_thread: RunInThread | None = None) -> None:
         self._run_in_thread = run_in_thread or _default_run_in_thread
@@ -78,7 +79,7 @@ class _GroupCommit:
         raise NotImplementedError
 
 
-class AuditLog(_GroupCommit):
+class AuditLog(GroupCommitLog):
     """Appends records to a file (0600) and flushes them to disk before their callers hear they
     are written, so a credential is never handed out without its trace."""
 
@@ -97,7 +98,7 @@ class AuditLog(_GroupCommit):
             os.close(descriptor)
 
 
-class DatabaseAuditLog(_GroupCommit):
+class DatabaseAuditLog(GroupCommitLog):
     """Inserts records into the database's ``audit_log`` table, one transaction per group,
     committed before their callers hear they are written.
 
