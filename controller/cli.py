@@ -949,7 +949,8 @@ def _init_shared(
         account = bootstrap.account
         if bootstrap.root_key is None and account_id not in (None, account.account_id):
             raise CommandError(
-                f"the database is already initialised for account {account.account_id};"
+                f"the store ({store_location(config)}) is already initialised for account"
+                f" {account.account_id};"
                 f" it was not changed (asked for {account_id})"
             )
         ring, ring_how = ensure_key_ring_in(store, now, adopt=config.token_keys_path)
@@ -991,13 +992,16 @@ def _init_shared(
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
-        print(f"Initialised RoleCall in the database (store schema version {version}).")
+        print(
+            f"Initialised RoleCall in the store ({store_location(config)}, schema version"
+            f" {version})."
+        )
         key_id = bootstrap.root_key.access_key_id
         root = f"{key_id}, in {credentials} (profile {profile})"
     else:
         print(
-            f"RoleCall is already initialised in the database (store schema version {version});"
-            " this host shares it."
+            f"RoleCall is already initialised in the store ({store_location(config)}, schema"
+            f" version {version}); this host shares it."
         )
         root = "in the root-credentials file of the host whose init made the account"
     print(f"  account     {account.account_id} ({account.name})")
