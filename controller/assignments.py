@@ -17,6 +17,8 @@ class AssignmentHub:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        #: Set by `stop`: waiters answer with what they have, whatever changed.
+        self.stopped = False
         self._waiters: dict[str, dict[Deferred[bool], IDelayedCall]] = defaultdict(dict)
 
     def wait(self, node: str, seconds: float) -> Deferred[bool]:
@@ -54,4 +56,5 @@ class AssignmentHub:
 
     def stop(self) -> None:
         """Release every waiter (the service is stopping): they answer with what they have."""
+        self.stopped = True
         self.changed_all()
