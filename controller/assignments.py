@@ -12,8 +12,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class AssignmentHub:
-    """Who waits for which node, and waking them: `wait` fires with True on a change, False on
-    timeout; `changed` is called once a change to a node's assignments has committed."""
+    """Who waits for which node, and waking them: `wait` fires with True on a (possible)
+    change, False on timeout; `changed` is called once a change to a node's assignments has
+    committed, here or (on PostgreSQL) through another controller."""
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
@@ -49,8 +50,8 @@ class AssignmentHub:
         return sum(len(waiters) for waiters in self._waiters.values())
 
     def changed_all(self) -> None:
-        """Wake every waiter: each answers with what the store holds now (after changes may
-        have gone unannounced, as while a controller's database listener reconnects)."""
+        """Wake every waiter: each looks at the store again (after changes may have gone
+        unannounced, as while a controller's database listener reconnects)."""
         for node in list(self._waiters):
             self.changed(node)
 
