@@ -12,6 +12,7 @@ import http.client
 import json
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,29 @@ def established_to(port: int) -> int:
         if state == "01" and remote == f"0100007F:{port:04X}":
             count += 1
     return count
+
+
+def write_config(path: Path, dsn: str) -> Path:
+    """A controller configuration with its store on PostgreSQL at `dsn` (no password in it:
+    that is in the passfile the DSN names)."""
+    path.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n', encoding="utf-8")
+    return path
+
+
+def controllers_on(workdir: Path, dsn: str | None, names: Sequence[str]) -> list[Controller]:
+    """Controllers (not started) sharing one store: PostgreSQL at `dsn`, each host with its own
+    state directory initialised in turn (the first makes the account); or, with no `dsn`, one
+    SQLite state directory served by every process."""
+    if dsn is None:
+        state_dir = workdir / "state"
+        initialise(state_dir, None)
+        key = root_key(state_dir)
+        return [Controller(name, state_dir, None, key) for name in names]
+    controllers = []
+    for name in names:
+        state_dir = workdir / name
+        config = write_config(workdir / f"{name}.toml", dsn)
+        initialise(state_dir, config)
+        key = root_key(workdir / names[0])
+        controllers.append(Controller(name, state_dir, config, key))
+    return controllers

@@ -1,0 +1,322 @@
+"""The two failures the high-availability tests (and bench/failover.py) put a small cloud
+through, each a context manager that builds everything, causes the failure under load, and
+yields what it saw; leaving the block removes all of it, however it ended.
+
+- :func:`controller_killed`: SIGKILL to the controller an agent is connected to.
+- :func:`primary_lost`: the PostgreSQL primary stopped (immediate) and its synchronous standby
+  promoted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.ha.cluster import Agent, Controller, controllers_on, established_to
+from tests.ha.load import ApiLoad, GuestLoad, missing_writes
+from tests.netns.harness import (
+    EC2_TRUST,
+    MADE,
+    READ_ROLES,
+    delete_namespace,
+    make_guest,
+    namespace_of,
+    remove_guest,
+    serves_tokens,
+    unique,
+    wait_until,
+)
+from tests.pg import SUPERUSER, Cluster, Server, wait_for_recovery_end
+
+# -- kill -9 of a controller ---------------------------------------------------------------------
+
+
+@dataclass
+class Killed:
+    """What was seen around the kill."""
+
+    killed: Controller
+    survivor: Controller
+    controllers: list[Controller]
+    agent: Agent
+    guest: GuestLoad
+    api: ApiLoad
+    #: Writes acknowledged but not read back afterwards through the survivor.
+    missing: list[str]
+    #: Established connections from the agent to each controller's node API, just before the
+    #: kill and once the agent had moved.
+    before: dict[str, int]
+    after: dict[str, int]
+    #: An instance launched through the survivor after the kill, when the agent served it.
+    served_after_kill: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
+    """Two controllers on one store (PostgreSQL at `dsn`, else one SQLite state directory), an
+    agent listing both, an instance it serves with a guest fetching credentials in a loop, and
+    IAM writes through both; then SIGKILL to the controller the agent is connected to."""
+    with ExitStack() as cleanup:
+        controllers = controllers_on(workdir, dsn, ("c1", "c2"))
+        for controller in controllers:
+            cleanup.callback(controller.stop)
+            controller.start()
+        first = controllers[0]
+        node = unique("hv-")
+        credentials = first.enroll(node, workdir / "node")
+        agent_dir = workdir / "agent"
+        agent_dir.mkdir()
+        agent = Agent([each.node_api_url for each in controllers], credentials, agent_dir)
+        instances: list[str] = []
+
+        def remove_instances() -> None:
+            for instance_id in instances:
+                delete_namespace(namespace_of(instance_id))
+
+        cleanup.callback(remove_instances)
+        cleanup.callback(agent.remove_plug_directory)
+        cleanup.callback(agent.stop)
+        agent.start()
+
+        iam = first.client("iam")
+        profile = unique("ip-")
+        iam.create_role(RoleName=profile, AssumeRolePolicyDocument=EC2_TRUST)
+        iam.put_role_policy(RoleName=profile, PolicyName="read", PolicyDocument=READ_ROLES)
+        iam.create_instance_profile(InstanceProfileName=profile)
+        iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
+
+        def launch(ec2: Any) -> str:
+            answer = ec2.run_instances(
+                ImageId="emi-1",
+                MinCount=1,
+                MaxCount=1,
+                Placement={"HostId": node},
+                IamInstanceProfile={"Name": profile},
+            )
+            instance_id = str(answer["Instances"][0]["InstanceId"])
+            instances.append(instance_id)
+            MADE.namespaces.add(namespace_of(instance_id))
+            return instance_id
+
+        instance_id = launch(first.client("ec2"))
+        wait_until(lambda: serves_tokens(namespace_of(instance_id)), 15, lambda: agent.output)
+        guest = make_guest(namespace_of(instance_id), workdir)
+        cleanup.callback(remove_guest, guest)
+
+        guest_load = GuestLoad(guest.name)
+        cleanup.callback(guest_load.stop)
+        guest_load.wait_for_rounds(10)
+        api = ApiLoad({each.name: each.client("iam") for each in controllers}, unique("ha"))
+        cleanup.callback(api.stop)
+        for controller in controllers:
+            api.wait_for_writes(controller.name, 10, 0, 15)
+
+        before = {each.name: established_to(each.node_api_port) for each in controllers}
+        used = [each for each in controllers if before[each.name]]
+        assert len(used) == 1, f"the agent is connected to {before}"
+        victim = used[0]
+        survivor = next(each for each in controllers if each is not victim)
+        rounds_before = guest_load.rounds
+
+        killed_at = time.monotonic()
+        victim.kill()
+        killed_at_load = api.elapsed()
+        wait_until(
+            lambda: established_to(survivor.node_api_port),
+            10,
+            "the agent to reach the survivor",
+            interval=0.005,
+        )
+        connected = time.monotonic() - killed_at
+        # A change through the survivor: what wakes the agent's long poll there.
+        launched_after = launch(survivor.client("ec2"))
+        served = ""
+        try:
+            wait_until(lambda: serves_tokens(namespace_of(launched_after)), 15, "", interval=0.01)
+            served = launched_after
+        except AssertionError:
+            pass
+        served_after = time.monotonic() - killed_at
+        last_ack = api.wait_for_writes(survivor.name, 20, killed_at_load, 15)
+        guest_load.wait_for_rounds(20)
+        after = {each.name: established_to(each.node_api_port) for each in controllers}
+        guest_load.stop()
+        api.stop()
+
+        yield Killed(
+            killed=victim,
+            survivor=survivor,
+            controllers=controllers,
+            agent=agent,
+            guest=guest_load,
+            api=api,
+            missing=missing_writes(survivor.client("iam"), api.ledger.acknowledged),
+            before=before,
+            after=after,
+            served_after_kill=served,
+            figures={
+                "kill to the agent's connection to the survivor (s)": round(connected, 3),
+                "kill to an instance launched through the survivor served (s)": round(
+                    served_after, 3
+                ),
+                "kill to the 20th write acknowledged by the survivor (s)": round(
+                    last_ack - killed_at_load, 3
+                ),
+                "writes acknowledged": len(api.ledger.acknowledged),
+                "guest rounds (3 requests each) since the kill": guest_load.rounds - rounds_before,
+                "failed guest requests": len(guest_load.failures),
+            },
+        )
+
+
+# -- the database primary lost -------------------------------------------------------------------
+
+
+@dataclass
+class PrimaryLost:
+    controllers: list[Controller]
+    api: ApiLoad
+    #: Acknowledged writes not found afterwards, read through each controller.
+    missing: dict[str, list[str]]
+    #: Failed calls from the primary's stop on, by outcome.
+    during: dict[str, int]
+    #: Whether the old standby answered as a primary (not in recovery) at the end.
+    promoted: bool
+    #: Writes each controller acknowledged after the promotion.
+    after_promotion: dict[str, int]
+    #: The database password (in the passfile): it must reach no log.
+    password: str
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def execute(cluster: Cluster, server: Server, *statements: str) -> list[tuple[Any, ...]]:
+    """Run `statements` as the superuser on `server`; the rows of the last one."""
+    rows: list[tuple[Any, ...]] = []
+    with psycopg.connect(
+        cluster.dsn(user=SUPERUSER, port=server.port), autocommit=True, connect_timeout=10
+    ) as connection:
+        for statement in statements:
+            cursor = connection.execute(statement.encode())
+            rows = cursor.fetchall() if cursor.description else []
+    return rows
+
+
+def synchronous_standby(cluster: Cluster) -> Server:
+    """A streaming standby that every commit on the primary waits for, applied.
+
+    The settings go on the primary after the base backup: the standby's copy of the
+    configuration then has no synchronous standby of its own to wait for once promoted (a
+    promoted standby that waited for one it lacks would hang every commit)."""
+    standby = cluster.start_standby()
+    execute(
+        cluster,
+        cluster.primary,
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "ALTER SYSTEM SET synchronous_commit = 'remote_apply'",
+        "SELECT pg_reload_conf()",
+    )
+    wait_until(
+        lambda: (
+            execute(cluster, cluster.primary, "SELECT sync_state FROM pg_stat_replication")
+            == [("sync",)]
+        ),
+        30,
+        "the standby to become synchronous",
+        interval=0.05,
+    )
+    return standby
+
+
+def multi_host_dsn(cluster: Cluster, database: str, servers: list[Server]) -> str:
+    """Every server of the cluster, libpq to pick the one that accepts writes."""
+    hosts = ",".join("127.0.0.1" for _ in servers)
+    ports = ",".join(str(server.port) for server in servers)
+    return (
+        f"host={hosts} port={ports} dbname={database} user=rolecall"
+        f" passfile={cluster.passfile} target_session_attrs=read-write connect_timeout=2"
+    )
+
+
+@contextmanager
+def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
+    """A cluster of its own with a synchronous standby, two controllers on a multi-host DSN,
+    IAM writes through both; then the primary stopped (immediate) and, once each controller
+    has answered a write with an error, the standby promoted."""
+    cluster = Cluster.start()
+    with ExitStack() as cleanup:
+        cleanup.callback(cluster.stop)
+        database = cluster.create_database()
+        standby = synchronous_standby(cluster)
+        primary = cluster.primary
+        controllers = controllers_on(
+            workdir, multi_host_dsn(cluster, database, [primary, standby]), ("c1", "c2")
+        )
+        for controller in controllers:
+            cleanup.callback(controller.stop)
+            controller.start()
+
+        api = ApiLoad({each.name: each.client("iam") for each in controllers}, unique("db"))
+        cleanup.callback(api.stop)
+        for controller in controllers:
+            api.wait_for_writes(controller.name, 10, 0, 15)
+
+        stopped_at = api.elapsed()
+        cluster.pg_ctl(primary, "stop", "-m", "immediate", "-w")
+        # Promote once each controller has answered a write with an error: the outage is seen.
+        wait_until(
+            lambda: all(
+                any(at >= stopped_at and who == each.name for at, who, _ in api.ledger.failures)
+                for each in controllers
+            ),
+            15,
+            lambda: f"an error from each controller: {api.ledger.outcomes(stopped_at)}",
+            interval=0.01,
+        )
+        promoting_at = api.elapsed()
+        cluster.pg_ctl(standby, "promote", "-w")
+        wait_for_recovery_end(cluster, standby)
+        promoted_at = api.elapsed()
+        back = {
+            each.name: api.wait_for_writes(each.name, 10, promoted_at, 30) for each in controllers
+        }
+        api.stop()
+        failures = api.ledger.failures
+        last_failure = max((at for at, _, _ in failures if at >= promoted_at), default=None)
+        yield PrimaryLost(
+            controllers=controllers,
+            api=api,
+            missing={
+                each.name: missing_writes(each.client("iam"), api.ledger.acknowledged)
+                for each in controllers
+            },
+            during=dict(api.ledger.outcomes(stopped_at)),
+            promoted=execute(cluster, standby, "SELECT pg_is_in_recovery()") == [(False,)],
+            after_promotion={
+                each.name: api.ledger.acknowledged_through(each.name, promoted_at)
+                for each in controllers
+            },
+            password=cluster.password,
+            figures={
+                "writes acknowledged": len(api.ledger.acknowledged),
+                "failed calls": len(failures),
+                "primary stopped to promote started (s)": round(promoting_at - stopped_at, 3),
+                "promote (pg_ctl promote -w) took (s)": round(promoted_at - promoting_at, 3),
+                "failed calls after the promotion": sum(
+                    1 for at, _, _ in failures if at >= promoted_at
+                ),
+                "promotion to the last failed call (s)": round(last_failure - promoted_at, 3)
+                if last_failure is not None
+                else 0.0,
+                **{
+                    f"promotion to the 10th write through {name} (s)": round(at - promoted_at, 3)
+                    for name, at in back.items()
+                },
+            },
+        )
