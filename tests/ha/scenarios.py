@@ -55,6 +55,11 @@ class Killed:
     after: dict[str, int]
     #: An instance launched through the survivor after the kill, when the agent served it.
     served_after_kill: str
+    #: The URL the agent's failover line named, and why it left the one before.
+    failover_to: str
+    failover_after: str
+    #: The agent's metrics at the end.
+    agent_metrics: dict[str, float]
     figures: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,6 +130,8 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
         survivor = next(each for each in controllers if each is not victim)
         rounds_before = guest_load.rounds
 
+        assert agent.process is not None
+        lines_before = len(agent.process.lines)
         killed_at = time.monotonic()
         victim.kill()
         killed_at_load = api.elapsed()
@@ -135,8 +142,13 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
             interval=0.005,
         )
         connected = time.monotonic() - killed_at
-        # A change through the survivor: what wakes the agent's long poll there.
+        # A change through the survivor: it answers the agent's long poll held there, the
+        # agent's first successful call since the kill (which makes the failover).
         launched_after = launch(survivor.client("ec2"))
+        failover = agent.process.wait_for(
+            r"controller (\S+) in use from now on, after (.*)", 15, lines_before
+        )
+        moved = time.monotonic() - killed_at
         served = ""
         try:
             wait_until(lambda: serves_tokens(namespace_of(launched_after)), 15, "", interval=0.01)
@@ -161,8 +173,14 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
             before=before,
             after=after,
             served_after_kill=served,
+            failover_to=failover.group(1),
+            failover_after=failover.group(2),
+            agent_metrics=agent.metrics(),
             figures={
                 "kill to the agent's connection to the survivor (s)": round(connected, 3),
+                "kill to the agent's failover line (a change through the survivor) (s)": round(
+                    moved, 3
+                ),
                 "kill to an instance launched through the survivor served (s)": round(
                     served_after, 3
                 ),
