@@ -1,4 +1,4 @@
-"""The two failures the high-availability tests (and bench/failover.py) put a small cloud
+"""The two failures the high-availability tests (and bench/ha.py) put a small cloud
 through, each a context manager that builds everything, causes the failure under load, and
 yields what it saw; leaving the block removes all of it, however it ended.
 

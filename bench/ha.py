@@ -2,7 +2,7 @@
 high-availability tests assert (tests/ha/scenarios.py). Root: real namespaces, PostgreSQL run as
 ``postgres``.
 
-    .venv/bin/python bench/failover.py [--runs 3]
+    .venv/bin/python bench/ha.py [--runs 3]
 
 - kill -9 of the controller an agent is connected to (two controllers on one PostgreSQL, an
   agent listing both, a guest fetching credentials, IAM writes through both): how soon the
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if os.geteuid() != 0:
-        print("bench/failover.py needs root (namespaces, PostgreSQL as postgres)", file=sys.stderr)
+        print("bench/ha.py needs root (namespaces, PostgreSQL as postgres)", file=sys.stderr)
         return 1
     valid = True
     kills: list[dict[str, float]] = []
