@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
@@ -125,7 +126,12 @@ def answers(code: int, body: object) -> Callable[[], Deferred[Any]]:
 
 
 def hangs() -> Deferred[Any]:
-    return Deferred()
+    """No answer; cancelled, it fails as twisted.web's requests do (the cancellation wrapped)."""
+
+    def cancelled(request: Deferred[Any]) -> None:
+        request.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+    return Deferred(cancelled)
 
 
 def dead() -> Deferred[Any]:
