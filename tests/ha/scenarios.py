@@ -63,6 +63,66 @@ class Killed:
     figures: dict[str, float] = field(default_factory=dict)
 
 
+class Node:
+    """A hypervisor: a real agent listing every controller's node API URL (in the order
+    given), an instance profile to launch with, and the instances launched on it, whose
+    namespaces are removed at `cleanup`'s end."""
+
+    def __init__(self, workdir: Path, controllers: list[Controller], cleanup: ExitStack) -> None:
+        first = controllers[0]
+        self.name = unique("hv-")
+        self.workdir = workdir
+        credentials = first.enroll(self.name, workdir / "node")
+        agent_dir = workdir / "agent"
+        agent_dir.mkdir()
+        self.agent = Agent([each.node_api_url for each in controllers], credentials, agent_dir)
+        self.instances: list[str] = []
+        self._cleanup = cleanup
+        cleanup.callback(self._remove_instances)
+        cleanup.callback(self.agent.remove_plug_directory)
+        cleanup.callback(self.agent.stop)
+        self.agent.start()
+        iam = first.client("iam")
+        self.profile = unique("ip-")
+        iam.create_role(RoleName=self.profile, AssumeRolePolicyDocument=EC2_TRUST)
+        iam.put_role_policy(RoleName=self.profile, PolicyName="read", PolicyDocument=READ_ROLES)
+        iam.create_instance_profile(InstanceProfileName=self.profile)
+        iam.add_role_to_instance_profile(InstanceProfileName=self.profile, RoleName=self.profile)
+
+    def _remove_instances(self) -> None:
+        for instance_id in self.instances:
+            delete_namespace(namespace_of(instance_id))
+
+    def launch(self, controller: Controller) -> str:
+        """An instance with the profile, on this node, launched through `controller`."""
+        answer = controller.client("ec2").run_instances(
+            ImageId="emi-1",
+            MinCount=1,
+            MaxCount=1,
+            Placement={"HostId": self.name},
+            IamInstanceProfile={"Name": self.profile},
+        )
+        instance_id = str(answer["Instances"][0]["InstanceId"])
+        self.instances.append(instance_id)
+        MADE.namespaces.add(namespace_of(instance_id))
+        return instance_id
+
+    def serves(self, instance_id: str) -> bool:
+        return serves_tokens(namespace_of(instance_id))
+
+    def guest_load(self, controller: Controller) -> GuestLoad:
+        """An instance launched through `controller`, served, and its guest fetching its
+        credentials in a loop (a few rounds done already)."""
+        instance_id = self.launch(controller)
+        wait_until(lambda: self.serves(instance_id), 15, lambda: self.agent.output)
+        guest = make_guest(namespace_of(instance_id), self.workdir)
+        self._cleanup.callback(remove_guest, guest)
+        load = GuestLoad(guest.name)
+        self._cleanup.callback(load.stop)
+        load.wait_for_rounds(10)
+        return load
+
+
 @contextmanager
 def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
     """Two controllers on one store (PostgreSQL at `dsn`, else one SQLite state directory), an
@@ -73,51 +133,9 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
         for controller in controllers:
             cleanup.callback(controller.stop)
             controller.start()
-        first = controllers[0]
-        node = unique("hv-")
-        credentials = first.enroll(node, workdir / "node")
-        agent_dir = workdir / "agent"
-        agent_dir.mkdir()
-        agent = Agent([each.node_api_url for each in controllers], credentials, agent_dir)
-        instances: list[str] = []
-
-        def remove_instances() -> None:
-            for instance_id in instances:
-                delete_namespace(namespace_of(instance_id))
-
-        cleanup.callback(remove_instances)
-        cleanup.callback(agent.remove_plug_directory)
-        cleanup.callback(agent.stop)
-        agent.start()
-
-        iam = first.client("iam")
-        profile = unique("ip-")
-        iam.create_role(RoleName=profile, AssumeRolePolicyDocument=EC2_TRUST)
-        iam.put_role_policy(RoleName=profile, PolicyName="read", PolicyDocument=READ_ROLES)
-        iam.create_instance_profile(InstanceProfileName=profile)
-        iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
-
-        def launch(ec2: Any) -> str:
-            answer = ec2.run_instances(
-                ImageId="emi-1",
-                MinCount=1,
-                MaxCount=1,
-                Placement={"HostId": node},
-                IamInstanceProfile={"Name": profile},
-            )
-            instance_id = str(answer["Instances"][0]["InstanceId"])
-            instances.append(instance_id)
-            MADE.namespaces.add(namespace_of(instance_id))
-            return instance_id
-
-        instance_id = launch(first.client("ec2"))
-        wait_until(lambda: serves_tokens(namespace_of(instance_id)), 15, lambda: agent.output)
-        guest = make_guest(namespace_of(instance_id), workdir)
-        cleanup.callback(remove_guest, guest)
-
-        guest_load = GuestLoad(guest.name)
-        cleanup.callback(guest_load.stop)
-        guest_load.wait_for_rounds(10)
+        node = Node(workdir, controllers, cleanup)
+        agent = node.agent
+        guest_load = node.guest_load(controllers[0])
         api = ApiLoad({each.name: each.client("iam") for each in controllers}, unique("ha"))
         cleanup.callback(api.stop)
         for controller in controllers:
@@ -144,7 +162,7 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
         connected = time.monotonic() - killed_at
         # A change through the survivor: it answers the agent's long poll held there, the
         # agent's first successful call since the kill (which makes the failover).
-        launched_after = launch(survivor.client("ec2"))
+        launched_after = node.launch(survivor)
         failover = agent.process.wait_for(
             r"controller (\S+) in use from now on, after (.*)", 15, lines_before
         )
@@ -201,6 +219,9 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
 class PrimaryLost:
     controllers: list[Controller]
     api: ApiLoad
+    guest: GuestLoad
+    #: An instance launched after the promotion, when its node's agent served it.
+    served_after_promotion: str
     #: Acknowledged writes not found afterwards, read through each controller.
     missing: dict[str, list[str]]
     #: Failed calls from the primary's stop on, by outcome.
@@ -264,9 +285,10 @@ def multi_host_dsn(cluster: Cluster, database: str, servers: list[Server]) -> st
 
 @contextmanager
 def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
-    """A cluster of its own with a synchronous standby, two controllers on a multi-host DSN,
-    IAM writes through both; then the primary stopped (immediate) and, once each controller
-    has answered a write with an error, the standby promoted."""
+    """A cluster of its own with a synchronous standby, two controllers on a multi-host DSN, an
+    agent listing both with a guest fetching credentials, IAM writes through both; then the
+    primary stopped (immediate) and, once each controller has answered a write with an error,
+    the standby promoted; once writes succeed again, an instance launched."""
     cluster = Cluster.start()
     with ExitStack() as cleanup:
         cleanup.callback(cluster.stop)
@@ -279,6 +301,8 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         for controller in controllers:
             cleanup.callback(controller.stop)
             controller.start()
+        node = Node(workdir, controllers, cleanup)
+        guest_load = node.guest_load(controllers[0])
 
         api = ApiLoad({each.name: each.client("iam") for each in controllers}, unique("db"))
         cleanup.callback(api.stop)
@@ -305,11 +329,22 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
             each.name: api.wait_for_writes(each.name, 10, promoted_at, 30) for each in controllers
         }
         api.stop()
+        # A change after the outage: the agent's long poll, wherever it is, must bring it.
+        launched = node.launch(controllers[1])
+        try:
+            wait_until(lambda: node.serves(launched), 30, "", interval=0.01)
+        except AssertionError:
+            launched = ""
+        served_at = api.elapsed()
+        guest_load.wait_for_rounds(10)
+        guest_load.stop()
         failures = api.ledger.failures
         last_failure = max((at for at, _, _ in failures if at >= promoted_at), default=None)
         yield PrimaryLost(
             controllers=controllers,
             api=api,
+            guest=guest_load,
+            served_after_promotion=launched,
             missing={
                 each.name: missing_writes(each.client("iam"), api.ledger.acknowledged)
                 for each in controllers
@@ -336,5 +371,9 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
                     f"promotion to the 10th write through {name} (s)": round(at - promoted_at, 3)
                     for name, at in back.items()
                 },
+                "promotion to an instance launched then served (s)": round(
+                    served_at - promoted_at, 3
+                ),
+                "failed guest requests": len(guest_load.failures),
             },
         )

@@ -67,6 +67,11 @@ def test_a_write_without_a_primary_gets_a_clean_aws_error(failed_over: PrimaryLo
     assert set(failed_over.during) <= CLEAN_ERRORS, failed_over.during
 
 
+def test_guests_see_nothing_of_the_database_failover(failed_over: PrimaryLost) -> None:
+    assert failed_over.guest.failures == [], failed_over.guest.failures[:5]
+    assert failed_over.served_after_promotion, "an instance launched after it was not served"
+
+
 def test_the_controllers_log_the_outage_without_a_traceback_or_the_password(
     failed_over: PrimaryLost,
 ) -> None:
