@@ -40,12 +40,12 @@ def test_init_on_a_second_host_issues_only_its_node_api_certificate_from_the_sha
     host_a, host_b = tmp_path / "a", tmp_path / "b"
     assert run(config, host_a, "init", "--account-id", "111122223333") == 0
     first = capsys.readouterr().out
-    assert "Initialised RoleCall in the database" in first
+    assert "Initialised RoleCall in the store (PostgreSQL" in first
     ca_pem, ring = shared(pg_dsn, "node-ca.pem"), shared(pg_dsn, "token-keys")
     assert ca_pem is not None and ring is not None
     assert run(config, host_b, "init", "--node-api-name", "controller-b.example") == 0
     second = capsys.readouterr().out
-    assert "already initialised in the database" in second
+    assert "already initialised in the store (PostgreSQL" in second
     assert "certificate for controller-b.example, issued now from the shared node CA" in second
     assert (shared(pg_dsn, "node-ca.pem"), shared(pg_dsn, "token-keys")) == (ca_pem, ring)
     assert sorted(path.name for path in host_b.iterdir()) == ["node-api.key", "node-api.pem"]
