@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,12 @@ class Controller:
         self.ended: list[tuple[int, str]] = []
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_listening()
+
+    def spawn(self) -> None:
+        """Start the process; :meth:`wait_listening` waits for its ports (several controllers
+        start side by side: each takes seconds, mostly Python's imports)."""
         assert self.process is None, f"{self.name} runs already"
         self.process = LoggedProcess(
             controller_command(
@@ -96,6 +103,9 @@ class Controller:
             ),
             env=daemon_env(),
         )  # fmt: skip
+
+    def wait_listening(self) -> None:
+        assert self.process is not None
         self.process.wait_for(r"public API listening on http://")
         self.process.wait_for(r"node API listening on https://")
 
@@ -225,3 +235,12 @@ def controllers_on(workdir: Path, dsn: str | None, names: Sequence[str]) -> list
         key = root_key(workdir / names[0])
         controllers.append(Controller(name, state_dir, config, key))
     return controllers
+
+
+def start_all(controllers: Sequence[Controller], cleanup: ExitStack) -> None:
+    """Start every controller side by side, each stopped at `cleanup`'s end."""
+    for controller in controllers:
+        cleanup.callback(controller.stop)
+        controller.spawn()
+    for controller in controllers:
+        controller.wait_listening()

@@ -161,19 +161,31 @@ def outcome_of(error: Exception) -> str:
     return f"{type(error).__name__} (not an AWS error)"
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A write the API did not acknowledge: when it ended (seconds of the load), and how."""
+
+    at: float
+    write: Write
+    outcome: str
+
+    @property
+    def controller(self) -> str:
+        return self.write.controller
+
+
 @dataclass
 class Ledger:
     """Every write the API acknowledged, and how every other call ended."""
 
     acknowledged: list[Write] = field(default_factory=list)
-    #: (seconds since the load started, controller, outcome) of every call that failed.
-    failures: list[tuple[float, str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def outcomes(self, since: float = 0.0) -> Counter[str]:
         with self.lock:
-            return Counter(outcome for at, _, outcome in self.failures if at >= since)
+            return Counter(failure.outcome for failure in self.failures if failure.at >= since)
 
     def acknowledged_through(self, controller: str, since: float = 0.0) -> int:
         with self.lock:
@@ -239,7 +251,7 @@ class ApiLoad:
         except Exception as error:
             with self.ledger.lock:
                 self.ledger.calls += 1
-                self.ledger.failures.append((self.elapsed(), write.controller, outcome_of(error)))
+                self.ledger.failures.append(Failure(self.elapsed(), write, outcome_of(error)))
             return False
         with self.ledger.lock:
             self.ledger.calls += 1
@@ -287,6 +299,11 @@ class ApiLoad:
         self._running.clear()
         for thread in self._threads:
             thread.join(60)
+
+
+def present_writes(client: Any, writes: list[Write]) -> list[Write]:
+    """Those of `writes` (not acknowledged) that `client`'s controller shows all the same."""
+    return [write for write in writes if not missing_writes(client, [write])]
 
 
 def missing_writes(client: Any, writes: list[Write]) -> list[str]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 
-from tests.ha.cluster import Agent, Controller, controllers_on, established_to
-from tests.ha.load import ApiLoad, GuestLoad, missing_writes
+from tests.ha.cluster import Agent, Controller, controllers_on, established_to, start_all
+from tests.ha.load import ApiLoad, GuestLoad, Write, missing_writes, present_writes
 from tests.netns.harness import (
     EC2_TRUST,
     MADE,
@@ -130,9 +130,7 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
     IAM writes through both; then SIGKILL to the controller the agent is connected to."""
     with ExitStack() as cleanup:
         controllers = controllers_on(workdir, dsn, ("c1", "c2"))
-        for controller in controllers:
-            cleanup.callback(controller.stop)
-            controller.start()
+        start_all(controllers, cleanup)
         node = Node(workdir, controllers, cleanup)
         agent = node.agent
         guest_load = node.guest_load(controllers[0])
@@ -230,6 +228,9 @@ class PrimaryLost:
     promoted: bool
     #: Writes each controller acknowledged after the promotion.
     after_promotion: dict[str, int]
+    #: Writes answered with an error from the primary's stop on that are there afterwards
+    #: (their COMMIT was in flight: it reached the standby, its answer did not reach the API).
+    failed_yet_present: list[Write]
     #: The database password (in the passfile): it must reach no log.
     password: str
     figures: dict[str, float] = field(default_factory=dict)
@@ -298,9 +299,7 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         controllers = controllers_on(
             workdir, multi_host_dsn(cluster, database, [primary, standby]), ("c1", "c2")
         )
-        for controller in controllers:
-            cleanup.callback(controller.stop)
-            controller.start()
+        start_all(controllers, cleanup)
         node = Node(workdir, controllers, cleanup)
         guest_load = node.guest_load(controllers[0])
 
@@ -314,7 +313,10 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         # Promote once each controller has answered a write with an error: the outage is seen.
         wait_until(
             lambda: all(
-                any(at >= stopped_at and who == each.name for at, who, _ in api.ledger.failures)
+                any(
+                    failure.at >= stopped_at and failure.controller == each.name
+                    for failure in api.ledger.failures
+                )
                 for each in controllers
             ),
             15,
@@ -325,6 +327,9 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         cluster.pg_ctl(standby, "promote", "-w")
         wait_for_recovery_end(cluster, standby)
         promoted_at = api.elapsed()
+        first_back = {
+            each.name: api.wait_for_writes(each.name, 1, promoted_at, 30) for each in controllers
+        }
         back = {
             each.name: api.wait_for_writes(each.name, 10, promoted_at, 30) for each in controllers
         }
@@ -339,7 +344,12 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         guest_load.wait_for_rounds(10)
         guest_load.stop()
         failures = api.ledger.failures
-        last_failure = max((at for at, _, _ in failures if at >= promoted_at), default=None)
+        last_failure = max(
+            (failure.at for failure in failures if failure.at >= promoted_at), default=None
+        )
+        # Writes in flight when the primary went: answered with an error, yet maybe committed.
+        in_doubt = [failure.write for failure in failures if failure.at >= stopped_at]
+        committed = present_writes(controllers[1].client("iam"), in_doubt)
         yield PrimaryLost(
             controllers=controllers,
             api=api,
@@ -356,19 +366,29 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
                 for each in controllers
             },
             password=cluster.password,
+            failed_yet_present=committed,
             figures={
                 "writes acknowledged": len(api.ledger.acknowledged),
                 "failed calls": len(failures),
                 "primary stopped to promote started (s)": round(promoting_at - stopped_at, 3),
                 "promote (pg_ctl promote -w) took (s)": round(promoted_at - promoting_at, 3),
                 "failed calls after the promotion": sum(
-                    1 for at, _, _ in failures if at >= promoted_at
+                    1 for failure in failures if failure.at >= promoted_at
                 ),
                 "promotion to the last failed call (s)": round(last_failure - promoted_at, 3)
                 if last_failure is not None
                 else 0.0,
+                "failed writes there afterwards (commit in doubt)": len(committed),
                 **{
-                    f"promotion to the 10th write through {name} (s)": round(at - promoted_at, 3)
+                    f"promotion to the 1st write acknowledged by {name} (s)": round(
+                        at - promoted_at, 3
+                    )
+                    for name, at in first_back.items()
+                },
+                **{
+                    f"promotion to the 10th write acknowledged by {name} (s)": round(
+                        at - promoted_at, 3
+                    )
                     for name, at in back.items()
                 },
                 "promotion to an instance launched then served (s)": round(
