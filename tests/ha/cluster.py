@@ -218,29 +218,28 @@ def write_config(path: Path, dsn: str) -> Path:
     return path
 
 
-def controllers_on(workdir: Path, dsn: str | None, names: Sequence[str]) -> list[Controller]:
-    """Controllers (not started) sharing one store: PostgreSQL at `dsn`, each host with its own
-    state directory initialised in turn (the first makes the account); or, with no `dsn`, one
-    SQLite state directory served by every process."""
-    if dsn is None:
-        state_dir = workdir / "state"
-        initialise(state_dir, None)
-        key = root_key(state_dir)
-        return [Controller(name, state_dir, None, key) for name in names]
-    controllers = []
+def start_controllers(
+    workdir: Path, dsn: str | None, names: Sequence[str], cleanup: ExitStack
+) -> list[Controller]:
+    """Controllers sharing one store, started, each stopped at `cleanup`'s end: on PostgreSQL at
+    `dsn` each host has its own state directory, initialised in turn (the first makes the
+    account, the key ring and the CA); with no `dsn`, every process serves one SQLite state
+    directory. Each starts while the next host is initialised: both take seconds, mostly
+    Python's imports."""
+    controllers: list[Controller] = []
     for name in names:
-        state_dir = workdir / name
-        config = write_config(workdir / f"{name}.toml", dsn)
-        initialise(state_dir, config)
-        key = root_key(workdir / names[0])
-        controllers.append(Controller(name, state_dir, config, key))
-    return controllers
-
-
-def start_all(controllers: Sequence[Controller], cleanup: ExitStack) -> None:
-    """Start every controller side by side, each stopped at `cleanup`'s end."""
-    for controller in controllers:
+        if dsn is None:
+            state_dir, config = workdir / "state", None
+            if not controllers:
+                initialise(state_dir, None)
+        else:
+            state_dir, config = workdir / name, write_config(workdir / f"{name}.toml", dsn)
+            initialise(state_dir, config)
+        key = controllers[0].key if controllers else root_key(state_dir)
+        controller = Controller(name, state_dir, config, key)
         cleanup.callback(controller.stop)
         controller.spawn()
+        controllers.append(controller)
     for controller in controllers:
         controller.wait_listening()
+    return controllers

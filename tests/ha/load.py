@@ -168,6 +168,8 @@ class Failure:
     at: float
     write: Write
     outcome: str
+    #: How long the client waited for that outcome.
+    seconds: float
 
     @property
     def controller(self) -> str:
@@ -246,12 +248,15 @@ class ApiLoad:
     def _call(self, write: Write, method: str, **arguments: str) -> bool:
         """Call `method` of the IAM client of `write.controller`; `write` goes into the
         ledger when the API acknowledged it."""
+        started = self.elapsed()
         try:
             getattr(self.clients[write.controller], method)(**arguments)
         except Exception as error:
+            ended = self.elapsed()
+            failure = Failure(ended, write, outcome_of(error), ended - started)
             with self.ledger.lock:
                 self.ledger.calls += 1
-                self.ledger.failures.append(Failure(self.elapsed(), write, outcome_of(error)))
+                self.ledger.failures.append(failure)
             return False
         with self.ledger.lock:
             self.ledger.calls += 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from tests.ha.cluster import Agent, Controller, controllers_on, established_to, start_all
+from tests.ha.cluster import Agent, Controller, established_to, start_controllers
 from tests.ha.load import ApiLoad, GuestLoad, Write, missing_writes, present_writes
 from tests.netns.harness import (
     EC2_TRUST,
@@ -129,8 +129,7 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
     agent listing both, an instance it serves with a guest fetching credentials in a loop, and
     IAM writes through both; then SIGKILL to the controller the agent is connected to."""
     with ExitStack() as cleanup:
-        controllers = controllers_on(workdir, dsn, ("c1", "c2"))
-        start_all(controllers, cleanup)
+        controllers = start_controllers(workdir, dsn, ("c1", "c2"), cleanup)
         node = Node(workdir, controllers, cleanup)
         agent = node.agent
         guest_load = node.guest_load(controllers[0])
@@ -296,10 +295,8 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         database = cluster.create_database()
         standby = synchronous_standby(cluster)
         primary = cluster.primary
-        controllers = controllers_on(
-            workdir, multi_host_dsn(cluster, database, [primary, standby]), ("c1", "c2")
-        )
-        start_all(controllers, cleanup)
+        dsn = multi_host_dsn(cluster, database, [primary, standby])
+        controllers = start_controllers(workdir, dsn, ("c1", "c2"), cleanup)
         node = Node(workdir, controllers, cleanup)
         guest_load = node.guest_load(controllers[0])
 
@@ -379,6 +376,9 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
                 if last_failure is not None
                 else 0.0,
                 "failed writes there afterwards (commit in doubt)": len(committed),
+                "longest wait for an error answer (s)": round(
+                    max((failure.seconds for failure in failures), default=0.0), 3
+                ),
                 **{
                     f"promotion to the 1st write acknowledged by {name} (s)": round(
                         at - promoted_at, 3
