@@ -8,6 +8,7 @@ retried: a request that failed is what the tests look for.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -329,3 +330,48 @@ def missing_writes(client: Any, writes: list[Write]) -> list[str]:
         except ClientError as error:
             missing.append(f"{write}: {outcome_of(error)}")
     return missing
+
+
+# -- a health checker: how long a controller's other ports wait while its store does -------------
+
+
+class Prober:
+    """GET `url` every 50 ms (as a load balancer's health check would, faster), recording each
+    answer's status (0: none) and how long it took."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: (seconds since the prober started, status, seconds the answer took)
+        self.answers: list[tuple[float, int, float]] = []
+        self._started = time.monotonic()
+        self._running = threading.Event()
+        self._running.set()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="prober")
+        self._thread.start()
+
+    def _run(self) -> None:
+        host = self.url.removeprefix("http://").split("/", 1)[0]
+        path = "/" + self.url.removeprefix("http://").split("/", 1)[1]
+        while self._running.is_set():
+            started = time.monotonic()
+            status = 0
+            connection = http.client.HTTPConnection(host, timeout=30)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            ended = time.monotonic()
+            self.answers.append((round(started - self._started, 3), status, ended - started))
+            time.sleep(max(0.0, 0.05 - (ended - started)))
+
+    def slowest(self) -> float:
+        return max((seconds for _, _, seconds in self.answers), default=0.0)
+
+    def stop(self) -> None:
+        self._running.clear()
+        self._thread.join(40)

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from tests.ha.cluster import Agent, Controller, established_to, start_controllers
-from tests.ha.load import ApiLoad, GuestLoad, Write, missing_writes, present_writes
+from tests.ha.load import ApiLoad, GuestLoad, Prober, Write, missing_writes, present_writes
 from tests.netns.harness import (
     EC2_TRUST,
     MADE,
@@ -304,6 +304,9 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
         cleanup.callback(api.stop)
         for controller in controllers:
             api.wait_for_writes(controller.name, 10, 0, 15)
+        # c1's /healthz (no store read), to see whether its other ports wait on the store.
+        prober = Prober(f"http://127.0.0.1:{controllers[0].metrics_port}/healthz")
+        cleanup.callback(prober.stop)
 
         stopped_at = api.elapsed()
         cluster.pg_ctl(primary, "stop", "-m", "immediate", "-w")
@@ -316,7 +319,7 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
                 )
                 for each in controllers
             ),
-            15,
+            60,
             lambda: f"an error from each controller: {api.ledger.outcomes(stopped_at)}",
             interval=0.01,
         )
@@ -331,6 +334,7 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
             each.name: api.wait_for_writes(each.name, 10, promoted_at, 30) for each in controllers
         }
         api.stop()
+        prober.stop()
         # A change after the outage: the agent's long poll, wherever it is, must bring it.
         launched = node.launch(controllers[1])
         try:
@@ -376,6 +380,7 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
                 if last_failure is not None
                 else 0.0,
                 "failed writes there afterwards (commit in doubt)": len(committed),
+                "slowest /healthz answer of c1 (s)": round(prober.slowest(), 3),
                 "longest wait for an error answer (s)": round(
                     max((failure.seconds for failure in failures), default=0.0), 3
                 ),
