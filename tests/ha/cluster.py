@@ -88,6 +88,8 @@ class Controller:
         self.process: LoggedProcess | None = None
         #: (exit status, output) of each process that ended.
         self.ended: list[tuple[int, str]] = []
+        #: What ``init`` printed for this host.
+        self.init_output = ""
 
     def start(self) -> None:
         self.spawn()
@@ -230,15 +232,17 @@ def start_controllers(
     Python's imports."""
     controllers: list[Controller] = []
     for name in names:
+        printed = ""
         if dsn is None:
             state_dir, config = workdir / "state", None
             if not controllers:
-                initialise(state_dir, None)
+                printed = initialise(state_dir, None)
         else:
             state_dir, config = workdir / name, write_config(workdir / f"{name}.toml", dsn)
-            initialise(state_dir, config)
+            printed = initialise(state_dir, config)
         key = controllers[0].key if controllers else root_key(state_dir)
         controller = Controller(name, state_dir, config, key)
+        controller.init_output = printed
         cleanup.callback(controller.stop)
         controller.spawn()
         controllers.append(controller)

@@ -177,6 +177,13 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
         guest_load.stop()
         api.stop()
 
+        # Writes the killed controller did not answer (in flight): maybe committed all the same.
+        unanswered = [
+            failure.write
+            for failure in api.ledger.failures
+            if failure.outcome == "connection closed without an answer"
+        ]
+        committed = present_writes(survivor.client("iam"), unanswered)
         yield Killed(
             killed=victim,
             survivor=survivor,
@@ -203,6 +210,8 @@ def controller_killed(workdir: Path, dsn: str | None) -> Iterator[Killed]:
                     last_ack - killed_at_load, 3
                 ),
                 "writes acknowledged": len(api.ledger.acknowledged),
+                "writes in flight at the kill (no answer)": len(unanswered),
+                "of which there afterwards": len(committed),
                 "guest rounds (3 requests each) since the kill": guest_load.rounds - rounds_before,
                 "failed guest requests": len(guest_load.failures),
             },
@@ -274,12 +283,14 @@ def synchronous_standby(cluster: Cluster) -> Server:
 
 
 def multi_host_dsn(cluster: Cluster, database: str, servers: list[Server]) -> str:
-    """Every server of the cluster, libpq to pick the one that accepts writes."""
+    """Every server of the cluster, libpq to pick the one that accepts writes. The password is
+    in the DSN itself, not in the passfile operators are told to use: a failover logs every
+    kind of connection error, none of which may show it."""
     hosts = ",".join("127.0.0.1" for _ in servers)
     ports = ",".join(str(server.port) for server in servers)
     return (
         f"host={hosts} port={ports} dbname={database} user=rolecall"
-        f" passfile={cluster.passfile} target_session_attrs=read-write connect_timeout=2"
+        f" password={cluster.password} target_session_attrs=read-write connect_timeout=2"
     )
 
 
