@@ -298,7 +298,7 @@ def multi_host_dsn(cluster: Cluster, database: str, servers: list[Server]) -> st
 def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
     """A cluster of its own with a synchronous standby, two controllers on a multi-host DSN, an
     agent listing both with a guest fetching credentials, IAM writes through both; then the
-    primary stopped (immediate) and, once each controller has answered a write with an error,
+    primary stopped (immediate) and, once a controller has answered a write with an error,
     the standby promoted; once writes succeed again, an instance launched."""
     cluster = Cluster.start()
     with ExitStack() as cleanup:
@@ -321,17 +321,11 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
 
         stopped_at = api.elapsed()
         cluster.pg_ctl(primary, "stop", "-m", "immediate", "-w")
-        # Promote once each controller has answered a write with an error: the outage is seen.
+        # Promote once a controller has answered a write with an error: the outage is seen.
         wait_until(
-            lambda: all(
-                any(
-                    failure.at >= stopped_at and failure.controller == each.name
-                    for failure in api.ledger.failures
-                )
-                for each in controllers
-            ),
+            lambda: any(failure.at >= stopped_at for failure in api.ledger.failures),
             60,
-            lambda: f"an error from each controller: {api.ledger.outcomes(stopped_at)}",
+            lambda: f"an error answer: {api.ledger.outcomes(stopped_at)}",
             interval=0.01,
         )
         promoting_at = api.elapsed()
