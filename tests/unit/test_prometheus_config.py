@@ -54,7 +54,8 @@ def alerts() -> list[dict[str, Any]]:
 def exported_series() -> set[str]:
     """Every series name a scrape of the controller or an agent can contain."""
     registry = CollectorRegistry()
-    ControllerMetrics(registry, actions=[("iam", "GetRole")])
+    # The database listener's gauge is there on PostgreSQL only.
+    ControllerMetrics(registry, actions=[("iam", "GetRole")]).database_listener()
     idle_agent = SimpleNamespace(
         slots={},
         credentials=[],
