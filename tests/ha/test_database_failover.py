@@ -75,8 +75,10 @@ def test_guests_see_nothing_of_the_database_failover(failed_over: PrimaryLost) -
 def test_the_controllers_log_the_outage_without_a_traceback_or_the_password(
     failed_over: PrimaryLost,
 ) -> None:
+    failed = {failure.controller for failure in failed_over.api.ledger.failures}
     for controller in failed_over.controllers:
         output = controller.output
-        assert "store failure" in output, output
+        if controller.name in failed:  # its error answers are logged, one line each
+            assert "store failure" in output, output
         assert "Traceback" not in output, output
         assert failed_over.password not in controller.init_output + output
