@@ -5,8 +5,9 @@ an instance in its namespace, whose guest fetches its credentials over and over 
 role name, credentials); two API clients write through both controllers (CreateRole,
 PutRolePolicy, unique names), every acknowledged write recorded. Then the controller the agent
 is connected to gets SIGKILL (`tests.ha.scenarios.controller_killed`). The scenario runs once
-for the module (about 10 s: two controllers, an agent and namespaces, then long enough under
-load to see both sides of the kill); each test asserts one thing about it.
+for the module (about 8 s on an idle 2-core machine, after the session's PostgreSQL: two
+controllers, an agent and namespaces, then long enough under load to see both sides of the
+kill); each test asserts one thing about it.
 """
 
 from __future__ import annotations

@@ -4,13 +4,14 @@ A cluster of its own (the session's shared one must survive): a primary and a st
 (``pg_basebackup -R``) that every commit waits for (``synchronous_standby_names = '*'``,
 ``synchronous_commit = remote_apply``). Two controllers reach it by a multi-host DSN,
 ``host=127.0.0.1,127.0.0.1 port=PRIMARY,STANDBY … target_session_attrs=read-write``, so that
-libpq finds whichever server accepts writes. Under API writes through both controllers the
-primary is stopped with ``pg_ctl stop -m immediate`` (a crash: no checkpoint, connections cut),
-then the standby is promoted (`tests.ha.scenarios.primary_lost`). The controllers are never
-restarted.
+libpq finds whichever server accepts writes. An agent lists both controllers and a guest
+fetches its credentials. Under API writes through both controllers the primary is stopped with
+``pg_ctl stop -m immediate`` (a crash: no checkpoint, connections cut), then the standby is
+promoted (`tests.ha.scenarios.primary_lost`). The controllers are never restarted.
 
-The scenario runs once for the module (about 15 s: a cluster, a base backup, two controllers,
-then the outage; the only way to lose a primary for real); each test asserts one thing about it.
+The scenario runs once for the module (about 17 s on an idle 2-core machine: a cluster and its
+base backup 7 s, two controllers, the agent, then the outage; there is no cheaper way to lose a
+primary for real); each test asserts one thing about it.
 """
 
 from __future__ import annotations
