@@ -295,11 +295,12 @@ def multi_host_dsn(cluster: Cluster, database: str, servers: list[Server]) -> st
 
 
 @contextmanager
-def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
+def primary_lost(workdir: Path, outage: float = 0.0) -> Iterator[PrimaryLost]:
     """A cluster of its own with a synchronous standby, two controllers on a multi-host DSN, an
     agent listing both with a guest fetching credentials, IAM writes through both; then the
-    primary stopped (immediate) and, once a controller has answered a write with an error,
-    the standby promoted; once writes succeed again, an instance launched."""
+    primary stopped (immediate) and, once a controller has answered a write with an error and
+    `outage` seconds have passed (bench/ha.py: a failover manager's seconds), the standby
+    promoted; once writes succeed again, an instance launched."""
     cluster = Cluster.start()
     with ExitStack() as cleanup:
         cleanup.callback(cluster.stop)
@@ -328,6 +329,7 @@ def primary_lost(workdir: Path) -> Iterator[PrimaryLost]:
             lambda: f"an error answer: {api.ledger.outcomes(stopped_at)}",
             interval=0.01,
         )
+        time.sleep(max(0.0, stopped_at + outage - api.elapsed()))  # 0 in the tests
         promoting_at = api.elapsed()
         cluster.pg_ctl(standby, "promote", "-w")
         wait_for_recovery_end(cluster, standby)
