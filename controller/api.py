@@ -212,12 +212,17 @@ class PublicApi:
             for announce in context.on_commit:
                 announce()
         except StoreError as error:
-            log.error("store failure in {action}: {error}", action=outcome.action, error=str(error))
+            # No action yet: the store failed before the request was read (no connection).
+            log.error(
+                "store failure in {action}: {error}",
+                action=outcome.action or "a request",
+                error=str(error),
+            )
             raise ServiceFailure("The service could not reach its store; try again.") from error
         except ApiError:
             raise
         except Exception as error:
-            log.failure("unexpected failure in {action}", action=outcome.action)
+            log.failure("unexpected failure in {action}", action=outcome.action or "a request")
             raise InternalFailure(
                 "The request processing has failed because of an internal error."
             ) from error
