@@ -172,7 +172,8 @@ class NodeApiClient:
             if error_answer is not None and moves_on(status, error_answer.error):
                 failed[url] = "refused"
                 problems.append((url, f"controller {url}: {status} {_said(error_answer)}"))
-                refusal = status if refusal is None else refusal
+                if status < 500 and refusal is None:  # the node's own fault, e.g. retired
+                    refusal = status
                 continue
             self.problems.pop(url, None)
             self._answered(url, failed, problems)
@@ -183,9 +184,12 @@ class NodeApiClient:
         self._unanswered(problems)
         message = "; ".join(problem for _, problem in problems) or "no controller URL"
         if refusal is not None:
-            # Every controller refused or could not be reached, and one refused: the caller
-            # backs off as for an error answer (a retired node is refused by all of them).
+            # Every controller refused or could not be reached, and one refused the node: the
+            # caller backs off as for an error answer (a retired node is refused by all of them).
             raise NodeApiError(refusal, message)
+        # None answered, or each answered 5xx (a controller without its database): an outage,
+        # probed every few seconds, so that the agent is back as soon as one controller is,
+        # not after a backoff as long as the outage was.
         raise ControllerUnreachable(message)
 
     def _attempt(self, url: str, method: bytes, path: str, wait: float) -> Deferred[Any]:

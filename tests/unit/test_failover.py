@@ -248,6 +248,21 @@ def test_a_node_every_controller_refuses_gets_the_refusal_once_per_call_not_a_lo
     assert client.current == A and client.failovers == dict.fromkeys(FAILOVER_REASONS, 0)
 
 
+def test_every_controller_without_its_database_is_an_outage_probed_not_a_refusal() -> None:
+    unavailable = answers(503, {"error": "StoreUnavailable", "message": "try again"})
+    _reactor, web, client = client_with(a=unavailable, b=dead, c=unavailable)
+    [failure] = outcome(client.assignments(1, 0))
+    # Not a NodeApiError: the poll probes every few seconds (agent.reconnect) instead of
+    # backing off as for a retired node, and is back as soon as one database is.
+    assert failure.check(ControllerUnreachable) and not failure.check(NodeApiError)
+    assert "503" in failure.getErrorMessage()
+    assert web.asked() == [A, B, C]
+    unknown = answers(403, {"error": "UnknownNode", "message": "node 'hv1' is not enrolled"})
+    web.behaviour[B] = unknown  # one controller refuses the node itself: that decides
+    [failure] = outcome(client.assignments(1, 0))
+    assert failure.check(NodeApiError) and failure.value.status == 403
+
+
 def test_an_answer_every_controller_would_give_is_the_calls_answer() -> None:
     _reactor, web, client = client_with(
         a=answers(404, {"error": "NoRole", "message": "i-1 has no instance profile with a role"}),
