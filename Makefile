@@ -75,11 +75,13 @@ demo: $(STAMP)
 	$(BIN)/python -m demo
 
 # The linters and the type checker first (seconds): CI fails on them as on a test.
+# Two workers: the tests bound to this host's network state (namespaces, VMs) run in one, in
+# order, while the unit and API tests share out (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # Not part of `make test` (root; CI runs it after): the units under systemd itself, Debian 12's
 # systemd 252 as PID 1 in a systemd-nspawn container, with RoleCall installed as

@@ -9,7 +9,11 @@ puts the default back first.
 
 `pg_cluster` (one real PostgreSQL per session, started on first use) and `pg_dsn` (a fresh empty
 database per test) come from tests/pg.py. Without PostgreSQL's server binaries they fail, saying
-to run ``make install``: they never skip."""
+to run ``make install``: they never skip.
+
+``make test`` runs the tests in two worker processes (pytest-xdist, ``--dist loadgroup``): the
+tests bound to this host's network state form one group that one worker runs in order; each
+worker has its own PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,6 +29,23 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SYSTEMD_TESTS = Path(__file__).parent / "systemd"
+TESTS = Path(__file__).parent
+#: Tests that change this host's network state (namespaces, links, nf_tables, the agents that
+#: sweep namespaces by their prefix) or boot VMs: with ``-n`` they all run in one worker, one at a
+#: time, as without it; the rest (unit and e2e: own ports, own temporary directories) share out.
+HOST_BOUND = (TESTS / "netns", TESTS / "vm", TESTS / "ha", SYSTEMD_TESTS)
+HOST_BOUND_FILES = frozenset(
+    TESTS / "unit" / name
+    for name in ("test_plug.py", "test_privileged.py", "test_nftables.py", "test_steer.py")
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    host = pytest.mark.xdist_group("host")
+    for item in items:
+        path = item.path
+        if path in HOST_BOUND_FILES or any(path.is_relative_to(where) for where in HOST_BOUND):
+            item.add_marker(host)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
