@@ -189,6 +189,9 @@ def test_placement_names_a_node_or_takes_the_least_loaded(ec2: Any, controller: 
         ImageId="emi-1", MinCount=1, MaxCount=1, Placement={"HostId": "node-b"}
     )
     assert placed["Instances"][0]["Placement"]["HostId"] == "node-b"
+    # Every other node holds an instance whichever tests ran before in this module's controller
+    # (alone, node-a would be empty too and win the tie by name).
+    ec2.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1, Placement={"HostId": "node-a"})
     add_node(controller.state_dir, "node-empty")
     least = ec2.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1)
     assert least["Instances"][0]["Placement"]["HostId"] == "node-empty"
