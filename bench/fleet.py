@@ -438,21 +438,26 @@ class Window:
 
 
 class Profiler:
-    """py-spy recording a controller until stopped; a summary of where its time went."""
+    """py-spy recording a controller until stopped (wall-clock samples of busy threads, so a
+    thread blocked in fsync counts; a thread waiting in epoll does not)."""
+
+    RATE = 200
 
     def __init__(self, pid: int, output: Path) -> None:
         self.output = output
         binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.process = subprocess.Popen(
-            [binary, "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "--gil",
+            [binary, "record", "--pid", str(pid), "--rate", str(self.RATE), "--nonblocking",
              "--format", "raw", "--output", str(output)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+        self.started = time.monotonic()
 
-    def stop(self) -> list[tuple[str, float, float]]:
-        """(frame, inclusive share, own share) of the busiest frames."""
+    def stop(self) -> Profile | None:
+        """Where the reactor thread's busy time went, and how busy it and the audit thread were."""
+        seconds = time.monotonic() - self.started
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
         try:
@@ -461,26 +466,41 @@ class Profiler:
             terminate(self.process)  # type: ignore[arg-type]
         inclusive: collections.Counter[str] = collections.Counter()
         own: collections.Counter[str] = collections.Counter()
-        total = 0
+        reactor = audit = 0
         try:
             lines = self.output.read_text().splitlines()
         except OSError:
-            return []
+            return None
         for line in lines:
             stack, _, count_text = line.rpartition(" ")
             count = int(count_text)
             frames = [_short(frame) for frame in stack.split(";")]
-            total += count
+            if "base.py:ReactorBase.mainLoop" not in frames:
+                if "audit.py:AuditLog._write_lines" in frames:
+                    audit += count
+                continue
+            reactor += count
             for frame in set(frames):
                 inclusive[frame] += count
             own[frames[-1]] += count
-        if not total:
-            return []
+        if not reactor:
+            return None
         rows = [
-            (frame, inclusive[frame] / total, own[frame] / total)
+            (frame, inclusive[frame] / reactor, own[frame] / reactor)
             for frame, _ in inclusive.most_common()
         ]
-        return rows
+        expected = seconds * self.RATE
+        return Profile(rows, reactor / expected, audit / expected)
+
+
+@dataclass
+class Profile:
+    #: (frame, inclusive share, own share) of the reactor thread's busy samples.
+    rows: list[tuple[str, float, float]]
+    #: The share of the wall-clock time the reactor thread was busy (running or blocked).
+    reactor_busy: float
+    #: The same for the thread writing and fsyncing the audit log.
+    audit_busy: float
 
 
 def _plumbing(frame: str) -> bool:
@@ -519,7 +539,11 @@ def main() -> int:
     parser.add_argument("--wait", type=int, default=60, help="the long poll's wait= in seconds")
     parser.add_argument("--wakeups", type=int, default=300)
     parser.add_argument("--issue-seconds", type=float, default=10.0)
-    parser.add_argument("--steady-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        help="the idle steady state's length (default: --wait, so each poll times out once)",
+    )
     parser.add_argument("--cold-timeout", type=float, default=300.0)
     parser.add_argument("--controllers", type=int, default=1)
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
@@ -549,6 +573,8 @@ def main() -> int:
         parser.error("argument --dsn: only with --store postgresql")
     if args.store == "sqlite" and args.controllers > 1:
         parser.error("argument --controllers: several controllers need --store postgresql")
+    if args.steady_seconds is None:
+        args.steady_seconds = float(args.wait)
     if args.nodes < 4:
         parser.error("argument --nodes: at least 4 (the issuance runs use 4 nodes' clients)")
 
@@ -628,7 +654,7 @@ def run(
             )
             left -= count
     launched = time.monotonic() - launch_started
-    launch_profile = profilers[-1].stop() if args.profile else []
+    launch_profile = profilers[-1].stop() if args.profile else None
     print(
         f"setup: {args.nodes} nodes enrolled in {enrolled:.1f} s,"
         f" {total} instances launched in {launched:.1f} s",
@@ -675,7 +701,7 @@ def run(
     cold = window.close()
     cold_seconds = max(events.done.values()) - started
     first_answers = max(events.first.values()) - started
-    cold_profile = profilers[-1].stop() if args.profile else []
+    cold_profile = profilers[-1].stop() if args.profile else None
     cold_errors = len(events.errors)
     memory_cold = [controller.memory() for controller in controllers]
 
@@ -736,7 +762,7 @@ def run(
         from_call[kind].append((answered - called) * 1000)
         time.sleep(randomness.uniform(0.005, 0.02))  # not in step with the polls' re-arming
 
-    wakeup_profile = profilers[-1].stop() if args.profile else []
+    wakeup_profile = profilers[-1].stop() if args.profile else None
 
     # Issuance: 1, then 4 client processes, each one node's keep-alive connection.
     issuance = []
@@ -790,7 +816,7 @@ def run(
         issuance.append(measured)
         for issuer in issuers:
             issuer.process.wait(timeout=30)
-    issue_profile = profilers[-1].stop() if args.profile else []
+    issue_profile = profilers[-1].stop() if args.profile else None
 
     # The nodes stop; the audit log holds a record for every credential handed out.
     for client in clients[: len(shares)]:
@@ -810,20 +836,24 @@ def run(
         args, controllers, cold, cold_seconds, first_answers, cold_errors, memory_cold, steady,
         memory_steady, latencies, from_call, issuance, handed_out, audited, len(events.errors),
     )  # fmt: skip
-    for title, rows in (
+    for title, profile in (
         ("launching the fleet", launch_profile),
         ("cold start", cold_profile),
         ("wake-up rounds", wakeup_profile),
         ("issuance, 4 processes", issue_profile),
     ):
-        if rows:
-            print(f"\nwhere controller 0's time went ({title}; py-spy, share of samples)")
+        if profile is not None:
+            print(
+                f"\nwhere controller 0's reactor thread went ({title}; py-spy): busy"
+                f" {profile.reactor_busy:.0%} of the time (the audit log's thread"
+                f" {profile.audit_busy:.0%}); shares of the busy time:"
+            )
             print(f"  {'inclusive':>9} {'own':>6}  frame")
-            shown = [row for row in rows if row[1] < 0.97 and not _plumbing(row[0])][:25]
-            for frame, inclusive, own_share in shown:
+            shown = [row for row in profile.rows if row[1] < 0.97 and not _plumbing(row[0])]
+            for frame, inclusive, own_share in shown[:25]:
                 print(f"  {inclusive:9.1%} {own_share:6.1%}  {frame}")
             print("  busiest own time:")
-            for frame, inclusive, own_share in sorted(rows, key=lambda row: -row[2])[:12]:
+            for frame, inclusive, own_share in sorted(profile.rows, key=lambda row: -row[2])[:12]:
                 print(f"  {inclusive:9.1%} {own_share:6.1%}  {frame}")
     if audited is not None and audited < handed_out:
         print(f"fleet: {handed_out} credentials handed out but {audited} audit records")
