@@ -706,14 +706,16 @@ def run(
     memory_cold = [controller.memory() for controller in controllers]
 
     # Steady state: every node holds a long poll, nothing changes.
-    time.sleep(2.0)
-    window = Window(controller_pids, client_pids)
-    time.sleep(args.steady_seconds)
-    steady = window.close()
+    steady: dict[str, Any] | None = None
+    if args.steady_seconds > 0:
+        time.sleep(2.0)
+        window = Window(controller_pids, client_pids)
+        time.sleep(args.steady_seconds)
+        steady = window.close()
     memory_steady = [controller.memory() for controller in controllers]
 
     # Wake-up: a change through the API, to the changed node's poll answering.
-    if args.profile:
+    if args.profile and args.wakeups:
         profilers.append(Profiler(first.process.pid, args.profile / "wakeup.txt"))
         time.sleep(1.0)
     latencies: dict[str, list[float]] = collections.defaultdict(list)
@@ -762,11 +764,11 @@ def run(
         from_call[kind].append((answered - called) * 1000)
         time.sleep(randomness.uniform(0.005, 0.02))  # not in step with the polls' re-arming
 
-    wakeup_profile = profilers[-1].stop() if args.profile else None
+    wakeup_profile = profilers[-1].stop() if args.profile and args.wakeups else None
 
     # Issuance: 1, then 4 client processes, each one node's keep-alive connection.
     issuance = []
-    for processes in (1, 4):
+    for processes in (1, 4) if args.issue_seconds > 0 else ():
         issuers: list[ClientProcess] = []
         issuer_events = Events()
         for index in range(processes):
@@ -816,7 +818,7 @@ def run(
         issuance.append(measured)
         for issuer in issuers:
             issuer.process.wait(timeout=30)
-    issue_profile = profilers[-1].stop() if args.profile else None
+    issue_profile = profilers[-1].stop() if args.profile and issuance else None
 
     # The nodes stop; the audit log holds a record for every credential handed out.
     for client in clients[: len(shares)]:
@@ -877,7 +879,7 @@ def report(
     first_answers: float,
     cold_errors: int,
     memory_cold: list[dict[str, int]],
-    steady: dict[str, Any],
+    steady: dict[str, Any] | None,
     memory_steady: list[dict[str, int]],
     latencies: dict[str, list[float]],
     from_call: dict[str, list[float]],
@@ -906,11 +908,12 @@ def report(
     print(f"  controller RSS after it: {_mib(memory_cold, 'VmRSS')} MiB"
           f" (peak {_mib(memory_cold, 'VmHWM')} MiB)")  # fmt: skip
     print()
-    print(f"steady state, {args.nodes} long polls held, {steady['seconds']:.0f} s")
-    print(f"  controller {_cores(steady)} cores, RSS {_mib(memory_steady, 'VmRSS')} MiB;"
-          f" clients {steady['client_cpu'] / steady['seconds']:.2f}, others"
-          f" {steady['others']:.2f}")  # fmt: skip
-    print()
+    if steady is not None:
+        print(f"steady state, {args.nodes} long polls held, {steady['seconds']:.0f} s")
+        print(f"  controller {_cores(steady)} cores, RSS {_mib(memory_steady, 'VmRSS')} MiB;"
+              f" clients {steady['client_cpu'] / steady['seconds']:.2f}, others"
+              f" {steady['others']:.2f}")  # fmt: skip
+        print()
     every = [value for values in latencies.values() for value in values]
     if every:
         every_call = [value for values in from_call.values() for value in values]
@@ -929,13 +932,17 @@ def report(
         verdict = "met" if percentile(every, 0.99) < 100 else "not met"
         print(f"  (target p99 < 100 ms: {verdict})")
         print()
-    print("instance credentials issued per second (each audited on disk before it is handed out)")
-    print(f"  {'processes':>9} {'issued/s':>9} {'errors':>6} {'controller':>11} {'clients':>8}"
-          f" {'others':>6} {'RSS MiB':>8}")  # fmt: skip
-    for each in issuance:
-        print(f"  {each['processes']:9d} {each['issued'] / each['seconds']:9.0f}"
-              f" {each['errors']:6d} {_cores(each):>11} {each['client_cpu'] / each['seconds']:8.2f}"
-              f" {each['others']:6.2f} {_mib(each['memory'], 'VmRSS'):>8}")  # fmt: skip
+    if issuance:
+        print(
+            "instance credentials issued per second (each audited durably before it is handed out)"
+        )
+        print(f"  {'processes':>9} {'issued/s':>9} {'errors':>6} {'controller':>11} {'clients':>8}"
+              f" {'others':>6} {'RSS MiB':>8}")  # fmt: skip
+        for each in issuance:
+            clients = each["client_cpu"] / each["seconds"]
+            print(f"  {each['processes']:9d} {each['issued'] / each['seconds']:9.0f}"
+                  f" {each['errors']:6d} {_cores(each):>11} {clients:8.2f}"
+                  f" {each['others']:6.2f} {_mib(each['memory'], 'VmRSS'):>8}")  # fmt: skip
     print()
     audit = "not counted (on PostgreSQL)" if audited is None else f"{audited:,} audit records"
     print(f"credentials handed out in all: {handed_out:,}; {audit}; client errors {errors}")
