@@ -188,6 +188,20 @@ def root_keys(controllers: list[Controller]) -> None:
         controller.secret_access_key = credentials["rolecall"]["aws_secret_access_key"]
 
 
+def throwaway_database(stack: contextlib.ExitStack) -> str:
+    """A PostgreSQL cluster of the tests' harness (tests/pg.py: initdb into a temporary
+    directory as the user postgres, loopback only, fsync on) for this run, with a database; its
+    DSN (the password in a passfile). Stopped and removed when `stack` closes."""
+    from tests import pg
+
+    pg.SETTINGS["shared_buffers"] = "256MB"  # the fleet's rows are about 40 MB
+    try:
+        cluster = stack.enter_context(pg.running_cluster())
+    except (pg.PostgresMissing, RuntimeError) as error:
+        raise BenchError(f"no PostgreSQL for --store postgresql: {error}") from None
+    return cluster.dsn(cluster.create_database())
+
+
 # -- the client processes ------------------------------------------------------------------
 
 
@@ -547,7 +561,10 @@ def main() -> int:
     parser.add_argument("--cold-timeout", type=float, default=300.0)
     parser.add_argument("--controllers", type=int, default=1)
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--dsn", help="libpq connection string (with --store postgresql)")
+    parser.add_argument(
+        "--dsn",
+        help="libpq connection string (with --store postgresql; default: a throwaway cluster)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -567,8 +584,6 @@ def main() -> int:
     ):
         if value < low:
             parser.error(f"argument {flag}: must be at least {low} (got {value})")
-    if args.store == "postgresql" and not args.dsn:
-        parser.error("argument --dsn: required with --store postgresql")
     if args.store == "sqlite" and args.dsn:
         parser.error("argument --dsn: only with --store postgresql")
     if args.store == "sqlite" and args.controllers > 1:
@@ -588,7 +603,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        return run(args, work, controllers, clients, profilers)
+        with contextlib.ExitStack() as stack:
+            if args.store == "postgresql" and not args.dsn:
+                args.dsn = throwaway_database(stack)
+            return run(args, work, controllers, clients, profilers)
     except BenchError as error:
         print(f"fleet: {error}", file=sys.stderr)
         return 1
@@ -828,11 +846,9 @@ def run(
     events.wait(lambda: sum(e["t"] == "bye" for e in events.other) == len(shares), 30)
     handed_out = sum(e["issued"] for e in events.other if e["t"] == "bye")
     handed_out += sum(each["issued"] for each in issuance) + len(clients) - len(shares)
-    audited: int | None = None
-    audit_log = first.state_dir / "audit.log"
-    if args.store == "sqlite" and audit_log.exists():
-        with audit_log.open("rb") as lines:
-            audited = sum(b'"instance-credentials"' in line for line in lines)
+    # `rolecall-controller audit`: the audit log file (SQLite) or the audit_log table.
+    records = controller_cli(first.config, first.state_dir, "audit").splitlines()
+    audited = sum('"instance-credentials"' in line for line in records)
 
     report(
         args, controllers, cold, cold_seconds, first_answers, cold_errors, memory_cold, steady,
@@ -857,7 +873,7 @@ def run(
             print("  busiest own time:")
             for frame, inclusive, own_share in sorted(profile.rows, key=lambda row: -row[2])[:12]:
                 print(f"  {inclusive:9.1%} {own_share:6.1%}  {frame}")
-    if audited is not None and audited < handed_out:
+    if audited < handed_out:
         print(f"fleet: {handed_out} credentials handed out but {audited} audit records")
         return 1
     return 0
@@ -889,7 +905,7 @@ def report(
     from_call: dict[str, list[float]],
     issuance: list[dict[str, Any]],
     handed_out: int,
-    audited: int | None,
+    audited: int,
     errors: int,
 ) -> None:
     total = args.nodes * args.instances_per_node
@@ -953,8 +969,10 @@ def report(
                   f" {each['others']:6.2f} {_mib(each['memory'], 'VmRSS'):>8}"
                   f" {each['per']:>10}")  # fmt: skip
     print()
-    audit = "not counted (on PostgreSQL)" if audited is None else f"{audited:,} audit records"
-    print(f"credentials handed out in all: {handed_out:,}; {audit}; client errors {errors}")
+    print(
+        f"credentials handed out in all: {handed_out:,}; {audited:,} audit records;"
+        f" client errors {errors}"
+    )
 
 
 if __name__ == "__main__":
