@@ -199,6 +199,8 @@ def throwaway_database(stack: contextlib.ExitStack) -> str:
         cluster = stack.enter_context(pg.running_cluster())
     except (pg.PostgresMissing, RuntimeError) as error:
         raise BenchError(f"no PostgreSQL for --store postgresql: {error}") from None
+    pid_file = cluster.primary.data / "postmaster.pid"
+    Window.database = int(pid_file.read_text().split()[0])
     return cluster.dsn(cluster.create_database())
 
 
@@ -430,11 +432,15 @@ def busy_jiffies() -> int:
 class Window:
     """CPU over a stretch of wall-clock time: the controllers', the clients', the machine's."""
 
+    #: The PostgreSQL server's postmaster when the bench started it (its backends count).
+    database: int | None = None
+
     def __init__(self, controllers: list[int], clients: list[int]) -> None:
         self.controllers, self.clients = controllers, clients
         self.started = time.monotonic()
         self.controller_cpu = [cpu_seconds(pid) for pid in controllers]
         self.client_cpu = sum(cpu_seconds(pid) for pid in clients)
+        self.database_cpu = cpu_seconds(self.database) if self.database else 0.0
         self.busy = busy_jiffies()
 
     def close(self) -> dict[str, Any]:
@@ -442,12 +448,14 @@ class Window:
         controller = [cpu_seconds(pid) - before for pid, before in zip(
             self.controllers, self.controller_cpu, strict=True)]  # fmt: skip
         client = sum(cpu_seconds(pid) for pid in self.clients) - self.client_cpu
+        database = cpu_seconds(self.database) - self.database_cpu if self.database else 0.0
         busy = (busy_jiffies() - self.busy) / os.sysconf("SC_CLK_TCK")
         return {
             "seconds": seconds,
             "controller_cpu": controller,
             "client_cpu": client,
-            "others": max(0.0, busy - sum(controller) - client) / seconds,
+            "database": database / seconds if self.database else None,
+            "others": max(0.0, busy - sum(controller) - client - database) / seconds,
         }
 
 
@@ -873,6 +881,10 @@ def run(
             print("  busiest own time:")
             for frame, inclusive, own_share in sorted(profile.rows, key=lambda row: -row[2])[:12]:
                 print(f"  {inclusive:9.1%} {own_share:6.1%}  {frame}")
+    if events.errors:
+        print("client errors (the first of each kind):")
+        for message in dict.fromkeys(error.partition(": ")[2] for error in events.errors):
+            print(f"  {message}")
     if audited < handed_out:
         print(f"fleet: {handed_out} credentials handed out but {audited} audit records")
         return 1
@@ -881,6 +893,11 @@ def run(
 
 def _cores(window: dict[str, Any]) -> str:
     return " + ".join(f"{cpu / window['seconds']:.2f}" for cpu in window["controller_cpu"])
+
+
+def _database(window: dict[str, Any]) -> str:
+    """The PostgreSQL server's CPU (all its processes), when the bench started it."""
+    return "" if window["database"] is None else f" PostgreSQL {window['database']:.2f},"
 
 
 def _per(window: dict[str, Any], count: int) -> str:
@@ -923,8 +940,8 @@ def report(
           f"   (target < 30 s: {'met' if cold_seconds < 30 else 'not met'})")  # fmt: skip
     print(f"  every node's first assignments answer by   {first_answers:6.2f} s")
     print(f"  {total / cold_seconds:,.0f} credentials/s; controller {_cores(cold)} cores,"
-          f" clients {cold['client_cpu'] / cold['seconds']:.2f}, others {cold['others']:.2f};"
-          f" errors {cold_errors}")  # fmt: skip
+          f" clients {cold['client_cpu'] / cold['seconds']:.2f},{_database(cold)}"
+          f" others {cold['others']:.2f}; errors {cold_errors}")  # fmt: skip
     cpu_seconds = " + ".join(f"{cpu:.1f}" for cpu in cold["controller_cpu"])
     print(f"  controller CPU time {cpu_seconds} s: {_per(cold, total)} ms per instance"
           f" (its first answer's share and its credentials)")  # fmt: skip
@@ -934,8 +951,8 @@ def report(
     if steady is not None:
         print(f"steady state, {args.nodes} long polls held, {steady['seconds']:.0f} s")
         print(f"  controller {_cores(steady)} cores, RSS {_mib(memory_steady, 'VmRSS')} MiB;"
-              f" clients {steady['client_cpu'] / steady['seconds']:.2f}, others"
-              f" {steady['others']:.2f}")  # fmt: skip
+              f" clients {steady['client_cpu'] / steady['seconds']:.2f},{_database(steady)}"
+              f" others {steady['others']:.2f}")  # fmt: skip
         print()
     every = [value for values in latencies.values() for value in values]
     if every:
@@ -967,7 +984,7 @@ def report(
             print(f"  {each['processes']:9d} {each['issued'] / each['seconds']:9.0f}"
                   f" {each['errors']:6d} {_cores(each):>11} {clients:8.2f}"
                   f" {each['others']:6.2f} {_mib(each['memory'], 'VmRSS'):>8}"
-                  f" {each['per']:>10}")  # fmt: skip
+                  f" {each['per']:>10}{_database(each).rstrip(',')}")  # fmt: skip
     print()
     print(
         f"credentials handed out in all: {handed_out:,}; {audited:,} audit records;"
