@@ -497,6 +497,18 @@ class SqlTransaction(Transaction):
                     "SELECT private_ip FROM instances WHERE subnet IS NULL"
                     " AND state != 'terminated'"
                 )
+            elif ipaddress.ip_network(other, strict=False) == network:
+                # Each inside its subnet (given from it, or checked when it moved there): no
+                # address parsed, which cost 16 µs each, 0.16 s a RunInstances at 10,000.
+                found.update(
+                    str(address)
+                    for (address,) in self._rows(
+                        "SELECT private_ip FROM instances"
+                        " WHERE subnet = ? AND state != 'terminated'",
+                        (other,),
+                    )
+                )
+                continue
             elif ipaddress.ip_network(other, strict=False).overlaps(network):
                 rows = self._rows(
                     "SELECT private_ip FROM instances WHERE subnet = ? AND state != 'terminated'",

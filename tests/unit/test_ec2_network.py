@@ -56,6 +56,26 @@ def test_link_local_skips_the_metadata_block_and_its_first_and_last_slash_24() -
         assert never not in offered
 
 
+@pytest.mark.parametrize(
+    "subnet",
+    ["169.254.0.0/16", "10.1.2.16/28", "169.254.160.0/19", "169.254.168.0/22", "10.255.252.0/22"],
+)
+def test_the_candidates_are_the_rules_read_with_ipaddress_address_by_address(subnet: str) -> None:
+    """`candidates` walks a /24 at a time with integers and text (for speed): it must offer
+    exactly what the rules give when each address is an IPv4Address checked on its own."""
+    network = parse_subnet(subnet)
+    reserved = [
+        ipaddress.IPv4Network(block)
+        for block in ("169.254.0.0/24", "169.254.169.0/24", "169.254.255.0/24")
+    ]
+    expected = []
+    for number in range(int(network.network_address) + 4, int(network.broadcast_address)):
+        address = ipaddress.IPv4Address(number)
+        if number & 0xFF not in (0, 0xFF) and not any(address in block for block in reserved):
+            expected.append(str(address))
+    assert list(candidates(network)) == expected
+
+
 def test_a_subnet_inside_the_metadata_block_offers_nothing() -> None:
     assert list(candidates(parse_subnet("169.254.169.0/28"))) == []
 
