@@ -45,6 +45,16 @@ $(STAMP): Makefile setup.cfg pyproject.toml tests/netns/js/package-lock.json
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  (apt-get update && apt-get install -y --no-install-recommends prometheus && \
 	   { test ! -d /run/systemd/system || systemctl disable --now prometheus.service; })
+	# postgresql: the tests initdb their own throwaway clusters with its server binaries
+	# (tests/pg.py, found in /usr/lib/postgresql/N/bin, never on PATH). The cluster the package
+	# makes is stopped and set to manual start (start.conf), and its service disabled.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update && apt-get install -y --no-install-recommends postgresql && \
+	   { test ! -d /run/systemd/system || systemctl disable --now postgresql.service; } && \
+	   for cluster in $$(pg_lsclusters -h | awk '{print $$1 "/" $$2}'); do \
+	     pg_ctlcluster $${cluster%/*} $${cluster#*/} stop 2>/dev/null || true; \
+	     echo manual > /etc/postgresql/$$cluster/start.conf; \
+	   done)
 	# qemu-system-x86: tests/vm and `make demo` boot a real guest with TCG (no KVM needed);
 	# without its recommends (GUI, OVMF, block plugins), about 85 MB. nftables: the tests and the
 	# demo inspect the steering tables with nft (the agent installs them by nf_tables netlink).
