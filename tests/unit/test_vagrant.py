@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from functools import cache
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import psycopg
 import pytest
 import yaml
 
@@ -31,6 +33,7 @@ from agent.config import (
 from agent.hook import HookTarget, parse_domain
 from agent.steer import check_tap
 from controller.config import config_from_string
+from tests.pg import Cluster
 from tests.unit.test_systemd_units import parse_unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -654,3 +657,93 @@ def test_the_readme_boots_a_vm_for_the_instance_and_stops_it() -> None:
         "euca-terminate-instances i-d3983fbe4c67ce517",
     ):
         assert line in text, line
+
+
+# -- the database machine ----------------------------------------------------------------------
+
+POSTGRESQL = VAGRANT / "scripts" / "postgresql.sh"
+
+
+def test_the_database_listens_on_its_private_address_and_keeps_commits_durable() -> None:
+    database = address(machines()["db"])
+    text = heredoc(POSTGRESQL, "POSTGRESQL_CONF", {"address": database, "PORT": "5432"})
+    settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=") for line in text.splitlines() if line and line[0] != "#"
+        )
+    )
+    assert settings["listen_addresses"] == f"'localhost,{database}'"
+    assert settings["synchronous_commit"] == "on"
+    assert settings["password_encryption"] == "'scram-sha-256'"
+
+
+def test_only_the_controllers_may_connect_with_a_password_over_tls() -> None:
+    """pg_hba.conf's lines, as the script makes them from its arguments (run with bash)."""
+    lines = POSTGRESQL.read_text(encoding="utf-8").splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("{"))
+    block = "\n".join(lines[start : lines.index('} >>"$hba"') + 1]).replace('>>"$hba"', "")
+    defined = machines()
+    controllers = [f"{name}={address(defined[name])}" for name in CONTROLLERS]
+    result = subprocess.run(
+        [tool("bash"), "-euc", f"DATABASE=rolecall ROLE=rolecall\n{block}", "sh", *controllers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rules = [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert rules == [
+        ["hostssl", "rolecall", "rolecall", f"{address(defined[name])}/32", "scram-sha-256"]
+        for name in CONTROLLERS
+    ]
+
+
+def test_the_database_role_has_only_the_rights_it_needs(pg_cluster: Cluster) -> None:
+    """postgresql.sh's SQL, run twice with psql against a real PostgreSQL (under names of the
+    test's own): the role logs in with its password, owns its database and may create tables
+    there, and may do nothing else; no other role may connect to that database."""
+    suffix = secrets.token_hex(4)
+    role, database, password = f"rc_role_{suffix}", f"rc_db_{suffix}", secrets.token_hex(16)
+    sql = heredoc(
+        POSTGRESQL, "SQL", {"ROLE": role, "DATABASE": database, "password": password}
+    ).replace("\\\\", "\\")
+    superuser = pg_cluster.dsn(user="postgres")
+    psql = str(pg_cluster.bin_dir / "psql")
+    passfile = pg_cluster.directory / f"pgpass-{suffix}"
+    try:
+        for _ in range(2):
+            done = subprocess.run(
+                [psql, "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", superuser],
+                input=sql,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+        passfile.write_text(f"*:*:{database}:{role}:{password}\n")
+        passfile.chmod(0o600)
+        own = f"host=127.0.0.1 port={pg_cluster.primary.port} dbname={database} user={role}"
+        with psycopg.connect(f"{own} passfile={passfile}", autocommit=True) as connection:
+            connection.execute("CREATE TABLE probe (id integer)")
+            assert connection.execute("SHOW statement_timeout").fetchone() == ("30s",)
+            assert connection.execute("SHOW idle_in_transaction_session_timeout").fetchone() == (
+                "15s",
+            )
+            for forbidden in (f"CREATE DATABASE {database}_x", f"CREATE ROLE {role}_x"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    connection.execute(forbidden.encode())
+            flags = connection.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication FROM pg_roles"
+                " WHERE rolname = current_user"
+            ).fetchone()
+            assert flags == (False, False, False, False)
+        # Another ordinary role of the same server may not even connect.
+        other = pg_cluster.dsn(dbname=database)
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(other, connect_timeout=10).close()
+    finally:
+        with psycopg.connect(superuser, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)".encode())
+            connection.execute(f"DROP ROLE IF EXISTS {role}".encode())
+        passfile.unlink(missing_ok=True)
