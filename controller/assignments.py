@@ -46,7 +46,12 @@ class AssignmentHub:
         """How many long polls are waiting now (a metric)."""
         return sum(len(waiters) for waiters in self._waiters.values())
 
-    def stop(self) -> None:
-        """Release every waiter (the service is stopping): they answer with what they have."""
+    def changed_all(self) -> None:
+        """Wake every waiter: each answers with what the store holds now (after changes may
+        have gone unannounced, as while a controller's database listener reconnects)."""
         for node in list(self._waiters):
             self.changed(node)
+
+    def stop(self) -> None:
+        """Release every waiter (the service is stopping): they answer with what they have."""
+        self.changed_all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import sys
@@ -21,8 +22,9 @@ from controller.accounts import (
     new_account_id,
 )
 from controller.config import MAX_NODE_CAPACITY, ConfigError, ControllerConfig, load_config
+from controller.ec2.common import INSTANCE_ID
 from controller.ec2.network import parse_subnet
-from controller.identity import IdentityError, create_identity_key
+from controller.identity import IdentityError, IdentitySigner, create_identity_key
 from controller.identityfiles import load_identity_signer
 from controller.keyring import (
     KeyRingError,
@@ -46,9 +48,22 @@ from controller.nodeca import (
     load_certificate,
     server_certificate_names,
 )
+from controller.shared import (
+    IDENTITY_CERT,
+    IDENTITY_KEY,
+    NODE_CA_CERT,
+    NODE_CA_KEY,
+    ensure_key_ring_in,
+    ensure_pair_in,
+    load_key_ring_in,
+    load_pair_in,
+    revoke_key_ring_in,
+    rotate_key_ring_in,
+)
 from controller.store.base import Conflict, StoreError
 from controller.store.records import REGION, Node
 from controller.store.sqlite import SQLiteStore
+from controller.tokens import KeyRing
 from controller.xmlout import format_time
 
 DEFAULT_PROFILE = "rolecall"
@@ -159,6 +174,20 @@ def _parser() -> argparse.ArgumentParser:
         "nodes", help="the enrolled nodes with their instance counts and last contact"
     )
 
+    audit = commands.add_parser(
+        "audit",
+        help="print the audit records of credential issuance (JSON lines, oldest first): the"
+        " database's audit_log table on PostgreSQL, the audit log file on SQLite",
+    )
+    audit.add_argument(
+        "--since",
+        type=_since,
+        metavar="TIME",
+        help="only records at or after TIME (ISO 8601, e.g. 2024-05-01T12:00:00Z)",
+    )
+    audit.add_argument(
+        "--instance", type=_instance_id, metavar="ID", help="only records of this instance"
+    )
     commands.add_parser(
         "identity-certificate",
         help="print the certificate that verifies instances' signed identity documents (PEM),"
@@ -215,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_nodes(config)
         if args.command == "check-config":
             return check_config(config)
+        if args.command == "audit":
+            return audit_records(config, args.since, args.instance)
         if args.command == "identity-certificate":
             return identity_certificate(config)
         for flag, port in (
@@ -270,6 +301,8 @@ def init(
         raise CommandError(
             f"cannot create the state directory {state_dir}: {error.strerror}"
         ) from error
+    if _shared(config):
+        return _init_shared(config, account_id, account_name, profile, names, node_api_names)
     store = SQLiteStore(config.database_path)
     try:
         with store.transaction() as tx:
@@ -297,14 +330,8 @@ def init(
     server_names = server_certificate_names(
         _read(config.node_api_cert_path, "the node API certificate")
     )
-    if node_api_names and "the node API certificate" not in added:
-        missing = [name for name in node_api_names if name not in server_names]
-        if missing:
-            raise CommandError(
-                f"the node API certificate {config.node_api_cert_path} exists already and is not"
-                f" for {', '.join(missing)}; it was not changed (to issue a new one, remove it"
-                f" and {config.node_api_key_path.name}, then run init again)"
-            )
+    if "the node API certificate" not in added:
+        _check_node_api_names(config, node_api_names, server_names)
     shown_names = ", ".join(server_names)
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
@@ -343,6 +370,19 @@ def init(
         f" --endpoint-url http://{config.api_host}:{config.api_port} iam list-roles"
     )
     return 0
+
+
+def _check_node_api_names(
+    config: ControllerConfig, node_api_names: list[str] | None, server_names: list[str]
+) -> None:
+    """--node-api-name given for a node API certificate that exists: it must name them all."""
+    missing = [name for name in node_api_names or () if name not in server_names]
+    if missing:
+        raise CommandError(
+            f"the node API certificate {config.node_api_cert_path} exists already and is not"
+            f" for {', '.join(missing)}; it was not changed (to issue a new one, remove it"
+            f" and {config.node_api_key_path.name}, then run init again)"
+        )
 
 
 def _credentials_text(bootstrap: Bootstrap, profile: str) -> str:
@@ -406,6 +446,8 @@ def account_list(config: ControllerConfig) -> int:
 def rotate_token_key(config: ControllerConfig, *, revoke: bool = False) -> int:
     """New session tokens are sealed with a new key; old keys keep verifying what they sealed,
     unless ``revoke``: then they are dropped, and every token they sealed is invalid."""
+    if _shared(config):
+        return _rotate_shared(config, revoke=revoke)
     if revoke:
         ring = revoke_key_ring(config.token_keys_path, datetime.now(UTC))
         print(f"Session tokens are now sealed with key {ring.active_id}; every other key is gone.")
@@ -506,12 +548,18 @@ def _ensure_node_ca(config: ControllerConfig, now: datetime) -> bool:
     return True
 
 
-def _ensure_node_api_certificate(config: ControllerConfig, names: list[str], now: datetime) -> bool:
-    """Issue the node API's server certificate unless it exists; whether it was issued."""
+def _ensure_node_api_certificate(
+    config: ControllerConfig,
+    names: list[str],
+    now: datetime,
+    node_ca: tuple[bytes, bytes] | None = None,
+) -> bool:
+    """Issue the node API's server certificate unless it exists; whether it was issued. It is
+    signed by ``node_ca`` (key and certificate PEM; default: the node CA's files)."""
     key_path, cert_path = config.node_api_key_path, config.node_api_cert_path
     if not _ensure_pair(key_path, cert_path, "the node API certificate"):
         return False
-    ca_key_pem, ca_cert_pem = _read_node_ca(config)
+    ca_key_pem, ca_cert_pem = node_ca or _read_node_ca(config)
     key_pem, cert_pem = create_server_certificate(ca_key_pem, ca_cert_pem, now, names)
     _write_new(key_path, key_pem, 0o600)
     _write_new(cert_path, cert_pem, 0o644)
@@ -533,7 +581,7 @@ def _ensure_identity_key(config: ControllerConfig, now: datetime) -> bool:
 def identity_certificate(config: ControllerConfig) -> int:
     """Print the instance identity certificate (PEM), checked to be the key's: what an operator
     gives Vault, SPIRE or openssl to verify identity documents with. Never the key."""
-    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    signer = _identity_signer(config)
     if signer is None:
         raise CommandError(
             f"{config.state_dir} has no instance identity key ({config.identity_key_path.name});"
@@ -544,6 +592,18 @@ def identity_certificate(config: ControllerConfig) -> int:
 
 
 def _read_node_ca(config: ControllerConfig) -> tuple[bytes, bytes]:
+    if _shared(config):
+        store = _open_store(config)
+        try:
+            pair = load_pair_in(store, (NODE_CA_KEY, NODE_CA_CERT))
+        finally:
+            store.close()
+        if pair is None:
+            raise CommandError(
+                "the database holds no node CA; run: rolecall-controller init (on any"
+                " controller host)"
+            )
+        return pair
     if not config.ca_key_path.exists() or not config.ca_cert_path.exists():
         raise CommandError(
             f"{config.state_dir} has no node CA ({config.ca_cert_path.name});"
@@ -789,14 +849,14 @@ def check_config(config: ControllerConfig) -> int:
             f"{config.state_dir} is not initialised (no {config.database_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
-    ring = load_key_ring(config.token_keys_path)
+    ring = _load_key_ring(config)
     _read_node_ca(config)
     if not config.node_api_cert_path.exists():
         raise CommandError(
             f"{config.state_dir} has no node API certificate ({config.node_api_cert_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
-    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    signer = _identity_signer(config)
     print(
         f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
@@ -809,6 +869,217 @@ def check_config(config: ControllerConfig) -> int:
             " serve starts, but instances get no signed identity documents until init makes"
             " one"
         )
+    return 0
+
+
+# --- several controllers on one PostgreSQL -----------------------------------------------------
+
+
+def _shared(config: ControllerConfig) -> bool:
+    """Whether the key ring, node CA, identity and audit log are in the database (PostgreSQL,
+    shared by every controller) rather than files in the state directory (SQLite)."""
+    return config.store_backend == "postgresql"
+
+
+def _load_key_ring(config: ControllerConfig) -> KeyRing:
+    if not _shared(config):
+        return load_key_ring(config.token_keys_path)
+    store = _open_store(config)
+    try:
+        return load_key_ring_in(store)
+    finally:
+        store.close()
+
+
+def _identity_signer(config: ControllerConfig) -> IdentitySigner | None:
+    """The instance identity signer: from its files, or from the database when shared."""
+    if not _shared(config):
+        return load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    store = _open_store(config)
+    try:
+        pair = load_pair_in(store, (IDENTITY_KEY, IDENTITY_CERT))
+    finally:
+        store.close()
+    return None if pair is None else IdentitySigner(*pair)
+
+
+def _init_shared(
+    config: ControllerConfig,
+    account_id: str | None,
+    account_name: str,
+    profile: str,
+    names: list[str],
+    node_api_names: list[str] | None,
+) -> int:
+    """``init`` on PostgreSQL: the account, key ring, node CA and identity are made once, in
+    the database, by whichever host runs it first (taken from this state directory's files if
+    it has them: a cloud moved from SQLite); every host gets its own node API certificate, from
+    the shared CA, and the first its root credentials file."""
+    store = _open_store(config)
+    try:
+        now = datetime.now(UTC)
+        with store.transaction() as tx:
+            bootstrap = ensure_first_account(tx, account_id, account_name, format_time(now))
+        version = store.schema_version()
+        account = bootstrap.account
+        if bootstrap.root_key is None and account_id not in (None, account.account_id):
+            raise CommandError(
+                f"the database is already initialised for account {account.account_id};"
+                f" it was not changed (asked for {account_id})"
+            )
+        ring, ring_how = ensure_key_ring_in(store, now, adopt=config.token_keys_path)
+        ca_key, ca_cert, ca_how = ensure_pair_in(
+            store,
+            (NODE_CA_KEY, NODE_CA_CERT),
+            lambda: create_ca(now),
+            now,
+            adopt=(config.ca_key_path, config.ca_cert_path),
+        )
+        _, _, identity_how = ensure_pair_in(
+            store,
+            (IDENTITY_KEY, IDENTITY_CERT),
+            lambda: create_identity_key(now, REGION),
+            now,
+            adopt=(config.identity_key_path, config.identity_cert_path),
+        )
+    finally:
+        store.close()
+    issued = _ensure_node_api_certificate(config, names, now, (ca_key, ca_cert))
+    server_names = server_certificate_names(
+        _read(config.node_api_cert_path, "the node API certificate")
+    )
+    if not issued:
+        _check_node_api_names(config, node_api_names, server_names)
+        if load_certificate(
+            _read(config.node_api_cert_path, "the node API certificate")
+        ).issuer != (load_certificate(ca_cert).subject):
+            raise CommandError(
+                f"the node API certificate {config.node_api_cert_path} was not issued by the"
+                " node CA in the database, so agents would refuse it; remove it and"
+                f" {config.node_api_key_path.name}, then run init again"
+            )
+    made = {
+        "created": "made now",
+        "existing": "shared, made by an earlier init",
+        "adopted": f"taken from {config.state_dir}",
+    }
+    credentials = config.root_credentials_path
+    if bootstrap.root_key is not None:
+        _write_private(credentials, _credentials_text(bootstrap, profile))
+        print(f"Initialised RoleCall in the database (store schema version {version}).")
+        key_id = bootstrap.root_key.access_key_id
+        root = f"{key_id}, in {credentials} (profile {profile})"
+    else:
+        print(
+            f"RoleCall is already initialised in the database (store schema version {version});"
+            " this host shares it."
+        )
+        root = "in the root-credentials file of the host whose init made the account"
+    print(f"  account     {account.account_id} ({account.name})")
+    print(f"  root key    {root}")
+    print(f"  token key   {ring.active_id}, in the database ({made[ring_how]})")
+    print(f"  node CA     in the database ({made[ca_how]})")
+    what = "issued now from the shared node CA" if issued else "issued before"
+    print(f"  node API    this host's certificate for {', '.join(server_names)}, {what},")
+    print(f"              in {config.node_api_cert_path}")
+    print(f"  identity    in the database ({made[identity_how]})")
+    print("Start the controller (on each host):")
+    print(f"  rolecall-controller --state-dir {config.state_dir} serve")
+    print("Enroll each hypervisor for the node API (on any controller host):")
+    print(f"  rolecall-controller --state-dir {config.state_dir} enroll-node NAME --out DIR")
+    return 0
+
+
+def _rotate_shared(config: ControllerConfig, *, revoke: bool) -> int:
+    store = _open_store(config)
+    try:
+        now = datetime.now(UTC)
+        ring = revoke_key_ring_in(store, now) if revoke else rotate_key_ring_in(store, now)
+    finally:
+        store.close()
+    if revoke:
+        print(f"Session tokens are now sealed with key {ring.active_id}; every other key is gone.")
+        print(
+            "Every running controller refuses the tokens sealed before as soon as the database"
+            " tells it (at once), within a minute at most."
+        )
+        print(
+            "Instance credentials are among them: restart the agents (systemctl restart"
+            " rolecall-agent) so that guests get new ones at once."
+        )
+        return 0
+    print(f"Session tokens are now sealed with key {ring.active_id}.")
+    for key in ring.keys:
+        if key.key_id != ring.active_id and key.retire_after is not None:
+            print(f"  key {key.key_id} still verifies until {format_time(key.retire_after)}")
+    print(
+        "Every running controller picks the new key up as soon as the database tells it (at"
+        " once), within a minute at most; each verifies it from the start."
+    )
+    return 0
+
+
+def _since(text: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO 8601 time with its offset, such as 2024-05-01T12:00:00Z (got {text!r})"
+        )
+    return format_time(moment)
+
+
+def _instance_id(text: str) -> str:
+    if not INSTANCE_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"must be an instance id such as i-0123456789abcdef0 (got {text!r})"
+        )
+    return text
+
+
+#: Records read from the database at a time.
+_AUDIT_PAGE = 1000
+
+
+def audit_records(config: ControllerConfig, since: str | None, instance_id: str | None) -> int:
+    """Print the audit records, oldest first, one JSON object per line (as the file holds
+    them), from the database's audit_log table (PostgreSQL) or the audit log file (SQLite)."""
+    if _shared(config):
+        store = _open_store(config)
+        try:
+            after = 0
+            while True:
+                with store.transaction() as tx:
+                    page = tx.list_audit_records(since, instance_id, after, _AUDIT_PAGE)
+                for _, text in page:
+                    print(text)
+                if len(page) < _AUDIT_PAGE:
+                    return 0
+                after = page[-1][0]
+        finally:
+            store.close()
+    path = config.audit_log_path
+    try:
+        stream = path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return 0  # nothing was issued yet
+    except OSError as error:
+        raise CommandError(f"cannot read the audit log {path}: {error.strerror}") from None
+    with stream:
+        for line in stream:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash: not a record
+            if not isinstance(record, dict):
+                continue
+            if since is not None and str(record.get("time", "")) < since:
+                continue
+            if instance_id is not None and record.get("instance_id") != instance_id:
+                continue
+            print(line.rstrip("\n"))
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import resource as resource_limits
-from typing import cast
+from typing import Any, cast
 
+import psycopg
 from prometheus_client import CollectorRegistry
+from psycopg.conninfo import conninfo_to_dict
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
@@ -19,19 +21,31 @@ from common.runner import add_service
 from controller.actions import Registry, Services
 from controller.api import ApiFactory, PublicApi
 from controller.assignments import AssignmentHub
-from controller.audit import AuditLog
+from controller.audit import AuditLog, DatabaseAuditLog
 from controller.config import ControllerConfig
 from controller.ec2 import registry as ec2_registry
 from controller.ec2.limits import Ec2Limits
 from controller.forwarded import parse_networks
 from controller.health import readiness
 from controller.iam import registry as iam_registry
+from controller.identity import IdentitySigner
 from controller.identityfiles import load_identity_signer
-from controller.keyring import KeyRingError, KeyRingFile
+from controller.keyring import KeyRingError, KeyRingFile, KeyRingSource
+from controller.listener import ChangeListener, IListenerReactor
 from controller.metrics import ControllerMetrics
 from controller.nodeapi import NodeApi, NodeApiSettings, node_api_factory
 from controller.sessions import Sessions
+from controller.shared import (
+    IDENTITY_CERT,
+    IDENTITY_KEY,
+    NODE_CA_CERT,
+    NODE_CA_KEY,
+    TOKEN_KEYS,
+    KeyRingRow,
+    load_pair_in,
+)
 from controller.store.base import Store, StoreError
+from controller.store.factory import open_store
 from controller.sts import registry as sts_registry
 
 log = Logger(namespace="rolecall.controller")
@@ -52,6 +66,10 @@ class KeyRingRefresh(TimerService):
         self.clock = clock
         self._sessions = sessions
         self._problem: str | None = None
+
+    def refresh_now(self) -> None:
+        """Re-read the ring now (a change was announced), logging a failure as the timer does."""
+        self._refresh()
 
     def _refresh(self) -> None:
         try:
@@ -100,7 +118,8 @@ def make_service(
     Metrics go to ``registry`` (a new one by default; never prometheus_client's global one).
     """
     root = MultiService()
-    keys = KeyRingFile(config.token_keys_path)
+    shared = config.store_backend == "postgresql"
+    keys: KeyRingSource = KeyRingRow(store) if shared else KeyRingFile(config.token_keys_path)
     sessions = Sessions(keys)
     hub = AssignmentHub(reactor)
     actions = api_registry()
@@ -116,12 +135,16 @@ def make_service(
         subnet=config.subnet,
         max_key_pairs_per_account=config.max_key_pairs_per_account,
     )
-    signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
+    if shared:
+        pair = load_pair_in(store, (IDENTITY_KEY, IDENTITY_CERT))
+        signer = None if pair is None else IdentitySigner(*pair)
+    else:
+        signer = load_identity_signer(config.identity_key_path, config.identity_cert_path)
     if signer is None:
         log.warn(
             "no instance identity key ({path}): instances get no signed identity documents"
             " until rolecall-controller init makes one",
-            path=str(config.identity_key_path),
+            path="in the database" if shared else str(config.identity_key_path),
         )
     resource = PublicApi(
         store,
@@ -148,9 +171,18 @@ def make_service(
 
     api.listening.addCallback(watched)
     add_service(root, "api", api)
-    add_service(
-        root, "key-ring-refresh", KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
-    )
+    refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
+    add_service(root, "key-ring-refresh", refresh)
+    audit: AuditLog | DatabaseAuditLog
+    if shared:
+        # The audit table is written from a thread, one group at a time: on a store (one
+        # connection) of its own, apart from the reactor's.
+        audit_store = open_store(config.with_overrides(store_pool_size=1))
+        audit = DatabaseAuditLog(audit_store)
+        add_service(root, "audit-store", CloseStore(audit_store))
+        add_service(root, "listener", change_listener(config, reactor, hub, refresh, metrics))
+    else:
+        audit = AuditLog(config.audit_log_path)
     node_api = ListeningService(
         reactor,
         config.node_api_host,
@@ -160,7 +192,7 @@ def make_service(
                 store,
                 hub,
                 sessions,
-                AuditLog(config.audit_log_path),
+                audit,
                 reactor,
                 NodeApiSettings(config.instance_credential_seconds),
                 metrics,
@@ -168,7 +200,7 @@ def make_service(
             reactor,
         ),
         "node API",
-        tls=node_api_tls(config),
+        tls=node_api_tls(config, shared_node_ca(store) if shared else None),
     )
     add_service(root, "node-api", node_api)
     health = ListeningService(
@@ -183,13 +215,84 @@ def make_service(
     return root
 
 
-def node_api_tls(config: ControllerConfig) -> CertificateOptions:
-    """The node API's TLS: its own certificate, and client certificates from the node CA only."""
+def shared_node_ca(store: Store) -> bytes:
+    """The node CA's certificate from the database (several controllers, one CA)."""
+    pair = load_pair_in(store, (NODE_CA_KEY, NODE_CA_CERT))
+    if pair is None:
+        raise StoreError("the database holds no node CA; run rolecall-controller init")
+    return pair[1]
+
+
+class CloseStore(Service):
+    """Closes a store the controller opened for one service when the controller stops."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self._store.close()
+
+
+def change_listener(
+    config: ControllerConfig,
+    reactor: IControllerReactor,
+    hub: AssignmentHub,
+    refresh: KeyRingRefresh,
+    metrics: ControllerMetrics,
+) -> ChangeListener:
+    """What other controllers change, as this one hears it: a node's assignments (its long
+    polls answer) and the key ring (re-read at once); after a reconnection, both."""
+    dsn = config.store_dsn
+    assert dsn is not None
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True, **listener_connection_options(dsn))
+
+    def shared_state_changed(name: str) -> None:
+        if name == TOKEN_KEYS:
+            refresh.refresh_now()
+
+    def everything_changed() -> None:
+        hub.changed_all()
+        refresh.refresh_now()
+
+    return ChangeListener(
+        connect,
+        cast(IListenerReactor, reactor),
+        hub.changed,
+        shared_state_changed,
+        everything_changed,
+        metrics.database_listener(),
+    )
+
+
+def listener_connection_options(dsn: str) -> dict[str, str]:
+    """TCP keepalives for the listening connection, which sits idle: a database host that
+    vanished without closing it is noticed within about 20 s, and the listener reconnects.
+    Whatever the DSN sets itself is kept."""
+    given = conninfo_to_dict(dsn)
+    wanted = {
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "3",
+        "keepalives_count": "3",
+        "connect_timeout": "10",
+        "application_name": "rolecall-controller listener",
+    }
+    return {key: value for key, value in wanted.items() if key not in given}
+
+
+def node_api_tls(config: ControllerConfig, ca_cert_pem: bytes | None = None) -> CertificateOptions:
+    """The node API's TLS: its own certificate, and client certificates from the node CA only
+    (``ca_cert_pem``, from the database; default: the node CA's file)."""
     try:
         identity = PrivateCertificate.loadPEM(
             config.node_api_cert_path.read_bytes() + config.node_api_key_path.read_bytes()
         )
-        authority = Certificate.loadPEM(config.ca_cert_path.read_bytes())
+        authority = Certificate.loadPEM(
+            ca_cert_pem if ca_cert_pem is not None else config.ca_cert_path.read_bytes()
+        )
     except OSError as error:
         raise StoreError(
             f"cannot read the node API certificates in {config.state_dir}: {error.strerror};"

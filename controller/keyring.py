@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from controller.tokens import DEFAULT_KEEP_FOR, KeyRing, TokenKey, new_key_ring
 
@@ -376,6 +377,21 @@ def _signature(status: os.stat_result) -> tuple[int, ...]:
         status.st_mtime_ns,
         status.st_ctime_ns,
     )
+
+
+class KeyRingSource(Protocol):
+    """Where a running controller's key ring comes from: this file (SQLite) or a row of the
+    database that every controller shares (PostgreSQL: :class:`controller.shared.KeyRingRow`)."""
+
+    @property
+    def ring(self) -> KeyRing:
+        """The ring as last read."""
+        ...
+
+    def refresh(self) -> bool:
+        """Read the ring again if it changed; True when it did. KeyRingError when it cannot
+        be read (the ring in hand stays in use)."""
+        ...
 
 
 class KeyRingFile:

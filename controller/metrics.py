@@ -171,6 +171,18 @@ class ControllerMetrics:
         """The public port's connections against its limit, read at each scrape."""
         self.registry.register(ConnectionLimitCollector(limit))
 
+    def database_listener(self) -> Callable[[bool], None]:
+        """The gauge of a controller on PostgreSQL whose LISTEN connection (long polls woken
+        across controllers, key ring changes) is up or down; what sets it."""
+        gauge = Gauge(
+            "rolecall_database_listener_connected",
+            "1 while this controller listens for changes other controllers make (PostgreSQL"
+            " LISTEN/NOTIFY), 0 while it reconnects.",
+            registry=self.registry,
+        )
+        gauge.set(0)
+        return lambda connected: gauge.set(1 if connected else 0)
+
     def watch_nodes(self, store: Store, clock: IReactorTime) -> None:
         """Report each enrolled node's time since its last contact, read at each scrape."""
         self.registry.register(NodeContactCollector(store, clock))

@@ -191,7 +191,7 @@ class NodeApi:
     # credentials
 
     def _issue(self, node: Node, instance_id: str) -> Deferred[Response]:
-        """Answer with fresh credentials once their audit record is on disk (committed with
+        """Answer with fresh credentials once their audit record is durable (committed with
         those of concurrent requests: see `AuditLog.append`). A node that hangs up meanwhile
         cancels only its answer: the record is still written, and the issuance logged."""
         body, record = self._credentials(node, instance_id)
@@ -216,6 +216,8 @@ class NodeApi:
             self._metrics.audit_log_write_failed()
             if isinstance(failure.value, OSError):
                 log.error("cannot write the audit log: {error}", error=failure.value.strerror)
+            elif isinstance(failure.value, StoreError):  # the audit table (PostgreSQL)
+                log.error("cannot write the audit log: {error}", error=str(failure.value))
             else:
                 log.failure("cannot write the audit log", failure)
             answer(503, AUDIT_UNAVAILABLE)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controller.keyring import KeyRingFile
+from controller.keyring import KeyRingSource
 from controller.tokens import SessionClaims, seal, token_key_id, unseal
 
 
 class Sessions:
-    """Seals with the active key; opens with any key of the ring, re-reading the ring's file when
-    a token names a key this process does not know yet (a rotation by the CLI)."""
+    """Seals with the active key; opens with any key of the ring, re-reading the ring (its file,
+    or its row in the database) when a token names a key this process does not know yet (a
+    rotation by the CLI, which another controller may have sealed with already)."""
 
-    def __init__(self, keys: KeyRingFile) -> None:
+    def __init__(self, keys: KeyRingSource) -> None:
         self._keys = keys
 
     def seal(self, claims: SessionClaims) -> str:
@@ -25,5 +26,5 @@ class Sessions:
         return unseal(token, self._keys.ring, now)
 
     def refresh(self) -> None:
-        """Pick up a rotation done on disk (called periodically by the controller)."""
+        """Pick up a rotation (called periodically, and on PostgreSQL when one is announced)."""
         self._keys.refresh()

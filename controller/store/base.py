@@ -26,6 +26,9 @@ from controller.store.records import (
     UserPolicy,
 )
 
+#: An audit record as stored: its time (ISO 8601 UTC), its instance id if any, its JSON.
+AuditRow = tuple[str, str | None, str]
+
 _T = TypeVar("_T")
 
 
@@ -200,6 +203,27 @@ class Transaction(abc.ABC):
     def put_tags(self, entity_id: str, tags: Sequence[Tag]) -> None: ...
     @abc.abstractmethod
     def delete_tags(self, entity_id: str, keys: Sequence[str] | None = None) -> None: ...
+
+    # what several controllers on PostgreSQL share (controller.shared): named texts, some secret
+    @abc.abstractmethod
+    def get_shared_state(self, name: str) -> str | None: ...
+    @abc.abstractmethod
+    def insert_shared_state(self, name: str, value: str, changed: str) -> None:
+        """Add the named text; Conflict when it exists (it is never replaced this way)."""
+
+    @abc.abstractmethod
+    def replace_shared_state(self, name: str, expected: str, value: str, changed: str) -> bool:
+        """Replace the named text if it is still ``expected``; whether it was."""
+
+    # the audit log of credential issuance, when it is in the database
+    @abc.abstractmethod
+    def insert_audit_records(self, records: Sequence[AuditRow]) -> None: ...
+    @abc.abstractmethod
+    def list_audit_records(
+        self, since: str | None, instance_id: str | None, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """(id, record JSON) of the records after id ``after``, at or after ``since`` (ISO
+        8601 UTC) and of ``instance_id`` when given, oldest first."""
 
 
 class Store(abc.ABC):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-from controller.store.base import Transaction
+from controller.store.base import AuditRow, Transaction
 from controller.store.records import (
     AccessKey,
     Account,
@@ -47,20 +47,33 @@ _INSTANCE_COLUMNS = (
 _KEY_PAIR_COLUMNS = "key_pair_id, account_id, name, key_type, fingerprint, public_key, created"
 
 
-def migrations() -> list[tuple[int, str]]:
-    """The schema migrations shipped with the package, as (version, SQL) in order."""
+def migrations(backend: str = "sqlite") -> list[tuple[int, str]]:
+    """The schema migrations shipped with the package for ``backend``, as (version, SQL) in
+    order: ``NNNN_name.sql`` for every backend, or ``NNNN_name.BACKEND.sql`` for one."""
     found = []
     for entry in resources.files("controller.store").joinpath("migrations").iterdir():
-        match = re.fullmatch(r"([0-9]{4})_[a-z0-9_]+\.sql", entry.name)
-        if match:
+        match = re.fullmatch(r"([0-9]{4})_[a-z0-9_]+(?:\.([a-z]+))?\.sql", entry.name)
+        if match and match.group(2) in (None, backend):
             found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
     return sorted(found)
 
 
 def split_statements(script: str) -> list[str]:
-    """A migration's statements (our files use ``;`` only as a terminator, never in strings)."""
+    """A migration's statements. Our files use ``;`` only as a terminator, never in strings,
+    except inside a ``$$``-quoted function body (PostgreSQL's triggers), kept whole."""
     without_comments = re.sub(r"--[^\n]*", "", script)
-    return [part.strip() for part in without_comments.split(";") if part.strip()]
+    statements, current = [], []
+    for index, piece in enumerate(without_comments.split("$$")):
+        if index % 2:  # inside $$ ... $$
+            current.append(f"$${piece}$$")
+            continue
+        parts = piece.split(";")
+        current.append(parts[0])
+        for part in parts[1:]:
+            statements.append("".join(current))
+            current = [part]
+    statements.append("".join(current))
+    return [statement.strip() for statement in statements if statement.strip()]
 
 
 class SqlTransaction(Transaction):
@@ -581,3 +594,48 @@ class SqlTransaction(Transaction):
             self._run(
                 "DELETE FROM tags WHERE entity_id = ? AND key_lower = ?", (entity_id, key.lower())
             )
+
+    # shared state and the audit log (controller.shared)
+    def get_shared_state(self, name: str) -> str | None:
+        row = self._row("SELECT value FROM shared_state WHERE name = ?", (name,))
+        return str(row[0]) if row else None
+
+    def insert_shared_state(self, name: str, value: str, changed: str) -> None:
+        self._run(
+            "INSERT INTO shared_state (name, value, changed) VALUES (?, ?, ?)",
+            (name, value, changed),
+        )
+
+    def replace_shared_state(self, name: str, expected: str, value: str, changed: str) -> bool:
+        cursor = self._run(
+            "UPDATE shared_state SET value = ?, changed = ? WHERE name = ? AND value = ?",
+            (value, changed, name, expected),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def insert_audit_records(self, records: Sequence[AuditRow]) -> None:
+        if not records:
+            return
+        marks = ", ".join("(?, ?, ?)" for _ in records)
+        self._run(
+            f"INSERT INTO audit_log (time, instance_id, record) VALUES {marks}",
+            [value for record in records for value in record],
+        )
+
+    def list_audit_records(
+        self, since: str | None, instance_id: str | None, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        conditions = ["id > ?"]
+        args: list[object] = [after]
+        if since is not None:
+            conditions.append("time >= ?")
+            args.append(since)
+        if instance_id is not None:
+            conditions.append("instance_id = ?")
+            args.append(instance_id)
+        rows = self._rows(
+            f"SELECT id, record FROM audit_log WHERE {' AND '.join(conditions)}"
+            " ORDER BY id LIMIT ?",
+            [*args, limit],
+        )
+        return [(int(row_id), str(record)) for row_id, record in rows]
