@@ -1,5 +1,6 @@
 """The agent's side of the node API: HTTPS with the node certificate, failing over between
-controller URLs. JSON in and out; every call has a timeout."""
+controller URLs (`agent.failover`: the bounds, when to move on, which URL next). JSON in and
+out; every attempt is bounded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorPluggableNameResolver,
@@ -22,8 +24,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from agent.diagnosis import describe_failure
-from common.nodemessages import parse_error
+from agent.diagnosis import describe_failure, is_timeout
+from agent.failover import Bounds, ControllerChoice, attempt_seconds, moves_on
+from agent.handshake import BoundedTLSEndpoints
+from common.nodemessages import ErrorAnswer, parse_error
 
 log = Logger(namespace="rolecall.agent.client")
 
@@ -68,7 +72,8 @@ class IClientReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
 
 
 class NodeApiClient:
-    """Calls the node API, trying each controller URL in turn; the last good one goes first."""
+    """Calls the node API at the controller URL in use, moving on to the next when one is dead,
+    hangs past a bound or refuses (`agent.failover` decides; this is its I/O)."""
 
     def __init__(
         self,
@@ -76,37 +81,56 @@ class NodeApiClient:
         urls: Sequence[str],
         policy: IPolicyForHTTPS,
         *,
-        timeout: float = 10.0,
+        bounds: Bounds | None = None,
         observe: Callable[[str, float], None] | None = None,
         ca_file: str = "the node CA file",
     ) -> None:
         if not urls:
             raise ValueError("at least one controller URL is needed")
-        self._urls = [url.rstrip("/") for url in urls]
+        self._choice = ControllerChoice([url.rstrip("/") for url in urls])
         self._reactor = reactor
+        self._bounds = bounds if bounds is not None else Bounds()
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 4
         pool.retryAutomatically = False
-        self._agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=timeout)
+        self._agent = Agent.usingEndpointFactory(
+            reactor,
+            BoundedTLSEndpoints(reactor, policy, self._bounds.connect_seconds),
+            pool=pool,
+        )
         self._pool = pool
-        self._timeout = timeout
         #: Told of each call: its endpoint ("assignments", "credentials") and how long it took.
         self.observe = observe
         #: Where the trusted CA came from, for the messages (this process has its contents only).
         self._ca_file = ca_file
         #: Why each URL failed last, until it answers again: each problem is logged once.
         self.problems: dict[str, str] = {}
+        #: Attempts waiting on each URL, given up when the agent fails over away from it (a
+        #: long poll held by a controller that another call found hung or refusing).
+        self._waiting: dict[str, set[Deferred[Any]]] = {}
+        self._abandoned: set[Deferred[Any]] = set()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self._choice.urls
+
+    @property
+    def current(self) -> str:
+        """The controller URL calls start at."""
+        return self._choice.current
+
+    @property
+    def failovers(self) -> dict[str, int]:
+        """Failovers since the start, by the reason the URL left failed (`FAILOVER_REASONS`)."""
+        return dict(self._choice.failovers)
 
     def assignments(self, since: int, wait: float) -> Deferred[dict[str, Any]]:
         query = urlencode({"since": since, "wait": int(wait)})
-        return self._timed(
-            "assignments", self._call(b"GET", f"/v1/assignments?{query}", self._timeout + wait)
-        )
+        return self._timed("assignments", self._call(b"GET", f"/v1/assignments?{query}", wait))
 
     def credentials(self, instance_id: str) -> Deferred[dict[str, Any]]:
         return self._timed(
-            "credentials",
-            self._call(b"POST", f"/v1/instances/{instance_id}/credentials", self._timeout),
+            "credentials", self._call(b"POST", f"/v1/instances/{instance_id}/credentials", 0.0)
         )
 
     def _timed(self, endpoint: str, call: Deferred[Any]) -> Deferred[Any]:
@@ -120,45 +144,107 @@ class NodeApiClient:
         return call.addBoth(done)
 
     @inlineCallbacks
-    def _call(self, method: bytes, path: str, timeout: float) -> Any:
-        problems: list[str] = []
-        for url in list(self._urls):
+    def _call(self, method: bytes, path: str, wait: float) -> Any:
+        tried: list[str] = []
+        #: URL -> why it was left (a `FAILOVER_REASONS` value), and the problems in order.
+        failed: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        refusal: int | None = None
+        while (url := self._choice.next(tried)) is not None:
+            tried.append(url)
+            attempt = self._attempt(url, method, path, wait)
+            waiting = self._waiting.setdefault(url, set())
+            waiting.add(attempt)
             try:
-                response = yield self._agent.request(
-                    method,
-                    (url + path).encode("ascii"),
-                    Headers({b"Accept": [b"application/json"]}),
-                ).addTimeout(timeout, self._reactor)
-                body = yield readBody(response).addTimeout(timeout, self._reactor)
+                status, body = yield attempt
             except CancelledError:
-                raise  # the caller gave up (the agent stops): not an outage, nothing to log
-            except Exception as error:  # this controller is unreachable: try the next
-                problem = describe_failure(url, error, self._ca_file)
-                # With one URL the caller says it (once per change); with several, which one
-                # failed over is said here, once per change of its problem.
-                if len(self._urls) > 1 and self.problems.get(url) != problem:
-                    log.warn("{problem}", problem=problem)
-                self.problems[url] = problem
-                problems.append(problem)
+                if attempt not in self._abandoned:
+                    raise  # the caller gave up (the agent stops): not an outage, not logged
+                continue  # another call left this URL: follow it
+            except Exception as error:  # this controller is dead or hangs: try the next
+                failed[url] = "timeout" if is_timeout(error) else "unreachable"
+                problems.append((url, self._describe(url, error, wait)))
+                continue
+            finally:
+                waiting.discard(attempt)
+                self._abandoned.discard(attempt)
+            error_answer = _error_answer(body) if status != 200 else None
+            if error_answer is not None and moves_on(status, error_answer.error):
+                failed[url] = "refused"
+                problems.append((url, f"controller {url}: {status} {_said(error_answer)}"))
+                refusal = status if refusal is None else refusal
                 continue
             self.problems.pop(url, None)
-            if url != self._urls[0]:
-                self._urls.remove(url)
-                self._urls.insert(0, url)
-            if response.code != 200:
-                raise NodeApiError(response.code, _error_message(body))
+            self._answered(url, failed, problems)
+            if error_answer is not None:
+                raise NodeApiError(status, _said(error_answer))
             # Checked by the caller, once: `parse_assignments`, `CredentialSet.from_node_api`.
             return json.loads(body)
-        raise ControllerUnreachable("; ".join(problems) or "no controller URL")
+        self._unanswered(problems)
+        message = "; ".join(problem for _, problem in problems) or "no controller URL"
+        if refusal is not None:
+            # Every controller refused or could not be reached, and one refused: the caller
+            # backs off as for an error answer (a retired node is refused by all of them).
+            raise NodeApiError(refusal, message)
+        raise ControllerUnreachable(message)
+
+    def _attempt(self, url: str, method: bytes, path: str, wait: float) -> Deferred[Any]:
+        """One request to one URL, its answer read whole within `attempt_seconds`."""
+
+        @inlineCallbacks
+        def exchange() -> Any:
+            response = yield self._agent.request(
+                method, (url + path).encode("ascii"), Headers({b"Accept": [b"application/json"]})
+            )
+            body = yield readBody(response)
+            return response.code, body
+
+        attempt: Deferred[Any] = exchange()
+        return attempt.addTimeout(attempt_seconds(wait, self._bounds), self._reactor)
+
+    def _describe(self, url: str, error: BaseException, wait: float) -> str:
+        if isinstance(error, DeferredTimeout):
+            seconds = attempt_seconds(wait, self._bounds)
+            return f"controller {url}: no answer within {seconds:g} s"
+        return describe_failure(url, error, self._ca_file)
+
+    def _answered(self, url: str, failed: dict[str, str], problems: list[tuple[str, str]]) -> None:
+        """`url` answered: a failover if the URL in use failed this call. Then one line says
+        so, and calls still waiting on the URL left follow to this one."""
+        left = self._choice.answered(url, failed)
+        for failed_url, problem in problems:
+            self.problems[failed_url] = problem
+        if left is None:
+            return
+        log.warn(
+            "controller {url} in use from now on, after {problems}",
+            url=url,
+            problems="; ".join(problem for _, problem in problems),
+        )
+        for attempt in list(self._waiting.get(left, ())):
+            self._abandoned.add(attempt)
+            attempt.cancel()
+
+    def _unanswered(self, problems: list[tuple[str, str]]) -> None:
+        """No URL answered. With one URL the caller says it (once per change); with several,
+        each URL's problem is said here, once per change."""
+        for url, problem in problems:
+            if len(self._choice.urls) > 1 and self.problems.get(url) != problem:
+                log.warn("{problem}", problem=problem)
+            self.problems[url] = problem
 
     def close(self) -> Deferred[None]:
         closed: Deferred[None] = self._pool.closeCachedConnections()  # not annotated in Twisted
         return closed
 
 
-def _error_message(body: bytes) -> str:
-    """The message of the controller's error answer, or the start of what it sent instead."""
+def _error_answer(body: bytes) -> ErrorAnswer:
+    """The controller's error answer, or the start of what it sent instead as its message."""
     try:
-        return parse_error(json.loads(body)).message
+        return parse_error(json.loads(body))
     except ValueError:  # not JSON, or not an error answer (MessageError)
-        return body[:200].decode("utf-8", "replace")
+        return ErrorAnswer("", body[:200].decode("utf-8", "replace"))
+
+
+def _said(answer: ErrorAnswer) -> str:
+    return f"{answer.error}: {answer.message}" if answer.error else answer.message

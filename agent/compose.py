@@ -13,7 +13,7 @@ from agent.config import AgentConfig
 from agent.gcpolicy import FreezeAfterChanges
 from agent.imds.tokens import TokenMinter, new_key
 from agent.kept import Entry
-from agent.metrics import AgentMetrics, UpstreamCollector
+from agent.metrics import AgentMetrics, FailoverCollector, UpstreamCollector
 from agent.reconcile import IAgentReactor, Keeper, NodeAgent
 from agent.server import ConnectionLimitsCollector
 from agent.upstream import Upstream, UpstreamService, make_upstream
@@ -84,6 +84,7 @@ def make_agent_service(
     )
     metrics = AgentMetrics(registry, agent)
     registry.register(ConnectionLimitsCollector(agent.connections, agent.instance_limits))
+    registry.register(FailoverCollector(client))
     agent.observe = metrics.observe
     client.observe = lambda endpoint, seconds: metrics.controller_latency.labels(endpoint).observe(
         seconds

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from OpenSSL import SSL
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import TimeoutError as ConnectTimeout
+
+from agent.failover import ConnectionNotReady
 
 #: OpenSSL's reason when the controller's certificate does not chain to our trust root.
 _NOT_VERIFIED = "certificate verify failed"
@@ -63,6 +67,15 @@ def describe_failure(url: str, error: BaseException, ca_file: str) -> str:
             return f"controller {url}: TLS handshake failed ({'; '.join(reasons)})"
     leaves = [c for c in _causes(error) if not getattr(c, "reasons", None)] or [error]
     return f"controller {url}: unreachable ({_text(leaves[0])})"
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether a bound passed (no connection, handshake or answer in time), rather than the
+    controller refusing or dropping the connection."""
+    return any(
+        isinstance(cause, (DeferredTimeout, ConnectTimeout, ConnectionNotReady))
+        for cause in _causes(error)
+    )
 
 
 def cause_text(error: BaseException) -> str:

@@ -11,12 +11,14 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from agent.failover import FAILOVER_REASONS
 from agent.imds.passthrough import OUTCOMES
 from agent.imds.rules import ImdsResponse
 from agent.rotation import EXPIRING_ON_ARRIVAL, MALFORMED, State
 from common.metrics import register_standard_collectors
 
 if TYPE_CHECKING:
+    from agent.client import NodeApiClient
     from agent.reconcile import NodeAgent
     from agent.upstream import Upstream
 
@@ -278,3 +280,35 @@ class _PollCollector:
             " the agent started).",
             value=last if last is not None else 0.0,
         )
+
+
+class FailoverCollector:
+    """Which controller URL the agent uses now, and the failovers so far by reason (each
+    reason present from 0, so that the first failover is an increase)."""
+
+    def __init__(self, client: NodeApiClient) -> None:
+        self._client = client
+
+    def collect(self) -> Iterator[Any]:
+        in_use = GaugeMetricFamily(
+            "rolecall_agent_node_api_controller_in_use",
+            "1 for the controller URL the agent's node API calls start at now, 0 for the other"
+            " URLs configured.",
+            labels=["url"],
+        )
+        current = self._client.current
+        for url in self._client.urls:
+            in_use.add_metric([url], 1.0 if url == current else 0.0)
+        yield in_use
+        failovers = CounterMetricFamily(
+            "rolecall_agent_node_api_failovers",
+            "Times the agent moved to another controller URL, by why it left the one it used"
+            " (unreachable: connection refused, reset or TLS failure; timeout: no connection or"
+            " no answer within its bound; refused: a 5xx, or a 403 for a node it does not know,"
+            " while another controller answered).",
+            labels=["reason"],
+        )
+        counts = self._client.failovers
+        for reason in FAILOVER_REASONS:
+            failovers.add_metric([reason], counts.get(reason, 0))
+        yield failovers
