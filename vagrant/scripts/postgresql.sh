@@ -41,8 +41,8 @@ port = ${PORT}
 password_encryption = 'scram-sha-256'
 # Acknowledged means on disk (the default; never off for RoleCall's store).
 synchronous_commit = on
-# Two controllers, each with its pool (pool_size, 4 by default) and one listening connection,
-# admin commands and the example's psql sessions: far below Debian's 100.
+# Two controllers, each with its pool (pool_size, 4 by default), a listening connection and
+# the audit writer's, admin commands and psql sessions: far below Debian's 100.
 max_connections = 100
 # A dead controller host's connections (no FIN, no RST) are noticed within about a minute.
 tcp_keepalives_idle = 30
