@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.systemd import container as containers
+from tests.systemd.database import INSIDE, HostDatabase, host_database
 from tests.systemd.deployment import (
     AGENT,
     AGENT_TOML,
@@ -67,7 +68,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def database() -> Iterator[HostDatabase]:
+    """A PostgreSQL on the host that the container reaches at /run/postgresql (tests/systemd/
+    database.py): started before the container boots, which binds its socket directory."""
+    with Phase("PostgreSQL on the host (initdb, start)"):
+        context = host_database()
+        database = context.__enter__()
+    try:
+        yield database
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, database: HostDatabase
+) -> Iterator[Deployment]:
     for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
         assert shutil.which(tool), f"{tool} is missing (make test-systemd installs it)"
     workdir = tmp_path_factory.mktemp("systemd")
@@ -82,6 +98,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         build_wheels(wheelhouse)
     with Phase("copy of the root file system"):
         container = containers.Container(tree, workdir)
+    container.read_only_binds.append((database.socket_dir, INSIDE))
     try:
         with Phase("boot (systemd-nspawn to 'running')"):
             put_sources(container, wheelhouse)
