@@ -22,7 +22,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from controller.store.base import AuditRow, Store
+from controller.store.base import AuditRow, Store, StoreError
 
 #: Runs a blocking call off the reactor: `twisted.internet.threads.deferToThread` by default.
 RunInThread = Callable[[Callable[[], None]], Deferred[None]]
@@ -34,8 +34,9 @@ def _default_run_in_thread(call: Callable[[], None]) -> Deferred[None]:
     return deferToThread(call)
 
 
-class _GroupCommit:
-    """Records handed to ``_write_records`` in groups, one commit at a time, in a thread."""
+class GroupCommitLog:
+    """An audit log: records handed to ``_write_records`` in groups, one commit at a time, in
+    a thread (a file or the database's table: the subclasses)."""
 
     def __init__(self, run_in_thread: RunInThread | None = None) -> None:
         self._run_in_thread = run_in_thread or _default_run_in_thread
@@ -78,7 +79,7 @@ class _GroupCommit:
         raise NotImplementedError
 
 
-class AuditLog(_GroupCommit):
+class AuditLog(GroupCommitLog):
     """Appends records to a file (0600) and flushes them to disk before their callers hear they
     are written, so a credential is never handed out without its trace."""
 
@@ -97,7 +98,7 @@ class AuditLog(_GroupCommit):
             os.close(descriptor)
 
 
-class DatabaseAuditLog(_GroupCommit):
+class DatabaseAuditLog(GroupCommitLog):
     """Inserts records into the database's ``audit_log`` table, one transaction per group,
     committed before their callers hear they are written.
 
@@ -113,7 +114,15 @@ class DatabaseAuditLog(_GroupCommit):
         rows: list[AuditRow] = [
             (str(record.get("time", "")), _instance(record), text) for text, record in records
         ]
-        self.store.run(lambda tx: tx.insert_audit_records(rows))
+        try:
+            self.store.run(lambda tx: tx.insert_audit_records(rows))
+        except StoreError:
+            raise
+        except Exception as error:  # the driver's own (a revoked privilege, a full disk): one line
+            lines = str(error).strip().splitlines()
+            raise StoreError(
+                f"cannot insert into audit_log: {lines[0] if lines else type(error).__name__}"
+            ) from None
 
 
 def _instance(record: Mapping[str, object]) -> str | None:

@@ -60,9 +60,9 @@ from controller.shared import (
     revoke_key_ring_in,
     rotate_key_ring_in,
 )
-from controller.store.base import Conflict, StoreError
+from controller.store.base import Conflict, Store, StoreError
+from controller.store.factory import open_store, store_location
 from controller.store.records import REGION, Node
-from controller.store.sqlite import SQLiteStore
 from controller.tokens import KeyRing
 from controller.xmlout import format_time
 
@@ -303,7 +303,7 @@ def init(
         ) from error
     if _shared(config):
         return _init_shared(config, account_id, account_name, profile, names, node_api_names)
-    store = SQLiteStore(config.database_path)
+    store = open_store(config)
     try:
         with store.transaction() as tx:
             bootstrap = ensure_first_account(
@@ -313,9 +313,15 @@ def init(
     finally:
         store.close()
     account = bootstrap.account
+    # Where the account lives: the state directory's SQLite file, or the shared database.
+    where = (
+        f"the store ({store_location(config)})"
+        if config.store_backend == "postgresql"
+        else str(state_dir)
+    )
     if bootstrap.root_key is None and account_id not in (None, account.account_id):
         raise CommandError(
-            f"{state_dir} is already initialised for account {account.account_id};"
+            f"{where} is already initialised for account {account.account_id};"
             f" it was not changed (asked for {account_id})"
         )
     now = datetime.now(UTC)
@@ -336,7 +342,7 @@ def init(
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
-        print(f"Initialised RoleCall in {state_dir} (store schema version {version}).")
+        print(f"Initialised RoleCall in {where} (store schema version {version}).")
         print(f"  account     {account.account_id} ({account.name})")
         key_id = bootstrap.root_key.access_key_id
         print(f"  root key    {key_id}, in {credentials} (profile {profile})")
@@ -350,9 +356,9 @@ def init(
     else:
         if added:
             what = " and ".join(added)
-            print(f"RoleCall is already initialised in {state_dir}; added {what}.")
+            print(f"RoleCall is already initialised in {where}; added {what}.")
         else:
-            print(f"RoleCall is already initialised in {state_dir}; nothing was changed.")
+            print(f"RoleCall is already initialised in {where}; nothing was changed.")
         print(f"  account     {account.account_id} ({account.name})")
         print(f"  root key    in {credentials}")
         print(f"  node CA     in {config.ca_cert_path}")
@@ -397,13 +403,33 @@ def _credentials_text(bootstrap: Bootstrap, profile: str) -> str:
     )
 
 
-def _open_store(config: ControllerConfig) -> SQLiteStore:
-    if not config.database_path.exists():
+def _open_store(config: ControllerConfig) -> Store:
+    """The configured store, once `init` has made it (CommandError saying to run it if not)."""
+    _check_initialised(config)
+    store = open_store(config)
+    if config.store_backend == "postgresql":
+        try:
+            with store.transaction() as tx:
+                initialised = bool(tx.list_accounts())
+        except BaseException:
+            store.close()
+            raise
+        if not initialised:
+            store.close()
+            raise CommandError(
+                f"the store ({store_location(config)}) is not initialised (no account);"
+                " run: rolecall-controller init"
+            )
+    return store
+
+
+def _check_initialised(config: ControllerConfig) -> None:
+    """An SQLite store must exist already (opening would create an empty one)."""
+    if config.store_backend == "sqlite" and not config.database_path.exists():
         raise CommandError(
             f"{config.state_dir} is not initialised (no {config.database_path.name});"
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
-    return SQLiteStore(config.database_path)
 
 
 def account_create(
@@ -842,13 +868,11 @@ def list_nodes(config: ControllerConfig) -> int:
 def check_config(config: ControllerConfig) -> int:
     """What serve needs, checked without serving: the state directory (owner, mode), the store,
     the token key ring, the node API's certificate and CA, and the instance identity key (when
-    there is one). Reads; writes nothing."""
+    there is one). Reads; writes nothing (a PostgreSQL store is migrated, as serve would)."""
     check_state_directory(config.state_dir)
-    if not config.database_path.exists():
-        raise CommandError(
-            f"{config.state_dir} is not initialised (no {config.database_path.name});"
-            f" run: rolecall-controller --state-dir {config.state_dir} init"
-        )
+    _check_initialised(config)
+    if config.store_backend == "postgresql":
+        _open_store(config).close()  # reachable, at this schema (or migrated), initialised
     ring = _load_key_ring(config)
     _read_node_ca(config)
     if not config.node_api_cert_path.exists():
@@ -858,7 +882,8 @@ def check_config(config: ControllerConfig) -> int:
         )
     signer = _identity_signer(config)
     print(
-        f"rolecall-controller: configuration OK: state {config.state_dir}, token key"
+        f"rolecall-controller: configuration OK: state {config.state_dir}, store"
+        f" {store_location(config)}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
         f" {config.metrics_host}:{config.metrics_port}"
@@ -915,7 +940,7 @@ def _init_shared(
     the database, by whichever host runs it first (taken from this state directory's files if
     it has them: a cloud moved from SQLite); every host gets its own node API certificate, from
     the shared CA, and the first its root credentials file."""
-    store = _open_store(config)
+    store = open_store(config)
     try:
         now = datetime.now(UTC)
         with store.transaction() as tx:

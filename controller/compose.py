@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import resource as resource_limits
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import psycopg
 from prometheus_client import CollectorRegistry
-from psycopg.conninfo import conninfo_to_dict
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
@@ -47,6 +45,9 @@ from controller.shared import (
 from controller.store.base import Store, StoreError
 from controller.store.factory import open_store
 from controller.sts import registry as sts_registry
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = Logger(namespace="rolecall.controller")
 KEY_RING_REFRESH_SECONDS = 30.0
@@ -243,11 +244,16 @@ def change_listener(
 ) -> ChangeListener:
     """What other controllers change, as this one hears it: a node's assignments (its long
     polls answer) and the key ring (re-read at once); after a reconnection, both."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
     dsn = config.store_dsn
     assert dsn is not None
 
+    conninfo = make_conninfo(dsn, **listener_connection_options(dsn))
+
     def connect() -> psycopg.Connection[Any]:
-        return psycopg.connect(dsn, autocommit=True, **listener_connection_options(dsn))
+        return psycopg.connect(conninfo, autocommit=True)
 
     def shared_state_changed(name: str) -> None:
         if name == TOKEN_KEYS:
@@ -271,6 +277,8 @@ def listener_connection_options(dsn: str) -> dict[str, str]:
     """TCP keepalives for the listening connection, which sits idle: a database host that
     vanished without closing it is noticed within about 20 s, and the listener reconnects.
     Whatever the DSN sets itself is kept."""
+    from psycopg.conninfo import conninfo_to_dict
+
     given = conninfo_to_dict(dsn)
     wanted = {
         "keepalives": "1",

@@ -5,7 +5,7 @@ Parsing is pure; reading the file is the caller's business. Every error names th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,13 @@ class ControllerConfig:
     api_max_connections: int | None = None
     #: The SQLite database file; default ``<state_dir>/rolecall.db``.
     database: Path | None = None
+    #: ``sqlite`` (the embedded default) or ``postgresql`` (several controllers on one database).
+    store_backend: str = "sqlite"
+    #: The PostgreSQL libpq connection string or URI (postgresql only; its password belongs in
+    #: a passfile, and is never shown: see `controller.store.postgresql.describe_dsn`).
+    store_dsn: str | None = field(default=None, repr=False)
+    #: Connections the PostgreSQL store keeps at most.
+    store_pool_size: int = 4
     node_api_host: str = "127.0.0.1"
     node_api_port: int = 8775
     #: Lifetime of instance role credentials handed to nodes.
@@ -155,9 +162,45 @@ def _subnet(key: str, value: object) -> str:
 
 
 def _backend(key: str, value: object) -> str:
-    if value != "sqlite":
-        raise ConfigError(f'{key}: must be "sqlite" (got {value!r})')
-    return "sqlite"
+    if value not in ("sqlite", "postgresql"):
+        raise ConfigError(f'{key}: must be "sqlite" or "postgresql" (got {value!r})')
+    return str(value)
+
+
+def _dsn(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{key}: must be a libpq connection string or a postgresql:// URI, such as"
+            ' "host=db1 dbname=rolecall user=rolecall"'
+        )
+    from controller.store.postgresql import check_dsn
+
+    problem = check_dsn(value)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
+    return value
+
+
+def _store_keys(values: dict[str, Any], source: str) -> None:
+    """The [store] keys that only make sense together."""
+    backend = values.get("store_backend", "sqlite")
+    if backend == "postgresql":
+        if "store_dsn" not in values:
+            raise ConfigError(
+                f'{source}: store.dsn: required with store.backend = "postgresql" (e.g.'
+                ' "host=db1 dbname=rolecall user=rolecall")'
+            )
+        if "database" in values:
+            raise ConfigError(
+                f'{source}: store.path: not used with store.backend = "postgresql" (the'
+                " database is store.dsn's)"
+            )
+    else:
+        for key, field_name in (("store.dsn", "store_dsn"), ("store.pool_size", "store_pool_size")):
+            if field_name in values:
+                raise ConfigError(
+                    f'{source}: {key}: only for store.backend = "postgresql" (the store is SQLite)'
+                )
 
 
 # The key ring keeps retired keys 36 h: tokens must not outlive them.
@@ -177,8 +220,10 @@ _KEYS: Keys = {
     "api.max_body_bytes": ("max_body_bytes", _SIZE),
     "api.trusted_proxies": ("trusted_proxies", _networks),
     "api.max_connections": ("api_max_connections", _count(MAX_API_CONNECTIONS)),
-    "store.backend": (None, _backend),
+    "store.backend": ("store_backend", _backend),
     "store.path": ("database", path),
+    "store.dsn": ("store_dsn", _dsn),
+    "store.pool_size": ("store_pool_size", integer(1, 1000, "a number of connections")),
     "node_api.host": ("node_api_host", host),
     "node_api.port": ("node_api_port", port),
     "node_api.instance_credential_seconds": ("instance_credential_seconds", _LIFETIME),
@@ -197,7 +242,9 @@ _KEYS: Keys = {
 
 def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
     """A validated configuration from TOML text; `source` names the file in errors."""
-    return ControllerConfig(**values_from_string(text, source, _KEYS))
+    values = values_from_string(text, source, _KEYS)
+    _store_keys(values, source)
+    return ControllerConfig(**values)
 
 
 def load_config(path: Path | None) -> ControllerConfig:

@@ -18,8 +18,7 @@ KeyRingSource = Callable[[], KeyRing | None]
 def readiness_problem(store: Store, key_ring: KeyRingSource) -> str | None:
     """Why this controller cannot serve requests now, or None when it can."""
     try:
-        with store.transaction() as tx:
-            tx.list_accounts()
+        store.run(lambda tx: tx.list_accounts())
     except StoreError as error:
         return f"store unreachable: {error}"
     except Exception as error:  # whatever the store's driver raises, the answer is "not ready"

@@ -15,6 +15,7 @@ Connecting (DNS, TCP, TLS, authentication) blocks, so it runs in a thread.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,10 @@ class ChangeListener(Service):
             log.info("listening for changes in the database again")
         self._failures = 0
         self._connection = connection
-        self._socket = _Socket(connection.pgconn.socket, self._readable)
+        # A duplicate of libpq's descriptor: libpq closes its own as soon as it sees the
+        # connection end, before this listener can take it off the reactor (epoll would then
+        # refuse to forget it). The duplicate is closed only after it is off.
+        self._socket = _Socket(os.dup(connection.pgconn.socket), self._readable)
         self._reactor.addReader(self._socket)
         self.connections += 1
         self._connected(True)
@@ -182,6 +186,7 @@ class ChangeListener(Service):
     def _drop(self) -> None:
         if self._socket is not None:
             self._reactor.removeReader(self._socket)
+            os.close(self._socket.fileno())
             self._socket = None
         if self._connection is not None:
             connection, self._connection = self._connection, None

@@ -238,8 +238,7 @@ class NodeContactCollector:
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(self.NAME, self.DOCUMENTATION, labels=("node",))
         try:
-            with self._store.transaction() as tx:
-                nodes = tx.list_nodes()
+            nodes = self._store.run(lambda tx: tx.list_nodes())
         except StoreError as error:
             # A scrape must still show the other metrics; the gap in this one is the signal.
             log.error("cannot read the nodes for metrics: {error}", error=str(error))

@@ -38,15 +38,15 @@ from common.nodemessages import (
 )
 from controller.api import DEFAULT_MAX_BODY, body_refusal
 from controller.assignments import AssignmentHub
-from controller.audit import AuditLog
+from controller.audit import GroupCommitLog
 from controller.authorize import parsed
 from controller.ec2.guest import assignment
 from controller.metrics import ControllerMetrics
 from controller.policy.document import PolicyKind
 from controller.policy.evaluate import RequestContext, evaluate_trust, time_keys
 from controller.sessions import Sessions
-from controller.store.base import Store, StoreError
-from controller.store.records import REGION, Node
+from controller.store.base import Store, StoreError, Transaction
+from controller.store.records import REGION, Instance, InstanceProfile, Node, Role
 from controller.tokens import SessionClaims, new_credentials_ids
 from controller.xmlout import format_time
 
@@ -56,6 +56,21 @@ MAX_WAIT_SECONDS = 300.0
 DEFAULT_CREDENTIAL_SECONDS = 6 * 3600
 AUDIT_UNAVAILABLE = ErrorAnswer("AuditUnavailable", "credentials cannot be audited now")
 STORE_UNAVAILABLE = ErrorAnswer("StoreUnavailable", "try again")
+#: A node's last contact is written when the stored one is older than this: not on every call,
+#: which would make every node API request a write (and empty every controller's read cache).
+#: rolecall_node_last_contact_seconds is that much coarser; its alert waits for 360 s.
+CONTACT_RESOLUTION_SECONDS = 15
+
+
+def contact_is_stale(last_contact: str | None, now: datetime) -> bool:
+    """Whether a node's stored last contact should be brought up to `now`."""
+    if last_contact is None:
+        return True
+    try:
+        stored = datetime.fromisoformat(last_contact)
+    except ValueError:
+        return True
+    return abs((now - stored).total_seconds()) >= CONTACT_RESOLUTION_SECONDS
 
 
 class NodeApiError(Exception):
@@ -80,7 +95,7 @@ class NodeApi:
         store: Store,
         hub: AssignmentHub,
         sessions: Sessions,
-        audit: AuditLog,
+        audit: GroupCommitLog,
         clock: IReactorTime,
         settings: NodeApiSettings | None = None,
         metrics: ControllerMetrics | None = None,
@@ -140,17 +155,25 @@ class NodeApi:
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         name = str(names[0].value) if names else ""
         serial = certificate.serial_number
-        with self._store.transaction() as tx:
+        now = self._now()
+
+        def enrolled(tx: Transaction) -> Node | None:
             node = tx.get_node(name)
             if (
                 node is None
                 or node.retired is not None
                 or int(node.certificate_serial, 16) != serial
             ):
-                log.warn("refused node certificate for {name!r}", name=name)
-                raise NodeApiError(403, "UnknownNode", f"node {name!r} is not enrolled")
-            node = replace(node, last_contact=format_time(self._now()))
-            tx.update_node(node)
+                return None
+            if contact_is_stale(node.last_contact, now):
+                node = replace(node, last_contact=format_time(now))
+                tx.update_node(node)
+            return node
+
+        node = self._store.run(enrolled)
+        if node is None:
+            log.warn("refused node certificate for {name!r}", name=name)
+            raise NodeApiError(403, "UnknownNode", f"node {name!r} is not enrolled")
         return node
 
     # assignments
@@ -176,7 +199,7 @@ class NodeApi:
             return _json(503, STORE_UNAVAILABLE)
 
     def _snapshot(self, node_name: str) -> AssignmentsAnswer:
-        with self._store.transaction() as tx:
+        def read(tx: Transaction) -> AssignmentsAnswer:
             node = tx.get_node(node_name)
             instances = tx.list_node_instances(node_name)
             answer = AssignmentsAnswer(
@@ -186,13 +209,15 @@ class NodeApi:
             for instance in instances:
                 if instance.state == "pending":  # its node knows it now: the VM can start
                     tx.update_instance(replace(instance, state="running"))
-        return answer
+            return answer
+
+        return self._store.run(read)
 
     # credentials
 
     def _issue(self, node: Node, instance_id: str) -> Deferred[Response]:
         """Answer with fresh credentials once their audit record is durable (committed with
-        those of concurrent requests: see `AuditLog.append`). A node that hangs up meanwhile
+        those of concurrent requests: see `GroupCommitLog.append`). A node that hangs up meanwhile
         cancels only its answer: the record is still written, and the issuance logged."""
         body, record = self._credentials(node, instance_id)
         answered: Deferred[Response] = Deferred()
@@ -232,7 +257,8 @@ class NodeApi:
     ) -> tuple[CredentialsAnswer, Mapping[str, object]]:
         """Fresh credentials for `instance_id` if it may have them, and their audit record."""
         now = self._now()
-        with self._store.transaction() as tx:
+
+        def read(tx: Transaction) -> tuple[Instance, InstanceProfile, Role]:
             instance = tx.get_instance(instance_id)
             if (
                 instance is None
@@ -266,6 +292,9 @@ class NodeApi:
                     "RoleNotTrusted",
                     f"the trust policy of {role.arn} does not let ec2.amazonaws.com assume it",
                 )
+            return instance, profile, role
+
+        instance, profile, role = self._store.run(read)
         access_key_id, secret = new_credentials_ids()
         claims = SessionClaims(
             access_key_id=access_key_id,

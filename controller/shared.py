@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from controller.keyring import KeyRingError, key_ring_from_text, key_ring_to_text, load_key_ring
-from controller.store.base import Conflict, Store, StoreError
+from controller.store.base import Conflict, Store, StoreError, Transaction
 from controller.tokens import DEFAULT_KEEP_FOR, KeyRing, new_key_ring
 from controller.xmlout import format_time
 
@@ -87,16 +87,23 @@ def load_key_ring_in(store: Store) -> KeyRing:
 
 
 def _change_key_ring(store: Store, now: datetime, change: Callable[[KeyRing], KeyRing]) -> KeyRing:
+    def attempt(tx: Transaction) -> KeyRing | None:
+        text = tx.get_shared_state(TOKEN_KEYS)
+        if text is None:
+            raise KeyRingError(
+                KEY_RING_SOURCE, "does not exist (rolecall-controller init makes it)"
+            )
+        ring = change(key_ring_from_text(text, KEY_RING_SOURCE))
+        if tx.replace_shared_state(TOKEN_KEYS, text, key_ring_to_text(ring), format_time(now)):
+            return ring
+        return None
+
+    # run() tries again on a serialization failure (PostgreSQL); the compare-and-set catches
+    # a rotation that committed between this one's read and its write on any backend.
     for _round in range(_ROUNDS):
-        with store.transaction() as tx:
-            text = tx.get_shared_state(TOKEN_KEYS)
-            if text is None:
-                raise KeyRingError(
-                    KEY_RING_SOURCE, "does not exist (rolecall-controller init makes it)"
-                )
-            ring = change(key_ring_from_text(text, KEY_RING_SOURCE))
-            if tx.replace_shared_state(TOKEN_KEYS, text, key_ring_to_text(ring), format_time(now)):
-                return ring
+        ring = store.run(attempt)
+        if ring is not None:
+            return ring
     raise KeyRingError(KEY_RING_SOURCE, f"was changed by others {_ROUNDS} times in a row")
 
 

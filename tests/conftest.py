@@ -54,7 +54,7 @@ def pg_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def pg_dsn(pg_cluster: Cluster) -> Iterator[str]:
-    """The DSN of a fresh empty database (owner: the unprivileged role `rolecall`), dropped after
-    the test."""
+    """The DSN of a fresh empty database (owner: the unprivileged role `rolecall`); it goes with
+    the cluster at the session's end."""
     with pg_cluster.database() as dsn:
         yield dsn

@@ -48,14 +48,21 @@ _KEY_PAIR_COLUMNS = "key_pair_id, account_id, name, key_type, fingerprint, publi
 
 
 def migrations(backend: str = "sqlite") -> list[tuple[int, str]]:
-    """The schema migrations shipped with the package for ``backend``, as (version, SQL) in
-    order: ``NNNN_name.sql`` for every backend, or ``NNNN_name.BACKEND.sql`` for one."""
-    found = []
+    """The schema migrations shipped with the package for `backend`, as (version, SQL) in order.
+
+    A file ``NNNN_name.sql`` is portable; ``NNNN_name.sqlite.sql`` and
+    ``NNNN_name.postgresql.sql`` are one backend's variants of version NNNN (each backend has
+    exactly one file per version)."""
+    found: dict[int, str] = {}
     for entry in resources.files("controller.store").joinpath("migrations").iterdir():
-        match = re.fullmatch(r"([0-9]{4})_[a-z0-9_]+(?:\.([a-z]+))?\.sql", entry.name)
-        if match and match.group(2) in (None, backend):
-            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
-    return sorted(found)
+        match = re.fullmatch(r"([0-9]{4})_[a-z0-9_]+(?:\.(sqlite|postgresql))?\.sql", entry.name)
+        if match is None or match.group(2) not in (None, backend):
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(f"two migrations numbered {version:04d} for {backend}")
+        found[version] = entry.read_text(encoding="utf-8")
+    return sorted(found.items())
 
 
 def split_statements(script: str) -> list[str]:

@@ -35,7 +35,7 @@ from tests.e2e.conftest import (
     NODE_API_LISTENING,
     Controller,
 )
-from tests.e2e.test_node_api import NodeClient, launch, profile, unique
+from tests.e2e.test_node_api import EC2_TRUST, NodeClient, launch, profile, unique
 from tests.pg import SUPERUSER, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_init_on_a_second_host_shares_the_database_and_issues_only_its_node_api_
 
 def test_a_role_made_through_one_controller_is_seen_through_the_other(pair: Pair) -> None:
     name = unique("shared")
-    pair.client(pair.a, "iam").create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    pair.client(pair.a, "iam").create_role(RoleName=name, AssumeRolePolicyDocument=EC2_TRUST)
     assert pair.client(pair.b, "iam").get_role(RoleName=name)["Role"]["RoleName"] == name
 
 
@@ -360,3 +360,52 @@ def test_another_database_role_cannot_read_the_shared_secrets(
                 connection.rollback()
     finally:
         pg_cluster._superuser_sql(f"DROP ROLE {intruder}")
+
+
+def test_an_audit_table_that_cannot_be_written_fails_the_issue_with_503(
+    pair: Pair, pg_cluster: Cluster, node_on_b: tuple[str, Path]
+) -> None:
+    name, files = node_on_b
+    profile_name, _ = profile(pair.client(pair.a, "iam"))
+    instance_id = launch(pair.a, name, profile_name)
+    dbname = dict(part.split("=", 1) for part in pair.dsn.split())["dbname"]
+    superuser = pg_cluster.dsn(dbname=dbname, user=SUPERUSER)
+    with psycopg.connect(superuser, autocommit=True) as connection:
+        connection.execute("REVOKE INSERT ON audit_log FROM rolecall")
+        try:
+            refused = NodeClient(pair.a, files).credentials(instance_id)
+        finally:
+            connection.execute("GRANT INSERT ON audit_log TO rolecall")
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "AuditUnavailable"
+    assert "cannot write the audit log: cannot insert into audit_log" in "".join(pair.a.output)
+    assert NodeClient(pair.a, files).credentials(instance_id).status_code == 200
+
+
+def test_a_controller_whose_listener_is_cut_off_reconnects_and_is_woken_again(
+    pair: Pair, pg_cluster: Cluster, node_on_b: tuple[str, Path]
+) -> None:
+    dbname = dict(part.split("=", 1) for part in pair.dsn.split())["dbname"]
+    with psycopg.connect(pg_cluster.dsn(dbname=dbname, user=SUPERUSER), autocommit=True) as db:
+        cut = db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'rolecall-controller listener' AND datname = %s",
+            (dbname,),
+        ).fetchall()
+    assert len(cut) == 2  # one per controller
+    for controller in (pair.a, pair.b):
+        eventually(
+            lambda controller=controller: listener_gauge(controller) == 1,
+            "the listener is connected again",
+        )
+    test_a_node_long_polling_one_controller_is_woken_by_a_launch_through_the_other(pair, node_on_b)
+
+
+def listener_gauge(controller: Controller) -> float:
+    import requests
+
+    text = requests.get(f"{controller.metrics_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("rolecall_database_listener_connected "):
+            return float(line.split()[1])
+    return -1

@@ -264,7 +264,10 @@ def test_check_config_says_ok_for_an_initialised_state_and_changes_nothing(
     capsys.readouterr()
     assert main(["--state-dir", str(state), "check-config"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"rolecall-controller: configuration OK: state {state}, token key ")
+    assert out.startswith(
+        f"rolecall-controller: configuration OK: state {state}, store {state / 'rolecall.db'},"
+        " token key "
+    )
     assert {path: path.stat().st_mtime_ns for path in state.rglob("*")} == before
 
 
@@ -288,3 +291,42 @@ def test_check_config_names_what_would_stop_serve(
     assert main(["--state-dir", str(state), "check-config"]) == 1
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def _postgresql_config(tmp_path: Path, dsn: str) -> Path:
+    config = tmp_path / "controller.toml"
+    config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+    return config
+
+
+def test_commands_on_a_postgresql_store_say_to_run_init_until_it_is_initialised(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _postgresql_config(tmp_path, pg_dsn)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    assert main(["--config", str(config), "--state-dir", str(state), "account", "list"]) == 1
+    error = capsys.readouterr().err
+    assert "is not initialised (no account); run: rolecall-controller init" in error
+    assert "passfile" not in error
+
+
+def test_init_on_a_postgresql_store_creates_the_account_there_and_twice_changes_nothing(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    config = _postgresql_config(tmp_path, pg_dsn)
+    state = tmp_path / "state"
+    arguments = ["--config", str(config), "--state-dir", str(state)]
+    assert main([*arguments, "init", "--account-id", "111122223333"]) == 0
+    out = capsys.readouterr().out
+    assert "Initialised RoleCall in the store (PostgreSQL host=127.0.0.1" in out
+    assert not (state / "rolecall.db").exists()
+    with psycopg.connect(pg_dsn) as connection:
+        rows = connection.execute("SELECT account_id FROM accounts").fetchall()
+    assert rows == [("111122223333",)]
+    assert main([*arguments, "init"]) == 0
+    assert "already initialised in the store (PostgreSQL" in capsys.readouterr().out
+    assert main([*arguments, "account", "list"]) == 0
+    assert "111122223333" in capsys.readouterr().out

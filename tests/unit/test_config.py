@@ -219,3 +219,53 @@ def test_ec2_limits_out_of_range_are_refused_naming_the_key(text: str) -> None:
     key = text.split("\n")[1].split(" ")[0]
     with pytest.raises(ConfigError, match=rf"ec2\.{key}: must be a number from 1 to"):
         config_from_string(text)
+
+
+def test_a_postgresql_store_takes_a_dsn_and_a_pool_size() -> None:
+    parsed = config_from_string(
+        '[store]\nbackend = "postgresql"\ndsn = "host=db1,db2 dbname=rc user=rc'
+        ' target_session_attrs=read-write"\npool_size = 8'
+    )
+    assert (parsed.store_backend, parsed.store_pool_size) == ("postgresql", 8)
+    assert parsed.store_dsn == "host=db1,db2 dbname=rc user=rc target_session_attrs=read-write"
+    assert config_from_string("").store_backend == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[store]\nbackend = "postgresql"',
+            'store.dsn: required with store.backend = "postgresql"',
+        ),
+        (
+            '[store]\nbackend = "postgresql"\ndsn = "host=db"\npath = "/x.db"',
+            "store.path: not used with store.backend",
+        ),
+        ('[store]\ndsn = "host=db"', 'store.dsn: only for store.backend = "postgresql"'),
+        ("[store]\npool_size = 4", 'store.pool_size: only for store.backend = "postgresql"'),
+        ('[store]\nbackend = "postgresql"\ndsn = ""', "store.dsn: must be a libpq connection"),
+        (
+            '[store]\nbackend = "postgresql"\ndsn = "host=db"\npool_size = 0',
+            "store.pool_size",
+        ),
+    ],
+)
+def test_store_keys_that_do_not_fit_together_are_refused_naming_the_key(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_string(text)
+
+
+def test_a_dsn_password_shows_neither_in_an_error_nor_in_the_configurations_repr() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_from_string(
+            '[store]\nbackend = "postgresql"\ndsn = "host=db password=s3cr3t s3cr3t"'
+        )
+    assert "store.dsn" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)
+    parsed = config_from_string(
+        '[store]\nbackend = "postgresql"\ndsn = "postgresql://rc:s3cr3t@db/rc"'
+    )
+    assert "s3cr3t" not in repr(parsed)

@@ -203,6 +203,10 @@ class FakeStore:
             raise self.failure
         yield self
 
+    def run(self, work: Any) -> Any:
+        with self.transaction() as tx:
+            return work(tx)
+
     def list_nodes(self) -> list[Node]:
         return list(self.nodes)
 

@@ -199,6 +199,28 @@ def test_a_call_records_the_nodes_last_contact(controller: Controller) -> None:
     assert node is not None and node.last_contact == "2024-05-01T12:00:00Z"
 
 
+def test_last_contact_is_written_only_when_the_stored_one_is_15_seconds_old(
+    controller: Controller,
+) -> None:
+    """Every node API call would otherwise be a write, and a write empties every controller's
+    read cache: the contact is kept to a 15-second resolution."""
+
+    def contact() -> str | None:
+        node = controller.store.run(lambda tx: tx.get_node("hv-1"))
+        assert node is not None
+        return node.last_contact
+
+    connection = controller.connect(controller.certificate)
+    connection.send(poll(since=-1, wait=0))
+    assert contact() == "2024-05-01T12:00:00Z"
+    controller.clock.advance(14)
+    controller.connect(controller.certificate).send(poll(since=-1, wait=0))
+    assert contact() == "2024-05-01T12:00:00Z"
+    controller.clock.advance(1)
+    controller.connect(controller.certificate).send(poll(since=-1, wait=0))
+    assert contact() == "2024-05-01T12:00:15Z"
+
+
 def test_an_unknown_endpoint_is_a_404_in_json(controller: Controller) -> None:
     (answer,) = controller.connect(controller.certificate).send(
         b"GET /v1/nothing HTTP/1.1\r\nHost: controller\r\n\r\n"

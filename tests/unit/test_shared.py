@@ -248,3 +248,31 @@ def test_every_caller_hears_when_the_audit_table_cannot_be_written(
     thread.finish()
     thread.finish()
     assert len(failures) == 2 and all(isinstance(error, Exception) for error in failures)
+
+
+def test_without_notifications_a_revocation_reaches_a_controller_at_its_next_timed_reread(
+    store: SQLiteStore,
+) -> None:
+    # The listener down: only KeyRingRefresh's timer re-reads the row, every 30 s.
+    from twisted.internet.task import Clock
+
+    from controller.compose import KEY_RING_REFRESH_SECONDS, KeyRingRefresh
+
+    ring, _ = ensure_key_ring_in(store, NOW)
+    held = KeyRingRow(store)
+    sessions = Sessions(held)
+    claims = assumed_role_claims()
+    token = seal(claims, ring)
+    clock = Clock()
+    refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, clock)
+    refresh.startService()
+    try:
+        revoke_key_ring_in(store, NOW)
+        clock.advance(KEY_RING_REFRESH_SECONDS - 1)
+        assert sessions.open(token, claims.issued) == claims
+        clock.advance(1)
+        with pytest.raises(InvalidClientTokenId):
+            sessions.open(token, claims.issued)
+    finally:
+        refresh.stopService()
+    assert clock.getDelayedCalls() == []

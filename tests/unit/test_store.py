@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from controller.store.base import Conflict, Store, StoreError
+from controller.store.postgresql import PostgreSQLStore, describe_dsn
 from controller.store.records import (
     AccessKey,
     Account,
@@ -34,6 +36,8 @@ from controller.store.records import (
 )
 from controller.store.sql import migrations, split_statements
 from controller.store.sqlite import SQLiteStore
+from tests.pg import Cluster
+from tests.waiting import wait_until
 
 ACCOUNT = "111111111111"
 OTHER_ACCOUNT = "222222222222"
@@ -71,14 +75,33 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
     yield Backend("sqlite", str(path), lambda: SQLiteStore(path), execute)
 
 
-BACKENDS: dict[str, Callable[[Path], AbstractContextManager[Backend]]] = {
-    "sqlite": sqlite_backend,
+@contextmanager
+def postgresql_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    # A copy of a database migrated once: the migrations themselves are tested on an empty one
+    # (test_an_empty_postgresql_database_is_migrated_to_the_newest_version).
+    template = cluster.template("rolecall_migrated", lambda dsn: PostgreSQLStore(dsn).close())
+    dsn = cluster.dsn(cluster.create_database(template))
+
+    def execute(sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            cursor = connection.execute(sql.replace("?", "%s").encode(), tuple(args))
+            return list(cursor.fetchall()) if cursor.description else []
+
+    yield Backend("postgresql", describe_dsn(dsn), lambda: PostgreSQLStore(dsn), execute)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AbstractContextManager[Backend]]] = {
+    "sqlite": lambda request: sqlite_backend(request.getfixturevalue("tmp_path")),
+    "postgresql": postgresql_backend,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    with BACKENDS[request.param](tmp_path) as opened:
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    with BACKENDS[request.param](request) as opened:
         yield opened
 
 
@@ -165,12 +188,14 @@ def test_shipped_migrations_are_numbered_from_one_without_gaps() -> None:
     assert versions
 
 
-def test_new_store_is_at_the_newest_shipped_schema_version(store: Store) -> None:
-    assert store.schema_version() == migrations()[-1][0]
+def test_new_store_is_at_the_newest_shipped_schema_version(store: Store, backend: Backend) -> None:
+    assert store.schema_version() == migrations(backend.name)[-1][0]
 
 
 def test_migrated_store_records_one_schema_version_row(store: Store, backend: Backend) -> None:
-    assert backend.execute("SELECT version FROM schema_version", ()) == [(migrations()[-1][0],)]
+    assert backend.execute("SELECT version FROM schema_version", ()) == [
+        (migrations(backend.name)[-1][0],)
+    ]
 
 
 def test_reopening_keeps_the_data(open_store: Callable[[], Store]) -> None:
@@ -187,15 +212,17 @@ def test_reopening_does_not_run_the_migrations_again(
 ) -> None:
     open_store().close()
     reopened = open_store()
-    assert reopened.schema_version() == migrations()[-1][0]
-    assert backend.execute("SELECT version FROM schema_version", ()) == [(migrations()[-1][0],)]
+    assert reopened.schema_version() == migrations(backend.name)[-1][0]
+    assert backend.execute("SELECT version FROM schema_version", ()) == [
+        (migrations(backend.name)[-1][0],)
+    ]
 
 
 def test_newer_schema_version_is_refused_naming_both_versions(
     open_store: Callable[[], Store], backend: Backend
 ) -> None:
     open_store().close()
-    shipped = migrations()[-1][0]
+    shipped = migrations(backend.name)[-1][0]
     newer = shipped + 41
     backend.execute("UPDATE schema_version SET version = ?", (newer,))
     with pytest.raises(StoreError) as raised:
@@ -203,6 +230,116 @@ def test_newer_schema_version_is_refused_naming_both_versions(
     message = str(raised.value).replace(backend.location, "<database>")
     assert re.search(rf"\b{newer}\b", message), message
     assert re.search(rf"\b{shipped}\b", message), message
+
+
+def test_each_backend_has_exactly_one_migration_per_version() -> None:
+    for name in BACKENDS:
+        versions = [version for version, _ in migrations(name)]
+        assert versions == list(range(1, len(versions) + 1)), name
+    assert len(migrations("sqlite")) == len(migrations("postgresql"))
+
+
+# PostgreSQL plumbing
+
+
+def test_an_empty_postgresql_database_is_migrated_to_the_newest_version(pg_dsn: str) -> None:
+    store = PostgreSQLStore(pg_dsn)
+    try:
+        assert store.schema_version() == migrations("postgresql")[-1][0]
+        with store.transaction() as tx:
+            tx.insert_account(Account(ACCOUNT, "first", CREATED))
+            tx.insert_role(role("b-role"))
+            tx.insert_role(role("a_role"))
+            tx.insert_role(role("ab"))
+            # Code point order, as on SQLite, whatever the database's locale ("_" < "b" < "-"
+            # would not hold under en_US).
+            assert role_names(tx.list_roles(ACCOUNT, "/", None, 10)) == ["a_role", "ab", "b-role"]
+    finally:
+        store.close()
+
+
+def test_controllers_starting_at_once_migrate_the_database_once(pg_dsn: str) -> None:
+    """Two stores opened at the same moment on an empty database: the advisory lock makes the
+    second wait for the first's migration, then find nothing to do."""
+    import psycopg
+
+    opened: list[PostgreSQLStore] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PostgreSQLStore(pg_dsn))
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for store in opened:
+        store.close()
+    assert failures == []
+    with psycopg.connect(pg_dsn) as connection:
+        rows = connection.execute("SELECT version FROM schema_version").fetchall()
+    assert rows == [(migrations("postgresql")[-1][0],)]
+
+
+def test_a_dsn_password_never_shows_in_a_store_error(pg_cluster: Cluster, pg_dsn: str) -> None:
+    secret = "Sup3r-s3cret-pw"
+    wrong = pg_dsn.replace(f"passfile={pg_cluster.passfile}", f"password={secret}")
+    with pytest.raises(StoreError) as refused:
+        PostgreSQLStore(wrong)
+    message = str(refused.value)
+    assert "password authentication failed" in message
+    assert secret not in message
+    assert f"port={pg_cluster.primary.port}" in message
+    # A malformed DSN: libpq's own message may quote a piece of it.
+    for malformed in (f"host=127.0.0.1 password={secret} {secret}", f"postgresql://u:{secret}@/"):
+        with pytest.raises(StoreError) as bad:
+            PostgreSQLStore(malformed + " connect_timeout=2")
+        assert secret not in str(bad.value)
+
+
+def test_describe_dsn_names_host_port_database_and_user_only() -> None:
+    described = describe_dsn("host=db1,db2 port=5432 dbname=rc user=rc password=hunter2")
+    assert described == "PostgreSQL host=db1,db2 port=5432 dbname=rc user=rc"
+    assert "hunter2" not in describe_dsn("postgresql://rc:hunter2@db1:5432/rc")
+
+
+def test_a_store_whose_server_went_away_says_so_and_reconnects_when_it_is_back(
+    pg_cluster: Cluster, pg_dsn: str
+) -> None:
+    """While the server is down a call fails with a StoreError naming the server (no password);
+    once it is back, the next call works though every pooled connection died: its COMMIT was
+    never sent, so it is tried again on a fresh connection."""
+    store = PostgreSQLStore(pg_dsn, pool_size=2, connection_timeout=0.5)
+    try:
+        store.run(lambda tx: tx.insert_account(Account(ACCOUNT, "first", CREATED)))
+        pg_cluster.pg_ctl(pg_cluster.primary, "stop", "-m", "immediate", "-w")
+        try:
+            with pytest.raises(StoreError) as down:
+                store.run(lambda tx: tx.get_account(ACCOUNT))
+            assert f"port={pg_cluster.primary.port}" in str(down.value)
+        finally:
+            pg_cluster.pg_ctl(
+                pg_cluster.primary, "start", "-w", "-o", f"-p {pg_cluster.primary.port}"
+            )
+        # The pool's next connection attempt comes after its backoff (a second or two).
+        wait_until(lambda: _reachable(store), 10, "the store to reconnect")
+        pg_cluster.restart(pg_cluster.primary, "immediate")
+        assert store.run(lambda tx: tx.get_account(ACCOUNT)) == Account(ACCOUNT, "first", CREATED)
+    finally:
+        store.close()
+
+
+def _reachable(store: Store) -> bool:
+    try:
+        return store.run(lambda tx: tx.get_account(ACCOUNT)) == Account(ACCOUNT, "first", CREATED)
+    except StoreError:
+        return False
 
 
 # SQLite plumbing
@@ -776,7 +913,7 @@ def test_a_version_one_sqlite_database_is_upgraded_keeping_its_data(tmp_path: Pa
     connection.close()
     store = SQLiteStore(path)
     try:
-        assert store.schema_version() == migrations()[-1][0]
+        assert store.schema_version() == migrations("sqlite")[-1][0]
         with store.transaction() as tx:
             assert tx.get_account("111122223333") == Account("111122223333", "old", "then")
             tx.insert_user(User("AIDAUPGRADED", "111122223333", "alice", "/", "now"))

@@ -2,7 +2,8 @@
 
 Other processes write the same file (the CLI, another controller): their commits must be seen by
 the next transaction, whatever it has cached. Here they are another ``sqlite3`` connection or
-another SQLiteStore on the same file.
+another SQLiteStore on the same file. What both backends' caches promise is in
+test_store_cache_backends.py; this file holds SQLite's own plumbing (its write lock, its retry).
 """
 
 from __future__ import annotations
@@ -62,70 +63,6 @@ def trust(tx: Transaction) -> str | None:
 def read_trust(store: SQLiteStore) -> str | None:
     with store.transaction() as tx:
         return trust(tx)
-
-
-def test_a_change_committed_by_another_connection_is_seen_by_the_next_transaction(
-    store: SQLiteStore, other: sqlite3.Connection
-) -> None:
-    assert read_trust(store) == OLD_TRUST  # now cached
-    other.execute("UPDATE roles SET assume_role_policy = ?", (NEW_TRUST,))
-    assert read_trust(store) == NEW_TRUST
-    assert store.run(trust) == NEW_TRUST
-
-
-def test_a_change_committed_by_another_store_is_seen_by_run(store: SQLiteStore, path: Path) -> None:
-    assert store.run(trust) == OLD_TRUST
-    second = SQLiteStore(path)
-    try:
-        with second.transaction() as tx:
-            tx.update_role(Role(**{**ROLE.__dict__, "assume_role_policy": NEW_TRUST}))
-    finally:
-        second.close()
-    assert store.run(trust) == NEW_TRUST
-
-
-def test_an_access_key_deleted_elsewhere_stops_at_once(
-    store: SQLiteStore, other: sqlite3.Connection
-) -> None:
-    assert store.run(lambda tx: tx.get_access_key(KEY.access_key_id)) == KEY
-    other.execute("DELETE FROM access_keys")
-    assert store.run(lambda tx: tx.get_access_key(KEY.access_key_id)) is None
-
-
-def test_a_transaction_reads_its_own_write_and_later_ones_see_it_committed(
-    store: SQLiteStore,
-) -> None:
-    assert read_trust(store) == OLD_TRUST
-    with store.transaction() as tx:
-        tx.update_role(Role(**{**ROLE.__dict__, "assume_role_policy": NEW_TRUST}))
-        assert trust(tx) == NEW_TRUST
-    assert read_trust(store) == NEW_TRUST
-    assert store.run(trust) == NEW_TRUST
-
-
-def test_a_rolled_back_write_leaves_the_committed_answer(store: SQLiteStore) -> None:
-    assert read_trust(store) == OLD_TRUST
-
-    def change_then_fail(tx: Transaction) -> None:
-        tx.update_role(Role(**{**ROLE.__dict__, "assume_role_policy": NEW_TRUST}))
-        assert trust(tx) == NEW_TRUST
-        raise RuntimeError("the request failed after writing")
-
-    with pytest.raises(RuntimeError):
-        store.run(change_then_fail)
-    assert store.run(trust) == OLD_TRUST
-    assert read_trust(store) == OLD_TRUST
-
-
-def test_run_commits_what_its_work_writes(store: SQLiteStore, other: sqlite3.Connection) -> None:
-    store.run(lambda tx: tx.delete_role_policy(ROLE.role_id, "read"))
-    assert other.execute("SELECT COUNT(*) FROM role_policies").fetchone() == (0,)
-
-
-def test_a_cached_list_cannot_be_changed_through_an_answer(store: SQLiteStore) -> None:
-    first = store.run(lambda tx: tx.list_role_policies(ROLE.role_id))
-    first.clear()
-    assert len(store.run(lambda tx: tx.list_role_policies(ROLE.role_id))) == 1
 
 
 def test_run_answers_from_the_cache_while_another_connection_holds_the_write_lock(

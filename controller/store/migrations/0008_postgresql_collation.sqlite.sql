@@ -1,0 +1,2 @@
+-- RoleCall schema version 8 on SQLite: nothing to do. PostgreSQL's variant makes its text columns
+-- compare by code point, which SQLite's do already (BINARY collation).

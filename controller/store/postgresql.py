@@ -1,0 +1,443 @@
+"""The PostgreSQL store: several controllers share one database (issue 14).
+
+**Isolation.** Every transaction is SERIALIZABLE. The invariants the callers check inside one
+transaction (one role per instance profile, a name free before it is taken, a quota not yet
+full, no instance on a retired node) are read-then-write rules; under SERIALIZABLE PostgreSQL
+aborts one of two transactions whose reads and writes cross (SQLSTATE 40001), so they hold
+across controllers exactly as SQLite's single writer makes them hold in one process. `run()`
+rolls back and calls its work again on 40001 and on a deadlock (40P01), a few times with a short
+jittered pause; `transaction()` (the CLI's way in: a block cannot be replayed) raises a
+`StoreError` saying that nothing was changed and the command may be run again.
+
+**Connections.** A psycopg_pool pool of ``pool_size`` connections. A connection found broken
+(a restarted or failed-over server) is dropped and the pool checked; the work is tried again on
+another connection only when the failure came before its COMMIT was sent. A failure while the
+COMMIT is in flight leaves its outcome unknown: that is never retried, and the caller gets a
+`StoreError` saying the change may or may not have been made. Messages name the server by host,
+port, database and user only (`describe_dsn`); a password in the DSN never reaches them.
+
+**Read cache.** As on SQLite (see `controller.store.sqlite`), identity and policy reads are kept
+between transactions while the database is unchanged. The key is the transaction's own snapshot,
+``pg_current_snapshot()`` read as its first statement: two snapshots with the same ``xmax`` and
+in-progress list see exactly the same committed rows, on every controller, and any write
+anywhere (by any controller) changes it. Reads from the cache register no SIREAD lock, so a
+transaction that goes on to write first reads again, in the database, what the cache gave it:
+SERIALIZABLE then sees every read its decision rests on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from controller.store.base import Store, StoreError, Transaction
+from controller.store.records import (
+    AccessKey,
+    Instance,
+    InstanceProfile,
+    Node,
+    Role,
+    RolePolicy,
+    Tag,
+    User,
+    UserPolicy,
+)
+from controller.store.sql import SqlTransaction, migrations, split_statements
+
+if TYPE_CHECKING:
+    import psycopg
+    import psycopg_pool
+
+_T = TypeVar("_T")
+
+#: Serialization failures and deadlocks are retried this many times in all.
+ATTEMPTS = 8
+#: How long a call waits for a connection from the pool before it gives up. The store is called
+#: on the reactor thread: while the database is unreachable each call holds it this long.
+CONNECTION_TIMEOUT = 2.0
+#: The pool retries a failed connection with a doubling delay (1 s, 2 s, ...); giving up after a
+#: few seconds and starting afresh at the next call keeps that delay short after a long outage.
+RECONNECT_TIMEOUT = 4.0
+#: pg_advisory_xact_lock key held while migrating ("rolecall" in ASCII, as a bigint).
+MIGRATION_LOCK = 0x726F6C6563616C6C
+_WRITES = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def describe_dsn(dsn: str) -> str:
+    """Host, port, database and user of a DSN, for messages: never its password."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "PostgreSQL (an unreadable dsn)"
+    shown = [f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key)]
+    return "PostgreSQL " + (" ".join(shown) if shown else "(libpq defaults)")
+
+
+def check_dsn(dsn: str) -> str | None:
+    """What is wrong with a DSN's syntax (without its password), or None."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return "the PostgreSQL store needs psycopg: pip install 'psycopg[binary,pool]'"
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as error:
+        return "not a valid libpq connection string: " + redact(str(error).strip(), dsn)
+    return None
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    """The password(s) a DSN spells out, to be cut from any message that quotes the DSN."""
+    found = re.findall(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    found += re.findall(r"://[^:/@\s]*:([^@\s]+)@", dsn)
+    with contextlib.suppress(Exception):  # an unreadable dsn: the patterns above are all
+        from psycopg.conninfo import conninfo_to_dict
+
+        found.append(str(conninfo_to_dict(dsn).get("password") or ""))
+    return sorted({value.strip("'") for value in found if value.strip("'")}, key=len, reverse=True)
+
+
+def redact(message: str, dsn: str) -> str:
+    """`message` with every password of `dsn` replaced by ``***``."""
+    for secret in _secrets_of(dsn):
+        message = message.replace(secret, "***")
+    return message
+
+
+class _Unknown(StoreError):
+    """The connection failed while a COMMIT was in flight: it may or may not have committed."""
+
+
+class PostgreSQLStore(Store):
+    """RoleCall's state in a PostgreSQL database (libpq `dsn`), shared by several controllers."""
+
+    def __init__(
+        self, dsn: str, pool_size: int = 4, connection_timeout: float = CONNECTION_TIMEOUT
+    ) -> None:
+        try:
+            import psycopg
+            import psycopg_pool
+        except ImportError as error:  # pragma: no cover - a declared dependency
+            raise StoreError(
+                "the PostgreSQL store needs psycopg: pip install 'psycopg[binary,pool]'"
+            ) from error
+        self._psycopg = psycopg
+        self.dsn = dsn
+        self.location = describe_dsn(dsn)
+        self._cache = SnapshotCache()
+        self._connection_timeout = connection_timeout
+        self._migrate()
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
+            psycopg_pool.ConnectionPool(
+                dsn,
+                min_size=1,
+                max_size=max(1, pool_size),
+                kwargs={"autocommit": True},
+                open=False,
+                timeout=connection_timeout,
+                reconnect_timeout=RECONNECT_TIMEOUT,
+                name="rolecall-store",
+            )
+        )
+        try:
+            self._pool.open(wait=True, timeout=max(connection_timeout, CONNECTION_TIMEOUT))
+        except Exception as error:
+            self._pool.close()
+            raise self._error("cannot connect to", error) from None
+
+    def _error(self, what: str, error: BaseException) -> StoreError:
+        detail = redact(str(error).strip(), self.dsn) or type(error).__name__
+        return StoreError(f"{what} the store ({self.location}): {detail}")
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        except Exception as error:
+            raise self._error("cannot connect to", error) from None
+
+    # schema
+
+    def _migrate(self) -> None:
+        """Apply the shipped migrations under an advisory lock (two controllers starting at once
+        migrate one after the other), in one transaction; refuse a newer schema."""
+        with self._connect() as connection:
+            try:
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                    connection.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+                    )
+                    current = _read_version(connection)
+                    shipped = migrations("postgresql")
+                    newest = shipped[-1][0] if shipped else 0
+                    if current > newest:
+                        raise StoreError(
+                            f"the store ({self.location}) has schema version {current}, newer"
+                            f" than this RoleCall knows ({newest}); upgrade RoleCall"
+                        )
+                    for version, script in shipped:
+                        if version > current:
+                            for statement in split_statements(script):
+                                connection.execute(statement.encode())
+                            connection.execute("DELETE FROM schema_version")
+                            connection.execute(
+                                "INSERT INTO schema_version (version) VALUES (%s)", (version,)
+                            )
+            except StoreError:
+                raise
+            except self._psycopg.Error as error:
+                raise self._error("cannot migrate", error) from None
+
+    def schema_version(self) -> int:
+        with self._pool.connection() as connection:
+            return _read_version(connection)
+
+    # transactions
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A SERIALIZABLE transaction for a block. A block cannot be run again: a serialization
+        failure ends it with a StoreError saying nothing changed (run the command again)."""
+        with self._connection() as connection:
+            tx = _PgTransaction(connection, None)
+            try:
+                tx.begin()
+                try:
+                    yield tx
+                except BaseException:
+                    tx.rollback()
+                    raise
+                tx.commit()
+            except self._psycopg.errors.SerializationFailure as error:
+                raise StoreError(
+                    "a concurrent change conflicted with this one and nothing was changed;"
+                    " try again"
+                ) from error
+            except self._psycopg.errors.DeadlockDetected as error:
+                raise StoreError(
+                    "a concurrent change deadlocked with this one and nothing was changed;"
+                    " try again"
+                ) from error
+            except _Unknown:
+                raise
+            except self._psycopg.OperationalError as error:
+                raise self._error("lost the connection to", error) from None
+
+    def run(self, work: Callable[[Transaction], _T]) -> _T:
+        psycopg = self._psycopg
+        reconnected = False
+        for attempt in range(ATTEMPTS):
+            with self._connection() as connection:
+                tx = _PgTransaction(connection, self._cache)
+                try:
+                    tx.begin()
+                    result = work(tx)
+                    tx.commit()
+                    return result
+                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    tx.rollback()
+                except _Unknown:
+                    raise
+                except psycopg.OperationalError as error:
+                    if connection.broken and not reconnected:
+                        # A server restarted or failed over: every pooled connection may be
+                        # dead. Nothing was committed (the COMMIT was not sent); try once more
+                        # on a fresh connection.
+                        reconnected = True
+                        self._pool.check()
+                        continue
+                    raise self._error("lost the connection to", error) from None
+                except BaseException:
+                    tx.rollback()
+                    raise
+            # Two transactions that collided and retry at once may collide again.
+            time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 - jitter
+        raise StoreError(
+            f"the store ({self.location}) kept failing this transaction with serialization"
+            f" conflicts ({ATTEMPTS} tries); nothing was changed"
+        )
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        import psycopg_pool
+
+        try:
+            connection = self._pool.getconn()
+        except psycopg_pool.PoolTimeout as error:
+            raise StoreError(
+                f"no connection to the store ({self.location})"
+                f" within {self._connection_timeout:g} s"
+            ) from error
+        except psycopg_pool.PoolClosed as error:
+            raise StoreError(f"the store ({self.location}) is closed") from error
+        try:
+            yield connection
+        finally:
+            self._pool.putconn(connection)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _read_version(connection: psycopg.Connection[Any]) -> int:
+    row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+class SnapshotCache:
+    """Answers of a few reads, valid for one database snapshot (``pg_current_snapshot()``).
+
+    The current (snapshot, answers) pair is replaced as a whole, so threads sharing a store
+    never see answers filed under another snapshot."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self.current: tuple[str, dict[tuple[Any, ...], Any]] = ("", {})
+
+    def entries_for(self, snapshot: str) -> dict[tuple[Any, ...], Any]:
+        version, entries = self.current
+        if version != snapshot:
+            entries = {}
+            self.current = (snapshot, entries)
+        return entries
+
+
+class _PgTransaction(SqlTransaction):
+    """A SERIALIZABLE transaction on one pooled connection (autocommit mode: BEGIN and the
+    snapshot read go in one round trip)."""
+
+    def __init__(self, connection: psycopg.Connection[Any], cache: SnapshotCache | None) -> None:
+        import psycopg
+
+        super().__init__(
+            connection.cursor(),
+            placeholder="%s",
+            is_constraint_violation=lambda error: isinstance(error, psycopg.IntegrityError),
+        )
+        self._connection = connection
+        self._cache = cache
+        self._entries: dict[tuple[Any, ...], Any] = {}
+        self._served: list[tuple[Any, ...]] = []
+        self._written = False
+        self._open = False
+
+    def begin(self) -> None:
+        self._cursor.execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT pg_current_snapshot()")
+        self._open = True
+        self._cursor.nextset()  # the first result is BEGIN's
+        row = self._cursor.fetchone()
+        if self._cache is not None and row is not None:
+            self._entries = self._cache.entries_for(str(row[0]))
+
+    def commit(self) -> None:
+        import psycopg
+
+        try:
+            self._cursor.execute("COMMIT")
+        except psycopg.errors.SerializationFailure:
+            self._open = False  # a failed COMMIT rolls back: known outcome
+            raise
+        except psycopg.OperationalError as error:
+            self._open = False
+            raise _Unknown(
+                "the connection to the store failed while committing: the change may or may"
+                f" not have been made ({type(error).__name__})"
+            ) from None
+        self._open = False
+
+    def rollback(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._connection.broken or self._connection.closed:
+            return
+        try:
+            self._cursor.execute("ROLLBACK")
+        except Exception:  # the pool discards a connection left in a bad state
+            return
+
+    def _run(self, sql: str, args: Sequence[object] = ()) -> Any:
+        if not self._written and _WRITES.match(sql):
+            self._written = True
+            self._register_served()
+        return super()._run(sql, args)
+
+    def _register_served(self) -> None:
+        """Read again in the database what the cache answered, so that SERIALIZABLE knows this
+        transaction's decision rests on those rows (the answers cannot differ: same snapshot)."""
+        served, self._served = self._served, []
+        for read, *args in served:
+            read(self, *args)
+
+    def _cached(self, read: Callable[..., _T], *args: str) -> _T:
+        if self._cache is None or self._written:
+            return read(self, *args)
+        key = (read, *args)
+        entries = self._entries
+        if key in entries:
+            self._served.append(key)
+            return entries[key]  # type: ignore[no-any-return]
+        value = read(self, *args)
+        if len(entries) >= SnapshotCache.MAX_ENTRIES:
+            entries.clear()
+        entries[key] = value
+        return value
+
+    # The same reads as SQLite's cache (controller.store.sqlite._CachedTransaction).
+    def get_access_key(self, access_key_id: str) -> AccessKey | None:
+        return self._cached(SqlTransaction.get_access_key, access_key_id)
+
+    def get_user(self, account_id: str, name: str) -> User | None:
+        return self._cached(_get_user, account_id, name.lower())
+
+    def get_role(self, account_id: str, name: str) -> Role | None:
+        return self._cached(_get_role, account_id, name.lower())
+
+    def get_role_by_id(self, role_id: str) -> Role | None:
+        return self._cached(SqlTransaction.get_role_by_id, role_id)
+
+    def list_user_policies(self, user_id: str) -> list[UserPolicy]:
+        return list(self._cached(_user_policies, user_id))
+
+    def list_role_policies(self, role_id: str) -> list[RolePolicy]:
+        return list(self._cached(_role_policies, role_id))
+
+    def get_tags(self, entity_id: str) -> list[Tag]:
+        return list(self._cached(_tags, entity_id))
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        return self._cached(SqlTransaction.get_instance, instance_id)
+
+    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None:
+        return self._cached(SqlTransaction.get_instance_profile_by_id, profile_id)
+
+    def get_node(self, name: str) -> Node | None:
+        return self._cached(SqlTransaction.get_node, name)
+
+
+def _get_user(tx: SqlTransaction, account_id: str, name_lower: str) -> User | None:
+    return SqlTransaction.get_user(tx, account_id, name_lower)
+
+
+def _get_role(tx: SqlTransaction, account_id: str, name_lower: str) -> Role | None:
+    return SqlTransaction.get_role(tx, account_id, name_lower)
+
+
+def _user_policies(tx: SqlTransaction, user_id: str) -> tuple[UserPolicy, ...]:
+    return tuple(SqlTransaction.list_user_policies(tx, user_id))
+
+
+def _role_policies(tx: SqlTransaction, role_id: str) -> tuple[RolePolicy, ...]:
+    return tuple(SqlTransaction.list_role_policies(tx, role_id))
+
+
+def _tags(tx: SqlTransaction, entity_id: str) -> tuple[Tag, ...]:
+    return tuple(SqlTransaction.get_tags(tx, entity_id))
