@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorPluggableNameResolver,
@@ -19,13 +18,14 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from agent.diagnosis import describe_failure, is_timeout
-from agent.failover import Bounds, ControllerChoice, attempt_seconds, moves_on
+from agent.failover import Bounds, ControllerChoice, NoAnswer, attempt_seconds, moves_on
 from agent.handshake import BoundedTLSEndpoints
 from common.nodemessages import ErrorAnswer, parse_error
 
@@ -163,7 +163,7 @@ class NodeApiClient:
                 continue  # another call left this URL: follow it
             except Exception as error:  # this controller is dead or hangs: try the next
                 failed[url] = "timeout" if is_timeout(error) else "unreachable"
-                problems.append((url, self._describe(url, error, wait)))
+                problems.append((url, self._describe(url, error)))
                 continue
             finally:
                 waiting.discard(attempt)
@@ -189,7 +189,9 @@ class NodeApiClient:
         raise ControllerUnreachable(message)
 
     def _attempt(self, url: str, method: bytes, path: str, wait: float) -> Deferred[Any]:
-        """One request to one URL, its answer read whole within `attempt_seconds`."""
+        """One request to one URL, its answer read whole within `attempt_seconds`: fails with
+        `NoAnswer` when that bound passes, with `CancelledError` when cancelled (whatever
+        twisted.web wrapped the cancellation in)."""
 
         @inlineCallbacks
         def exchange() -> Any:
@@ -199,13 +201,40 @@ class NodeApiClient:
             body = yield readBody(response)
             return response.code, body
 
-        attempt: Deferred[Any] = exchange()
-        return attempt.addTimeout(attempt_seconds(wait, self._bounds), self._reactor)
+        seconds = attempt_seconds(wait, self._bounds)
+        ended: list[str] = []  # "timeout" or "cancelled", once
 
-    def _describe(self, url: str, error: BaseException, wait: float) -> str:
-        if isinstance(error, DeferredTimeout):
-            seconds = attempt_seconds(wait, self._bounds)
-            return f"controller {url}: no answer within {seconds:g} s"
+        def cancel(_: Deferred[Any]) -> None:
+            ended.append("cancelled")
+            inner.cancel()
+
+        def give_up() -> None:
+            ended.append("timeout")
+            inner.cancel()
+
+        outer: Deferred[Any] = Deferred(cancel)
+        inner: Deferred[Any] = exchange()
+        timer = self._reactor.callLater(seconds, give_up)
+
+        def settle(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if outer.called:
+                return None
+            if isinstance(result, Failure) and ended:
+                outer.errback(NoAnswer(seconds) if ended[0] == "timeout" else CancelledError())
+            elif isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+            return None
+
+        inner.addBoth(settle)
+        return outer
+
+    def _describe(self, url: str, error: BaseException) -> str:
+        if isinstance(error, NoAnswer):
+            return f"controller {url}: {error}"
         return describe_failure(url, error, self._ca_file)
 
     def _answered(self, url: str, failed: dict[str, str], problems: list[tuple[str, str]]) -> None:

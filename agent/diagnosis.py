@@ -13,7 +13,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import TimeoutError as ConnectTimeout
 
-from agent.failover import ConnectionNotReady
+from agent.failover import ConnectionNotReady, NoAnswer
 
 #: OpenSSL's reason when the controller's certificate does not chain to our trust root.
 _NOT_VERIFIED = "certificate verify failed"
@@ -73,7 +73,7 @@ def is_timeout(error: BaseException) -> bool:
     """Whether a bound passed (no connection, handshake or answer in time), rather than the
     controller refusing or dropping the connection."""
     return any(
-        isinstance(cause, (DeferredTimeout, ConnectTimeout, ConnectionNotReady))
+        isinstance(cause, (DeferredTimeout, ConnectTimeout, ConnectionNotReady, NoAnswer))
         for cause in _causes(error)
     )
 

@@ -41,6 +41,14 @@ class ConnectionNotReady(Exception):
         self.seconds = seconds
 
 
+class NoAnswer(Exception):
+    """The controller's answer was not whole within the attempt's bound (`attempt_seconds`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class Bounds:
     """How long one attempt on one controller URL may take; in seconds."""

@@ -57,6 +57,8 @@ class _HandshakeWatcher(Protocol):
 
 
 class _WatchingFactory(Factory):
+    noisy = False  # one per connection: "Starting factory" lines would say nothing
+
     def __init__(self, factory: IProtocolFactory, ready: Deferred[Any]) -> None:
         self._factory = factory
         self._ready = ready

@@ -235,7 +235,9 @@ class ControllerProcess:
     """``rolecall-controller serve`` on ports chosen once, so that a restart with the same state
     directory comes back at the same URLs (the agent keeps its ``--controller-url``)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, initialise: bool = True) -> None:
+        """`initialise`: run ``init`` first; False for another controller on a state
+        directory already initialised (SQLite takes several processes on one store)."""
         self.state_dir = state_dir
         self.api_port, self.node_api_port, self.metrics_port = free_ports(3)
         self.url = f"http://127.0.0.1:{self.api_port}"
@@ -243,12 +245,13 @@ class ControllerProcess:
         self.process: LoggedProcess | None = None
         #: Exit statuses and output of the processes stopped so far, for the teardown checks.
         self.stopped: list[tuple[int, str]] = []
-        init = subprocess.run(
-            [BIN / "rolecall-controller", "--state-dir", state_dir, "init",
-             "--account-id", ACCOUNT_ID],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        assert "Initialised RoleCall" in init.stdout, init.stdout + init.stderr
+        if initialise:
+            init = subprocess.run(
+                [BIN / "rolecall-controller", "--state-dir", state_dir, "init",
+                 "--account-id", ACCOUNT_ID],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            assert "Initialised RoleCall" in init.stdout, init.stdout + init.stderr
         credentials = configparser.ConfigParser()
         credentials.read(state_dir / "root-credentials")
         self.access_key_id = credentials["rolecall"]["aws_access_key_id"]
@@ -256,6 +259,11 @@ class ControllerProcess:
 
     def start(self) -> None:
         """``serve`` (only: the state directory was initialised once), until both APIs listen."""
+        self.spawn()
+        self.wait_listening()
+
+    def spawn(self) -> None:
+        """``serve``, not waiting for it (start several at once, then `wait_listening`)."""
         assert self.process is None, "the controller is running already"
         self.process = LoggedProcess(
             [str(BIN / "rolecall-controller"), "--state-dir", str(self.state_dir), "serve",
@@ -263,6 +271,9 @@ class ControllerProcess:
              "--metrics-port", str(self.metrics_port)],
             env=daemon_env(),
         )  # fmt: skip
+
+    def wait_listening(self) -> None:
+        assert self.process is not None, "the controller was not started"
         self.process.wait_for(r"public API listening on http://")
         self.process.wait_for(r"node API listening on https://")
 
@@ -299,18 +310,27 @@ class AgentProcess:
     """``rolecall-agent`` serving a node's instances on port 80 inside their namespaces."""
 
     def __init__(
-        self, controller_url: str, credentials: Path, workdir: Path, extra_config: str = ""
+        self,
+        controller_url: str | Sequence[str],
+        credentials: Path,
+        workdir: Path,
+        extra_config: str = "",
+        controller_config: str = "",
     ) -> None:
         # An explicit (minimal) configuration file: a host's /etc/rolecall/agent.toml must not
-        # leak into the test. `extra_config`: more TOML tables, appended.
+        # leak into the test. `extra_config`: more TOML tables, appended; `controller_config`:
+        # more keys of [controller]. Several URLs: the agent fails over between them.
         self.config = workdir / "agent.toml"
         # The hypervisor's plug socket: one per agent, under /tmp (a socket's path is short).
         self.plug_directory = Path(tempfile.mkdtemp(prefix="rcplug-", dir="/tmp"))
         self.plug_socket = self.plug_directory / "plug.sock"
+        urls = [controller_url] if isinstance(controller_url, str) else list(controller_url)
         # The serving process runs as nobody (a real node has its own rolecall-agent user).
         self.config.write_text(
-            f'user = "{SERVING_USER}"\n[controller]\nurls = ["{controller_url}"]\n'
-            f'[hypervisor]\nplug_socket = "{self.plug_socket}"\n' + extra_config,
+            f'user = "{SERVING_USER}"\n[controller]\nurls = {json.dumps(urls)}\n'
+            + controller_config
+            + f'[hypervisor]\nplug_socket = "{self.plug_socket}"\n'
+            + extra_config,
             encoding="utf-8",
         )
         self.credentials = credentials

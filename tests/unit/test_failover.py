@@ -21,10 +21,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from agent.client import ControllerUnreachable, NodeApiClient, NodeApiError, NodeTLSPolicy
+from agent.config import AgentConfig
 from agent.failover import (
     FAILOVER_REASONS,
     Bounds,
@@ -35,8 +37,11 @@ from agent.failover import (
     next_url,
 )
 from agent.handshake import HandshakeBoundEndpoint
+from agent.imds.tokens import TokenMinter, new_key
 from agent.metrics import FailoverCollector
+from agent.reconcile import DRAIN_SECONDS, NodeAgent
 from tests.unit.test_agent_client import tls_files
+from tests.unit.test_reconnect import Picks
 
 A, B, C = "https://a.example:8775", "https://b.example:8775", "https://c.example:8775"
 URLS = (A, B, C)
@@ -125,7 +130,12 @@ def answers(code: int, body: object) -> Callable[[], Deferred[Any]]:
 
 
 def hangs() -> Deferred[Any]:
-    return Deferred()
+    """No answer; cancelled, it fails as twisted.web's requests do (the cancellation wrapped)."""
+
+    def cancelled(request: Deferred[Any]) -> None:
+        request.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+    return Deferred(cancelled)
 
 
 def dead() -> Deferred[Any]:
@@ -369,3 +379,31 @@ def test_metrics_name_the_controller_in_use_and_count_failovers_from_zero() -> N
     assert after[f'rolecall_agent_node_api_controller_in_use{{url="{A}"}}'] == 0
     assert after[f'rolecall_agent_node_api_controller_in_use{{url="{B}"}}'] == 1
     assert after['rolecall_agent_node_api_failovers_total{reason="unreachable"}'] == 1
+
+
+# -- the long poll over the client ---------------------------------------------------------------
+
+
+def test_a_retired_node_refused_by_every_controller_polls_with_backoff_not_in_a_loop() -> None:
+    unknown = answers(403, {"error": "UnknownNode", "message": "node 'hv1' is not enrolled"})
+    reactor, web, client = client_with(a=unknown, b=dead, c=unknown)
+    agent = NodeAgent(
+        AgentConfig(controller_urls=URLS),
+        reactor,
+        client,
+        TokenMinter(new_key()),
+        namespaces=None,
+        random=Picks(0.5),  # every backoff half its ceiling: the jitter's mean
+    )
+    agent.startService()
+    for _ in range(15 * 60 * 10):
+        reactor.advance(0.1)
+    asked = web.asked()
+    # Polls at 0, then after 0.5, 1, 2, ... 128, then 150 s each: 14 in 15 minutes, each asking
+    # each controller once (as one controller alone would be asked 14 times).
+    assert len(asked) == 3 * 14
+    assert agent.poll_failures_by_reason["refused"] == 14
+    assert client.current == A
+    agent.stopService()
+    reactor.advance(DRAIN_SECONDS)
+    assert reactor.getDelayedCalls() == []

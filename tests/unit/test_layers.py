@@ -32,6 +32,7 @@ PURE_CORES = (
     "controller.identity",
     "agent.refresh",
     "agent.reconnect",
+    "agent.failover",
     "agent.names",
     "agent.imds.rules",
     "agent.imds.tree",
@@ -48,7 +49,7 @@ IMPURE = ("twisted", "pyroute2", "sqlite3", "socket")
 #: The only product modules that may import twisted.web: the agent's HTTP clients, of the node
 #: API and of an upstream metadata service (Twisted's own client, with TLS, a connection pool,
 #: timeouts and cancellation, rather than one written here).
-WEB_CLIENTS = ("agent.client", "agent.upstream")
+WEB_CLIENTS = ("agent.client", "agent.handshake", "agent.upstream")
 
 #: Who may import whom, by top-level package: a package not listed for another never imports it.
 ALLOWED = {
