@@ -1,9 +1,9 @@
 """One container for the whole run (``make test-systemd``): a cached Debian 12 tree copied fresh,
 booted with systemd 252 as PID 1, RoleCall installed in it as docs/operations.md says, the
 controller and one node's agent enabled and started; and a PostgreSQL on the host whose socket
-directory the container sees at /run/postgresql (tests/systemd/database.py). Each test gets it with both units running
-and leaves it so: `restored` puts back what a test changed (agent.toml, a stopped controller,
-its instances), whether the test passed or not.
+directory the container sees at /run/postgresql (tests/systemd/database.py). Each test gets it
+with both units running and leaves it so: `restored` puts back what a test changed (agent.toml,
+a stopped controller, its instances), whether the test passed or not.
 
 The time each phase took is printed at the end of the run.
 """

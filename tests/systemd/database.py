@@ -36,9 +36,10 @@ class HostDatabase:
         return self.cluster.primary.port
 
     def pgpass_line(self, dbname: str, password: str | None = None) -> str:
-        """A libpq password file line for the application role (a Unix socket is `localhost`
-        to libpq's password file)."""
-        return f"localhost:{self.port}:{dbname}:{APP_USER}:{password or self.cluster.password}\n"
+        """A libpq password file line for the application role. Its host is the socket
+        directory as the DSN names it: libpq matches `localhost` only for its own default
+        directory, which for psycopg's libpq is /var/run/postgresql, not /run/postgresql."""
+        return f"{INSIDE}:{self.port}:{dbname}:{APP_USER}:{password or self.cluster.password}\n"
 
     def inside_dsn(self, dbname: str) -> str:
         """The DSN the controller in the container uses: no password in it."""
