@@ -41,6 +41,20 @@ class HostDatabase:
         directory, which for psycopg's libpq is /var/run/postgresql, not /run/postgresql."""
         return f"{INSIDE}:{self.port}:{dbname}:{APP_USER}:{password or self.cluster.password}\n"
 
+    def stop(self) -> None:
+        """Stop the server (fast: sessions are ended), as a database outage."""
+        self.cluster.pg_ctl(self.cluster.primary, "stop", "-w", "-m", "fast")
+
+    def start(self) -> None:
+        """Start it again on the same port, if it is stopped."""
+        data = self.cluster.primary.data
+        if (data / "postmaster.pid").exists():
+            return
+        self.cluster.pg_ctl(
+            self.cluster.primary,
+            "start", "-w", "-l", str(data.parent / f"{data.name}.log"), "-o", f"-p {self.port}",
+        )  # fmt: skip
+
     def inside_dsn(self, dbname: str) -> str:
         """The DSN the controller in the container uses: no password in it."""
         return f"host={INSIDE} port={self.port} dbname={dbname} user={APP_USER}"

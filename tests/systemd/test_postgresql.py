@@ -2,12 +2,14 @@
 controllers on PostgreSQL") installs it: the drop-in hands the database password over as a
 credential, the controller serves from the database, and the password is nowhere else to be
 read: not in the units, the configuration, the environment, the command lines or the journal.
-A wrong password stops the start in ExecStartPre's check, saying so without the password.
+A wrong password stops the start in ExecStartPre's check, saying so without the password; a
+database that is down when the controller starts delays it, and it comes up by itself after.
 
 The database is a cluster on the host, reached through its Unix socket at /run/postgresql
-(tests/systemd/database.py). This one test restarts the controller four times and makes a whole
-new state in the database (about 20 s): it is the only check that the drop-in, the `%d`
-specifier and the documented `rcc` work with a real systemd, so it is worth its time.
+(tests/systemd/database.py). The tests restart the controller several times and each makes a
+whole new state in the database (about 10 s each; the outage about 20 s, as systemd's start
+limit is five starts in ten seconds): they are the only checks that the drop-in, the `%d`
+specifier and the documented `rcc` work with a real systemd, so they are worth their time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.systemd.deployment import (
     VENV_BIN,
     Deployment,
 )
+from tests.waiting import wait_until
 
 #: This test's state directory: the SQLite deployment's stays as it is, for the other tests.
 PG_STATE_DIR = f"{STATE_DIR}/pg"
@@ -175,3 +178,34 @@ def test_a_wrong_password_stops_the_start_in_the_check_without_showing_it(
     assert "password authentication failed" in logged, logged[-2000:]
     assert wrong not in logged
     assert "Traceback" not in logged, logged[-2000:]
+
+
+def init_and_start(restored: Deployment) -> None:
+    """The documented `rcc init`, then the unit started and active."""
+    initialised = restored.container.shell(
+        rcc_function() + "rcc init --node-api-name 127.0.0.1\n", check=False, timeout=120
+    )
+    assert initialised.returncode == 0, initialised.stdout + initialised.stderr
+    assert restored.systemctl("start", CONTROLLER, timeout=120).returncode == 0
+    restored.wait_active(CONTROLLER, timeout=60)
+
+
+def test_a_database_down_at_start_delays_the_controller_and_it_comes_up_by_itself(
+    restored: Deployment, database: HostDatabase, on_postgresql: tuple[str, str]
+) -> None:
+    init_and_start(restored)
+    database.stop()
+    try:
+        assert restored.systemctl("restart", CONTROLLER, timeout=120).returncode != 0
+        first = int(restored.unit(CONTROLLER)["NRestarts"])
+
+        def restarted_past_the_default_start_limit() -> bool:
+            state = restored.unit(CONTROLLER)
+            assert state["Result"] != "start-limit-hit", state
+            return int(state["NRestarts"]) >= first + 6
+
+        wait_until(restarted_past_the_default_start_limit, 60, "six restarts by systemd")
+    finally:
+        database.start()
+    # Back by itself: no systemctl here.
+    restored.wait_active(CONTROLLER, timeout=60)

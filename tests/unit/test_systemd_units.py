@@ -326,7 +326,7 @@ def test_systemd_analyze_verify_reads_the_drop_in_and_knows_its_specifier(tmp_pa
 
 def test_the_drop_in_hands_the_password_file_over_as_a_credential() -> None:
     drop_in = parse_unit(SYSTEMD_DIR / DROP_IN)
-    assert list(drop_in) == ["Service"]
+    assert list(drop_in) == ["Unit", "Service"]
     settings = drop_in["Service"]
     name, _, source = only(settings, "LoadCredential").partition(":")
     assert source == "/etc/rolecall/pgpass"
@@ -337,6 +337,13 @@ def test_the_drop_in_hands_the_password_file_over_as_a_credential() -> None:
     assert set(settings) == {"LoadCredential", "Environment"}
     documented = (SYSTEMD_DIR.parent / "docs" / "operations.md").read_text(encoding="utf-8")
     assert f"systemd/{DROP_IN} {DROP_IN_PATH}" in documented
+
+
+def test_on_postgresql_the_controller_is_never_given_up_on() -> None:
+    """A database that is down at start fails check-config quickly: systemd must keep
+    restarting the controller (tests/systemd/test_postgresql.py shows it coming back)."""
+    assert parse_unit(SYSTEMD_DIR / DROP_IN)["Unit"] == {"StartLimitIntervalSec": ["0"]}
+    assert only(service(UNITS[0]), "Restart") == "on-failure"
 
 
 def test_no_password_is_in_the_units() -> None:
