@@ -7,12 +7,17 @@ wrk (pinned to another core when there is one) replays one signed request for a 
 Every process and temporary directory it starts is removed on exit, failure and Ctrl-C.
 
     .venv/bin/python bench/sts.py [--duration 10] [--connections 16]
+
+With ``--stores`` it measures RoleCall against itself instead: one controller on SQLite next to
+one on PostgreSQL (issue 14: at least 0.8x), the PostgreSQL a throwaway cluster started with
+tests/pg.py (or the database ``--dsn`` names), pinned to the controllers' core.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import http.client
 import json
 import os
@@ -44,6 +49,8 @@ from processes import BenchError, cpu_seconds, log_tail, started  # bench/proces
 from controller.policy.document import PolicyKind, parse_policy
 from controller.policy.evaluate import RequestContext, evaluate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.pg, for --stores
+
 BIN = Path(sys.executable).parent
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -57,6 +64,7 @@ CLIENT_CORE = str(_CORES[1]) if len(_CORES) > 1 else None
 START_TIMEOUT = 60.0
 
 ASSUME_RATIO_TARGET = 10.0
+STORE_RATIO_TARGET = 0.8
 EVALUATIONS_TARGET = 50_000
 
 TRUST_POLICY = json.dumps(
@@ -94,6 +102,13 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    #: CPU seconds of the processes that serve beside it (its PostgreSQL), counted as its own.
+    helpers_cpu: Callable[[], float] | None = None
+
+
+def server_cpu(server: Server) -> float:
+    own = cpu_seconds(server.process.pid)
+    return own + (server.helpers_cpu() if server.helpers_cpu is not None else 0.0)
 
 
 def _wait_for(
@@ -117,10 +132,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def init_rolecall(state_dir: Path) -> tuple[str, str]:
+def init_rolecall(state_dir: Path, config: Path | None = None) -> tuple[str, str]:
     """``rolecall-controller init``: the root key of the new account."""
     subprocess.run(
-        [BIN / "rolecall-controller", "--state-dir", state_dir, "init", "--account-id", ACCOUNT_ID],
+        [
+            BIN / "rolecall-controller",
+            *(["--config", config] if config is not None else []),
+            "--state-dir",
+            state_dir,
+            "init",
+            "--account-id",
+            ACCOUNT_ID,
+        ],
         capture_output=True,
         timeout=60,
         check=True,
@@ -585,13 +608,10 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # so every finally runs, as on Ctrl-C
 
 
-def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkResult]:
-    state_dir = work / "rolecall"
-    access_key_id, secret_access_key = init_rolecall(state_dir)
-    results: dict[str, WrkResult] = {}
-    rolecall_log, moto_log = work / "rolecall.log", work / "moto.log"
-    rolecall_command = [
+def rolecall_command(state_dir: Path, config: Path | None = None) -> list[str]:
+    return [
         str(BIN / "rolecall-controller"),
+        *(["--config", str(config)] if config is not None else []),
         "--state-dir",
         str(state_dir),
         "serve",
@@ -603,8 +623,73 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
         "--metrics-port",
         "0",
     ]
+
+
+def cluster_pids(data: Path) -> list[int]:
+    """The postmaster of the cluster in `data` and its processes (backends included)."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def pin_cluster(data: Path, core: str) -> None:
+    """The cluster's processes on `core` (backends forked later inherit it)."""
+    for pid in cluster_pids(data):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, {int(core)})
+
+
+def cluster_cpu(data: Path) -> Callable[[], float]:
+    """CPU seconds of the cluster: its postmaster and every process under it."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    return lambda: cpu_seconds(postmaster)
+
+
+def measure_stores(arguments: argparse.Namespace, work: Path) -> dict[str, WrkResult]:
+    """RoleCall on SQLite next to RoleCall on PostgreSQL, taking turns as in measure_servers."""
     with ExitStack() as stack:
-        rolecall = stack.enter_context(started(rolecall_command, rolecall_log, SERVER_CORE))
+        dsn = arguments.dsn
+        helpers: Callable[[], float] | None = None
+        if dsn is None:
+            from tests.pg import running_cluster
+
+            cluster = stack.enter_context(running_cluster())
+            pin_cluster(cluster.primary.data, SERVER_CORE)
+            helpers = cluster_cpu(cluster.primary.data)
+            dsn = cluster.dsn(cluster.create_database())
+        config = work / "postgresql.toml"
+        config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+        servers: list[Server] = []
+        keys: dict[str, tuple[str, str]] = {}
+        for name, chosen in (("sqlite", None), ("postgresql", config)):
+            state_dir = work / name
+            keys[name] = init_rolecall(state_dir, chosen)
+            log = work / f"{name}.log"
+            process = stack.enter_context(
+                started(rolecall_command(state_dir, chosen), log, SERVER_CORE)
+            )
+            url = _wait_for(name, process, log, lambda log=log: rolecall_url(log))
+            servers.append(
+                Server(name, url, process, log, helpers if name == "postgresql" else None)
+            )
+        return take_turns(arguments, work, servers, keys)
+
+
+def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkResult]:
+    state_dir = work / "rolecall"
+    access_key_id, secret_access_key = init_rolecall(state_dir)
+    rolecall_log, moto_log = work / "rolecall.log", work / "moto.log"
+    with ExitStack() as stack:
+        rolecall = stack.enter_context(
+            started(rolecall_command(state_dir), rolecall_log, SERVER_CORE)
+        )
         url = _wait_for("rolecall", rolecall, rolecall_log, lambda: rolecall_url(rolecall_log))
         servers = [Server("rolecall", url, rolecall, rolecall_log)]
         # moto needs a port number: chosen once RoleCall holds its own, so they cannot collide.
@@ -613,48 +698,61 @@ def measure_servers(arguments: argparse.Namespace, work: Path) -> dict[str, WrkR
         moto = stack.enter_context(started(moto_command, moto_log, SERVER_CORE))
         url = _wait_for("moto", moto, moto_log, lambda: moto_url(moto_port))
         servers.append(Server("moto", url, moto, moto_log))
-        scripts: dict[str, Path] = {}
-        for server in servers:
-            # moto checks no signature; the same key signs both, so only Host differs.
-            request = sign(server.url, arguments.action, access_key_id, secret_access_key)
-            try:
-                if arguments.action == "AssumeRole":
-                    create_role(server.url, access_key_id, secret_access_key)
-                check_replay(server.name, request, arguments.action)
-            except (BotoCoreError, ClientError, OSError) as error:
-                raise BenchError(
-                    f"{server.name}: setting up failed: {error}\n{log_tail(server.log)}"
-                ) from error
-            scripts[server.name] = work / f"{server.name}.lua"
-            scripts[server.name].write_text(wrk_script(request))
-        for server in servers:
-            if arguments.warmup > 0:
-                print(f"warming up {server.name} ({server.url}) ...", file=sys.stderr, flush=True)
-                run_wrk(scripts[server.name], server.url, arguments.connections, arguments.warmup)
-        # The servers take turns, in rounds ordered A B, B A, A B, ...: this VM's speed drifts by
-        # 10-15 % over tens of seconds, and alternating makes the drift hit both alike, where
-        # one long window each would hand it to whichever ran second.
-        rounds: dict[str, list[WrkResult]] = {server.name: [] for server in servers}
-        seconds = max(1, round(arguments.duration / arguments.rounds))
-        for number in range(arguments.rounds):
-            for server in servers if number % 2 == 0 else servers[::-1]:
-                print(
-                    f"measuring {server.name}, round {number + 1} of {arguments.rounds} ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                cpu_before = cpu_seconds(server.process.pid)
-                core_before = core_busy_seconds(SERVER_CORE)
-                result = run_wrk(scripts[server.name], server.url, arguments.connections, seconds)
-                cpu = (cpu_seconds(server.process.pid) - cpu_before) / seconds
-                core = (core_busy_seconds(SERVER_CORE) - core_before) / seconds
-                rounds[server.name].append(
-                    replace(result, server_cores=cpu, others_cores=max(0.0, core - cpu))
-                )
-                if server.process.poll() is not None:
-                    raise BenchError(f"{server.name} died during the run:\n{log_tail(server.log)}")
-        for name, results_of in rounds.items():
-            results[name] = combined(results_of)
+        # moto checks no signature; the same key signs both, so only Host differs.
+        keys = {server.name: (access_key_id, secret_access_key) for server in servers}
+        return take_turns(arguments, work, servers, keys)
+
+
+def take_turns(
+    arguments: argparse.Namespace,
+    work: Path,
+    servers: list[Server],
+    keys: dict[str, tuple[str, str]],
+) -> dict[str, WrkResult]:
+    """Set each server up, warm it, then measure them in alternating rounds."""
+    results: dict[str, WrkResult] = {}
+    scripts: dict[str, Path] = {}
+    for server in servers:
+        access_key_id, secret_access_key = keys[server.name]
+        request = sign(server.url, arguments.action, access_key_id, secret_access_key)
+        try:
+            if arguments.action == "AssumeRole":
+                create_role(server.url, access_key_id, secret_access_key)
+            check_replay(server.name, request, arguments.action)
+        except (BotoCoreError, ClientError, OSError) as error:
+            raise BenchError(
+                f"{server.name}: setting up failed: {error}\n{log_tail(server.log)}"
+            ) from error
+        scripts[server.name] = work / f"{server.name}.lua"
+        scripts[server.name].write_text(wrk_script(request))
+    for server in servers:
+        if arguments.warmup > 0:
+            print(f"warming up {server.name} ({server.url}) ...", file=sys.stderr, flush=True)
+            run_wrk(scripts[server.name], server.url, arguments.connections, arguments.warmup)
+    # The servers take turns, in rounds ordered A B, B A, A B, ...: this VM's speed drifts by
+    # 10-15 % over tens of seconds, and alternating makes the drift hit both alike, where
+    # one long window each would hand it to whichever ran second.
+    rounds: dict[str, list[WrkResult]] = {server.name: [] for server in servers}
+    seconds = max(1, round(arguments.duration / arguments.rounds))
+    for number in range(arguments.rounds):
+        for server in servers if number % 2 == 0 else servers[::-1]:
+            print(
+                f"measuring {server.name}, round {number + 1} of {arguments.rounds} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            cpu_before = server_cpu(server)
+            core_before = core_busy_seconds(SERVER_CORE)
+            result = run_wrk(scripts[server.name], server.url, arguments.connections, seconds)
+            cpu = (server_cpu(server) - cpu_before) / seconds
+            core = (core_busy_seconds(SERVER_CORE) - core_before) / seconds
+            rounds[server.name].append(
+                replace(result, server_cores=cpu, others_cores=max(0.0, core - cpu))
+            )
+            if server.process.poll() is not None:
+                raise BenchError(f"{server.name} died during the run:\n{log_tail(server.log)}")
+    for name, results_of in rounds.items():
+        results[name] = combined(results_of)
     return results
 
 
@@ -739,6 +837,47 @@ def report(
     return valid
 
 
+def report_stores(arguments: argparse.Namespace, results: dict[str, WrkResult]) -> bool:
+    """The table of RoleCall on SQLite next to RoleCall on PostgreSQL; True if valid."""
+    valid = True
+    print()
+    print(
+        f"{arguments.action}, RoleCall on each store, one core (the controller and its"
+        f" PostgreSQL together), wrk -t1 -c{arguments.connections}, {arguments.rounds}"
+        f" alternating rounds of {max(1, round(arguments.duration / arguments.rounds))} s each"
+    )
+    print(
+        f"{'store':<11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        f" {'socket errors':>14} {'server CPU':>11} {'requests/CPU s':>15}"
+    )
+    per_cpu: dict[str, float] = {}
+    for name, result in results.items():
+        per_cpu[name] = result.requests_per_second / max(result.server_cores, 0.01)
+        print(
+            f"{name:<11} {result.requests_per_second:>11,.0f} {result.p50_ms:>8.2f}"
+            f" {result.p99_ms:>8.2f} {result.non_2xx:>8} {result.socket_errors:>14}"
+            f" {result.server_cores:>6.2f} core {per_cpu[name]:>15,.0f}"
+        )
+        if result.non_2xx or result.socket_errors:
+            valid = False
+            print(f"  {name}: {result.non_2xx + result.socket_errors} errors: NOT a valid figure")
+        if result.others_cores > DISTURBED:
+            print(
+                f"  {name}: other processes took {result.others_cores:.0%} of core {SERVER_CORE}"
+                " meanwhile: a disturbed figure"
+            )
+    sqlite, postgresql = results["sqlite"], results["postgresql"]
+    ratio = postgresql.requests_per_second / sqlite.requests_per_second
+    disturbed = max(sqlite.others_cores, postgresql.others_cores) > DISTURBED
+    verdict = _verdict(ratio >= STORE_RATIO_TARGET, disturbed or not valid)
+    print(
+        f"ratio       PostgreSQL / SQLite = {ratio:.2f} x   (target >= {STORE_RATIO_TARGET}x:"
+        f" {verdict})"
+    )
+    print(f"            per CPU second: {per_cpu['postgresql'] / per_cpu['sqlite']:.2f} x")
+    return valid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -758,6 +897,15 @@ def main(argv: list[str] | None = None) -> int:
         default="AssumeRole",
         help="the STS action replayed",
     )
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="RoleCall on SQLite next to RoleCall on PostgreSQL, instead of next to moto",
+    )
+    parser.add_argument(
+        "--dsn",
+        help="with --stores: the PostgreSQL database to use (default: a throwaway cluster)",
+    )
     parser.add_argument("--policy-runs", type=int, default=5)
     parser.add_argument("--policy-seconds", type=float, default=2.0)
     arguments = parser.parse_args(argv)
@@ -765,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be 1..20")
     if not 1 <= arguments.duration <= 300 or not 1 <= arguments.connections <= 1024:
         parser.error("--duration must be 1..300 seconds and --connections 1..1024")
+    if arguments.dsn is not None and not arguments.stores:
+        parser.error("--dsn goes with --stores")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install wrk; `make bench` does it)")
 
@@ -772,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _stop_on_signal)
     work = Path(tempfile.mkdtemp(prefix="rolecall-bench-"))
     try:
+        if arguments.stores:
+            return 0 if report_stores(arguments, measure_stores(arguments, work)) else 1
         effects = check_policy_mix()
         results = measure_servers(arguments, work)
         print("measuring policy evaluation ...", file=sys.stderr, flush=True)

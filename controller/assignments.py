@@ -12,11 +12,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class AssignmentHub:
-    """Who waits for which node, and waking them: `wait` fires with True on a change, False on
-    timeout; `changed` is called once a change to a node's assignments has committed."""
+    """Who waits for which node, and waking them: `wait` fires with True on a (possible)
+    change, False on timeout; `changed` is called once a change to a node's assignments has
+    committed, here or (on PostgreSQL) through another controller."""
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        #: Set by `stop`: waiters answer with what they have, whatever changed.
+        self.stopped = False
         self._waiters: dict[str, dict[Deferred[bool], IDelayedCall]] = defaultdict(dict)
 
     def wait(self, node: str, seconds: float) -> Deferred[bool]:
@@ -47,11 +50,12 @@ class AssignmentHub:
         return sum(len(waiters) for waiters in self._waiters.values())
 
     def changed_all(self) -> None:
-        """Wake every waiter: each answers with what the store holds now (after changes may
-        have gone unannounced, as while a controller's database listener reconnects)."""
+        """Wake every waiter: each looks at the store again (after changes may have gone
+        unannounced, as while a controller's database listener reconnects)."""
         for node in list(self._waiters):
             self.changed(node)
 
     def stop(self) -> None:
         """Release every waiter (the service is stopping): they answer with what they have."""
+        self.stopped = True
         self.changed_all()

@@ -198,6 +198,18 @@ def _parser() -> argparse.ArgumentParser:
         help="check the configuration and the state directory as serve would, then exit"
         " (0: serve would start)",
     )
+    migrate = commands.add_parser(
+        "migrate-store",
+        help="copy the SQLite store of the state directory into a PostgreSQL database (run it"
+        " again: it copies only what is new); verified by per-table counts and checksums",
+    )
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="DSN",
+        help="the PostgreSQL database: a libpq connection string or a postgresql:// URI (put a"
+        " password in a passfile, not here)",
+    )
     serve = commands.add_parser("serve", help="run the controller until SIGTERM or SIGINT")
     serve.add_argument("--host", help="address of the public API (default 127.0.0.1)")
     serve.add_argument(
@@ -246,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_config(config)
         if args.command == "audit":
             return audit_records(config, args.since, args.instance)
+        if args.command == "migrate-store":
+            return migrate_store(config, args.to)
         if args.command == "identity-certificate":
             return identity_certificate(config)
         for flag, port in (
@@ -949,7 +963,8 @@ def _init_shared(
         account = bootstrap.account
         if bootstrap.root_key is None and account_id not in (None, account.account_id):
             raise CommandError(
-                f"the database is already initialised for account {account.account_id};"
+                f"the store ({store_location(config)}) is already initialised for account"
+                f" {account.account_id};"
                 f" it was not changed (asked for {account_id})"
             )
         ring, ring_how = ensure_key_ring_in(store, now, adopt=config.token_keys_path)
@@ -991,13 +1006,16 @@ def _init_shared(
     credentials = config.root_credentials_path
     if bootstrap.root_key is not None:
         _write_private(credentials, _credentials_text(bootstrap, profile))
-        print(f"Initialised RoleCall in the database (store schema version {version}).")
+        print(
+            f"Initialised RoleCall in the store ({store_location(config)}, schema version"
+            f" {version})."
+        )
         key_id = bootstrap.root_key.access_key_id
         root = f"{key_id}, in {credentials} (profile {profile})"
     else:
         print(
-            f"RoleCall is already initialised in the database (store schema version {version});"
-            " this host shares it."
+            f"RoleCall is already initialised in the store ({store_location(config)}, schema"
+            f" version {version}); this host shares it."
         )
         root = "in the root-credentials file of the host whose init made the account"
     print(f"  account     {account.account_id} ({account.name})")
@@ -1106,6 +1124,74 @@ def audit_records(config: ControllerConfig, since: str | None, instance_id: str 
                 continue
             print(line.rstrip("\n"))
     return 0
+
+
+def migrate_store(config: ControllerConfig, dsn: str) -> int:
+    """Copy the state directory's SQLite store into PostgreSQL and verify both sides."""
+    from controller.store.migrate import copy_to_postgresql
+    from controller.store.postgresql import check_dsn, describe_dsn
+
+    problem = check_dsn(dsn)
+    if problem is not None:
+        raise CommandError(f"--to: {problem}")
+    _check_initialised(replace(config, store_backend="sqlite"))
+    report = copy_to_postgresql(config.database_path, dsn)
+    where = describe_dsn(dsn)
+    rows = [("table", "rows (SQLite)", "rows (PostgreSQL)", "copied", "sha256 (SQLite)", "")]
+    for source, target in zip(report.source, report.target, strict=True):
+        same = source == target
+        rows.append(
+            (
+                source.table,
+                str(source.rows),
+                str(target.rows),
+                str(report.copied[source.table]),
+                source.checksum[:16],
+                "ok" if same else f"DIFFERS (PostgreSQL {target.checksum[:16]})",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    copied = sum(report.copied.values())
+    if not report.verified:
+        raise CommandError(
+            f"the copy in {where} does not match the SQLite store {config.database_path} (see"
+            " the tables marked DIFFERS): do not switch to it"
+        )
+    if copied:
+        print(f"Copied {copied} rows into {where}; every table's count and checksum match.")
+    else:
+        print(f"Nothing new to copy: {where} holds every row already; counts and checksums match.")
+    print(f"The SQLite store {config.database_path} was not changed.")
+    _migrate_shared_files(config, dsn)
+    print("To switch, set in the controller's configuration, then restart it:")
+    print('  [store]\n  backend = "postgresql"')
+    print(f'  dsn = "{_dsn_without_password(dsn)}"')
+    return 0
+
+
+def _migrate_shared_files(config: ControllerConfig, dsn: str) -> None:
+    """What the state directory holds as files and PostgreSQL keeps in the database for every
+    controller (controller.shared): the token key ring, the node CA, the instance identity key
+    and certificate, and the audit log's records. Each is taken only while the database has
+    none, so running the command again changes nothing."""
+    from controller.shared import adopt_files
+    from controller.store.postgresql import PostgreSQLStore
+
+    store = PostgreSQLStore(dsn, pool_size=1)
+    try:
+        for line in adopt_files(store, config, datetime.now(UTC)):
+            print(line)
+    finally:
+        store.close()
+
+
+def _dsn_without_password(dsn: str) -> str:
+    from controller.store.postgresql import redact
+
+    return redact(dsn, dsn)
 
 
 def serve(config: ControllerConfig) -> int:

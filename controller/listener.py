@@ -8,9 +8,10 @@ and each notification becomes `AssignmentHub.changed` (the long polls of that no
 a re-read of the token key ring, on the reactor thread.
 
 Notifications sent while the connection is down are lost: after every (re)connection the
-listener wakes every waiting long poll (each answers with what the database holds now) and
-re-reads the key ring. A lost connection is retried with capped exponential backoff and jitter.
-Connecting (DNS, TCP, TLS, authentication) blocks, so it runs in a thread.
+listener wakes every waiting long poll (each answers if its node's revision moved, else waits
+on: `NodeApi._wait`) and re-reads the key ring. A lost connection is retried with capped
+exponential backoff and jitter. Connecting (DNS, TCP, TLS, authentication) blocks, so it runs
+in a thread.
 """
 
 from __future__ import annotations

@@ -187,16 +187,30 @@ class NodeApi:
         wait = float(_int_arg(arguments, b"wait", 0, 0, int(MAX_WAIT_SECONDS)))
         if node.revision > since or wait == 0:
             return _json(200, self._snapshot(node.name))
-        return self._hub.wait(node.name, wait).addCallback(
-            lambda _changed: self._snapshot_answer(node.name)
-        )
+        return self._wait(node.name, since, self._clock.seconds() + wait)
 
-    def _snapshot_answer(self, node_name: str) -> Response:
-        try:
-            return _json(200, self._snapshot(node_name))
-        except StoreError as error:
-            log.error("node API store failure: {error}", error=str(error))
-            return _json(503, STORE_UNAVAILABLE)
+    def _wait(self, node_name: str, since: int, deadline: float) -> Deferred[Response]:
+        """Answer when the node's revision passes ``since``, or at ``deadline``. A wake-up that
+        finds no newer revision (another controller's notice of a change this poll has seen
+        already, or every poll woken after the database listener reconnected) waits on."""
+        remaining = max(0.0, deadline - self._clock.seconds())
+
+        def woken(changed: bool) -> Response | Deferred[Response]:
+            try:
+                answer = self._snapshot(node_name)
+            except StoreError as error:
+                log.error("node API store failure: {error}", error=str(error))
+                return _json(503, STORE_UNAVAILABLE)
+            if (
+                changed
+                and answer.revision <= since
+                and not self._hub.stopped
+                and self._clock.seconds() < deadline
+            ):
+                return self._wait(node_name, since, deadline)
+            return _json(200, answer)
+
+        return self._hub.wait(node_name, remaining).addCallback(woken)
 
     def _snapshot(self, node_name: str) -> AssignmentsAnswer:
         def read(tx: Transaction) -> AssignmentsAnswer:

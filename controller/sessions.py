@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controller.keyring import KeyRingSource
+from controller.keyring import KeyRingError, KeyRingSource
+from controller.store.base import StoreError
 from controller.tokens import SessionClaims, seal, token_key_id, unseal
 
 
@@ -22,7 +23,12 @@ class Sessions:
     def open(self, token: str, now: datetime) -> SessionClaims:
         key_id = token_key_id(token)
         if key_id is not None and self._keys.ring.get(key_id) is None:
-            self._keys.refresh()
+            try:
+                self._keys.refresh()
+            except KeyRingError as error:
+                # The ring cannot be read now (its file, or the database): the request fails
+                # as one whose store failed (try again), not as one with an invalid token.
+                raise StoreError(str(error)) from None
         return unseal(token, self._keys.ring, now)
 
     def refresh(self) -> None:

@@ -15,12 +15,14 @@ compare-and-set so two rotations at once both count). Writes to the table NOTIFY
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from controller.config import ControllerConfig
 from controller.keyring import KeyRingError, key_ring_from_text, key_ring_to_text, load_key_ring
-from controller.store.base import Conflict, Store, StoreError, Transaction
+from controller.store.base import AuditRow, Conflict, Store, StoreError, Transaction
 from controller.tokens import DEFAULT_KEEP_FOR, KeyRing, new_key_ring
 from controller.xmlout import format_time
 
@@ -204,3 +206,95 @@ def load_pair_in(store: Store, names: tuple[str, str]) -> tuple[bytes, bytes] | 
             " from a backup"
         )
     return key.encode("ascii"), cert.encode("ascii")
+
+
+# --- moving a state directory's files into the database (migrate-store) ------------------------
+
+
+def adopt_pair_in(
+    store: Store, names: tuple[str, str], paths: tuple[Path, Path], now: datetime
+) -> str | None:
+    """Put the key and certificate files ``paths`` under ``names`` unless the database has
+    them: ``"adopted"``, ``"existing"``, or None when the files are not both there."""
+    if load_pair_in(store, names) is not None:
+        return "existing"
+    if not (paths[0].exists() and paths[1].exists()):
+        return None
+    _, _, how = ensure_pair_in(store, names, _no_new_pair, now, adopt=paths)
+    return how
+
+
+def _no_new_pair() -> tuple[bytes, bytes]:
+    raise AssertionError("adopt_pair_in makes no new pair")
+
+
+def adopt_files(store: Store, config: ControllerConfig, now: datetime) -> list[str]:
+    """Copy into the database what the state directory of an SQLite controller holds as files
+    and PostgreSQL shares: the key ring, the node CA, the instance identity and the audit log's
+    records. Each only while the database has none of it (so a second run changes nothing);
+    what was done, one line each, for the operator."""
+    done = []
+    ring_path = config.token_keys_path
+    if not ring_path.exists():
+        done.append(f"token key ring: {ring_path} does not exist; init will make one")
+    else:
+        _, how = ensure_key_ring_in(store, now, adopt=ring_path)
+        done.append(
+            f"token key ring: copied from {ring_path}"
+            if how == "adopted"
+            else "token key ring: the database has one already; the file was not copied"
+        )
+    for what, names, paths in (
+        ("node CA", (NODE_CA_KEY, NODE_CA_CERT), (config.ca_key_path, config.ca_cert_path)),
+        (
+            "instance identity",
+            (IDENTITY_KEY, IDENTITY_CERT),
+            (config.identity_key_path, config.identity_cert_path),
+        ),
+    ):
+        how_pair = adopt_pair_in(store, names, paths, now)
+        if how_pair == "adopted":
+            done.append(f"{what}: copied from {paths[0]} and {paths[1]}")
+        elif how_pair == "existing":
+            done.append(f"{what}: the database has one already; the files were not copied")
+        else:
+            done.append(f"{what}: not in {config.state_dir}; init will make one")
+    done.append(_adopt_audit_log(store, config.audit_log_path))
+    return done
+
+
+def _adopt_audit_log(store: Store, path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"audit log: {path} does not exist; nothing to copy"
+    rows: list[AuditRow] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash: not a record
+        if isinstance(record, dict):
+            instance_id = record.get("instance_id")
+            rows.append(
+                (
+                    str(record.get("time", "")),
+                    instance_id if isinstance(instance_id, str) else None,
+                    line,
+                )
+            )
+
+    def copy(tx: Transaction) -> bool:
+        if tx.list_audit_records(None, None, 0, 1):
+            return False
+        for start in range(0, len(rows), _AUDIT_BATCH):
+            tx.insert_audit_records(rows[start : start + _AUDIT_BATCH])
+        return True
+
+    if not store.run(copy):
+        return "audit log: the database's audit_log has records already; the file was not copied"
+    return f"audit log: {len(rows)} records copied from {path} (the file stays)"
+
+
+#: Audit records per INSERT when a file is copied.
+_AUDIT_BATCH = 500

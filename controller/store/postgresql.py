@@ -17,10 +17,14 @@ COMMIT is in flight leaves its outcome unknown: that is never retried, and the c
 port, database and user only (`describe_dsn`); a password in the DSN never reaches them.
 
 **Read cache.** As on SQLite (see `controller.store.sqlite`), identity and policy reads are kept
-between transactions while the database is unchanged. The key is the transaction's own snapshot,
-``pg_current_snapshot()`` read as its first statement: two snapshots with the same ``xmax`` and
-in-progress list see exactly the same committed rows, on every controller, and any write
-anywhere (by any controller) changes it. Reads from the cache register no SIREAD lock, so a
+between transactions while the database is unchanged. The key is a database snapshot,
+``pg_current_snapshot()``: two snapshots with the same ``xmax`` and in-progress list see exactly
+the same committed rows, on every controller, and any write anywhere (by any controller) changes
+it; no table or trigger is needed. `run()` first reads the current snapshot alone (one round
+trip, no transaction): a request the cache answers entirely (an AssumeRole, a signed request's
+identity and policies) ends there. Its first statement begins the SERIALIZABLE transaction and
+reads that transaction's snapshot; if it is newer than the one cached answers were given at,
+the work is tried again without the cache. Reads from the cache register no SIREAD lock, so a
 transaction that goes on to write first reads again, in the database, what the cache gave it:
 SERIALIZABLE then sees every read its decision rests on.
 """
@@ -233,14 +237,21 @@ class PostgreSQLStore(Store):
     def run(self, work: Callable[[Transaction], _T]) -> _T:
         psycopg = self._psycopg
         reconnected = False
+        use_cache = True
         for attempt in range(ATTEMPTS):
             with self._connection() as connection:
-                tx = _PgTransaction(connection, self._cache)
+                tx = _PgTransaction(connection, self._cache if use_cache else None)
                 try:
-                    tx.begin()
+                    tx.start()
                     result = work(tx)
+                    if tx.stale:  # work caught the signal: its answer may rest on a stale one
+                        raise _StaleCache
                     tx.commit()
                     return result
+                except _StaleCache:
+                    tx.rollback()
+                    use_cache = False  # a second try has no cached answer to be stale
+                    continue
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
                     tx.rollback()
                 except _Unknown:
@@ -253,6 +264,7 @@ class PostgreSQLStore(Store):
                         reconnected = True
                         self._pool.check()
                         continue
+                    tx.rollback()
                     raise self._error("lost the connection to", error) from None
                 except BaseException:
                     tx.rollback()
@@ -310,9 +322,21 @@ class SnapshotCache:
         return entries
 
 
+class _StaleCache(BaseException):
+    """The cache answered a transaction whose database snapshot turned out newer: try again.
+
+    A BaseException, so that no ``except Exception`` in the work swallows it."""
+
+
 class _PgTransaction(SqlTransaction):
-    """A SERIALIZABLE transaction on one pooled connection (autocommit mode: BEGIN and the
-    snapshot read go in one round trip)."""
+    """A SERIALIZABLE transaction on one pooled connection (in autocommit mode, so that BEGIN
+    and the snapshot read go in one round trip).
+
+    With a cache, `start` reads only the current snapshot (one round trip, no transaction): a
+    request answered from the cache alone ends there, with no BEGIN and no COMMIT. Its first
+    statement then begins the transaction and reads its snapshot; if that is newer than the
+    cached answers already given, the work is tried again without the cache (`_StaleCache`), so
+    every answer a transaction sees is its snapshot's."""
 
     def __init__(self, connection: psycopg.Connection[Any], cache: SnapshotCache | None) -> None:
         import psycopg
@@ -324,22 +348,39 @@ class _PgTransaction(SqlTransaction):
         )
         self._connection = connection
         self._cache = cache
+        self._snapshot = ""
         self._entries: dict[tuple[Any, ...], Any] = {}
         self._served: list[tuple[Any, ...]] = []
         self._written = False
         self._open = False
+        self.stale = False
+
+    def start(self) -> None:
+        if self._cache is None:
+            self.begin()
+            return
+        self._snapshot = str(self._cursor.execute("SELECT pg_current_snapshot()").fetchone()[0])
+        self._entries = self._cache.entries_for(self._snapshot)
 
     def begin(self) -> None:
         self._cursor.execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT pg_current_snapshot()")
         self._open = True
         self._cursor.nextset()  # the first result is BEGIN's
         row = self._cursor.fetchone()
-        if self._cache is not None and row is not None:
-            self._entries = self._cache.entries_for(str(row[0]))
+        snapshot = str(row[0]) if row is not None else ""
+        if self._cache is None or snapshot == self._snapshot:
+            return
+        if self._served:
+            self.stale = True
+            raise _StaleCache
+        self._snapshot = snapshot
+        self._entries = self._cache.entries_for(snapshot)
 
     def commit(self) -> None:
         import psycopg
 
+        if not self._open:  # answered from the cache alone: there is no transaction
+            return
         try:
             self._cursor.execute("COMMIT")
         except psycopg.errors.SerializationFailure:
@@ -365,6 +406,8 @@ class _PgTransaction(SqlTransaction):
             return
 
     def _run(self, sql: str, args: Sequence[object] = ()) -> Any:
+        if not self._open:
+            self.begin()
         if not self._written and _WRITES.match(sql):
             self._written = True
             self._register_served()
@@ -381,11 +424,11 @@ class _PgTransaction(SqlTransaction):
         if self._cache is None or self._written:
             return read(self, *args)
         key = (read, *args)
-        entries = self._entries
-        if key in entries:
+        if key in self._entries:
             self._served.append(key)
-            return entries[key]  # type: ignore[no-any-return]
-        value = read(self, *args)
+            return self._entries[key]  # type: ignore[no-any-return]
+        value = read(self, *args)  # may begin the transaction, at a newer snapshot
+        entries = self._entries
         if len(entries) >= SnapshotCache.MAX_ENTRIES:
             entries.clear()
         entries[key] = value

@@ -122,9 +122,18 @@ def missing_console_scripts(directory: Path) -> Path | None:
 
 
 def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
-    """``init`` then ``serve`` on free loopback ports, with an optional configuration file."""
+    """``init`` then ``serve`` on free loopback ports, with an optional configuration file (both
+    read it: a store on PostgreSQL is initialised there)."""
     init = subprocess.run(
-        [BIN / "rolecall-controller", "--state-dir", state_dir, "init", "--account-id", ACCOUNT_ID],
+        [
+            BIN / "rolecall-controller",
+            *(["--config", config] if config is not None else []),
+            "--state-dir",
+            state_dir,
+            "init",
+            "--account-id",
+            ACCOUNT_ID,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -177,7 +177,7 @@ def eventually(check: Callable[[], bool], what: str, seconds: float = 60) -> Non
 def test_init_on_a_second_host_shares_the_database_and_issues_only_its_node_api_certificate(
     pair: Pair,
 ) -> None:
-    assert "already initialised in the database" in pair.init_b
+    assert "already initialised in the store (PostgreSQL" in pair.init_b
     assert "issued now from the shared node CA" in pair.init_b
     host_b = pair.b.state_dir
     assert (host_b / "node-api.pem").exists()

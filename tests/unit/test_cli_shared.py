@@ -40,12 +40,12 @@ def test_init_on_a_second_host_issues_only_its_node_api_certificate_from_the_sha
     host_a, host_b = tmp_path / "a", tmp_path / "b"
     assert run(config, host_a, "init", "--account-id", "111122223333") == 0
     first = capsys.readouterr().out
-    assert "Initialised RoleCall in the database" in first
+    assert "Initialised RoleCall in the store (PostgreSQL" in first
     ca_pem, ring = shared(pg_dsn, "node-ca.pem"), shared(pg_dsn, "token-keys")
     assert ca_pem is not None and ring is not None
     assert run(config, host_b, "init", "--node-api-name", "controller-b.example") == 0
     second = capsys.readouterr().out
-    assert "already initialised in the database" in second
+    assert "already initialised in the store (PostgreSQL" in second
     assert "certificate for controller-b.example, issued now from the shared node CA" in second
     assert (shared(pg_dsn, "node-ca.pem"), shared(pg_dsn, "token-keys")) == (ca_pem, ring)
     assert sorted(path.name for path in host_b.iterdir()) == ["node-api.key", "node-api.pem"]
@@ -150,3 +150,34 @@ def test_a_key_ring_file_stays_the_ring_on_sqlite(tmp_path: Path) -> None:
     before = load_key_ring(state / "token-keys.json")
     assert main(["--state-dir", str(state), "rotate-token-key"]) == 0
     assert load_key_ring(state / "token-keys.json").get(before.active_id) is not None
+
+
+def test_migrate_store_moves_the_state_directorys_shared_files_into_the_database_once(
+    config: Path, tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "sqlite-host"
+    assert main(["--state-dir", str(state), "init"]) == 0
+    record = {"time": "2024-05-01T12:00:01Z", "instance_id": "i-00000001", "node": "hv1"}
+    (state / "audit.log").write_text(json.dumps(record) + "\n")
+    ring = load_key_ring(state / "token-keys.json")
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "migrate-store", "--to", pg_dsn]) == 0
+    out = capsys.readouterr().out
+    assert f"token key ring: copied from {state / 'token-keys.json'}" in out
+    assert "audit log: 1 records copied" in out
+    text = shared(pg_dsn, "token-keys")
+    assert text is not None and json.loads(text)["active"] == ring.active_id
+    assert shared(pg_dsn, "node-ca.pem") == (state / "node-ca.pem").read_text()
+    assert shared(pg_dsn, "instance-identity.pem") == (state / "instance-identity.pem").read_text()
+    with psycopg.connect(pg_dsn) as connection:
+        rows = connection.execute("SELECT instance_id, record FROM audit_log").fetchall()
+    assert [(instance_id, json.loads(text)) for instance_id, text in rows] == [
+        ("i-00000001", record)
+    ]
+    # Again: nothing changes. Then this host, switched to PostgreSQL, keeps what it had.
+    assert main(["--state-dir", str(state), "migrate-store", "--to", pg_dsn]) == 0
+    again = capsys.readouterr().out
+    assert "the database has one already" in again and "has records already" in again
+    assert run(config, state, "init") == 0
+    assert "already initialised in the store (PostgreSQL" in capsys.readouterr().out
+    assert shared(pg_dsn, "token-keys") == text

@@ -159,3 +159,12 @@ def test_retry_delays_are_jittered_between_half_and_all_of_the_ceiling() -> None
     assert retry_delay(1, lambda: 0.999) < INITIAL_DELAY
     assert retry_delay(100, lambda: 0.999) < MAX_DELAY
     assert retry_delay(100, lambda: 0.0) == MAX_DELAY / 2
+
+
+def test_the_listening_connection_gets_keepalives_unless_the_dsn_sets_its_own() -> None:
+    from controller.compose import listener_connection_options
+
+    options = listener_connection_options("host=db1 dbname=rolecall keepalives_idle=60")
+    assert "keepalives_idle" not in options  # the operator's choice stands
+    assert options["keepalives"] == "1" and options["keepalives_count"] == "3"
+    assert options["application_name"] == "rolecall-controller listener"

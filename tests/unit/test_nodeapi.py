@@ -137,11 +137,52 @@ def test_a_poll_at_the_nodes_revision_is_answered_when_it_changes(controller: Co
     assert connection.send(poll(since=3, wait=60)) == []
     assert controller.hub.waiting() == 1
     assert answered(controller, 200) == 0  # counted when answered
-    controller.hub.changed("hv-1")
+    change(controller)
     (answer,) = connection.send(b"")
     assert answer.status == 200
     assert answered(controller, 200) == 1
     assert not connection.transport.disconnecting
+
+
+def change(controller: Controller) -> None:
+    """A change to hv-1's assignments, as the API makes one: its revision, then the wake."""
+    with controller.store.transaction() as tx:
+        tx.bump_node_revision("hv-1")
+    controller.hub.changed("hv-1")
+
+
+def test_a_wake_without_a_newer_revision_waits_on_until_the_change_or_the_end(
+    controller: Controller,
+) -> None:
+    # Another controller's late notice of a change this poll has seen, or every poll woken
+    # after the database listener reconnected: no answer without a change.
+    connection = controller.connect(controller.certificate)
+    assert connection.send(poll(since=3, wait=60)) == []
+    controller.hub.changed("hv-1")
+    controller.hub.changed_all()
+    assert connection.send(b"") == [] and controller.hub.waiting() == 1
+    controller.clock.advance(30)
+    change(controller)
+    (answer,) = connection.send(b"")
+    assert json.loads(answer.body)["revision"] == 4
+    # And one woken without a change still ends when its wait does.
+    assert connection.send(poll(since=4, wait=60)) == []
+    controller.clock.advance(59)
+    controller.hub.changed("hv-1")
+    controller.clock.advance(1)
+    (answer,) = connection.send(b"")
+    assert (answer.status, json.loads(answer.body)["revision"]) == (200, 4)
+    assert controller.hub.waiting() == 0
+
+
+def test_a_stopping_controller_answers_every_poll_with_what_it_has(
+    controller: Controller,
+) -> None:
+    connection = controller.connect(controller.certificate)
+    assert connection.send(poll(since=3, wait=60)) == []
+    controller.hub.stop()
+    (answer,) = connection.send(b"")
+    assert (answer.status, json.loads(answer.body)["revision"]) == (200, 3)
 
 
 def test_a_poll_is_answered_when_its_wait_runs_out(controller: Controller) -> None:
@@ -170,7 +211,7 @@ def test_a_node_that_hangs_up_on_its_poll_stops_waiting_and_is_not_counted(
 def test_a_request_pipelined_behind_a_poll_is_answered_after_it(controller: Controller) -> None:
     connection = controller.connect(controller.certificate)
     assert connection.send(poll(since=3, wait=60) + poll(since=-1, wait=0)) == []
-    controller.hub.changed("hv-1")
+    change(controller)
     assert [answer.status for answer in connection.send(b"")] == [200, 200]
     assert controller.hub.waiting() == 0
 
@@ -248,3 +289,15 @@ def test_query_arguments_are_read_as_before(controller: Controller, query: str) 
     connection = controller.connect(controller.certificate)
     request = f"GET /v1/assignments?{query} HTTP/1.1\r\nHost: controller\r\n\r\n"
     assert [answer.status for answer in connection.send(request.encode())] == [200]
+
+
+def test_a_node_that_hangs_up_while_its_poll_waits_on_is_forgotten(
+    controller: Controller,
+) -> None:
+    connection = controller.connect(controller.certificate)
+    connection.send(poll(since=3, wait=60))
+    controller.hub.changed("hv-1")  # woken without a change: waits on
+    assert controller.hub.waiting() == 1
+    connection.protocol.connectionLost(Failure(ConnectionError("the node hung up")))
+    assert controller.hub.waiting() == 0
+    assert answered(controller, 200) == 0

@@ -54,7 +54,8 @@ def alerts() -> list[dict[str, Any]]:
 def exported_series() -> set[str]:
     """Every series name a scrape of the controller or an agent can contain."""
     registry = CollectorRegistry()
-    controller = ControllerMetrics(registry, actions=[("iam", "GetRole")])
+    # The database listener's gauge is there on PostgreSQL only.
+    ControllerMetrics(registry, actions=[("iam", "GetRole")]).database_listener()
     idle_agent = SimpleNamespace(
         slots={},
         credentials=[],
@@ -63,8 +64,7 @@ def exported_series() -> set[str]:
         last_poll_success=None,
     )
     AgentMetrics(registry, idle_agent, standard=False)  # type: ignore[arg-type]
-    # What a controller on PostgreSQL and an agent with several controller URLs add.
-    controller.database_listener()
+    # What an agent with several controller URLs adds.
     several_urls = SimpleNamespace(urls=("https://a:8775", "https://b:8775"), current=None)
     several_urls.failovers = {}
     registry.register(FailoverCollector(several_urls))  # type: ignore[arg-type]

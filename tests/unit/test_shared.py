@@ -276,3 +276,23 @@ def test_without_notifications_a_revocation_reaches_a_controller_at_its_next_tim
     finally:
         refresh.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_ring_that_cannot_be_read_fails_the_request_as_a_store_failure(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A token naming a key this controller does not hold, while the database is unreachable:
+    # the caller hears "try again" (ServiceFailure), not that its token is invalid.
+    from controller import shared
+
+    ensure_key_ring_in(store, NOW)
+    held = KeyRingRow(store)
+    claims = assumed_role_claims()
+    token = seal(claims, rotate_key_ring_in(store, NOW))
+
+    def unreachable(_store: object, _name: str) -> str:
+        raise StoreError("cannot connect to the store (PostgreSQL host=db1)")
+
+    monkeypatch.setattr(shared, "read_shared", unreachable)
+    with pytest.raises(StoreError, match=r"in the database .* cannot be read: cannot connect"):
+        Sessions(held).open(token, claims.issued)

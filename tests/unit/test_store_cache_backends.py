@@ -181,24 +181,40 @@ def test_run_answers_a_read_it_made_before_from_the_cache(
     assert asked == ["web"]
 
 
-@pytest.mark.parametrize("opener", ["postgresql"], indirect=True)
-def test_a_postgresql_transaction_sees_one_snapshot_whatever_commits_meanwhile(
+def test_a_transaction_never_mixes_a_cached_answer_with_a_newer_snapshot(
     store: Store, other: Other
 ) -> None:
-    """The cache key is the transaction's own snapshot: a commit after it began is seen neither
-    through the cache nor through the database, and the next transaction sees it. (SQLite's
-    counterpart: test_store_cache.py, test_run_tries_again_when_the_database_changed_...)"""
+    """Another process commits between a cached answer and the transaction's first statement:
+    the store tries the work again without the cache, so it sees only the newer state."""
     assert store.run(trust) == OLD_TRUST  # cached
     seen: list[tuple[str | None, int]] = []
+    changed = False
 
     def work(tx: Transaction) -> None:
+        nonlocal changed
         cached = trust(tx)
-        if not seen:
+        if not changed:
+            changed = True
             other.execute("UPDATE roles SET assume_role_policy = ?", (NEW_TRUST,))
             other.execute("DELETE FROM role_policies")
         seen.append((cached, len(tx.list_role_policies(ROLE.role_id))))
 
     store.run(work)
-    assert seen == [(OLD_TRUST, 1)]
-    assert store.run(trust) == NEW_TRUST
-    assert store.run(lambda tx: tx.list_role_policies(ROLE.role_id)) == []
+    assert seen == [(NEW_TRUST, 0)]
+
+
+def test_a_request_answered_from_the_cache_alone_waits_for_no_lock(
+    store: Store, other: Other
+) -> None:
+    """Another process holds a lock that would hold up a read of the table (SQLite's write
+    lock, PostgreSQL's ACCESS EXCLUSIVE): a request the cache answers does not wait for it."""
+    assert store.run(trust) == OLD_TRUST
+    if isinstance(store, SQLiteStore):
+        other.execute("BEGIN IMMEDIATE")
+    else:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE roles IN ACCESS EXCLUSIVE MODE")
+    try:
+        assert store.run(trust) == OLD_TRUST
+    finally:
+        other.execute("ROLLBACK")
