@@ -272,7 +272,9 @@ class Cluster:
         yield self.dsn(self.create_database(template))
 
     def start_standby(self) -> Server:
-        """A streaming standby of the primary (pg_basebackup -R), running on its own port."""
+        """A streaming standby of the primary (pg_basebackup -R), running on its own port. Make
+        it from a cluster of the test's own (`running_cluster()`): the session's holds every
+        test's database, and a base backup copies them all."""
         prefix, _, _ = _run_as_owner()
         data = self.directory / f"data-standby{len(self.standbys) + 1}"
         _run(

@@ -150,11 +150,9 @@ class PostgreSQLStore(Store):
                 name="rolecall-store",
             )
         )
-        try:
-            self._pool.open(wait=True, timeout=max(connection_timeout, CONNECTION_TIMEOUT))
-        except Exception as error:
-            self._pool.close()
-            raise self._error("cannot connect to", error) from None
+        # The migration's connection has just shown that the DSN works: the pool connects in
+        # the background, and the first call waits for it (at most `connection_timeout`).
+        self._pool.open(wait=False)
 
     def _error(self, what: str, error: BaseException) -> StoreError:
         detail = redact(str(error).strip(), self.dsn) or type(error).__name__

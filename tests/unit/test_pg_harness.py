@@ -49,3 +49,31 @@ def test_a_wrong_password_is_refused(pg_cluster: Cluster, pg_dsn: str, tmp_path:
         assert "password authentication failed" in str(error)
     else:
         raise AssertionError("a wrong password was accepted")
+
+
+def test_a_streaming_standby_follows_the_primary_and_can_be_promoted() -> None:
+    """For the failover tests: pg_basebackup -R, streaming, then pg_ctl promote, on a cluster of
+    the test's own (the session's holds every test's database: a base backup of it grows with
+    the suite)."""
+    import psycopg
+
+    from tests.pg import running_cluster, wait_for_recovery_end
+    from tests.waiting import wait_until
+
+    with running_cluster() as cluster:
+        name = cluster.create_database()
+        with psycopg.connect(cluster.dsn(name), autocommit=True) as connection:
+            connection.execute("CREATE TABLE probe (id integer)")
+            connection.execute("INSERT INTO probe VALUES (1)")
+        standby = cluster.start_standby()
+
+        def replicated() -> bool:
+            with psycopg.connect(cluster.dsn(name, port=standby.port)) as connection:
+                row = connection.execute("SELECT count(*), pg_is_in_recovery() FROM probe")
+                return row.fetchone() == (1, True)
+
+        wait_until(replicated, 30, "the standby to replay the primary's insert")
+        cluster.pg_ctl(standby, "promote", "-w")
+        wait_for_recovery_end(cluster, standby)
+        with psycopg.connect(cluster.dsn(name, port=standby.port), autocommit=True) as promoted:
+            promoted.execute("INSERT INTO probe VALUES (2)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from controller.store.base import Conflict, Store, StoreError
+from controller.store.migrate import TABLES
 from controller.store.postgresql import PostgreSQLStore, describe_dsn
 from controller.store.records import (
     AccessKey,
@@ -75,13 +76,32 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
     yield Backend("sqlite", str(path), lambda: SQLiteStore(path), execute)
 
 
+_SHARED: dict[int, str] = {}
+
+
+def _shared_database(cluster: Cluster) -> str:
+    """One migrated database per cluster for these tests, emptied before each: creating a
+    database per test costs 0.2 to 0.8 s, emptying one a few milliseconds."""
+    if id(cluster) not in _SHARED:
+        dsn = cluster.dsn(cluster.create_database())
+        PostgreSQLStore(dsn).close()
+        _SHARED[id(cluster)] = dsn
+    dsn = _SHARED[id(cluster)]
+    import psycopg
+
+    with psycopg.connect(dsn) as connection:
+        connection.execute(f"TRUNCATE {', '.join(TABLES)}".encode())
+        connection.execute("DELETE FROM schema_version")
+        connection.execute(
+            "INSERT INTO schema_version (version) VALUES (%s)",
+            (migrations("postgresql")[-1][0],),
+        )
+    return dsn
+
+
 @contextmanager
 def postgresql_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    cluster: Cluster = request.getfixturevalue("pg_cluster")
-    # A copy of a database migrated once: the migrations themselves are tested on an empty one
-    # (test_an_empty_postgresql_database_is_migrated_to_the_newest_version).
-    template = cluster.template("rolecall_migrated", lambda dsn: PostgreSQLStore(dsn).close())
-    dsn = cluster.dsn(cluster.create_database(template))
+    dsn = _shared_database(request.getfixturevalue("pg_cluster"))
 
     def execute(sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
         import psycopg
