@@ -7,8 +7,8 @@ owner. Authentication: ``trust`` on that socket (only its owner and root can rea
 with a random password over TCP; the password sits in a 0600 passfile in the cluster's directory,
 so the DSNs the tests hand around carry ``passfile=`` and no password (as operators are told to
 do). A session has one cluster (the `pg_cluster` fixture in tests/conftest.py) and each test its
-own database (`pg_dsn`), made from ``template0`` (or a template `Cluster.template` prepared
-once) and left for the cluster's removal at the session's end.
+own database (`pg_dsn`), made from ``template0`` and left for the cluster's removal at the
+session's end.
 
 Clusters left behind by a session that was killed (SIGKILL leaves no teardown) are found by
 their directory's ``owner.pid`` and removed by the next session. `Cluster.start_standby()` adds
@@ -29,7 +29,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +136,6 @@ class Cluster:
     primary: Server
     standbys: list[Server] = field(default_factory=list)
     _counter: int = 0
-    _templates: set[str] = field(default_factory=set)
 
     @classmethod
     def start(cls) -> Cluster:
@@ -250,16 +249,6 @@ class Cluster:
         self._counter += 1
         name = f"t{os.getpid()}_{self._counter}_{secrets.token_hex(3)}"
         self._superuser_sql(f"CREATE DATABASE {name} OWNER {APP_USER} TEMPLATE {template}")
-        return name
-
-    def template(self, name: str, prepare: Callable[[str], None]) -> str:
-        """A template database made once per cluster by ``prepare(dsn)`` (e.g. a migrated
-        schema), so that tests copy it instead of preparing each database themselves."""
-        if name not in self._templates:
-            self._superuser_sql(f"CREATE DATABASE {name} OWNER {APP_USER} TEMPLATE template0")
-            prepare(self.dsn(name))
-            self._superuser_sql(f"ALTER DATABASE {name} WITH IS_TEMPLATE true")
-            self._templates.add(name)
         return name
 
     def drop_database(self, name: str) -> None:

@@ -37,7 +37,10 @@ class StoreError(Exception):
 
 
 class Conflict(StoreError):
-    """A constraint was violated: a name taken, a key that exists, a row still referenced."""
+    """A constraint was violated: a name taken, a key that exists, a row still referenced.
+
+    On PostgreSQL the transaction cannot go on after it (every later statement fails): work
+    that catches it turns it into its own error and ends, as every caller here does."""
 
 
 class Transaction(abc.ABC):
