@@ -120,7 +120,13 @@ def make_service(
     """
     root = MultiService()
     shared = config.store_backend == "postgresql"
-    keys: KeyRingSource = KeyRingRow(store) if shared else KeyRingFile(config.token_keys_path)
+    # On PostgreSQL, a store of one connection of its own for what is read or written beside a
+    # request's transaction: the audit table (from a thread) and the key ring row (re-read while
+    # a request holds one of the pool's connections, which may be its only one).
+    side_store = open_store(config.with_overrides(store_pool_size=1)) if shared else None
+    keys: KeyRingSource = (
+        KeyRingRow(side_store) if side_store is not None else KeyRingFile(config.token_keys_path)
+    )
     sessions = Sessions(keys)
     hub = AssignmentHub(reactor)
     actions = api_registry()
@@ -175,12 +181,11 @@ def make_service(
     refresh = KeyRingRefresh(sessions, KEY_RING_REFRESH_SECONDS, reactor)
     add_service(root, "key-ring-refresh", refresh)
     audit: AuditLog | DatabaseAuditLog
-    if shared:
-        # The audit table is written from a thread, one group at a time: on a store (one
-        # connection) of its own, apart from the reactor's.
-        audit_store = open_store(config.with_overrides(store_pool_size=1))
-        audit = DatabaseAuditLog(audit_store)
-        add_service(root, "audit-store", CloseStore(audit_store))
+    if side_store is not None:
+        # The audit table is written from a thread, one group at a time, apart from the pool
+        # the reactor's requests use.
+        audit = DatabaseAuditLog(side_store)
+        add_service(root, "side-store", CloseStore(side_store))
         add_service(root, "listener", change_listener(config, reactor, hub, refresh, metrics))
     else:
         audit = AuditLog(config.audit_log_path)

@@ -144,7 +144,9 @@ def pair(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     base = tmp_path_factory.mktemp("controllers")
     with pg_cluster.database() as dsn:
         config = base / "controller.toml"
-        config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+        # pool_size 1: nothing a request does may need a second connection of the pool (the
+        # key ring's re-read on an unknown key id goes through the controller's side store).
+        config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\npool_size = 1\n')
         host_a, host_b = base / "host-a", base / "host-b"
         init_a = cli(config, host_a, "init", "--account-id", ACCOUNT_ID)
         assert init_a.returncode == 0, init_a.stderr

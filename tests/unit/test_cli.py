@@ -330,3 +330,5 @@ def test_init_on_a_postgresql_store_creates_the_account_there_and_twice_changes_
     assert "already initialised in the store (PostgreSQL" in capsys.readouterr().out
     assert main([*arguments, "account", "list"]) == 0
     assert "111122223333" in capsys.readouterr().out
+    assert main([*arguments, "check-config"]) == 0
+    assert "store PostgreSQL host=127.0.0.1" in capsys.readouterr().out
