@@ -1,8 +1,9 @@
 """One container for the whole run (``make test-systemd``): a cached Debian 12 tree copied fresh,
 booted with systemd 252 as PID 1, RoleCall installed in it as docs/operations.md says, the
-controller and one node's agent enabled and started. Each test gets it with both units running
-and leaves it so: `restored` puts back what a test changed (agent.toml, a stopped controller,
-its instances), whether the test passed or not.
+controller and one node's agent enabled and started; and a PostgreSQL on the host whose socket
+directory the container sees at /run/postgresql (tests/systemd/database.py). Each test gets it
+with both units running and leaves it so: `restored` puts back what a test changed (agent.toml,
+a stopped controller, its instances), whether the test passed or not.
 
 The time each phase took is printed at the end of the run.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.systemd import container as containers
+from tests.systemd.database import INSIDE, HostDatabase, host_database
 from tests.systemd.deployment import (
     AGENT,
     AGENT_TOML,
@@ -67,7 +69,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def database() -> Iterator[HostDatabase]:
+    """A PostgreSQL on the host that the container reaches at /run/postgresql (tests/systemd/
+    database.py): started before the container boots, which binds its socket directory."""
+    with Phase("PostgreSQL on the host (initdb, start)"):
+        context = host_database()
+        database = context.__enter__()
+    try:
+        yield database
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, database: HostDatabase
+) -> Iterator[Deployment]:
     for tool in ("systemd-nspawn", "debootstrap", "nsenter"):
         assert shutil.which(tool), f"{tool} is missing (make test-systemd installs it)"
     workdir = tmp_path_factory.mktemp("systemd")
@@ -82,6 +99,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         build_wheels(wheelhouse)
     with Phase("copy of the root file system"):
         container = containers.Container(tree, workdir)
+    container.read_only_binds.append((database.socket_dir, INSIDE))
     try:
         with Phase("boot (systemd-nspawn to 'running')"):
             put_sources(container, wheelhouse)

@@ -227,6 +227,8 @@ class Container:
         self.leader = 0
         self._cgroups: list[Path] = []
         self._background: list[subprocess.Popen[str]] = []
+        #: Host directories bound read-only into the container at boot: (host path, inside).
+        self.read_only_binds: list[tuple[Path, str]] = []
         started = time.monotonic()
         result = subprocess.run(
             ["cp", "--archive", "--reflink=auto", str(tree), str(self.root)],
@@ -250,6 +252,7 @@ class Container:
             "--settings=no", "--link-journal=no", "--resolv-conf=off", "--timezone=off",
             "--console=read-only",
         ]  # fmt: skip
+        argv += [f"--bind-ro={host}:{inside}" for host, inside in self.read_only_binds]
         if _host_has_systemd():
             # --keep-unit then needs a unit of its own to keep: a transient scope.
             argv = ["systemd-run", "--quiet", "--scope", f"--unit={self.name}", *argv]

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.python.failure import Failure
 
 from agent.client import ControllerUnreachable, NodeApiError
-from agent.metrics import PROXY_REASONS, AgentMetrics
+from agent.metrics import PROXY_REASONS, AgentMetrics, FailoverCollector
 from agent.reconcile import POLL_FAILURE_REASONS
 from agent.rotation import failure_reason
 from controller.metrics import ControllerMetrics, NodeContactCollector
@@ -64,6 +64,10 @@ def exported_series() -> set[str]:
         last_poll_success=None,
     )
     AgentMetrics(registry, idle_agent, standard=False)  # type: ignore[arg-type]
+    # What an agent with several controller URLs adds.
+    several_urls = SimpleNamespace(urls=("https://a:8775", "https://b:8775"), current=None)
+    several_urls.failovers = {}
+    registry.register(FailoverCollector(several_urls))  # type: ignore[arg-type]
     names = {NodeContactCollector.NAME}
     for family in registry.collect():
         names.update(family.name + suffix for suffix in SUFFIXES[family.type])
@@ -119,6 +123,9 @@ def test_the_alerts_cover_expiry_refresh_failures_an_unreachable_controller_and_
         "RoleCallAgentNotPolling",
         "RoleCallNodeOutOfContact",
         "RoleCallProxiedMetadataRequestsRising",
+        "RoleCallNoControllerUp",
+        "RoleCallDatabaseListenerDown",
+        "RoleCallAgentFailingOverRepeatedly",
     } <= names
 
 

@@ -277,6 +277,102 @@ def test_controller_state_is_private_and_the_rest_read_only() -> None:
     assert "@system-service" in words(settings, "SystemCallFilter")
 
 
+# the controller on PostgreSQL
+
+DROP_IN = "rolecall-controller-postgresql.conf"
+#: Where docs/operations.md installs the drop-in.
+DROP_IN_PATH = "/etc/systemd/system/rolecall-controller.service.d/postgresql.conf"
+
+
+def controller_with_drop_in(directory: Path, drop_in: str | None = None) -> Path:
+    """The controller's unit as in the verify test above, with the PostgreSQL drop-in (or
+    `drop_in`'s text) in its .d directory, where systemd-analyze looks for drop-ins."""
+    unit = directory / UNITS[0]
+    text = (SYSTEMD_DIR / UNITS[0]).read_text(encoding="utf-8")
+    unit.write_text(text.replace(INSTALLED_BIN, f"{VENV_BIN}/"), encoding="utf-8")
+    (directory / f"{UNITS[0]}.d").mkdir()
+    if drop_in is None:
+        drop_in = (SYSTEMD_DIR / DROP_IN).read_text(encoding="utf-8")
+    (directory / f"{UNITS[0]}.d" / "postgresql.conf").write_text(drop_in, encoding="utf-8")
+    return unit
+
+
+def verify(unit: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [systemd_tool("systemd-analyze"), "verify", "--man=no", "--recursive-errors=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_systemd_analyze_verify_accepts_the_controller_with_the_postgresql_drop_in(
+    tmp_path: Path,
+) -> None:
+    assert verify(controller_with_drop_in(tmp_path)) == (0, "")
+
+
+def test_systemd_analyze_verify_reads_the_drop_in_and_knows_its_specifier(tmp_path: Path) -> None:
+    """The test above can fail: systemd 252 reads the drop-in beside the unit and resolves %d
+    (the credentials directory) but no unknown specifier."""
+    text = (SYSTEMD_DIR / DROP_IN).read_text(encoding="utf-8")
+    assert "%d/" in text
+    status, output = verify(controller_with_drop_in(tmp_path, text.replace("%d/", "%Q/")))
+    assert status != 0
+    assert "Failed to resolve specifiers in PGPASSFILE=%Q/pgpass" in output
+
+
+def test_the_drop_in_hands_the_password_file_over_as_a_credential() -> None:
+    drop_in = parse_unit(SYSTEMD_DIR / DROP_IN)
+    assert list(drop_in) == ["Unit", "Service"]
+    settings = drop_in["Service"]
+    name, _, source = only(settings, "LoadCredential").partition(":")
+    assert source == "/etc/rolecall/pgpass"
+    assert CONTROLLER_CONFIG_PATH.parent == Path(source).parent
+    # libpq reads the copy in the credentials directory, under the credential's name.
+    assert only(settings, "Environment") == f"PGPASSFILE=%d/{name}"
+    # Nothing else: the drop-in loosens none of the unit's hardening.
+    assert set(settings) == {"LoadCredential", "Environment"}
+    documented = (SYSTEMD_DIR.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert f"systemd/{DROP_IN} {DROP_IN_PATH}" in documented
+
+
+def test_on_postgresql_the_controller_is_never_given_up_on() -> None:
+    """A database that is down at start fails check-config quickly: systemd must keep
+    restarting the controller (tests/systemd/test_postgresql.py shows it coming back)."""
+    assert parse_unit(SYSTEMD_DIR / DROP_IN)["Unit"] == {"StartLimitIntervalSec": ["0"]}
+    assert only(service(UNITS[0]), "Restart") == "on-failure"
+
+
+def test_no_password_is_in_the_units() -> None:
+    """The password reaches libpq as a file only: no PGPASSWORD, no password= in a DSN."""
+    for path in (SYSTEMD_DIR / UNITS[0], SYSTEMD_DIR / DROP_IN):
+        for values in parse_unit(path).get("Service", {}).values():
+            for value in values:
+                assert "PGPASSWORD" not in value and "password=" not in value.lower(), value
+
+
+def test_the_controller_starts_after_a_local_postgresql_without_pulling_it_in() -> None:
+    unit = parse_unit(SYSTEMD_DIR / UNITS[0])["Unit"]
+    assert "postgresql.service" in words(unit, "After")
+    assert "postgresql.service" not in words(unit, "Wants") | words(unit, "Requires")
+
+
+def test_systemd_analyze_security_rates_the_controller_with_the_drop_in_as_low(
+    tmp_path: Path,
+) -> None:
+    unit = controller_with_drop_in(tmp_path)
+    done = subprocess.run(
+        [systemd_tool("systemd-analyze"), "security", "--offline=yes", "--threshold=20",
+         "--no-pager", str(unit)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+    assert done.returncode == 0, f"over 2.0: {verdict}"
+
+
 # the agent
 
 CAPABILITIES = {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_KILL"}

@@ -1,5 +1,6 @@
 """vagrant/: the Vagrantfile parses (``ruby -c``) and, evaluated against a recording stand-in for
-Vagrant, describes one controller and two compute hosts for libvirt and VirtualBox; the
+Vagrant, describes a PostgreSQL machine, two controllers and two compute hosts for libvirt and
+VirtualBox; the
 provisioning scripts pass ``bash -n`` and ``shellcheck``, and the configuration files they write
 are accepted by RoleCall's own configuration parsers; the domain guest.sh writes is one
 RoleCall's libvirt hook plugs. (Nothing here runs Vagrant, libvirt or the scripts' effects.)"""
@@ -10,6 +11,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from functools import cache
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import psycopg
 import pytest
 import yaml
 
@@ -30,6 +33,8 @@ from agent.config import (
 from agent.hook import HookTarget, parse_domain
 from agent.steer import check_tap
 from controller.config import config_from_string
+from tests.pg import Cluster
+from tests.unit.test_systemd_units import parse_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 VAGRANT = ROOT / "vagrant"
@@ -206,6 +211,8 @@ def test_there_are_provisioning_scripts() -> None:
         "controller.sh",
         "compute.sh",
         "guest.sh",
+        "postgresql.sh",
+        "rcc.sh",
     }
 
 
@@ -246,17 +253,25 @@ def test_each_script_is_bash_that_stops_at_the_first_error(script: Path) -> None
     assert "set -euo pipefail" in lines
 
 
-def test_the_vagrantfile_defines_a_controller_and_two_compute_hosts() -> None:
+MACHINES = ["db", "controller1", "controller2", "compute1", "compute2"]
+CONTROLLERS = ("controller1", "controller2")
+
+
+def test_the_vagrantfile_defines_a_database_two_controllers_and_two_compute_hosts() -> None:
+    """In this order, which is the order they come up in: each needs what the one before put in
+    the shared folder."""
     defined = machines()
-    assert list(defined) == ["controller", "compute1", "compute2"]
-    assert defined["controller"]["options"] == {"primary": True}
+    assert list(defined) == MACHINES
+    assert [name for name, machine in defined.items() if machine["options"].get("primary")] == [
+        "controller1"
+    ]
     for name, machine in defined.items():
         assert vm(machine)["set"]["hostname"] == name
 
 
 def test_the_machines_have_distinct_addresses_on_one_private_network() -> None:
     addresses = [address(machine) for machine in machines().values()]
-    assert len(set(addresses)) == 3
+    assert len(set(addresses)) == len(MACHINES)
     for value in addresses:
         assert ip_address(value) in PRIVATE_NETWORK
         assert ip_address(value).is_private
@@ -306,7 +321,9 @@ def test_the_machines_come_up_one_after_the_other() -> None:
 
 def test_each_machine_is_provisioned_by_scripts_that_exist() -> None:
     expected = {
-        "controller": ["common", "controller"],
+        "db": ["common", "postgresql"],
+        "controller1": ["common", "controller"],
+        "controller2": ["common", "controller"],
         "compute1": ["common", "compute"],
         "compute2": ["common", "compute"],
     }
@@ -318,17 +335,28 @@ def test_each_machine_is_provisioned_by_scripts_that_exist() -> None:
             assert (VAGRANT / step["path"]).is_file(), step["path"]
 
 
-def test_the_provisioning_arguments_name_the_hosts_and_the_controller_address() -> None:
+def test_the_provisioning_arguments_name_the_hosts_the_database_and_the_controllers() -> None:
     defined = machines()
     hosts = [f"{name}={address(machine)}" for name, machine in defined.items()]
-    controller_address = address(defined["controller"])
-    controller_steps = provisioners(defined["controller"])
-    assert controller_steps["common"]["args"] == hosts
-    assert controller_steps["controller"]["args"] == [controller_address, "compute1", "compute2"]
+    database = address(defined["db"])
+    controllers = [address(defined[name]) for name in CONTROLLERS]
+    for machine in defined.values():
+        assert provisioners(machine)["common"]["args"] == hosts
+    assert provisioners(defined["db"])["postgresql"]["args"] == [
+        database,
+        *(f"{name}={address(defined[name])}" for name in CONTROLLERS),
+    ]
+    # The first controller enrolls the compute hosts; the second only joins.
+    assert provisioners(defined["controller1"])["controller"]["args"] == [
+        controllers[0],
+        database,
+        "compute1",
+        "compute2",
+    ]
+    assert provisioners(defined["controller2"])["controller"]["args"] == [controllers[1], database]
     for name in ("compute1", "compute2"):
         steps = provisioners(defined[name])
-        assert steps["common"]["args"] == hosts
-        assert steps["compute"]["args"] == [name, address(defined[name]), controller_address]
+        assert steps["compute"]["args"] == [name, address(defined[name]), *controllers]
 
 
 def test_the_scripts_install_files_the_project_has() -> None:
@@ -346,34 +374,79 @@ def test_the_units_and_the_controllers_user_are_installed() -> None:
     assert "VENV=/opt/rolecall/venv" in common
 
 
-def test_the_controller_configuration_listens_on_every_address() -> None:
+def test_the_controller_configuration_listens_on_every_address_and_stores_in_postgresql() -> None:
+    database = address(machines()["db"])
     text = heredoc(
-        VAGRANT / "scripts" / "controller.sh", "CONTROLLER_TOML", {"STATE": "/var/lib/rolecall"}
+        VAGRANT / "scripts" / "controller.sh",
+        "CONTROLLER_TOML",
+        {"STATE": "/var/lib/rolecall", "database": database},
     )
     config = config_from_string(text, "controller.toml")
     every_address = "0.0.0.0"  # noqa: S104 - the example's machines are reached from the others
     assert (config.api_host, config.node_api_host, config.metrics_host) == (every_address,) * 3
     assert config.state_dir == Path("/var/lib/rolecall")
+    assert config.store_backend == "postgresql"
+    assert config.store_dsn is not None
+    dsn = dict(item.split("=", 1) for item in config.store_dsn.split())
+    assert dsn["host"] == database
+    assert (dsn["dbname"], dsn["user"]) == ("rolecall", "rolecall")
+    assert dsn["sslmode"] == "require"
+    assert "password" not in dsn, "the password is in /etc/rolecall/pgpass, never in the DSN"
 
 
 def test_the_controller_is_initialised_and_nodes_enrolled_as_the_services_user() -> None:
+    """With the password file handed over as the unit's drop-in does (a credential of a
+    transient service), so that the password is in no command line and no environment."""
     script = (VAGRANT / "scripts" / "controller.sh").read_text(encoding="utf-8")
-    assert "runuser -u rolecall --" in script
-    assert 'as_rolecall init --node-api-name "$address"' in script
-    assert 'as_rolecall enroll-node "$node" --out' in script
+    assert 'install -m 0755 "$SOURCE/vagrant/scripts/rcc.sh" "$RCC"' in script
+    assert '"$RCC" init --node-api-name "$address"' in script
+    assert '"$RCC" enroll-node "$node" --out' in script
+    assert "runuser" not in script, "runuser would give the command no database password"
+    rcc = (VAGRANT / "scripts" / "rcc.sh").read_text(encoding="utf-8")
+    drop_in = parse_unit(ROOT / "systemd" / "rolecall-controller-postgresql.conf")["Service"]
+    (credential,) = drop_in["LoadCredential"]
+    name, source = credential.split(":")
+    assert "systemd-run --quiet --wait --pipe --collect --uid=rolecall" in rcc
+    assert f"readonly PGPASS={source}" in rcc
+    assert f'--property=LoadCredential={name}:"$PGPASS"' in rcc
+    assert f"'PGPASSFILE=${{CREDENTIALS_DIRECTORY}}/{name}'" in rcc
 
 
-def test_the_agent_configuration_names_the_controller_and_the_node_files() -> None:
+def test_the_controllers_install_the_postgresql_drop_in_and_a_root_only_password_file() -> None:
+    script = (VAGRANT / "scripts" / "controller.sh").read_text(encoding="utf-8")
+    drop_in = "/etc/systemd/system/rolecall-controller.service.d/postgresql.conf"
+    assert f"readonly DROP_IN={drop_in}" in script
+    assert '"$SOURCE/systemd/rolecall-controller-postgresql.conf" "$DROP_IN"' in script
+    assert 'install -m 0600 -o root -g root "$pgpass" "$CONFIG/pgpass"' in script
+    assert script.index("systemctl daemon-reload") < script.index('"$RCC" init')
+
+
+def compute_urls(*controllers: str) -> str:
+    """What compute.sh's loop makes of its controller addresses, run with bash."""
+    lines = COMPUTE.read_text(encoding="utf-8").splitlines()
+    start = lines.index('urls=""')
+    loop = "\n".join(lines[start : lines.index("done", start) + 1])
+    result = subprocess.run(
+        [tool("bash"), "-euc", f'{loop}\nprintf %s "$urls"', "compute.sh", *controllers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_agent_configuration_names_both_controllers_and_the_node_files() -> None:
     defined = machines()
-    controller_address = address(defined["controller"])
+    controllers = [address(defined[name]) for name in CONTROLLERS]
     compute_address = address(defined["compute1"])
     text = heredoc(
         VAGRANT / "scripts" / "compute.sh",
         "AGENT_TOML",
-        {"controller": controller_address, "address": compute_address, "CONFIG": "/etc/rolecall"},
+        {"urls": compute_urls(*controllers), "address": compute_address, "CONFIG": "/etc/rolecall"},
     )
     config = agent_config_from_string(text, "agent.toml")
-    assert config.controller_urls == (f"https://{controller_address}:8775",)
+    assert config.controller_urls == tuple(f"https://{each}:8775" for each in controllers)
     assert (config.certificate, config.key, config.ca_certificate) == (
         DEFAULT_CERTIFICATE,
         DEFAULT_KEY,
@@ -387,7 +460,7 @@ def test_prometheus_scrapes_the_machines_of_the_vagrantfile() -> None:
     jobs = {job["job_name"]: job["static_configs"] for job in scrape["scrape_configs"]}
     defined = machines()
     assert [t for group in jobs["rolecall-controller"] for t in group["targets"]] == [
-        f"{address(defined['controller'])}:9773"
+        f"{address(defined[name])}:9773" for name in CONTROLLERS
     ]
     agents = {group["labels"]["node"]: group["targets"] for group in jobs["rolecall-agent"]}
     assert agents == {name: [f"{address(defined[name])}:9774"] for name in ("compute1", "compute2")}
@@ -430,7 +503,8 @@ def test_the_compute_hosts_ask_for_nested_virtualization_unless_told_not_to(
         assert provider_block(defined[name], "libvirt")["set"]["nested"] is on
         (customize,) = calls(provider_block(defined[name], "virtualbox"), "customize")
         assert customize["args"] == [["modifyvm", "id", "--nested-hw-virt", "on" if on else "off"]]
-    assert not calls(vm(defined["controller"]), "provider"), "the controller runs no guests"
+    for name in ("db", *CONTROLLERS):
+        assert not calls(vm(defined[name]), "provider"), f"{name} runs no guests"
 
 
 def test_an_unknown_nested_value_stops_vagrant_with_a_message() -> None:
@@ -583,3 +657,93 @@ def test_the_readme_boots_a_vm_for_the_instance_and_stops_it() -> None:
         "euca-terminate-instances i-d3983fbe4c67ce517",
     ):
         assert line in text, line
+
+
+# -- the database machine ----------------------------------------------------------------------
+
+POSTGRESQL = VAGRANT / "scripts" / "postgresql.sh"
+
+
+def test_the_database_listens_on_its_private_address_and_keeps_commits_durable() -> None:
+    database = address(machines()["db"])
+    text = heredoc(POSTGRESQL, "POSTGRESQL_CONF", {"address": database, "PORT": "5432"})
+    settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=") for line in text.splitlines() if line and line[0] != "#"
+        )
+    )
+    assert settings["listen_addresses"] == f"'localhost,{database}'"
+    assert settings["synchronous_commit"] == "on"
+    assert settings["password_encryption"] == "'scram-sha-256'"
+
+
+def test_only_the_controllers_may_connect_with_a_password_over_tls() -> None:
+    """pg_hba.conf's lines, as the script makes them from its arguments (run with bash)."""
+    lines = POSTGRESQL.read_text(encoding="utf-8").splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("{"))
+    block = "\n".join(lines[start : lines.index('} >>"$hba"') + 1]).replace('>>"$hba"', "")
+    defined = machines()
+    controllers = [f"{name}={address(defined[name])}" for name in CONTROLLERS]
+    result = subprocess.run(
+        [tool("bash"), "-euc", f"DATABASE=rolecall ROLE=rolecall\n{block}", "sh", *controllers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rules = [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert rules == [
+        ["hostssl", "rolecall", "rolecall", f"{address(defined[name])}/32", "scram-sha-256"]
+        for name in CONTROLLERS
+    ]
+
+
+def test_the_database_role_has_only_the_rights_it_needs(pg_cluster: Cluster) -> None:
+    """postgresql.sh's SQL, run twice with psql against a real PostgreSQL (under names of the
+    test's own): the role logs in with its password, owns its database and may create tables
+    there, and may do nothing else; no other role may connect to that database."""
+    suffix = secrets.token_hex(4)
+    role, database, password = f"rc_role_{suffix}", f"rc_db_{suffix}", secrets.token_hex(16)
+    sql = heredoc(
+        POSTGRESQL, "SQL", {"ROLE": role, "DATABASE": database, "password": password}
+    ).replace("\\\\", "\\")
+    superuser = pg_cluster.dsn(user="postgres")
+    psql = str(pg_cluster.bin_dir / "psql")
+    passfile = pg_cluster.directory / f"pgpass-{suffix}"
+    try:
+        for _ in range(2):
+            done = subprocess.run(
+                [psql, "--quiet", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", superuser],
+                input=sql,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+        passfile.write_text(f"*:*:{database}:{role}:{password}\n")
+        passfile.chmod(0o600)
+        own = f"host=127.0.0.1 port={pg_cluster.primary.port} dbname={database} user={role}"
+        with psycopg.connect(f"{own} passfile={passfile}", autocommit=True) as connection:
+            connection.execute("CREATE TABLE probe (id integer)")
+            assert connection.execute("SHOW statement_timeout").fetchone() == ("30s",)
+            assert connection.execute("SHOW idle_in_transaction_session_timeout").fetchone() == (
+                "15s",
+            )
+            for forbidden in (f"CREATE DATABASE {database}_x", f"CREATE ROLE {role}_x"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    connection.execute(forbidden.encode())
+            flags = connection.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication FROM pg_roles"
+                " WHERE rolname = current_user"
+            ).fetchone()
+            assert flags == (False, False, False, False)
+        # Another ordinary role of the same server may not even connect.
+        other = pg_cluster.dsn(dbname=database)
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(other, connect_timeout=10).close()
+    finally:
+        with psycopg.connect(superuser, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)".encode())
+            connection.execute(f"DROP ROLE IF EXISTS {role}".encode())
+        passfile.unlink(missing_ok=True)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Provisioning of a compute host (a hypervisor): its node certificate, key and the controller's
-# CA in /etc/rolecall (taken from the shared folder, where the controller's provisioning put
-# them), /etc/rolecall/agent.toml, and the running agent; then libvirt and QEMU with RoleCall's
+# Provisioning of a compute host (a hypervisor): its node certificate, key and the controllers'
+# CA in /etc/rolecall (taken from the shared folder, where the first controller's provisioning
+# put them), /etc/rolecall/agent.toml, and the running agent; then libvirt and QEMU with RoleCall's
 # qemu hook, a bridge for the guests, the tiny test guest's image, and rolecall-guest
 # (guest.sh), which boots that guest as a libvirt domain for an instance. Safe to run again.
 #
-# Usage: compute.sh NAME ADDRESS CONTROLLER_ADDRESS
+# Usage: compute.sh NAME ADDRESS CONTROLLER_ADDRESS...
 #   NAME                the name this host was enrolled with
 #   ADDRESS             this host's address on the private network (its metrics listen there)
-#   CONTROLLER_ADDRESS  the controller's address on the private network
+#   CONTROLLER_ADDRESS  each controller's address on the private network (the agent moves to
+#                       the next when one dies, hangs or refuses it)
 set -euo pipefail
 
 readonly SOURCE=/vagrant
@@ -17,16 +18,21 @@ readonly CONFIG=/etc/rolecall
 # The guests' bridge, made by a libvirt network without addresses (the cloud's bridge here).
 readonly NETWORK=rolecall-guests
 readonly BRIDGE=rcbr0
-# The controller machine is provisioned first; this is only a margin for a slow shared folder.
+# The first controller is provisioned before the compute hosts; this is only a margin for a
+# slow shared folder.
 readonly WAIT_SECONDS=120
 
-if (($# != 3)); then
-    echo "usage: $0 NAME ADDRESS CONTROLLER_ADDRESS" >&2
+if (($# < 3)); then
+    echo "usage: $0 NAME ADDRESS CONTROLLER_ADDRESS..." >&2
     exit 2
 fi
 name=$1
 address=$2
-controller=$3
+shift 2
+urls=""
+for controller in "$@"; do
+    urls+="${urls:+, }\"https://${controller}:8775\""
+done
 bundle=$SHARED/$name
 
 for ((waited = 0; waited < WAIT_SECONDS; waited += 2)); do
@@ -45,20 +51,21 @@ if [[ -r $bundle/ca.pem ]]; then
 elif [[ ! -r $CONFIG/node.pem || ! -r $CONFIG/node.key || ! -r $CONFIG/ca.pem ]]; then
     cat >&2 <<MISSING
 No certificate for ${name}: ${bundle} did not appear in ${WAIT_SECONDS} s.
-Provision the controller first (vagrant provision controller), check that the shared folder
+Provision the first controller (vagrant provision controller1), check that the shared folder
 works (ROLECALL_SHARE_TYPE, see vagrant/README.md), or copy node.key, node.pem and ca.pem from
-/var/lib/rolecall/enrolled/${name} on the controller to ${CONFIG} here; then:
+/var/lib/rolecall/enrolled/${name} on controller1 to ${CONFIG} here; then:
 vagrant provision ${name}
 MISSING
     exit 1
 fi
 
-# The node API on the controller; the metrics on this host's private address, for the
-# Prometheus on the controller (by default they listen on 127.0.0.1 only).
+# The node API on every controller, in order (the agent starts with the first and moves on
+# when one dies, hangs or refuses it); the metrics on this host's private address, for the
+# Prometheus on controller1 (by default they listen on 127.0.0.1 only).
 cat >"$CONFIG/agent.toml" <<AGENT_TOML
 # Written by vagrant/scripts/compute.sh.
 [controller]
-urls = ["https://${controller}:8775"]
+urls = [${urls}]
 certificate = "${CONFIG}/node.pem"
 key = "${CONFIG}/node.key"
 ca_certificate = "${CONFIG}/ca.pem"
@@ -77,7 +84,7 @@ apt-get install -y -qq --no-install-recommends \
     nftables libvirt-daemon-system qemu-system-x86 >/dev/null
 
 systemctl enable --quiet rolecall-agent.service
-# Type=notify: returns once the agent has its assignments from the controller.
+# Type=notify: returns once the agent has its assignments from a controller.
 systemctl restart rolecall-agent.service
 curl --fail --silent --show-error --retry 10 --retry-connrefused --retry-delay 1 \
     "http://${address}:9774/readyz"
