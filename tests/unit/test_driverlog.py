@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogEvent, LogLevel
+from twisted.logger import LogEvent, Logger, LogLevel
 
 from common.logs import event_text
 from controller.driverlog import REPEAT_SECONDS, DriverLogHandler, route_driver_logs
