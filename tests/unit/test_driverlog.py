@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, Logger, LogLevel
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
 
 from common.logs import event_text
 from controller.driverlog import REPEAT_SECONDS, DriverLogHandler, route_driver_logs
@@ -30,7 +31,7 @@ class Captured:
         self.clock = Clock()
         self.handler = DriverLogHandler(
             [DSN],
-            log=Logger(namespace="test", observer=self.events.append),
+            log=Logger(namespace="test", observer=cast(ILogObserver, self.events.append)),
             clock=self.clock.seconds,
         )
 
@@ -95,7 +96,7 @@ def test_records_are_delivered_through_the_given_call() -> None:
     calls: list[object] = []
     handler = DriverLogHandler(
         [DSN],
-        log=Logger(namespace="test", observer=lambda event: None),
+        log=Logger(namespace="test", observer=cast(ILogObserver, lambda event: None)),
         deliver=lambda call, *args, **kwargs: calls.append(call),
     )
     undo = route_driver_logs(handler)
