@@ -46,6 +46,7 @@ class Availability:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._last_try = 0.0
+        self._last_success = float("-inf")
         #: Why it is down (one line, no secret), or "" when up.
         self.problem = ""
 
@@ -78,8 +79,17 @@ class Availability:
             self._down_since = self._last_try
             return True
 
+    def failed_in_background(self, problem: str, attempt_seconds: float) -> bool:
+        """The pool's thread gave up connecting after trying for `attempt_seconds`: as
+        `failed`, unless a call succeeded meanwhile (the report is older than that success)."""
+        with self._lock:
+            if self._clock() - self._last_success < attempt_seconds:
+                return False
+        return self.failed(problem)
+
     def succeeded(self) -> float | None:
         """A call had its connection; how long the store was down (None: it was up)."""
+        self._last_success = self._clock()
         if self._down_since is None:  # the common case: no lock on every call
             return None
         with self._lock:

@@ -82,6 +82,8 @@ TRIAL_WAIT = 0.05
 #: long (and the store is down), and the next trial starts afresh: attempts stay about
 #: `RETRY_INTERVAL` apart however long the outage.
 RECONNECT_TIMEOUT = 0.5
+#: How long one of the pool's connection attempts may take, at most, for `_reconnect_failed`.
+CONNECT_SECONDS = 10.0
 #: pg_advisory_xact_lock key held while migrating ("rolecall" in ASCII, as a bigint).
 MIGRATION_LOCK = 0x726F6C6563616C6C
 _WRITES = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
@@ -186,8 +188,12 @@ class PostgreSQLStore(Store):
         return StoreError(f"{what} the store ({self.location}): {detail}")
 
     def _reconnect_failed(self, pool: object) -> None:
-        """The pool's thread could not connect for RECONNECT_TIMEOUT: calls fail fast."""
-        self.availability.failed(f"the pool could not connect for {RECONNECT_TIMEOUT:g} s")
+        """The pool's thread could not connect for RECONNECT_TIMEOUT: calls fail fast (unless
+        one succeeded since that attempt began: its failure is old news)."""
+        self.availability.failed_in_background(
+            f"the pool could not connect for {RECONNECT_TIMEOUT:g} s",
+            RECONNECT_TIMEOUT + CONNECT_SECONDS,
+        )
 
     def _unavailable(self, problem: str) -> StoreUnavailable:
         return StoreUnavailable(f"the store ({self.location}) is unavailable: {problem}")

@@ -86,3 +86,18 @@ def test_a_success_makes_it_up_again_and_says_how_long_it_was_down() -> None:
     assert availability.succeeded() == 3.5
     assert not availability.down and availability.problem == ""
     assert availability.admit(none_idle) is Admission.WAIT
+
+
+def test_the_pools_give_up_after_a_success_is_old_news() -> None:
+    """The pool reports a reconnection that failed for `attempt_seconds`: if a call succeeded
+    within that time, the attempt began before it, and the store stays up."""
+    clock = Clock()
+    availability = Availability(clock=clock.seconds)
+    assert availability.failed_in_background("the pool could not connect", 1.0)
+    availability.succeeded()
+    clock.advance(0.9)
+    assert not availability.failed_in_background("the pool could not connect", 1.0)
+    assert not availability.down
+    clock.advance(0.2)
+    assert availability.failed_in_background("the pool could not connect", 1.0)
+    assert availability.down
