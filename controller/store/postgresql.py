@@ -74,8 +74,9 @@ ATTEMPTS = 8
 #: connecting, after a start). The store is called on the reactor thread, which waits with it.
 CONNECTION_TIMEOUT = 2.0
 #: After a pooled connection was found broken (a restarted or failed-over server), how long the
-#: call waits for a fresh one before the store is taken for down.
-RECONNECT_WAIT = 0.5
+#: call waits for a fresh one before the store is taken for down: long enough for a connection
+#: to a server that is back (tens of ms), short for everything else the reactor holds.
+RECONNECT_WAIT = 0.2
 #: While the store is down, how long the interval's one trial call waits for a connection.
 TRIAL_WAIT = 0.05
 #: The pool retries a failed connection after a delay of 1 s doubling; it gives up after this

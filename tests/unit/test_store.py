@@ -341,7 +341,9 @@ def test_a_stopped_server_fails_calls_at_once_but_one_trial_per_interval_until_i
     back. Then a restart kills every pooled connection, and the next call still works: its
     COMMIT was never sent, so it is tried again on a fresh connection."""
     clock = Clock()
-    store = PostgreSQLStore(pg_dsn, pool_size=2, clock=clock.seconds)
+    # After the restart the call waits for a fresh connection: a busy test machine may need
+    # more than the default's fraction of a second for it.
+    store = PostgreSQLStore(pg_dsn, pool_size=2, clock=clock.seconds, reconnect_wait=1.0)
 
     def get_account() -> Account | None:
         return store.run(lambda tx: tx.get_account(ACCOUNT))
