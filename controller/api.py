@@ -40,12 +40,13 @@ from controller.errors import (
     MissingParameter,
     RequestEntityTooLarge,
     ServiceFailure,
+    ServiceUnavailable,
 )
 from controller.forwarded import Network, client_address
 from controller.metrics import AUTHENTICATION_FAILURE_REASONS, ControllerMetrics
 from controller.query import parse_form, parse_input
 from controller.sessions import Sessions
-from controller.store.base import Store, StoreError, Transaction
+from controller.store.base import Store, StoreError, StoreUnavailable, Transaction
 from controller.store.records import REGION
 from controller.tokens import SessionClaims
 
@@ -68,6 +69,7 @@ _EC2_CODES = {
     "SignatureDoesNotMatch": ("AuthFailure", 401, ""),
     "IncompleteSignature": ("AuthFailure", 401, ""),
     "MissingAuthenticationToken": ("AuthFailure", 401, ""),
+    "ServiceUnavailable": ("Unavailable", 503, ""),
 }
 
 
@@ -211,6 +213,16 @@ class PublicApi:
             context, action, result = self._store.run(work)
             for announce in context.on_commit:
                 announce()
+        except StoreUnavailable as error:
+            # The database is unreachable (no primary): a 503 the SDKs retry, at once.
+            log.error(
+                "store failure in {action}: {error}",
+                action=outcome.action or "a request",
+                error=str(error),
+            )
+            raise ServiceUnavailable(
+                "The service cannot reach its database now; try again."
+            ) from error
         except StoreError as error:
             # No action yet: the store failed before the request was read (no connection).
             log.error(

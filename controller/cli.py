@@ -1204,6 +1204,14 @@ def serve(config: ControllerConfig) -> int:
     from controller.compose import IControllerReactor, make_service
 
     check_state_directory(config.state_dir)
+    if config.store_dsn is not None:
+        from twisted.internet.interfaces import IReactorFromThreads
+
+        from controller.driverlog import DriverLogHandler, route_driver_logs
+
+        # psycopg_pool logs from its own threads: each line is written on the reactor's.
+        threads = cast(IReactorFromThreads, reactor)
+        route_driver_logs(DriverLogHandler([config.store_dsn], deliver=threads.callFromThread))
     store = _open_store(config)
     start_logging()
     # The global reactor's static type names only the interfaces every reactor has; the

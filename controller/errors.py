@@ -144,6 +144,15 @@ class ServiceFailure(ApiError):
     sender_fault = False
 
 
+class ServiceUnavailable(ApiError):
+    """The service cannot answer now (its database is unreachable): IAM's and STS's 503, which
+    every SDK retries by itself. EC2 spells it ``Unavailable`` (``controller.api``)."""
+
+    code = "ServiceUnavailable"
+    status = 503
+    sender_fault = False
+
+
 class InternalFailure(ApiError):
     code = "InternalFailure"
     status = 500

@@ -35,9 +35,12 @@ log = Logger(namespace="rolecall.listener")
 
 ASSIGNMENTS_CHANNEL = "rolecall_assignments"
 SHARED_STATE_CHANNEL = "rolecall_shared_state"
-#: First retry after a lost connection, and the most it waits between tries (seconds).
+#: First retry after a lost connection, and the most it waits between tries (seconds). Each try
+#: is one connection attempt (cheap), and until one succeeds the long polls this controller
+#: holds are not woken by other controllers' changes: the ceiling stays at a few seconds, so
+#: that after a long database outage they are woken soon after the database is back.
 INITIAL_DELAY = 0.5
-MAX_DELAY = 30.0
+MAX_DELAY = 2.0
 
 #: Opens a connection (blocking; run in a thread).
 Connect = Callable[[], "psycopg.Connection[Any]"]

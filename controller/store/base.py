@@ -36,6 +36,11 @@ class StoreError(Exception):
     """The database could not do what was asked (unreachable, corrupt, newer schema)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (no server, no primary): try again later. Callers
+    answer it as a service that is temporarily unavailable (HTTP 503)."""
+
+
 class Conflict(StoreError):
     """A constraint was violated: a name taken, a key that exists, a row still referenced.
 

@@ -16,6 +16,14 @@ COMMIT is in flight leaves its outcome unknown: that is never retried, and the c
 `StoreError` saying the change may or may not have been made. Messages name the server by host,
 port, database and user only (`describe_dsn`); a password in the DSN never reaches them.
 
+**An outage fails fast.** The store is called on the controller's reactor thread, so a call
+waiting for a connection holds every other request. Once the server is found unreachable (no
+connection within the wait, a connection lost and none to be had at once, or the pool's own
+reconnection failing in its thread), calls fail at once with `StoreUnavailable` until the pool
+has a connection again: each call looks whether the pool holds an idle one (cheap), and one call
+per `RETRY_INTERVAL` waits briefly (`TRIAL_WAIT`) so that the pool tries to connect in its own
+thread (`controller.store.availability`).
+
 **Read cache.** As on SQLite (see `controller.store.sqlite`), identity and policy reads are kept
 between transactions while the database is unchanged. The key is a database snapshot,
 ``pg_current_snapshot()``: two snapshots with the same ``xmax`` and in-progress list see exactly
@@ -39,7 +47,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from controller.store.base import Store, StoreError, Transaction
+from controller.store.availability import RETRY_INTERVAL, Admission, Availability
+from controller.store.base import Store, StoreError, StoreUnavailable, Transaction
 from controller.store.records import (
     AccessKey,
     Instance,
@@ -61,12 +70,21 @@ _T = TypeVar("_T")
 
 #: Serialization failures and deadlocks are retried this many times in all.
 ATTEMPTS = 8
-#: How long a call waits for a connection from the pool before it gives up. The store is called
-#: on the reactor thread: while the database is unreachable each call holds it this long.
+#: How long a call waits for a connection from the pool while the store is up (the pool may be
+#: connecting, after a start). The store is called on the reactor thread, which waits with it.
 CONNECTION_TIMEOUT = 2.0
-#: The pool retries a failed connection with a doubling delay (1 s, 2 s, ...); giving up after a
-#: few seconds and starting afresh at the next call keeps that delay short after a long outage.
-RECONNECT_TIMEOUT = 4.0
+#: After a pooled connection was found broken (a restarted or failed-over server), how long the
+#: call waits for a fresh one before the store is taken for down: long enough for a connection
+#: to a server that is back (tens of ms), short for everything else the reactor holds.
+RECONNECT_WAIT = 0.2
+#: While the store is down, how long the interval's one trial call waits for a connection.
+TRIAL_WAIT = 0.05
+#: The pool retries a failed connection after a delay of 1 s doubling; it gives up after this
+#: long (and the store is down), and the next trial starts afresh: attempts stay about
+#: `RETRY_INTERVAL` apart however long the outage.
+RECONNECT_TIMEOUT = 0.5
+#: How long one of the pool's connection attempts may take, at most, for `_reconnect_failed`.
+CONNECT_SECONDS = 10.0
 #: pg_advisory_xact_lock key held while migrating ("rolecall" in ASCII, as a bigint).
 MIGRATION_LOCK = 0x726F6C6563616C6C
 _WRITES = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
@@ -123,7 +141,15 @@ class PostgreSQLStore(Store):
     """RoleCall's state in a PostgreSQL database (libpq `dsn`), shared by several controllers."""
 
     def __init__(
-        self, dsn: str, pool_size: int = 4, connection_timeout: float = CONNECTION_TIMEOUT
+        self,
+        dsn: str,
+        pool_size: int = 4,
+        connection_timeout: float = CONNECTION_TIMEOUT,
+        *,
+        reconnect_wait: float = RECONNECT_WAIT,
+        trial_wait: float = TRIAL_WAIT,
+        retry_interval: float = RETRY_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         try:
             import psycopg
@@ -137,6 +163,9 @@ class PostgreSQLStore(Store):
         self.location = describe_dsn(dsn)
         self._cache = SnapshotCache()
         self._connection_timeout = connection_timeout
+        self._reconnect_wait = reconnect_wait
+        self._trial_wait = trial_wait
+        self.availability = Availability(retry_interval, clock)
         self._migrate()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
             psycopg_pool.ConnectionPool(
@@ -147,6 +176,7 @@ class PostgreSQLStore(Store):
                 open=False,
                 timeout=connection_timeout,
                 reconnect_timeout=RECONNECT_TIMEOUT,
+                reconnect_failed=self._reconnect_failed,
                 name="rolecall-store",
             )
         )
@@ -157,6 +187,23 @@ class PostgreSQLStore(Store):
     def _error(self, what: str, error: BaseException) -> StoreError:
         detail = redact(str(error).strip(), self.dsn) or type(error).__name__
         return StoreError(f"{what} the store ({self.location}): {detail}")
+
+    def _reconnect_failed(self, pool: object) -> None:
+        """The pool's thread could not connect for RECONNECT_TIMEOUT: calls fail fast (unless
+        one succeeded since that attempt began: its failure is old news)."""
+        self.availability.failed_in_background(
+            f"the pool could not connect for {RECONNECT_TIMEOUT:g} s",
+            RECONNECT_TIMEOUT + CONNECT_SECONDS,
+        )
+
+    def _unavailable(self, problem: str) -> StoreUnavailable:
+        return StoreUnavailable(f"the store ({self.location}) is unavailable: {problem}")
+
+    def _connection_lost(self, error: BaseException) -> StoreUnavailable:
+        detail = redact(str(error).strip().splitlines()[0] if str(error).strip() else "", self.dsn)
+        problem = "lost the connection" + (f" ({detail})" if detail else "")
+        self.availability.failed(problem)
+        return self._unavailable(problem)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -198,8 +245,15 @@ class PostgreSQLStore(Store):
                 raise self._error("cannot migrate", error) from None
 
     def schema_version(self) -> int:
-        with self._pool.connection() as connection:
-            return _read_version(connection)
+        with self._connection() as connection:
+            try:
+                version = _read_version(connection)
+            except self._psycopg.OperationalError as error:
+                if connection.broken:
+                    raise self._connection_lost(error) from None
+                raise self._error("cannot read the schema version of", error) from None
+        self.availability.succeeded()
+        return version
 
     # transactions
 
@@ -217,6 +271,7 @@ class PostgreSQLStore(Store):
                     tx.rollback()
                     raise
                 tx.commit()
+                self.availability.succeeded()
             except self._psycopg.errors.SerializationFailure as error:
                 raise StoreError(
                     "a concurrent change conflicted with this one and nothing was changed;"
@@ -230,6 +285,8 @@ class PostgreSQLStore(Store):
             except _Unknown:
                 raise
             except self._psycopg.OperationalError as error:
+                if connection.broken:
+                    raise self._connection_lost(error) from None
                 raise self._error("lost the connection to", error) from None
 
     def run(self, work: Callable[[Transaction], _T]) -> _T:
@@ -237,7 +294,7 @@ class PostgreSQLStore(Store):
         reconnected = False
         use_cache = True
         for attempt in range(ATTEMPTS):
-            with self._connection() as connection:
+            with self._connection(after_loss=reconnected) as connection:
                 tx = _PgTransaction(connection, self._cache if use_cache else None)
                 try:
                     tx.start()
@@ -245,6 +302,7 @@ class PostgreSQLStore(Store):
                     if tx.stale:  # work caught the signal: its answer may rest on a stale one
                         raise _StaleCache
                     tx.commit()
+                    self.availability.succeeded()
                     return result
                 except _StaleCache:
                     tx.rollback()
@@ -263,6 +321,8 @@ class PostgreSQLStore(Store):
                         self._pool.check()
                         continue
                     tx.rollback()
+                    if connection.broken:
+                        raise self._connection_lost(error) from None
                     raise self._error("lost the connection to", error) from None
                 except BaseException:
                     tx.rollback()
@@ -275,22 +335,38 @@ class PostgreSQLStore(Store):
         )
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(self, after_loss: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; `after_loss`: the call's connection was just found broken.
+
+        Waits for one only while the store is up; while it is down, fails at once unless the
+        pool has an idle connection or this is the interval's trial (see the module's doc)."""
         import psycopg_pool
 
+        admission = self.availability.admit(self._has_idle_connection)
+        if admission is Admission.REFUSE:
+            raise self._unavailable(self.availability.problem or "down")
+        if admission is Admission.TRY:
+            timeout = self._trial_wait
+        elif after_loss:
+            timeout = self._reconnect_wait
+        else:
+            timeout = self._connection_timeout
         try:
-            connection = self._pool.getconn()
-        except psycopg_pool.PoolTimeout as error:
-            raise StoreError(
-                f"no connection to the store ({self.location})"
-                f" within {self._connection_timeout:g} s"
-            ) from error
+            connection = self._pool.getconn(timeout)
+        except psycopg_pool.PoolTimeout:
+            problem = f"no connection within {timeout:g} s"
+            self.availability.failed(problem)
+            raise self._unavailable(problem) from None
         except psycopg_pool.PoolClosed as error:
             raise StoreError(f"the store ({self.location}) is closed") from error
         try:
             yield connection
         finally:
             self._pool.putconn(connection)
+
+    def _has_idle_connection(self) -> bool:
+        """Whether the pool holds a connection ready (a look, no wait)."""
+        return self._pool.get_stats().get("pool_available", 0) > 0
 
     def close(self) -> None:
         self._pool.close()

@@ -5,6 +5,7 @@ password reaches no log line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,16 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from tests.e2e.conftest import ACCOUNT_ID, BIN, Controller, start_controller, stop_controller
 from tests.e2e.test_node_api import EC2_TRUST, READ_ROLES, NodeClient
 from tests.pg import Cluster, dsn_parts
 from tests.waiting import wait_until
+
+#: A line of the daemon's log (common.logs): ``LEVEL namespace: message``.
+LOG_LINE = re.compile(r"(DEBUG|INFO|WARN|ERROR|CRITICAL) \S+: [^\n]*\n?\Z")
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +134,70 @@ def test_a_role_through_a_profile_on_an_instance_gets_credentials_that_assume_a_
 
     ec2.terminate_instances(InstanceIds=[instance_id])
     assert node.credentials(instance_id).status_code == 403
+
+
+def test_with_its_database_stopped_the_controller_answers_at_once_with_a_503_sdks_retry(
+    on_postgresql: tuple[Controller, Path], pg_cluster: Cluster
+) -> None:
+    """The session's PostgreSQL is stopped under a running controller, then started again.
+    Meanwhile boto3 gets IAM's ServiceUnavailable and EC2's Unavailable (HTTP 503), which
+    botocore retries in its legacy and standard modes; /healthz answers 200 and /readyz says the
+    store is unavailable. Afterwards the controller works again without a restart, and what
+    psycopg logged meanwhile is in its log as single lines of its own format."""
+    controller, _ = on_postgresql
+    session = requests.Session()
+    session.trust_env = False
+    iam: Any = controller.client("iam")
+    ec2: Any = controller.client("ec2")
+    iam.list_roles()
+    lines_before = len(controller.output)
+    primary = pg_cluster.primary
+    pg_cluster.pg_ctl(primary, "stop", "-m", "immediate", "-w")
+    try:
+        with pytest.raises(ClientError) as iam_refused:
+            iam.list_roles()
+        with pytest.raises(ClientError) as ec2_refused:
+            ec2.describe_instances()
+        retried = {}
+        for mode in ("legacy", "standard"):
+            client = boto3.client(
+                "iam",
+                endpoint_url=controller.url,
+                region_name="us-east-1",
+                aws_access_key_id=controller.access_key_id,
+                aws_secret_access_key=controller.secret_access_key,
+                config=Config(retries={"total_max_attempts": 2, "mode": mode}),
+            )
+            with pytest.raises(ClientError) as again:
+                client.list_roles()
+            retried[mode] = again.value.response["ResponseMetadata"]["RetryAttempts"]
+        health = session.get(f"{controller.metrics_url}/healthz", timeout=10)
+        ready = session.get(f"{controller.metrics_url}/readyz", timeout=10)
+    finally:
+        pg_cluster.pg_ctl(primary, "start", "-w", "-o", f"-p {primary.port}")
+    assert _code_and_status(iam_refused.value) == ("ServiceUnavailable", 503)
+    assert _code_and_status(ec2_refused.value) == ("Unavailable", 503)
+    assert retried == {"legacy": 1, "standard": 1}
+    assert (health.status_code, health.text) == (200, "ok\n")
+    assert ready.status_code == 503 and "is unavailable" in ready.text, ready.text
+
+    def works() -> bool:
+        try:
+            iam.list_roles()
+        except ClientError:
+            return False
+        return True
+
+    wait_until(works, 20, "the controller to reach its database again")
+    logged = controller.output[lines_before:]
+    assert any("rolecall.store.driver: psycopg.pool: " in line for line in logged), logged
+    strays = [line for line in logged if not LOG_LINE.match(line)]
+    assert strays == [], strays
+
+
+def _code_and_status(error: ClientError) -> tuple[str, int]:
+    response: Any = error.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def test_readiness_reports_a_store_it_cannot_reach_without_the_password(

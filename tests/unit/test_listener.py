@@ -149,7 +149,7 @@ def test_connecting_is_tried_again_with_growing_capped_delays_until_stopped(
         reactor.advance(retry.getTime() - reactor.seconds())
     listener.stopService()
     gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
-    assert gaps[:3] == [0.375, 0.75, 1.5]
+    assert gaps[:4] == [0.375, 0.75, 1.5, 1.5]
     assert max(gaps) == MAX_DELAY * 0.75
     assert reactor.getDelayedCalls() == [] and seen.events == []
 
@@ -159,6 +159,13 @@ def test_retry_delays_are_jittered_between_half_and_all_of_the_ceiling() -> None
     assert retry_delay(1, lambda: 0.999) < INITIAL_DELAY
     assert retry_delay(100, lambda: 0.999) < MAX_DELAY
     assert retry_delay(100, lambda: 0.0) == MAX_DELAY / 2
+
+
+def test_after_a_long_outage_the_listener_tries_again_within_two_seconds() -> None:
+    """Until it is back, other controllers' changes wake none of this controller's long polls:
+    the ceiling is a few seconds, however long the database was gone (it was 30 s)."""
+    assert MAX_DELAY == 2.0
+    assert all(retry_delay(attempt, lambda: 0.999) < 2.0 for attempt in (5, 60, 10_000))
 
 
 def test_the_listening_connection_gets_keepalives_unless_the_dsn_sets_its_own() -> None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
-from controller.store.base import Conflict, Store, StoreError
+from controller.store.availability import RETRY_INTERVAL
+from controller.store.base import Conflict, Store, StoreError, StoreUnavailable
 from controller.store.migrate import TABLES
 from controller.store.postgresql import PostgreSQLStore, describe_dsn
 from controller.store.records import (
@@ -329,28 +331,60 @@ def test_describe_dsn_names_host_port_database_and_user_only() -> None:
     assert "hunter2" not in describe_dsn("postgresql://rc:hunter2@db1:5432/rc")
 
 
-def test_a_store_whose_server_went_away_says_so_and_reconnects_when_it_is_back(
+def test_a_stopped_server_fails_calls_at_once_but_one_trial_per_interval_until_it_is_back(
     pg_cluster: Cluster, pg_dsn: str
 ) -> None:
-    """While the server is down a call fails with a StoreError naming the server (no password);
-    once it is back, the next call works though every pooled connection died: its COMMIT was
-    never sent, so it is tried again on a fresh connection."""
-    store = PostgreSQLStore(pg_dsn, pool_size=2, connection_timeout=0.5)
+    """The store is called on the controller's reactor thread: once a call found the server
+    unreachable (a StoreError naming the server, no password), the calls that follow raise
+    StoreUnavailable without asking the pool for a connection (which would wait), except one
+    trial per interval (the monotonic clock is the test's); a trial finds the server once it is
+    back. Then a restart kills every pooled connection, and the next call still works: its
+    COMMIT was never sent, so it is tried again on a fresh connection."""
+    clock = Clock()
+    # After the restart the call waits for a fresh connection: a busy test machine may need
+    # more than the default's fraction of a second for it.
+    store = PostgreSQLStore(pg_dsn, pool_size=2, clock=clock.seconds, reconnect_wait=1.0)
+
+    def get_account() -> Account | None:
+        return store.run(lambda tx: tx.get_account(ACCOUNT))
+
+    def pool_asked() -> int:
+        return int(store._pool.get_stats().get("requests_num", 0))
+
     try:
         store.run(lambda tx: tx.insert_account(Account(ACCOUNT, "first", CREATED)))
         pg_cluster.pg_ctl(pg_cluster.primary, "stop", "-m", "immediate", "-w")
         try:
-            with pytest.raises(StoreError) as down:
-                store.run(lambda tx: tx.get_account(ACCOUNT))
-            assert f"port={pg_cluster.primary.port}" in str(down.value)
+            # Its pooled connection is broken, and no fresh one comes: the store is down.
+            with pytest.raises(StoreUnavailable) as first:
+                get_account()
+            assert f"port={pg_cluster.primary.port}" in str(first.value)
+            assert store.availability.down
+            asked = pool_asked()
+            for _ in range(5):
+                with pytest.raises(StoreUnavailable) as refused:
+                    get_account()
+                assert "is unavailable" in str(refused.value)
+            assert pool_asked() == asked, "a call waited for a connection while down"
+            clock.advance(RETRY_INTERVAL)
+            with pytest.raises(StoreUnavailable):
+                get_account()  # the interval's trial: the pool is asked, and has none
+            with pytest.raises(StoreUnavailable):
+                get_account()
+            assert pool_asked() == asked + 1
         finally:
             pg_cluster.pg_ctl(
                 pg_cluster.primary, "start", "-w", "-o", f"-p {pg_cluster.primary.port}"
             )
-        # The pool's next connection attempt comes after its backoff (a second or two).
-        wait_until(lambda: _reachable(store), 10, "the store to reconnect")
+
+        def back() -> bool:
+            clock.advance(RETRY_INTERVAL)
+            return _reachable(store)
+
+        wait_until(back, 15, "a trial to find the server back")
+        assert not store.availability.down
         pg_cluster.restart(pg_cluster.primary, "immediate")
-        assert store.run(lambda tx: tx.get_account(ACCOUNT)) == Account(ACCOUNT, "first", CREATED)
+        assert get_account() == Account(ACCOUNT, "first", CREATED)
     finally:
         store.close()
 
