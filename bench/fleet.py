@@ -283,6 +283,7 @@ def nodes_worker() -> int:
     from twisted.internet.defer import DeferredSemaphore
 
     from agent.client import NodeApiClient, NodeTLSPolicy
+    from agent.failover import Bounds
 
     spec = json.loads(sys.stdin.readline())
     lock = threading.Lock()
@@ -304,7 +305,11 @@ def nodes_worker() -> int:
                 (base / "node.key").read_text(),
             )
             self.name = name
-            self.client = NodeApiClient(reactor, urls, policy, timeout=60.0)
+            # Generous bounds: a cold start queues thousands of requests on the controller,
+            # and the bench measures how long they take, not when an agent would move on.
+            self.client = NodeApiClient(
+                reactor, urls, policy, bounds=Bounds(connect_seconds=60.0, answer_seconds=60.0)
+            )
             self.limiter = DeferredSemaphore(spec["concurrency"])
             self.revision = -1
             self.held: set[str] = set()
