@@ -49,18 +49,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller.store.availability import RETRY_INTERVAL, Admission, Availability
 from controller.store.base import Store, StoreError, StoreUnavailable, Transaction
-from controller.store.records import (
-    AccessKey,
-    Instance,
-    InstanceProfile,
-    Node,
-    Role,
-    RolePolicy,
-    Tag,
-    User,
-    UserPolicy,
-)
-from controller.store.sql import SqlTransaction, migrations, split_statements
+from controller.store.cachedreads import CachedReads
+from controller.store.sql import migrations, split_statements
 
 if TYPE_CHECKING:
     import psycopg
@@ -407,7 +397,7 @@ _SNAPSHOT = b"SELECT pg_current_snapshot()"
 _TUPLES_OK = 2
 
 
-class _PgTransaction(SqlTransaction):
+class _PgTransaction(CachedReads):
     """A SERIALIZABLE transaction on one pooled connection (in autocommit mode, so that BEGIN
     and the snapshot read go in one round trip).
 
@@ -520,54 +510,3 @@ class _PgTransaction(SqlTransaction):
             entries.clear()
         entries[key] = value
         return value
-
-    # The same reads as SQLite's cache (controller.store.sqlite._CachedTransaction).
-    def get_access_key(self, access_key_id: str) -> AccessKey | None:
-        return self._cached(SqlTransaction.get_access_key, access_key_id)
-
-    def get_user(self, account_id: str, name: str) -> User | None:
-        return self._cached(_get_user, account_id, name.lower())
-
-    def get_role(self, account_id: str, name: str) -> Role | None:
-        return self._cached(_get_role, account_id, name.lower())
-
-    def get_role_by_id(self, role_id: str) -> Role | None:
-        return self._cached(SqlTransaction.get_role_by_id, role_id)
-
-    def list_user_policies(self, user_id: str) -> list[UserPolicy]:
-        return list(self._cached(_user_policies, user_id))
-
-    def list_role_policies(self, role_id: str) -> list[RolePolicy]:
-        return list(self._cached(_role_policies, role_id))
-
-    def get_tags(self, entity_id: str) -> list[Tag]:
-        return list(self._cached(_tags, entity_id))
-
-    def get_instance(self, instance_id: str) -> Instance | None:
-        return self._cached(SqlTransaction.get_instance, instance_id)
-
-    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None:
-        return self._cached(SqlTransaction.get_instance_profile_by_id, profile_id)
-
-    def get_node(self, name: str) -> Node | None:
-        return self._cached(SqlTransaction.get_node, name)
-
-
-def _get_user(tx: SqlTransaction, account_id: str, name_lower: str) -> User | None:
-    return SqlTransaction.get_user(tx, account_id, name_lower)
-
-
-def _get_role(tx: SqlTransaction, account_id: str, name_lower: str) -> Role | None:
-    return SqlTransaction.get_role(tx, account_id, name_lower)
-
-
-def _user_policies(tx: SqlTransaction, user_id: str) -> tuple[UserPolicy, ...]:
-    return tuple(SqlTransaction.list_user_policies(tx, user_id))
-
-
-def _role_policies(tx: SqlTransaction, role_id: str) -> tuple[RolePolicy, ...]:
-    return tuple(SqlTransaction.list_role_policies(tx, role_id))
-
-
-def _tags(tx: SqlTransaction, entity_id: str) -> tuple[Tag, ...]:
-    return tuple(SqlTransaction.get_tags(tx, entity_id))

@@ -26,18 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.store.base import Store, StoreError, Transaction
-from controller.store.records import (
-    AccessKey,
-    Instance,
-    InstanceProfile,
-    Node,
-    Role,
-    RolePolicy,
-    Tag,
-    User,
-    UserPolicy,
-)
-from controller.store.sql import SqlTransaction, migrations, split_statements
+from controller.store.cachedreads import CachedReads
+from controller.store.sql import migrations, split_statements
 
 _T = TypeVar("_T")
 
@@ -172,7 +162,7 @@ class ReadCache:
         self.entries.clear()
 
 
-class _CachedTransaction(SqlTransaction):
+class _CachedTransaction(CachedReads):
     """A transaction that begins at its first statement, and whose identity and policy reads go
     through the store's ReadCache until it writes (from then on it reads its own changes)."""
 
@@ -234,60 +224,3 @@ class _CachedTransaction(SqlTransaction):
             entries.clear()
         entries[key] = value
         return value
-
-    # Records are frozen, so a cached one may be handed out again; lists are kept as tuples and
-    # handed out as new lists.
-    def get_access_key(self, access_key_id: str) -> AccessKey | None:
-        return self._cached(SqlTransaction.get_access_key, access_key_id)
-
-    def get_user(self, account_id: str, name: str) -> User | None:
-        return self._cached(_get_user, account_id, name.lower())
-
-    def get_role(self, account_id: str, name: str) -> Role | None:
-        return self._cached(_get_role, account_id, name.lower())
-
-    def get_role_by_id(self, role_id: str) -> Role | None:
-        return self._cached(SqlTransaction.get_role_by_id, role_id)
-
-    def list_user_policies(self, user_id: str) -> list[UserPolicy]:
-        return list(self._cached(_user_policies, user_id))
-
-    def list_role_policies(self, role_id: str) -> list[RolePolicy]:
-        return list(self._cached(_role_policies, role_id))
-
-    def get_tags(self, entity_id: str) -> list[Tag]:
-        return list(self._cached(_tags, entity_id))
-
-    # What a request signed with instance credentials checks (controller.api): still running,
-    # still holding the role, on a node still enrolled.
-    def get_instance(self, instance_id: str) -> Instance | None:
-        return self._cached(SqlTransaction.get_instance, instance_id)
-
-    def get_instance_profile_by_id(self, profile_id: str) -> InstanceProfile | None:
-        return self._cached(SqlTransaction.get_instance_profile_by_id, profile_id)
-
-    def get_node(self, name: str) -> Node | None:
-        return self._cached(SqlTransaction.get_node, name)
-
-
-# Names are case-insensitive: one entry per lowercase name.
-
-
-def _get_user(tx: SqlTransaction, account_id: str, name_lower: str) -> User | None:
-    return SqlTransaction.get_user(tx, account_id, name_lower)
-
-
-def _get_role(tx: SqlTransaction, account_id: str, name_lower: str) -> Role | None:
-    return SqlTransaction.get_role(tx, account_id, name_lower)
-
-
-def _user_policies(tx: SqlTransaction, user_id: str) -> tuple[UserPolicy, ...]:
-    return tuple(SqlTransaction.list_user_policies(tx, user_id))
-
-
-def _role_policies(tx: SqlTransaction, role_id: str) -> tuple[RolePolicy, ...]:
-    return tuple(SqlTransaction.list_role_policies(tx, role_id))
-
-
-def _tags(tx: SqlTransaction, entity_id: str) -> tuple[Tag, ...]:
-    return tuple(SqlTransaction.get_tags(tx, entity_id))
