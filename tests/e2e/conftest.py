@@ -160,6 +160,27 @@ def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    url, output, node_api_urls, metrics_urls = watch_serving(process)
+    return Controller(
+        scripts=missing_console_scripts(state_dir.parent / f"{state_dir.name}-scripts"),
+        url=url,
+        state_dir=state_dir,
+        credentials_file=state_dir / "root-credentials",
+        access_key_id=credentials["rolecall"]["aws_access_key_id"],
+        secret_access_key=credentials["rolecall"]["aws_secret_access_key"],
+        process=process,
+        output=output,
+        node_api_urls=node_api_urls,
+        metrics_urls=metrics_urls,
+    )
+
+
+def watch_serving(
+    process: subprocess.Popen[str],
+) -> tuple[str, list[str], list[str], list[str]]:
+    """Read a ``serve`` process's output in a thread until it listens: its public API URL, and
+    its output, node API URLs and metrics URLs (lists that grow as it speaks). Kill it and fail
+    with its output if it never does (30 s)."""
     output: list[str] = []
     node_api_urls: list[str] = []
     metrics_urls: list[str] = []
@@ -190,18 +211,7 @@ def start_controller(state_dir: Path, config: Path | None = None) -> Controller:
         process.kill()
         process.wait()
         raise AssertionError("controller did not start:\n" + "".join(output))
-    return Controller(
-        scripts=missing_console_scripts(state_dir.parent / f"{state_dir.name}-scripts"),
-        url=url,
-        state_dir=state_dir,
-        credentials_file=state_dir / "root-credentials",
-        access_key_id=credentials["rolecall"]["aws_access_key_id"],
-        secret_access_key=credentials["rolecall"]["aws_secret_access_key"],
-        process=process,
-        output=output,
-        node_api_urls=node_api_urls,
-        metrics_urls=metrics_urls,
-    )
+    return url, output, node_api_urls, metrics_urls
 
 
 def stop_controller(controller: Controller) -> int:

@@ -28,13 +28,7 @@ from botocore.exceptions import ClientError
 from cryptography import x509
 
 from controller.tokens import token_key_id
-from tests.e2e.conftest import (
-    ACCOUNT_ID,
-    LISTENING,
-    METRICS_LISTENING,
-    NODE_API_LISTENING,
-    Controller,
-)
+from tests.e2e.conftest import ACCOUNT_ID, Controller, watch_serving
 from tests.e2e.test_node_api import EC2_TRUST, NodeClient, launch, profile, unique
 from tests.pg import SUPERUSER, Cluster
 
@@ -65,36 +59,7 @@ def serve(config: Path, state_dir: Path, credentials: Path) -> Controller:
          "--node-api-port", "0", "--metrics-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment(),
     )  # fmt: skip
-    output: list[str] = []
-    node_api_urls: list[str] = []
-    metrics_urls: list[str] = []
-    found: queue.Queue[str] = queue.Queue()
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            for pattern, urls in (
-                (NODE_API_LISTENING, node_api_urls),
-                (METRICS_LISTENING, metrics_urls),
-            ):
-                match = pattern.search(line)
-                if match:
-                    urls.append(match.group(1))
-            match = LISTENING.search(line)
-            if match:
-                found.put(match.group(1))
-        found.put("")
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        url = found.get(timeout=30)
-    except queue.Empty:
-        url = ""
-    if not url:
-        process.kill()
-        process.wait()
-        raise AssertionError("controller did not start:\n" + "".join(output))
+    url, output, node_api_urls, metrics_urls = watch_serving(process)
     text = credentials.read_text()
     keys = dict(line.split(" = ", 1) for line in text.splitlines() if line.startswith("aws_"))
     return Controller(
