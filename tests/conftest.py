@@ -12,14 +12,15 @@ database per test) come from tests/pg.py. Without PostgreSQL's server binaries t
 to run ``make install``: they never skip.
 
 ``make test`` runs the tests in two worker processes (pytest-xdist, ``--dist loadgroup``): the
-tests bound to this host's network state form one group that one worker runs in order; each
-worker has its own PostgreSQL."""
+tests bound to this host's network state are one unit of work that one worker runs in order
+(`pytest_xdist_make_scheduler` below); each worker has its own PostgreSQL."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,21 +32,35 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 SYSTEMD_TESTS = Path(__file__).parent / "systemd"
 TESTS = Path(__file__).parent
 #: Tests that change this host's network state (namespaces, links, nf_tables, the agents that
-#: sweep namespaces by their prefix) or boot VMs: with ``-n`` they all run in one worker, one at a
-#: time, as without it; the rest (unit and e2e: own ports, own temporary directories) share out.
-HOST_BOUND = (TESTS / "netns", TESTS / "vm", TESTS / "ha", SYSTEMD_TESTS)
+#: sweep namespaces by their prefix) or boot VMs, as paths relative to the root: with ``-n``
+#: they are one unit of work, run in one worker in order, as without it.
+HOST_BOUND = ("tests/netns/", "tests/vm/", "tests/ha/", "tests/systemd/")
 HOST_BOUND_FILES = frozenset(
-    TESTS / "unit" / name
+    f"tests/unit/{name}"
     for name in ("test_plug.py", "test_privileged.py", "test_nftables.py", "test_steer.py")
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    host = pytest.mark.xdist_group("host")
-    for item in items:
-        path = item.path
-        if path in HOST_BOUND_FILES or any(path.is_relative_to(where) for where in HOST_BOUND):
-            item.add_marker(host)
+def host_bound(nodeid: str) -> bool:
+    path = nodeid.split("::", 1)[0]
+    return path in HOST_BOUND_FILES or path.startswith(HOST_BOUND)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadgroup``: every host-bound test in one unit of work; each other module
+    a unit of its own (its module-scoped fixtures, such as a controller, start once). Not
+    xdist's own loadgroup, which groups by ``xdist_group`` marks it reads from node ids that
+    pytest 9.2 no longer lets it change."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HostBoundTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "host-bound" if host_bound(nodeid) else super()._split_scope(nodeid)
+
+    return HostBoundTogether(config, log)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
