@@ -789,7 +789,6 @@ def report(
     effects: Counter[str],
 ) -> bool:
     """Print the table; True if every figure is valid (no errors)."""
-    valid = True
     print()
     print(
         f"{arguments.action}, one core each, wrk -t1 -c{arguments.connections},"
@@ -797,26 +796,7 @@ def report(
         f" {max(1, round(arguments.duration / arguments.rounds))} s each,"
         " same signed request replayed"
     )
-    print(
-        f"{'server':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-        f" {'socket errors':>14} {'server CPU':>11} {'requests/CPU s':>15}"
-    )
-    per_cpu: dict[str, float] = {}
-    for name, result in results.items():
-        per_cpu[name] = result.requests_per_second / max(result.server_cores, 0.01)
-        print(
-            f"{name:<10} {result.requests_per_second:>11,.0f} {result.p50_ms:>8.2f}"
-            f" {result.p99_ms:>8.2f} {result.non_2xx:>8} {result.socket_errors:>14}"
-            f" {result.server_cores:>6.2f} core {per_cpu[name]:>15,.0f}"
-        )
-        if result.non_2xx or result.socket_errors:
-            valid = False
-            print(f"  {name}: {result.non_2xx + result.socket_errors} errors: NOT a valid figure")
-        if result.others_cores > DISTURBED:
-            print(
-                f"  {name}: other processes took {result.others_cores:.0%} of core {SERVER_CORE}"
-                " meanwhile: a disturbed figure"
-            )
+    valid, per_cpu = print_rows("server", results)
     rolecall, moto = results["rolecall"], results["moto"]
     ratio = rolecall.requests_per_second / moto.requests_per_second
     disturbed = max(rolecall.others_cores, moto.others_cores) > DISTURBED
@@ -838,29 +818,20 @@ def report(
     return valid
 
 
-def report_stores(arguments: argparse.Namespace, results: dict[str, WrkResult]) -> bool:
-    """The table of RoleCall on SQLite next to RoleCall on PostgreSQL; True if valid."""
-    valid = True
-    print()
+def print_rows(column: str, results: dict[str, WrkResult]) -> tuple[bool, dict[str, float]]:
+    """One row per server (named in the first `column`); whether every figure is valid (no
+    errors), and each server's requests per CPU second."""
+    width = 11
     print(
-        f"{arguments.action}, RoleCall on each store, one core for the controller"
-        + (
-            " (PostgreSQL on the client's core, as on a machine of its own)"
-            if arguments.database_core == "client"
-            else " (and its PostgreSQL with it)"
-        )
-        + f", wrk -t1 -c{arguments.connections}, {arguments.rounds}"
-        f" alternating rounds of {max(1, round(arguments.duration / arguments.rounds))} s each"
-    )
-    print(
-        f"{'store':<11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        f"{column:<{width}} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
         f" {'socket errors':>14} {'server CPU':>11} {'requests/CPU s':>15}"
     )
+    valid = True
     per_cpu: dict[str, float] = {}
     for name, result in results.items():
         per_cpu[name] = result.requests_per_second / max(result.server_cores, 0.01)
         print(
-            f"{name:<11} {result.requests_per_second:>11,.0f} {result.p50_ms:>8.2f}"
+            f"{name:<{width}} {result.requests_per_second:>11,.0f} {result.p50_ms:>8.2f}"
             f" {result.p99_ms:>8.2f} {result.non_2xx:>8} {result.socket_errors:>14}"
             f" {result.server_cores:>6.2f} core {per_cpu[name]:>15,.0f}"
         )
@@ -872,6 +843,23 @@ def report_stores(arguments: argparse.Namespace, results: dict[str, WrkResult]) 
                 f"  {name}: other processes took {result.others_cores:.0%} of core {SERVER_CORE}"
                 " meanwhile: a disturbed figure"
             )
+    return valid, per_cpu
+
+
+def report_stores(arguments: argparse.Namespace, results: dict[str, WrkResult]) -> bool:
+    """The table of RoleCall on SQLite next to RoleCall on PostgreSQL; True if valid."""
+    print()
+    print(
+        f"{arguments.action}, RoleCall on each store, one core for the controller"
+        + (
+            " (PostgreSQL on the client's core, as on a machine of its own)"
+            if arguments.database_core == "client"
+            else " (and its PostgreSQL with it)"
+        )
+        + f", wrk -t1 -c{arguments.connections}, {arguments.rounds}"
+        f" alternating rounds of {max(1, round(arguments.duration / arguments.rounds))} s each"
+    )
+    valid, per_cpu = print_rows("store", results)
     sqlite, postgresql = results["sqlite"], results["postgresql"]
     ratio = postgresql.requests_per_second / sqlite.requests_per_second
     disturbed = max(sqlite.others_cores, postgresql.others_cores) > DISTURBED
