@@ -12,7 +12,6 @@ with the poll held by A itself for comparison. Prints p50/p99/max in millisecond
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,39 +19,13 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node_api import TRUST, node_session, percentile  # bench/node_api.py
 
 from tests.e2e.conftest import ACCOUNT_ID, Controller
 from tests.e2e.test_controllers import cli, serve, stop
 from tests.pg import running_cluster
-
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "ec2.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
-
-
-def node_session(out: Path) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the node CA
-    session.cert = (str(out / "node.pem"), str(out / "node.key"))
-    session.verify = str(out / "ca.pem")
-    return session
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def wakeups(

@@ -8,7 +8,6 @@ controller no chance to close anything (its sockets are closed by the kernel).
 from __future__ import annotations
 
 import configparser
-import http.client
 import json
 import signal
 import subprocess
@@ -20,7 +19,6 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns.harness import (
     ACCOUNT_ID,
@@ -29,6 +27,7 @@ from tests.netns.harness import (
     LoggedProcess,
     daemon_env,
     free_ports,
+    scrape,
 )
 
 #: A client's deadline for an answer: a controller that hangs shows as a read timeout, never
@@ -185,22 +184,6 @@ class Agent(AgentProcess):
         single = f'urls = ["{urls[0]}"]'
         assert single in text
         self.config.write_text(text.replace(single, f"urls = {json.dumps(urls)}"), "utf-8")
-
-
-def scrape(address: str) -> dict[str, float]:
-    """Every sample of http://`address`/metrics, keyed ``name`` or ``name{label="value",...}``."""
-    connection = http.client.HTTPConnection(address, timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-    finally:
-        connection.close()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def established_to(port: int) -> int:

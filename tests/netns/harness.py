@@ -382,20 +382,23 @@ class AgentProcess:
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, keyed ``name`` or ``name{label="value",...}``."""
-        connection = http.client.HTTPConnection(self.metrics_url.removeprefix("http://"), timeout=5)
-        try:
-            connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
-        finally:
-            connection.close()
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(
-                    f'{key}="{value}"' for key, value in sorted(sample.labels.items())
-                )
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return scrape(self.metrics_url.removeprefix("http://"))
+
+
+def scrape(address: str) -> dict[str, float]:
+    """Every sample of http://`address`/metrics, keyed ``name`` or ``name{label="value",...}``."""
+    connection = http.client.HTTPConnection(address, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def daemon_env() -> dict[str, str]:
