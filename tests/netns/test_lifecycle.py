@@ -241,6 +241,15 @@ def test_namespaces_nothing_names_are_removed_at_start_unless_they_hold_somethin
         listening.listen()
         cloud.agent.start()
         wait_until(lambda: empty not in namespaces(), 15, f"the agent to remove {empty}")
+        # The agent goes through the namespaces one by one: the others' lines may come later.
+        wait_until(
+            lambda: (
+                f"left namespace {serving} in place" in cloud.agent.output
+                and f"left namespace {linked} in place" in cloud.agent.output
+            ),
+            15,
+            f"the agent to say it left {linked} and {serving} in place",
+        )
         assert {linked, serving, peer} <= namespaces()
         output = cloud.agent.output
         assert f"removed namespace {empty}: no instance of this node, nothing in it" in output
