@@ -15,10 +15,16 @@ from typing import TypeVar
 from controller.store.records import (
     AccessKey,
     Account,
+    Group,
+    GroupPolicy,
     Instance,
     InstanceProfile,
     KeyPair,
+    ManagedPolicy,
+    MetadataDefaults,
     Node,
+    PolicyAttachment,
+    PolicyVersion,
     Role,
     RolePolicy,
     Tag,
@@ -81,6 +87,8 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def delete_user(self, user_id: str) -> None: ...
     @abc.abstractmethod
+    def set_user_permissions_boundary(self, user_id: str, policy_arn: str | None) -> None: ...
+    @abc.abstractmethod
     def put_user_policy(self, policy: UserPolicy) -> None: ...
     @abc.abstractmethod
     def get_user_policy(self, user_id: str, name: str) -> UserPolicy | None: ...
@@ -101,7 +109,14 @@ class Transaction(abc.ABC):
         self, account_id: str, path_prefix: str, after: str | None, limit: int
     ) -> list[Role]: ...
     @abc.abstractmethod
-    def update_role(self, role: Role) -> None: ...
+    def update_role(self, role: Role) -> None:
+        """Write its trust policy, description, maximum session duration and boundary."""
+
+    @abc.abstractmethod
+    def record_roles_last_used(self, uses: Sequence[tuple[str, str, str]]) -> None:
+        """Record (role_id, when as ISO 8601 UTC, region) uses; a role keeps its latest one,
+        and a role that is gone is skipped."""
+
     @abc.abstractmethod
     def delete_role(self, role_id: str) -> None: ...
 
@@ -114,6 +129,106 @@ class Transaction(abc.ABC):
     def list_role_policies(self, role_id: str) -> list[RolePolicy]: ...
     @abc.abstractmethod
     def delete_role_policy(self, role_id: str, name: str) -> None: ...
+
+    # customer-managed policies and their versions
+    @abc.abstractmethod
+    def insert_managed_policy(self, policy: ManagedPolicy) -> None: ...
+    @abc.abstractmethod
+    def get_managed_policy(self, account_id: str, name: str) -> ManagedPolicy | None:
+        """The account's policy of this name, ignoring case."""
+
+    @abc.abstractmethod
+    def get_managed_policy_by_id(self, policy_id: str) -> ManagedPolicy | None: ...
+    @abc.abstractmethod
+    def list_managed_policies(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[ManagedPolicy]: ...
+    @abc.abstractmethod
+    def update_managed_policy(self, policy: ManagedPolicy) -> None:
+        """Write its description, default version, next version number and update time."""
+
+    @abc.abstractmethod
+    def delete_managed_policy(self, policy_id: str) -> None:
+        """Delete the policy, its versions and its tags (not its attachments: callers refuse
+        to delete an attached policy)."""
+
+    @abc.abstractmethod
+    def insert_policy_version(self, version: PolicyVersion) -> None: ...
+    @abc.abstractmethod
+    def get_policy_version(self, policy_id: str, version: int) -> PolicyVersion | None: ...
+    @abc.abstractmethod
+    def list_policy_versions(self, policy_id: str) -> list[PolicyVersion]:
+        """Its versions, newest first."""
+
+    @abc.abstractmethod
+    def delete_policy_version(self, policy_id: str, version: int) -> None: ...
+
+    # managed policies attached to roles, users and groups
+    @abc.abstractmethod
+    def attach_policy(self, attachment: PolicyAttachment) -> bool:
+        """Attach; False (and nothing changed) when it was attached already."""
+
+    @abc.abstractmethod
+    def detach_policy(self, entity_id: str, policy_arn: str) -> bool:
+        """Detach; whether it was attached."""
+
+    @abc.abstractmethod
+    def list_attached_policies(self, entity_id: str) -> list[PolicyAttachment]:
+        """The entity's attachments, in the order they were made."""
+
+    @abc.abstractmethod
+    def list_policy_attachments(self, policy_arn: str) -> list[PolicyAttachment]:
+        """Every attachment of the policy, in the order they were made."""
+
+    @abc.abstractmethod
+    def count_policy_attachments(self, account_id: str) -> dict[str, int]:
+        """How many roles, users and groups of the account each attached policy ARN has."""
+
+    @abc.abstractmethod
+    def attached_documents(self, entity_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        """(policy ARN, default version's document) of every policy attached to any of the
+        entities, in their order and then the order of attachment; the document is None for
+        an AWS-managed policy (not in the database). One read for a caller's evaluation."""
+
+    # groups, their members and their inline policies
+    @abc.abstractmethod
+    def insert_group(self, group: Group) -> None: ...
+    @abc.abstractmethod
+    def get_group(self, account_id: str, name: str) -> Group | None:
+        """The account's group of this name, ignoring case."""
+
+    @abc.abstractmethod
+    def get_group_by_id(self, group_id: str) -> Group | None: ...
+    @abc.abstractmethod
+    def list_groups(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[Group]: ...
+    @abc.abstractmethod
+    def delete_group(self, group_id: str) -> None: ...
+    @abc.abstractmethod
+    def add_group_member(self, group_id: str, user_id: str) -> bool:
+        """Add the user; False (nothing changed) when it was a member already."""
+
+    @abc.abstractmethod
+    def remove_group_member(self, group_id: str, user_id: str) -> bool: ...
+    @abc.abstractmethod
+    def list_group_members(self, group_id: str, after: str | None, limit: int) -> list[User]:
+        """The group's users by name (``after`` a name_lower)."""
+
+    @abc.abstractmethod
+    def count_group_members(self, group_id: str) -> int: ...
+    @abc.abstractmethod
+    def list_groups_for_user(self, user_id: str) -> list[Group]:
+        """The user's groups by name."""
+
+    @abc.abstractmethod
+    def put_group_policy(self, policy: GroupPolicy) -> None: ...
+    @abc.abstractmethod
+    def get_group_policy(self, group_id: str, name: str) -> GroupPolicy | None: ...
+    @abc.abstractmethod
+    def list_group_policies(self, group_id: str) -> list[GroupPolicy]: ...
+    @abc.abstractmethod
+    def delete_group_policy(self, group_id: str, name: str) -> None: ...
 
     # instance profiles
     @abc.abstractmethod
@@ -184,6 +299,13 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def count_instances_with_profile(self, profile_id: str) -> int:
         """How many instances that are not terminated carry this instance profile."""
+
+    # EC2 instance metadata defaults of an account
+    @abc.abstractmethod
+    def get_metadata_defaults(self, account_id: str) -> MetadataDefaults | None: ...
+    @abc.abstractmethod
+    def put_metadata_defaults(self, defaults: MetadataDefaults) -> None:
+        """Replace the account's defaults (a row of all None is kept: "no preference")."""
 
     # EC2 key pairs (names are case-sensitive, unlike IAM's)
     @abc.abstractmethod

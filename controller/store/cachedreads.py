@@ -9,11 +9,13 @@ come from its cache (SQLite: `PRAGMA data_version`; PostgreSQL: the database sna
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from controller.store.records import (
     AccessKey,
+    Group,
+    GroupPolicy,
     Instance,
     InstanceProfile,
     Node,
@@ -59,6 +61,15 @@ class CachedReads(SqlTransaction):
     def get_tags(self, entity_id: str) -> list[Tag]:
         return list(self._cached(_tags, entity_id))
 
+    def list_groups_for_user(self, user_id: str) -> list[Group]:
+        return list(self._cached(_groups_for_user, user_id))
+
+    def list_group_policies(self, group_id: str) -> list[GroupPolicy]:
+        return list(self._cached(_group_policies, group_id))
+
+    def attached_documents(self, entity_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        return list(self._cached(_attached_documents, *entity_ids))
+
     def get_instance(self, instance_id: str) -> Instance | None:
         return self._cached(SqlTransaction.get_instance, instance_id)
 
@@ -87,3 +98,15 @@ def _role_policies(tx: SqlTransaction, role_id: str) -> tuple[RolePolicy, ...]:
 
 def _tags(tx: SqlTransaction, entity_id: str) -> tuple[Tag, ...]:
     return tuple(SqlTransaction.get_tags(tx, entity_id))
+
+
+def _groups_for_user(tx: SqlTransaction, user_id: str) -> tuple[Group, ...]:
+    return tuple(SqlTransaction.list_groups_for_user(tx, user_id))
+
+
+def _group_policies(tx: SqlTransaction, group_id: str) -> tuple[GroupPolicy, ...]:
+    return tuple(SqlTransaction.list_group_policies(tx, group_id))
+
+
+def _attached_documents(tx: SqlTransaction, *entity_ids: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple(SqlTransaction.attached_documents(tx, entity_ids))

@@ -39,6 +39,13 @@ TABLES = (
     "nodes",
     "instances",
     "key_pairs",
+    "managed_policies",
+    "managed_policy_versions",
+    "iam_groups",
+    "group_members",
+    "group_policies",
+    "policy_attachments",
+    "instance_metadata_defaults",
 )
 
 Row = tuple[Any, ...]

@@ -33,6 +33,8 @@ class User:
     name: str
     path: str
     created: str
+    #: The ARN of the managed policy bounding its permissions, if any.
+    permissions_boundary: str | None = None
 
     @property
     def arn(self) -> str:
@@ -56,6 +58,11 @@ class Role:
     description: str | None
     max_session_duration: int
     created: str
+    #: The ARN of the managed policy bounding its permissions, if any.
+    permissions_boundary: str | None = None
+    #: RoleLastUsed: when (ISO 8601 UTC) and in which region it was last used; None: never.
+    last_used: str | None = None
+    last_used_region: str | None = None
 
     @property
     def arn(self) -> str:
@@ -67,6 +74,81 @@ class RolePolicy:
     role_id: str
     name: str
     document: str
+
+
+@dataclass(frozen=True)
+class ManagedPolicy:
+    """A customer-managed policy; its documents are its versions (`PolicyVersion`)."""
+
+    policy_id: str
+    account_id: str
+    name: str
+    path: str
+    description: str | None
+    default_version: int  # N of "vN"
+    next_version: int  # the number the next version gets: numbers are never reused
+    created: str
+    updated: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:policy{self.path}{self.name}"
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    policy_id: str
+    version: int
+    document: str
+    created: str
+
+    @property
+    def version_id(self) -> str:
+        return f"v{self.version}"
+
+
+@dataclass(frozen=True)
+class PolicyAttachment:
+    """A managed policy attached to a role, user or group (``entity_kind``)."""
+
+    entity_id: str
+    entity_kind: str  # role | user | group
+    account_id: str
+    policy_arn: str
+    policy_id: str | None  # None: an AWS-managed policy (the operator's directory holds it)
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: str
+    account_id: str
+    name: str
+    path: str
+    created: str
+
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:group{self.path}{self.name}"
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    group_id: str
+    name: str
+    document: str
+
+
+@dataclass(frozen=True)
+class MetadataDefaults:
+    """An account's instance metadata defaults (EC2 ModifyInstanceMetadataDefaults); None in
+    a field is "no preference": RoleCall's own default applies."""
+
+    account_id: str
+    http_tokens: str | None
+    hop_limit: int | None
+    http_endpoint: str | None
+    metadata_tags: str | None
+    changed: str
 
 
 @dataclass(frozen=True)

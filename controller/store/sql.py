@@ -16,10 +16,16 @@ from controller.store.base import AuditRow, Transaction
 from controller.store.records import (
     AccessKey,
     Account,
+    Group,
+    GroupPolicy,
     Instance,
     InstanceProfile,
     KeyPair,
+    ManagedPolicy,
+    MetadataDefaults,
     Node,
+    PolicyAttachment,
+    PolicyVersion,
     Role,
     RolePolicy,
     Tag,
@@ -29,11 +35,17 @@ from controller.store.records import (
 
 _ROLE_COLUMNS = (
     "role_id, account_id, name, path, assume_role_policy, description, "
-    "max_session_duration, created"
+    "max_session_duration, created, permissions_boundary, last_used, last_used_region"
 )
 _PROFILE_COLUMNS = "profile_id, account_id, name, path, role_id, created"
 _KEY_COLUMNS = "access_key_id, secret_access_key, account_id, user_name, status, created"
-_USER_COLUMNS = "user_id, account_id, name, path, created"
+_USER_COLUMNS = "user_id, account_id, name, path, created, permissions_boundary"
+_POLICY_COLUMNS = (
+    "policy_id, account_id, name, path, description, default_version, next_version, created,"
+    " updated"
+)
+_ATTACHMENT_COLUMNS = "entity_id, entity_kind, account_id, policy_arn, policy_id"
+_GROUP_COLUMNS = "group_id, account_id, name, path, created"
 _NODE_COLUMNS = (
     "name, certificate_serial, enrolled, retired, last_contact, revision, capacity, subnet"
 )
@@ -181,8 +193,16 @@ class SqlTransaction(Transaction):
     # users
     def insert_user(self, user: User) -> None:
         self._run(
-            f"INSERT INTO users ({_USER_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?)",
-            (user.user_id, user.account_id, user.name, user.path, user.created, user.name.lower()),
+            f"INSERT INTO users ({_USER_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                user.user_id,
+                user.account_id,
+                user.name,
+                user.path,
+                user.created,
+                user.permissions_boundary,
+                user.name.lower(),
+            ),
         )
 
     def get_user(self, account_id: str, name: str) -> User | None:
@@ -205,6 +225,11 @@ class SqlTransaction(Transaction):
     def delete_user(self, user_id: str) -> None:
         self._run("DELETE FROM tags WHERE entity_id = ?", (user_id,))
         self._run("DELETE FROM users WHERE user_id = ?", (user_id,))
+
+    def set_user_permissions_boundary(self, user_id: str, policy_arn: str | None) -> None:
+        self._run(
+            "UPDATE users SET permissions_boundary = ? WHERE user_id = ?", (policy_arn, user_id)
+        )
 
     def put_user_policy(self, policy: UserPolicy) -> None:
         self._run(
@@ -241,7 +266,8 @@ class SqlTransaction(Transaction):
     # roles
     def insert_role(self, role: Role) -> None:
         self._run(
-            f"INSERT INTO roles ({_ROLE_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO roles ({_ROLE_COLUMNS}, name_lower)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 role.role_id,
                 role.account_id,
@@ -251,6 +277,9 @@ class SqlTransaction(Transaction):
                 role.description,
                 role.max_session_duration,
                 role.created,
+                role.permissions_boundary,
+                role.last_used,
+                role.last_used_region,
                 role.name.lower(),
             ),
         )
@@ -278,10 +307,24 @@ class SqlTransaction(Transaction):
 
     def update_role(self, role: Role) -> None:
         self._run(
-            "UPDATE roles SET assume_role_policy = ?, description = ?, max_session_duration = ?"
-            " WHERE role_id = ?",
-            (role.assume_role_policy, role.description, role.max_session_duration, role.role_id),
+            "UPDATE roles SET assume_role_policy = ?, description = ?, max_session_duration = ?,"
+            " permissions_boundary = ? WHERE role_id = ?",
+            (
+                role.assume_role_policy,
+                role.description,
+                role.max_session_duration,
+                role.permissions_boundary,
+                role.role_id,
+            ),
         )
+
+    def record_roles_last_used(self, uses: Sequence[tuple[str, str, str]]) -> None:
+        for role_id, when, region in uses:
+            self._run(
+                "UPDATE roles SET last_used = ?, last_used_region = ?"
+                " WHERE role_id = ? AND (last_used IS NULL OR last_used < ?)",
+                (when, region, role_id, when),
+            )
 
     def delete_role(self, role_id: str) -> None:
         self._run("DELETE FROM tags WHERE entity_id = ?", (role_id,))
@@ -318,6 +361,287 @@ class SqlTransaction(Transaction):
         self._run(
             "DELETE FROM role_policies WHERE role_id = ? AND name_lower = ?",
             (role_id, name.lower()),
+        )
+
+    # customer-managed policies and their versions
+    def insert_managed_policy(self, policy: ManagedPolicy) -> None:
+        self._run(
+            f"INSERT INTO managed_policies ({_POLICY_COLUMNS}, name_lower)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                policy.policy_id,
+                policy.account_id,
+                policy.name,
+                policy.path,
+                policy.description,
+                policy.default_version,
+                policy.next_version,
+                policy.created,
+                policy.updated,
+                policy.name.lower(),
+            ),
+        )
+
+    def get_managed_policy(self, account_id: str, name: str) -> ManagedPolicy | None:
+        row = self._row(
+            f"SELECT {_POLICY_COLUMNS} FROM managed_policies"
+            " WHERE account_id = ? AND name_lower = ?",
+            (account_id, name.lower()),
+        )
+        return ManagedPolicy(*row) if row else None
+
+    def get_managed_policy_by_id(self, policy_id: str) -> ManagedPolicy | None:
+        row = self._row(
+            f"SELECT {_POLICY_COLUMNS} FROM managed_policies WHERE policy_id = ?", (policy_id,)
+        )
+        return ManagedPolicy(*row) if row else None
+
+    def list_managed_policies(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[ManagedPolicy]:
+        rows = self._rows(
+            f"SELECT {_POLICY_COLUMNS} FROM managed_policies WHERE account_id = ?"
+            " AND substr(path, 1, ?) = ? AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (account_id, len(path_prefix), path_prefix, after or "", limit),
+        )
+        return [ManagedPolicy(*row) for row in rows]
+
+    def update_managed_policy(self, policy: ManagedPolicy) -> None:
+        self._run(
+            "UPDATE managed_policies SET description = ?, default_version = ?,"
+            " next_version = ?, updated = ? WHERE policy_id = ?",
+            (
+                policy.description,
+                policy.default_version,
+                policy.next_version,
+                policy.updated,
+                policy.policy_id,
+            ),
+        )
+
+    def delete_managed_policy(self, policy_id: str) -> None:
+        self._run("DELETE FROM tags WHERE entity_id = ?", (policy_id,))
+        self._run("DELETE FROM managed_policy_versions WHERE policy_id = ?", (policy_id,))
+        self._run("DELETE FROM managed_policies WHERE policy_id = ?", (policy_id,))
+
+    def insert_policy_version(self, version: PolicyVersion) -> None:
+        self._run(
+            "INSERT INTO managed_policy_versions (policy_id, version, document, created)"
+            " VALUES (?, ?, ?, ?)",
+            (version.policy_id, version.version, version.document, version.created),
+        )
+
+    def get_policy_version(self, policy_id: str, version: int) -> PolicyVersion | None:
+        row = self._row(
+            "SELECT policy_id, version, document, created FROM managed_policy_versions"
+            " WHERE policy_id = ? AND version = ?",
+            (policy_id, version),
+        )
+        return PolicyVersion(*row) if row else None
+
+    def list_policy_versions(self, policy_id: str) -> list[PolicyVersion]:
+        rows = self._rows(
+            "SELECT policy_id, version, document, created FROM managed_policy_versions"
+            " WHERE policy_id = ? ORDER BY version DESC",
+            (policy_id,),
+        )
+        return [PolicyVersion(*row) for row in rows]
+
+    def delete_policy_version(self, policy_id: str, version: int) -> None:
+        self._run(
+            "DELETE FROM managed_policy_versions WHERE policy_id = ? AND version = ?",
+            (policy_id, version),
+        )
+
+    # managed policies attached to roles, users and groups
+    def attach_policy(self, attachment: PolicyAttachment) -> bool:
+        if self._row(
+            "SELECT 1 FROM policy_attachments WHERE entity_id = ? AND policy_arn = ?",
+            (attachment.entity_id, attachment.policy_arn),
+        ):
+            return False
+        order = self._row(
+            "SELECT COALESCE(MAX(attached), 0) + 1 FROM policy_attachments WHERE entity_id = ?",
+            (attachment.entity_id,),
+        )
+        self._run(
+            f"INSERT INTO policy_attachments ({_ATTACHMENT_COLUMNS}, attached)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                attachment.entity_id,
+                attachment.entity_kind,
+                attachment.account_id,
+                attachment.policy_arn,
+                attachment.policy_id,
+                order[0] if order else 1,
+            ),
+        )
+        return True
+
+    def detach_policy(self, entity_id: str, policy_arn: str) -> bool:
+        attached = self._row(
+            "SELECT 1 FROM policy_attachments WHERE entity_id = ? AND policy_arn = ?",
+            (entity_id, policy_arn),
+        )
+        if attached:
+            self._run(
+                "DELETE FROM policy_attachments WHERE entity_id = ? AND policy_arn = ?",
+                (entity_id, policy_arn),
+            )
+        return attached is not None
+
+    def list_attached_policies(self, entity_id: str) -> list[PolicyAttachment]:
+        rows = self._rows(
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM policy_attachments WHERE entity_id = ?"
+            " ORDER BY attached",
+            (entity_id,),
+        )
+        return [PolicyAttachment(*row) for row in rows]
+
+    def list_policy_attachments(self, policy_arn: str) -> list[PolicyAttachment]:
+        rows = self._rows(
+            f"SELECT {_ATTACHMENT_COLUMNS} FROM policy_attachments WHERE policy_arn = ?"
+            " ORDER BY entity_kind, entity_id",
+            (policy_arn,),
+        )
+        return [PolicyAttachment(*row) for row in rows]
+
+    def count_policy_attachments(self, account_id: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT policy_arn, COUNT(*) FROM policy_attachments WHERE account_id = ?"
+            " GROUP BY policy_arn",
+            (account_id,),
+        )
+        return {arn: count for arn, count in rows}
+
+    def attached_documents(self, entity_ids: Sequence[str]) -> list[tuple[str, str | None]]:
+        if not entity_ids:
+            return []
+        marks = ", ".join("?" for _ in entity_ids)
+        rows = self._rows(
+            "SELECT a.entity_id, a.policy_arn, v.document FROM policy_attachments a"
+            " LEFT JOIN managed_policies p ON p.policy_id = a.policy_id"
+            " LEFT JOIN managed_policy_versions v"
+            " ON v.policy_id = p.policy_id AND v.version = p.default_version"
+            f" WHERE a.entity_id IN ({marks}) ORDER BY a.entity_id, a.attached",
+            tuple(entity_ids),
+        )
+        order = {entity_id: index for index, entity_id in enumerate(entity_ids)}
+        rows.sort(key=lambda row: order[row[0]])  # stable: attachment order kept within one
+        return [(arn, document) for _, arn, document in rows]
+
+    # groups, their members and their inline policies
+    def insert_group(self, group: Group) -> None:
+        self._run(
+            f"INSERT INTO iam_groups ({_GROUP_COLUMNS}, name_lower) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                group.group_id,
+                group.account_id,
+                group.name,
+                group.path,
+                group.created,
+                group.name.lower(),
+            ),
+        )
+
+    def get_group(self, account_id: str, name: str) -> Group | None:
+        row = self._row(
+            f"SELECT {_GROUP_COLUMNS} FROM iam_groups WHERE account_id = ? AND name_lower = ?",
+            (account_id, name.lower()),
+        )
+        return Group(*row) if row else None
+
+    def get_group_by_id(self, group_id: str) -> Group | None:
+        row = self._row(f"SELECT {_GROUP_COLUMNS} FROM iam_groups WHERE group_id = ?", (group_id,))
+        return Group(*row) if row else None
+
+    def list_groups(
+        self, account_id: str, path_prefix: str, after: str | None, limit: int
+    ) -> list[Group]:
+        rows = self._rows(
+            f"SELECT {_GROUP_COLUMNS} FROM iam_groups WHERE account_id = ?"
+            " AND substr(path, 1, ?) = ? AND name_lower > ? ORDER BY name_lower LIMIT ?",
+            (account_id, len(path_prefix), path_prefix, after or "", limit),
+        )
+        return [Group(*row) for row in rows]
+
+    def delete_group(self, group_id: str) -> None:
+        self._run("DELETE FROM group_members WHERE group_id = ?", (group_id,))
+        self._run("DELETE FROM group_policies WHERE group_id = ?", (group_id,))
+        self._run("DELETE FROM iam_groups WHERE group_id = ?", (group_id,))
+
+    def add_group_member(self, group_id: str, user_id: str) -> bool:
+        if self._row(
+            "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group_id, user_id)
+        ):
+            return False
+        self._run(
+            "INSERT INTO group_members (group_id, user_id) VALUES (?, ?)", (group_id, user_id)
+        )
+        return True
+
+    def remove_group_member(self, group_id: str, user_id: str) -> bool:
+        member = self._row(
+            "SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?", (group_id, user_id)
+        )
+        if member:
+            self._run(
+                "DELETE FROM group_members WHERE group_id = ? AND user_id = ?", (group_id, user_id)
+            )
+        return member is not None
+
+    def list_group_members(self, group_id: str, after: str | None, limit: int) -> list[User]:
+        columns = ", ".join(f"u.{column.strip()}" for column in _USER_COLUMNS.split(","))
+        rows = self._rows(
+            f"SELECT {columns} FROM group_members m JOIN users u ON u.user_id = m.user_id"
+            " WHERE m.group_id = ? AND u.name_lower > ? ORDER BY u.name_lower LIMIT ?",
+            (group_id, after or "", limit),
+        )
+        return [User(*row) for row in rows]
+
+    def count_group_members(self, group_id: str) -> int:
+        row = self._row("SELECT COUNT(*) FROM group_members WHERE group_id = ?", (group_id,))
+        return int(row[0]) if row else 0
+
+    def list_groups_for_user(self, user_id: str) -> list[Group]:
+        columns = ", ".join(f"g.{column.strip()}" for column in _GROUP_COLUMNS.split(","))
+        rows = self._rows(
+            f"SELECT {columns} FROM group_members m JOIN iam_groups g ON g.group_id = m.group_id"
+            " WHERE m.user_id = ? ORDER BY g.name_lower",
+            (user_id,),
+        )
+        return [Group(*row) for row in rows]
+
+    def put_group_policy(self, policy: GroupPolicy) -> None:
+        self._run(
+            "DELETE FROM group_policies WHERE group_id = ? AND name_lower = ?",
+            (policy.group_id, policy.name.lower()),
+        )
+        self._run(
+            "INSERT INTO group_policies (group_id, name, name_lower, document) VALUES (?, ?, ?, ?)",
+            (policy.group_id, policy.name, policy.name.lower(), policy.document),
+        )
+
+    def get_group_policy(self, group_id: str, name: str) -> GroupPolicy | None:
+        row = self._row(
+            "SELECT group_id, name, document FROM group_policies"
+            " WHERE group_id = ? AND name_lower = ?",
+            (group_id, name.lower()),
+        )
+        return GroupPolicy(*row) if row else None
+
+    def list_group_policies(self, group_id: str) -> list[GroupPolicy]:
+        rows = self._rows(
+            "SELECT group_id, name, document FROM group_policies WHERE group_id = ?"
+            " ORDER BY name_lower",
+            (group_id,),
+        )
+        return [GroupPolicy(*row) for row in rows]
+
+    def delete_group_policy(self, group_id: str, name: str) -> None:
+        self._run(
+            "DELETE FROM group_policies WHERE group_id = ? AND name_lower = ?",
+            (group_id, name.lower()),
         )
 
     # instance profiles
@@ -531,6 +855,33 @@ class SqlTransaction(Transaction):
             (profile_id,),
         )
         return int(row[0]) if row else 0
+
+    # EC2 instance metadata defaults of an account
+    def get_metadata_defaults(self, account_id: str) -> MetadataDefaults | None:
+        row = self._row(
+            "SELECT account_id, http_tokens, hop_limit, http_endpoint, metadata_tags, changed"
+            " FROM instance_metadata_defaults WHERE account_id = ?",
+            (account_id,),
+        )
+        return MetadataDefaults(*row) if row else None
+
+    def put_metadata_defaults(self, defaults: MetadataDefaults) -> None:
+        self._run(
+            "DELETE FROM instance_metadata_defaults WHERE account_id = ?", (defaults.account_id,)
+        )
+        self._run(
+            "INSERT INTO instance_metadata_defaults"
+            " (account_id, http_tokens, hop_limit, http_endpoint, metadata_tags, changed)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                defaults.account_id,
+                defaults.http_tokens,
+                defaults.hop_limit,
+                defaults.http_endpoint,
+                defaults.metadata_tags,
+                defaults.changed,
+            ),
+        )
 
     # key pairs
     def insert_key_pair(self, key_pair: KeyPair) -> None:
