@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+from controller import awsmanaged
 from controller.actions import Caller, Context
 from controller.permissions import CallerFacts, Policies, decide, denial, settled
 from controller.policy.document import PolicyDocument, PolicyKind, parse_policy
 from controller.store.base import Transaction
-from controller.store.records import RolePolicy, UserPolicy
+from controller.store.records import GroupPolicy, RolePolicy, UserPolicy
 
 ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
@@ -64,15 +65,23 @@ class ParsedDocuments:
 #: Every stored document, parsed once.
 parsed = ParsedDocuments()
 
+#: What a managed policy that cannot be read any more stands for: a document allowing nothing.
+_NOTHING = parse_policy(
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","NotAction":"*","Resource":"*"}]}',
+    PolicyKind.IDENTITY,
+)
+
 #: The root's (and its sessions') one policy: everything in its account.
 _ROOT_POLICIES: Policies = (("root", parse_policy(ALLOW_ALL, PolicyKind.IDENTITY)),)
 
 
 def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) -> CallerFacts:
-    """What deciding for ``caller`` needs, read now: its identity policies (a deleted policy
-    stops at once), its tags and its session policy. Nothing is read when ``action`` alone
-    settles the decision (the root, GetCallerIdentity, a kind of credentials that may not call
-    it): `controller.permissions.decide` then looks at no fact."""
+    """What deciding for ``caller`` needs, read now: its identity policies (its inline ones,
+    those of its groups, and the default version of every managed policy attached to it or its
+    groups; a deleted or detached policy stops at once), its permissions boundary, its tags and
+    its session policy. Nothing is read when ``action`` alone settles the decision (the root,
+    GetCallerIdentity, a kind of credentials that may not call it): `controller.permissions.decide`
+    then looks at no fact."""
     if action is not None and settled(caller, action) is not None:
         return CallerFacts(caller)
     session_policies: Policies | None = None
@@ -80,30 +89,80 @@ def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) ->
         session_policies = (("session policy", parsed(caller.session_policy)),)
     elif caller.kind == "federated-user":
         session_policies = ()  # a federation without a session policy is allowed nothing
-    policies: Policies = ()
     if caller.kind == "assumed-role":
         if caller.role_id is None:
-            return CallerFacts(caller, policies, session_policies, {})
-        if tx.get_role_by_id(caller.role_id) is not None:
-            policies = _named(tx.list_role_policies(caller.role_id))
-        return CallerFacts(caller, policies, session_policies, _tags(tx, caller.role_id))
+            return CallerFacts(caller, (), session_policies, {})
+        role = tx.get_role_by_id(caller.role_id)
+        if role is None:
+            return CallerFacts(caller, (), session_policies, _tags(tx, caller.role_id))
+        policies = _named(tx.list_role_policies(role.role_id)) + _attached(tx, [role.role_id])
+        return CallerFacts(
+            caller,
+            policies,
+            session_policies,
+            _tags(tx, role.role_id),
+            boundary_policies(tx, role.permissions_boundary),
+        )
     if caller.user_name is None:  # the root, or a session or federation the root started
         return CallerFacts(caller, _ROOT_POLICIES, session_policies, {})
     user = tx.get_user(caller.account_id, caller.user_name)
     # A deleted user (maybe re-created under its name) leaves its sessions no policy at all.
-    if user is not None and caller.issuer_user_id in (None, user.user_id):
-        policies = _named(tx.list_user_policies(user.user_id))
+    if user is None or caller.issuer_user_id not in (None, user.user_id):
+        return CallerFacts(caller, (), session_policies, {})
+    policies = _named(tx.list_user_policies(user.user_id))
+    groups = tx.list_groups_for_user(user.user_id)
+    for group in groups:
+        policies += _named(tx.list_group_policies(group.group_id))
+    policies += _attached(tx, [user.user_id, *(group.group_id for group in groups)])
     # Only a user's own keys carry its tags; its sessions and federations do not.
-    tags = _tags(tx, user.user_id) if caller.kind == "user" and user is not None else {}
-    return CallerFacts(caller, policies, session_policies, tags)
+    tags = _tags(tx, user.user_id) if caller.kind == "user" else {}
+    return CallerFacts(
+        caller, policies, session_policies, tags, boundary_policies(tx, user.permissions_boundary)
+    )
 
 
-def _named(policies: Iterable[RolePolicy | UserPolicy]) -> Policies:
+def _named(policies: Iterable[RolePolicy | UserPolicy | GroupPolicy]) -> Policies:
     return tuple((policy.name, parsed(policy.document)) for policy in policies)
+
+
+def _attached(tx: Transaction, entity_ids: Sequence[str]) -> Policies:
+    """The default versions of the managed policies attached to the entities, named by ARN.
+    Of the same policy attached to a user and its group, one copy is enough."""
+    found: dict[str, PolicyDocument] = {}
+    for arn, document in tx.attached_documents(entity_ids):
+        if arn not in found:
+            found[arn] = _managed_document(arn, document)
+    return tuple(found.items())
+
+
+def boundary_policies(tx: Transaction, arn: str | None) -> Policies | None:
+    """The permissions boundary named by ``arn`` as a layer of evaluation: None for no
+    boundary; its default version; a layer allowing nothing if the policy is gone."""
+    if arn is None:
+        return None
+    if arn.startswith(awsmanaged.ARN_PREFIX):
+        return ((arn, _managed_document(arn, None)),)
+    account_id, _, name = arn.removeprefix("arn:aws:iam::").partition(":policy")
+    policy = tx.get_managed_policy(account_id, name.rpartition("/")[2])
+    if policy is None or policy.arn != arn:
+        return ((arn, _NOTHING),)
+    version = tx.get_policy_version(policy.policy_id, policy.default_version)
+    return ((arn, _managed_document(arn, version.document if version else None)),)
 
 
 def _tags(tx: Transaction, entity_id: str) -> dict[str, str]:
     return {tag.key: tag.value for tag in tx.get_tags(entity_id)}
+
+
+def _managed_document(arn: str, document: str | None) -> PolicyDocument:
+    """A managed policy's document: stored, or (None) the operator's AWS-managed one. One that
+    cannot be found any more (its file removed from the directory) allows nothing."""
+    if document is None:
+        provided = awsmanaged.catalog.get(arn)
+        if provided is None:
+            return _NOTHING
+        document = provided.document
+    return parsed(document)
 
 
 def authorize(

@@ -11,7 +11,7 @@ credentials are further limited as in AWS.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from controller.actions import PRINCIPAL_TYPES, Caller, RequestFacts
@@ -21,7 +21,7 @@ from controller.policy.evaluate import (
     Decision,
     RequestContext,
     evaluate,
-    evaluate_with_session,
+    evaluate_layers,
     time_keys,
 )
 
@@ -49,6 +49,10 @@ class CallerFacts:
     session_policies: Policies | None = None
     #: aws:PrincipalTag/… : the tags of the caller's user or role.
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: The permissions boundary of the caller's user or role (its managed policy's default
+    #: version), which the identity's answer is intersected with; None for no boundary. A
+    #: boundary whose policy cannot be read is a layer that allows nothing (fail closed).
+    boundary: Policies | None = None
 
 
 def kind_may_call(caller: Caller, action: str) -> bool:
@@ -118,15 +122,37 @@ def decide(
     if extra_keys:
         keys.update(extra_keys)
     context = RequestContext(action, resource, caller.arn, caller.account_id, keys)
+    if facts.boundary is None and facts.session_policies is None:
+        return evaluate(facts.policies, context)
+    layers = [facts.policies]
+    names = ["identity"]
+    if facts.boundary is not None:
+        layers.append(facts.boundary)
+        names.append("boundary")
     if facts.session_policies is not None:
-        return evaluate_with_session(facts.policies, facts.session_policies, context)
-    return evaluate(facts.policies, context)
+        layers.append(facts.session_policies)
+        names.append("session")
+    decision = evaluate_layers(layers, context)
+    if decision.layer is not None:  # which layer denied, by what it is, for the message
+        return replace(decision, layer=_LAYERS.index(names[decision.layer]))
+    return decision
+
+
+#: The layers of `decide`, as `Decision.layer` names them after it.
+_LAYERS = ("identity", "boundary", "session")
 
 
 def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:
     """AWS's AccessDenied: who, what, on which resource, and why."""
-    if decision.effect == "Deny":
+    layer = _LAYERS[decision.layer] if decision.layer is not None else "identity"
+    if decision.effect == "Deny" and layer == "boundary":
+        reason = "with an explicit deny in a permissions boundary"
+    elif decision.effect == "Deny" and layer == "session":
+        reason = "with an explicit deny in a session policy"
+    elif decision.effect == "Deny":
         reason = f"with an explicit deny in {decision.policy_name!r}"
+    elif layer == "boundary":
+        reason = f"because no permissions boundary allows the {action} action"
     elif caller.kind == "federated-user" and action.lower().startswith(("iam:", "sts:")):
         reason = "because federated users can call no IAM action and only GetCallerIdentity in STS"
     elif caller.kind == "session" and action.lower().startswith(("iam:", "sts:")):

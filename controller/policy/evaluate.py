@@ -41,6 +41,7 @@ __all__ = [
     "Decision",
     "RequestContext",
     "evaluate",
+    "evaluate_layers",
     "evaluate_trust",
     "evaluate_with_session",
     "principal_matches",
@@ -104,6 +105,8 @@ class Decision:
     statement: Statement | None = None
     policy_name: str | None = None
     missing_keys: tuple[str, ...] = ()
+    #: Of `evaluate_layers`: the index of the layer that denied (None: one layer, or allowed).
+    layer: int | None = None
 
     @property
     def allowed(self) -> bool:
@@ -133,6 +136,28 @@ def evaluate(policies: Sequence[tuple[str, PolicyDocument]], context: RequestCon
     return _decide(policies, context, _Target.RESOURCE)
 
 
+def evaluate_layers(
+    layers: Sequence[Sequence[tuple[str, PolicyDocument]]], context: RequestContext
+) -> Decision:
+    """Evaluation through several layers that must all allow: the identity's policies, then
+    its permissions boundary, then the session policies (AWS's intersection).
+
+    An explicit Deny in any layer wins; else every layer needs an Allow. An empty layer allows
+    nothing (GetFederationToken without a policy). ``Decision.layer`` is the index of the layer
+    that decided a Deny or an ImplicitDeny (the first that does not allow); None for an Allow.
+    """
+    decisions = [evaluate(layer, context) for layer in layers]
+    missing = tuple(dict.fromkeys(key for each in decisions for key in each.missing_keys))
+    for index, decision in enumerate(decisions):
+        if decision.effect == "Deny":
+            return Decision("Deny", decision.statement, decision.policy_name, missing, index)
+    for index, decision in enumerate(decisions):
+        if decision.effect != "Allow":
+            return Decision("ImplicitDeny", None, None, missing, index)
+    first = decisions[0]
+    return Decision("Allow", first.statement, first.policy_name, missing)
+
+
 def evaluate_with_session(
     identity_policies: Sequence[tuple[str, PolicyDocument]],
     session_policies: Sequence[tuple[str, PolicyDocument]],
@@ -144,15 +169,7 @@ def evaluate_with_session(
     denies. An empty ``session_policies`` allows nothing (GetFederationToken without a policy);
     a session without a session policy (AssumeRole without ``Policy``) uses ``evaluate``.
     """
-    identity = evaluate(identity_policies, context)
-    session = evaluate(session_policies, context)
-    missing = tuple(dict.fromkeys(identity.missing_keys + session.missing_keys))
-    for decision in (identity, session):
-        if decision.effect == "Deny":
-            return Decision("Deny", decision.statement, decision.policy_name, missing)
-    if identity.effect == "Allow" and session.effect == "Allow":
-        return Decision("Allow", identity.statement, identity.policy_name, missing)
-    return Decision("ImplicitDeny", None, None, missing)
+    return evaluate_layers((identity_policies, session_policies), context)
 
 
 def evaluate_trust(

@@ -158,7 +158,14 @@ ASSUME_ROLE_READS = [
         ALICE,
         "plain",
         {},
-        {"get_role": 1, "get_user": 1, "list_user_policies": 1, "get_tags": 1},
+        {
+            "get_role": 1,
+            "get_user": 1,
+            "list_user_policies": 1,
+            "list_groups_for_user": 1,
+            "attached_documents": 1,
+            "get_tags": 1,
+        },
     ),
     (
         # Before: 11 reads, the user 5 times and its tags 3 times (trust keys, then each action).
@@ -166,14 +173,27 @@ ASSUME_ROLE_READS = [
         ALICE,
         "conditioned",
         {"SourceIdentity": "alice"},
-        {"get_role": 1, "get_user": 1, "list_user_policies": 1, "get_tags": 1},
+        {
+            "get_role": 1,
+            "get_user": 1,
+            "list_user_policies": 1,
+            "list_groups_for_user": 1,
+            "attached_documents": 1,
+            "get_tags": 1,
+        },
     ),
     (
         "a role session (chained)",
         CHAINED,
         "plain",
         {},
-        {"get_role": 1, "get_role_by_id": 1, "list_role_policies": 1, "get_tags": 1},
+        {
+            "get_role": 1,
+            "get_role_by_id": 1,
+            "list_role_policies": 1,
+            "attached_documents": 1,
+            "get_tags": 1,
+        },
     ),
 ]
 
@@ -218,11 +238,21 @@ def test_a_request_wrong_by_itself_reads_nothing(
 @pytest.mark.parametrize(
     ("caller", "action", "reads"),
     [
-        (ALICE, "iam:GetRole", {"get_user": 1, "list_user_policies": 1, "get_tags": 1}),
+        (
+            ALICE,
+            "iam:GetRole",
+            {
+                "get_user": 1,
+                "list_user_policies": 1,
+                "list_groups_for_user": 1,
+                "attached_documents": 1,
+                "get_tags": 1,
+            },
+        ),
         (
             CHAINED,
             "iam:GetRole",
-            {"get_role_by_id": 1, "list_role_policies": 1, "get_tags": 1},
+            {"get_role_by_id": 1, "list_role_policies": 1, "attached_documents": 1, "get_tags": 1},
         ),
         (ROOT, "iam:DeleteRole", {}),
         (ALICE, "sts:GetCallerIdentity", {}),
