@@ -9,5 +9,6 @@ from controller.ec2 import (  # noqa: E402,F401
     attributes,
     instances,
     keypairs,
+    metadata_defaults,
     placement,
 )

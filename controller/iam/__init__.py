@@ -1,7 +1,16 @@
-"""IAM (2010-05-08): roles, their inline policies, instance profiles."""
+"""IAM (2010-05-08): roles, users, groups, inline and managed policies, boundaries, instance
+profiles."""
 
 from controller.actions import Registry
 
 registry = Registry()
 
-from controller.iam import instance_profiles, roles, simulate, users  # noqa: E402,F401
+from controller.iam import (  # noqa: E402,F401
+    boundaries,
+    groups,
+    instance_profiles,
+    managed,
+    roles,
+    simulate,
+    users,
+)

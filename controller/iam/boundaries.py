@@ -1,0 +1,3 @@
+"""Permissions boundaries of roles and users (issue 15)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""IAM groups: their members and inline policies (issue 15)."""
+
+from __future__ import annotations
