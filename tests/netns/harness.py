@@ -363,6 +363,12 @@ class AgentProcess:
     def output(self) -> str:
         return self.process.output if self.process is not None else ""
 
+    def logged(self, text: str, timeout: float = 10) -> None:
+        """Wait until the running agent has logged ``text``: its output is read by a thread,
+        so a line may arrive a moment after the effect it tells of."""
+        assert self.process is not None, "the agent is not running"
+        self.process.wait_for(re.escape(text), timeout)
+
     def command_argv(self, command: str) -> list[str]:
         """``rolecall-agent COMMAND --socket`` this agent's plug socket (plug, unplug, hook)."""
         return [str(BIN / "rolecall-agent"), command, "--socket", str(self.plug_socket)]

@@ -295,9 +295,9 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
     }
     assert failovers == {"refused": 1.0, "unreachable": 1.0, "timeout": 1.0}, agent.output
     for url in (first.node_api_url, second.node_api_url, third.node_api_url):
-        assert f"controller {url} in use from now on, after controller " in agent.output
-    assert f"controller {foreign.url}: its certificate does not verify" in agent.output
-    assert f"controller {silent.url}: unreachable (no TLS connection within 3 s)" in agent.output
+        agent.logged(f"controller {url} in use from now on, after controller ")
+    agent.logged(f"controller {foreign.url}: its certificate does not verify")
+    agent.logged(f"controller {silent.url}: unreachable (no TLS connection within 3 s)")
     assert foreign.server.connections >= 1 and foreign.server.requests == 0
     assert refusing.server.requests >= 1
     assert "Traceback" not in agent.output

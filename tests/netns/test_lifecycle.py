@@ -278,4 +278,4 @@ def test_a_namespace_whose_record_was_lost_is_removed_with_its_instance(cloud: C
 
     cloud.ec2.terminate_instances(InstanceIds=[instance_id])
     wait_until(lambda: namespace not in namespaces(), 10, f"{namespace} to be removed")
-    assert f"removed namespace {namespace}" in cloud.agent.output
+    cloud.agent.logged(f"removed namespace {namespace}")

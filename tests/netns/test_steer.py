@@ -203,7 +203,7 @@ def test_a_vm_on_the_bridge_gets_its_instances_role_through_the_steering(
     namespace = namespace_of(instance_id)
     assert tables().count(namespace) == 1
     assert root_links(steer.host_end(namespace)) == 1
-    assert f"steered {vm.tap} into namespace {namespace}" in cloud.agent.output
+    cloud.agent.logged(f"steered {vm.tap} into namespace {namespace}")
 
 
 def test_a_second_vm_gets_its_own_role_and_no_trick_reaches_the_first_namespace(
@@ -354,7 +354,7 @@ def test_a_vm_started_while_the_agent_is_down_is_steered_when_it_starts(
     assert result.returncode == 0 and "spooled" in result.stdout, result.stderr
     cloud.agent.start()
     assert wait_until(lambda: role_of(vm), 15, "the VM's role once the agent is back") == arn
-    assert f"took the spooled plug of {instance_id}" in cloud.agent.output, cloud.agent.output
+    cloud.agent.logged(f"took the spooled plug of {instance_id}")
 
 
 def test_a_vm_migrated_in_is_pending_until_its_instance_is_moved_here(
@@ -388,7 +388,7 @@ def test_a_restarted_agent_adopts_the_steering_without_doubling_anything(
     assert tables().count(namespace) == 1
     assert rules_of(namespace) == 3
     adopted = f"adopted the steering of {vm.tap} into namespace {namespace}"
-    assert adopted in cloud.agent.output, cloud.agent.output
+    cloud.agent.logged(adopted)
     found = json.loads(ip("-j", "link", "show", steer.host_end(namespace)).stdout)
     assert [link["ifindex"] for link in found] == [veth]  # the same veth, kept
     shown = ip("-n", namespace, "-o", "link").stdout
