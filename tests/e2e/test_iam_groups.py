@@ -229,7 +229,7 @@ def member(controller: Controller, iam: Any, *own: str) -> tuple[str, str, Keys]
     return group, user, Keys.of(iam.create_access_key(UserName=user)).remember(controller)
 
 
-def test_a_user_allowed_only_by_its_group_loses_it_on_the_next_request_out_of_it(
+def test_a_user_allowed_only_by_its_group_loses_it_on_the_next_request_without_it(
     controller: Controller, iam: Any
 ) -> None:
     group, user, keys = member(controller, iam)
@@ -245,6 +245,8 @@ def test_a_user_allowed_only_by_its_group_loses_it_on_the_next_request_out_of_it
     assert "no identity-based policy allows the iam:ListUsers action" in message
     iam.add_user_to_group(GroupName=group, UserName=user)
     assert as_user.list_users()["Users"]
+    iam.delete_group_policy(GroupName=group, PolicyName="read")
+    assert error_of(as_user.list_users)[:2] == ("AccessDenied", 403)
 
 
 def test_a_deny_in_a_group_policy_wins_over_the_users_own_allow(
@@ -278,6 +280,29 @@ def test_the_users_sessions_get_and_lose_what_the_group_grants(
     iam.remove_user_from_group(GroupName=group, UserName=user)
     for ec2 in (session, federated):
         assert error_of(ec2.describe_instances)[:2] == ("UnauthorizedOperation", 403)
+
+
+def test_moving_a_group_needs_permission_on_its_new_name_too(
+    controller: Controller, iam: Any
+) -> None:
+    team, other = f"/{unique('team')}/", f"/{unique('other')}/"
+    group = unique("movable")
+    iam.create_group(GroupName=group, Path=team)
+    allowed = policy(allow("iam:UpdateGroup", f"arn:aws:iam::{ACCOUNT_ID}:group{team}*"))
+    admin = Keys.of(
+        iam.create_access_key(UserName=_user_with(iam, unique("admin"), allowed))
+    ).client(controller, "iam")
+    code, status, message = error_of(admin.update_group, GroupName=group, NewPath=other)
+    assert (code, status) == ("AccessDenied", 403)
+    assert f"group{other}{group}" in message
+    admin.update_group(GroupName=group, NewGroupName=f"{group}-2")
+    assert iam.get_group(GroupName=f"{group}-2")["Group"]["Path"] == team
+
+
+def _user_with(iam: Any, name: str, document: str) -> str:
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=document)
+    return name
 
 
 # The aws command line and the iam-group* tools
