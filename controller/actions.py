@@ -81,6 +81,12 @@ class IssuedCounter(Protocol):
     def credentials_issued(self, kind: str) -> None: ...
 
 
+class RoleUseRecorder(Protocol):
+    """Records that a role was used, to be written later (`controller.lastused`)."""
+
+    def record(self, role_id: str, when: datetime, region: str) -> None: ...
+
+
 class AssignmentWaker(Protocol):
     """Wakes the long polls waiting for a node's assignments (`AssignmentHub`)."""
 
@@ -99,6 +105,8 @@ class Services:
     ec2_limits: Ec2Limits | None = None
     #: Signs instance identity documents at launch; None: they are served unsigned.
     identity_signer: DocumentSigner | None = None
+    #: Records roles' last use (RoleLastUsed); None: not recorded (tests that do not look).
+    last_used: RoleUseRecorder | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from controller.iam import registry as iam_registry
 from controller.identity import IdentitySigner
 from controller.identityfiles import load_identity_signer
 from controller.keyring import KeyRingError, KeyRingFile, KeyRingSource
+from controller.lastused import RoleLastUsedService
 from controller.listener import ChangeListener, IListenerReactor
 from controller.metrics import ControllerMetrics
 from controller.nodeapi import NodeApi, NodeApiSettings, node_api_factory
@@ -136,6 +137,10 @@ def make_service(
     )
     metrics.watch_long_polls(hub.waiting)
     metrics.watch_nodes(store, reactor)
+    # Added first, so stopped last: its final write comes after the listeners have stopped.
+    last_used = RoleLastUsedService(store, reactor, config.role_last_used_seconds)
+    metrics.watch_last_used(last_used.waiting)
+    add_service(root, "role-last-used", last_used)
     limits = Ec2Limits(
         max_instances_per_account=config.max_instances_per_account,
         node_capacity=config.node_capacity,
@@ -158,7 +163,7 @@ def make_service(
         actions,
         reactor,
         sessions,
-        Services(assignments=hub, ec2_limits=limits, identity_signer=signer),
+        Services(assignments=hub, ec2_limits=limits, identity_signer=signer, last_used=last_used),
         metrics,
         trusted_proxies=parse_networks(config.trusted_proxies),
     )
@@ -202,6 +207,7 @@ def make_service(
                 reactor,
                 NodeApiSettings(config.instance_credential_seconds),
                 metrics,
+                last_used,
             ),
             reactor,
         ),

@@ -58,6 +58,8 @@ class ControllerConfig:
     instance_credential_seconds: int = 6 * 3600
     #: The append-only audit log of credential issuance; default ``<state_dir>/audit.log``.
     audit_log: Path | None = None
+    #: How often roles' last uses (RoleLastUsed) are written: each use waits this long at most.
+    role_last_used_seconds: int = 60
     #: The Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` listener.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9773
@@ -228,6 +230,10 @@ _KEYS: Keys = {
     "node_api.port": ("node_api_port", port),
     "node_api.instance_credential_seconds": ("instance_credential_seconds", _LIFETIME),
     "audit.path": ("audit_log", path),
+    "iam.role_last_used_seconds": (
+        "role_last_used_seconds",
+        integer(1, 24 * 3600, "a number of seconds"),
+    ),
     "metrics.host": ("metrics_host", host),
     "metrics.port": ("metrics_port", port),
     "ec2.max_instances_per_account": ("max_instances_per_account", _count(MAX_ACCOUNT_INSTANCES)),

@@ -167,6 +167,15 @@ class ControllerMetrics:
         """Report ``waiting()`` (the assignment hub's count) at each scrape."""
         self._long_polls_waiting.set_function(waiting)
 
+    def watch_last_used(self, waiting: Callable[[], int]) -> None:
+        """Report ``waiting()`` (roles whose last use is not written yet) at each scrape."""
+        gauge = Gauge(
+            "rolecall_role_last_used_pending",
+            "Roles whose last use (RoleLastUsed) waits in memory to be written.",
+            registry=self.registry,
+        )
+        gauge.set_function(waiting)
+
     def watch_connections(self, limit: ConnectionLimit) -> None:
         """The public port's connections against its limit, read at each scrape."""
         self.registry.register(ConnectionLimitCollector(limit))

@@ -36,6 +36,7 @@ from common.nodemessages import (
     CredentialsAnswer,
     ErrorAnswer,
 )
+from controller.actions import RoleUseRecorder
 from controller.api import DEFAULT_MAX_BODY, body_refusal
 from controller.assignments import AssignmentHub
 from controller.audit import GroupCommitLog
@@ -99,8 +100,10 @@ class NodeApi:
         clock: IReactorTime,
         settings: NodeApiSettings | None = None,
         metrics: ControllerMetrics | None = None,
+        last_used: RoleUseRecorder | None = None,
     ) -> None:
         self._store = store
+        self._last_used = last_used
         self._hub = hub
         self._sessions = sessions
         self._audit = audit
@@ -233,7 +236,7 @@ class NodeApi:
         """Answer with fresh credentials once their audit record is durable (committed with
         those of concurrent requests: see `GroupCommitLog.append`). A node that hangs up meanwhile
         cancels only its answer: the record is still written, and the issuance logged."""
-        body, record = self._credentials(node, instance_id)
+        body, record, role_id = self._credentials(node, instance_id)
         answered: Deferred[Response] = Deferred()
 
         def answer(status: int, answer_body: CredentialsAnswer | ErrorAnswer) -> None:
@@ -242,6 +245,8 @@ class NodeApi:
 
         def written(_: None) -> None:
             self._metrics.credentials_issued("instance")
+            if self._last_used is not None:  # RoleLastUsed: in RoleCall's one region
+                self._last_used.record(role_id, self._now(), REGION)
             log.info(
                 "issued {access_key_id} for {instance} on {node} as {role}",
                 access_key_id=body.access_key_id,
@@ -268,8 +273,9 @@ class NodeApi:
 
     def _credentials(
         self, node: Node, instance_id: str
-    ) -> tuple[CredentialsAnswer, Mapping[str, object]]:
-        """Fresh credentials for `instance_id` if it may have them, and their audit record."""
+    ) -> tuple[CredentialsAnswer, Mapping[str, object], str]:
+        """Fresh credentials for `instance_id` if it may have them, their audit record and
+        the id of their role."""
         now = self._now()
 
         def read(tx: Transaction) -> tuple[Instance, InstanceProfile, Role]:
@@ -347,7 +353,7 @@ class NodeApi:
             instance_profile_id=profile.profile_id,
             account_id=role.account_id,
         )
-        return body, record
+        return body, record, role.role_id
 
 
 _INTEGER = re.compile(rb"-?[0-9]{1,19}")

@@ -236,4 +236,8 @@ def assume_role(context: Context, params: dict[str, Any]) -> Result:
     }
     if grant.source_identity is not None:
         result["SourceIdentity"] = grant.source_identity
+    recorder = context.services.last_used
+    if recorder is not None:  # RoleLastUsed, once the grant is committed; written later
+        when, region = context.now, context.facts.region
+        context.on_commit.append(lambda: recorder.record(role.role_id, when, region))
     return result

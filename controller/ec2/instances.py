@@ -43,6 +43,7 @@ from controller.ec2.common import (
 from controller.ec2.guest import AVAILABILITY_ZONE_ID, identity_of
 from controller.ec2.keypairs import require_key_pair
 from controller.ec2.limits import Ec2Limits, check_tag_count, instances_allowed, place
+from controller.ec2.metadata_defaults import launch_options
 from controller.ec2.network import AddressPool, new_mac
 from controller.errors import (
     IdempotentParameterMismatch,
@@ -60,7 +61,6 @@ MAX_LAUNCH = 100
 #: UserData is base64: 16 KiB decoded is at most this many characters (and a little slack for
 #: line breaks, which base64 decoders skip).
 MAX_USER_DATA_TEXT = 4 * MAX_USER_DATA_BYTES // 3 + 1024
-DEFAULT_HTTP_TOKENS = "required"  # IMDSv2 only unless asked: see docs/decisions.md
 
 # RunInstances' input is closed (`Struct.refused`), and so are the structures in it
 # (TAG_SPECIFICATIONS, PROFILE_SPEC too): a member EC2 has that RoleCall does not honour is
@@ -190,8 +190,9 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
         authorize(context, "ec2:RunInstances", key_pair.arn)
     tags = tag_specification_tags(params, "instance")
     check_tag_count(len(tags))
-    options = params.get("MetadataOptions", {})
-    _check_ipv6(options)
+    _check_ipv6(params.get("MetadataOptions", {}))
+    # The request's MetadataOptions, else the account's defaults, else RoleCall's.
+    options = launch_options(context, params.get("MetadataOptions", {}))
     user_data = check_user_data(params.get("UserData"))
     groups = _group_names(params.get("SecurityGroups", []))
     node_hint = params.get("Placement", {}).get("HostId")
@@ -241,9 +242,9 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             launched=now_text(context),
             terminated=None,
             private_ip=address,
-            http_tokens=options.get("HttpTokens", DEFAULT_HTTP_TOKENS),
-            hop_limit=options.get("HttpPutResponseHopLimit", 1),
-            http_endpoint=options.get("HttpEndpoint", "enabled"),
+            http_tokens=options["HttpTokens"],
+            hop_limit=options["HttpPutResponseHopLimit"],
+            http_endpoint=options["HttpEndpoint"],
             association_id=new_hex_id("iip-assoc-") if profile_id else None,
             association_state="associated" if profile_id else None,
             profile_id=profile_id,
@@ -253,7 +254,7 @@ def run_instances(context: Context, params: dict[str, Any]) -> Result:
             interface_id=new_hex_id("eni-"),
             subnet=subnet,
             security_groups=json.dumps(groups),
-            metadata_tags=options.get("InstanceMetadataTags", "disabled"),
+            metadata_tags=options["InstanceMetadataTags"],
             client_token=token,
             request_digest=digest,
             key_name=key_pair.name if key_pair is not None else None,

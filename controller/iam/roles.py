@@ -98,7 +98,17 @@ def create_role(context: Context, params: dict[str, Any]) -> Result:
 )
 def get_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
-    return {"Role": role_shape(context, role, with_tags=True)}
+    return {"Role": {**role_shape(context, role, with_tags=True), **last_used_shape(role)}}
+
+
+def last_used_shape(role: Role) -> dict[str, Any]:
+    """GetRole's RoleLastUsed: always there, empty until the role's first use is written
+    (`controller.lastused`); ListRoles leaves it out, as IAM does."""
+    used: dict[str, Any] = {}
+    if role.last_used is not None:
+        used["LastUsedDate"] = role.last_used
+        used["Region"] = role.last_used_region
+    return {"RoleLastUsed": used}
 
 
 @registry.action("iam", "ListRoles", struct(Field("PathPrefix", PATH_PREFIX), *PAGING))

@@ -269,3 +269,11 @@ def test_a_dsn_password_shows_neither_in_an_error_nor_in_the_configurations_repr
         '[store]\nbackend = "postgresql"\ndsn = "postgresql://rc:s3cr3t@db/rc"'
     )
     assert "s3cr3t" not in repr(parsed)
+
+
+def test_role_last_used_is_written_every_minute_unless_the_iam_table_says() -> None:
+    assert ControllerConfig().role_last_used_seconds == 60
+    assert config_from_string("[iam]\nrole_last_used_seconds = 1").role_last_used_seconds == 1
+    for bad in ("0", "86401", '"60"'):
+        with pytest.raises(ConfigError, match=r"iam\.role_last_used_seconds"):
+            config_from_string(f"[iam]\nrole_last_used_seconds = {bad}")
