@@ -78,7 +78,7 @@ def ec2_error(error: ApiError) -> ApiError:
     if error.code not in _EC2_CODES:
         return error
     code, status, prefix = _EC2_CODES[error.code]
-    translated = ApiError(prefix + error.message)
+    translated = ApiError(prefix + error.message, error.detail)
     translated.code, translated.status = code, status
     return translated
 
@@ -151,7 +151,7 @@ class PublicApi:
             if outcome.service == "ec2":
                 error = ec2_error(error)
             body, status = error_body(error, outcome.service, request_id), error.status
-            outcome.error = error.code
+            outcome.error, outcome.detail = error.code, error.detail
         headers = (
             *extra,
             (b"Content-Type", _TEXT_XML),
@@ -161,17 +161,20 @@ class PublicApi:
         self._metrics.api_request(outcome.service, outcome.action, status, duration)
         service, action = outcome.service or "-", outcome.action or "-"
         access_key_id, code = outcome.access_key_id or "-", outcome.error or "-"
+        # AWS's message goes to the caller; RoleCall's detail (why, exactly) to the operator.
+        why = f": {outcome.detail}" if outcome.detail else ""
         # The line is formatted here once (a format string with many fields costs more than
         # the rest of a cheap request); the fields stay in the event for structured observers.
         log.info(
             "{line}",
-            line=f"{service}:{action} {status} key={access_key_id} error={code}"
+            line=f"{service}:{action} {status} key={access_key_id} error={code}{why}"
             f" ({duration * 1000:.1f} ms, request {request_id})",
             service=service,
             action=action,
             status=status,
             access_key_id=access_key_id,
             error=code,
+            detail=outcome.detail,
             request_id=request_id,
         )
         return Response(status, headers, body)
@@ -396,6 +399,7 @@ class _Outcome:
     action: str | None = None
     access_key_id: str | None = None
     error: str | None = None
+    detail: str | None = None
 
 
 def _text(raw: bytes) -> str:
