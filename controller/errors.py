@@ -27,6 +27,10 @@ class ApiError(Exception):
         #: RoleCall's own explanation beyond AWS's text: logged with the request, never sent.
         self.detail = detail
 
+    def __str__(self) -> str:
+        """The message and, for the operator, the detail (an answer uses ``message`` alone)."""
+        return self.message if self.detail is None else f"{self.message} ({self.detail})"
+
     def __repr__(self) -> str:
         if self.detail is None:
             return f"{type(self).__name__}({self.message!r})"

@@ -392,6 +392,14 @@ def test_syntax_error_names_line_and_column_in_detail() -> None:
     assert raised.value.detail.startswith("JSON syntax error at line 3, column 15: ")
 
 
+def test_str_of_the_error_gives_the_operator_the_detail_too() -> None:
+    """What an operator reads (a catalog of AWS-managed policies that fails to load) keeps the
+    reason; what a caller gets is ``message`` alone."""
+    with pytest.raises(MalformedPolicyDocument) as raised:
+        parse_policy(identity(Effect="allow"), IDENTITY)
+    assert str(raised.value) == "Syntax errors in policy. (Invalid effect: allow in statement 1)"
+
+
 def test_invalid_character_names_its_position_in_detail() -> None:
     with pytest.raises(MalformedPolicyDocument) as raised:
         parse_policy('{\n "Id": "\u20ac"}', IDENTITY)
