@@ -73,12 +73,22 @@ _EC2_CODES = {
 }
 
 
+#: Where EC2's text is not IAM's: an unknown access key is "not able to validate" there.
+_EC2_MESSAGES = {
+    "InvalidClientTokenId": "AWS was not able to validate the provided access credentials",
+}
+
+
 def ec2_error(error: ApiError) -> ApiError:
     """The EC2 spelling of an error raised by the shared layers."""
     if error.code not in _EC2_CODES:
         return error
     code, status, prefix = _EC2_CODES[error.code]
-    translated = ApiError(prefix + error.message)
+    message = _EC2_MESSAGES.get(error.code)
+    if message is not None:
+        translated = ApiError(message, error.detail or error.message)
+    else:
+        translated = ApiError(prefix + error.message, error.detail)
     translated.code, translated.status = code, status
     return translated
 
@@ -151,7 +161,7 @@ class PublicApi:
             if outcome.service == "ec2":
                 error = ec2_error(error)
             body, status = error_body(error, outcome.service, request_id), error.status
-            outcome.error = error.code
+            outcome.error, outcome.detail = error.code, error.detail
         headers = (
             *extra,
             (b"Content-Type", _TEXT_XML),
@@ -161,17 +171,20 @@ class PublicApi:
         self._metrics.api_request(outcome.service, outcome.action, status, duration)
         service, action = outcome.service or "-", outcome.action or "-"
         access_key_id, code = outcome.access_key_id or "-", outcome.error or "-"
+        # AWS's message goes to the caller; RoleCall's detail (why, exactly) to the operator.
+        why = f": {outcome.detail}" if outcome.detail else ""
         # The line is formatted here once (a format string with many fields costs more than
         # the rest of a cheap request); the fields stay in the event for structured observers.
         log.info(
             "{line}",
-            line=f"{service}:{action} {status} key={access_key_id} error={code}"
+            line=f"{service}:{action} {status} key={access_key_id} error={code}{why}"
             f" ({duration * 1000:.1f} ms, request {request_id})",
             service=service,
             action=action,
             status=status,
             access_key_id=access_key_id,
             error=code,
+            detail=outcome.detail,
             request_id=request_id,
         )
         return Response(status, headers, body)
@@ -221,7 +234,8 @@ class PublicApi:
                 error=str(error),
             )
             raise ServiceUnavailable(
-                "The service cannot reach its database now; try again."
+                "The request has failed due to a temporary failure of the server.",
+                "the service cannot reach its database now",
             ) from error
         except StoreError as error:
             # No action yet: the store failed before the request was read (no connection).
@@ -230,13 +244,18 @@ class PublicApi:
                 action=outcome.action or "a request",
                 error=str(error),
             )
-            raise ServiceFailure("The service could not reach its store; try again.") from error
+            raise ServiceFailure(
+                "The request processing has failed because of an unknown error, exception or"
+                " failure.",
+                "the service could not reach its store",
+            ) from error
         except ApiError:
             raise
         except Exception as error:
             log.failure("unexpected failure in {action}", action=outcome.action or "a request")
             raise InternalFailure(
-                "The request processing has failed because of an internal error."
+                "The request processing has failed because of an unknown error, exception or"
+                " failure."
             ) from error
         if action.service == "ec2":
             return xmlout.ec2_response(action.name, result or {}, request_id), 200
@@ -396,6 +415,7 @@ class _Outcome:
     action: str | None = None
     access_key_id: str | None = None
     error: str | None = None
+    detail: str | None = None
 
 
 def _text(raw: bytes) -> str:
@@ -498,7 +518,8 @@ class ApiFactory(ServerFactory):
             # resort (a failing metric or log observer), still an AWS error and no traceback.
             log.failure("cannot answer a request")
             error = InternalFailure(
-                "The request processing has failed because of an internal error."
+                "The request processing has failed because of an unknown error, exception or"
+                " failure."
             )
             return Response(
                 error.status,

@@ -17,7 +17,7 @@ from typing import Any
 
 from controller import permissions
 from controller.actions import Caller, RequestFacts
-from controller.errors import AccessDenied, InvalidInput, validation_error
+from controller.errors import AccessDenied, InvalidInput, ValidationError, validation_error
 from controller.permissions import CallerFacts, context_keys, denial, kind_may_call
 from controller.policy.document import (
     PolicyDocument,
@@ -204,7 +204,8 @@ def decide(facts: AssumeRoleFacts, request_facts: RequestFacts, now: datetime) -
         if not trust.allowed:
             raise AccessDenied(
                 f"User: {caller.arn} is not authorized to perform: {action} on resource:"
-                f" {request.role_arn} (the role's trust policy does not allow it)"
+                f" {request.role_arn}",
+                "the role's trust policy does not allow it",
             )
         identity = permissions.decide(facts.caller, request_facts, now, action, request.role_arn)
         if identity.effect == "Deny" or not (
@@ -213,26 +214,15 @@ def decide(facts: AssumeRoleFacts, request_facts: RequestFacts, now: datetime) -
             raise denial(caller, action, request.role_arn, identity)
     seconds = request.duration_seconds
     if caller.temporary and seconds > CHAINED_MAX_SECONDS:
-        raise validation_error(
-            [
-                (
-                    seconds,
-                    "durationSeconds",
-                    "The requested DurationSeconds exceeds the 1 hour session limit"
-                    " for roles assumed by role chaining.",
-                )
-            ]
+        raise ValidationError(
+            "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by"
+            " role chaining.",
+            f"DurationSeconds {seconds} > {CHAINED_MAX_SECONDS} for a session of a session",
         )
     if seconds > role.max_session_duration:
-        raise validation_error(
-            [
-                (
-                    seconds,
-                    "durationSeconds",
-                    "The requested DurationSeconds exceeds the MaxSessionDuration set for this"
-                    f" role ({role.max_session_duration}).",
-                )
-            ]
+        raise ValidationError(
+            "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+            f"DurationSeconds {seconds} > MaxSessionDuration {role.max_session_duration}",
         )
     return AssumeRoleGrant(
         role, request.session_name, seconds, request.session_policy, request.source_identity

@@ -2,6 +2,10 @@
 
 Handlers raise these; one place (``controller.api``) turns them into the protocol's XML. Messages
 are shown to callers and logged, so they must never contain a secret key or a session token.
+
+A message is AWS's own text wherever AWS's is known, because tools match on it (the table in
+docs/api-coverage.md); where RoleCall can say more than AWS does (which statement of a policy is
+wrong, and why), that goes in ``detail``, which the controller logs and never sends.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ class ApiError(Exception):
     #: IAM/STS ``<Type>``: ``Sender`` for the caller's fault, ``Receiver`` for ours.
     sender_fault: bool = True
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: RoleCall's own explanation beyond AWS's text: logged with the request, never sent.
+        self.detail = detail
+
+    def __str__(self) -> str:
+        """The message and, for the operator, the detail (an answer uses ``message`` alone)."""
+        return self.message if self.detail is None else f"{self.message} ({self.detail})"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r})"
+        if self.detail is None:
+            return f"{type(self).__name__}({self.message!r})"
+        return f"{type(self).__name__}({self.message!r}, detail={self.detail!r})"
 
 
 # IAM and STS

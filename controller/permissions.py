@@ -143,25 +143,37 @@ _LAYERS = ("identity", "boundary", "session")
 
 
 def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:
-    """AWS's AccessDenied: who, what, on which resource, and why."""
+    """AWS's AccessDenied: who, what, on which resource, and which kind of policy decided.
+
+    The reasons are AWS's words ("because no identity-based policy allows the iam:GetRole
+    action", "with an explicit deny in a permissions boundary"); an explicit Deny in a managed
+    policy names its ARN after a colon as AWS does, an inline policy's name goes in the detail.
+    """
     layer = _LAYERS[decision.layer] if decision.layer is not None else "identity"
+    detail = None
     if decision.effect == "Deny" and layer == "boundary":
         reason = "with an explicit deny in a permissions boundary"
     elif decision.effect == "Deny" and layer == "session":
         reason = "with an explicit deny in a session policy"
     elif decision.effect == "Deny":
-        reason = f"with an explicit deny in {decision.policy_name!r}"
+        reason = "with an explicit deny in an identity-based policy"
+        name = decision.policy_name
+        if name is not None and name.startswith("arn:"):
+            reason += f": {name}"
+        elif name is not None:
+            detail = f"the inline policy {name!r} denies it"
     elif layer == "boundary":
         reason = f"because no permissions boundary allows the {action} action"
     elif caller.kind == "federated-user" and action.lower().startswith(("iam:", "sts:")):
         reason = "because federated users can call no IAM action and only GetCallerIdentity in STS"
     elif caller.kind == "session" and action.lower().startswith(("iam:", "sts:")):
         reason = "because GetSessionToken credentials cannot call IAM, nor STS but AssumeRole"
-    elif caller.session_policy is not None or caller.kind == "federated-user":
-        reason = f"because no identity-based policy and session policy both allow {action}"
+    elif layer == "session":
+        reason = f"because no session policy allows the {action} action"
     else:
         reason = f"because no identity-based policy allows the {action} action"
     return AccessDenied(
         f"User: {caller.arn} is not authorized to perform: {action}"
-        f" on resource: {resource} {reason}"
+        f" on resource: {resource} {reason}",
+        detail,
     )

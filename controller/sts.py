@@ -61,7 +61,7 @@ def _packed_size(claims: SessionClaims) -> int:
     size = packed_size_percent(claims)
     if size > 100:
         raise PackedPolicyTooLarge(
-            f"Packed size of the session policy is {size}% of the allowed size; make it smaller."
+            f"Packed policy consumes {size}% of allotted space, please use smaller policy."
         )
     return size
 

@@ -39,7 +39,9 @@ def _require_association(context: Context, association_id: str) -> Instance:
         or instance.account_id != context.account_id
         or instance.association_state != "associated"
     ):
-        raise InvalidAssociationIDNotFound(f"An association ID '{association_id}' does not exist.")
+        raise InvalidAssociationIDNotFound(
+            f"An invalid association-id of '{association_id}' was given"
+        )
     return instance
 
 
@@ -163,7 +165,7 @@ def describe_iam_instance_profile_associations(context: Context, params: dict[st
     for association_id in wanted_ids - {instance.association_id for instance in found}:
         if not more:
             raise InvalidAssociationIDNotFound(
-                f"An association ID '{association_id}' does not exist."
+                f"An invalid association-id of '{association_id}' was given"
             )
     return {
         "iamInstanceProfileAssociationSet": [

@@ -12,6 +12,7 @@ from controller.errors import (
     InvalidInput,
     LimitExceeded,
     NoSuchEntity,
+    ValidationError,
 )
 from controller.iam import registry
 from controller.iam.common import (
@@ -72,6 +73,10 @@ def user_shape(context: Context, user: User, *, with_tags: bool) -> dict[str, An
     return shape
 
 
+#: AWS's text when a call that defaults to the caller's own user comes from a role or session.
+NON_USER_CREDENTIALS = "Must specify userName when calling with non-User credentials"
+
+
 def _key_owner(context: Context, params: dict[str, Any]) -> str | None:
     """Whose keys: the named user, else the caller's own user (None: the account's root)."""
     name = params.get("UserName")
@@ -79,7 +84,7 @@ def _key_owner(context: Context, params: dict[str, Any]) -> str | None:
         return require_user(context, name).name
     if context.caller.kind in ("root", "user"):
         return own_user_name(context)
-    raise InvalidInput("UserName is required when calling with temporary credentials.")
+    raise ValidationError(NON_USER_CREDENTIALS)
 
 
 def _require_key(context: Context, owner: str | None, access_key_id: str) -> AccessKey:
@@ -130,7 +135,7 @@ def get_user(context: Context, params: dict[str, Any]) -> Result:
     name = params.get("UserName") or own_user_name(context)
     if name is None:
         if context.caller.kind != "root":
-            raise InvalidInput("UserName is required when calling with temporary credentials.")
+            raise ValidationError(NON_USER_CREDENTIALS)
         account = context.tx.get_account(context.account_id)
         return {
             "User": {

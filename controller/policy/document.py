@@ -1,8 +1,8 @@
 """IAM policy documents: parse JSON text into frozen statements, validating the grammar like AWS.
 
-Pure: text in, a ``PolicyDocument`` out, or ``MalformedPolicyDocument`` naming the problem and
-where it is. Evaluation lives in ``controller.policy.evaluate``; this module only decides whether a
-document is well formed for its kind (identity or trust policy).
+Pure: text in, a ``PolicyDocument`` out, or ``MalformedPolicyDocument`` with AWS's message and,
+in its detail, the problem and where it is. Evaluation lives in ``controller.policy.evaluate``;
+this module only decides whether a document is well formed for its kind (identity or trust).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from controller.errors import MalformedPolicyDocument
 from controller.policy.match import GlobMode, compile_globs
@@ -58,12 +59,40 @@ _STATEMENT_KEYS = (
 _PRINCIPAL_TYPES = ("AWS", "Service", "Federated", "CanonicalUser")
 
 _ACTION = re.compile(r"[A-Za-z0-9-]+:[A-Za-z0-9_*?-]+")
+_VENDOR = re.compile(r"[A-Za-z0-9-]+")
 _SID_IDENTITY = re.compile(r"[A-Za-z0-9]*")
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 # An operator is an optional set prefix, then a name (which may end in IfExists).
 _OPERATOR = re.compile(r"(?:(?:ForAnyValue|ForAllValues):)?[A-Za-z][A-Za-z0-9]*")
 _CONDITION_KEY = re.compile(r"[A-Za-z0-9-]+:\S+")
 _NO_SPACE = re.compile(r"\S+")
+
+# AWS's own messages, which tools match on (docs/api-coverage.md, "Errors"). IAM names one of
+# these and not where; RoleCall's account of where and why goes in the error's detail (logged).
+SYNTAX_ERRORS = "Syntax errors in policy."
+MUST_CONTAIN_ACTIONS = "Policy statement must contain actions."
+MUST_CONTAIN_RESOURCES = "Policy statement must contain resources."
+MISSING_PRINCIPAL = "Missing required field Principal"
+NO_PRINCIPAL_ALLOWED = "Policy document should not specify a principal."
+VENDOR_PREFIX = "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc."
+ONE_COLON = "Actions/Condition can contain only one colon."
+VENDOR_QUALIFIED = "Resource vendor must be fully qualified and cannot contain regexes."
+LEGACY_PARSING = "The policy failed legacy parsing"
+SID_UNIQUE = "Statement IDs (SID) in a single policy must be unique."
+SID_ALPHANUMERIC = (
+    "Statement IDs (SID) must be alpha-numeric. Check that your input satisfies the regular "
+    "expression [0-9A-Za-z]*"
+)
+#: Two spaces before "and": AWS's text as it is.
+TRUST_ACTIONS_ONLY = (
+    "Trust Policy statement actions can only be sts:AssumeRole, sts:AssumeRoleWithSAML,  and "
+    "sts:AssumeRoleWithWebIdentity"
+)
+
+
+def _syntax(detail: str) -> MalformedPolicyDocument:
+    """IAM's catch-all for a document that breaks the grammar, with RoleCall's reason."""
+    return MalformedPolicyDocument(SYNTAX_ERRORS, detail)
 
 
 class PolicyKind(enum.Enum):
@@ -139,27 +168,25 @@ def parse_policy(text: str, kind: PolicyKind) -> PolicyDocument:
     _check_characters(text)
     document = _load_json(text)
     if not isinstance(document, dict):
-        raise MalformedPolicyDocument("Policy document must be a JSON object")
+        raise _syntax("Policy document must be a JSON object")
     _reject_unknown_keys(document, _TOP_LEVEL_KEYS, "policy document")
 
     version = document.get("Version", VERSION_2008)
     if not isinstance(version, str) or version not in _VERSIONS:
-        raise MalformedPolicyDocument(
-            f"Invalid Version {_show(version)}: must be {VERSION_2012} or {VERSION_2008}"
-        )
+        raise _syntax(f"Invalid Version {_show(version)}: must be {VERSION_2012} or {VERSION_2008}")
     policy_id = document.get("Id")
     if policy_id is not None and not isinstance(policy_id, str):
-        raise MalformedPolicyDocument(f"Id must be a string, not {_show(policy_id)}")
+        raise _syntax(f"Id must be a string, not {_show(policy_id)}")
     if policy_id is not None:
         _check_string(policy_id, "Id")
 
     if "Statement" not in document:
-        raise MalformedPolicyDocument("Missing required field Statement")
+        raise _syntax("Missing required field Statement")
     raw_statements = document["Statement"]
     if isinstance(raw_statements, dict):
         raw_statements = [raw_statements]
     if not isinstance(raw_statements, list) or not raw_statements:
-        raise MalformedPolicyDocument("Statement must be an object or a non-empty list of objects")
+        raise _syntax("Statement must be an object or a non-empty list of objects")
 
     statements = tuple(
         _parse_statement(raw, number, kind) for number, raw in enumerate(raw_statements, start=1)
@@ -169,8 +196,7 @@ def parse_policy(text: str, kind: PolicyKind) -> PolicyDocument:
         if statement.sid:
             if statement.sid in seen_sids:
                 raise MalformedPolicyDocument(
-                    f"Statement IDs (SID) must be unique: {statement.sid!r} repeats in statement "
-                    f"{number}"
+                    SID_UNIQUE, f"Sid {statement.sid!r} repeats in statement {number}"
                 )
             seen_sids.add(statement.sid)
     return PolicyDocument(version=version, id=policy_id, statements=statements)
@@ -188,7 +214,7 @@ def _check_characters(text: str) -> None:
         if not _allowed(character):
             line = text.count("\n", 0, offset) + 1
             column = offset - (text.rfind("\n", 0, offset) + 1) + 1
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Invalid character U+{ord(character):04X} at line {line}, column {column}: "
                 "policy documents may contain only tab, LF, CR and U+0020 to U+00FF"
             )
@@ -230,15 +256,15 @@ def _load_json(text: str) -> object:
             parse_constant=_reject_constant,
         )
     except json.JSONDecodeError as error:
-        raise MalformedPolicyDocument(
-            f"Syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
+        raise _syntax(
+            f"JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from None
     except _DuplicateKey as error:
-        raise MalformedPolicyDocument(f"Duplicate key {error.key!r} in a JSON object") from None
+        raise _syntax(f"Duplicate key {error.key!r} in a JSON object") from None
     except ValueError as error:
-        raise MalformedPolicyDocument(f"Syntax error: {error}") from None
+        raise _syntax(f"JSON syntax error: {error}") from None
     except RecursionError:
-        raise MalformedPolicyDocument("Syntax error: JSON nested too deeply") from None
+        raise _syntax("JSON syntax error: nested too deeply") from None
 
 
 def _show(value: object) -> str:
@@ -260,7 +286,7 @@ def _check_string(value: str, where: str) -> None:
     # Escapes such as \u4e2d or a lone \ud800 decode to characters the raw-text check never saw.
     for character in value:
         if not _allowed(character):
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Invalid character U+{ord(character):04X} (escaped) in {where}: policy documents "
                 "may contain only tab, LF, CR and U+0020 to U+00FF"
             )
@@ -269,7 +295,7 @@ def _check_string(value: str, where: str) -> None:
 def _reject_unknown_keys(mapping: dict[str, object], known: tuple[str, ...], where: str) -> None:
     for key in mapping:
         if key not in known:
-            raise MalformedPolicyDocument(f"Unknown field {key!r} in {where}")
+            raise _syntax(f"Unknown field {key!r} in {where}")
 
 
 # -- statements --------------------------------------------------------------------------------
@@ -278,25 +304,23 @@ def _reject_unknown_keys(mapping: dict[str, object], known: tuple[str, ...], whe
 def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
     where = f"statement {number}"
     if not isinstance(raw, dict):
-        raise MalformedPolicyDocument(f"Statement {number} must be a JSON object")
+        raise _syntax(f"Statement {number} must be a JSON object")
     _reject_unknown_keys(raw, _STATEMENT_KEYS, where)
 
     sid = raw.get("Sid")
     if sid is not None:
         if not isinstance(sid, str):
-            raise MalformedPolicyDocument(f"Sid in {where} must be a string, not {_show(sid)}")
+            raise _syntax(f"Sid in {where} must be a string, not {_show(sid)}")
         _check_string(sid, f"Sid of {where}")
         if kind is PolicyKind.IDENTITY and not _SID_IDENTITY.fullmatch(sid):
-            raise MalformedPolicyDocument(
-                f"Statement IDs (SID) must be alpha-numeric: {sid!r} in {where}"
-            )
+            raise MalformedPolicyDocument(SID_ALPHANUMERIC, f"Sid {sid!r} in {where}")
 
     if "Effect" not in raw:
-        raise MalformedPolicyDocument(f"Missing required field Effect in {where}")
+        raise _syntax(f"Missing required field Effect in {where}")
     effect = raw["Effect"]
     if effect not in ("Allow", "Deny"):
         shown = effect if isinstance(effect, str) else _show(effect)
-        raise MalformedPolicyDocument(f"Invalid effect: {shown} in {where}")
+        raise _syntax(f"Invalid effect: {shown} in {where}")
 
     actions, not_actions = _pair(raw, "Action", "NotAction", where, required=True)
     actions = _strings(actions, "Action", where, _check_action)
@@ -305,8 +329,8 @@ def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
         for action in actions:
             if not _matches_trust_action(action):
                 raise MalformedPolicyDocument(
-                    "AssumeRole policy may only specify STS AssumeRole actions: "
-                    f"{action!r} in {where}"
+                    TRUST_ACTIONS_ONLY,
+                    f"{action!r} in {where} is not an STS action a trust policy may allow",
                 )
 
     principal: Principal | None = None
@@ -316,9 +340,7 @@ def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
     if kind is PolicyKind.IDENTITY:
         for field in ("Principal", "NotPrincipal"):
             if field in raw:
-                raise MalformedPolicyDocument(
-                    f"Policy document should not specify a principal: {field} in {where}"
-                )
+                raise MalformedPolicyDocument(NO_PRINCIPAL_ALLOWED, f"{field} in {where}")
         raw_resources, raw_not_resources = _pair(raw, "Resource", "NotResource", where, True)
         resources = _strings(raw_resources, "Resource", where, _check_resource)
         not_resources = _strings(raw_not_resources, "NotResource", where, _check_resource)
@@ -326,7 +348,8 @@ def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
         for field in ("Resource", "NotResource"):
             if field in raw:
                 raise MalformedPolicyDocument(
-                    f"Has prohibited field {field} in {where}: trust policies apply to the role"
+                    f"Has prohibited field {field}.",
+                    f"{field} in {where}: trust policies apply to the role",
                 )
         raw_principal, raw_not_principal = _pair(raw, "Principal", "NotPrincipal", where, True)
         if raw_principal is not None:
@@ -334,7 +357,7 @@ def _parse_statement(raw: object, number: int, kind: PolicyKind) -> Statement:
         if raw_not_principal is not None:
             if effect == "Allow":
                 # "Everyone but X" may assume the role: IAM refuses it in trust policies.
-                raise MalformedPolicyDocument(
+                raise _syntax(
                     f"NotPrincipal with Effect Allow is not supported in trust policies: {where}"
                     " (name the principals that may assume the role in Principal instead)"
                 )
@@ -359,11 +382,11 @@ def _pair(
 ) -> tuple[object, object]:
     """The element and its Not form; exactly one must be present when ``required``."""
     if name in raw and negated in raw:
-        raise MalformedPolicyDocument(
-            f"Statement has both {name} and {negated} in {where}: exactly one is allowed"
-        )
+        raise _syntax(f"Statement has both {name} and {negated} in {where}: exactly one is allowed")
     if required and name not in raw and negated not in raw:
-        raise MalformedPolicyDocument(f"Missing required field {name} in {where}")
+        raise MalformedPolicyDocument(
+            _MISSING.get(name, SYNTAX_ERRORS), f"Missing required field {name} in {where}"
+        )
     return raw.get(name), raw.get(negated)
 
 
@@ -375,10 +398,13 @@ def _strings(
         return None
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise MalformedPolicyDocument(f"{field} in {where} must not be an empty list")
+        raise MalformedPolicyDocument(
+            _MISSING.get(field.removeprefix("Not"), SYNTAX_ERRORS),
+            f"{field} in {where} must not be an empty list",
+        )
     for item in items:
         if not isinstance(item, str):
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"{field} in {where} must be a string or a list of strings, found {_show(item)}"
             )
         _check_string(item, f"{field} of {where}")
@@ -386,12 +412,29 @@ def _strings(
     return tuple(items)
 
 
+#: AWS's message for a statement without the element (or with an empty list of it).
+_MISSING = {
+    "Action": MUST_CONTAIN_ACTIONS,
+    "Resource": MUST_CONTAIN_RESOURCES,
+    "Principal": MISSING_PRINCIPAL,
+}
+
+
 def _check_action(action: str, where: str) -> None:
-    if action != "*" and not _ACTION.fullmatch(action):
-        raise MalformedPolicyDocument(
-            f"Invalid action {action!r} in {where}: actions must be '*' or 'vendor:action', "
-            "e.g. iam:CreateRole"
-        )
+    if action == "*" or _ACTION.fullmatch(action):
+        return
+    detail = (
+        f"Invalid action {action!r} in {where}: actions must be '*' or 'vendor:action', "
+        "e.g. iam:CreateRole"
+    )
+    vendor, colon, _ = action.partition(":")
+    if not colon or not vendor:
+        raise MalformedPolicyDocument(VENDOR_PREFIX, detail)
+    if action.count(":") > 1:
+        raise MalformedPolicyDocument(ONE_COLON, detail)
+    if not _VENDOR.fullmatch(vendor):
+        raise MalformedPolicyDocument(f"Vendor {vendor} is not valid", detail)
+    raise _syntax(detail)
 
 
 def _matches_trust_action(pattern: str) -> bool:
@@ -422,14 +465,22 @@ def _check_resource(resource: str, where: str) -> None:
         and (len(parts) == 6 or parts[-1].endswith("*"))
     )
     if not shaped:
-        raise MalformedPolicyDocument(
+        detail = (
             f"Resource {resource!r} in {where} must be '*' or an ARN "
             "(arn:partition:service:region:account:resource)"
         )
+        if len(parts) < 2 or parts[0] != "arn":
+            raise MalformedPolicyDocument(
+                f'Resource {resource} must be in ARN format or "*".', detail
+            )
+        if len(parts) < 3:
+            raise MalformedPolicyDocument(VENDOR_QUALIFIED, detail)
+        raise MalformedPolicyDocument(LEGACY_PARSING, detail)
     if "*" in parts[2] or "?" in parts[2]:
         raise MalformedPolicyDocument(
+            VENDOR_QUALIFIED,
             f"Resource {resource!r} in {where}: the service (vendor) must be fully qualified and "
-            "cannot contain wildcards"
+            "cannot contain wildcards",
         )
 
 
@@ -440,41 +491,51 @@ def _parse_principal(raw: object, field: str, where: str) -> Principal:
     if raw == "*":
         return EVERYONE
     if not isinstance(raw, dict):
-        raise MalformedPolicyDocument(
+        raise _syntax(
             f'{field} in {where} must be "*" or an object of principal types, found {_show(raw)}'
         )
     if not raw:
-        raise MalformedPolicyDocument(f"{field} in {where} must name at least one principal")
+        raise _syntax(f"{field} in {where} must name at least one principal")
     entries: list[tuple[str, tuple[str, ...]]] = []
     for principal_type, value in raw.items():
         if principal_type not in _PRINCIPAL_TYPES:
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Invalid principal type {principal_type!r} in {field} of {where}: "
                 f"expected one of {', '.join(_PRINCIPAL_TYPES)}"
             )
-        check = _check_aws_principal if principal_type == "AWS" else _check_named_principal
+        aws = principal_type == "AWS"
+        check = partial(_check_aws_principal if aws else _check_named_principal, principal_type)
         values = _strings(value, f"{field} {principal_type}", where, check)
         assert values is not None  # value is present; only None maps to None
         entries.append((principal_type, values))
     return Principal(entries=tuple(entries))
 
 
-def _check_aws_principal(value: str, where: str) -> None:
+def _invalid_principal(principal_type: str, value: str, detail: str) -> MalformedPolicyDocument:
+    """AWS's text: ``Invalid principal in policy: "SERVICE":"x"`` (the type upper-cased)."""
+    return MalformedPolicyDocument(
+        f'Invalid principal in policy: "{principal_type.upper()}":"{value}"', detail
+    )
+
+
+def _check_aws_principal(principal_type: str, value: str, where: str) -> None:
     if value == "*" or _ACCOUNT_ID.fullmatch(value):
         return
     parts = value.split(":", 5)
     if len(parts) == 6 and parts[0] == "arn" and parts[1] and parts[2] and parts[5]:
         if not _NO_SPACE.fullmatch(value):
-            raise MalformedPolicyDocument(f"Invalid principal {value!r} in {where}")
+            raise _invalid_principal(principal_type, value, f"{value!r} in {where} has a space")
         return
-    raise MalformedPolicyDocument(
-        f"Invalid principal {value!r} in {where}: expected '*', a 12-digit account ID or an ARN"
+    raise _invalid_principal(
+        principal_type,
+        value,
+        f"{value!r} in {where}: expected '*', a 12-digit account ID or an ARN",
     )
 
 
-def _check_named_principal(value: str, where: str) -> None:
+def _check_named_principal(principal_type: str, value: str, where: str) -> None:
     if not _NO_SPACE.fullmatch(value):
-        raise MalformedPolicyDocument(f"Invalid principal {value!r} in {where}")
+        raise _invalid_principal(principal_type, value, f"{value!r} in {where} has a space")
 
 
 # -- conditions --------------------------------------------------------------------------------
@@ -482,31 +543,28 @@ def _check_named_principal(value: str, where: str) -> None:
 
 def _parse_conditions(raw: object, where: str) -> tuple[Condition, ...]:
     if not isinstance(raw, dict):
-        raise MalformedPolicyDocument(
-            f"Condition in {where} must be an object of operators, found {_show(raw)}"
-        )
+        raise _syntax(f"Condition in {where} must be an object of operators, found {_show(raw)}")
     conditions: list[Condition] = []
     for operator, block in raw.items():
         if not _OPERATOR.fullmatch(operator):
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Invalid condition operator {operator!r} in {where}: expected an optional "
                 "ForAnyValue:/ForAllValues: prefix and a name such as StringEquals"
             )
         if not isinstance(block, dict):
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Condition operator {operator} in {where} must map keys to values, "
                 f"found {_show(block)}"
             )
         if not block:
-            raise MalformedPolicyDocument(
-                f"Condition operator {operator} in {where} has no condition keys"
-            )
+            raise _syntax(f"Condition operator {operator} in {where} has no condition keys")
         for key, value in block.items():
             _check_string(key, f"Condition of {where}")
             if not _CONDITION_KEY.fullmatch(key):
                 raise MalformedPolicyDocument(
+                    VENDOR_PREFIX,
                     f"Invalid condition key {key!r} in {where}: condition keys must be prefaced "
-                    "by a vendor, e.g. aws:SourceIp"
+                    "by a vendor, e.g. aws:SourceIp",
                 )
             values = _condition_values(value, f"{operator} {key} in {where}")
             conditions.append(Condition(operator=operator, key=key, values=values))
@@ -516,7 +574,7 @@ def _parse_conditions(raw: object, where: str) -> tuple[Condition, ...]:
 def _condition_values(raw: object, where: str) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else [raw]
     if not items:
-        raise MalformedPolicyDocument(f"Condition values for {where} must not be an empty list")
+        raise _syntax(f"Condition values for {where} must not be an empty list")
     values: list[str] = []
     for item in items:
         if isinstance(item, bool):  # before str/number: bool is its own JSON type
@@ -527,7 +585,7 @@ def _condition_values(raw: object, where: str) -> tuple[str, ...]:
         elif isinstance(item, _Number):
             values.append(item.text)
         else:
-            raise MalformedPolicyDocument(
+            raise _syntax(
                 f"Condition values for {where} must be strings, numbers or booleans, "
                 f"found {_show(item)}"
             )

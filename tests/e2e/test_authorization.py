@@ -252,8 +252,11 @@ def test_a_role_session_must_name_the_user_in_get_user(controller: Controller) -
     )
     response = keys.client(controller, "sts").assume_role(RoleArn=arn, RoleSessionName="s1")
     iam = Keys.of(response).client(controller, "iam")
-    code, status, _ = error_of(iam.get_user)
-    assert (code, status) == ("InvalidInput", 400)
+    assert error_of(iam.get_user) == (
+        "ValidationError",
+        400,
+        "Must specify userName when calling with non-User credentials",
+    )
 
 
 # -- federated users ---------------------------------------------------------------------------
@@ -336,14 +339,18 @@ def test_a_deny_on_a_user_and_a_role_holds_when_the_request_changes_the_case_of_
         policy(allow("iam:*"), deny("*", [role_arn(admin), user_arn(admin)])),
     )
     message = denied(iam.create_access_key, UserName=admin.lower())
-    assert f"on resource: {user_arn(admin)} with an explicit deny" in message
+    assert message.endswith(
+        f"on resource: {user_arn(admin)} with an explicit deny in an identity-based policy"
+    )
     message = denied(
         iam.put_role_policy,
         RoleName=admin.upper(),
         PolicyName="all",
         PolicyDocument=policy(allow("*")),
     )
-    assert f"on resource: {role_arn(admin)} with an explicit deny" in message
+    assert message.endswith(
+        f"on resource: {role_arn(admin)} with an explicit deny in an identity-based policy"
+    )
     root = controller.client("iam")
     assert root.list_access_keys(UserName=admin)["AccessKeyMetadata"] == []
     assert root.list_role_policies(RoleName=admin)["PolicyNames"] == []

@@ -245,6 +245,33 @@ def test_unknown_and_malformed_instance_ids(ec2: Any) -> None:
     )
 
 
+def test_unknown_ids_and_credentials_answer_in_ec2s_own_text(
+    ec2: Any, controller: Controller
+) -> None:
+    assert error_of(ec2.describe_instances, InstanceIds=["i-0123456789abcdef0"]) == (
+        "InvalidInstanceID.NotFound",
+        400,
+        "The instance ID 'i-0123456789abcdef0' does not exist",
+    )
+    assert error_of(ec2.disassociate_iam_instance_profile, AssociationId="iip-assoc-0abc") == (
+        "InvalidAssociationID.NotFound",
+        400,
+        "An invalid association-id of 'iip-assoc-0abc' was given",
+    )
+    stranger = boto3.client(
+        "ec2",
+        endpoint_url=controller.url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIA" + "Z" * 16,
+        aws_secret_access_key="x" * 40,
+    )
+    assert error_of(stranger.describe_instances) == (
+        "AuthFailure",
+        401,
+        "AWS was not able to validate the provided access credentials",
+    )
+
+
 def test_terminate_reports_previous_and_current_state(ec2: Any) -> None:
     instance_id = ec2.run_instances(ImageId="emi-1", MinCount=1, MaxCount=1)["Instances"][0][
         "InstanceId"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -308,38 +309,99 @@ def test_whitespace_does_not_count_against_the_policy_quota(iam: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("document", "fragment"),
+    ("document", "aws_message"),
     [
-        ("{not json", ""),
+        ("{not json", "Syntax errors in policy."),
         (
             '{"Version":"2012-10-17","Statement":[{"Effect":"Permit","Action":"s3:*","Resource":"*"}]}',
-            "ffect",
+            "Syntax errors in policy.",
         ),
-        ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*"}]}', "Resource"),
+        (
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*"}]}',
+            "Policy statement must contain resources.",
+        ),
+        (
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"GetObject",'
+            '"Resource":"*"}]}',
+            "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc.",
+        ),
+        (
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*",'
+            '"Resource":"*","Principal":"*"}]}',
+            "Policy document should not specify a principal.",
+        ),
     ],
 )
-def test_malformed_inline_policies_are_refused_with_a_reason(
-    iam: Any, document: str, fragment: str
+def test_malformed_inline_policies_are_refused_with_aws_message(
+    iam: Any, document: str, aws_message: str
 ) -> None:
     name = unique("bad")
     make_role(iam, name)
-    code, status, message = error_of(
+    assert error_of(
         iam.put_role_policy, RoleName=name, PolicyName="p", PolicyDocument=document
-    )
-    assert (code, status) == ("MalformedPolicyDocument", 400)
-    assert fragment in message and message
+    ) == ("MalformedPolicyDocument", 400, aws_message)
 
 
-def test_a_trust_policy_without_principal_is_malformed(iam: Any) -> None:
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}],
+def trust_statement(**changes: Any) -> str:
+    """EC2_TRUST's one statement with some elements changed or added."""
+    statement: dict[str, Any] = {
+        "Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        **changes,
     }
-    code, status, message = error_of(
-        iam.create_role, RoleName=unique("np"), AssumeRolePolicyDocument=json.dumps(trust)
-    )
-    assert (code, status) == ("MalformedPolicyDocument", 400)
-    assert "Principal" in message
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+def test_the_reason_behind_aws_message_is_in_the_controller_log(
+    iam: Any, controller: Controller
+) -> None:
+    """The caller gets IAM's bare text; the operator's log line says what and where."""
+    name = unique("why")
+    make_role(iam, name)
+    statement = {"Effect": "Allow", "Action": "s3:*", "Resource": "*", "Foo": 1}
+    document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    assert error_of(
+        iam.put_role_policy, RoleName=name, PolicyName="p", PolicyDocument=document
+    ) == ("MalformedPolicyDocument", 400, "Syntax errors in policy.")
+    line = "error=MalformedPolicyDocument: Unknown field 'Foo' in statement 1"
+    deadline = time.monotonic() + 10
+    while not any(line in logged for logged in list(controller.output)):
+        assert time.monotonic() < deadline, "the controller did not log the reason"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("document", "aws_message"),
+    [
+        (
+            json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}],
+                }
+            ),
+            "Missing required field Principal",
+        ),
+        (trust_statement(Resource="*"), "Has prohibited field Resource."),
+        # Two spaces before "and": AWS's text, which tools compare whole.
+        (
+            trust_statement(Action=["sts:AssumeRole", "s3:GetObject"]),
+            "Trust Policy statement actions can only be sts:AssumeRole,"
+            " sts:AssumeRoleWithSAML,  and sts:AssumeRoleWithWebIdentity",
+        ),
+        (
+            trust_statement(Principal={"AWS": "bob"}),
+            'Invalid principal in policy: "AWS":"bob"',
+        ),
+    ],
+)
+def test_malformed_trust_policies_are_refused_with_aws_message(
+    iam: Any, document: str, aws_message: str
+) -> None:
+    assert error_of(
+        iam.create_role, RoleName=unique("trust"), AssumeRolePolicyDocument=document
+    ) == ("MalformedPolicyDocument", 400, aws_message)
 
 
 @pytest.mark.parametrize(

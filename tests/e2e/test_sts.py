@@ -159,11 +159,14 @@ def test_a_user_without_a_policy_for_it_cannot_federate(controller: Controller) 
 def test_a_trust_policy_that_does_not_name_the_caller_is_access_denied(
     controller: Controller,
 ) -> None:
-    _, sts = user_with_sts(controller, policy(allow("sts:AssumeRole")))
+    user, sts = user_with_sts(controller, policy(allow("sts:AssumeRole")))
     arn = new_role(controller, unique("other"), trust({"AWS": user_arn("someone-else")}))
     code, status, message = error_of(assume, sts=sts, arn=arn)
     assert (code, status) == ("AccessDenied", 403)
-    assert " is not authorized to perform: sts:AssumeRole on resource: " + arn in message
+    # AWS's text ends at the role's ARN; RoleCall's reason (the trust policy) is in its log.
+    assert message == f"User: {user_arn(user)} is not authorized to perform: sts:AssumeRole" + (
+        f" on resource: {arn}"
+    )
 
 
 def test_a_service_trust_does_not_let_a_user_assume_the_role(controller: Controller) -> None:
@@ -317,28 +320,37 @@ def test_another_accounts_user_needs_its_own_policy_even_when_the_trust_names_it
 # -- AssumeRole: parameters --------------------------------------------------------------------
 
 
+OVER_MAX_SESSION = "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+
+
 @pytest.mark.parametrize(
-    ("duration", "max_session", "fragment"),
+    ("duration", "max_session", "expected"),
     [
-        (899, 3600, "Member must have value greater than or equal to 900"),
-        (3601, 3600, "MaxSessionDuration"),
-        (7201, 7200, "MaxSessionDuration"),
-        (43201, 43200, "Member must have value less than or equal to 43200"),
+        (
+            899,
+            3600,
+            "1 validation error detected: Value '899' at 'durationSeconds' failed to satisfy"
+            " constraint: Member must have value greater than or equal to 900",
+        ),
+        (3601, 3600, OVER_MAX_SESSION),
+        (7201, 7200, OVER_MAX_SESSION),
+        (
+            43201,
+            43200,
+            "1 validation error detected: Value '43201' at 'durationSeconds' failed to satisfy"
+            " constraint: Member must have value less than or equal to 43200",
+        ),
     ],
 )
 def test_a_duration_out_of_range_is_a_validation_error_not_clamped(
-    controller: Controller, duration: int, max_session: int, fragment: str
+    controller: Controller, duration: int, max_session: int, expected: str
 ) -> None:
     arn = new_role(
         controller, unique("dur"), trust({"AWS": ROOT_ARN}), MaxSessionDuration=max_session
     )
     sts = Keys.root(controller).client(controller, "sts", parameter_validation=False)
     code, status, message = error_of(assume, sts=sts, arn=arn, DurationSeconds=duration)
-    assert (code, status) == ("ValidationError", 400)
-    assert message.startswith(
-        f"1 validation error detected: Value '{duration}' at 'durationSeconds'"
-    )
-    assert fragment in message
+    assert (code, status, message) == ("ValidationError", 400, expected)
 
 
 def test_the_role_s_max_session_duration_is_granted_in_full(controller: Controller) -> None:
@@ -359,7 +371,28 @@ def test_role_chaining_is_limited_to_one_hour(
         return
     code, status, message = error_of(assume, sts=chained, arn=second, DurationSeconds=duration)
     assert (code, status) == ("ValidationError", 400)
-    assert "role chaining" in message
+    assert message == (
+        "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by"
+        " role chaining."
+    )
+
+
+def test_a_session_policy_that_does_not_allow_is_named_as_aws_names_it(
+    controller: Controller,
+) -> None:
+    """The role allows iam:GetRole, the session policy does not: AWS's "no session policy"."""
+    name = unique("scoped")
+    arn = new_role(controller, name, trust({"AWS": ROOT_ARN}), policy(allow("iam:GetRole")))
+    response = assume(
+        root_sts(controller), arn, RoleSessionName="s1", Policy=policy(allow("iam:ListRoles"))
+    )
+    iam = Keys.of(response).client(controller, "iam")
+    code, status, message = error_of(iam.get_role, RoleName=name)
+    assert (code, status) == ("AccessDenied", 403)
+    assert message == (
+        f"User: arn:aws:sts::{ACCOUNT_ID}:assumed-role/{name}/s1 is not authorized to perform:"
+        f" iam:GetRole on resource: {arn} because no session policy allows the iam:GetRole action"
+    )
 
 
 def source_identity_trust(principal: str, *actions: str) -> str:

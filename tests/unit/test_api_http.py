@@ -337,6 +337,7 @@ def test_a_failure_outside_the_api_is_an_internal_failure_xml_not_a_traceback(
         connection.close()
     assert answer.status == 500
     assert answer.error_code() == "InternalFailure"
+    assert b"failed because of an unknown error, exception or failure." in answer.body
     assert b"Traceback" not in answer.body and b"RuntimeError" not in answer.body
     assert not connection.transport.disconnecting
 

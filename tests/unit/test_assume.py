@@ -117,7 +117,8 @@ def not_authorized(caller: Caller, action: str, why: str) -> str:
     return f"User: {caller.arn} is not authorized to perform: {action} on resource: {ROLE_ARN}{why}"
 
 
-TRUST_REFUSES = " (the role's trust policy does not allow it)"
+#: AWS says nothing after the role's ARN when its trust policy refuses (RoleCall logs why).
+TRUST_REFUSES = ""
 NO_POLICY = " because no identity-based policy allows the {} action"
 
 # -- read_request: what the request alone gets wrong ------------------------------------------
@@ -321,7 +322,9 @@ DECISIONS: list[tuple[str, Any, str | None, str | None]] = [
         "an explicit Deny wins over a trust naming the caller",
         lambda: facts(ALICE, trusting(ALICE.arn), DENY_ASSUME),
         "AccessDenied",
-        not_authorized(ALICE, "sts:AssumeRole", " with an explicit deny in 'inline'"),
+        not_authorized(
+            ALICE, "sts:AssumeRole", " with an explicit deny in an identity-based policy"
+        ),
     ),
     (
         "another account's caller needs its own Allow even when named",
@@ -457,9 +460,7 @@ DECISIONS: list[tuple[str, Any, str | None, str | None]] = [
         "a duration over the role's MaxSessionDuration is a validation error",
         lambda: facts(ALICE, trusting(ALICE.arn), stored=role(7200), DurationSeconds=7201),
         "ValidationError",
-        "1 validation error detected: Value '7201' at 'durationSeconds' failed to satisfy"
-        " constraint: The requested DurationSeconds exceeds the MaxSessionDuration set for"
-        " this role (7200).",
+        "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
     ),
     (
         "role chaining is limited to one hour",
@@ -467,9 +468,8 @@ DECISIONS: list[tuple[str, Any, str | None, str | None]] = [
             CHAINED, trusting(ACCOUNT_ROOT), ASSUME_ANY, stored=role(43200), DurationSeconds=3601
         ),
         "ValidationError",
-        "1 validation error detected: Value '3601' at 'durationSeconds' failed to satisfy"
-        " constraint: The requested DurationSeconds exceeds the 1 hour session limit for roles"
-        " assumed by role chaining.",
+        "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by"
+        " role chaining.",
     ),
     (
         "role chaining may last the full hour",
@@ -489,9 +489,8 @@ DECISIONS: list[tuple[str, Any, str | None, str | None]] = [
         "the chaining limit is checked before MaxSessionDuration",
         lambda: facts(CHAINED, trusting(ACCOUNT_ROOT), ASSUME_ANY, DurationSeconds=7200),
         "ValidationError",
-        "1 validation error detected: Value '7200' at 'durationSeconds' failed to satisfy"
-        " constraint: The requested DurationSeconds exceeds the 1 hour session limit for roles"
-        " assumed by role chaining.",
+        "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by"
+        " role chaining.",
     ),
 ]
 

@@ -236,9 +236,52 @@ def test_context_keys_name_the_caller_the_request_and_the_tags() -> None:
     assert context_keys(USER, RequestFacts(), NOW, {})["aws:username"] == ("alice",)
 
 
-#: (caller, action, facts, the end of AccessDenied's message)
+MANAGED_DENY = f"arn:aws:iam::{ACCOUNT}:policy/NoRoles"
+
+
+def managed(*statements: dict[str, object]) -> Policies:
+    text = json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+    return ((MANAGED_DENY, parse_policy(text, PolicyKind.IDENTITY)),)
+
+
+#: (caller, action, facts, the end of AccessDenied's message): AWS's words for each reason.
 DENIALS = [
-    (USER, "iam:GetRole", CallerFacts(USER, policies(deny())), "with an explicit deny in 'inline'"),
+    (
+        USER,
+        "iam:GetRole",
+        CallerFacts(USER, policies(deny())),
+        "with an explicit deny in an identity-based policy",
+    ),
+    (
+        USER,
+        "iam:GetRole",
+        CallerFacts(USER, policies(allow()) + managed(deny())),
+        f"with an explicit deny in an identity-based policy: {MANAGED_DENY}",
+    ),
+    (
+        USER,
+        "iam:GetRole",
+        CallerFacts(USER, policies(allow()), boundary=policies(deny())),
+        "with an explicit deny in a permissions boundary",
+    ),
+    (
+        USER,
+        "iam:GetRole",
+        CallerFacts(USER, policies(allow()), boundary=policies(allow("iam:ListRoles"))),
+        "because no permissions boundary allows the iam:GetRole action",
+    ),
+    (
+        SCOPED_SESSION,
+        "iam:GetRole",
+        CallerFacts(SCOPED_SESSION, policies(allow()), policies(deny())),
+        "with an explicit deny in a session policy",
+    ),
+    (
+        SCOPED_SESSION,
+        "iam:GetRole",
+        CallerFacts(SCOPED_SESSION, policies(allow()), policies(allow("iam:ListRoles"))),
+        "because no session policy allows the iam:GetRole action",
+    ),
     (
         USER,
         "iam:GetRole",
@@ -261,13 +304,13 @@ DENIALS = [
         SCOPED_SESSION,
         "iam:GetRole",
         CallerFacts(SCOPED_SESSION, (), ()),
-        "because no identity-based policy and session policy both allow iam:GetRole",
+        "because no identity-based policy allows the iam:GetRole action",
     ),
     (
         FEDERATED,
         "s3:GetObject",
-        CallerFacts(FEDERATED, (), ()),
-        "because no identity-based policy and session policy both allow s3:GetObject",
+        CallerFacts(FEDERATED, policies(allow("s3:GetObject")), ()),
+        "because no session policy allows the s3:GetObject action",
     ),
 ]
 
@@ -283,3 +326,10 @@ def test_access_denied_says_who_what_where_and_why(
     assert error.message == (
         f"User: {caller.arn} is not authorized to perform: {action} on resource: {ROLE} {reason}"
     )
+
+
+def test_inline_policy_that_denies_is_named_in_the_detail_only() -> None:
+    decision = decide(CallerFacts(USER, policies(deny())), RequestFacts(), NOW, "iam:GetRole", ROLE)
+    error = denial(USER, "iam:GetRole", ROLE, decision)
+    assert "inline" not in error.message
+    assert error.detail == "the inline policy 'inline' denies it"

@@ -223,9 +223,9 @@ REJECTED = [
         without(trust(NotPrincipal={"AWS": "123456789012"}), "Principal"),
         "NotPrincipal with Effect Allow is not supported",
     ),
-    ("trust action not STS", TRUST, trust(Action="s3:GetObject"), "only specify STS AssumeRole"),
-    ("trust action other STS", TRUST, trust(Action="sts:GetCallerIdentity"), "STS AssumeRole"),
-    ("trust wildcard no match", TRUST, trust(Action="sts:Get*"), "STS AssumeRole"),
+    ("trust action not STS", TRUST, trust(Action="s3:GetObject"), "'s3:GetObject'"),
+    ("trust action other STS", TRUST, trust(Action="sts:GetCallerIdentity"), "not an STS action"),
+    ("trust wildcard no match", TRUST, trust(Action="sts:Get*"), "'sts:Get*' in statement 1"),
     ("Principal string not *", TRUST, trust(Principal="ec2.amazonaws.com"), "Principal"),
     ("Principal empty object", TRUST, trust(Principal={}), "at least one"),
     ("Principal unknown type", TRUST, trust(Principal={"User": "x"}), "Invalid principal type"),
@@ -287,28 +287,131 @@ REJECTED = [
 def test_rejected_documents_raise_a_specific_message(
     rule: str, kind: PolicyKind, text: str, fragment: str
 ) -> None:
+    """AWS's message to the caller, RoleCall's reason (which element, where) in the detail."""
     with pytest.raises(MalformedPolicyDocument) as raised:
         parse_policy(text, kind)
-    assert fragment in raised.value.message
+    assert raised.value.message == AWS_MESSAGES[rule]
+    assert fragment in f"{raised.value.message} {raised.value.detail}"
 
 
-def test_syntax_error_names_line_and_column() -> None:
+SYNTAX = "Syntax errors in policy."
+#: AWS's exact text per REJECTED rule (sources: docs/api-coverage.md, "Errors").
+AWS_MESSAGES = {
+    "character above U+00FF": SYNTAX,
+    "control character": SYNTAX,
+    "escaped character above U+00FF": SYNTAX,
+    "JSON syntax error": SYNTAX,
+    "empty text": SYNTAX,
+    "NaN is not JSON": SYNTAX,
+    "top level must be an object": SYNTAX,
+    "duplicate JSON keys": SYNTAX,
+    "duplicate keys in a statement": SYNTAX,
+    "unknown Version": SYNTAX,
+    "Version must be a string": SYNTAX,
+    "unknown top-level key": SYNTAX,
+    "Id must be a string": SYNTAX,
+    "missing Statement": SYNTAX,
+    "empty Statement list": SYNTAX,
+    "Statement a string": SYNTAX,
+    "statement not an object": SYNTAX,
+    "unknown statement key": SYNTAX,
+    "Sid not a string": SYNTAX,
+    "Sid not alphanumeric in identity": "Statement IDs (SID) must be alpha-numeric. Check that"
+    " your input satisfies the regular expression [0-9A-Za-z]*",
+    "duplicate Sid": "Statement IDs (SID) in a single policy must be unique.",
+    "missing Effect": SYNTAX,
+    "lower-case effect": SYNTAX,
+    "effect not a string": SYNTAX,
+    "missing Action": "Policy statement must contain actions.",
+    "Action and NotAction": SYNTAX,
+    "empty Action list": "Policy statement must contain actions.",
+    "Action not a string": SYNTAX,
+    "Action without vendor": "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb,"
+    " ec2, etc.",
+    "Action empty name": SYNTAX,
+    "Action vendor with dot": "Vendor s3.x is not valid",
+    "missing Resource in statement 2": "Policy statement must contain resources.",
+    "Resource and NotResource": SYNTAX,
+    "Resource not ARN-shaped": 'Resource bucket must be in ARN format or "*".',
+    "Resource too few ARN parts": "The policy failed legacy parsing",
+    "Resource empty service": "The policy failed legacy parsing",
+    "Resource short without *": "The policy failed legacy parsing",
+    "Resource wildcard service": "Resource vendor must be fully qualified and cannot contain"
+    " regexes.",
+    "Resource not a string": SYNTAX,
+    "Principal in identity": "Policy document should not specify a principal.",
+    "NotPrincipal in identity": "Policy document should not specify a principal.",
+    "Resource in trust": "Has prohibited field Resource.",
+    "NotResource in trust": "Has prohibited field NotResource.",
+    "missing Principal in trust": "Missing required field Principal",
+    "Principal and NotPrincipal": SYNTAX,
+    "Allow with NotPrincipal trusts everyone else": SYNTAX,
+    # Two spaces before "and": AWS's text as it is.
+    "trust action not STS": "Trust Policy statement actions can only be sts:AssumeRole,"
+    " sts:AssumeRoleWithSAML,  and sts:AssumeRoleWithWebIdentity",
+    "trust action other STS": "Trust Policy statement actions can only be sts:AssumeRole,"
+    " sts:AssumeRoleWithSAML,  and sts:AssumeRoleWithWebIdentity",
+    "trust wildcard no match": "Trust Policy statement actions can only be sts:AssumeRole,"
+    " sts:AssumeRoleWithSAML,  and sts:AssumeRoleWithWebIdentity",
+    "Principal string not *": SYNTAX,
+    "Principal empty object": SYNTAX,
+    "Principal unknown type": SYNTAX,
+    "Principal AWS bad value": 'Invalid principal in policy: "AWS":"bob"',
+    "Principal AWS short id": 'Invalid principal in policy: "AWS":"12345"',
+    "Principal empty list": SYNTAX,
+    "Principal number": SYNTAX,
+    "Condition not an object": SYNTAX,
+    "operator empty": SYNTAX,
+    "operator bad prefix": SYNTAX,
+    "operator block not an object": SYNTAX,
+    "operator block empty": SYNTAX,
+    "condition key without vendor": "Actions/Conditions must be prefaced by a vendor, e.g., iam,"
+    " sdb, ec2, etc.",
+    "condition value null": SYNTAX,
+    "condition value object": SYNTAX,
+    "condition value empty list": SYNTAX,
+    "condition value nested list": SYNTAX,
+}
+
+
+def test_every_rejected_rule_has_aws_message() -> None:
+    assert set(AWS_MESSAGES) == {row[0] for row in REJECTED}
+
+
+def test_action_with_two_colons_is_aws_one_colon_message() -> None:
+    with pytest.raises(MalformedPolicyDocument) as raised:
+        parse_policy(identity(Action="s3:List:Bucket"), IDENTITY)
+    assert raised.value.message == "Actions/Condition can contain only one colon."
+
+
+def test_syntax_error_names_line_and_column_in_detail() -> None:
     with pytest.raises(MalformedPolicyDocument) as raised:
         parse_policy('{\n  "Version": "2012-10-17",\n  "Statement" [', IDENTITY)
-    assert raised.value.message.startswith("Syntax error at line 3, column 15: ")
+    assert raised.value.message == "Syntax errors in policy."
+    assert raised.value.detail is not None
+    assert raised.value.detail.startswith("JSON syntax error at line 3, column 15: ")
 
 
-def test_invalid_character_names_its_position() -> None:
+def test_str_of_the_error_gives_the_operator_the_detail_too() -> None:
+    """What an operator reads (a catalog of AWS-managed policies that fails to load) keeps the
+    reason; what a caller gets is ``message`` alone."""
+    with pytest.raises(MalformedPolicyDocument) as raised:
+        parse_policy(identity(Effect="allow"), IDENTITY)
+    assert str(raised.value) == "Syntax errors in policy. (Invalid effect: allow in statement 1)"
+
+
+def test_invalid_character_names_its_position_in_detail() -> None:
     with pytest.raises(MalformedPolicyDocument) as raised:
         parse_policy('{\n "Id": "\u20ac"}', IDENTITY)
-    assert "U+20AC at line 2, column 9" in raised.value.message
+    assert "U+20AC at line 2, column 9" in str(raised.value.detail)
 
 
 def test_missing_resource_message_is_exact() -> None:
     text = json.dumps({"Statement": [{"Effect": "Allow", "Action": "*"}]})
     with pytest.raises(MalformedPolicyDocument) as raised:
         parse_policy(text, IDENTITY)
-    assert raised.value.message == "Missing required field Resource in statement 1"
+    assert raised.value.message == "Policy statement must contain resources."
+    assert raised.value.detail == "Missing required field Resource in statement 1"
 
 
 def test_original_identity_example_parses_to_its_statement() -> None:
