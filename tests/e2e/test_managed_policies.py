@@ -281,6 +281,32 @@ def test_a_users_attached_policy_follows_its_default_version_and_detachment(
     iam.delete_user(UserName=name)
 
 
+def test_a_groups_attached_policy_applies_to_its_members(controller: Controller, iam: Any) -> None:
+    arn = iam.create_policy(PolicyName=unique("grp"), PolicyDocument=LIST_ROLES)["Policy"]["Arn"]
+    group, member = unique("g"), unique("u")
+    iam.create_group(GroupName=group, Path="/team/")
+    iam.create_user(UserName=member)
+    iam.add_user_to_group(GroupName=group, UserName=member)
+    as_member = Keys.of(iam.create_access_key(UserName=member)).client(controller)
+    assert error_of(as_member.list_roles)[0] == "AccessDenied"
+    iam.attach_group_policy(GroupName=group, PolicyArn=arn)
+    as_member.list_roles()
+    attached = iam.list_attached_group_policies(GroupName=group)["AttachedPolicies"]
+    assert [item["PolicyArn"] for item in attached] == [arn]
+    listed = iam.list_entities_for_policy(PolicyArn=arn, PathPrefix="/team/")["PolicyGroups"]
+    assert [item["GroupName"] for item in listed] == [group]
+    iam.remove_user_from_group(GroupName=group, UserName=member)
+    assert error_of(iam.delete_group, GroupName=group) == (
+        "DeleteConflict",
+        409,
+        "Cannot delete entity, must detach all policies first.",
+    )
+    assert error_of(as_member.list_roles)[0] == "AccessDenied"
+    iam.detach_group_policy(GroupName=group, PolicyArn=arn)
+    iam.delete_group(GroupName=group)
+    assert iam.get_policy(PolicyArn=arn)["Policy"]["AttachmentCount"] == 0
+
+
 def test_a_role_session_has_its_roles_attached_policy(controller: Controller, iam: Any) -> None:
     arn = iam.create_policy(PolicyName=unique("sess"), PolicyDocument=LIST_ROLES)["Policy"]["Arn"]
     role = unique("r")
