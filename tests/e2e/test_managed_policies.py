@@ -369,6 +369,19 @@ def test_aws_managed_policies_come_from_the_directory_and_cannot_be_changed(
     assert document["Document"]["Statement"][0]["Action"] == ["iam:GetRole", "iam:ListRoles"]
     listed = [item["Arn"] for item in iam.list_policies(Scope="AWS")["Policies"]]
     assert listed == [AWS_READ, AWS_SERVICE]
+    # Local and AWS-managed policies page together by name (these sort among the AWS ones).
+    local = [
+        iam.create_policy(PolicyName=unique(f"RoleCall{letter}"), PolicyDocument=LIST_ROLES)[
+            "Policy"
+        ]["Arn"]
+        for letter in "ART"
+    ]
+    everything = [item["Arn"] for item in iam.list_policies(MaxItems=1000)["Policies"]]
+    pages = iam.get_paginator("list_policies").paginate(PaginationConfig={"PageSize": 2})
+    assert [item["Arn"] for page in pages for item in page["Policies"]] == everything
+    assert {AWS_READ, AWS_SERVICE, *local} <= set(everything)
+    for arn in local:
+        iam.delete_policy(PolicyArn=arn)
     unknown = "arn:aws:iam::aws:policy/AdministratorAccess"
     assert error_of(iam.get_policy, PolicyArn=unknown)[:2] == ("NoSuchEntity", 404)
     code, status, _ = error_of(
