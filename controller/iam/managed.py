@@ -131,8 +131,8 @@ def _require_local(context: Context, arn: str, action: str) -> ManagedPolicy:
 
 def _version_number(version_id: str) -> int | None:
     """N of "vN"; None for a form the pattern allows but no version has ("v1.beta")."""
-    number, _, suffix = version_id[1:].partition(".")
-    return None if suffix or "." in version_id else int(number)
+    number, dot, _ = version_id[1:].partition(".")
+    return None if dot else int(number)
 
 
 def _require_version(context: Context, policy: ManagedPolicy, version_id: str) -> PolicyVersion:
