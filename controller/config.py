@@ -20,6 +20,7 @@ from common.tomlconfig import (
     read_config_text,
     values_from_string,
 )
+from controller.awsmanaged import AwsManagedCatalog, CatalogError, load_catalog
 from controller.ec2.network import DEFAULT_SUBNET, parse_subnet
 from controller.forwarded import parse_networks
 
@@ -71,6 +72,8 @@ class ControllerConfig:
     subnet: str = DEFAULT_SUBNET
     #: Key pairs an account may hold: ImportKeyPair or CreateKeyPair beyond is KeyPairLimitExceeded.
     max_key_pairs_per_account: int = 5000
+    #: The operator's AWS-managed policies (`controller.awsmanaged`); None: none.
+    aws_managed_policies: Path | None = None
 
     def api_connection_limit(self, descriptors: int) -> int:
         """The public port's connection limit when the process may open ``descriptors``."""
@@ -237,6 +240,7 @@ _KEYS: Keys = {
         "max_key_pairs_per_account",
         _count(MAX_ACCOUNT_KEY_PAIRS),
     ),
+    "iam.aws_managed_policies": ("aws_managed_policies", path),
 }
 
 
@@ -245,6 +249,17 @@ def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
     values = values_from_string(text, source, _KEYS)
     _store_keys(values, source)
     return ControllerConfig(**values)
+
+
+def load_aws_managed_policies(config: ControllerConfig) -> AwsManagedCatalog:
+    """The AWS-managed policies of ``iam.aws_managed_policies`` (none when unset); a bad
+    directory or file is a ConfigError naming the key and the file."""
+    if config.aws_managed_policies is None:
+        return AwsManagedCatalog()
+    try:
+        return load_catalog(config.aws_managed_policies)
+    except CatalogError as error:
+        raise ConfigError(f"iam.aws_managed_policies: {error}") from None
 
 
 def load_config(path: Path | None) -> ControllerConfig:
