@@ -27,11 +27,13 @@ from controller.iam.common import (
     own_user_name,
     page_fields,
     page_in_memory,
-    require_user,
     tag_list,
     tags_from_params,
     user_resource,
 )
+
+# Defined in common (boundaries needs it too); modules that import it from here still may.
+from controller.iam.common import require_user as require_user
 from controller.iam.shapes import (
     ACCESS_KEY_ID,
     ACCESS_KEY_STATUS,
