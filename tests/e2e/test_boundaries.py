@@ -158,6 +158,8 @@ def test_put_replaces_and_delete_removes_a_boundary(iam: Any, made: Cleanup) -> 
         user = iam.get_user(UserName=user_name)["User"]
         assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == arn
         assert user["PermissionsBoundary"]["PermissionsBoundaryArn"] == arn
+    # A policy in use as a boundary cannot be deleted (it would leave the boundary naming none).
+    assert error_of(iam.delete_policy, PolicyArn=second)[:2] == ("DeleteConflict", 409)
     iam.delete_role_permissions_boundary(RoleName=role_name)
     iam.delete_user_permissions_boundary(UserName=user_name)
     assert "PermissionsBoundary" not in iam.get_role(RoleName=role_name)["Role"]
