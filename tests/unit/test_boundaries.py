@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,17 @@ def test_decisions_and_the_simulator_read_the_same_policies(store: SQLiteStore) 
     ]
     assert facts.policies == tuple((s.name, s.document) for s in sources)
     assert facts.boundary is not None and facts.boundary[0][0] == boundary
+
+
+def test_a_users_session_and_federation_credentials_are_bounded_as_the_user_is(
+    store: SQLiteStore,
+) -> None:
+    _, boundary = populated(store)
+    for kind in ("session", "federated-user"):
+        caller = replace(user(ACCOUNT, "alice"), kind=kind, access_key_id="ASIAALICE")
+        with store.transaction() as tx:
+            facts = gather_caller(tx, caller)
+        assert facts.boundary is not None and facts.boundary[0][0] == boundary
 
 
 def principal_input(params: dict[str, str]) -> dict[str, Any]:
