@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from controller import awsmanaged
 from controller.actions import Caller, Context
@@ -120,9 +120,9 @@ def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) ->
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PolicySource:
-    """One policy behind an identity, and where it comes from (what the simulator reports)."""
+class PolicySource(NamedTuple):
+    """One policy behind an identity, and where it comes from (what the simulator reports).
+    A named tuple: one is built per policy per request, and a frozen dataclass costs more."""
 
     #: IAM's SourcePolicyType: user, group or role (inline), user-managed or aws-managed.
     kind: str
