@@ -15,11 +15,12 @@ import pytest
 
 import controller.iam
 from controller import awsmanaged
-from controller.actions import Context
+from controller.actions import Caller, Context, RequestFacts
 from controller.authorize import gather_caller, identity_sources
 from controller.awsmanaged import AwsManagedCatalog, AwsManagedPolicy
 from controller.errors import InvalidInput, NoSuchEntity
 from controller.iam import boundaries, simulate
+from controller.permissions import decide
 from controller.query import parse_input
 from controller.store.records import (
     Account,
@@ -29,6 +30,7 @@ from controller.store.records import (
     PolicyAttachment,
     PolicyVersion,
     Role,
+    RolePolicy,
     User,
     UserPolicy,
 )
@@ -229,6 +231,38 @@ def test_a_users_session_and_federation_credentials_are_bounded_as_the_user_is(
         with store.transaction() as tx:
             facts = gather_caller(tx, caller)
         assert facts.boundary is not None and facts.boundary[0][0] == boundary
+
+
+@pytest.mark.usefixtures("catalog")
+def test_an_aws_managed_boundary_is_the_operators_document_and_a_gone_one_allows_nothing(
+    store: SQLiteStore,
+) -> None:
+    gone = f"arn:aws:iam::{ACCOUNT}:policy/deleted"
+    with store.transaction() as tx:
+        tx.insert_role(Role("AROAA", ACCOUNT, "viewer", "/", "{}", None, 3600, CREATED, AWS_ARN))
+        tx.insert_role(Role("AROAG", ACCOUNT, "orphan", "/", "{}", None, 3600, CREATED, gone))
+        for role_id in ("AROAA", "AROAG"):
+            tx.put_role_policy(RolePolicy(role_id, "all", document(allow("*"))))
+    decisions = {}
+    for role_id in ("AROAA", "AROAG"):
+        caller = Caller(
+            ACCOUNT,
+            f"arn:aws:sts::{ACCOUNT}:assumed-role/r/s",
+            "ASIAX",
+            f"{role_id}:s",
+            "assumed-role",
+            role_id=role_id,
+        )
+        with store.transaction() as tx:
+            facts = gather_caller(tx, caller)
+        decisions[role_id] = [
+            decide(facts, RequestFacts(), NOW, action, "*").effect
+            for action in ("iam:GetRole", "iam:ListRoles")
+        ]
+    assert decisions == {
+        "AROAA": ["Allow", "ImplicitDeny"],  # the catalog's ViewOnlyAccess allows iam:Get*
+        "AROAG": ["ImplicitDeny", "ImplicitDeny"],  # fail closed
+    }
 
 
 def principal_input(params: dict[str, str]) -> dict[str, Any]:
