@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.tomlconfig import (
     ConfigError,
@@ -20,9 +20,11 @@ from common.tomlconfig import (
     read_config_text,
     values_from_string,
 )
-from controller.awsmanaged import AwsManagedCatalog, CatalogError, load_catalog
 from controller.ec2.network import DEFAULT_SUBNET, parse_subnet
 from controller.forwarded import parse_networks
+
+if TYPE_CHECKING:
+    from controller.awsmanaged import AwsManagedCatalog
 
 __all__ = ["ConfigError", "ControllerConfig", "config_from_string", "load_config"]
 
@@ -253,7 +255,10 @@ def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
 
 def load_aws_managed_policies(config: ControllerConfig) -> AwsManagedCatalog:
     """The AWS-managed policies of ``iam.aws_managed_policies`` (none when unset); a bad
-    directory or file is a ConfigError naming the key and the file."""
+    directory or file is a ConfigError naming the key and the file. Imported here: reading them
+    needs the policy parser, which the configuration alone does not."""
+    from controller.awsmanaged import AwsManagedCatalog, CatalogError, load_catalog
+
     if config.aws_managed_policies is None:
         return AwsManagedCatalog()
     try:

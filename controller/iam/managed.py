@@ -41,9 +41,10 @@ from controller.iam.common import (
     tags_from_params,
     user_resource,
 )
+from controller.iam.groups import group_resource, require_group
 from controller.iam.shapes import (
     ARN,
-    NAME_PATTERN,
+    GROUP_NAME,
     PAGING,
     PATH,
     POLICY_DOCUMENT,
@@ -60,7 +61,7 @@ from controller.iam.users import require_user
 from controller.policy.document import policy_size
 from controller.query import Str
 from controller.store.base import Conflict
-from controller.store.records import Group, ManagedPolicy, PolicyAttachment, PolicyVersion
+from controller.store.records import ManagedPolicy, PolicyAttachment, PolicyVersion
 
 #: AWS's quotas: versions per managed policy, managed policies attached per role, user or group,
 #: characters of a managed policy's document (whitespace not counted).
@@ -75,7 +76,6 @@ POLICY_VERSION_ID = Str(pattern=r"v[1-9][0-9]*(\.[A-Za-z0-9-]*)?")
 POLICY_SCOPE = Str(enum=("All", "AWS", "Local"))
 POLICY_USAGE = Str(enum=("PermissionsPolicy", "PermissionsBoundary"))
 ENTITY_FILTER = Str(enum=("User", "Role", "Group", "LocalManagedPolicy", "AWSManagedPolicy"))
-GROUP_NAME = Str(1, 128, NAME_PATTERN)
 
 _POLICY_ARN = re.compile(r"arn:aws:iam::(\d{12}|aws):policy((?:/[^/]+)*/)([\w+=,.@-]+)")
 
@@ -227,12 +227,6 @@ def policy_resource(context: Context, params: dict[str, Any]) -> str:
     return (
         f"arn:aws:iam::{context.account_id}:policy{params.get('Path', '/')}{params['PolicyName']}"
     )
-
-
-def group_resource(context: Context, params: dict[str, Any]) -> str:
-    name = params["GroupName"]
-    group = context.tx.get_group(context.account_id, name)
-    return group.arn if group is not None else f"arn:aws:iam::{context.account_id}:group/{name}"
 
 
 # Policies
@@ -524,13 +518,6 @@ def _list_attached(context: Context, entity_id: str, params: dict[str, Any]) -> 
     }
 
 
-def _require_group(context: Context, name: str) -> Group:
-    group = context.tx.get_group(context.account_id, name)
-    if group is None:
-        raise NoSuchEntity(f"The group with name {name} cannot be found.")
-    return group
-
-
 def _attachment_actions(
     kind: str,
     title: str,
@@ -588,7 +575,7 @@ _attachment_actions(
     "group",
     "Group",
     Field("GroupName", GROUP_NAME, required=True),
-    lambda context, name: _require_group(context, name).group_id,
+    lambda context, name: require_group(context, name).group_id,
     group_resource,
 )
 
