@@ -57,6 +57,11 @@ class Cleanup:
         self.undo.append((self._delete_user, {"name": name}))
         return user
 
+    def group(self, name: str) -> dict[str, Any]:
+        group: dict[str, Any] = self.iam.create_group(GroupName=name)["Group"]
+        self.undo.append((self._delete_group, {"name": name}))
+        return group
+
     def keys(self, controller: Controller, name: str) -> Keys:
         return Keys.of(self.iam.create_access_key(UserName=name)).remember(controller)
 
@@ -81,8 +86,19 @@ class Cleanup:
             self.iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
         self.iam.delete_role(RoleName=name)
 
+    def _delete_group(self, name: str) -> None:
+        for member in self.iam.get_group(GroupName=name)["Users"]:
+            self.iam.remove_user_from_group(GroupName=name, UserName=member["UserName"])
+        for policy_name in self.iam.list_group_policies(GroupName=name)["PolicyNames"]:
+            self.iam.delete_group_policy(GroupName=name, PolicyName=policy_name)
+        for attached in self.iam.list_attached_group_policies(GroupName=name)["AttachedPolicies"]:
+            self.iam.detach_group_policy(GroupName=name, PolicyArn=attached["PolicyArn"])
+        self.iam.delete_group(GroupName=name)
+
     def _delete_user(self, name: str) -> None:
         self.iam.delete_user_permissions_boundary(UserName=name)
+        for group in self.iam.list_groups_for_user(UserName=name)["Groups"]:
+            self.iam.remove_user_from_group(GroupName=group["GroupName"], UserName=name)
         for key in self.iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
             self.iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
         for policy_name in self.iam.list_user_policies(UserName=name)["PolicyNames"]:
@@ -419,6 +435,34 @@ def test_the_simulator_evaluates_a_users_policies_within_its_boundary(
     assert replaced["MatchedStatements"] == [
         {"SourcePolicyId": attached.rpartition("/")[2], "SourcePolicyType": "user-managed"}
     ]
+
+
+def test_the_simulator_reads_a_group_and_a_members_group_policies(iam: Any, made: Cleanup) -> None:
+    attached = made.policy(unique("lists"), policy(allow("iam:List*")))
+    group_name, user_name = unique("simgroup"), unique("member")
+    group_arn = made.group(group_name)["Arn"]
+    user_arn_ = made.user(user_name)["Arn"]
+    iam.put_group_policy(
+        GroupName=group_name, PolicyName="team", PolicyDocument=policy(allow("iam:Get*"))
+    )
+    iam.attach_group_policy(GroupName=group_name, PolicyArn=attached)
+    iam.add_user_to_group(GroupName=group_name, UserName=user_name)
+    for source in (group_arn, user_arn_):
+        results = iam.simulate_principal_policy(
+            PolicySourceArn=source, ActionNames=["iam:GetRole", "iam:ListRoles", "iam:CreateRole"]
+        )["EvaluationResults"]
+        assert [
+            (
+                r["EvalDecision"],
+                [(m["SourcePolicyId"], m["SourcePolicyType"]) for m in r["MatchedStatements"]],
+            )
+            for r in results
+        ] == [
+            ("allowed", [("team", "group")]),
+            ("allowed", [(attached.rpartition("/")[2], "user-managed")]),
+            ("implicitDeny", []),
+        ]
+        assert all("PermissionsBoundaryDecisionDetail" not in r for r in results)
 
 
 def test_the_simulator_reads_a_roles_boundary_and_a_custom_boundary(
