@@ -132,6 +132,9 @@ Handler = Callable[[Context, dict[str, Any]], Result]
 #: The ARN an action acts on, from the request (``*`` when it has none), or the ARNs when it acts
 #: on several (TerminateInstances): each is authorized, and one refusal refuses the request.
 ResourceOf = Callable[[Context, dict[str, Any]], str | tuple[str, ...]]
+#: The action's own condition keys (iam:PermissionsBoundary…), from the request and what it acts
+#: on; a key the request has no value for is left out, so that ``Null`` conditions see it absent.
+KeysOf = Callable[[Context, dict[str, Any]], Mapping[str, tuple[str, ...]]]
 
 
 def no_resource(context: Context, params: dict[str, Any]) -> str:
@@ -146,6 +149,8 @@ class Action:
     handler: Handler
     #: The resource for authorization; None when the handler authorizes itself (AssumeRole).
     resource: ResourceOf | None = no_resource
+    #: Condition keys of this action beyond the global ones; None: it has none.
+    condition_keys: KeysOf | None = None
 
     @property
     def iam_action(self) -> str:
@@ -167,9 +172,12 @@ class Registry:
         name: str,
         input: Struct,
         resource: ResourceOf | None = no_resource,
+        condition_keys: KeysOf | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self._actions[(service, name)] = Action(service, name, input, handler, resource)
+            self._actions[(service, name)] = Action(
+                service, name, input, handler, resource, condition_keys
+            )
             return handler
 
         return register

@@ -215,8 +215,9 @@ class PublicApi:
             context = Context(tx, caller, now, facts, self._services)
             if action.resource is not None:
                 resource = action.resource(context, inputs)
+                keys = action.condition_keys(context, inputs) if action.condition_keys else None
                 for arn in (resource,) if isinstance(resource, str) else resource:
-                    authorize(context, action.iam_action, arn)
+                    authorize(context, action.iam_action, arn, keys)
             return context, action, action.handler(context, inputs)
 
         try:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from controller import awsmanaged
 from controller.actions import Caller, Context
 from controller.permissions import CallerFacts, Policies, decide, denial, settled
 from controller.policy.document import PolicyDocument, PolicyKind, parse_policy
 from controller.store.base import Transaction
-from controller.store.records import GroupPolicy, RolePolicy, UserPolicy
+from controller.store.records import Group, GroupPolicy, Role, RolePolicy, User, UserPolicy
 
 ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
@@ -95,10 +96,9 @@ def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) ->
         role = tx.get_role_by_id(caller.role_id)
         if role is None:
             return CallerFacts(caller, (), session_policies, _tags(tx, caller.role_id))
-        policies = _named(tx.list_role_policies(role.role_id)) + _attached(tx, [role.role_id])
         return CallerFacts(
             caller,
-            policies,
+            _policies(identity_sources(tx, role)),
             session_policies,
             _tags(tx, role.role_id),
             boundary_policies(tx, role.permissions_boundary),
@@ -109,60 +109,106 @@ def gather_caller(tx: Transaction, caller: Caller, action: str | None = None) ->
     # A deleted user (maybe re-created under its name) leaves its sessions no policy at all.
     if user is None or caller.issuer_user_id not in (None, user.user_id):
         return CallerFacts(caller, (), session_policies, {})
-    policies = _named(tx.list_user_policies(user.user_id))
-    groups = tx.list_groups_for_user(user.user_id)
-    for group in groups:
-        policies += _named(tx.list_group_policies(group.group_id))
-    policies += _attached(tx, [user.user_id, *(group.group_id for group in groups)])
     # Only a user's own keys carry its tags; its sessions and federations do not.
     tags = _tags(tx, user.user_id) if caller.kind == "user" else {}
     return CallerFacts(
-        caller, policies, session_policies, tags, boundary_policies(tx, user.permissions_boundary)
+        caller,
+        _policies(identity_sources(tx, user)),
+        session_policies,
+        tags,
+        boundary_policies(tx, user.permissions_boundary),
     )
 
 
-def _named(policies: Iterable[RolePolicy | UserPolicy | GroupPolicy]) -> Policies:
-    return tuple((policy.name, parsed(policy.document)) for policy in policies)
+class PolicySource(NamedTuple):
+    """One policy behind an identity, and where it comes from (what the simulator reports).
+    A named tuple: one is built per policy per request, and a frozen dataclass costs more."""
+
+    #: IAM's SourcePolicyType: user, group or role (inline), user-managed or aws-managed.
+    kind: str
+    #: What decisions name it by: an inline policy's name, a managed policy's ARN.
+    name: str
+    document: PolicyDocument
+    #: Its text's length, what evaluating it costs (0 for one that cannot be read any more).
+    characters: int
 
 
-def _attached(tx: Transaction, entity_ids: Sequence[str]) -> Policies:
+def identity_sources(tx: Transaction, identity: User | Role | Group) -> list[PolicySource]:
+    """The identity-based policies of a user (its inline policies, its groups' inline
+    policies, then the default version of each managed policy attached to it or to its
+    groups), of a role (inline, attached) or of a group (inline, attached): the one read of
+    them, for decisions (`gather_caller`) and for the simulator."""
+    if isinstance(identity, Role):
+        sources = _inline("role", tx.list_role_policies(identity.role_id))
+        return sources + _attached(tx, [identity.role_id])
+    if isinstance(identity, Group):
+        sources = _inline("group", tx.list_group_policies(identity.group_id))
+        return sources + _attached(tx, [identity.group_id])
+    sources = _inline("user", tx.list_user_policies(identity.user_id))
+    groups = tx.list_groups_for_user(identity.user_id)
+    for group in groups:
+        sources += _inline("group", tx.list_group_policies(group.group_id))
+    return sources + _attached(tx, [identity.user_id, *(group.group_id for group in groups)])
+
+
+def _policies(sources: Sequence[PolicySource]) -> Policies:
+    return tuple((source.name, source.document) for source in sources)
+
+
+def _inline(
+    kind: str, policies: Sequence[RolePolicy | UserPolicy | GroupPolicy]
+) -> list[PolicySource]:
+    return [
+        PolicySource(kind, policy.name, parsed(policy.document), len(policy.document))
+        for policy in policies
+    ]
+
+
+def _attached(tx: Transaction, entity_ids: Sequence[str]) -> list[PolicySource]:
     """The default versions of the managed policies attached to the entities, named by ARN.
     Of the same policy attached to a user and its group, one copy is enough."""
-    found: dict[str, PolicyDocument] = {}
+    found: dict[str, PolicySource] = {}
     for arn, document in tx.attached_documents(entity_ids):
         if arn not in found:
-            found[arn] = _managed_document(arn, document)
-    return tuple(found.items())
+            found[arn] = _managed(arn, document)
+    return list(found.values())
 
 
-def boundary_policies(tx: Transaction, arn: str | None) -> Policies | None:
-    """The permissions boundary named by ``arn`` as a layer of evaluation: None for no
-    boundary; its default version; a layer allowing nothing if the policy is gone."""
+def boundary_source(tx: Transaction, arn: str | None) -> PolicySource | None:
+    """The permissions boundary named by ``arn``: None for no boundary; its default version;
+    a policy allowing nothing if it is gone (fail closed)."""
     if arn is None:
         return None
     if arn.startswith(awsmanaged.ARN_PREFIX):
-        return ((arn, _managed_document(arn, None)),)
+        return _managed(arn, None)
     account_id, _, name = arn.removeprefix("arn:aws:iam::").partition(":policy")
     policy = tx.get_managed_policy(account_id, name.rpartition("/")[2])
     if policy is None or policy.arn != arn:
-        return ((arn, _NOTHING),)
+        return PolicySource("user-managed", arn, _NOTHING, 0)
     version = tx.get_policy_version(policy.policy_id, policy.default_version)
-    return ((arn, _managed_document(arn, version.document if version else None)),)
+    return _managed(arn, version.document if version else None)
+
+
+def boundary_policies(tx: Transaction, arn: str | None) -> Policies | None:
+    """The permissions boundary named by ``arn`` as a layer of evaluation (`boundary_source`)."""
+    source = boundary_source(tx, arn)
+    return None if source is None else ((source.name, source.document),)
 
 
 def _tags(tx: Transaction, entity_id: str) -> dict[str, str]:
     return {tag.key: tag.value for tag in tx.get_tags(entity_id)}
 
 
-def _managed_document(arn: str, document: str | None) -> PolicyDocument:
-    """A managed policy's document: stored, or (None) the operator's AWS-managed one. One that
-    cannot be found any more (its file removed from the directory) allows nothing."""
+def _managed(arn: str, document: str | None) -> PolicySource:
+    """A managed policy: its stored document, or (None) the operator's AWS-managed one. One
+    that cannot be found any more (its file removed from the directory) allows nothing."""
+    kind = "aws-managed" if arn.startswith(awsmanaged.ARN_PREFIX) else "user-managed"
     if document is None:
         provided = awsmanaged.catalog.get(arn)
         if provided is None:
-            return _NOTHING
+            return PolicySource(kind, arn, _NOTHING, 0)
         document = provided.document
-    return parsed(document)
+    return PolicySource(kind, arn, parsed(document), len(document))
 
 
 def authorize(

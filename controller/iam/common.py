@@ -13,7 +13,7 @@ from controller.actions import Context
 from controller.errors import InvalidInput, LimitExceeded, NoSuchEntity
 from controller.policy.document import PolicyKind, parse_policy, policy_size
 from controller.query import check_unique
-from controller.store.records import InstanceProfile, Role, RolePolicy, Tag, UserPolicy
+from controller.store.records import InstanceProfile, Role, RolePolicy, Tag, User, UserPolicy
 from controller.xmlout import format_time
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -138,6 +138,13 @@ def require_role(context: Context, name: str) -> Role:
     return role
 
 
+def require_user(context: Context, name: str) -> User:
+    user = context.tx.get_user(context.account_id, name)
+    if user is None:
+        raise NoSuchEntity(f"The user with name {name} cannot be found.")
+    return user
+
+
 def require_instance_profile(context: Context, name: str) -> InstanceProfile:
     profile = context.tx.get_instance_profile(context.account_id, name)
     if profile is None:
@@ -157,11 +164,20 @@ def role_shape(context: Context, role: Role, *, with_tags: bool) -> dict[str, An
         "Description": role.description,
         "MaxSessionDuration": role.max_session_duration,
     }
+    if with_tags and role.permissions_boundary is not None:  # not in List* answers, as IAM
+        shape["PermissionsBoundary"] = boundary_shape(role.permissions_boundary)
     if with_tags:
         tags = context.tx.get_tags(role.role_id)
         if tags:
             shape["Tags"] = tag_list(tags)
     return shape
+
+
+def boundary_shape(arn: str) -> dict[str, str]:
+    """A role's or user's PermissionsBoundary. botocore's model names the type
+    "PermissionsBoundaryPolicy"; IAM answers "Policy" (its documentation and the AWS CLI's
+    examples), and RoleCall answers as IAM does."""
+    return {"PermissionsBoundaryType": "Policy", "PermissionsBoundaryArn": arn}
 
 
 def instance_profile_shape(

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from controller import awsmanaged
-from controller.actions import Context, Result
+from controller.actions import Context, KeysOf, Result
 from controller.awsmanaged import AwsManagedPolicy
 from controller.errors import (
     AccessDenied,
@@ -27,6 +27,7 @@ from controller.errors import (
     NoSuchEntity,
 )
 from controller.iam import registry
+from controller.iam.boundaries import role_boundary, user_boundary
 from controller.iam.common import (
     add_tags,
     check_identity_policy,
@@ -523,9 +524,10 @@ def _attachment_actions(
     name_field: Field,
     find: Callable[[Context, str], str],
     resource: Callable[[Context, dict[str, Any]], str],
+    boundary: KeysOf | None = None,
 ) -> None:
     """Attach/Detach/ListAttached{title}Policies for one kind of entity; ``find`` gives the
-    named entity's id or raises NoSuchEntity."""
+    named entity's id or raises NoSuchEntity; ``boundary`` its iam:PermissionsBoundary."""
     name = name_field.name
     quota = f"PoliciesPer{title}"
 
@@ -541,8 +543,10 @@ def _attachment_actions(
         return _list_attached(context, find(context, params[name]), params)
 
     arn_field = Field("PolicyArn", ARN, required=True)
-    registry.action("iam", f"Attach{title}Policy", struct(name_field, arn_field), resource)(attach)
-    registry.action("iam", f"Detach{title}Policy", struct(name_field, arn_field), resource)(detach)
+    for verb, handler in (("Attach", attach), ("Detach", detach)):
+        registry.action(
+            "iam", f"{verb}{title}Policy", struct(name_field, arn_field), resource, boundary
+        )(handler)
     registry.action(
         "iam",
         f"ListAttached{title}Policies",
@@ -557,6 +561,7 @@ _attachment_actions(
     Field("RoleName", ROLE_NAME, required=True),
     lambda context, name: require_role(context, name).role_id,
     role_resource,
+    role_boundary,
 )
 _attachment_actions(
     "user",
@@ -564,6 +569,7 @@ _attachment_actions(
     Field("UserName", USER_NAME, required=True),
     lambda context, name: require_user(context, name).user_id,
     user_resource,
+    user_boundary,
 )
 _attachment_actions(
     "group",

@@ -9,10 +9,10 @@ from controller.actions import Context, Result
 from controller.errors import (
     DeleteConflict,
     EntityAlreadyExists,
-    InvalidInput,
     NoSuchEntity,
 )
 from controller.iam import registry
+from controller.iam.boundaries import check_boundary, requested_boundary, role_boundary
 from controller.iam.common import (
     DEFAULT_MAX_ITEMS,
     add_tags,
@@ -64,16 +64,17 @@ DEFAULT_MAX_SESSION_DURATION = 3600
         Field("Tags", TAG_LIST),
     ),
     resource=role_resource,
+    condition_keys=requested_boundary,
 )
 def create_role(context: Context, params: dict[str, Any]) -> Result:
-    if "PermissionsBoundary" in params:
-        # Ignoring a boundary would grant more than the caller asked for: refuse it instead.
-        raise InvalidInput("PermissionsBoundary is not supported by RoleCall.")
     name = params["RoleName"]
     check_trust_policy(params["AssumeRolePolicyDocument"])
     tags = tags_from_params(params)
     if context.tx.get_role(context.account_id, name) is not None:
         raise EntityAlreadyExists(f"Role with name {name} already exists.")
+    boundary = params.get("PermissionsBoundary")
+    if boundary is not None:
+        check_boundary(context, boundary)
     role = Role(
         role_id=new_id("AROA"),
         account_id=context.account_id,
@@ -83,6 +84,7 @@ def create_role(context: Context, params: dict[str, Any]) -> Result:
         description=params.get("Description"),
         max_session_duration=params.get("MaxSessionDuration", DEFAULT_MAX_SESSION_DURATION),
         created=now_text(context),
+        permissions_boundary=boundary,
     )
     try:
         context.tx.insert_role(role)
@@ -94,7 +96,11 @@ def create_role(context: Context, params: dict[str, Any]) -> Result:
 
 
 @registry.action(
-    "iam", "GetRole", struct(Field("RoleName", ROLE_NAME, required=True)), resource=role_resource
+    "iam",
+    "GetRole",
+    struct(Field("RoleName", ROLE_NAME, required=True)),
+    resource=role_resource,
+    condition_keys=role_boundary,
 )
 def get_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -136,6 +142,7 @@ def list_roles(context: Context, params: dict[str, Any]) -> Result:
         Field("MaxSessionDuration", MAX_SESSION_DURATION),
     ),
     resource=role_resource,
+    condition_keys=role_boundary,
 )
 def update_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -156,6 +163,7 @@ def update_role(context: Context, params: dict[str, Any]) -> Result:
         Field("Description", ROLE_DESCRIPTION, required=True),
     ),
     resource=role_resource,
+    condition_keys=role_boundary,
 )
 def update_role_description(context: Context, params: dict[str, Any]) -> Result:
     role = replace(require_role(context, params["RoleName"]), description=params["Description"])
@@ -171,6 +179,7 @@ def update_role_description(context: Context, params: dict[str, Any]) -> Result:
         Field("PolicyDocument", POLICY_DOCUMENT, required=True),
     ),
     resource=role_resource,
+    condition_keys=role_boundary,
 )
 def update_assume_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -180,7 +189,11 @@ def update_assume_role_policy(context: Context, params: dict[str, Any]) -> Resul
 
 
 @registry.action(
-    "iam", "DeleteRole", struct(Field("RoleName", ROLE_NAME, required=True)), resource=role_resource
+    "iam",
+    "DeleteRole",
+    struct(Field("RoleName", ROLE_NAME, required=True)),
+    resource=role_resource,
+    condition_keys=role_boundary,
 )
 def delete_role(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -250,6 +263,7 @@ def list_role_tags(context: Context, params: dict[str, Any]) -> Result:
         Field("PolicyDocument", POLICY_DOCUMENT, required=True),
     ),
     resource=role_resource,
+    condition_keys=role_boundary,
 )
 def put_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
@@ -301,6 +315,7 @@ def list_role_policies(context: Context, params: dict[str, Any]) -> Result:
         Field("PolicyName", POLICY_NAME, required=True),
     ),
     resource=role_resource,
+    condition_keys=role_boundary,
 )
 def delete_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])

@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from controller.actions import Context, Result
-from controller.authorize import parsed
+from controller.authorize import PolicySource, boundary_source, identity_sources
 from controller.errors import InvalidInput, NoSuchEntity
 from controller.iam import registry
 from controller.iam.common import DEFAULT_MAX_ITEMS, decode_marker, encode_marker
 from controller.iam.shapes import ARN, MARKER, MAX_ITEMS, POLICY_DOCUMENT, Field, struct
-from controller.policy.document import PolicyDocument, PolicyKind, parse_policy
-from controller.policy.evaluate import Decision, RequestContext, evaluate
+from controller.permissions import Policies
+from controller.policy.document import PolicyKind, parse_policy
+from controller.policy.evaluate import Decision, RequestContext, evaluate, evaluate_layers
 from controller.query import ListOf, Str, Struct
+from controller.store.records import Group, Role, User
 
 _DECISIONS = {"Allow": "allowed", "Deny": "explicitDeny", "ImplicitDeny": "implicitDeny"}
 
@@ -50,7 +52,10 @@ CONTEXT_ENTRY = Struct(
         ),
     )
 )
+#: Each member is refused over 131,072 characters by the parser, before any is parsed as JSON.
+POLICY_INPUT = ListOf(POLICY_DOCUMENT, cap=MAX_POLICY_INPUTS)
 COMMON = (
+    Field("PermissionsBoundaryPolicyInputList", POLICY_INPUT),
     Field("ActionNames", ListOf(Str(3, 128), cap=MAX_ACTION_NAMES), required=True),
     Field("ResourceArns", ListOf(Str(1, 2048), cap=MAX_RESOURCE_ARNS)),
     Field("ResourcePolicy", POLICY_DOCUMENT),
@@ -61,38 +66,48 @@ COMMON = (
     Field("MaxItems", MAX_ITEMS),
     Field("Marker", MARKER),
 )
-#: Each member is refused over 131,072 characters by the parser, before any is parsed as JSON.
-POLICY_INPUT = ListOf(POLICY_DOCUMENT, cap=MAX_POLICY_INPUTS)
 
-#: ``(name, document, kind, characters)``: kind is SourcePolicyType; characters weigh its work.
-_Policy = tuple[str, PolicyDocument, str, int]
 _BAD_MARKER = "Invalid Marker: it was not returned by a previous call of this action."
 
 
-def _input_policies(params: dict[str, Any]) -> list[_Policy]:
+def _input_policies(params: dict[str, Any], parameter: str) -> list[PolicySource]:
     """The request's own documents: parsed for this request alone, outside the cache of stored
-    documents (see controller.authorize.ParsedDocuments)."""
+    documents (see controller.authorize.ParsedDocuments). Their SourcePolicyType is "none"."""
     return [
-        (f"PolicyInputList.{index}", parse_policy(text, PolicyKind.IDENTITY), "none", len(text))
-        for index, text in enumerate(params.get("PolicyInputList", []), start=1)
+        PolicySource(
+            "none", f"{parameter}.{index}", parse_policy(text, PolicyKind.IDENTITY), len(text)
+        )
+        for index, text in enumerate(params.get(parameter, []), start=1)
     ]
 
 
-def _source_policies(context: Context, arn: str) -> list[_Policy]:
+def _input_boundary(params: dict[str, Any]) -> PolicySource | None:
+    """PermissionsBoundaryPolicyInputList: one boundary, as an entity has at most one."""
+    given = _input_policies(params, "PermissionsBoundaryPolicyInputList")
+    if len(given) > 1:
+        raise InvalidInput("PermissionsBoundaryPolicyInputList takes one permissions boundary.")
+    return given[0] if given else None
+
+
+def _source(context: Context, arn: str) -> tuple[list[PolicySource], PolicySource | None]:
+    """The identity policies and the permissions boundary of the user, group or role ``arn``
+    names, read as a request of that identity would read them (`controller.authorize`)."""
     prefix = f"arn:aws:iam::{context.account_id}:"
     kind, _, rest = arn.removeprefix(prefix).partition("/")
     name = rest.rpartition("/")[2]
+    entity: User | Role | Group | None = None
     if arn.startswith(prefix) and kind == "role":
-        role = context.tx.get_role(context.account_id, name)
-        if role is not None and role.arn == arn:
-            role_policies = context.tx.list_role_policies(role.role_id)
-            return [(p.name, parsed(p.document), "role", len(p.document)) for p in role_policies]
-    if arn.startswith(prefix) and kind == "user":
-        user = context.tx.get_user(context.account_id, name)
-        if user is not None and user.arn == arn:
-            user_policies = context.tx.list_user_policies(user.user_id)
-            return [(p.name, parsed(p.document), "user", len(p.document)) for p in user_policies]
-    raise NoSuchEntity(f"PolicySourceArn {arn} is not a user or role of this account.")
+        entity = context.tx.get_role(context.account_id, name)
+    elif arn.startswith(prefix) and kind == "user":
+        entity = context.tx.get_user(context.account_id, name)
+    elif arn.startswith(prefix) and kind == "group":
+        entity = context.tx.get_group(context.account_id, name)
+    if entity is not None and entity.arn == arn:
+        boundary = None
+        if not isinstance(entity, Group):
+            boundary = boundary_source(context.tx, entity.permissions_boundary)
+        return identity_sources(context.tx, entity), boundary
+    raise NoSuchEntity(f"PolicySourceArn {arn} is not a user, group or role of this account.")
 
 
 def _context_keys(params: dict[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -117,13 +132,20 @@ def _start(marker: str | None, total: int) -> int:
 def _simulate(
     context: Context,
     params: dict[str, Any],
-    policies: list[_Policy],
+    policies: list[PolicySource],
+    boundary: PolicySource | None,
     principal_arn: str,
 ) -> Result:
     if params.get("ResourcePolicy") is not None:
         raise InvalidInput("ResourcePolicy is not supported by RoleCall's simulator.")
-    kinds = {name: kind for name, _, kind, _ in policies}
-    documents = [(name, document) for name, document, _, _ in policies]
+    # Decisions name a policy by its place here: names alone may repeat (a user's inline
+    # policy and its group's of the same name).
+    sources = {f"identity {index}": source for index, source in enumerate(policies)}
+    identity: Policies = tuple((key, source.document) for key, source in sources.items())
+    bounded: Policies | None = None
+    if boundary is not None:
+        sources["boundary"] = boundary
+        bounded = (("boundary", boundary.document),)
     keys = _context_keys(params)
     actions = params["ActionNames"]
     resources = params.get("ResourceArns") or ["*"]
@@ -131,7 +153,8 @@ def _simulate(
     start = _start(params.get("Marker"), total)
     limit = params.get("MaxItems", DEFAULT_MAX_ITEMS)
     widest = max((len(values) for values in keys.values()), default=0)
-    work = (sum(size for *_, size in policies) + 1) * (widest + 1)
+    characters = sum(source.characters for source in sources.values())
+    work = (characters + 1) * (widest + 1)
     # Only this page is evaluated: pair number i is action i // len(resources) on resource
     # i % len(resources), in the order AWS lists them.
     end = min(total, start + limit, start + max(1, PAGE_WORK_BUDGET // work))
@@ -139,7 +162,15 @@ def _simulate(
     for index in range(start, end):
         action, resource = actions[index // len(resources)], resources[index % len(resources)]
         request = RequestContext(action, resource, principal_arn, context.account_id, keys)
-        results.append(_result(action, resource, evaluate(documents, request), kinds))
+        if bounded is None:
+            results.append(_result(action, resource, evaluate(identity, request), sources))
+            continue
+        decision = evaluate_layers((identity, bounded), request)
+        result = _result(action, resource, decision, sources)
+        result["PermissionsBoundaryDecisionDetail"] = {
+            "AllowedByPermissionsBoundary": _boundary_allows(decision, bounded, request)
+        }
+        results.append(result)
     more = end < total
     page: dict[str, Any] = {"EvaluationResults": results, "IsTruncated": more}
     if more:
@@ -147,17 +178,22 @@ def _simulate(
     return page
 
 
+def _boundary_allows(decision: Decision, boundary: Policies, request: RequestContext) -> bool:
+    """Whether the boundary alone allows the request (AllowedByPermissionsBoundary)."""
+    if decision.effect == "Allow":
+        return True
+    if decision.layer == 1:  # the boundary is what denied
+        return False
+    return evaluate(boundary, request).effect == "Allow"
+
+
 def _result(
-    action: str, resource: str, decision: Decision, kinds: dict[str, str]
+    action: str, resource: str, decision: Decision, sources: dict[str, PolicySource]
 ) -> dict[str, Any]:
     matched = []
-    if decision.policy_name is not None:
-        matched.append(
-            {
-                "SourcePolicyId": decision.policy_name,
-                "SourcePolicyType": kinds.get(decision.policy_name, "none"),
-            }
-        )
+    source = sources.get(decision.policy_name or "")
+    if source is not None:
+        matched.append({"SourcePolicyId": _policy_id(source), "SourcePolicyType": source.kind})
     return {
         "EvalActionName": action,
         "EvalResourceName": resource,
@@ -165,6 +201,13 @@ def _result(
         "MatchedStatements": matched,
         "MissingContextValues": list(decision.missing_keys),
     }
+
+
+def _policy_id(source: PolicySource) -> str:
+    """SourcePolicyId: an inline or input policy's name, a managed policy's name."""
+    if source.kind in ("user-managed", "aws-managed"):
+        return source.name.rpartition("/")[2]
+    return source.name
 
 
 def _policy_source(context: Context, params: dict[str, Any]) -> str:
@@ -183,8 +226,11 @@ def _policy_source(context: Context, params: dict[str, Any]) -> str:
 )
 def simulate_principal_policy(context: Context, params: dict[str, Any]) -> Result:
     source = params["PolicySourceArn"]
-    policies = _source_policies(context, source) + _input_policies(params)
-    return _simulate(context, params, policies, params.get("CallerArn", source))
+    policies, boundary = _source(context, source)
+    policies += _input_policies(params, "PolicyInputList")
+    # A boundary given as input replaces the entity's own, as in IAM.
+    boundary = _input_boundary(params) or boundary
+    return _simulate(context, params, policies, boundary, params.get("CallerArn", source))
 
 
 @registry.action(
@@ -194,4 +240,5 @@ def simulate_principal_policy(context: Context, params: dict[str, Any]) -> Resul
 )
 def simulate_custom_policy(context: Context, params: dict[str, Any]) -> Result:
     principal = params.get("CallerArn", context.caller.arn)
-    return _simulate(context, params, _input_policies(params), principal)
+    policies = _input_policies(params, "PolicyInputList")
+    return _simulate(context, params, policies, _input_boundary(params), principal)

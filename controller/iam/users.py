@@ -15,9 +15,11 @@ from controller.errors import (
     ValidationError,
 )
 from controller.iam import registry
+from controller.iam.boundaries import check_boundary, requested_boundary, user_boundary
 from controller.iam.common import (
     DEFAULT_MAX_ITEMS,
     add_tags,
+    boundary_shape,
     check_inline_policy,
     decode_marker,
     encode_document,
@@ -30,6 +32,9 @@ from controller.iam.common import (
     tags_from_params,
     user_resource,
 )
+
+# Defined in common (boundaries needs it too); modules that import it from here still may.
+from controller.iam.common import require_user as require_user
 from controller.iam.shapes import (
     ACCESS_KEY_ID,
     ACCESS_KEY_STATUS,
@@ -51,13 +56,6 @@ from controller.store.records import AccessKey, User, UserPolicy
 ACCESS_KEYS_PER_USER = 2
 
 
-def require_user(context: Context, name: str) -> User:
-    user = context.tx.get_user(context.account_id, name)
-    if user is None:
-        raise NoSuchEntity(f"The user with name {name} cannot be found.")
-    return user
-
-
 def user_shape(context: Context, user: User, *, with_tags: bool) -> dict[str, Any]:
     shape: dict[str, Any] = {
         "Path": user.path,
@@ -66,6 +64,8 @@ def user_shape(context: Context, user: User, *, with_tags: bool) -> dict[str, An
         "Arn": user.arn,
         "CreateDate": user.created,
     }
+    if with_tags and user.permissions_boundary is not None:  # not in ListUsers, as IAM
+        shape["PermissionsBoundary"] = boundary_shape(user.permissions_boundary)
     if with_tags:
         tags = context.tx.get_tags(user.user_id)
         if tags:
@@ -108,16 +108,23 @@ def _require_key(context: Context, owner: str | None, access_key_id: str) -> Acc
         Field("Tags", TAG_LIST),
     ),
     resource=user_resource,
+    condition_keys=requested_boundary,
 )
 def create_user(context: Context, params: dict[str, Any]) -> Result:
-    if "PermissionsBoundary" in params:
-        raise InvalidInput("PermissionsBoundary is not supported by RoleCall.")
     name = params["UserName"]
     tags = tags_from_params(params)
     if context.tx.get_user(context.account_id, name) is not None:
         raise EntityAlreadyExists(f"User with name {name} already exists.")
+    boundary = params.get("PermissionsBoundary")
+    if boundary is not None:
+        check_boundary(context, boundary)
     user = User(
-        new_id("AIDA"), context.account_id, name, params.get("Path", "/"), now_text(context)
+        new_id("AIDA"),
+        context.account_id,
+        name,
+        params.get("Path", "/"),
+        now_text(context),
+        permissions_boundary=boundary,
     )
     try:
         context.tx.insert_user(user)
@@ -284,6 +291,7 @@ USER_POLICY = (
     "PutUserPolicy",
     struct(*USER_POLICY, Field("PolicyDocument", POLICY_DOCUMENT, required=True)),
     resource=user_resource,
+    condition_keys=user_boundary,
 )
 def put_user_policy(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
@@ -326,7 +334,13 @@ def list_user_policies(context: Context, params: dict[str, Any]) -> Result:
     return {"PolicyNames": [policy.name for policy in policies], **paging}
 
 
-@registry.action("iam", "DeleteUserPolicy", struct(*USER_POLICY), resource=user_resource)
+@registry.action(
+    "iam",
+    "DeleteUserPolicy",
+    struct(*USER_POLICY),
+    resource=user_resource,
+    condition_keys=user_boundary,
+)
 def delete_user_policy(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
     policy = _require_user_policy(context, user, params["PolicyName"])

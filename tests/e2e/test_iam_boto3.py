@@ -454,12 +454,10 @@ def test_a_missing_required_parameter_is_named(controller: Controller) -> None:
     )
 
 
-def test_permissions_boundaries_are_refused_rather_than_ignored(iam: Any) -> None:
-    code, status, message = error_of(
-        make_role,
-        iam=iam,
-        name=unique("pb"),
-        PermissionsBoundary=f"arn:aws:iam::{ACCOUNT_ID}:policy/boundary",
-    )
-    assert (code, status) == ("InvalidInput", 400)
-    assert "PermissionsBoundary" in message
+def test_a_boundary_naming_no_policy_is_refused_and_no_role_is_made(iam: Any) -> None:
+    """Issue 15 accepts boundaries; one naming no policy still never leaves a role unbounded."""
+    name, arn = unique("pb"), f"arn:aws:iam::{ACCOUNT_ID}:policy/no-such-boundary"
+    code, status, message = error_of(make_role, iam=iam, name=name, PermissionsBoundary=arn)
+    assert (code, status) == ("NoSuchEntity", 404)
+    assert message == f"Scope ARN: {arn} does not exist or is not attachable."
+    assert error_of(iam.get_role, RoleName=name)[0] == "NoSuchEntity"

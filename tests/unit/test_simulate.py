@@ -173,7 +173,7 @@ def test_a_policy_input_over_131072_characters_is_refused_before_it_is_parsed(
     def never(*arguments: object) -> None:
         raise AssertionError("parsed a document over the size limit")
 
-    monkeypatch.setattr(simulate, "parsed", never)
+    monkeypatch.setattr(simulate, "parse_policy", never)
     document = ALLOW_GET_ROLE[:-2] + " " * (131_072 - len(ALLOW_GET_ROLE) + 1) + "]}"
     with pytest.raises(ValidationError, match="less than or equal to 131072"):
         custom_input({**actions(1), "PolicyInputList.member.1": document})
