@@ -170,6 +170,8 @@ def delete_user(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
     if context.tx.list_access_keys(context.account_id, user.name):
         raise DeleteConflict("Cannot delete entity, must delete access keys first.")
+    if context.tx.list_groups_for_user(user.user_id):
+        raise DeleteConflict("Cannot delete entity, must remove user from all groups first.")
     if context.tx.list_user_policies(user.user_id):
         raise DeleteConflict("Cannot delete entity, must delete policies first.")
     context.tx.delete_user(user.user_id)

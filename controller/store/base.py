@@ -204,6 +204,11 @@ class Transaction(abc.ABC):
         self, account_id: str, path_prefix: str, after: str | None, limit: int
     ) -> list[Group]: ...
     @abc.abstractmethod
+    def update_group(self, group: Group) -> None:
+        """Rename or move the group (its name and path; its id stays). `Conflict` when the
+        account has another group of the new name."""
+
+    @abc.abstractmethod
     def delete_group(self, group_id: str) -> None: ...
     @abc.abstractmethod
     def add_group_member(self, group_id: str, user_id: str) -> bool:

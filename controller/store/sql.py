@@ -565,6 +565,12 @@ class SqlTransaction(Transaction):
         )
         return [Group(*row) for row in rows]
 
+    def update_group(self, group: Group) -> None:
+        self._run(
+            "UPDATE iam_groups SET name = ?, name_lower = ?, path = ? WHERE group_id = ?",
+            (group.name, group.name.lower(), group.path, group.group_id),
+        )
+
     def delete_group(self, group_id: str) -> None:
         self._run("DELETE FROM group_members WHERE group_id = ?", (group_id,))
         self._run("DELETE FROM group_policies WHERE group_id = ?", (group_id,))

@@ -2,8 +2,8 @@
 
 IAM finds names ignoring case, and policies match ARNs case-sensitively: an action that named an
 entity as the caller typed it (``RoleName=ADMIN``) would slip past a Deny on ``role/Admin``. Every
-action of the public API that names a role, a user, an instance profile or instances is checked
-here, straight from the registry, so a new action cannot bring the bypass back.
+action of the public API that names a role, a user, a group, an instance profile or instances is
+checked here, straight from the registry, so a new action cannot bring the bypass back.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from controller.actions import Action, Caller, Context
 from controller.authorize import authorize
 from controller.compose import api_registry
 from controller.errors import AccessDenied
-from controller.store.records import InstanceProfile, Role, User, UserPolicy
+from controller.store.records import Group, InstanceProfile, Role, User, UserPolicy
 from controller.store.sqlite import SQLiteStore
 
 ACCOUNT_ID = "111122223333"
@@ -30,6 +30,7 @@ NAMED = {
     "RoleName": f"arn:aws:iam::{ACCOUNT_ID}:role/team/Admin",
     "UserName": f"arn:aws:iam::{ACCOUNT_ID}:user/team/Admin",
     "InstanceProfileName": f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/team/Admin",
+    "GroupName": f"arn:aws:iam::{ACCOUNT_ID}:group/team/Admin",
 }
 SPELLINGS = ("admin", "ADMIN", "aDmIn")
 GUARDED = f"arn:aws:ec2:us-east-1:{ACCOUNT_ID}:instance/i-0123456789abcdef0"
@@ -57,6 +58,7 @@ def context() -> Iterator[Context]:
         tx.insert_instance_profile(
             InstanceProfile("AIPAADMIN", ACCOUNT_ID, "Admin", "/team/", None, created)
         )
+        tx.insert_group(Group("AGPAADMIN", ACCOUNT_ID, "Admin", "/team/", created))
         tx.insert_user(User("AIDACALLER", ACCOUNT_ID, "caller", "/", created))
         tx.put_user_policy(UserPolicy("AIDACALLER", "all-but-admin", POLICY))
         caller = Caller(
@@ -118,6 +120,10 @@ def test_an_explicit_deny_holds_however_the_request_spells_the_name(
         # As in IAM, these act on the profile (Add* also authorizes iam:PassRole on the role,
         # by its stored ARN: see resolve_profile and add_role_to_instance_profile).
         assert arns == (f"arn:aws:iam::{ACCOUNT_ID}:instance-profile/someone-else",)
+        return
+    if field == "UserName" and action.name in ("AddUserToGroup", "RemoveUserFromGroup"):
+        # As in IAM, these act on the group alone.
+        assert arns == (f"arn:aws:iam::{ACCOUNT_ID}:group/someone-else",)
         return
     assert arns == (NAMED[field],)
     with pytest.raises(AccessDenied, match="with an explicit deny"):

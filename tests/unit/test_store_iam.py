@@ -153,6 +153,26 @@ def test_groups_members_and_their_policies(store: Store) -> None:
         assert [g.name for g in tx.list_groups_for_user("AIDA1")] == []
 
 
+def test_a_group_renamed_or_moved_keeps_its_id_members_and_policies(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.insert_user(user("bob", "AIDA1"))
+        tx.insert_group(Group("AGPA1", ACCOUNT, "devs", "/", CREATED))
+        tx.insert_group(Group("AGPA2", ACCOUNT, "ops", "/", CREATED))
+        tx.add_group_member("AGPA1", "AIDA1")
+        tx.put_group_policy(GroupPolicy("AGPA1", "s3", ALLOW))
+        tx.update_group(Group("AGPA1", ACCOUNT, "Builders", "/ci/", CREATED))
+    with pytest.raises(Conflict), store.transaction() as tx:
+        tx.update_group(Group("AGPA1", ACCOUNT, "OPS", "/", CREATED))
+    with store.transaction() as tx:
+        assert tx.get_group(ACCOUNT, "devs") is None
+        moved = tx.get_group(ACCOUNT, "builders")
+        assert moved == Group("AGPA1", ACCOUNT, "Builders", "/ci/", CREATED)
+        assert moved.arn == f"arn:aws:iam::{ACCOUNT}:group/ci/Builders"
+        assert [g.name for g in tx.list_groups_for_user("AIDA1")] == ["Builders"]
+        assert tx.list_group_policies("AGPA1") == [GroupPolicy("AGPA1", "s3", ALLOW)]
+        assert [g.name for g in tx.list_groups(ACCOUNT, "/ci/", None, 10)] == ["Builders"]
+
+
 def test_boundaries_and_last_use_are_kept_with_their_identity(store: Store) -> None:
     bounded = replace(role("bounded"), permissions_boundary=AWS_ARN)
     add_roles(store, bounded)
