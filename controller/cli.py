@@ -895,12 +895,16 @@ def check_config(config: ControllerConfig) -> int:
             f" run: rolecall-controller --state-dir {config.state_dir} init"
         )
     signer = _identity_signer(config)
+    from controller.config import load_aws_managed_policies
+
+    aws_managed = load_aws_managed_policies(config)
     print(
         f"rolecall-controller: configuration OK: state {config.state_dir}, store"
         f" {store_location(config)}, token key"
         f" {ring.active_id}, public API {config.api_host}:{config.api_port}, node API"
         f" {config.node_api_host}:{config.node_api_port}, metrics"
-        f" {config.metrics_host}:{config.metrics_port}"
+        f" {config.metrics_host}:{config.metrics_port}, AWS-managed policies"
+        f" {len(aws_managed)}"
     )
     if signer is None:
         print(
@@ -1204,6 +1208,12 @@ def serve(config: ControllerConfig) -> int:
     from controller.compose import IControllerReactor, make_service
 
     check_state_directory(config.state_dir)
+    from controller import awsmanaged
+    from controller.config import load_aws_managed_policies
+
+    # Read once, before serving: a bad directory stops the start (ConfigError), never a
+    # request; a policy whose file is gone at the next start allows nothing where attached.
+    awsmanaged.catalog = load_aws_managed_policies(config)
     if config.store_dsn is not None:
         from twisted.internet.interfaces import IReactorFromThreads
 

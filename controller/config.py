@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.tomlconfig import (
     ConfigError,
@@ -22,6 +22,9 @@ from common.tomlconfig import (
 )
 from controller.ec2.network import DEFAULT_SUBNET, parse_subnet
 from controller.forwarded import parse_networks
+
+if TYPE_CHECKING:
+    from controller.awsmanaged import AwsManagedCatalog
 
 __all__ = ["ConfigError", "ControllerConfig", "config_from_string", "load_config"]
 
@@ -71,6 +74,8 @@ class ControllerConfig:
     subnet: str = DEFAULT_SUBNET
     #: Key pairs an account may hold: ImportKeyPair or CreateKeyPair beyond is KeyPairLimitExceeded.
     max_key_pairs_per_account: int = 5000
+    #: The operator's AWS-managed policies (`controller.awsmanaged`); None: none.
+    aws_managed_policies: Path | None = None
 
     def api_connection_limit(self, descriptors: int) -> int:
         """The public port's connection limit when the process may open ``descriptors``."""
@@ -237,6 +242,7 @@ _KEYS: Keys = {
         "max_key_pairs_per_account",
         _count(MAX_ACCOUNT_KEY_PAIRS),
     ),
+    "iam.aws_managed_policies": ("aws_managed_policies", path),
 }
 
 
@@ -245,6 +251,20 @@ def config_from_string(text: str, source: str = "<config>") -> ControllerConfig:
     values = values_from_string(text, source, _KEYS)
     _store_keys(values, source)
     return ControllerConfig(**values)
+
+
+def load_aws_managed_policies(config: ControllerConfig) -> AwsManagedCatalog:
+    """The AWS-managed policies of ``iam.aws_managed_policies`` (none when unset); a bad
+    directory or file is a ConfigError naming the key and the file. Imported here: reading them
+    needs the policy parser, which the configuration alone does not."""
+    from controller.awsmanaged import AwsManagedCatalog, CatalogError, load_catalog
+
+    if config.aws_managed_policies is None:
+        return AwsManagedCatalog()
+    try:
+        return load_catalog(config.aws_managed_policies)
+    except CatalogError as error:
+        raise ConfigError(f"iam.aws_managed_policies: {error}") from None
 
 
 def load_config(path: Path | None) -> ControllerConfig:

@@ -178,6 +178,8 @@ def delete_role(context: Context, params: dict[str, Any]) -> Result:
         raise DeleteConflict("Cannot delete entity, must remove roles from instance profile first.")
     if context.tx.list_role_policies(role.role_id):
         raise DeleteConflict("Cannot delete entity, must delete policies first.")
+    if context.tx.list_attached_policies(role.role_id):
+        raise DeleteConflict("Cannot delete entity, must detach all policies first.")
     context.tx.delete_role(role.role_id)
     return None
 

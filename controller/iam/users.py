@@ -174,6 +174,8 @@ def delete_user(context: Context, params: dict[str, Any]) -> Result:
         raise DeleteConflict("Cannot delete entity, must remove user from all groups first.")
     if context.tx.list_user_policies(user.user_id):
         raise DeleteConflict("Cannot delete entity, must delete policies first.")
+    if context.tx.list_attached_policies(user.user_id):
+        raise DeleteConflict("Cannot delete entity, must detach all policies first.")
     context.tx.delete_user(user.user_id)
     return None
 

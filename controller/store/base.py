@@ -24,6 +24,7 @@ from controller.store.records import (
     MetadataDefaults,
     Node,
     PolicyAttachment,
+    PolicyEntity,
     PolicyVersion,
     Role,
     RolePolicy,
@@ -189,6 +190,15 @@ class Transaction(abc.ABC):
         """(policy ARN, default version's document) of every policy attached to any of the
         entities, in their order and then the order of attachment; the document is None for
         an AWS-managed policy (not in the database). One read for a caller's evaluation."""
+
+    @abc.abstractmethod
+    def count_boundary_uses(self, account_id: str) -> dict[str, int]:
+        """How many roles and users of the account each permissions boundary ARN bounds."""
+
+    @abc.abstractmethod
+    def list_policy_entities(self, account_id: str, policy_arn: str) -> list[PolicyEntity]:
+        """The account's roles, users and groups the policy is attached to (usage
+        PermissionsPolicy) and its roles and users it bounds (PermissionsBoundary)."""
 
     # groups, their members and their inline policies
     @abc.abstractmethod

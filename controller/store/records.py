@@ -119,6 +119,17 @@ class PolicyAttachment:
 
 
 @dataclass(frozen=True)
+class PolicyEntity:
+    """A role, user or group that uses a managed policy (ListEntitiesForPolicy)."""
+
+    kind: str  # role | user | group
+    entity_id: str
+    name: str
+    path: str
+    usage: str  # PermissionsPolicy (attached) | PermissionsBoundary
+
+
+@dataclass(frozen=True)
 class Group:
     group_id: str
     account_id: str

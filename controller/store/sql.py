@@ -25,6 +25,7 @@ from controller.store.records import (
     MetadataDefaults,
     Node,
     PolicyAttachment,
+    PolicyEntity,
     PolicyVersion,
     Role,
     RolePolicy,
@@ -529,6 +530,39 @@ class SqlTransaction(Transaction):
         order = {entity_id: index for index, entity_id in enumerate(entity_ids)}
         rows.sort(key=lambda row: order[row[0]])  # stable: attachment order kept within one
         return [(arn, document) for _, arn, document in rows]
+
+    def count_boundary_uses(self, account_id: str) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT permissions_boundary, COUNT(*) FROM ("
+            " SELECT permissions_boundary FROM roles"
+            " WHERE account_id = ? AND permissions_boundary IS NOT NULL"
+            " UNION ALL SELECT permissions_boundary FROM users"
+            " WHERE account_id = ? AND permissions_boundary IS NOT NULL"
+            ") bounded GROUP BY permissions_boundary",
+            (account_id, account_id),
+        )
+        return {arn: count for arn, count in rows}
+
+    def list_policy_entities(self, account_id: str, policy_arn: str) -> list[PolicyEntity]:
+        attached = (
+            "SELECT {kind}, e.{id}, e.name, e.path, 'PermissionsPolicy' FROM policy_attachments a"
+            " JOIN {table} e ON e.{id} = a.entity_id"
+            " WHERE a.account_id = ? AND a.policy_arn = ?"
+        )
+        bounded = (
+            "SELECT {kind}, {id}, name, path, 'PermissionsBoundary' FROM {table}"
+            " WHERE account_id = ? AND permissions_boundary = ?"
+        )
+        parts = [
+            attached.format(kind="'role'", id="role_id", table="roles"),
+            attached.format(kind="'user'", id="user_id", table="users"),
+            attached.format(kind="'group'", id="group_id", table="iam_groups"),
+            bounded.format(kind="'role'", id="role_id", table="roles"),
+            bounded.format(kind="'user'", id="user_id", table="users"),
+        ]
+        rows = self._rows(" UNION ALL ".join(parts), (account_id, policy_arn) * len(parts))
+        entities = [PolicyEntity(*row) for row in rows]
+        return sorted(entities, key=lambda entity: (entity.kind, entity.name.lower(), entity.usage))
 
     # groups, their members and their inline policies
     def insert_group(self, group: Group) -> None:

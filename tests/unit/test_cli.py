@@ -332,3 +332,25 @@ def test_init_on_a_postgresql_store_creates_the_account_there_and_twice_changes_
     assert "111122223333" in capsys.readouterr().out
     assert main([*arguments, "check-config"]) == 0
     assert "store PostgreSQL host=127.0.0.1" in capsys.readouterr().out
+
+
+def test_check_config_reads_the_aws_managed_policies_and_names_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, policies = tmp_path / "s", tmp_path / "aws-managed"
+    init(state)
+    policies.mkdir()
+    (policies / "ReadOnly.json").write_text(
+        '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:Get*","Resource":"*"}]}'
+    )
+    config = tmp_path / "controller.toml"
+    config.write_text(f'[iam]\naws_managed_policies = "{policies}"\n')
+    command = ["--config", str(config), "--state-dir", str(state), "check-config"]
+    capsys.readouterr()
+    assert main(command) == 0
+    assert ", AWS-managed policies 1\n" in capsys.readouterr().out
+    (policies / "Broken.json").write_text('{"Statement": []}')
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("rolecall-controller: iam.aws_managed_policies: ")
+    assert "Broken.json" in error

@@ -269,3 +269,49 @@ def test_a_dsn_password_shows_neither_in_an_error_nor_in_the_configurations_repr
         '[store]\nbackend = "postgresql"\ndsn = "postgresql://rc:s3cr3t@db/rc"'
     )
     assert "s3cr3t" not in repr(parsed)
+
+
+READ_ONLY = (
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:Get*","Resource":"*"}]}'
+)
+
+
+def test_aws_managed_policies_are_read_from_the_configured_directory(tmp_path: Path) -> None:
+    (tmp_path / "service-role").mkdir()
+    (tmp_path / "ReadOnly.json").write_text(READ_ONLY)
+    (tmp_path / "service-role" / "Ec2Role.json").write_text(READ_ONLY)
+    loaded = config.load_aws_managed_policies(
+        config_from_string(f'[iam]\naws_managed_policies = "{tmp_path}"')
+    )
+    assert [policy.arn for policy in loaded.all()] == [
+        "arn:aws:iam::aws:policy/service-role/Ec2Role",
+        "arn:aws:iam::aws:policy/ReadOnly",
+    ]
+    assert len(config.load_aws_managed_policies(ControllerConfig())) == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "shown"),
+    [
+        (lambda directory: None, "is not a directory"),
+        (
+            lambda directory: (directory.mkdir(), (directory / "Bad.json").write_text("{")),
+            "Bad.json",
+        ),
+        (
+            lambda directory: (
+                directory.mkdir(),
+                (directory / "bad name.json").write_text(READ_ONLY),
+            ),
+            "bad name.json",
+        ),
+    ],
+)
+def test_a_bad_aws_managed_policies_directory_is_a_config_error_naming_the_key(
+    tmp_path: Path, make: object, shown: str
+) -> None:
+    directory = tmp_path / "policies"
+    make(directory)  # type: ignore[operator]
+    chosen = config_from_string(f'[iam]\naws_managed_policies = "{directory}"')
+    with pytest.raises(ConfigError, match=r"^iam\.aws_managed_policies: .*" + re.escape(shown)):
+        config.load_aws_managed_policies(chosen)

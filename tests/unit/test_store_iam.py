@@ -209,3 +209,34 @@ def test_metadata_defaults_are_one_row_per_account(store: Store) -> None:
             ACCOUNT, "optional", 3, None, None, CREATED
         )
         assert tx.get_metadata_defaults(OTHER_ACCOUNT) is None
+
+
+def test_policy_entities_and_boundary_counts_name_who_uses_a_policy_and_how(store: Store) -> None:
+    local_arn = f"arn:aws:iam::{ACCOUNT}:policy/Read"
+    add_roles(store, replace(role("Attached"), permissions_boundary=AWS_ARN), role("plain"))
+    with store.transaction() as tx:
+        attached_role = tx.get_role(ACCOUNT, "attached")
+        assert attached_role is not None
+        tx.insert_managed_policy(policy("Read", "ANPA1"))
+        tx.insert_user(replace(user("bob", "AIDA1"), permissions_boundary=AWS_ARN))
+        tx.insert_user(replace(user("Other", "AIDA2", OTHER_ACCOUNT), permissions_boundary=AWS_ARN))
+        tx.insert_group(Group("AGPA1", ACCOUNT, "devs", "/team/", CREATED))
+        tx.attach_policy(PolicyAttachment(attached_role.role_id, "role", ACCOUNT, AWS_ARN, None))
+        tx.attach_policy(PolicyAttachment("AGPA1", "group", ACCOUNT, AWS_ARN, None))
+        tx.attach_policy(PolicyAttachment("AIDA1", "user", ACCOUNT, local_arn, "ANPA1"))
+    with store.transaction() as tx:
+        assert tx.count_boundary_uses(ACCOUNT) == {AWS_ARN: 2}
+        assert tx.count_boundary_uses(OTHER_ACCOUNT) == {AWS_ARN: 1}
+        found = [
+            (e.kind, e.name, e.path, e.usage) for e in tx.list_policy_entities(ACCOUNT, AWS_ARN)
+        ]
+        assert found == [
+            ("group", "devs", "/team/", "PermissionsPolicy"),
+            ("role", "Attached", "/", "PermissionsBoundary"),
+            ("role", "Attached", "/", "PermissionsPolicy"),
+            ("user", "bob", "/", "PermissionsBoundary"),
+        ]
+        assert [(e.kind, e.entity_id) for e in tx.list_policy_entities(ACCOUNT, local_arn)] == [
+            ("user", "AIDA1")
+        ]
+        assert tx.list_policy_entities(OTHER_ACCOUNT, local_arn) == []
