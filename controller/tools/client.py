@@ -19,6 +19,7 @@ shows the exchange there, signature and secrets masked (:func:`mask_header`, :fu
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from controller import sigv4
 from controller.tools.errors import ServiceError, ToolError
 from controller.tools.xmldata import parse_error, parse_xml, result_data
 
-VERSIONS = {"iam": "2010-05-08", "ec2": "2016-11-15"}
+VERSIONS = {"iam": "2010-05-08", "sts": "2011-06-15", "ec2": "2016-11-15"}
 DEFAULT_REGION = "us-east-1"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
 #: Seconds to connect, then to wait for the answer.
@@ -327,6 +328,17 @@ class Client:
         if self._debug is not None:
             self._show_response(response)
         return self._result(action, response)
+
+    def for_service(self, service: str) -> Client:
+        """A client of ``service`` at the same endpoint, as the same caller: RoleCall answers
+        IAM, STS and EC2 on one endpoint (the credential scope names the service)."""
+        return Client(
+            dataclasses.replace(self.settings, service=service),
+            session=self._session,
+            clock=self._clock,
+            debug=self._debug,
+            user_agent=self._user_agent,
+        )
 
     def prepare(self, body: bytes) -> requests.PreparedRequest:
         """The signed request for a form body, as it will go on the wire."""

@@ -186,15 +186,17 @@ def entry_point(tool: Tool) -> Callable[[], int]:
     return run
 
 
-def read_document(path: str) -> str:
-    """A policy document from a file named on the command line."""
+def read_document(path: str, flag: str = "") -> str:
+    """A policy document from a file named on the command line (by ``flag``, which the error
+    names if given)."""
+    where = f"{flag}: " if flag else ""
     try:
         with open(path, encoding="utf-8") as stream:
             return stream.read()
     except OSError as error:
-        raise ToolError(f"cannot read {path}: {error.strerror}") from None
+        raise ToolError(f"{where}cannot read {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise ToolError(f"cannot read {path}: it is not UTF-8 text") from None
+        raise ToolError(f"{where}cannot read {path}: it is not UTF-8 text") from None
 
 
 def _fail(stream: TextIO, name: str, message: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from controller.tools.client import Client
+from controller.tools.command import read_document
 from controller.tools.errors import ToolError
 from controller.tools.xmldata import members
 
@@ -16,11 +17,20 @@ def list_all(
 ) -> Iterator[Any]:
     """Every member of the list ``key`` of an IAM list action, following ``Marker`` while the
     answer ``IsTruncated``."""
+    for page in list_pages(client, action, params):
+        yield from members(page.get(key))
+
+
+def list_pages(
+    client: Client, action: str, params: Iterable[tuple[str, str]]
+) -> Iterator[dict[str, Any]]:
+    """Every page of an IAM list action (for answers with more than one list), following
+    ``Marker`` while the answer ``IsTruncated``."""
     fixed = list(params)
     marker: str | None = None
     while True:
         page = client.call(action, [*fixed, *([("Marker", marker)] if marker else [])])
-        yield from members(page.get(key))
+        yield page
         if page.get("IsTruncated", "false").strip().lower() != "true":
             return
         marker = page.get("Marker") or None
@@ -58,3 +68,32 @@ def add_path_prefix(parser: argparse.ArgumentParser) -> None:
 
 def path_prefix_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [("PathPrefix", args.path_prefix)] if args.path_prefix else []
+
+
+def add_document_source(parser: argparse.ArgumentParser, what: str = "the policy") -> None:
+    """Where a policy document comes from, exactly one of: ``-f FILE``, ``-o JSON`` (Euca2ools'
+    ``--policy-content``), or ``--policy-document``, a FILE as in Euca2ools or JSON text as
+    RoleCall's tools first took it (a document is a JSON object, so text starting with ``{`` is
+    never taken for a file name). Read it with :func:`document_source`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--policy-file", metavar="FILE", help=f"file holding {what}")
+    source.add_argument(
+        "-o", "--policy-content", metavar="JSON", help=f"{what} itself, as JSON text"
+    )
+    source.add_argument(
+        "--policy-document",
+        metavar="FILE|JSON",
+        help="a file, as in Euca2ools, or JSON text when it starts with {",
+    )
+
+
+def document_source(args: argparse.Namespace) -> str:
+    """The policy document the flags of :func:`add_document_source` give."""
+    if args.policy_content is not None:
+        return str(args.policy_content)
+    if args.policy_file is not None:
+        return read_document(args.policy_file, "-f/--policy-file")
+    text = str(args.policy_document)
+    if text.lstrip().startswith("{"):
+        return text
+    return read_document(text, "--policy-document")

@@ -8,7 +8,14 @@ from typing import TextIO
 from controller.tools.client import Client
 from controller.tools.command import Tool, entry_point, read_document
 from controller.tools.errors import ToolError
-from controller.tools.iam import add_path_prefix, add_role, list_all, path_prefix_params
+from controller.tools.iam import (
+    add_document_source,
+    add_path_prefix,
+    add_role,
+    document_source,
+    list_all,
+    path_prefix_params,
+)
 from controller.tools.policies import (
     decoded_document,
     effect_name,
@@ -197,15 +204,11 @@ def _policy_name(parser: argparse.ArgumentParser, help_text: str) -> None:
 def _upload_arguments(parser: argparse.ArgumentParser) -> None:
     add_role(parser)
     _policy_name(parser, "name of the inline policy (replaced if the role has it already)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("-f", "--policy-file", metavar="FILE", help="file holding the policy")
-    source.add_argument(
-        "-o", "--policy-document", metavar="JSON", help="the policy itself, as JSON text"
-    )
+    add_document_source(parser)
 
 
 def _upload(args: argparse.Namespace, client: Client, out: TextIO) -> None:
-    document = args.policy_document or read_document(args.policy_file)
+    document = document_source(args)
     client.call(
         "PutRolePolicy",
         [("RoleName", args.role), ("PolicyName", args.policy), ("PolicyDocument", document)],
