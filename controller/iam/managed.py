@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -542,10 +542,15 @@ def _attachment_actions(
     def list_attached(context: Context, params: dict[str, Any]) -> Result:
         return _list_attached(context, find(context, params[name]), params)
 
+    def keys(context: Context, params: dict[str, Any]) -> Mapping[str, tuple[str, ...]]:
+        """iam:PolicyARN, the policy attached or detached, and the entity's boundary if any."""
+        found = {"iam:PolicyARN": (params["PolicyArn"],)}
+        return {**found, **boundary(context, params)} if boundary is not None else found
+
     arn_field = Field("PolicyArn", ARN, required=True)
     for verb, handler in (("Attach", attach), ("Detach", detach)):
         registry.action(
-            "iam", f"{verb}{title}Policy", struct(name_field, arn_field), resource, boundary
+            "iam", f"{verb}{title}Policy", struct(name_field, arn_field), resource, keys
         )(handler)
     registry.action(
         "iam",

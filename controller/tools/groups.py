@@ -7,9 +7,15 @@ import argparse
 from typing import TextIO
 
 from controller.tools.client import Client
-from controller.tools.command import Tool, entry_point, read_document
+from controller.tools.command import Tool, entry_point
 from controller.tools.errors import ServiceError, ToolError
-from controller.tools.iam import add_path_prefix, list_all, path_prefix_params
+from controller.tools.iam import (
+    add_document_source,
+    add_path_prefix,
+    document_source,
+    list_all,
+    path_prefix_params,
+)
 from controller.tools.policies import decoded_document, effect_name, statement_policy
 from controller.tools.xmldata import section
 
@@ -252,15 +258,11 @@ GROUP_ADD_POLICY = Tool(
 def _upload_arguments(parser: argparse.ArgumentParser) -> None:
     _group(parser)
     _policy_name(parser, "name of the inline policy (replaced if the group has it already)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("-f", "--policy-file", metavar="FILE", help="file holding the policy")
-    source.add_argument(
-        "-o", "--policy-document", metavar="JSON", help="the policy itself, as JSON text"
-    )
+    add_document_source(parser)
 
 
 def _upload(args: argparse.Namespace, client: Client, out: TextIO) -> None:
-    _put_policy(client, args, args.policy_document or read_document(args.policy_file))
+    _put_policy(client, args, document_source(args))
 
 
 GROUP_UPLOAD_POLICY = Tool(

@@ -281,6 +281,32 @@ def test_a_users_attached_policy_follows_its_default_version_and_detachment(
     iam.delete_user(UserName=name)
 
 
+def test_iam_policy_arn_lets_an_admin_attach_only_the_policies_it_names(
+    controller: Controller, iam: Any
+) -> None:
+    """Delegation with iam:PolicyARN: an admin allowed AttachRolePolicy and DetachRolePolicy
+    only for one policy may attach and detach that one, and no other."""
+    allowed = iam.create_policy(PolicyName=unique("ok"), PolicyDocument=LIST_ROLES)["Policy"]
+    other = iam.create_policy(PolicyName=unique("no"), PolicyDocument=LIST_ROLES)["Policy"]
+    delegation = iam.create_policy(
+        PolicyName=unique("delegate"),
+        PolicyDocument=policy(
+            allow(
+                ["iam:AttachRolePolicy", "iam:DetachRolePolicy"],
+                Condition={"ArnEquals": {"iam:PolicyARN": allowed["Arn"]}},
+            )
+        ),
+    )["Policy"]
+    _, as_admin = user_with(controller, iam, delegation["Arn"])
+    role = unique("r")
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=EC2_TRUST)
+    as_admin.attach_role_policy(RoleName=role, PolicyArn=allowed["Arn"])
+    code, _, message = error_of(as_admin.attach_role_policy, RoleName=role, PolicyArn=other["Arn"])
+    assert code == "AccessDenied" and "iam:AttachRolePolicy" in message
+    as_admin.detach_role_policy(RoleName=role, PolicyArn=allowed["Arn"])
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+
+
 def test_a_groups_attached_policy_applies_to_its_members(controller: Controller, iam: Any) -> None:
     arn = iam.create_policy(PolicyName=unique("grp"), PolicyDocument=LIST_ROLES)["Policy"]["Arn"]
     group, member = unique("g"), unique("u")

@@ -220,12 +220,17 @@ def test_groupaddpolicy_names_a_missing_flag(missing: str, named: str) -> None:
     assert named in usage_error(groups.GROUP_ADD_POLICY, argv)
 
 
-@pytest.mark.parametrize("source", ["-o", "-f"])
+@pytest.mark.parametrize(
+    "source", ["-o", "-f", "--policy-content", "--policy-document", "--policy-document FILE"]
+)
 def test_groupuploadpolicy_puts_the_policy_from_the_command_line_or_a_file(
     source: str, tmp_path: Path
 ) -> None:
+    """The flags of Euca2ools' euare-groupuploadpolicy, and RoleCall's -f."""
     (tmp_path / "p.json").write_text(S3GET)
-    value = S3GET if source == "-o" else str(tmp_path / "p.json")
+    from_file = source in ("-f", "--policy-document FILE")
+    value = str(tmp_path / "p.json") if from_file else S3GET
+    source = source.split()[0]
     outcome = ok(
         groups.GROUP_UPLOAD_POLICY,
         ["-g", "devs", "-p", "s3get", source, value],
