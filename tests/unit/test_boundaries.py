@@ -160,7 +160,9 @@ def test_the_key_is_the_requested_boundary_or_the_targets_current_one_and_absent
         assert boundaries.user_boundary(context, {}) == {}
 
 
-def test_every_action_the_authorization_reference_lists_carries_the_key() -> None:
+def test_every_action_the_authorization_reference_lists_carries_the_key(
+    store: SQLiteStore,
+) -> None:
     """AWS's service authorization reference for IAM: these actions have iam:PermissionsBoundary
     (the set ones the requested boundary, the others the target's current one)."""
     requested = {
@@ -179,11 +181,21 @@ def test_every_action_the_authorization_reference_lists_carries_the_key() -> Non
     assert {name for name, keys in keyed.items() if keys is boundaries.requested_boundary} == (
         requested
     )
-    assert {
-        name
-        for name, keys in keyed.items()
-        if keys in (boundaries.role_boundary, boundaries.user_boundary)
-    } == current
+    # Attach/Detach*Policy add iam:PolicyARN to the entity's boundary: ask each action's keys
+    # for a role and a user with a boundary (and their other names) what they carry.
+    bounded = managed(store, "cap", document(allow("iam:Get*")))
+    params = {"RoleName": "bounded", "UserName": "bounded", "PolicyArn": bounded}
+    with store.transaction() as tx:
+        tx.insert_role(Role("AROAB", ACCOUNT, "bounded", "/", "{}", None, 3600, CREATED, bounded))
+        tx.insert_user(User("AIDAB", ACCOUNT, "bounded", "/", CREATED, bounded))
+        context = Context(tx, root(ACCOUNT), NOW)
+        assert {
+            name
+            for name, keys in keyed.items()
+            if keys is not None
+            and keys is not boundaries.requested_boundary
+            and keys(context, params).get("iam:PermissionsBoundary") == (bounded,)
+        } == current
 
 
 # One reader for decisions and the simulator

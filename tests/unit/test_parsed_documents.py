@@ -75,6 +75,7 @@ def test_a_simulators_input_documents_add_nothing_to_the_cache() -> None:
     from controller.iam.simulate import _input_policies
 
     before = len(parsed)
-    policies = _input_policies({"PolicyInputList": [document(123_456), document(654_321)]})
-    assert [name for name, *_ in policies] == ["PolicyInputList.1", "PolicyInputList.2"]
+    params = {"PolicyInputList": [document(123_456), document(654_321)]}
+    policies = _input_policies(params, "PolicyInputList")
+    assert [source.name for source in policies] == ["PolicyInputList.1", "PolicyInputList.2"]
     assert len(parsed) == before
