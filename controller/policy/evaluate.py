@@ -164,15 +164,23 @@ def evaluate_layers(
     nothing (GetFederationToken without a policy). ``Decision.layer`` is the index of the layer
     that decided a Deny or an ImplicitDeny (the first that does not allow); None for an Allow.
     """
-    decisions = [evaluate(layer, context) for layer in layers]
-    missing = tuple(dict.fromkeys(key for each in decisions for key in each.missing_keys))
+    decisions = [_decide(layer, context, _Target.RESOURCE) for layer in layers]
+    lacking = [each.missing_keys for each in decisions if each.missing_keys]
+    if len(lacking) > 1:
+        missing = tuple(dict.fromkeys(key for keys in lacking for key in keys))
+    else:  # one layer's keys are distinct already
+        missing = lacking[0] if lacking else ()
+    refused: int | None = None
     for index, decision in enumerate(decisions):
-        if decision.effect == "Deny":
+        if decision.effect == "Deny":  # a Deny in any layer wins, also after a refusal
             return Decision("Deny", decision.statement, decision.policy_name, missing, index)
-    for index, decision in enumerate(decisions):
-        if decision.effect != "Allow":
-            return Decision("ImplicitDeny", None, None, missing, index)
+        if refused is None and decision.effect != "Allow":
+            refused = index
+    if refused is not None:
+        return Decision("ImplicitDeny", None, None, missing, refused)
     first = decisions[0]
+    if first.missing_keys == missing:
+        return first  # the same answer, not built again
     return Decision("Allow", first.statement, first.policy_name, missing)
 
 
