@@ -94,10 +94,12 @@ test-systemd: $(STAMP)
 	     systemd-container debootstrap debian-archive-keyring)
 	$(BIN)/python -m pytest -q tests/systemd
 
-# Not part of `make test`: STS capacity next to moto's server, and policy evaluations/s.
+# Not part of `make test`: STS capacity next to moto's server, and policy evaluations/s (a
+# 20-statement policy, then a user with groups, 10 managed policies and a boundary).
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/sts.py
+	$(BIN)/python bench/evaluation.py
 
 # Not part of `make test` either (root: it makes network namespaces): the agent's credential GET
 # next to a bare twisted.web server, reconcile time and RSS with 500 and 1,000 instances, and

@@ -11,7 +11,7 @@ credentials are further limited as in AWS.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from controller.actions import PRINCIPAL_TYPES, Caller, RequestFacts
@@ -122,23 +122,27 @@ def decide(
     if extra_keys:
         keys.update(extra_keys)
     context = RequestContext(action, resource, caller.arn, caller.account_id, keys)
-    if facts.boundary is None and facts.session_policies is None:
-        return evaluate(facts.policies, context)
-    layers = [facts.policies]
-    names = ["identity"]
-    if facts.boundary is not None:
-        layers.append(facts.boundary)
-        names.append("boundary")
-    if facts.session_policies is not None:
-        layers.append(facts.session_policies)
-        names.append("session")
-    decision = evaluate_layers(layers, context)
-    if decision.layer is not None:  # which layer denied, by what it is, for the message
-        return replace(decision, layer=_LAYERS.index(names[decision.layer]))
-    return decision
+    boundary, session = facts.boundary, facts.session_policies
+    if boundary is None:
+        if session is None:
+            return evaluate(facts.policies, context)
+        decision = evaluate_layers((facts.policies, session), context)
+        if decision.layer == 1:  # the second layer given is the session's: named as in _LAYERS
+            return Decision(
+                decision.effect,
+                decision.statement,
+                decision.policy_name,
+                decision.missing_keys,
+                _LAYERS.index("session"),
+            )
+        return decision
+    if session is None:
+        return evaluate_layers((facts.policies, boundary), context)
+    return evaluate_layers((facts.policies, boundary, session), context)
 
 
-#: The layers of `decide`, as `Decision.layer` names them after it.
+#: The layers of `decide`, as `Decision.layer` names them after it (the order `decide` gives
+#: them to `evaluate_layers` in, so that its index needs no translating but without a boundary).
 _LAYERS = ("identity", "boundary", "session")
 
 

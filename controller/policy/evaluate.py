@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +75,7 @@ class RequestContext:
             # A bare string is one value, not a tuple of characters. When two keys differ only
             # in case the last one wins.
             lowered = {
-                key.lower(): (values,) if isinstance(values, str) else values
+                key.lower(): values if type(values) is tuple else _values(values)
                 for key, values in self.keys.items()
             }
             if self.principal_arn:
@@ -90,6 +89,11 @@ class RequestContext:
     def lookup(self, lower_key: str) -> tuple[str, ...] | None:
         """The values of a context key given in lower case, or ``None`` if the request has none."""
         return self._lowered().get(lower_key)
+
+
+def _values(values: str | Sequence[str]) -> tuple[str, ...]:
+    """A key's values as a tuple: a bare string is one value, not a tuple of characters."""
+    return (values,) if isinstance(values, str) else tuple(values)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,18 @@ class Decision:
 
 
 def time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
-    """``aws:CurrentTime`` and ``aws:EpochTime`` for ``now`` (naive means UTC)."""
+    """``aws:CurrentTime`` and ``aws:EpochTime`` for ``now`` (naive means UTC): a new dict,
+    the caller's to fill. The last answer is kept, since requests come many a second."""
+    global _last_time_keys
+    last = _last_time_keys
+    if last[0] == now and last[0].tzinfo is now.tzinfo:
+        return dict(last[1])
+    keys = _time_keys(now)
+    _last_time_keys = (now, keys)  # one tuple: a thread sees the old pair or the new one
+    return dict(keys)
+
+
+def _time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     elif now.tzinfo is not UTC:
@@ -126,6 +141,9 @@ def time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
             f"{now.year}-{now.month:02}-{now.day:02}T{now.hour:02}:{now.minute:02}:{now.second:02}Z"
         )
     return {"aws:CurrentTime": (current,), "aws:EpochTime": (str(int(now.timestamp())),)}
+
+
+_last_time_keys: tuple[datetime | None, dict[str, tuple[str, ...]]] = (None, {})
 
 
 def evaluate(policies: Sequence[tuple[str, PolicyDocument]], context: RequestContext) -> Decision:
@@ -146,15 +164,23 @@ def evaluate_layers(
     nothing (GetFederationToken without a policy). ``Decision.layer`` is the index of the layer
     that decided a Deny or an ImplicitDeny (the first that does not allow); None for an Allow.
     """
-    decisions = [evaluate(layer, context) for layer in layers]
-    missing = tuple(dict.fromkeys(key for each in decisions for key in each.missing_keys))
+    decisions = [_decide(layer, context, _Target.RESOURCE) for layer in layers]
+    lacking = [each.missing_keys for each in decisions if each.missing_keys]
+    if len(lacking) > 1:
+        missing = tuple(dict.fromkeys(key for keys in lacking for key in keys))
+    else:  # one layer's keys are distinct already
+        missing = lacking[0] if lacking else ()
+    refused: int | None = None
     for index, decision in enumerate(decisions):
-        if decision.effect == "Deny":
+        if decision.effect == "Deny":  # a Deny in any layer wins, also after a refusal
             return Decision("Deny", decision.statement, decision.policy_name, missing, index)
-    for index, decision in enumerate(decisions):
-        if decision.effect != "Allow":
-            return Decision("ImplicitDeny", None, None, missing, index)
+        if refused is None and decision.effect != "Allow":
+            refused = index
+    if refused is not None:
+        return Decision("ImplicitDeny", None, None, missing, refused)
     first = decisions[0]
+    if first.missing_keys == missing:
+        return first  # the same answer, not built again
     return Decision("Allow", first.statement, first.policy_name, missing)
 
 
@@ -253,6 +279,9 @@ class _CompiledStatement:
     conditions: tuple[CompiledCondition, ...]
     #: ``(lower, as written)`` for every context key the statement reads.
     keys: tuple[tuple[str, str], ...]
+    #: The fast path of `targets_resource` for a Resource element without variables: True for
+    #: ``*``, else the one regex of its patterns; None when the general path is needed.
+    plain_resources: re.Pattern[str] | bool | None = None
 
     def targets_resource(self, resource: str, lookup: Lookup) -> bool | None:
         """Whether the statement names ``resource``; ``None`` if a variable did not resolve.
@@ -305,19 +334,19 @@ class _CompiledDocument:
             for statement in document.statements
         )
         self._actions = tuple(_compile_actions(statement) for statement in document.statements)
-        self._by_action: dict[str, tuple[_CompiledStatement, ...]] = {}
+        self.by_action: dict[str, tuple[_CompiledStatement, ...]] = {}
 
     def for_action(self, action: str) -> tuple[_CompiledStatement, ...]:
-        selected = self._by_action.get(action)
+        selected = self.by_action.get(action)
         if selected is None:
             selected = tuple(
                 compiled
                 for compiled, (regex, negated) in zip(self.statements, self._actions, strict=True)
                 if (regex is None or regex.fullmatch(action) is not None) != negated
             )
-            if len(self._by_action) >= _ACTION_CACHE_LIMIT:
-                self._by_action.clear()
-            self._by_action[action] = selected
+            if len(self.by_action) >= _ACTION_CACHE_LIMIT:
+                self.by_action.clear()
+            self.by_action[action] = selected
         return selected
 
 
@@ -353,6 +382,12 @@ def _compile_statement(statement: Statement, substitute: bool) -> _CompiledState
         compile_condition(condition, substitute) for condition in statement.conditions
     )
     keys.extend(key for condition in conditions for key in condition.keys)
+    plain: re.Pattern[str] | bool | None = None
+    if resources is not None and statement.resources is not None:
+        if resources.everything:
+            plain = True
+        elif not resources.templates and not resources.invalid:
+            plain = resources.static  # not None: every pattern is static
     return _CompiledStatement(
         statement=statement,
         deny=statement.effect == "Deny",
@@ -360,6 +395,7 @@ def _compile_statement(statement: Statement, substitute: bool) -> _CompiledState
         negated_resources=statement.resources is None,
         conditions=conditions,
         keys=tuple(_first_spellings(keys).items()),
+        plain_resources=plain,
     )
 
 
@@ -374,21 +410,13 @@ def _first_spellings(keys: Sequence[str]) -> dict[str, str]:
     return spellings
 
 
-# Compiled documents by id(); each entry dies with its document (a weakref callback removes it).
-_compiled_documents: dict[int, tuple[weakref.ref[PolicyDocument], _CompiledDocument]] = {}
-
-
 def _compiled(document: PolicyDocument) -> _CompiledDocument:
-    key = id(document)
-    entry = _compiled_documents.get(key)
-    if entry is not None and entry[0]() is document:
-        return entry[1]
-    compiled = _CompiledDocument(document)
-
-    def forget(_reference: weakref.ref[PolicyDocument], key: int = key) -> None:
-        _compiled_documents.pop(key, None)
-
-    _compiled_documents[key] = (weakref.ref(document, forget), compiled)
+    """The document's compiled form, made on first use and kept on the (frozen) document, as
+    functools.cached_property does: it lives exactly as long as the document."""
+    compiled: _CompiledDocument | None = document.__dict__.get("_compiled")
+    if compiled is None:
+        compiled = _CompiledDocument(document)
+        document.__dict__["_compiled"] = compiled
     return compiled
 
 
@@ -405,10 +433,24 @@ def _decide(
     allow: tuple[Statement, str] | None = None
     deny: tuple[Statement, str] | None = None
     missing: dict[str, None] = {}
+    action, resource = context.action, context.resource
+    by_resource = target is _Target.RESOURCE
+    targeted: bool | None
     for name, document in policies:
-        for compiled in _compiled(document).for_action(context.action):
-            if target is _Target.RESOURCE:
-                targeted = compiled.targets_resource(context.resource, lookup)
+        # `_compiled(document).for_action(action)`, without two calls when both are known.
+        compiled_document = document.__dict__.get("_compiled") or _compiled(document)
+        selected = compiled_document.by_action.get(action)
+        if selected is None:
+            selected = compiled_document.for_action(action)
+        for compiled in selected:
+            if by_resource:
+                plain = compiled.plain_resources
+                if plain is True:
+                    targeted = True
+                elif plain is not None and plain is not False:
+                    targeted = plain.fullmatch(resource) is not None
+                else:
+                    targeted = compiled.targets_resource(resource, lookup)
             else:
                 targeted = caller is not None and compiled.targets_principal(caller)
             if targeted is False:
