@@ -71,6 +71,13 @@ _NOTHING = parse_policy(
     '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","NotAction":"*","Resource":"*"}]}',
     PolicyKind.IDENTITY,
 )
+#: What an attached managed policy that cannot be read any more stands for: a Deny of
+#: everything. Leaving it out would drop any Deny it held, and so grant more than the policies
+#: attached say; the refusal names its ARN, so that an operator sees what to restore or detach.
+_DENY_ALL = parse_policy(
+    '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}',
+    PolicyKind.IDENTITY,
+)
 
 #: The root's (and its sessions') one policy: everything in its account.
 _ROOT_POLICIES: Policies = (("root", parse_policy(ALLOW_ALL, PolicyKind.IDENTITY)),)
@@ -170,7 +177,7 @@ def _attached(tx: Transaction, entity_ids: Sequence[str]) -> list[PolicySource]:
     found: dict[str, PolicySource] = {}
     for arn, document in tx.attached_documents(entity_ids):
         if arn not in found:
-            found[arn] = _managed(arn, document)
+            found[arn] = _managed(arn, document, _DENY_ALL)
     return list(found.values())
 
 
@@ -199,14 +206,17 @@ def _tags(tx: Transaction, entity_id: str) -> dict[str, str]:
     return {tag.key: tag.value for tag in tx.get_tags(entity_id)}
 
 
-def _managed(arn: str, document: str | None) -> PolicySource:
+def _managed(
+    arn: str, document: str | None, unreadable: PolicyDocument = _NOTHING
+) -> PolicySource:
     """A managed policy: its stored document, or (None) the operator's AWS-managed one. One
-    that cannot be found any more (its file removed from the directory) allows nothing."""
+    that cannot be found any more (its file removed from the directory) is ``unreadable``: as
+    a boundary, a policy allowing nothing; attached, a Deny of everything (`_DENY_ALL`)."""
     kind = "aws-managed" if arn.startswith(awsmanaged.ARN_PREFIX) else "user-managed"
     if document is None:
         provided = awsmanaged.catalog.get(arn)
         if provided is None:
-            return PolicySource(kind, arn, _NOTHING, 0)
+            return PolicySource(kind, arn, unreadable, 0)
         document = provided.document
     return PolicySource(kind, arn, parsed(document), len(document))
 

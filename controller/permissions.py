@@ -19,10 +19,8 @@ from controller.errors import AccessDenied
 from controller.policy.document import PolicyDocument
 from controller.policy.evaluate import (
     Decision,
-    RequestContext,
-    evaluate,
-    evaluate_layers,
-    time_keys,
+    authorize_layers,
+    lowered_time_keys,
 )
 
 _ALLOW = Decision("Allow")  # frozen: one serves every caller the answer needs no statement for
@@ -81,27 +79,30 @@ def settled(caller: Caller, action: str) -> Decision | None:
 def context_keys(
     caller: Caller, facts: RequestFacts, now: datetime, tags: Mapping[str, str]
 ) -> dict[str, tuple[str, ...]]:
-    """The global condition keys of a request."""
-    keys: dict[str, tuple[str, ...]] = time_keys(now)  # a new dict, ours to fill
-    keys["aws:SourceIp"] = (facts.source_ip,)
-    keys["aws:SecureTransport"] = ("true" if facts.secure_transport else "false",)
-    keys["aws:PrincipalArn"] = (caller.arn,)
-    keys["aws:PrincipalAccount"] = (caller.account_id,)
-    keys["aws:PrincipalType"] = (PRINCIPAL_TYPES[caller.kind],)
-    keys["aws:userid"] = (caller.user_id,)
-    keys["aws:RequestedRegion"] = (facts.region,)
+    """The global condition keys of a request, their names in lower case (as `RequestContext`
+    looks them up: names are matched ignoring case)."""
+    keys: dict[str, tuple[str, ...]] = {
+        **lowered_time_keys(now),
+        "aws:sourceip": (facts.source_ip,),
+        "aws:securetransport": ("true" if facts.secure_transport else "false",),
+        "aws:principalarn": (caller.arn,),
+        "aws:principalaccount": (caller.account_id,),
+        "aws:principaltype": (PRINCIPAL_TYPES[caller.kind],),
+        "aws:userid": (caller.user_id,),
+        "aws:requestedregion": (facts.region,),
+    }
     if caller.kind == "user" and caller.user_name is not None:
         keys["aws:username"] = (caller.user_name,)
     if caller.temporary:
-        keys["aws:MultiFactorAuthPresent"] = ("false",)
+        keys["aws:multifactorauthpresent"] = ("false",)
         if caller.issued is not None:
-            keys["aws:TokenIssueTime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+            keys["aws:tokenissuetime"] = (caller.issued.strftime("%Y-%m-%dT%H:%M:%SZ"),)
     if caller.source_instance_arn is not None:
-        keys["ec2:SourceInstanceARN"] = (caller.source_instance_arn,)
+        keys["ec2:sourceinstancearn"] = (caller.source_instance_arn,)
     if caller.source_identity is not None:
-        keys["aws:SourceIdentity"] = (caller.source_identity,)
+        keys["aws:sourceidentity"] = (caller.source_identity,)
     for key, value in tags.items():
-        keys[f"aws:PrincipalTag/{key}"] = (value,)
+        keys[f"aws:principaltag/{key.lower()}"] = (value,)
     return keys
 
 
@@ -120,30 +121,28 @@ def decide(
         return decision
     keys = context_keys(caller, request, now, facts.tags)
     if extra_keys:
-        keys.update(extra_keys)
-    context = RequestContext(action, resource, caller.arn, caller.account_id, keys)
+        for key, values in extra_keys.items():
+            keys[key.lower()] = values if type(values) is tuple else tuple(values)
     boundary, session = facts.boundary, facts.session_policies
-    if boundary is None:
-        if session is None:
-            return evaluate(facts.policies, context)
-        decision = evaluate_layers((facts.policies, session), context)
-        if decision.layer == 1:  # the second layer given is the session's: named as in _LAYERS
-            return Decision(
-                decision.effect,
-                decision.statement,
-                decision.policy_name,
-                decision.missing_keys,
-                _LAYERS.index("session"),
-            )
-        return decision
+    if boundary is None and session is None:
+        return authorize_layers((facts.policies,), _IDENTITY_ONLY, action, resource, keys)
     if session is None:
-        return evaluate_layers((facts.policies, boundary), context)
-    return evaluate_layers((facts.policies, boundary, session), context)
+        layers: tuple[Policies, ...] = (facts.policies, boundary)  # type: ignore[assignment]
+        return authorize_layers(layers, _WITH_BOUNDARY, action, resource, keys)
+    if boundary is None:
+        return authorize_layers((facts.policies, session), _WITH_SESSION, action, resource, keys)
+    layers = (facts.policies, boundary, session)
+    return authorize_layers(layers, _ALL_LAYERS, action, resource, keys)
 
 
 #: The layers of `decide`, as `Decision.layer` names them after it (the order `decide` gives
 #: them to `evaluate_layers` in, so that its index needs no translating but without a boundary).
 _LAYERS = ("identity", "boundary", "session")
+#: `Decision.layer` of each layer given, by which layers there are (one alone is not named).
+_IDENTITY_ONLY = (None,)
+_WITH_BOUNDARY = (0, 1)
+_WITH_SESSION = (0, 2)
+_ALL_LAYERS = (0, 1, 2)
 
 
 def denial(caller: Caller, action: str, resource: str, decision: Decision) -> AccessDenied:

@@ -39,10 +39,12 @@ from controller.policy.variables import Lookup, Template, parse_template
 __all__ = [
     "Decision",
     "RequestContext",
+    "authorize_layers",
     "evaluate",
     "evaluate_layers",
     "evaluate_trust",
     "evaluate_with_session",
+    "lowered_time_keys",
     "principal_matches",
     "reads_context_keys",
     "time_keys",
@@ -67,10 +69,21 @@ class RequestContext:
     principal_arn: str
     account_id: str
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The keys' names are in lower case already and their values tuples (a caller that builds
+    #: them so, as `controller.permissions.decide` does, saves copying them per request); the
+    #: context then uses ``keys`` itself.
+    lowered: bool = field(default=False, kw_only=True)
 
     def _lowered(self) -> dict[str, tuple[str, ...]]:
         """The keys by lower-case name, built on first use and kept on the instance."""
         lowered: dict[str, tuple[str, ...]] | None = self.__dict__.get("_lowered_keys")
+        if lowered is None and self.lowered and isinstance(self.keys, dict):
+            lowered = self.keys
+            if self.principal_arn:
+                lowered.setdefault("aws:principalarn", (self.principal_arn,))
+            if self.account_id:
+                lowered.setdefault("aws:principalaccount", (self.account_id,))
+            self.__dict__["_lowered_keys"] = lowered
         if lowered is None:
             # A bare string is one value, not a tuple of characters. When two keys differ only
             # in case the last one wins.
@@ -146,16 +159,41 @@ def _time_keys(now: datetime) -> dict[str, tuple[str, ...]]:
 _last_time_keys: tuple[datetime | None, dict[str, tuple[str, ...]]] = (None, {})
 
 
-def evaluate(policies: Sequence[tuple[str, PolicyDocument]], context: RequestContext) -> Decision:
+def lowered_time_keys(now: datetime) -> Mapping[str, tuple[str, ...]]:
+    """`time_keys` with the names in lower case (for a `RequestContext` built ``lowered``):
+    the last answer itself, shared, so copy it (``{**keys, …}``) rather than change it."""
+    global _last_lowered_time_keys
+    last = _last_lowered_time_keys
+    if last[0] == now and last[0].tzinfo is now.tzinfo:
+        return last[1]
+    keys = {key.lower(): values for key, values in _time_keys(now).items()}
+    _last_lowered_time_keys = (now, keys)
+    return keys
+
+
+_last_lowered_time_keys: tuple[datetime | None, dict[str, tuple[str, ...]]] = (None, {})
+
+
+def evaluate(
+    policies: Sequence[tuple[str, PolicyDocument]],
+    context: RequestContext,
+    *,
+    report_missing: bool = True,
+) -> Decision:
     """Identity-based evaluation of ``(name, document)`` pairs: Deny wins, else Allow, else none.
 
-    Statements without Resource/NotResource (trust policies) never apply here.
+    Statements without Resource/NotResource (trust policies) never apply here. Without
+    ``report_missing`` the decision leaves ``missing_keys`` empty (what only the simulator
+    shows), and saves looking for them.
     """
-    return _decide(policies, context, _Target.RESOURCE)
+    return _decide(policies, context, _Target.RESOURCE, report_missing=report_missing)
 
 
 def evaluate_layers(
-    layers: Sequence[Sequence[tuple[str, PolicyDocument]]], context: RequestContext
+    layers: Sequence[Sequence[tuple[str, PolicyDocument]]],
+    context: RequestContext,
+    *,
+    report_missing: bool = True,
 ) -> Decision:
     """Evaluation through several layers that must all allow: the identity's policies, then
     its permissions boundary, then the session policies (AWS's intersection).
@@ -164,24 +202,29 @@ def evaluate_layers(
     nothing (GetFederationToken without a policy). ``Decision.layer`` is the index of the layer
     that decided a Deny or an ImplicitDeny (the first that does not allow); None for an Allow.
     """
-    decisions = [_decide(layer, context, _Target.RESOURCE) for layer in layers]
-    lacking = [each.missing_keys for each in decisions if each.missing_keys]
+    scans: list[_Scan] = []
+    action, resource, lookup = context.action, context.resource, context._lowered().get
+    for layer in layers:
+        scan = _scan(layer, action, resource, lookup, _Target.RESOURCE, None, report_missing)
+        scans.append(scan)
+        if scan[0] is not None and not report_missing:
+            break  # a Deny wins whatever the later layers say
+    lacking = [scan[2] for scan in scans if scan[2]]
     if len(lacking) > 1:
         missing = tuple(dict.fromkeys(key for keys in lacking for key in keys))
     else:  # one layer's keys are distinct already
         missing = lacking[0] if lacking else ()
     refused: int | None = None
-    for index, decision in enumerate(decisions):
-        if decision.effect == "Deny":  # a Deny in any layer wins, also after a refusal
-            return Decision("Deny", decision.statement, decision.policy_name, missing, index)
-        if refused is None and decision.effect != "Allow":
+    for index, (deny, allow, _) in enumerate(scans):
+        if deny is not None:  # a Deny in any layer wins, also after a refusal
+            return Decision("Deny", deny[0], deny[1], missing, index)
+        if refused is None and allow is None:
             refused = index
     if refused is not None:
         return Decision("ImplicitDeny", None, None, missing, refused)
-    first = decisions[0]
-    if first.missing_keys == missing:
-        return first  # the same answer, not built again
-    return Decision("Allow", first.statement, first.policy_name, missing)
+    allow = scans[0][1]
+    assert allow is not None  # every layer allowed
+    return Decision("Allow", allow[0], allow[1], missing)
 
 
 def evaluate_with_session(
@@ -196,6 +239,35 @@ def evaluate_with_session(
     a session without a session policy (AssumeRole without ``Policy``) uses ``evaluate``.
     """
     return evaluate_layers((identity_policies, session_policies), context)
+
+
+def authorize_layers(
+    layers: Sequence[Sequence[tuple[str, PolicyDocument]]],
+    layer_ids: Sequence[int | None],
+    action: str,
+    resource: str,
+    keys: Mapping[str, tuple[str, ...]],
+) -> Decision:
+    """`evaluate_layers` for authorizing a request, which needs only the answer: ``keys`` are
+    the context keys by lower-case name (values tuples), no missing keys are gathered, and
+    ``Decision.layer`` is the ``layer_ids`` entry of the layer that refused. Scanning stops
+    at the first Deny, and a layer's Allow statements stop being read once one applies."""
+    lookup: Lookup = keys.get
+    refused: int | None = None
+    refusing = False
+    first_allow: tuple[Statement, str] | None = None
+    for layer, layer_id in zip(layers, layer_ids, strict=True):
+        deny, allow, _ = _scan(layer, action, resource, lookup, _Target.RESOURCE, None, False)
+        if deny is not None:
+            return Decision("Deny", deny[0], deny[1], (), layer_id)
+        if allow is None:
+            if not refusing:
+                refusing, refused = True, layer_id
+        elif first_allow is None:
+            first_allow = allow
+    if refusing or first_allow is None:
+        return Decision("ImplicitDeny", None, None, (), refused)
+    return Decision("Allow", first_allow[0], first_allow[1])
 
 
 def evaluate_trust(
@@ -423,55 +495,194 @@ def _compiled(document: PolicyDocument) -> _CompiledDocument:
 # -- the decision ----------------------------------------------------------------------------------
 
 
+class _Plan:
+    """The statements an action selects in a layer, arranged for a decision that needs only
+    its effect (authorization, not the simulator). Allow statements without conditions whose
+    Resource has no variables can only allow, and any one of them is enough: their patterns
+    are matched as one regex (``merged``; the group that matched names the statement), or,
+    with ``Resource: "*"``, need no matching at all (``everything``). The others (Deny
+    statements, conditions, variables, NotResource) are evaluated one by one, as before."""
+
+    __slots__ = ("everything", "members", "merged", "others")
+
+    def __init__(self, selected: tuple[tuple[_CompiledStatement, str], ...]) -> None:
+        others: list[tuple[_CompiledStatement, str]] = []
+        members: list[tuple[_CompiledStatement, str]] = []
+        self.everything: tuple[_CompiledStatement, str] | None = None
+        for pair in selected:
+            compiled = pair[0]
+            plain = compiled.plain_resources
+            if compiled.deny or compiled.conditions or plain is None or plain is False:
+                others.append(pair)
+            elif plain is True:
+                if self.everything is None:
+                    self.everything = pair
+            elif plain.groups == 0 and plain.flags == _PLAIN_FLAGS:
+                members.append(pair)
+            else:
+                others.append(pair)
+        self.others = tuple(others)
+        self.members = tuple(members)
+        self.merged: re.Pattern[str] | None = None
+        if members:
+            source = "|".join(f"({member[0].plain_resources.pattern})" for member in members)  # type: ignore[union-attr]
+            self.merged = re.compile(source, _PLAIN_FLAGS)
+
+
+#: The flags of a Resource element's regex (`compile_globs` in RESOURCE mode).
+_PLAIN_FLAGS = compile_globs(((("x", False),),), GlobMode.RESOURCE).flags
+
+
+class _Layer:
+    """Documents evaluated together (a caller's identity policies, its boundary, its session
+    policies), compiled as one: for each action, the statements of all of them that the action
+    selects, each with its policy's name, in order. A caller's layer is the same from request
+    to request, so a request looks at the few statements its action selects, not at each of
+    its documents."""
+
+    __slots__ = ("by_action", "plans", "policies")
+
+    def __init__(self, policies: Sequence[tuple[str, PolicyDocument]]) -> None:
+        self.policies = tuple(policies)  # its documents kept alive: see _layer
+        self.by_action: dict[str, tuple[tuple[_CompiledStatement, str], ...]] = {}
+        self.plans: dict[str, _Plan] = {}
+
+    def plan_for(self, action: str) -> _Plan:
+        plan = self.plans.get(action)
+        if plan is None:
+            plan = _Plan(self.for_action(action))
+            if len(self.plans) >= _ACTION_CACHE_LIMIT:
+                self.plans.clear()
+            self.plans[action] = plan
+        return plan
+
+    def for_action(self, action: str) -> tuple[tuple[_CompiledStatement, str], ...]:
+        selected = self.by_action.get(action)
+        if selected is None:
+            selected = tuple(
+                (compiled, name)
+                for name, document in self.policies
+                for compiled in _compiled(document).for_action(action)
+            )
+            if len(self.by_action) >= _ACTION_CACHE_LIMIT:
+                self.by_action.clear()
+            self.by_action[action] = selected
+        return selected
+
+
+#: Layers by (count, first document's id, last document's id): cheap to make per request. A hit
+#: counts only if its pairs equal the ones asked for; an entry holds its documents, so no other
+#: live object can have their ids, and equality of the same objects is a comparison of identity.
+_layers: dict[tuple[int, int, int], _Layer] = {}
+_LAYER_LIMIT = 4096
+
+
+def _layer(policies: Sequence[tuple[str, PolicyDocument]]) -> _Layer:
+    if not policies:
+        return _EMPTY_LAYER
+    key = (len(policies), id(policies[0][1]), id(policies[-1][1]))
+    layer = _layers.get(key)
+    if layer is None or layer.policies != tuple(policies):
+        layer = _Layer(policies)
+        if len(_layers) >= _LAYER_LIMIT:
+            _layers.clear()
+        _layers[key] = layer
+    return layer
+
+
+_EMPTY_LAYER = _Layer(())
+
+
 def _decide(
     policies: Sequence[tuple[str, PolicyDocument]],
     context: RequestContext,
     target: _Target,
     caller: _Caller | None = None,
+    *,
+    report_missing: bool = True,
 ) -> Decision:
-    lookup: Lookup = context._lowered().get
-    allow: tuple[Statement, str] | None = None
-    deny: tuple[Statement, str] | None = None
-    missing: dict[str, None] = {}
-    action, resource = context.action, context.resource
-    by_resource = target is _Target.RESOURCE
-    targeted: bool | None
-    for name, document in policies:
-        # `_compiled(document).for_action(action)`, without two calls when both are known.
-        compiled_document = document.__dict__.get("_compiled") or _compiled(document)
-        selected = compiled_document.by_action.get(action)
-        if selected is None:
-            selected = compiled_document.for_action(action)
-        for compiled in selected:
-            if by_resource:
-                plain = compiled.plain_resources
-                if plain is True:
-                    targeted = True
-                elif plain is not None and plain is not False:
-                    targeted = plain.fullmatch(resource) is not None
-                else:
-                    targeted = compiled.targets_resource(resource, lookup)
-            else:
-                targeted = caller is not None and compiled.targets_principal(caller)
-            if targeted is False:
-                continue
-            for lower_key, key in compiled.keys:
-                if lookup(lower_key) is None:
-                    missing.setdefault(key)
-            if targeted is None and not compiled.deny:
-                continue  # an Allow whose resource did not resolve allows nothing
-            # A Deny whose resource did not resolve may name this resource: it fails closed.
-            if deny is not None or (allow is not None and not compiled.deny):
-                continue  # already decided for this effect: read only for its missing keys
-            outcome = compiled.conditions_hold(lookup)
-            if compiled.deny:
-                if outcome is not False and deny is None:
-                    deny = (compiled.statement, name)  # true or unknown: deny (fail closed)
-            elif outcome is True and allow is None:
-                allow = (compiled.statement, name)  # only a certain Allow allows
-    missing_keys = tuple(missing)
+    deny, allow, missing_keys = _scan(
+        policies,
+        context.action,
+        context.resource,
+        context._lowered().get,
+        target,
+        caller,
+        report_missing,
+    )
     if deny is not None:
         return Decision("Deny", deny[0], deny[1], missing_keys)
     if allow is not None:
         return Decision("Allow", allow[0], allow[1], missing_keys)
     return Decision("ImplicitDeny", None, None, missing_keys)
+
+
+#: What one layer says: the Deny and the Allow that apply, first of each (statement, policy
+#: name), or None; and the context keys its statements read that the request lacks.
+_Scan = tuple[tuple[Statement, str] | None, tuple[Statement, str] | None, tuple[str, ...]]
+
+
+def _scan(
+    policies: Sequence[tuple[str, PolicyDocument]],
+    action: str,
+    resource: str,
+    lookup: Lookup,
+    target: _Target,
+    caller: _Caller | None,
+    report_missing: bool,
+) -> _Scan:
+    allow: tuple[Statement, str] | None = None
+    deny: tuple[Statement, str] | None = None
+    missing: dict[str, None] = {}
+    by_resource = target is _Target.RESOURCE
+    targeted: bool | None
+    layer = _layer(policies)
+    plan: _Plan | None = None
+    if report_missing or not by_resource:
+        selected = layer.for_action(action)
+    else:
+        plan = layer.plan_for(action)
+        selected = plan.others
+        # Its Allow statements that need no condition and no variable first: when one of them
+        # applies, only a Deny can change the answer, and the others' Allows are not looked at.
+        if plan.everything is not None:
+            allow = (plan.everything[0].statement, plan.everything[1])
+        elif plan.merged is not None:
+            matched = plan.merged.fullmatch(resource)
+            if matched is not None and matched.lastindex is not None:
+                member, member_name = plan.members[matched.lastindex - 1]
+                allow = (member.statement, member_name)
+    for compiled, name in selected:
+        if not report_missing:  # no missing keys to gather: stop looking once it cannot change
+            if deny is not None:
+                break
+            if allow is not None and not compiled.deny:
+                continue
+        if by_resource:
+            plain = compiled.plain_resources
+            if plain is True:
+                targeted = True
+            elif plain is not None and plain is not False:
+                targeted = plain.fullmatch(resource) is not None
+            else:
+                targeted = compiled.targets_resource(resource, lookup)
+        else:
+            targeted = caller is not None and compiled.targets_principal(caller)
+        if targeted is False:
+            continue
+        if report_missing:
+            for lower_key, key in compiled.keys:
+                if lookup(lower_key) is None:
+                    missing.setdefault(key)
+        if targeted is None and not compiled.deny:
+            continue  # an Allow whose resource did not resolve allows nothing
+        # A Deny whose resource did not resolve may name this resource: it fails closed.
+        if deny is not None or (allow is not None and not compiled.deny):
+            continue  # already decided for this effect: read only for its missing keys
+        outcome = compiled.conditions_hold(lookup)
+        if compiled.deny:
+            if outcome is not False and deny is None:
+                deny = (compiled.statement, name)  # true or unknown: deny (fail closed)
+        elif outcome is True and allow is None:
+            allow = (compiled.statement, name)  # only a certain Allow allows
+    return deny, allow, tuple(missing)

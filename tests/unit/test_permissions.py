@@ -224,14 +224,16 @@ def test_only_federated_and_session_credentials_are_limited_by_their_kind() -> N
 
 
 def test_context_keys_name_the_caller_the_request_and_the_tags() -> None:
-    keys = context_keys(ROLE_SESSION, RequestFacts("192.0.2.1", True, "eu-west-1"), NOW, {"t": "v"})
-    assert keys["aws:SourceIp"] == ("192.0.2.1",)
-    assert keys["aws:SecureTransport"] == ("true",)
-    assert keys["aws:RequestedRegion"] == ("eu-west-1",)
-    assert keys["aws:PrincipalType"] == ("AssumedRole",)
-    assert keys["aws:TokenIssueTime"] == ("2024-05-01T12:00:00Z",)
-    assert keys["aws:MultiFactorAuthPresent"] == ("false",)
-    assert keys["aws:PrincipalTag/t"] == ("v",)
+    """In lower case: names are matched ignoring case, and the decision looks them up so."""
+    keys = context_keys(ROLE_SESSION, RequestFacts("192.0.2.1", True, "eu-west-1"), NOW, {"T": "v"})
+    assert keys["aws:sourceip"] == ("192.0.2.1",)
+    assert keys["aws:securetransport"] == ("true",)
+    assert keys["aws:requestedregion"] == ("eu-west-1",)
+    assert keys["aws:principaltype"] == ("AssumedRole",)
+    assert keys["aws:tokenissuetime"] == ("2024-05-01T12:00:00Z",)
+    assert keys["aws:multifactorauthpresent"] == ("false",)
+    assert keys["aws:principaltag/t"] == ("v",)
+    assert set(keys) == {key.lower() for key in keys}
     assert "aws:username" not in keys
     assert context_keys(USER, RequestFacts(), NOW, {})["aws:username"] == ("alice",)
 

@@ -540,20 +540,22 @@ def test_a_boundary_whose_default_version_is_gone_allows_nothing(store: SQLiteSt
     assert _allowed_anything(store, caller) == []
 
 
-def test_an_attached_aws_managed_policy_missing_from_the_directory_allows_nothing(
+def test_an_attached_aws_managed_policy_missing_from_the_directory_denies_everything(
     store: SQLiteStore,
 ) -> None:
-    caller = _new_user(store, "attached", allow_all=False)
+    """A Deny of everything, not nothing: a Deny the lost policy held is not dropped, even
+    where the user's own policy allows everything."""
+    caller = _new_user(store, "attached")
     arn = f"{awsmanaged.ARN_PREFIX}/RemovedByTheOperator"
     with store.transaction() as tx:
         tx.attach_policy(PolicyAttachment(caller.user_id, "user", ACCOUNT, arn, None))
     assert _allowed_anything(store, caller) == []
 
 
-def test_an_attached_policy_without_its_default_version_allows_nothing(
+def test_an_attached_policy_without_its_default_version_denies_everything(
     store: SQLiteStore,
 ) -> None:
-    caller = _new_user(store, "underneath", allow_all=False)
+    caller = _new_user(store, "underneath")
     policy = _managed(store, "attached")
     with store.transaction() as tx:
         tx.attach_policy(
