@@ -206,9 +206,7 @@ def _tags(tx: Transaction, entity_id: str) -> dict[str, str]:
     return {tag.key: tag.value for tag in tx.get_tags(entity_id)}
 
 
-def _managed(
-    arn: str, document: str | None, unreadable: PolicyDocument = _NOTHING
-) -> PolicySource:
+def _managed(arn: str, document: str | None, unreadable: PolicyDocument = _NOTHING) -> PolicySource:
     """A managed policy: its stored document, or (None) the operator's AWS-managed one. One
     that cannot be found any more (its file removed from the directory) is ``unreadable``: as
     a boundary, a policy allowing nothing; attached, a Deny of everything (`_DENY_ALL`)."""
