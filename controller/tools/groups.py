@@ -12,11 +12,13 @@ from controller.tools.errors import ServiceError, ToolError
 from controller.tools.iam import (
     add_document_source,
     add_path_prefix,
+    add_policy_name,
+    add_statement_arguments,
     document_source,
     list_all,
     path_prefix_params,
 )
-from controller.tools.policies import decoded_document, effect_name, statement_policy
+from controller.tools.policies import decoded_document, statement_policy
 from controller.tools.xmldata import section
 
 
@@ -29,12 +31,6 @@ def _group(parser: argparse.ArgumentParser, help_text: str = "name of the group"
 def _user(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument(
         "-u", "--user-name", dest="user", metavar="USER", required=True, help=help_text
-    )
-
-
-def _policy_name(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument(
-        "-p", "--policy-name", dest="policy", metavar="POLICY", required=True, help=help_text
     )
 
 
@@ -195,38 +191,10 @@ GROUP_LIST_USERS = Tool(
 # iam-groupaddpolicy, iam-groupuploadpolicy
 
 
-def _effect(text: str) -> str:
-    try:
-        return effect_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     _group(parser)
-    _policy_name(parser, "name of the inline policy (replaced if the group has it already)")
-    parser.add_argument(
-        "-e", "--effect", metavar="EFFECT", type=_effect, required=True, help="Allow or Deny"
-    )
-    parser.add_argument(
-        "-a",
-        "--action",
-        metavar="ACTION",
-        action="append",
-        required=True,
-        dest="actions",
-        help="an action such as s3:GetObject or s3:*; repeat for more",
-    )
-    parser.add_argument(
-        "-r",
-        "--resource",
-        metavar="ARN",
-        action="append",
-        required=True,
-        dest="resources",
-        help="a resource ARN such as arn:aws:s3:::bucket/* or *; repeat for more",
-    )
-    parser.add_argument("-o", "--output", action="store_true", help="print the policy")
+    add_policy_name(parser, "name of the inline policy (replaced if the group has it already)")
+    add_statement_arguments(parser, "-r")
 
 
 def _put_policy(client: Client, args: argparse.Namespace, document: str) -> None:
@@ -257,7 +225,7 @@ GROUP_ADD_POLICY = Tool(
 
 def _upload_arguments(parser: argparse.ArgumentParser) -> None:
     _group(parser)
-    _policy_name(parser, "name of the inline policy (replaced if the group has it already)")
+    add_policy_name(parser, "name of the inline policy (replaced if the group has it already)")
     add_document_source(parser)
 
 
@@ -318,7 +286,7 @@ GROUP_LIST_POLICIES = Tool(
 
 def _delete_policy_arguments(parser: argparse.ArgumentParser) -> None:
     _group(parser)
-    _policy_name(parser, "name of the inline policy to delete")
+    add_policy_name(parser, "name of the inline policy to delete")
 
 
 def _delete_policy(args: argparse.Namespace, client: Client, out: TextIO) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from controller.tools.client import Client
 from controller.tools.command import read_document
 from controller.tools.errors import ToolError
+from controller.tools.policies import effect_name
 from controller.tools.xmldata import members
 
 
@@ -97,3 +98,46 @@ def document_source(args: argparse.Namespace) -> str:
     if text.lstrip().startswith("{"):
         return text
     return read_document(text, "--policy-document")
+
+
+def add_policy_name(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``-p/--policy-name POLICY``: an inline policy's name (``args.policy``)."""
+    parser.add_argument(
+        "-p", "--policy-name", metavar="POLICY", required=True, dest="policy", help=help_text
+    )
+
+
+def _effect(text: str) -> str:
+    try:
+        return effect_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_statement_arguments(parser: argparse.ArgumentParser, resource_flag: str) -> None:
+    """The flags that build a one-statement policy (``iam-roleaddpolicy``,
+    ``iam-groupaddpolicy``): ``-e`` Allow|Deny, ``-a ACTION`` and ``RESOURCE_FLAG ARN``
+    (repeatable: ``args.actions``, ``args.resources``), and ``-o`` to print the policy. Euca2ools
+    spells the resource ``-c`` for roles and ``-r`` for groups (where ``-r`` is not the role)."""
+    parser.add_argument(
+        "-e", "--effect", metavar="EFFECT", type=_effect, required=True, help="Allow or Deny"
+    )
+    parser.add_argument(
+        "-a",
+        "--action",
+        metavar="ACTION",
+        action="append",
+        required=True,
+        dest="actions",
+        help="an action such as s3:GetObject or s3:*; repeat for more",
+    )
+    parser.add_argument(
+        resource_flag,
+        "--resource",
+        metavar="ARN",
+        action="append",
+        required=True,
+        dest="resources",
+        help="a resource ARN such as arn:aws:s3:::bucket/* or *; repeat for more",
+    )
+    parser.add_argument("-o", "--output", action="store_true", help="print the policy")

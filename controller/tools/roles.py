@@ -11,14 +11,15 @@ from controller.tools.errors import ToolError
 from controller.tools.iam import (
     add_document_source,
     add_path_prefix,
+    add_policy_name,
     add_role,
+    add_statement_arguments,
     document_source,
     list_all,
     path_prefix_params,
 )
 from controller.tools.policies import (
     decoded_document,
-    effect_name,
     service_trust_policy,
     statement_policy,
 )
@@ -195,15 +196,9 @@ ROLE_UPDATE_ASSUME_POLICY = Tool(
 # iam-roleuploadpolicy
 
 
-def _policy_name(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument(
-        "-p", "--policy-name", metavar="POLICY", required=True, dest="policy", help=help_text
-    )
-
-
 def _upload_arguments(parser: argparse.ArgumentParser) -> None:
     add_role(parser)
-    _policy_name(parser, "name of the inline policy (replaced if the role has it already)")
+    add_policy_name(parser, "name of the inline policy (replaced if the role has it already)")
     add_document_source(parser)
 
 
@@ -228,38 +223,10 @@ ROLE_UPLOAD_POLICY = Tool(
 # iam-roleaddpolicy
 
 
-def _effect(text: str) -> str:
-    try:
-        return effect_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_role(parser)
-    _policy_name(parser, "name of the inline policy (replaced if the role has it already)")
-    parser.add_argument(
-        "-e", "--effect", metavar="EFFECT", type=_effect, required=True, help="Allow or Deny"
-    )
-    parser.add_argument(
-        "-a",
-        "--action",
-        metavar="ACTION",
-        action="append",
-        required=True,
-        dest="actions",
-        help="an action such as s3:GetObject or s3:*; repeat for more",
-    )
-    parser.add_argument(
-        "-c",
-        "--resource",
-        metavar="ARN",
-        action="append",
-        required=True,
-        dest="resources",
-        help="a resource ARN such as arn:aws:s3:::bucket/* or *; repeat for more",
-    )
-    parser.add_argument("-o", "--output", action="store_true", help="print the policy")
+    add_policy_name(parser, "name of the inline policy (replaced if the role has it already)")
+    add_statement_arguments(parser, "-c")
 
 
 def _add(args: argparse.Namespace, client: Client, out: TextIO) -> None:
@@ -332,7 +299,7 @@ ROLE_LIST_POLICIES = Tool(
 
 def _delete_policy_arguments(parser: argparse.ArgumentParser) -> None:
     add_role(parser)
-    _policy_name(parser, "name of the inline policy to delete")
+    add_policy_name(parser, "name of the inline policy to delete")
 
 
 def _delete_policy(args: argparse.Namespace, client: Client, out: TextIO) -> None:
