@@ -13,7 +13,15 @@ from controller.actions import Context
 from controller.errors import InvalidInput, LimitExceeded, NoSuchEntity
 from controller.policy.document import PolicyKind, parse_policy, policy_size
 from controller.query import check_unique
-from controller.store.records import InstanceProfile, Role, RolePolicy, Tag, User, UserPolicy
+from controller.store.records import (
+    GroupPolicy,
+    InstanceProfile,
+    Role,
+    RolePolicy,
+    Tag,
+    User,
+    UserPolicy,
+)
 from controller.xmlout import format_time
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -241,3 +249,26 @@ def own_user_name(context: Context) -> str | None:
     """The caller's own user name, for actions that default to it: only a user's own long-term
     keys have one (a role session's or federation's user_name is whoever started it)."""
     return context.caller.user_name if context.caller.kind == "user" else None
+
+
+# Inline policies of roles, users and groups: the answers of Get…Policy and List…Policies.
+
+
+def inline_policy(
+    owner_field: str, owner_name: str, policy: RolePolicy | UserPolicy | GroupPolicy
+) -> dict[str, Any]:
+    """Get{Role,User,Group}Policy's answer: the owner's name, the policy's, its document
+    URL-encoded as IAM returns it."""
+    return {
+        owner_field: owner_name,
+        "PolicyName": policy.name,
+        "PolicyDocument": encode_document(policy.document),
+    }
+
+
+def inline_policy_names(
+    policies: Sequence[RolePolicy | UserPolicy | GroupPolicy], params: dict[str, Any]
+) -> dict[str, Any]:
+    """List{Role,User,Group}Policies' answer: the names by name, paged."""
+    chosen, paging = page_in_memory(policies, lambda policy: policy.name.lower(), params)
+    return {"PolicyNames": [policy.name for policy in chosen], **paging}

@@ -17,7 +17,8 @@ from controller.iam.common import (
     DEFAULT_MAX_ITEMS,
     check_identity_policy,
     decode_marker,
-    encode_document,
+    inline_policy,
+    inline_policy_names,
     new_id,
     now_text,
     page_fields,
@@ -274,11 +275,7 @@ def put_group_policy(context: Context, params: dict[str, Any]) -> Result:
 def get_group_policy(context: Context, params: dict[str, Any]) -> Result:
     group = require_group(context, params["GroupName"])
     policy = _require_group_policy(context, group, params["PolicyName"])
-    return {
-        "GroupName": group.name,
-        "PolicyName": policy.name,
-        "PolicyDocument": encode_document(policy.document),
-    }
+    return inline_policy("GroupName", group.name, policy)
 
 
 @registry.action(
@@ -289,10 +286,7 @@ def get_group_policy(context: Context, params: dict[str, Any]) -> Result:
 )
 def list_group_policies(context: Context, params: dict[str, Any]) -> Result:
     group = require_group(context, params["GroupName"])
-    policies, paging = page_in_memory(
-        context.tx.list_group_policies(group.group_id), lambda policy: policy.name.lower(), params
-    )
-    return {"PolicyNames": [policy.name for policy in policies], **paging}
+    return inline_policy_names(context.tx.list_group_policies(group.group_id), params)
 
 
 @registry.action("iam", "DeleteGroupPolicy", struct(*GROUP_POLICY), resource=group_resource)

@@ -19,7 +19,8 @@ from controller.iam.common import (
     check_inline_policy,
     check_trust_policy,
     decode_marker,
-    encode_document,
+    inline_policy,
+    inline_policy_names,
     new_id,
     now_text,
     page_fields,
@@ -286,11 +287,7 @@ def put_role_policy(context: Context, params: dict[str, Any]) -> Result:
 def get_role_policy(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
     policy = _require_policy(context, role, params["PolicyName"])
-    return {
-        "RoleName": role.name,
-        "PolicyName": policy.name,
-        "PolicyDocument": encode_document(policy.document),
-    }
+    return inline_policy("RoleName", role.name, policy)
 
 
 @registry.action(
@@ -301,10 +298,7 @@ def get_role_policy(context: Context, params: dict[str, Any]) -> Result:
 )
 def list_role_policies(context: Context, params: dict[str, Any]) -> Result:
     role = require_role(context, params["RoleName"])
-    policies, paging = page_in_memory(
-        context.tx.list_role_policies(role.role_id), lambda policy: policy.name.lower(), params
-    )
-    return {"PolicyNames": [policy.name for policy in policies], **paging}
+    return inline_policy_names(context.tx.list_role_policies(role.role_id), params)
 
 
 @registry.action(

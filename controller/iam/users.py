@@ -22,7 +22,8 @@ from controller.iam.common import (
     boundary_shape,
     check_inline_policy,
     decode_marker,
-    encode_document,
+    inline_policy,
+    inline_policy_names,
     new_id,
     now_text,
     own_user_name,
@@ -313,11 +314,7 @@ def _require_user_policy(context: Context, user: User, name: str) -> UserPolicy:
 def get_user_policy(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
     policy = _require_user_policy(context, user, params["PolicyName"])
-    return {
-        "UserName": user.name,
-        "PolicyName": policy.name,
-        "PolicyDocument": encode_document(policy.document),
-    }
+    return inline_policy("UserName", user.name, policy)
 
 
 @registry.action(
@@ -328,10 +325,7 @@ def get_user_policy(context: Context, params: dict[str, Any]) -> Result:
 )
 def list_user_policies(context: Context, params: dict[str, Any]) -> Result:
     user = require_user(context, params["UserName"])
-    policies, paging = page_in_memory(
-        context.tx.list_user_policies(user.user_id), lambda policy: policy.name.lower(), params
-    )
-    return {"PolicyNames": [policy.name for policy in policies], **paging}
+    return inline_policy_names(context.tx.list_user_policies(user.user_id), params)
 
 
 @registry.action(
