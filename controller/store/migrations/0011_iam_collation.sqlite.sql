@@ -1,0 +1,2 @@
+-- RoleCall schema version 11 on SQLite: nothing to do. PostgreSQL's variant makes version 10's
+-- names and paths compare by code point, which SQLite's do already (BINARY collation).
