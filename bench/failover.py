@@ -39,15 +39,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import steer
 from agent.failover import Bounds
 from tests.netns.harness import (
     EC2_TRUST,
     READ_ROLES,
     AgentProcess,
     ControllerProcess,
-    delete_namespace,
     namespace_of,
+    remove_instance_namespaces,
     serves_tokens,
     unique,
     wait_until,
@@ -82,14 +81,7 @@ def one_run(work: Path, long_poll: int) -> dict[str, tuple[float, float]]:
         credentials = first.enroll(node, work / "node")
         instances: list[str] = []
 
-        def remove_namespaces() -> None:
-            steered = set(steer.tables())
-            for instance_id in instances:
-                if namespace_of(instance_id) in steered:
-                    steer.remove(namespace_of(instance_id))
-                delete_namespace(namespace_of(instance_id))
-
-        cleanup.callback(remove_namespaces)
+        cleanup.callback(remove_instance_namespaces, instances)
         (work / "agent").mkdir()
         urls = [controller.node_api_url for controller in controllers]
         agent = AgentProcess(

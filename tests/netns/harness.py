@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,6 +496,18 @@ class ForwardProxy(_Recorded):
 # -- the whole cloud for one test ----------------------------------------------------------------
 
 
+def remove_instance_namespaces(instances: Iterable[str]) -> None:
+    """The namespaces of these instances, and their steering: a steering table outlives its
+    tap (the kernel keeps a netdev chain by its device's name), and the agent, stopped, will
+    not see the tap gone."""
+    instance_ids = list(instances)
+    steered = set(steer.tables()) if instance_ids else set()
+    for instance_id in instance_ids:
+        if namespace_of(instance_id) in steered:
+            steer.remove(namespace_of(instance_id))
+        delete_namespace(namespace_of(instance_id))
+
+
 class Cloud:
     """A controller, an enrolled node with its agent, and what the test adds (instances, guests,
     relays, proxies); :meth:`close` removes all of it, whatever state the test left.
@@ -535,14 +547,7 @@ class Cloud:
         self._cleanup.close()
 
     def _remove_instance_namespaces(self) -> None:
-        """The instances' namespaces, and their steering: a steering table outlives its tap
-        (the kernel keeps a netdev chain by its device's name), and the agent, stopped, will not
-        see the tap gone."""
-        steered = set(steer.tables()) if self.instances else set()
-        for instance_id in self.instances:
-            if namespace_of(instance_id) in steered:
-                steer.remove(namespace_of(instance_id))
-            delete_namespace(namespace_of(instance_id))
+        remove_instance_namespaces(self.instances)
 
     # the control plane
 

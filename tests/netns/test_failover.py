@@ -38,7 +38,6 @@ from pathlib import Path
 
 import pytest
 
-from agent import steer
 from agent.failover import Bounds
 from controller.nodeca import create_ca, create_server_certificate
 from tests.netns.harness import (
@@ -49,11 +48,11 @@ from tests.netns.harness import (
     TTL_HEADER,
     AgentProcess,
     ControllerProcess,
-    delete_namespace,
     imds,
     make_guest,
     namespace_of,
     remove_guest,
+    remove_instance_namespaces,
     serves_tokens,
     unique,
     wait_until,
@@ -192,14 +191,7 @@ def test_the_agent_moves_past_a_refusing_a_dead_and_a_hung_controller_without_a_
     credentials = first.enroll(node, tmp_path / "node")
     instances: list[str] = []
 
-    def remove_instance_namespaces() -> None:
-        steered = set(steer.tables())
-        for instance_id in instances:
-            if namespace_of(instance_id) in steered:
-                steer.remove(namespace_of(instance_id))
-            delete_namespace(namespace_of(instance_id))
-
-    cleanup.callback(remove_instance_namespaces)
+    cleanup.callback(remove_instance_namespaces, instances)
     (tmp_path / "agent").mkdir()
     # After the first controller dies, the agent tries the silent port (given up at the
     # handshake bound) and the foreign stand-in (which must get no request) before the second.
